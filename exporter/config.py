@@ -1,0 +1,228 @@
+"""syncwatch configuration: one YAML file, every key optional, `SYNCWATCH_…` env overrides.
+
+Env override syntax: `SYNCWATCH_` + the key path upper-cased, nested keys joined by `__`,
+e.g. `SYNCWATCH_LISTEN__HTTP=0.0.0.0:9873`, `SYNCWATCH_API__TOKEN=…`,
+`SYNCWATCH_FLOWS__ORDERS__DEADLINE=10m`. Values are parsed as YAML scalars/lists.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .durations import Duration
+from .errors import ConfigError
+
+HOUR = 3600.0
+MIN_SNAPSHOT_RETENTION = 72 * HOUR
+
+
+class _Model(BaseModel):
+    # Unknown keys are mistakes (typos), not silently ignored settings.
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, e.g. 127.0.0.1:4317, got {value!r}")
+    return value
+
+
+class ListenConfig(_Model):
+    otlp_grpc: str = "127.0.0.1:4317"
+    otlp_http: str = "127.0.0.1:4318"
+    http: str = "127.0.0.1:9873"
+
+    _hp = field_validator("otlp_grpc", "otlp_http", "http")(_check_host_port)
+
+
+class StorageConfig(_Model):
+    data_dir: Path = Path("syncwatch-data")
+    # SQLite ledger file; default `<data_dir>/ledger.db`.
+    sqlite_path: Path | None = None
+    # An open transaction older than this is closed as `expired` (and its rows are swept after it).
+    expire_after: Duration = 7 * 24 * HOUR
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.sqlite_path or self.data_dir / "ledger.db"
+
+
+class IntakeConfig(_Model):
+    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)  # decompressed, per request
+    max_queued_spans: int = Field(200_000, gt=0)  # beyond this, answer 503 + Retry-After
+    retry_after: Duration = 1.0
+    max_batch_spans: int = Field(20_000, gt=0)  # group commit: spans per SQLite transaction
+
+
+class FlowConfig(_Model):
+    destinations: list[str] = Field(default_factory=list)
+    deadline: Duration = 300.0
+    # exactly_once flows count a second confirm with the same idempotency key as a duplicate apply.
+    exactly_once: bool = True
+
+    @field_validator("deadline")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("deadline must be above zero")
+        return v
+
+
+def default_flows() -> dict[str, FlowConfig]:
+    # The SPEC's table: deadline to confirm and delivery semantics per flow.
+    return {
+        "inventory": FlowConfig(destinations=["storefront"], deadline=30, exactly_once=True),
+        "orders": FlowConfig(destinations=["erp"], deadline=300, exactly_once=True),
+        "customers": FlowConfig(destinations=["storefront", "erp"], deadline=6 * HOUR, exactly_once=False),
+        "prices": FlowConfig(destinations=["erp"], deadline=300, exactly_once=False),
+    }
+
+
+class CorrelationConfig(_Model):
+    keys: list[str] = Field(
+        default_factory=lambda: ["messaging.message.conversation_id", "syncwatch.correlation_id", "correlation_id"],
+        min_length=1,
+    )
+    # Spans of a flow nobody configured still get tracked, with this deadline.
+    unknown_flow_deadline: Duration = 300.0
+
+
+class RedactConfig(_Model):
+    keys: list[str] = Field(default_factory=list)  # extra key names, case-insensitive, any depth
+    paths: list[str] = Field(default_factory=list)  # JSON paths, e.g. $.customer.address.street
+    patterns: dict[str, str] = Field(default_factory=dict)  # kind -> regex
+    defaults: bool = True  # the built-in keys and patterns (cards, e-mail, IBAN, secrets)
+    hash_key: str | None = None  # key for the keyed hash; default: generated once per data dir
+    hash_key_file: Path | None = None
+
+
+class SnapshotsConfig(_Model):
+    enabled: bool = True
+    retention: Duration = MIN_SNAPSHOT_RETENTION
+    max_bytes: int = Field(1024 * 1024, gt=0)  # per payload; larger bodies are truncated
+    redact: RedactConfig = Field(default_factory=RedactConfig)
+    backend: str = "sqlite"  # or s3://bucket/prefix
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    sweep_interval: Duration = 60.0
+
+    @field_validator("retention")
+    @classmethod
+    def _min_retention(cls, v: float) -> float:
+        if v < MIN_SNAPSHOT_RETENTION:
+            raise ValueError("retention must be at least 72h: payload snapshots are kept for 72 hours minimum")
+        return v
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        if v != "sqlite" and not (v.startswith("s3://") and len(v) > 5 and not v.startswith("s3:///")):
+            raise ValueError("expected 'sqlite' or s3://bucket/prefix")
+        return v
+
+
+class ApiConfig(_Model):
+    token: str | None = Field(None, repr=False)
+    token_file: Path | None = None
+
+    def resolve_token(self) -> str | None:
+        if self.token:
+            return self.token
+        if self.token_file:
+            return self.token_file.read_text().strip() or None
+        return None
+
+
+class Config(_Model):
+    listen: ListenConfig = Field(default_factory=ListenConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    intake: IntakeConfig = Field(default_factory=IntakeConfig)
+    flows: dict[str, FlowConfig] = Field(default_factory=default_flows)
+    correlation: CorrelationConfig = Field(default_factory=CorrelationConfig)
+    snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    # Validated by the collectors package (each plug-in owns its own settings model).
+    collectors: list[dict[str, Any]] = Field(default_factory=list)
+    sampling: dict[str, Any] = Field(default_factory=dict)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _token_file_exists(self) -> "Config":
+        if self.api.token_file is not None and not self.api.token_file.is_file():
+            raise ValueError(f"api.token_file: {self.api.token_file} does not exist")
+        return self
+
+
+def _env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    for name, value in sorted(environ.items()):
+        if not name.startswith("SYNCWATCH_") or name in ("SYNCWATCH_CONFIG",):
+            continue
+        path = [p.lower() for p in name[len("SYNCWATCH_"):].split("__") if p]
+        if not path:
+            continue
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        try:
+            parsed = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            parsed = value
+        # Keep strings as strings where YAML would guess otherwise (tokens that look like numbers).
+        node[path[-1]] = value if isinstance(parsed, (int, float)) and path[-1] in ("token",) else parsed
+    return raw
+
+
+def _format_validation_error(exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; see README's configuration section)"
+    elif "input" in err and err["type"] not in ("missing",):
+        shown = err["input"]
+        if not isinstance(shown, (dict, list)) and "token" not in key:
+            msg = f"{msg} (got {shown!r})"
+    more = len(exc.errors()) - 1
+    if more:
+        msg += f" [and {more} more problem(s)]"
+    return ConfigError(key, msg)
+
+
+def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Read YAML (if given), apply env overrides, validate. Raises ConfigError naming the key."""
+    environ = dict(os.environ if environ is None else environ)
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError("", f"{path}: expected a mapping of keys at the top level")
+        raw = loaded
+    raw = _env_overrides(raw, environ)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise _format_validation_error(exc) from None
+    # Collector and sampling settings belong to the collectors package.
+    from collectors.config import validate_collectors_section
+
+    validate_collectors_section(config.collectors, config.sampling)
+    return config
