@@ -4,10 +4,11 @@ PIP := .venv/bin/pip
 
 .PHONY: run demo test setup system-deps
 
-.venv/.installed: pyproject.toml
+.venv/.installed: pyproject.toml instrumentation/pyproject.toml
 	python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e ./instrumentation
 	touch $@
 
 setup: .venv/.installed
