@@ -1,0 +1,99 @@
+"""The collector interface every broker plug-in implements, and the shapes a sample returns."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from exporter.durations import Duration
+
+# Why a call failed, as exported in syncwatch_collector_errors_total{reason}.
+REASONS = ("unreachable", "timeout", "unauthorized", "throttled", "not_found", "other")
+
+
+class CollectorSettings(BaseModel):
+    """Keys every collector entry has. A plug-in subclasses this with its own connection and queue keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    name: str = Field(min_length=1)
+    # Timeout of every single broker call; must stay below sampling.fast_interval.
+    timeout: Duration = 5.0
+
+
+class CollectorError(Exception):
+    """A broker call failed; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, message: str):
+        assert reason in REASONS, reason
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{reason}: {message}")
+
+
+@dataclass
+class QueueDepth:
+    """One queue as the broker reported it. None means the broker does not tell."""
+
+    namespace: str
+    queue: str
+    messages: float
+    in_flight: float | None = None
+    delayed: float | None = None
+    oldest_message_age_seconds: float | None = None
+
+
+@dataclass
+class DlqDepth:
+    """One dead-letter queue and the queues whose failures land in it."""
+
+    namespace: str
+    queue: str
+    messages: float
+    source_queues: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Sample:
+    """The result of one sampling pass. `errors` are partial failures (e.g. one queue vanished)
+    that did not stop the rest; a failure of the whole pass is raised as CollectorError instead."""
+
+    queues: list[QueueDepth] = field(default_factory=list)
+    dlqs: list[DlqDepth] = field(default_factory=list)
+    errors: list[CollectorError] = field(default_factory=list)
+    # Things a user should know that are not call failures (e.g. a DLX that routes nowhere).
+    warnings: list[str] = field(default_factory=list)
+    api_calls: int = 0
+
+
+class Collector(abc.ABC):
+    """A broker collector. Subclasses set `broker` (the `broker` label) and `Settings`.
+
+    `sample()` is awaited on the sidecar's event loop: it must not block it (run blocking SDKs in
+    a thread) and must give every broker call `settings.timeout`.
+    """
+
+    broker: ClassVar[str]
+    Settings: ClassVar[type[CollectorSettings]] = CollectorSettings
+
+    def __init__(self, settings: CollectorSettings):
+        self.settings = settings
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @abc.abstractmethod
+    async def sample(self) -> Sample:
+        """Read every selected queue and DLQ once."""
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+
+    def describe(self) -> dict[str, Any]:
+        """What `syncwatch collectors test` prints about the target (never secrets)."""
+        return {"type": self.settings.type, "name": self.name}

@@ -1,0 +1,121 @@
+"""Runs every configured collector on its own schedule inside the sidecar's event loop.
+
+Each collector is an independent asyncio task with its own deadline, so a broker that is down,
+slow or refusing never stops or delays the others, and the next cycle simply tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry
+
+from .base import Collector, CollectorError, Sample
+from .config import SamplingSettings, load_collectors_section
+from .metrics import CollectorMetrics
+from .sampling import AdaptiveSchedule
+
+log = logging.getLogger("syncwatch.collectors")
+
+
+class CollectorRunner:
+    def __init__(self, collector: Collector, sampling: SamplingSettings, metrics: CollectorMetrics,
+                 clock: Callable[[], float]):
+        self.collector = collector
+        self.metrics = metrics
+        self.clock = clock
+        self.schedule = AdaptiveSchedule(sampling, clock)
+        # The whole pass gets at most this long; each call inside it has settings.timeout.
+        self.deadline = max(collector.settings.timeout, 0.9 * sampling.fast_interval)
+        self.up = False
+        self.last_sample: Sample | None = None
+        self.last_error: CollectorError | None = None
+        metrics.register_collector(collector.name, sampling.interval)
+
+    @property
+    def name(self) -> str:
+        return self.collector.name
+
+    async def run_once(self) -> Sample | None:
+        name = self.name
+        started = time.monotonic()
+        error: CollectorError | None = None
+        sample: Sample | None = None
+        try:
+            sample = await asyncio.wait_for(self.collector.sample(), self.deadline)
+        except CollectorError as exc:
+            error = exc
+        except asyncio.TimeoutError:
+            error = CollectorError("timeout", f"sample did not finish within {self.deadline:g}s")
+        except Exception as exc:  # a plug-in bug must not kill the loop; it is counted and logged
+            log.exception("collector %s: unexpected error", name)
+            error = CollectorError("other", f"{type(exc).__name__}: {exc}")
+        duration = time.monotonic() - started
+        m = self.metrics
+        m.sample_duration.labels(name).set(duration)
+        if sample is not None:
+            m.api_calls.labels(name).inc(sample.api_calls)
+            for partial in sample.errors:
+                m.errors.labels(name, partial.reason).inc()
+            m.queues.update(name, self.collector.broker, sample)
+            m.last_success.labels(name).set(self.clock())
+            m.up.labels(name).set(1)
+            self.schedule.observe(sample)
+            if not self.up:
+                log.info("collector %s: up (%d queues, %d DLQs)", name, len(sample.queues), len(sample.dlqs))
+            self.up, self.last_sample, self.last_error = True, sample, None
+        else:
+            assert error is not None
+            m.errors.labels(name, error.reason).inc()
+            m.up.labels(name).set(0)
+            if self.up or self.last_error is None or self.last_error.reason != error.reason:
+                log.warning("collector %s: down: %s", name, error)
+            self.up, self.last_error = False, error
+        m.interval.labels(name).set(self.schedule.interval())
+        return sample
+
+    async def run_forever(self) -> None:
+        while True:
+            started = time.monotonic()
+            await self.run_once()
+            wait = self.schedule.interval() - (time.monotonic() - started)
+            await asyncio.sleep(max(0.0, wait))
+
+
+class CollectorManager:
+    def __init__(self, collectors: list[dict], sampling: dict, registry: CollectorRegistry,
+                 clock: Callable[[], float] = time.time):
+        parsed, self.sampling = load_collectors_section(collectors, sampling)
+        self.metrics = CollectorMetrics(registry)
+        self.runners = [CollectorRunner(cls(settings), self.sampling, self.metrics, clock) for cls, settings in parsed]
+        self._tasks: list[asyncio.Task] = []
+
+    def runner(self, name: str) -> CollectorRunner:
+        return next(r for r in self.runners if r.name == name)
+
+    async def sample_once(self) -> dict[str, Sample | None]:
+        """One pass of every collector, concurrently (used by `collectors test` and tests)."""
+        results = await asyncio.gather(*(r.run_once() for r in self.runners))
+        return {r.name: s for r, s in zip(self.runners, results)}
+
+    async def start(self) -> None:
+        for r in self.runners:
+            self._tasks.append(asyncio.create_task(r.run_forever(), name=f"collector:{r.name}"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for r in self.runners:
+            try:
+                await r.collector.close()
+            except Exception:  # closing is best effort at shutdown
+                log.debug("collector %s: close failed", r.name, exc_info=True)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [{"name": r.name, "up": r.up, "interval": r.schedule.interval(),
+                 "error": str(r.last_error) if r.last_error else None} for r in self.runners]
