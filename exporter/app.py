@@ -1,0 +1,148 @@
+"""Wires the sidecar together on one asyncio loop: OTLP receivers, the ledger writer, snapshots,
+collectors, and the HTTP port with /metrics, /healthz, /readyz and the query API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import __version__
+from .config import Config
+from .intake import LedgerWriter
+from .ledger import Ledger
+from .metrics import Metrics
+from .otlp_grpc import build_server as build_grpc_server
+from .otlp_http import build_app as build_otlp_http_app
+from .otlp_service import OtlpService
+from .span_extract import SpanExtractor
+
+log = logging.getLogger("syncwatch")
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class App:
+    def __init__(self, config: Config, clock=time.time):
+        self.config = config
+        self.clock = clock
+        self.metrics = Metrics()
+        self.ledger = Ledger(config, self.metrics, clock)
+        self.writer = LedgerWriter(self.ledger, self.metrics, config.intake.max_queued_spans,
+                                   config.intake.max_batch_spans, clock)
+        self.snapshots = self._make_snapshots()
+        self.service = OtlpService(SpanExtractor(config.correlation.keys), self.writer, self.metrics,
+                                   snapshots=self.snapshots, retry_after=config.intake.retry_after, clock=clock)
+        self.collectors = self._make_collectors()
+        self.ready = False
+        self._runners: list[web.AppRunner] = []
+        self._grpc = None
+        self.ports: dict[str, int] = {}
+
+    def _make_snapshots(self):
+        if not self.config.snapshots.enabled:
+            return None
+        try:
+            from .snapshots import SnapshotIntake
+        except ImportError:  # TEMP until the snapshot store lands
+            return None
+        return SnapshotIntake(self.config, self.metrics, clock=self.clock)
+
+    def _make_collectors(self):
+        if not self.config.collectors:
+            return None
+        from collectors.manager import CollectorManager
+
+        return CollectorManager(self.config.collectors, self.config.sampling, self.metrics.registry, clock=self.clock)
+
+    def _http_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/", self._index)
+        try:
+            from .api import setup_api
+        except ImportError:  # TEMP until the query API lands
+            return app
+        setup_api(app, config=self.config, snapshots=self.snapshots, clock=self.clock)
+        return app
+
+    async def start(self) -> None:
+        started = time.perf_counter()
+        loaded = await asyncio.to_thread(self.ledger.load)
+        self.ledger.tick()
+        log.info("ledger %s: %d open transactions reloaded in %.2fs", self.config.storage.ledger_path, loaded,
+                 time.perf_counter() - started)
+        self.writer.start()
+        if self.snapshots is not None:
+            await self.snapshots.start()
+        listen = self.config.listen
+        self.ports["http"] = await self._serve(self._http_app(), listen.http)
+        self.ports["otlp_http"] = await self._serve(
+            build_otlp_http_app(self.service, self.config.intake.max_body_bytes), listen.otlp_http)
+        self._grpc, self.ports["otlp_grpc"] = build_grpc_server(self.service, listen.otlp_grpc,
+                                                                  self.config.intake.max_body_bytes)
+        await self._grpc.start()
+        if self.collectors is not None:
+            await self.collectors.start()
+        self.ready = True
+        log.info("syncwatch %s ready: OTLP/gRPC %s, OTLP/HTTP %s, HTTP (metrics, API) %s", __version__,
+                 listen.otlp_grpc, listen.otlp_http, listen.http)
+
+    async def _serve(self, app: web.Application, address: str) -> int:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        host, port = _split(address)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        self._runners.append(runner)
+        return runner.addresses[0][1] if runner.addresses else port
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self.collectors is not None:
+            await self.collectors.stop()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=2)
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        if self.snapshots is not None:
+            await self.snapshots.stop()
+        await asyncio.to_thread(self.writer.stop)
+        self.ledger.close()
+
+    async def run_forever(self) -> None:
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        await self.stop()
+
+    # ---- HTTP handlers ------------------------------------------------------------------------
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if not self.ready:
+            return web.Response(status=503, text="starting\n")
+        if not self.writer.healthy:
+            return web.Response(status=503, text=f"ledger not writable: {self.writer.last_error}\n")
+        return web.Response(text="ready\n")
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.Response(text=f"syncwatch {__version__}: /metrics /healthz /readyz /api/v1/transactions\n")

@@ -1,0 +1,121 @@
+"""The intake queue and the ledger writer thread (group commit).
+
+Receivers parse requests on the event loop and hand their events here; one writer thread drains
+the queue, records many requests in one SQLite transaction, and only then resolves each request's
+future, so a success answer always means "durably recorded". A full queue is refused at once
+(the receiver answers 503 + Retry-After) instead of growing without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+
+from .ledger import Ledger
+from .metrics import Metrics
+
+log = logging.getLogger("syncwatch.intake")
+
+TICK_SECONDS = 0.25  # overdue detection granularity (the promise is: visible within 2 s)
+
+
+class IntakeFull(Exception):
+    pass
+
+
+class LedgerWriter:
+    def __init__(self, ledger: Ledger, metrics: Metrics, max_queued_spans: int, max_batch_spans: int, clock=time.time):
+        self.ledger = ledger
+        self.metrics = metrics
+        self.max_queued = max_queued_spans
+        self.max_batch = max_batch_spans
+        self.clock = clock
+        self._queue: deque = deque()
+        self._queued_spans = 0
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.healthy = True  # False while the last commit failed (readiness)
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="syncwatch-ledger-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    @property
+    def queued_spans(self) -> int:
+        return self._queued_spans
+
+    def submit(self, events: list) -> asyncio.Future:
+        """Queue events for recording; the returned future resolves once they are committed."""
+        loop = asyncio.get_running_loop()
+        n = len(events)
+        with self._cv:
+            # Always admit into an empty queue, so a single request larger than the limit still goes through.
+            if self._queued_spans and self._queued_spans + n > self.max_queued:
+                raise IntakeFull()
+            future = loop.create_future()
+            self._queue.append((events, future, loop))
+            self._queued_spans += n
+            self._cv.notify()
+        return future
+
+    def _run(self) -> None:
+        last_tick = 0.0
+        while True:
+            batch, n = [], 0
+            with self._cv:
+                if not self._queue and not self._stopping:
+                    self._cv.wait(timeout=TICK_SECONDS)
+                while self._queue and (n == 0 or n + len(self._queue[0][0]) <= self.max_batch):
+                    item = self._queue.popleft()
+                    batch.append(item)
+                    n += len(item[0])
+                self._queued_spans -= n
+                stopping = self._stopping and not self._queue
+            self.metrics.intake_queue.set(self._queued_spans)
+            if batch:
+                self._record(batch)
+            now = self.clock()
+            if now - last_tick >= TICK_SECONDS:
+                last_tick = now
+                try:
+                    self.ledger.tick(now)
+                except Exception:
+                    log.exception("ledger tick failed")
+            if stopping and not batch:
+                return
+
+    def _record(self, batch) -> None:
+        events = [ev for item in batch for ev in item[0]]
+        started = time.perf_counter()
+        error = None
+        try:
+            self.ledger.record(events)
+            self.healthy, self.last_error = True, None
+        except Exception as exc:  # disk full, I/O error: the senders get 503 and retry
+            log.error("ledger write failed for %d spans: %s", len(events), exc)
+            self.healthy, self.last_error = False, str(exc)
+            error = exc
+        self.metrics.ledger_commit.observe(time.perf_counter() - started)
+        for _, future, loop in batch:
+            loop.call_soon_threadsafe(_resolve, future, error)
+
+
+def _resolve(future: asyncio.Future, error) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

@@ -1,0 +1,70 @@
+"""What an OTLP export does, independent of transport (HTTP or gRPC)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+from .intake import IntakeFull, LedgerWriter
+from .metrics import Metrics
+from .otlp_decode import OtlpError
+from .span_extract import SpanExtractor
+
+log = logging.getLogger("syncwatch.otlp")
+
+
+class OtlpService:
+    def __init__(self, extractor: SpanExtractor, writer: LedgerWriter, metrics: Metrics, snapshots=None,
+                 retry_after: float = 1.0, clock=time.time):
+        self.extractor = extractor
+        self.writer = writer
+        self.metrics = metrics
+        self.snapshots = snapshots
+        self.retry_after = max(1, round(retry_after))
+        self.clock = clock
+        m = metrics.spans
+        self._correlated, self._uncorrelated, self._rejected = m.labels("correlated"), m.labels("uncorrelated"), m.labels("rejected")
+
+    async def export_traces(self, request) -> ExportTraceServiceResponse:
+        """Record the request's spans; return once durable. Raises OtlpError for refusals."""
+        out = self.extractor.extract(request, self.clock())
+        if out.events:
+            try:
+                future = self.writer.submit(out.events)
+            except IntakeFull:
+                total = out.correlated + out.uncorrelated + out.rejected
+                self.metrics.dropped.labels("backpressure").inc(total)
+                raise OtlpError(503, "syncwatch intake queue is full; retry later", "backpressure") from None
+            try:
+                await future
+            except Exception as exc:
+                total = out.correlated + out.uncorrelated + out.rejected
+                self.metrics.dropped.labels("ledger_unavailable").inc(total)
+                raise OtlpError(503, f"ledger write failed ({type(exc).__name__}); retry later", "ledger_unavailable") from None
+        if out.correlated:
+            self._correlated.inc(out.correlated)
+        if out.uncorrelated:
+            self._uncorrelated.inc(out.uncorrelated)
+        response = ExportTraceServiceResponse()
+        if out.rejected:
+            self._rejected.inc(out.rejected)
+            self.metrics.dropped.labels("invalid_span").inc(out.rejected)
+            response.partial_success.rejected_spans = out.rejected
+            response.partial_success.error_message = out.error_message
+        return response
+
+    async def export_logs(self, request) -> ExportLogsServiceResponse:
+        response = ExportLogsServiceResponse()
+        if self.snapshots is None:
+            # No snapshot store configured (snapshots.enabled: false): records are counted, not kept.
+            n = sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+            self.metrics.log_records.labels("not_stored").inc(n)
+            return response
+        rejected, message = await self.snapshots.export_logs(request)
+        if rejected:
+            response.partial_success.rejected_log_records = rejected
+            response.partial_success.error_message = message
+        return response

@@ -1,0 +1,189 @@
+"""Scripted integration scenarios through the real OTel SDK; exact metric values from /metrics."""
+
+import pytest
+
+from otel_helpers import Integration, now
+
+
+@pytest.fixture(params=["http", "grpc"])
+def transport(request):
+    return request.param
+
+
+def test_orders_confirmed_after_429_retries(sidecar, transport):
+    it = Integration(sidecar, transport)
+    t0 = now() - 60
+    it.source("order-1001", "orders", t0)
+    it.attempt("order-1001", "orders", "erp", t0 + 1, t0 + 1.5, code=429)
+    it.attempt("order-1001", "orders", "erp", t0 + 3.5, t0 + 4, code=429, resend=1)
+    it.attempt("order-1001", "orders", "erp", t0 + 6, t0 + 6.5, code=200, resend=2)
+    it.confirm("order-1001", "orders", "erp", t0 + 6.5, t0 + 12.0)
+    it.close()
+    m = sidecar.metrics()
+    tx = {"flow": "orders", "source": "storefront", "destination": "erp"}
+    key = lambda name, **l: (name, frozenset(l.items()))  # noqa: E731
+    assert m[key("syncwatch_transactions_total", outcome="confirmed", **tx)] == 1
+    assert m[key("syncwatch_transactions_pending", **tx)] == 0
+    assert m[key("syncwatch_sync_lag_seconds_count", **tx)] == 1
+    assert m[key("syncwatch_sync_lag_seconds_sum", **tx)] == pytest.approx(12.0, abs=1e-3)
+    assert m[key("syncwatch_sync_lag_seconds_bucket", le="10.0", **tx)] == 0
+    assert m[key("syncwatch_sync_lag_seconds_bucket", le="30.0", **tx)] == 1
+    assert m[key("syncwatch_attempts_total", flow="orders", destination="erp", status_code="429")] == 2
+    assert m[key("syncwatch_attempts_total", flow="orders", destination="erp", status_code="200")] == 1
+    assert m[key("syncwatch_retries_total", flow="orders", destination="erp")] == 2
+    assert m[key("syncwatch_delivery_attempts_sum", flow="orders", destination="erp")] == 3
+    # Backoffs: 3.5-1.5 = 2.0 and 6.0-4.0 = 2.0
+    assert m[key("syncwatch_retry_backoff_seconds_count", flow="orders", destination="erp")] == 2
+    assert m[key("syncwatch_retry_backoff_seconds_sum", flow="orders", destination="erp")] == pytest.approx(4.0, abs=1e-3)
+    assert m[key("syncwatch_spans_total", result="correlated")] == 5
+    assert m[key("syncwatch_otlp_requests_total", signal="traces", code="200")] == 5
+
+
+def test_order_never_confirmed_is_overdue_and_stays_overdue(sidecar, transport):
+    it = Integration(sidecar, transport)
+    t0 = now()
+    it.source("order-lost", "orders", t0 - 400)  # changed 400 s ago: past the 5 min deadline already
+    it.attempt("order-lost", "orders", "erp", t0 - 399, t0 - 369, error="timeout")
+    it.source("order-fresh", "orders", t0)  # within its deadline
+    it.close()
+    tx = dict(flow="orders", source="storefront", destination="erp")
+    sidecar.wait_for("syncwatch_transactions_overdue", 1, timeout=3, **tx)
+    assert sidecar.metric("syncwatch_transactions_pending", **tx) == 2
+    assert sidecar.metric("syncwatch_attempts_total", flow="orders", destination="erp", status_code="none") == 1
+    assert sidecar.metric("syncwatch_flow_deadline_seconds", flow="orders") == 300
+
+
+def test_overdue_within_two_seconds_of_the_deadline(make_sidecar):
+    sc = make_sidecar({"flows": {"orders": {"destinations": ["erp"], "deadline": "3s"}}})
+    it = Integration(sc)
+    t0 = now()
+    it.source("order-slow", "orders", t0)
+    it.close()
+    tx = dict(flow="orders", source="storefront", destination="erp")
+    assert sc.metric("syncwatch_transactions_overdue", **tx) == 0
+    assert sc.metric("syncwatch_transactions_pending", **tx) == 1
+    sc.wait_for("syncwatch_transactions_overdue", 1, timeout=(t0 + 3 + 2) - now(), **tx)
+
+
+def test_inventory_adjustment_confirmed_twice_is_a_duplicate_apply(sidecar, transport):
+    it = Integration(sidecar, transport, service="wms")
+    t0 = now() - 10
+    it.source("adj-7", "inventory", t0, source="wms")
+    it.attempt("adj-7", "inventory", "storefront", t0 + 0.1, t0 + 0.2, code=200)
+    it.confirm("adj-7", "inventory", "storefront", t0 + 0.2, t0 + 0.3, idem="adj-7/sku-42")
+    it.confirm("adj-7", "inventory", "storefront", t0 + 2.0, t0 + 2.1, idem="adj-7/sku-42")  # applied again
+    # A customers update applied twice is not a duplicate: that flow is eventually consistent.
+    it.source("cust-1", "customers", t0, source="storefront")
+    it.confirm("cust-1", "customers", "erp", t0 + 1, t0 + 2)
+    it.confirm("cust-1", "customers", "erp", t0 + 3, t0 + 4)
+    it.close()
+    m = sidecar.metrics
+    assert sidecar.metric("syncwatch_duplicate_applies_total", flow="inventory", destination="storefront") == 1
+    assert sidecar.metric("syncwatch_duplicate_applies_total", None, flow="customers", destination="erp") is None
+    assert sidecar.metric("syncwatch_transactions_total", flow="inventory", source="wms", destination="storefront",
+                          outcome="confirmed") == 1
+    assert sidecar.metric("syncwatch_sync_lag_seconds_sum", flow="inventory", source="wms",
+                          destination="storefront") == pytest.approx(0.3, abs=1e-3)
+    assert m  # metrics endpoint readable
+
+
+def test_spans_without_correlation_id_are_counted_uncorrelated(sidecar, transport):
+    it = Integration(sidecar, transport)
+    t0 = now()
+    for i in range(3):
+        it.span(f"http GET /health {i}", t0, t0 + 0.01)
+    it.span("attempt without id", t0, t0 + 0.01, syncwatch__stage="attempt", syncwatch__flow="orders")
+    it.span("context span", t0, t0 + 0.01, messaging__message__conversation_id="order-9")
+    it.close()
+    assert sidecar.metric("syncwatch_spans_total", result="uncorrelated") == 4
+    assert sidecar.metric("syncwatch_spans_total", result="correlated") == 1
+    assert sidecar.metric("syncwatch_transactions_pending", None, flow="orders", source="storefront", destination="erp") in (None, 0)
+
+
+def test_confirm_before_source_gives_the_right_lag(sidecar, transport):
+    erp_side = Integration(sidecar, transport, service="erp-adapter")
+    storefront = Integration(sidecar, transport, service="storefront")
+    t0 = now() - 30
+    erp_side.confirm("order-2002", "orders", "erp", t0 + 7, t0 + 8)  # arrives first
+    tx = dict(flow="orders", source="storefront", destination="erp")
+    assert sidecar.metric("syncwatch_transactions_pending", None, **tx) in (None, 0)
+    storefront.source("order-2002", "orders", t0)
+    erp_side.close()
+    storefront.close()
+    assert sidecar.metric("syncwatch_sync_lag_seconds_count", **tx) == 1
+    assert sidecar.metric("syncwatch_sync_lag_seconds_sum", **tx) == pytest.approx(8.0, abs=1e-3)
+    assert sidecar.metric("syncwatch_transactions_pending", **tx) == 0
+    assert sidecar.metric("syncwatch_transactions_overdue", **tx) == 0
+
+
+def test_negative_lag_from_clock_skew_is_clamped_and_counted(sidecar):
+    it = Integration(sidecar)
+    t0 = now()
+    it.source("order-skew", "orders", t0)
+    it.confirm("order-skew", "orders", "erp", t0 - 3, t0 - 2)  # destination clock runs 2+ s behind
+    it.close()
+    tx = dict(flow="orders", source="storefront", destination="erp")
+    assert sidecar.metric("syncwatch_sync_lag_seconds_sum", **tx) == 0
+    assert sidecar.metric("syncwatch_sync_lag_seconds_count", **tx) == 1
+    assert sidecar.metric("syncwatch_clock_skew_clamped_total", flow="orders") == 1
+
+
+def test_failed_transaction_and_fixed_interval_retries_show_zero_jitter(sidecar):
+    it = Integration(sidecar)
+    t0 = now() - 100
+    for i in range(6):
+        corr = f"order-f{i}"
+        base = t0 + i * 10
+        it.source(corr, "orders", base)
+        for n in range(3):  # fixed 1 s backoff: the retry-storm pattern
+            it.attempt(corr, "orders", "erp", base + 1 + n * 1.5, base + 1.5 + n * 1.5, code=429, resend=n or None)
+        it.fail(corr, "orders", "erp", base + 5)
+    it.close()
+    tx = dict(flow="orders", source="storefront", destination="erp")
+    assert sidecar.metric("syncwatch_transactions_total", outcome="failed", **tx) == 6
+    assert sidecar.metric("syncwatch_transactions_pending", **tx) == 0
+    assert sidecar.metric("syncwatch_retries_total", flow="orders", destination="erp") == 12
+    assert sidecar.metric("syncwatch_retry_jitter_ratio", flow="orders", destination="erp") == pytest.approx(0, abs=1e-6)
+    assert sidecar.metric("syncwatch_delivery_attempts_count", flow="orders", destination="erp") == 6
+
+
+def test_jittered_retries_show_a_high_jitter_ratio(sidecar):
+    it = Integration(sidecar)
+    t0 = now() - 100
+    backoffs = [0.5, 2.0, 1.0, 3.5, 0.2, 1.8]
+    for i, b in enumerate(backoffs):
+        corr = f"order-j{i}"
+        base = t0 + i * 10
+        it.source(corr, "orders", base)
+        it.attempt(corr, "orders", "erp", base + 1, base + 1.5, code=503)
+        it.attempt(corr, "orders", "erp", base + 1.5 + b, base + 2 + b, code=200, resend=1)
+        it.confirm(corr, "orders", "erp", base + 2 + b, base + 2.5 + b)
+    it.close()
+    mean = sum(backoffs) / len(backoffs)
+    cv = (sum((b - mean) ** 2 for b in backoffs) / len(backoffs)) ** 0.5 / mean
+    assert sidecar.metric("syncwatch_retry_jitter_ratio", flow="orders", destination="erp") == pytest.approx(cv, rel=1e-6)
+
+
+def test_same_span_delivered_twice_counts_once(sidecar):
+    import urllib.request
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    t0 = now() - 5
+    req = ExportTraceServiceRequest()
+    span = req.resource_spans.add().scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.name = b"\x01" * 16, b"\x02" * 8, "confirm"
+    span.start_time_unix_nano, span.end_time_unix_nano = int(t0 * 1e9), int((t0 + 1) * 1e9)
+    for k, v in {"syncwatch.stage": "confirm", "syncwatch.flow": "orders", "syncwatch.destination": "erp",
+                 "syncwatch.correlation_id": "order-dupdelivery", "syncwatch.source.changed_at": str(t0 - 1)}.items():
+        kv = span.attributes.add()
+        kv.key, kv.value.string_value = k, v
+    body = req.SerializeToString()
+    for _ in range(2):  # an exporter retry after a lost response
+        r = urllib.request.urlopen(urllib.request.Request(sidecar.otlp_http + "/v1/traces", data=body,
+                                                          headers={"Content-Type": "application/x-protobuf"}))
+        assert r.status == 200
+    tx = dict(flow="orders", source="unknown", destination="erp")
+    assert sidecar.metric("syncwatch_transactions_total", outcome="confirmed", **tx) == 1
+    assert sidecar.metric("syncwatch_sync_lag_seconds_sum", **tx) == pytest.approx(2.0, abs=1e-3)
+    assert sidecar.metric("syncwatch_duplicate_applies_total", None, flow="orders", destination="erp") is None
