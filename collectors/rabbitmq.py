@@ -9,6 +9,7 @@ for that routing key (following exchange-to-exchange bindings). Classic and quor
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import time
 from typing import Any
@@ -81,22 +82,27 @@ class RabbitMQCollector(Collector):
         self.settings: RabbitMQSettings = settings
         self.selector = Selector(settings.queues, settings.exclude)
         self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
         return {"type": s.type, "name": s.name, "url": s.url, "vhosts": s.vhosts or "all"}
 
     def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
+        loop = asyncio.get_running_loop()
+        # A session belongs to one event loop; `collectors test` and tests may run several loops in turn.
+        if self._session is None or self._session.closed or self._session_loop is not loop:
             s = self.settings
             ctx: ssl.SSLContext | bool = True
             if s.url.startswith("https://"):
                 ctx = ssl.create_default_context(cafile=s.ca_file) if s.verify_tls else False
+            token = base64.b64encode(f"{s.username}:{s.password.get_secret_value()}".encode()).decode()
             self._session = aiohttp.ClientSession(
-                auth=aiohttp.BasicAuth(s.username, s.password.get_secret_value()),
+                headers={"Authorization": f"Basic {token}"},
                 timeout=aiohttp.ClientTimeout(total=s.timeout),
                 connector=aiohttp.TCPConnector(limit=8, ssl=ctx),
             )
+            self._session_loop = loop
         return self._session
 
     async def close(self) -> None:

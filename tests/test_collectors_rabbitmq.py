@@ -1,0 +1,221 @@
+"""RabbitMQ collector against the real broker on this machine (management API on :15672)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from urllib.parse import quote
+
+import pika
+import pytest
+import requests
+from prometheus_client import CollectorRegistry
+
+from collectors.manager import CollectorManager
+from collectors_fakes.tcp_proxy import TcpProxy
+
+MGMT = "http://127.0.0.1:15672"
+AUTH = ("guest", "guest")
+
+
+def api(method: str, path: str, json=None):
+    r = requests.request(method, MGMT + path, auth=AUTH, json=json, timeout=10)
+    assert r.status_code < 400, (method, path, r.status_code, r.text)
+    return r
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def vhost():
+    # A slash in the name proves the vhost is URL-encoded on every call.
+    name = f"sw/test-{uuid.uuid4().hex[:8]}"
+    api("PUT", f"/api/vhosts/{quote(name, safe='')}")
+    api("PUT", f"/api/permissions/{quote(name, safe='')}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    yield name
+    requests.delete(f"{MGMT}/api/vhosts/{quote(name, safe='')}", auth=AUTH, timeout=10)
+
+
+def amqp(vhost: str) -> pika.BlockingConnection:
+    return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672, vhost, pika.PlainCredentials("guest", "guest")))
+
+
+def value(reg: CollectorRegistry, name: str, **labels) -> float | None:
+    return reg.get_sample_value(name, labels)
+
+
+@pytest.fixture
+def run():
+    """Runs coroutines on one event loop for the whole test, like the sidecar's loop; stops managers."""
+    loop = asyncio.new_event_loop()
+    managers = []
+
+    def run_(coro):
+        return loop.run_until_complete(coro)
+
+    run_.managers = managers
+    yield run_
+    for m in managers:
+        loop.run_until_complete(m.stop())
+    loop.close()
+
+
+def sample_until(run, manager: CollectorManager, ready, timeout: float = 30.0):
+    """The management API refreshes queue stats every few seconds: sample until they caught up."""
+    if manager not in run.managers:
+        run.managers.append(manager)
+    deadline = time.monotonic() + timeout
+    while True:
+        result = run(manager.sample_once())
+        if ready() or time.monotonic() > deadline:
+            return result
+        time.sleep(0.5)
+
+
+def build_topology(vhost: str, conn: pika.BlockingConnection):
+    ch = conn.channel()
+    # DLX by queue argument, with a routing key; a second bound queue with another key is not a DLQ.
+    ch.exchange_declare("orders.dlx", "direct")
+    ch.queue_declare("orders.dlq")
+    ch.queue_bind("orders.dlq", "orders.dlx", "orders")
+    ch.queue_declare("audit")
+    ch.queue_bind("audit", "orders.dlx", "something-else")
+    ch.queue_declare("orders", arguments={"x-dead-letter-exchange": "orders.dlx", "x-dead-letter-routing-key": "orders"})
+    # DLX by policy, on a quorum queue, into a fanout exchange.
+    api("PUT", f"/api/policies/{quote(vhost, safe='')}/payments-dlx",
+        {"pattern": "^payments$", "apply-to": "queues", "definition": {"dead-letter-exchange": "payments.dlx"}})
+    ch.exchange_declare("payments.dlx", "fanout")
+    ch.queue_declare("payments.dlq")
+    ch.queue_bind("payments.dlq", "payments.dlx")
+    ch.queue_declare("payments", durable=True, arguments={"x-queue-type": "quorum"})
+    ch.queue_declare("ignored-queue")
+    return ch
+
+
+def test_depths_dead_letters_by_argument_and_policy(vhost, run):
+    conn = amqp(vhost)
+    ch = build_topology(vhost, conn)
+    stamp = int(time.time()) - 100
+    for i in range(5):
+        ch.basic_publish("", "orders", f"o{i}".encode(), pika.BasicProperties(timestamp=stamp))
+    for i in range(3):
+        ch.basic_publish("", "payments", f"p{i}".encode())
+    ch.basic_publish("", "ignored-queue", b"x")
+    # Two orders and one payment rejected into their DLQs; one order held unacknowledged.
+    for _ in range(2):
+        method, _, _ = ch.basic_get("orders")
+        ch.basic_reject(method.delivery_tag, requeue=False)
+    method, _, _ = ch.basic_get("payments")
+    ch.basic_reject(method.delivery_tag, requeue=False)
+    held, _, _ = ch.basic_get("orders")
+    assert held is not None
+
+    reg = CollectorRegistry()
+    manager = CollectorManager(
+        [{"type": "rabbitmq", "name": "rabbit", "vhosts": [vhost], "queues": ["orders", "pay*"]}], {}, reg)
+    q = dict(broker="rabbitmq", namespace=vhost)
+    sample_until(run, manager, lambda: value(reg, "syncwatch_queue_messages_in_flight", queue="orders", **q) == 1
+                 and value(reg, "syncwatch_dlq_messages", queue="orders.dlq", source_queue="orders", **q) == 2
+                 and value(reg, "syncwatch_queue_messages", queue="payments", **q) == 2
+                 and value(reg, "syncwatch_dlq_messages", queue="payments.dlq", source_queue="payments", **q) == 1)
+
+    assert value(reg, "syncwatch_collector_up", collector="rabbit") == 1
+    assert value(reg, "syncwatch_queue_messages", queue="orders", **q) == 2
+    assert value(reg, "syncwatch_queue_messages_in_flight", queue="orders", **q) == 1
+    assert value(reg, "syncwatch_dlq_messages", queue="orders.dlq", source_queue="orders", **q) == 2
+    assert value(reg, "syncwatch_queue_messages", queue="payments", **q) == 2
+    assert value(reg, "syncwatch_dlq_messages", queue="payments.dlq", source_queue="payments", **q) == 1
+    # The oldest ready order carries the timestamp it was published with.
+    age = value(reg, "syncwatch_queue_oldest_message_age_seconds", queue="orders", **q)
+    assert age is not None and 100 <= age < 160
+    # DLQs are not also reported as ordinary queues (they never drain by design); unselected queues are absent;
+    # a queue bound to the DLX under another routing key is not a DLQ.
+    assert value(reg, "syncwatch_queue_messages", queue="orders.dlq", **q) is None
+    assert value(reg, "syncwatch_queue_messages", queue="ignored-queue", **q) is None
+    assert value(reg, "syncwatch_dlq_messages", queue="audit", source_queue="orders", **q) is None
+    # A DLQ non-empty puts this collector into fast sampling.
+    assert value(reg, "syncwatch_collector_interval_seconds", collector="rabbit") == 10
+    assert value(reg, "syncwatch_collector_errors_total", collector="rabbit", reason="not_found") == 0
+    conn.close()
+
+
+def test_paging_and_missing_named_queue(vhost, run):
+    conn = amqp(vhost)
+    ch = conn.channel()
+    names = [f"bulk-{i:03d}" for i in range(12)]
+    for n in names:
+        ch.queue_declare(n)
+    ch.basic_publish("", "bulk-007", b"x")
+    reg = CollectorRegistry()
+    # page_size 5: three pages for twelve queues.
+    manager = CollectorManager([{"type": "rabbitmq", "name": "r", "vhosts": [vhost], "page_size": 5,
+                                 "queues": ["bulk-*", "does-not-exist"]}], {}, reg)
+    q = dict(broker="rabbitmq", namespace=vhost)
+    result = sample_until(run, manager, lambda: value(reg, "syncwatch_queue_messages", queue="bulk-007", **q) == 1)
+    sample = result["r"]
+    assert sorted(x.queue for x in sample.queues) == names
+    assert sample.api_calls == 3
+    assert value(reg, "syncwatch_queue_messages", queue="bulk-000", **q) == 0
+    # A configured name that does not exist is counted, and the rest is still reported.
+    assert value(reg, "syncwatch_collector_errors_total", collector="r", reason="not_found") >= 1
+    assert value(reg, "syncwatch_collector_up", collector="r") == 1
+    conn.close()
+
+
+def test_dead_letter_exchange_without_queue_is_a_warning(vhost, run):
+    conn = amqp(vhost)
+    conn.channel().queue_declare("lonely", arguments={"x-dead-letter-exchange": "nowhere"})
+    manager = CollectorManager([{"type": "rabbitmq", "name": "r", "vhosts": [vhost]}], {}, CollectorRegistry())
+    result = sample_until(run, manager, lambda: True)
+    assert any("routes to no queue" in w for w in result["r"].warnings)
+    conn.close()
+
+
+def test_faults_are_reported_and_do_not_affect_other_collectors(vhost, run):
+    conn = amqp(vhost)
+    conn.channel().queue_declare("steady")
+    proxy = TcpProxy("127.0.0.1", 15672).start()
+    reg = CollectorRegistry()
+    manager = CollectorManager([
+        {"type": "rabbitmq", "name": "good", "vhosts": [vhost]},
+        {"type": "rabbitmq", "name": "proxied", "vhosts": [vhost], "url": f"http://127.0.0.1:{proxy.port}", "timeout": "1s"},
+        {"type": "rabbitmq", "name": "badauth", "vhosts": [vhost], "password": "wrong"},
+        {"type": "rabbitmq", "name": "nohost", "vhosts": [vhost], "url": f"http://127.0.0.1:{free_port()}"},
+    ], {}, reg)
+
+    def up(name):
+        return value(reg, "syncwatch_collector_up", collector=name)
+
+    def errors(name, reason):
+        return value(reg, "syncwatch_collector_errors_total", collector=name, reason=reason)
+
+    sample_until(run, manager, lambda: value(reg, "syncwatch_queue_messages", broker="rabbitmq", namespace=vhost, queue="steady") == 0)
+    assert (up("good"), up("proxied"), up("badauth"), up("nohost")) == (1, 1, 0, 0)
+    assert errors("badauth", "unauthorized") >= 1 and errors("nohost", "unreachable") >= 1
+
+    # Broker stopped mid-run: down as unreachable, the others carry on.
+    proxy.stop()
+    run(manager.sample_once())
+    assert up("proxied") == 0 and errors("proxied", "unreachable") == 1 and up("good") == 1
+
+    # Slow broker: each call times out after 1s; the healthy collector is not held up by it.
+    proxy.delay = 3.0
+    proxy.start()
+    run(manager.sample_once())
+    assert up("proxied") == 0 and errors("proxied", "timeout") == 1
+    assert value(reg, "syncwatch_collector_sample_duration_seconds", collector="good") < 1.0
+
+    # The broker comes back: the collector recovers by itself.
+    proxy.delay = 0.0
+    run(manager.sample_once())
+    assert up("proxied") == 1 and up("good") == 1
+    assert errors("proxied", "unreachable") == 1 and errors("proxied", "timeout") == 1
+    assert value(reg, "syncwatch_queue_messages", broker="rabbitmq", namespace=vhost, queue="steady") == 0
+    proxy.close()
+    conn.close()
