@@ -81,11 +81,13 @@ class LedgerWriter:
                     item = self._queue.popleft()
                     batch.append(item)
                     n += len(item[0])
-                self._queued_spans -= n
                 stopping = self._stopping and not self._queue
-            self.metrics.intake_queue.set(self._queued_spans)
             if batch:
+                # Spans count as queued until committed, so a stuck writer fills the queue and senders back off.
                 self._record(batch)
+                with self._cv:
+                    self._queued_spans -= n
+            self.metrics.intake_queue.set(self._queued_spans)
             now = self.clock()
             if now - last_tick >= TICK_SECONDS:
                 last_tick = now
