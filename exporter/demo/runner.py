@@ -1,0 +1,188 @@
+"""Runs the whole flash-sale demo on one asyncio loop: the syncwatch sidecar (in-process, on its
+embedded defaults: SQLite, loopback ports), the queue, the fake ERP, the storefront and the
+middleware worker, a live view, and at the end the reconciliation against ground truth."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+import yaml
+
+from syncwatch_instrument import SyncInstrument
+
+from .erp import FakeErp
+from .live import MetricsView, live_line, scrape
+from .queues import RabbitQueue, SqsQueue
+from .scenario import DemoSettings, FaultPlan
+from .storefront import Storefront, schedule
+from .telemetry import ServiceTelemetry
+from .truth import Findings, GroundTruth, fetch_findings
+
+EXACTLY_ONCE = {"orders": True, "inventory": True, "customers": False}
+
+
+@dataclass
+class DemoResult:
+    truth: GroundTruth
+    findings: Findings
+    metrics: MetricsView
+    config_path: Path
+    api_url: str
+    token: str
+    worker_outcomes: dict[str, int] = field(default_factory=dict)
+
+
+def demo_config(settings: DemoSettings, data_dir: Path, collector: dict[str, Any], token: str) -> dict[str, Any]:
+    """The sidecar's configuration for the demo: embedded SQLite store, free loopback ports,
+    compressed deadlines, and a collector pointed at the demo's queue."""
+    return {
+        "listen": {"http": "127.0.0.1:0", "otlp_http": "127.0.0.1:0", "otlp_grpc": "127.0.0.1:0"},
+        "storage": {"data_dir": str(data_dir)},
+        "flows": {flow: {"destinations": ["erp"], "deadline": f"{settings.deadlines[flow]:g}s",
+                         "exactly_once": EXACTLY_ONCE[flow]} for flow in ("orders", "inventory", "customers")},
+        "api": {"token": token},
+        "collectors": [collector],
+        # Compressed time: sample every 2 s, 1 s while the DLQ is not empty or depth grows.
+        "sampling": {"interval": "2s", "fast_interval": "1s"},
+    }
+
+
+async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, data_dir: Path | None = None,
+                   keep_running: bool = False, out: TextIO = sys.stdout, live: bool = True) -> DemoResult:
+    from exporter.app import App
+    from exporter.config import load_config
+
+    def say(text: str = "") -> None:
+        print(text, file=out, flush=True)
+
+    run_id = uuid.uuid4().hex[:8]
+    data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="syncwatch-demo-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    records = schedule(settings)
+    plan = FaultPlan.draw(settings, [r.id for r in records if r.flow == "orders"],
+                          [r.id for r in records if r.flow == "inventory"])
+    queue = RabbitQueue(rabbitmq_url, settings.max_attempts, run_id) if rabbitmq_url else SqsQueue(settings.max_attempts, run_id)
+    erp = FakeErp(settings, plan)
+    app = telemetry_sf = telemetry_mw = None
+    worker_stop = asyncio.Event()
+    tasks: list[asyncio.Task] = []
+    token = secrets.token_urlsafe(24)
+    try:
+        say(f"syncwatch demo: flash sale at {settings.sale_multiplier:g}x normal order volume, "
+            f"{len(records)} records over {settings.production_seconds:.0f}s "
+            f"(deadlines: {', '.join(f'{k} {v:g}s' for k, v in settings.deadlines.items())})")
+        await queue.start()
+        await erp.start()
+        config_path = data_dir / "syncwatch-demo.yaml"
+        config_path.write_text(yaml.safe_dump(demo_config(settings, data_dir, queue.collector_config(), token),
+                                              sort_keys=False))
+        config = load_config(config_path, environ={})
+        app = App(config)
+        await app.start()
+        base = f"http://127.0.0.1:{app.ports['http']}"
+        otlp = f"http://127.0.0.1:{app.ports['otlp_http']}"
+        say(f"  syncwatch: metrics {base}/metrics, OTLP/HTTP {otlp}, OTLP/gRPC 127.0.0.1:{app.ports['otlp_grpc']}")
+        say(f"  queue: {queue.broker} {queue.queue_name} (DLQ {queue.dlq_name}), ERP {erp.url}, data {data_dir}")
+        say()
+
+        telemetry_sf = ServiceTelemetry("storefront", otlp)
+        telemetry_mw = ServiceTelemetry("middleware", otlp)
+        storefront = Storefront(records, queue, SyncInstrument(source="storefront", destination="erp",
+                                                              tracer_provider=telemetry_sf.tracer_provider,
+                                                              logger_provider=telemetry_sf.logger_provider))
+        from .worker import Worker
+
+        worker = Worker(settings, queue, erp.url, plan, SyncInstrument(
+            source="storefront", destination="erp", tracer_provider=telemetry_mw.tracer_provider,
+            logger_provider=telemetry_mw.logger_provider))
+        started = time.monotonic()
+        tasks.append(asyncio.create_task(storefront.run()))
+        tasks.append(asyncio.create_task(worker.run(worker_stop)))
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+
+        async def show() -> MetricsView:
+            view = await scrape(session, base)
+            if live:
+                orders = sum(1 for f in storefront.sent.values() if f == "orders")
+                say(live_line(time.monotonic() - started, orders, view))
+            return view
+
+        try:
+            # Phase 1: the sale. Phase 2: drain the queue (retries finish, dead letters land).
+            next_view = time.monotonic()
+            while True:
+                if time.monotonic() >= next_view:
+                    await show()
+                    next_view += settings.live_interval
+                if storefront.done.is_set() and worker.busy == 0 and await queue.backlog() == 0:
+                    break
+                for t in tasks:
+                    if t.done() and t.exception():
+                        raise t.exception()
+                await asyncio.sleep(0.25)
+            worker_stop.set()
+            await asyncio.gather(*tasks)
+            # Everything the integration emitted reaches syncwatch (an export returns once it is recorded).
+            await asyncio.to_thread(telemetry_sf.flush)
+            await asyncio.to_thread(telemetry_mw.flush)
+            # Phase 3: wait out the deadlines of whatever is still open, and one more queue sample.
+            open_ids = set(storefront.sent) - set(erp.applies)
+            last_deadline = max((storefront.changed_at[i] + settings.deadlines[storefront.sent[i]] for i in open_ids),
+                                default=0.0)
+            settle_until = max(last_deadline + 1.0, time.time() + 2 * 2.0 + 0.5)
+            while time.time() < settle_until:
+                if time.monotonic() >= next_view:
+                    await show()
+                    next_view += settings.live_interval
+                await asyncio.sleep(min(0.25, max(0.0, settle_until - time.time())))
+            final = await show()
+            truth = GroundTruth.measure(storefront.sent, erp.applies, await queue.dlq_records(), EXACTLY_ONCE)
+            findings = await fetch_findings(session, base, token, final)
+        finally:
+            await session.close()
+
+        from .report import render_report
+
+        say()
+        say(render_report(truth, findings, final, worker.outcomes, config_path, base, token))
+        result = DemoResult(truth, findings, final, config_path, base, token, dict(worker.outcomes))
+        if keep_running:
+            say(f"\nsyncwatch keeps running: point Prometheus at {base}/metrics "
+                f"(OTLP/HTTP {otlp}). Ctrl-C to stop.")
+            await _wait_forever()
+        return result
+    finally:
+        worker_stop.set()
+        for t in tasks:
+            t.cancel()
+        for tel in (telemetry_sf, telemetry_mw):
+            if tel is not None:
+                await asyncio.to_thread(tel.shutdown)
+        if app is not None:
+            await app.stop()
+        await erp.stop()
+        if isinstance(queue, RabbitQueue):
+            await queue.cleanup()
+        await queue.stop()
+
+
+async def _wait_forever() -> None:
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    await stop.wait()
