@@ -1,0 +1,370 @@
+"""Generate alerts/syncwatch-rules.yml, the Prometheus rule file for syncwatch.
+
+Every threshold and `for` duration lives in `Settings` below, so changing one is a one-line edit
+(or a command-line flag) followed by a regeneration:
+
+    python alerts/generate.py                                  # rewrite alerts/syncwatch-rules.yml
+    python alerts/generate.py --set lag_for=15m --set syncwatch_job=my-sidecar
+    python alerts/generate.py --grafana-url https://grafana.acme.io \
+        --runbook-url https://git.acme.io/ops/syncwatch/blob/main/docs/runbooks.md
+    python alerts/generate.py --check                          # exit 1 if the committed file differs
+
+The tests fail when the committed file differs from what this code generates with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+RULES_FILE = HERE / "syncwatch-rules.yml"
+
+# Dashboard uids (dashboards/generate.py uses the same constants).
+ERP_DASHBOARD_UID = "syncwatch-erp-health"
+SELF_DASHBOARD_UID = "syncwatch-self"
+
+DEFAULT_GRAFANA_URL = "https://grafana.example"
+DEFAULT_RUNBOOK_URL = "https://github.com/example/syncwatch/blob/main/docs/runbooks.md"
+
+
+@dataclasses.dataclass
+class Settings:
+    # Dead-letter queues page at any depth above this (the problem statement: above zero).
+    dlq_threshold: float = 0
+    dlq_for: str = "0s"
+    # A queue whose depth rose and has not come back down within this window is not draining.
+    queue_window: str = "5m"
+    queue_min_depth: float = 0
+    queue_for: str = "0s"
+    # Anything open past its flow's deadline pages.
+    overdue_threshold: float = 0
+    overdue_for: str = "0s"
+    # p95 sync lag against syncwatch_flow_deadline_seconds (1.0 = the deadline itself).
+    lag_deadline_ratio: float = 1.0
+    lag_for: str = "10m"
+    # Lag creeping up over days: the 1h p95's trend over `lag_trend_window` crosses the deadline
+    # within `lag_trend_horizon`.
+    lag_trend_window: str = "3d"
+    lag_trend_horizon_seconds: int = 3 * 86400
+    lag_trend_for: str = "1h"
+    # Transactions the integration gave up on (failed / dead-lettered) in this window.
+    retries_exhausted_window: str = "15m"
+    retries_exhausted_for: str = "0s"
+    # Fixed-interval retries: jitter ratio below this while retries happen.
+    retry_storm_jitter_ratio: float = 0.1
+    retry_storm_for: str = "10m"
+    # Any duplicate apply in this window.
+    duplicate_window: str = "15m"
+    duplicate_for: str = "0s"
+    # Share of spans that carry a correlation ID.
+    correlation_min_ratio: float = 0.95
+    correlation_for: str = "15m"
+    # A collector is down when it says so or has not succeeded for this many of its intervals.
+    collector_stale_intervals: float = 3
+    collector_for: str = "2m"
+    snapshot_window: str = "10m"
+    snapshot_for: str = "5m"
+    dropping_window: str = "5m"
+    dropping_for: str = "0s"
+    # Prometheus job label of the sidecar's scrape config.
+    syncwatch_job: str = "syncwatch"
+    down_for: str = "1m"
+
+
+def _anchor(alert: str) -> str:
+    # GitHub/Markdown heading anchors: the runbook has one `## <AlertName>` heading per alert.
+    return alert.lower()
+
+
+class _Rules:
+    def __init__(self, s: Settings, grafana_url: str, runbook_url: str):
+        self.s = s
+        self.grafana_url = grafana_url.rstrip("/")
+        self.runbook_url = runbook_url
+
+    def dashboard(self, uid: str, **var_labels: str) -> str:
+        # var_labels: dashboard variable -> alert label; carried into the link so the dashboard
+        # opens filtered to what fired.
+        query = "&".join(f"var-{var}={{{{ $labels.{label} }}}}" for var, label in var_labels.items())
+        return f"{self.grafana_url}/d/{uid}" + (f"?{query}" if query else "")
+
+    def alert(self, name: str, expr: str, for_: str, severity: str, summary: str, description: str,
+              dashboard_url: str, labels: dict | None = None) -> dict:
+        rule = {"alert": name, "expr": _clean(expr)}
+        if for_ not in ("0s", "0m", ""):
+            rule["for"] = for_
+        rule["labels"] = {"severity": severity, **(labels or {})}
+        rule["annotations"] = {
+            "summary": summary,
+            "description": " ".join(description.split()),
+            "runbook_url": f"{self.runbook_url}#{_anchor(name)}",
+            "dashboard_url": dashboard_url,
+        }
+        return rule
+
+
+def _clean(expr: str) -> str:
+    return "\n".join(line.rstrip() for line in expr.strip().splitlines())
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def build_rules(s: Settings | None = None, grafana_url: str = DEFAULT_GRAFANA_URL,
+                runbook_url: str = DEFAULT_RUNBOOK_URL) -> dict:
+    s = s or Settings()
+    r = _Rules(s, grafana_url, runbook_url)
+    erp = ERP_DASHBOARD_UID
+    recording = [
+        # p95 sync lag per flow/route; used by the lag alerts and the dashboard.
+        {"record": "syncwatch:sync_lag_seconds:p95_rate5m",
+         "expr": "histogram_quantile(0.95, sum by (job, flow, source, destination, le) (rate(syncwatch_sync_lag_seconds_bucket[5m])))"},
+        {"record": "syncwatch:sync_lag_seconds:p95_rate1h",
+         "expr": "histogram_quantile(0.95, sum by (job, flow, source, destination, le) (rate(syncwatch_sync_lag_seconds_bucket[1h])))"},
+        # One deadline per job and flow, to compare lag against.
+        {"record": "syncwatch:flow_deadline_seconds:max",
+         "expr": "max by (job, flow) (syncwatch_flow_deadline_seconds)"},
+        {"record": "syncwatch:spans:correlated_ratio_rate15m",
+         "expr": _clean("""
+sum by (job) (rate(syncwatch_spans_total{result="correlated"}[15m]))
+/
+sum by (job) (rate(syncwatch_spans_total[15m]))""")},
+        {"record": "syncwatch:retries:rate15m",
+         "expr": "sum by (job, flow, destination) (rate(syncwatch_retries_total[15m]))"},
+    ]
+
+    queues = [
+        r.alert(
+            "SyncwatchDeadLetterQueueNotEmpty",
+            f"syncwatch_dlq_messages > {_num(s.dlq_threshold)}",
+            s.dlq_for, "critical",
+            "Dead-letter queue {{ $labels.queue }} holds {{ $value }} message(s)",
+            """{{ $labels.broker }} dead-letter queue {{ $labels.queue }} (namespace {{ $labels.namespace }})
+            holds {{ $value }} message(s) that failed out of {{ $labels.source_queue }}. Each one is a
+            record the destination never received: nobody retries it on its own.""",
+            r.dashboard(erp, broker="broker", queue="source_queue"),
+        ),
+        r.alert(
+            "SyncwatchQueueNotDraining",
+            f"""
+syncwatch_queue_messages >= syncwatch_queue_messages offset {s.queue_window}
+and
+min_over_time(syncwatch_queue_messages[{s.queue_window}]) > {_num(s.queue_min_depth)}""",
+            s.queue_for, "warning",
+            "Queue {{ $labels.queue }} has not drained for " + s.queue_window,
+            f"""{{{{ $labels.broker }}}} queue {{{{ $labels.queue }}}} (namespace {{{{ $labels.namespace }}}})
+            rose and has not come back down for {s.queue_window}: now {{{{ $value }}}} message(s),
+            never below the level of {s.queue_window} ago. The consumer is stopped, too slow, or
+            blocked by a rate-limited destination.""",
+            r.dashboard(erp, broker="broker", queue="queue"),
+        ),
+    ]
+
+    transactions = [
+        r.alert(
+            "SyncwatchTransactionsOverdue",
+            f"syncwatch_transactions_overdue > {_num(s.overdue_threshold)}",
+            s.overdue_for, "critical",
+            "{{ $value }} {{ $labels.flow }} transaction(s) to {{ $labels.destination }} are past their deadline",
+            """{{ $value }} {{ $labels.flow }} record(s) sent from {{ $labels.source }} to
+            {{ $labels.destination }} have no confirmation and are past the flow's deadline: sent and
+            never acknowledged, the silent-loss case.""",
+            r.dashboard(erp, flow="flow"),
+        ),
+        r.alert(
+            "SyncwatchSyncLagAboveDeadline",
+            f"""
+syncwatch:sync_lag_seconds:p95_rate5m
+  > on (job, flow) group_left ()
+({_num(s.lag_deadline_ratio)} * syncwatch:flow_deadline_seconds:max)""",
+            s.lag_for, "warning",
+            "{{ $labels.flow }} sync lag to {{ $labels.destination }} is above the flow's deadline",
+            """p95 sync lag of {{ $labels.flow }} from {{ $labels.source }} to {{ $labels.destination }}
+            is {{ $value | humanizeDuration }}, above the flow's deadline (syncwatch_flow_deadline_seconds).
+            Records arrive, but later than the business expects.""",
+            r.dashboard(erp, flow="flow"),
+        ),
+        r.alert(
+            "SyncwatchSyncLagGrowing",
+            f"""
+predict_linear(syncwatch:sync_lag_seconds:p95_rate1h[{s.lag_trend_window}], {s.lag_trend_horizon_seconds})
+  > on (job, flow) group_left ()
+syncwatch:flow_deadline_seconds:max
+and
+deriv(syncwatch:sync_lag_seconds:p95_rate1h[{s.lag_trend_window}]) > 0""",
+            s.lag_trend_for, "warning",
+            "{{ $labels.flow }} sync lag to {{ $labels.destination }} is creeping up",
+            f"""The hourly p95 sync lag of {{{{ $labels.flow }}}} from {{{{ $labels.source }}}} to
+            {{{{ $labels.destination }}}} has been rising over {s.lag_trend_window}; at this trend it
+            reaches the flow's deadline within {s.lag_trend_horizon_seconds // 3600}h
+            (projected {{{{ $value | humanizeDuration }}}}).""",
+            r.dashboard(erp, flow="flow"),
+        ),
+        r.alert(
+            "SyncwatchRetriesExhausted",
+            f"""sum by (job, flow, source, destination) (increase(syncwatch_transactions_total{{outcome="failed"}}[{s.retries_exhausted_window}])) > 0""",
+            s.retries_exhausted_for, "warning",
+            "{{ $labels.flow }} transactions to {{ $labels.destination }} failed after their retries",
+            f"""{{{{ $value | printf "%.0f" }}}} {{{{ $labels.flow }}}} transaction(s) from {{{{ $labels.source }}}}
+            to {{{{ $labels.destination }}}} failed in the last {s.retries_exhausted_window}: the
+            integration gave up (retries exhausted or dead-lettered).""",
+            r.dashboard(erp, flow="flow"),
+        ),
+        r.alert(
+            "SyncwatchRetryStormRisk",
+            f"""
+syncwatch_retry_jitter_ratio < {_num(s.retry_storm_jitter_ratio)}
+and on (job, flow, destination)
+syncwatch:retries:rate15m > 0""",
+            s.retry_storm_for, "warning",
+            "{{ $labels.flow }} retries to {{ $labels.destination }} run at fixed intervals",
+            """Retries of {{ $labels.flow }} to {{ $labels.destination }} are spaced almost exactly
+            alike (jitter ratio {{ $value }}): every client retries in lockstep, which turns a
+            rate-limited or recovering ERP into a retry storm.""",
+            r.dashboard(erp, flow="flow"),
+        ),
+        r.alert(
+            "SyncwatchDuplicateApplies",
+            f"""sum by (job, flow, destination) (increase(syncwatch_duplicate_applies_total[{s.duplicate_window}])) > 0""",
+            s.duplicate_for, "warning",
+            "{{ $labels.flow }} operations were applied twice at {{ $labels.destination }}",
+            f"""{{{{ $value | printf "%.0f" }}}} {{{{ $labels.flow }}}} operation(s) were confirmed a second
+            time at {{{{ $labels.destination }}}} with an idempotency key already applied in the
+            last {s.duplicate_window}: double-counted stock or duplicate orders.""",
+            r.dashboard(erp, flow="flow"),
+        ),
+        r.alert(
+            "SyncwatchCorrelationCoverageLow",
+            f"syncwatch:spans:correlated_ratio_rate15m < {_num(s.correlation_min_ratio)}",
+            s.correlation_for, "warning",
+            "Only {{ $value | humanizePercentage }} of spans carry a correlation ID",
+            f"""Of the spans syncwatch received in 15m, {{{{ $value | humanizePercentage }}}} carry a
+            correlation ID (want {_num(s.correlation_min_ratio * 100)}%). Uncorrelated spans cannot
+            be followed from source to destination, so lost records go unnoticed.""",
+            r.dashboard(erp),
+        ),
+    ]
+
+    itself = [
+        r.alert(
+            "SyncwatchCollectorDown",
+            f"""
+syncwatch_collector_up == 0
+or
+(time() - syncwatch_collector_last_success_timestamp_seconds)
+  > on (job, instance, collector)
+({_num(s.collector_stale_intervals)} * syncwatch_collector_interval_seconds)""",
+            s.collector_for, "critical",
+            "syncwatch collector {{ $labels.collector }} is not sampling its broker",
+            f"""Collector {{{{ $labels.collector }}}} failed its last sample or has not succeeded for
+            {_num(s.collector_stale_intervals)} of its intervals. Queue and DLQ depths from it are
+            missing or stale, so the DLQ page cannot fire.""",
+            r.dashboard(SELF_DASHBOARD_UID, collector="collector"),
+        ),
+        r.alert(
+            "SyncwatchSnapshotStoreFailing",
+            f"""sum by (job, instance) (increase(syncwatch_snapshots_total{{result="dropped"}}[{s.snapshot_window}])) > 0""",
+            s.snapshot_for, "warning",
+            "syncwatch is dropping payload snapshots",
+            f"""{{{{ $value | printf "%.0f" }}}} payload snapshot(s) could not be stored in the last
+            {s.snapshot_window}. Request and response bodies of those attempts will be missing when
+            someone investigates.""",
+            r.dashboard(SELF_DASHBOARD_UID),
+        ),
+        r.alert(
+            "SyncwatchDroppingData",
+            f"""sum by (job, instance, reason) (increase(syncwatch_dropped_total[{s.dropping_window}])) > 0""",
+            s.dropping_for, "critical",
+            "syncwatch dropped data ({{ $labels.reason }})",
+            f"""syncwatch lost or refused {{{{ $value | printf "%.0f" }}}} item(s) for reason
+            {{{{ $labels.reason }}}} in the last {s.dropping_window}. Its own view of the
+            integration now has holes.""",
+            r.dashboard(SELF_DASHBOARD_UID),
+        ),
+        r.alert(
+            "SyncwatchDown",
+            f"""
+up{{job="{s.syncwatch_job}"}} == 0
+or
+absent(up{{job="{s.syncwatch_job}"}})""",
+            s.down_for, "critical",
+            "syncwatch is down or not scraped",
+            f"""Prometheus cannot scrape the syncwatch sidecar (job {s.syncwatch_job}). While it is
+            down no integration alert (DLQ, overdue, lag) can fire.""",
+            r.dashboard(SELF_DASHBOARD_UID),
+        ),
+    ]
+
+    return {"groups": [
+        {"name": "syncwatch-recording", "rules": recording},
+        {"name": "syncwatch-queues", "rules": queues},
+        {"name": "syncwatch-transactions", "rules": transactions},
+        {"name": "syncwatch-itself", "rules": itself},
+    ]}
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str_presenter(dumper: yaml.SafeDumper, data: str):
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _str_presenter)
+
+HEADER = """\
+# Generated by alerts/generate.py; edit the thresholds there (class Settings) and regenerate.
+# Recommended Prometheus settings (alerts/prometheus.example.yml): scrape syncwatch every 10s,
+# evaluation_interval 10s, so a dead-lettered message pages within about 30s.
+"""
+
+
+def render(rules: dict) -> str:
+    return HEADER + yaml.dump(rules, Dumper=_Dumper, sort_keys=False, width=200, allow_unicode=True)
+
+
+def alert_names(rules: dict) -> list[str]:
+    return [r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r]
+
+
+def _parse_set(values: list[str]) -> Settings:
+    s = Settings()
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {item!r}: expected one of {', '.join(fields)} as key=value")
+        current = getattr(s, key)
+        setattr(s, key, type(current)(value))
+    return s
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a Settings field")
+    p.add_argument("--grafana-url", default=DEFAULT_GRAFANA_URL)
+    p.add_argument("--runbook-url", default=DEFAULT_RUNBOOK_URL)
+    p.add_argument("--output", type=Path, default=RULES_FILE)
+    p.add_argument("--check", action="store_true", help="exit 1 if --output differs from the generated rules")
+    a = p.parse_args(argv)
+    text = render(build_rules(_parse_set(a.set), a.grafana_url, a.runbook_url))
+    if a.check:
+        if not a.output.exists() or a.output.read_text() != text:
+            print(f"{a.output} is out of date: run python alerts/generate.py", file=sys.stderr)
+            return 1
+        return 0
+    a.output.write_text(text)
+    print(f"wrote {a.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

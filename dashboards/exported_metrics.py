@@ -1,0 +1,63 @@
+"""The metric names syncwatch exports, as Prometheus serves them (from SPEC.md's Metrics section).
+
+Dashboards and alert rules may only query these; the tests check every expression against this
+list and this list against SPEC.md. prometheus-client appends `_total` to counters, and a
+histogram `x` is served as `x_bucket`, `x_sum` and `x_count`.
+"""
+
+from __future__ import annotations
+
+COUNTERS = (
+    "syncwatch_collector_errors_total",
+    "syncwatch_transactions_total",
+    "syncwatch_duplicate_applies_total",
+    "syncwatch_attempts_total",
+    "syncwatch_retries_total",
+    "syncwatch_spans_total",
+    "syncwatch_snapshots_total",
+    "syncwatch_snapshot_redactions_total",
+    "syncwatch_otlp_requests_total",
+    "syncwatch_dropped_total",
+)
+
+GAUGES = (
+    "syncwatch_queue_messages",
+    "syncwatch_queue_messages_in_flight",
+    "syncwatch_queue_messages_delayed",
+    "syncwatch_queue_oldest_message_age_seconds",
+    "syncwatch_dlq_messages",
+    "syncwatch_collector_up",
+    "syncwatch_collector_sample_duration_seconds",
+    "syncwatch_collector_interval_seconds",
+    "syncwatch_collector_last_success_timestamp_seconds",
+    "syncwatch_transactions_pending",
+    "syncwatch_transactions_overdue",
+    "syncwatch_flow_deadline_seconds",
+    "syncwatch_retry_jitter_ratio",
+    "syncwatch_snapshot_store_bytes",
+    "syncwatch_snapshot_oldest_age_seconds",
+    "syncwatch_snapshot_retention_seconds",
+    "syncwatch_build_info",
+)
+
+HISTOGRAMS = (
+    "syncwatch_sync_lag_seconds",
+    "syncwatch_delivery_attempts",
+    "syncwatch_retry_backoff_seconds",
+)
+
+# Prometheus' own series about the scrape target.
+SCRAPE_SERIES = ("up",)
+
+
+def exported_series() -> frozenset[str]:
+    """Every series name a query may select."""
+    names = set(COUNTERS) | set(GAUGES) | set(SCRAPE_SERIES)
+    for h in HISTOGRAMS:
+        names.update((f"{h}_bucket", f"{h}_sum", f"{h}_count"))
+    return frozenset(names)
+
+
+def spec_base_names() -> frozenset[str]:
+    """The names as SPEC.md writes them (counters with `_total`, histograms without suffix)."""
+    return frozenset(COUNTERS + GAUGES + HISTOGRAMS)
