@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
 import time
 import uuid
 from urllib.parse import quote
@@ -14,6 +12,7 @@ import requests
 from prometheus_client import CollectorRegistry
 
 from collectors.manager import CollectorManager
+from collectors_fakes.harness import free_port, run, sample_until, value  # noqa: F401  (run is a fixture)
 from collectors_fakes.tcp_proxy import TcpProxy
 
 MGMT = "http://127.0.0.1:15672"
@@ -24,12 +23,6 @@ def api(method: str, path: str, json=None):
     r = requests.request(method, MGMT + path, auth=AUTH, json=json, timeout=10)
     assert r.status_code < 400, (method, path, r.status_code, r.text)
     return r
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -48,34 +41,6 @@ def amqp(vhost: str) -> pika.BlockingConnection:
 
 def value(reg: CollectorRegistry, name: str, **labels) -> float | None:
     return reg.get_sample_value(name, labels)
-
-
-@pytest.fixture
-def run():
-    """Runs coroutines on one event loop for the whole test, like the sidecar's loop; stops managers."""
-    loop = asyncio.new_event_loop()
-    managers = []
-
-    def run_(coro):
-        return loop.run_until_complete(coro)
-
-    run_.managers = managers
-    yield run_
-    for m in managers:
-        loop.run_until_complete(m.stop())
-    loop.close()
-
-
-def sample_until(run, manager: CollectorManager, ready, timeout: float = 30.0):
-    """The management API refreshes queue stats every few seconds: sample until they caught up."""
-    if manager not in run.managers:
-        run.managers.append(manager)
-    deadline = time.monotonic() + timeout
-    while True:
-        result = run(manager.sample_once())
-        if ready() or time.monotonic() > deadline:
-            return result
-        time.sleep(0.5)
 
 
 def build_topology(vhost: str, conn: pika.BlockingConnection):

@@ -1,0 +1,286 @@
+"""Amazon SQS collector: GetQueueAttributes per queue through boto3, seconds fresh (no CloudWatch).
+
+Selection by names or patterns (ListQueues, paginated, re-listed every `discovery_interval`). A queue's
+DLQ comes from its `RedrivePolicy.deadLetterTargetArn`; a queue configured under `dead_letter_queues`
+gets its sources from `ListDeadLetterSourceQueues`. boto3 is blocking: every call runs in this
+collector's own thread pool with botocore timeouts, so it never blocks the event loop or other collectors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, Callable
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.credentials import RefreshableCredentials
+from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError, ConnectTimeoutError,
+                                 EndpointConnectionError, NoCredentialsError, NoRegionError,
+                                 PartialCredentialsError, ProfileNotFound, ReadTimeoutError)
+from botocore.session import get_session
+from pydantic import Field
+
+from exporter.durations import Duration
+
+from .base import Collector, CollectorError, CollectorSettings, DlqDepth, QueueDepth, Sample
+from .selection import Selector, literal_prefix
+
+ATTRIBUTES = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+              "ApproximateNumberOfMessagesDelayed", "RedrivePolicy", "QueueArn"]
+NOT_FOUND = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NonExistentQueue"}
+THROTTLED = {"Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequestsException",
+             "RequestLimitExceeded", "KmsThrottled"}
+UNAUTHORIZED = {"AccessDenied", "AccessDeniedException", "InvalidClientTokenId", "SignatureDoesNotMatch",
+                "UnrecognizedClientException", "ExpiredToken", "InvalidSecurity", "MissingAuthenticationToken"}
+
+
+class SqsSettings(CollectorSettings):
+    region: str | None = None  # default: from the profile or AWS_DEFAULT_REGION
+    profile: str | None = None  # a named profile of ~/.aws; default: the default credential chain
+    role_arn: str | None = None  # assume this role (renewed before it expires)
+    role_session_name: str = "syncwatch"
+    external_id: str | None = None
+    endpoint_url: str | None = None  # e.g. a VPC endpoint, or a local SQS-compatible server
+    sts_endpoint_url: str | None = None
+    queues: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    exclude: list[str] = Field(default_factory=list)
+    # Queues that are DLQs: their source queues are looked up with ListDeadLetterSourceQueues.
+    dead_letter_queues: list[str] = Field(default_factory=list)
+    discovery_interval: Duration = 300.0
+    concurrency: int = Field(32, ge=1, le=256)  # GetQueueAttributes calls in flight at once
+    list_page_size: int = Field(1000, ge=1, le=1000)  # ListQueues / ListDeadLetterSourceQueues MaxResults
+
+
+def classify(exc: BaseException) -> CollectorError:
+    if isinstance(exc, CollectorError):
+        return exc
+    if isinstance(exc, (ConnectTimeoutError, ReadTimeoutError)):
+        return CollectorError("timeout", str(exc))
+    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError)):
+        return CollectorError("unreachable", str(exc))
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError, ProfileNotFound)):
+        return CollectorError("unauthorized", f"{exc} (default chain, `profile` or `role_arn`)")
+    if isinstance(exc, NoRegionError):
+        return CollectorError("other", "no AWS region: set `region`, or AWS_DEFAULT_REGION, or a region in the profile")
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        op = exc.operation_name
+        if code in NOT_FOUND:
+            return CollectorError("not_found", f"{op}: {code}")
+        if code in THROTTLED or status == 429:
+            return CollectorError("throttled", f"{op}: {code}")
+        if code in UNAUTHORIZED or status in (401, 403):
+            return CollectorError("unauthorized", f"{op}: {code}")
+        return CollectorError("other", f"{op}: {code} (HTTP {status})")
+    if isinstance(exc, BotoCoreError):
+        return CollectorError("other", str(exc))
+    return CollectorError("other", f"{type(exc).__name__}: {exc}")
+
+
+def _queue_name(url_or_arn: str) -> str:
+    return url_or_arn.rsplit(":" if url_or_arn.startswith("arn:") else "/", 1)[-1]
+
+
+class SqsCollector(Collector):
+    broker = "sqs"
+    Settings = SqsSettings
+
+    def __init__(self, settings: SqsSettings):
+        super().__init__(settings)
+        self.settings: SqsSettings = settings
+        self.selector = Selector(settings.queues, settings.exclude)
+        self.dlq_selector = Selector(settings.dead_letter_queues)
+        self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix=f"sqs-{settings.name}")
+        self._client: Any = None
+        self._discovered_at: float | None = None
+        self._urls: dict[str, str] = {}  # selected queue name -> URL
+        self._dlq_urls: dict[str, str] = {}  # configured DLQ name -> URL
+        self._dlq_sources: dict[str, set[str]] = {}  # configured DLQ name -> source queue names
+        self._arn_urls: dict[str, str] = {}  # DLQ ARN (from a RedrivePolicy) -> URL
+        self._sem: asyncio.Semaphore | None = None
+
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        return {"type": s.type, "name": s.name, "region": s.region or "(default chain)", "profile": s.profile,
+                "role_arn": s.role_arn, "endpoint_url": s.endpoint_url}
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _make_client(self) -> Any:
+        s = self.settings
+        cfg = BotoConfig(connect_timeout=s.timeout, read_timeout=s.timeout, max_pool_connections=s.concurrency,
+                         retries={"max_attempts": 1, "mode": "standard"})  # the next cycle is the retry
+        session = boto3.session.Session(profile_name=s.profile, region_name=s.region)
+        if s.role_arn:
+            sts = session.client("sts", endpoint_url=s.sts_endpoint_url, config=cfg)
+
+            def assume() -> dict[str, str]:
+                kwargs = {"RoleArn": s.role_arn, "RoleSessionName": s.role_session_name}
+                if s.external_id:
+                    kwargs["ExternalId"] = s.external_id
+                c = sts.assume_role(**kwargs)["Credentials"]
+                return {"access_key": c["AccessKeyId"], "secret_key": c["SecretAccessKey"],
+                        "token": c["SessionToken"], "expiry_time": c["Expiration"].isoformat()}
+
+            # Refreshable: botocore assumes the role again shortly before the credentials expire.
+            creds = RefreshableCredentials.create_from_metadata(assume(), assume, "assume-role")
+            botocore_session = get_session()
+            botocore_session._credentials = creds
+            session = boto3.session.Session(botocore_session=botocore_session,
+                                            region_name=s.region or session.region_name)
+        return session.client("sqs", endpoint_url=s.endpoint_url, config=cfg)
+
+    async def _call(self, sample: Sample, op: str, **kwargs: Any) -> dict[str, Any]:
+        if self._sem is None or self._sem._loop is not asyncio.get_running_loop():  # type: ignore[attr-defined]
+            self._sem = asyncio.Semaphore(self.settings.concurrency)
+        async with self._sem:
+            sample.api_calls += 1
+            loop = asyncio.get_running_loop()
+
+            def run() -> dict[str, Any]:
+                if self._client is None:
+                    self._client = self._make_client()
+                return getattr(self._client, op)(**kwargs)
+
+            try:
+                # botocore's own timeouts end the thread's call; this guard bounds the wait for it.
+                return await asyncio.wait_for(loop.run_in_executor(self._pool, run), self.settings.timeout + 1)
+            except asyncio.TimeoutError:
+                raise CollectorError("timeout", f"{op}: no answer within {self.settings.timeout:g}s") from None
+            except Exception as exc:
+                raise classify(exc) from None
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- discovery ----------------------------------------------------------------------------
+
+    async def _list_queues(self, sample: Sample, prefix: str) -> list[str]:
+        urls: list[str] = []
+        kwargs: dict[str, Any] = {"MaxResults": self.settings.list_page_size}
+        if prefix:
+            kwargs["QueueNamePrefix"] = prefix[:80]
+        while True:
+            page = await self._call(sample, "list_queues", **kwargs)
+            urls.extend(page.get("QueueUrls", []))
+            if not page.get("NextToken"):
+                return urls
+            kwargs["NextToken"] = page["NextToken"]
+
+    async def _resolve(self, sample: Sample, selector: Selector) -> dict[str, str]:
+        found: dict[str, str] = {}
+        if selector.patterns:
+            prefixes = {literal_prefix(p) for p in selector.patterns}
+            # One listing when any pattern starts with a wildcard; else one per distinct prefix.
+            prefixes = {""} if "" in prefixes else prefixes
+            listed = await asyncio.gather(*(self._list_queues(sample, p) for p in sorted(prefixes)))
+            for url in (u for lst in listed for u in lst):
+                if selector.matches(_queue_name(url)):
+                    found[_queue_name(url)] = url
+
+        async def by_name(name: str) -> None:
+            try:
+                found[name] = (await self._call(sample, "get_queue_url", QueueName=name))["QueueUrl"]
+            except CollectorError as exc:
+                if exc.reason != "not_found":
+                    raise
+                sample.errors.append(CollectorError("not_found", f"queue {name!r} not found"))
+
+        await asyncio.gather(*(by_name(n) for n in selector.names if n not in found))
+        return found
+
+    async def _sources_of(self, sample: Sample, url: str) -> set[str]:
+        sources: set[str] = set()
+        kwargs: dict[str, Any] = {"QueueUrl": url, "MaxResults": self.settings.list_page_size}
+        while True:
+            page = await self._call(sample, "list_dead_letter_source_queues", **kwargs)
+            sources.update(_queue_name(u) for u in page.get("queueUrls", []))
+            if not page.get("NextToken"):
+                return sources
+            kwargs["NextToken"] = page["NextToken"]
+
+    async def _discover(self, sample: Sample) -> None:
+        self._urls = await self._resolve(sample, self.selector)
+        self._dlq_urls = await self._resolve(sample, self.dlq_selector) if self.settings.dead_letter_queues else {}
+        names = sorted(self._dlq_urls)
+        sources = await asyncio.gather(*(self._sources_of(sample, self._dlq_urls[n]) for n in names))
+        self._dlq_sources = dict(zip(names, sources))
+        self._discovered_at = time.monotonic()
+
+    # --- sampling -----------------------------------------------------------------------------
+
+    async def _attributes(self, sample: Sample, urls: list[str]) -> dict[str, dict[str, str]]:
+        """URL -> attributes. One queue failing (deleted since discovery, throttled) is counted and the
+        rest still reported; only when every queue fails is the whole sample a failure."""
+        failures: list[CollectorError] = []
+
+        async def one(url: str):
+            try:
+                return url, (await self._call(sample, "get_queue_attributes", QueueUrl=url,
+                                              AttributeNames=ATTRIBUTES)).get("Attributes", {})
+            except CollectorError as exc:
+                if exc.reason == "not_found":
+                    exc = CollectorError("not_found", f"queue {_queue_name(url)!r} vanished")
+                    self._discovered_at = None  # list again next cycle
+                failures.append(exc)
+                return url, None
+
+        results = await asyncio.gather(*(one(u) for u in urls))
+        if urls and len(failures) == len(urls) and any(f.reason != "not_found" for f in failures):
+            raise next(f for f in failures if f.reason != "not_found")
+        sample.errors.extend(failures)
+        return {u: a for u, a in results if a is not None}
+
+    async def sample(self) -> Sample:
+        sample = Sample()
+        if self._discovered_at is None or time.monotonic() - self._discovered_at >= self.settings.discovery_interval:
+            await self._discover(sample)
+        urls = sorted(set(self._urls.values()) | set(self._dlq_urls.values()))
+        attrs = await self._attributes(sample, urls)
+
+        # Redrive targets named by the sampled queues that were not sampled yet: find and read them too.
+        redrive: dict[str, str] = {}  # source queue ARN -> DLQ ARN
+        for a in attrs.values():
+            policy = a.get("RedrivePolicy")
+            if policy:
+                try:
+                    redrive[a["QueueArn"]] = json.loads(policy)["deadLetterTargetArn"]
+                except (ValueError, KeyError):
+                    sample.warnings.append(f"{_queue_name(a.get('QueueArn', '?'))}: unreadable RedrivePolicy")
+        sampled_arns = {a.get("QueueArn") for a in attrs.values()}
+        missing = sorted(set(redrive.values()) - sampled_arns)
+        for arn in missing:
+            if arn not in self._arn_urls:
+                parts = arn.split(":")
+                try:
+                    self._arn_urls[arn] = (await self._call(sample, "get_queue_url", QueueName=parts[5],
+                                                            QueueOwnerAWSAccountId=parts[4]))["QueueUrl"]
+                except CollectorError as exc:
+                    if exc.reason != "not_found":
+                        raise
+                    sample.errors.append(CollectorError("not_found", f"dead-letter queue {parts[5]!r} of a redrive policy does not exist"))
+        attrs.update(await self._attributes(sample, [self._arn_urls[a] for a in missing if a in self._arn_urls]))
+
+        dlq_sources: dict[str, set[str]] = {}  # DLQ ARN -> source queue names
+        for source_arn, dlq_arn in redrive.items():
+            dlq_sources.setdefault(dlq_arn, set()).add(_queue_name(source_arn))
+        configured = {self._dlq_urls[n]: n for n in self._dlq_urls}
+        for url, a in sorted(attrs.items()):
+            arn = a.get("QueueArn", "")
+            _, _, _, region, account, name = (arn.split(":") + [""] * 6)[:6]
+            namespace = f"{account}/{region}"
+            visible = float(a.get("ApproximateNumberOfMessages", 0))
+            hidden = float(a.get("ApproximateNumberOfMessagesNotVisible", 0))
+            if arn in dlq_sources or url in configured:
+                sources = dlq_sources.get(arn, set()) | self._dlq_sources.get(configured.get(url, ""), set())
+                # A DLQ's depth counts messages someone is looking at, too: the page must not resolve then.
+                sample.dlqs.append(DlqDepth(namespace, name, visible + hidden, sources))
+            else:
+                sample.queues.append(QueueDepth(namespace, name, visible, in_flight=hidden,
+                                                delayed=float(a.get("ApproximateNumberOfMessagesDelayed", 0))))
+        return sample
