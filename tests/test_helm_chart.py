@@ -1,0 +1,655 @@
+"""The Helm chart (helm/syncwatch), rendered with Helm's own Go SDK (helm-python-sdk, no helm binary).
+
+Every scenario's manifests go through Kubernetes' OpenAPI schemas (kubernetes-validate, strict)
+or, for the Prometheus Operator's CRDs, through models generated from the CRD schemas. The config
+the ConfigMap carries is loaded with syncwatch's own loader, and started for real once.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+from cloudcoil.models.prometheus_operator import v1 as promop
+
+from exporter.config import ListenConfig, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "syncwatch"
+EXAMPLE = CHART / "examples" / "integration"
+RELEASE, NAMESPACE = "shop", "integrations"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schema shipped.
+KUBE_VERSIONS = ("1.25", kubernetes_validate.utils.latest_version())
+CRD_MODELS = {"ServiceMonitor": promop.ServiceMonitor, "PodMonitor": promop.PodMonitor, "PrometheusRule": promop.PrometheusRule}
+
+
+def _load_sync_script():
+    spec = importlib.util.spec_from_file_location("sync_chart_assets", ROOT / "scripts" / "sync-chart-assets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sync_assets = _load_sync_script()
+RULE_SOURCES = sync_assets.rule_files(ROOT / "alerts")
+DASHBOARD_SOURCES = sync_assets.dashboard_files(ROOT / "dashboards")
+
+MONITORING_ON = {
+    "serviceMonitor": {"enabled": True, "additionalLabels": {"release": "kube-prometheus-stack"}},
+    "podMonitor": {"enabled": True, "additionalLabels": {"release": "kube-prometheus-stack"}},
+    "prometheusRule": {"enabled": bool(RULE_SOURCES), "additionalLabels": {"release": "kube-prometheus-stack"}},
+    "dashboards": {"enabled": bool(DASHBOARD_SOURCES), "additionalLabels": {"team": "integrations"},
+                   "annotations": {"grafana_folder": "Integrations"}},
+}
+EXISTING_SECRETS = {
+    "apiToken": {"existingSecret": "syncwatch-api", "key": "bearer"},
+    "credentials": {
+        "rabbitmqPassword": {"existingSecret": "rabbitmq-monitoring", "key": "password", "env": "RABBITMQ_PASSWORD"},
+        "serviceBusConnectionString": {"existingSecret": "servicebus", "key": "cs", "env": "SERVICEBUS_CONNECTION_STRING"},
+    },
+    "serviceAccount": {"awsRoleArn": "arn:aws:iam::123456789012:role/syncwatch",
+                       "azureClientId": "0b5e6a4c-1f2d-4c3b-9a8e-7d6c5b4a3f21"},
+}
+SCENARIOS = {
+    "default": {},
+    "persistence-off": {"persistence": {"enabled": False}},
+    "monitoring-on": MONITORING_ON,
+    "existing-secrets": EXISTING_SECRETS,
+    "network-policy": {"networkPolicy": {"enabled": True, "httpFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                                         "egress": [{"ports": [{"port": 15672, "protocol": "TCP"}]}]}},
+    "flows-and-collectors": {"config": {"flows": {"orders": {"destinations": ["erp"], "deadline": "10m"}},
+                                        "collectors": [{"type": "rabbitmq", "name": "main", "url": "http://rabbitmq:15672", "username": "monitor"}],
+                                        "sampling": {"interval": "60s", "fast_interval": "10s"}}},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering and validation helpers
+
+
+def render_chart(chart_dir: Path, values: dict | None = None) -> list[dict]:
+    """What `helm template` would produce: schema check, render, then every YAML document."""
+    with helm.Chart.load(chart_dir) as chart:
+        chart.validate_schema(values)
+        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    objects = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                doc.setdefault("_template", path)
+                objects.append(doc)
+    return objects
+
+
+def render(values: dict | None = None) -> list[dict]:
+    return render_chart(CHART, values)
+
+
+def manifest(obj: dict) -> dict:
+    return {k: v for k, v in obj.items() if k != "_template"}
+
+
+def one(objects: list[dict], kind: str) -> dict:
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+def _unknown_keys(given, kept, path="") -> list[str]:
+    """Keys in `given` that a model dropped (pydantic ignores unknown fields): CRD typos."""
+    if isinstance(given, dict) and isinstance(kept, dict):
+        out = []
+        for key, value in given.items():
+            if key not in kept:
+                out.append(f"{path}.{key}")
+            else:
+                out += _unknown_keys(value, kept[key], f"{path}.{key}")
+        return out
+    if isinstance(given, list) and isinstance(kept, list):
+        return [k for i, (g, c) in enumerate(zip(given, kept)) for k in _unknown_keys(g, c, f"{path}[{i}]")]
+    return []
+
+
+def validate_manifest(obj: dict, versions: tuple[str, ...] = KUBE_VERSIONS) -> None:
+    obj = manifest(obj)
+    if obj["kind"] in CRD_MODELS:
+        model = CRD_MODELS[obj["kind"]].model_validate(obj)
+        kept = model.model_dump(by_alias=True, exclude_unset=True, mode="json")
+        assert not _unknown_keys(obj, kept), f"{obj['kind']}: fields not in the CRD schema: {_unknown_keys(obj, kept)}"
+        return
+    for version in versions:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(str(p) for p in exc.path)
+            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} invalid for Kubernetes {version} at {where}: {exc.message}")
+
+
+def rendered_config(objects: list[dict]) -> tuple[str, dict]:
+    cm = next(o for o in objects if o["kind"] == "ConfigMap" and "config.yaml" in o.get("data", {}))
+    text = cm["data"]["config.yaml"]
+    return text, yaml.safe_load(text)
+
+
+def container(objects: list[dict], name: str = "syncwatch") -> dict:
+    spec = one(objects, "Deployment")["spec"]["template"]["spec"]
+    return next(c for c in spec.get("containers", []) + spec.get("initContainers", []) if c["name"] == name)
+
+
+def build_parent_chart(tmp_path: Path) -> Path:
+    """The README's sidecar example as an integration chart with syncwatch under charts/."""
+    parent = tmp_path / "integration"
+    shutil.copytree(EXAMPLE, parent)
+    shutil.copytree(CHART, parent / "charts" / "syncwatch", ignore=shutil.ignore_patterns("examples"))
+    return parent
+
+
+# ---------------------------------------------------------------------------------------------
+# Every scenario: schema, lint, Kubernetes validity, loadable config
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_every_rendered_manifest_is_valid_kubernetes(scenario):
+    objects = render(SCENARIOS[scenario])
+    assert objects
+    for obj in objects:
+        validate_manifest(obj)
+        assert obj["metadata"]["namespace"] == NAMESPACE
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_helm_lint_reports_no_errors(scenario):
+    report = helm.lint(CHART, SCENARIOS[scenario], strict=False, namespace=NAMESPACE)
+    errors = [m for m in report["messages"] if m["severity"] >= 3] + report["errors"]
+    assert not errors, errors
+    # Only the informational "icon is recommended" is left.
+    assert all(m["severity"] <= 1 for m in report["messages"]), report["messages"]
+
+
+def test_lint_catches_a_broken_template(tmp_path):
+    broken = tmp_path / "syncwatch"
+    shutil.copytree(CHART, broken)
+    (broken / "templates" / "service.yaml").write_text("{{ if }}\n")
+    report = helm.lint(broken)
+    assert any(m["severity"] == 3 for m in report["messages"]) or report["errors"]
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_syncwatch_accepts_the_rendered_config(scenario, tmp_path):
+    objects = render(SCENARIOS[scenario])
+    text, cfg = rendered_config(objects)
+    token_file = cfg.get("api", {}).get("token_file")
+    if token_file:
+        # The Secret is a file in the pod; here it lives in a tmp dir at the same relative place.
+        local = tmp_path / Path(token_file).relative_to("/")
+        local.parent.mkdir(parents=True)
+        local.write_text("s3cret-token\n")
+        text = text.replace(token_file, str(local))
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    config = load_config(path, environ={})
+    assert str(config.storage.data_dir) == "/var/lib/syncwatch"
+    if token_file:
+        assert config.api.resolve_token() == "s3cret-token"
+
+
+# ---------------------------------------------------------------------------------------------
+# Standalone defaults
+
+
+def test_default_release_objects():
+    objects = render()
+    assert sorted(o["kind"] for o in objects) == ["ConfigMap", "Deployment", "PersistentVolumeClaim", "Service", "ServiceAccount"]
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"  # one SQLite writer at a time
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == one(objects, "ServiceAccount")["metadata"]["name"]
+    c = container(objects)
+    assert c["command"] + c["args"] == ["syncwatch", "run", "--config", "/etc/syncwatch/config.yaml"]
+    assert c["image"] == "syncwatch:0.1.0"  # the chart's appVersion
+    data = next(v for v in pod["volumes"] if v["name"] == "syncwatch-data")
+    assert data["persistentVolumeClaim"]["claimName"] == one(objects, "PersistentVolumeClaim")["metadata"]["name"]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    config_volume = next(v for v in pod["volumes"] if v["name"] == "syncwatch-config")
+    config_map = one(objects, "ConfigMap")
+    assert config_volume["configMap"]["name"] == config_map["metadata"]["name"]
+    assert mounts["syncwatch-config"]["mountPath"] == "/etc/syncwatch" and mounts["syncwatch-config"]["readOnly"]
+    assert mounts["syncwatch-data"]["mountPath"] == rendered_config(objects)[1]["storage"]["data_dir"]
+    # The config checksum rolls the pod when the config changes.
+    annotation = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/syncwatch-config"]
+    changed = one(render({"config": {"log_level": "debug"}}), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotation != changed["checksum/syncwatch-config"]
+
+
+def test_hardened_security_context():
+    objects = render()
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    sc = container(objects)["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert sc["runAsNonRoot"] is True
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    # A read-only root needs a writable /tmp.
+    assert any(m["mountPath"] == "/tmp" for m in container(objects)["volumeMounts"])
+    assert container(objects)["resources"]["limits"]["memory"]
+
+
+def test_ports_agree_between_config_container_service_and_probes():
+    objects = render({"ports": {"http": 19873, "otlpGrpc": 14317, "otlpHttp": 14318}})
+    _, cfg = rendered_config(objects)
+    listen = {k: int(v.rpartition(":")[2]) for k, v in cfg["listen"].items()}
+    assert listen == {"http": 19873, "otlp_grpc": 14317, "otlp_http": 14318}
+    assert all(v.startswith("0.0.0.0:") for v in cfg["listen"].values())  # reachable through the Service
+    ports = {p["name"]: p["containerPort"] for p in container(objects)["ports"]}
+    assert ports == {"sw-http": 19873, "sw-otlp-grpc": 14317, "sw-otlp-http": 14318}
+    service = one(objects, "Service")
+    by_name = {p["name"]: p for p in service["spec"]["ports"]}
+    assert {n: (p["port"], ports[p["targetPort"]]) for n, p in by_name.items()} == {
+        "http": (19873, 19873), "otlp-grpc": (14317, 14317), "otlp-http": (14318, 14318)}
+    assert by_name["otlp-grpc"]["appProtocol"] == "grpc"
+    c = container(objects)
+    assert (c["livenessProbe"]["httpGet"], c["readinessProbe"]["httpGet"]) == (
+        {"path": "/healthz", "port": "sw-http"}, {"path": "/readyz", "port": "sw-http"})
+    assert service["spec"]["selector"].items() <= one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_default_ports_are_syncwatchs_own_defaults():
+    _, cfg = rendered_config(render())
+    defaults = ListenConfig()
+    for key in ("http", "otlp_grpc", "otlp_http"):
+        assert cfg["listen"][key].rpartition(":")[2] == getattr(defaults, key).rpartition(":")[2]
+    assert cfg["listen"]["otlp_grpc"].endswith(":4317") and cfg["listen"]["otlp_http"].endswith(":4318")
+
+
+def test_rendered_config_runs_syncwatch_and_answers_the_probes(tmp_path):
+    """The chart's config starts the real sidecar; the probe and scrape paths answer on its HTTP port."""
+    from sidecar import Sidecar
+
+    values = {"config": {"flows": {"orders": {"destinations": ["erp"], "deadline": "10m"}},
+                         # The local RabbitMQ's management API (guest): the collector list reaches the collectors.
+                         "collectors": [{"type": "rabbitmq", "name": "chart-test", "url": "http://127.0.0.1:15672"}]}}
+    _, cfg = rendered_config(render(values))
+    # Same config, but on free loopback ports and a tmp data dir (the pod has its own network and volume).
+    cfg.pop("listen")
+    cfg["storage"].pop("data_dir")
+    sidecar = Sidecar(tmp_path / "sc", cfg).start()
+    try:
+        c = container(render())
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            status, _ = sidecar.get(c[probe]["httpGet"]["path"])
+            assert status == 200, probe
+        status, body = sidecar.get("/metrics")
+        assert status == 200 and b"syncwatch_flow_deadline_seconds" in body
+        assert sidecar.metric("syncwatch_flow_deadline_seconds", flow="orders") == 600
+        sidecar.wait_for("syncwatch_collector_up", 1, timeout=30, collector="chart-test")
+    finally:
+        sidecar.stop()
+
+
+def test_persistence_off_uses_an_emptydir():
+    objects = render({"persistence": {"enabled": False}})
+    assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    data = next(v for v in pod["volumes"] if v["name"] == "syncwatch-data")
+    assert data == {"name": "syncwatch-data", "emptyDir": {"sizeLimit": "2Gi"}}
+
+
+def test_existing_claim_is_used_and_none_created():
+    objects = render({"persistence": {"existingClaim": "ledger"}})
+    assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert next(v for v in pod["volumes"] if v["name"] == "syncwatch-data")["persistentVolumeClaim"] == {"claimName": "ledger"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Credentials: only through Secrets
+
+
+def test_existing_secrets_are_referenced_never_copied():
+    objects = render(EXISTING_SECRETS)
+    assert not [o for o in objects if o["kind"] == "Secret"]
+    c = container(objects)
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    _, cfg = rendered_config(objects)
+    # API token: a Secret volume, mounted where the config's api.token_file points.
+    volume = next(v for v in pod["volumes"] if v["name"] == "syncwatch-api-token")
+    assert volume["secret"]["secretName"] == "syncwatch-api"
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "syncwatch-api-token")
+    assert mount["readOnly"] is True
+    assert cfg["api"] == {"token_file": f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"}
+    assert volume["secret"]["items"][0]["key"] == "bearer"
+    # Broker credentials: env vars from secretKeyRef.
+    env = {e["name"]: e for e in c["env"]}
+    assert env["RABBITMQ_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "rabbitmq-monitoring", "key": "password"}
+    assert env["SERVICEBUS_CONNECTION_STRING"]["valueFrom"]["secretKeyRef"] == {"name": "servicebus", "key": "cs"}
+    # Env names the config loader would read as overrides would break it: none start with SYNCWATCH_.
+    assert not [n for n in env if n.startswith("SYNCWATCH_")]
+    # Workload identities.
+    sa = one(objects, "ServiceAccount")
+    assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/syncwatch",
+                                             "azure.workload.identity/client-id": "0b5e6a4c-1f2d-4c3b-9a8e-7d6c5b4a3f21"}
+    assert one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+
+
+def test_no_credentials_without_existing_secrets():
+    objects = render()
+    c = container(objects)
+    assert [e["name"] for e in c["env"]] == ["TMPDIR"]
+    assert "api" not in rendered_config(objects)[1]
+    assert "annotations" not in one(objects, "ServiceAccount")["metadata"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Monitoring objects
+
+
+def test_monitoring_objects_are_opt_in():
+    kinds = {o["kind"] for o in render()}
+    assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+    assert not [o for o in render() if "dashboards" in o["_template"]]
+
+
+def test_service_monitor_scrapes_the_service_http_port_as_job_syncwatch():
+    objects = render(MONITORING_ON)
+    sm = one(objects, "ServiceMonitor")
+    service = one(objects, "Service")
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert sm["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    endpoint = sm["spec"]["endpoints"][0]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    http = next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])
+    assert http["port"] == 9873 and endpoint["path"] == "/metrics"
+    # The alert rules select job="syncwatch" (alerts/syncwatch-rules.yml: SyncwatchDown).
+    assert {"action": "replace", "targetLabel": "job", "replacement": "syncwatch"} in endpoint["relabelings"]
+
+
+def test_pod_monitor_standalone_selects_the_deployment_pods():
+    objects = render(MONITORING_ON)
+    pm = one(objects, "PodMonitor")
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] in {p["name"] for p in container(objects)["ports"]}
+
+
+def _alert_rules(groups) -> list[dict]:
+    return [r for g in groups for r in g["rules"]]
+
+
+@pytest.mark.skipif(not RULE_SOURCES, reason="alerts/ has no rule file yet")
+def test_prometheus_rule_carries_exactly_the_rule_files_of_alerts():
+    groups = [g for path in RULE_SOURCES for g in yaml.safe_load(path.read_text())["groups"]]
+    rule = one(render(MONITORING_ON), "PrometheusRule")
+    assert rule["spec"]["groups"] == groups
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    alerts = {r["alert"] for r in _alert_rules(rule["spec"]["groups"]) if "alert" in r}
+    assert "SyncwatchDeadLetterQueueNotEmpty" in alerts and "SyncwatchDown" in alerts
+
+
+@pytest.mark.skipif(RULE_SOURCES != [], reason="alerts/ has rule files")
+def test_prometheus_rule_without_rule_files_fails_clearly():
+    with pytest.raises(helm.HelmRenderError, match="carries no alert rules"):
+        render({"prometheusRule": {"enabled": True}})
+
+
+@pytest.mark.skipif(not DASHBOARD_SOURCES, reason="dashboards/ has no dashboard JSON yet")
+def test_dashboard_configmaps_carry_exactly_the_dashboards():
+    objects = render(MONITORING_ON)
+    maps = [o for o in objects if "dashboards" in o["_template"]]
+    carried = {}
+    for cm in maps:
+        assert cm["kind"] == "ConfigMap"
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert cm["metadata"]["labels"]["team"] == "integrations"
+        assert cm["metadata"]["annotations"] == {"grafana_folder": "Integrations"}
+        assert len(cm["data"]) == 1
+        carried.update(cm["data"])
+    assert sorted(carried) == sorted(p.name for p in DASHBOARD_SOURCES)
+    for path in DASHBOARD_SOURCES:
+        assert carried[path.name] == path.read_text().rstrip("\n")
+        assert json.loads(carried[path.name]) == json.loads(path.read_text())
+    assert len({cm["metadata"]["name"] for cm in maps}) == len(maps)
+
+
+@pytest.mark.skipif(DASHBOARD_SOURCES != [], reason="dashboards/ has dashboard JSON")
+def test_dashboards_without_files_fail_clearly():
+    with pytest.raises(helm.HelmRenderError, match="carries no dashboards"):
+        render({"dashboards": {"enabled": True}})
+
+
+def test_dashboard_label_is_configurable():
+    if not DASHBOARD_SOURCES:
+        pytest.skip("dashboards/ has no dashboard JSON yet")
+    objects = render({"dashboards": {"enabled": True, "label": "grafana.com/dashboard", "labelValue": "syncwatch"}})
+    maps = [o for o in objects if "dashboards" in o["_template"]]
+    assert maps and all(cm["metadata"]["labels"]["grafana.com/dashboard"] == "syncwatch" for cm in maps)
+
+
+# ---------------------------------------------------------------------------------------------
+# The chart's copies of alerts/ and dashboards/
+
+
+def test_chart_copies_of_alerts_and_dashboards_are_fresh():
+    problems = sync_assets.stale()
+    assert not problems, f"{problems}: run python scripts/sync-chart-assets.py"
+    # Independently of the script: byte-equal copies.
+    for path in RULE_SOURCES:
+        assert (CHART / "files" / "alerts" / path.name).read_bytes() == path.read_bytes()
+    for path in DASHBOARD_SOURCES:
+        assert (CHART / "files" / "dashboards" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_stale_check_notices_changed_added_and_removed_files(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "alerts" / "tests").mkdir(parents=True)
+    (repo / "dashboards").mkdir()
+    (repo / "alerts" / "a.rules.yml").write_text("groups:\n- name: g\n  rules: []\n")
+    (repo / "alerts" / "tests" / "a.test.yml").write_text("rule_files: [../a.rules.yml]\ntests: []\n")
+    (repo / "alerts" / "prometheus.example.yml").write_text("rule_files: [a.rules.yml]\n")
+    (repo / "dashboards" / "d.json").write_text('{"title": "d"}\n')
+    files = tmp_path / "chart-files"
+    assert sorted(sync_assets.stale(repo, files)) == ["missing: files/alerts/a.rules.yml", "missing: files/dashboards/d.json"]
+    sync_assets.sync(repo, files)
+    assert sync_assets.stale(repo, files) == []
+    assert sorted(p.name for p in (files / "alerts").iterdir()) == ["a.rules.yml"]  # tests and configs are not rules
+    (repo / "dashboards" / "d.json").write_text('{"title": "d2"}\n')
+    (repo / "dashboards" / "e.json").write_text("{}\n")
+    (repo / "alerts" / "a.rules.yml").unlink()
+    assert sorted(sync_assets.stale(repo, files)) == [
+        "missing: files/dashboards/e.json", "no longer in alerts/: files/alerts/a.rules.yml", "out of date: files/dashboards/d.json"]
+    sync_assets.sync(repo, files)
+    assert sync_assets.stale(repo, files) == []
+    assert not (files / "alerts" / "a.rules.yml").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema rejects wrong values, naming them
+
+BAD_VALUES = [
+    ({"mode": "daemonset"}, "/mode"),
+    ({"ports": {"http": 70000}}, "/ports/http"),
+    ({"ports": {"otlpGrpc": "4317"}}, "/ports/otlpGrpc"),
+    ({"replicaCount": 2}, "'replicaCount' not allowed"),
+    ({"persistence": {"size": "lots"}}, "/persistence/size"),
+    ({"image": {"digest": "latest"}}, "/image/digest"),
+    ({"image": {"tag": 1.2}}, "/image/tag"),
+    ({"config": {"listen": {"http": "0.0.0.0:1"}}}, "/config/listen"),
+    ({"config": {"api": {"token": "plain-text"}}}, "/config/api"),
+    ({"config": {"storage": {"data_dir": "/elsewhere"}}}, "/config/storage/data_dir"),
+    ({"config": {"flows": {"orders": {"deadline": "soon"}}}}, "/config/flows/orders/deadline"),
+    ({"config": {"flows": {"orders": {"deadlin": "5m"}}}}, "'deadlin' not allowed"),
+    ({"config": {"snapshots": {"backend": "ftp://x"}}}, "/config/snapshots/backend"),
+    ({"config": {"snapshots": {"redact": {"hash_key": "k"}}}}, "/config/snapshots/redact/hash_key"),
+    ({"config": {"collectors": [{"type": "rabbitmq", "name": "m", "password": "p"}]}}, "/config/collectors/0/password"),
+    ({"config": {"collectors": [{"type": "servicebus", "name": "sb", "connection_string": "Endpoint=sb://x"}]}}, "/config/collectors/0/connection_string"),
+    ({"config": {"collectors": [{"name": "nameless-type"}]}}, "/config/collectors/0"),
+    ({"config": {"log_level": "verbose"}}, "/config/log_level"),
+    ({"apiToken": {"token": "plain"}}, "'token' not allowed"),
+    ({"credentials": {"x": {"existingSecret": "s", "key": "k", "env": "BAD NAME"}}}, "/credentials/x/env"),
+    ({"serviceAccount": {"awsRoleArn": "my-role"}}, "/serviceAccount/awsRoleArn"),
+    ({"serviceAccount": {"azureClientId": "not-a-guid"}}, "/serviceAccount/azureClientId"),
+    ({"mode": "sidecar", "serviceMonitor": {"enabled": True}}, "/serviceMonitor/enabled"),
+    ({"monitoring": {"interval": "often"}}, "/monitoring/interval"),
+    ({"serviceMonitor": {"additionalLabels": {"release": 1}}}, "/serviceMonitor/additionalLabels/release"),
+    ({"probes": {"liveness": {"httpGet": {"path": "/"}}}}, "'httpGet' not allowed"),
+    ({"service": {"type": "ExternalName"}}, "/service/type"),
+]
+
+
+@pytest.mark.parametrize("values,where", BAD_VALUES, ids=[w for _, w in BAD_VALUES])
+def test_schema_rejects_bad_values_naming_the_key(values, where):
+    with helm.Chart.load(CHART) as chart:
+        with pytest.raises(helm.HelmValuesError) as exc:
+            chart.validate_schema(values)
+    assert where in str(exc.value)
+
+
+def test_schema_accepts_the_documented_values():
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema(None)
+        for values in SCENARIOS.values():
+            chart.validate_schema(values)
+        chart.validate_schema({"mode": "sidecar", "podMonitor": {"enabled": True}, "sidecar": {"native": True}})
+
+
+def test_schema_config_section_follows_syncwatchs_config_models():
+    """A key the chart's schema allows must exist in exporter/config.py, and every config key
+    syncwatch has must be either allowed or owned by the chart (so the schema cannot drift)."""
+    from exporter import config as cfgmod
+
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]["properties"]
+    chart_owned = {"listen", "api"}
+    assert set(schema) == set(cfgmod.Config.model_fields)
+    sections = {"storage": cfgmod.StorageConfig, "intake": cfgmod.IntakeConfig, "correlation": cfgmod.CorrelationConfig,
+                "snapshots": cfgmod.SnapshotsConfig}
+    for name, model in sections.items():
+        assert set(schema[name]["properties"]) == set(model.model_fields), name
+    assert set(schema["snapshots"]["properties"]["redact"]["properties"]) == set(cfgmod.RedactConfig.model_fields)
+    assert set(schema["flows"]["additionalProperties"]["properties"]) == set(cfgmod.FlowConfig.model_fields)
+    for owned in chart_owned:
+        assert "const" in schema[owned]  # rejected with a message
+
+
+# ---------------------------------------------------------------------------------------------
+# Sidecar mode: the integration's chart includes the named templates
+
+
+def test_sidecar_mode_renders_no_workload_of_its_own():
+    kinds = sorted(o["kind"] for o in render({"mode": "sidecar", "podMonitor": {"enabled": True}}))
+    assert kinds == ["ConfigMap", "PodMonitor"]
+
+
+def test_sidecar_example_chart(tmp_path):
+    parent = build_parent_chart(tmp_path)
+    objects = render_chart(parent)
+    for obj in objects:
+        validate_manifest(obj)
+    assert sorted(o["kind"] for o in objects) == ["ConfigMap", "Deployment", "PodMonitor", "PrometheusRule"]
+    deployment = one(objects, "Deployment")
+    assert deployment["_template"] == "order-sync/templates/deployment.yaml"
+    template = deployment["spec"]["template"]
+    pod = template["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["order-sync", "syncwatch"]
+    sidecar = container(objects)
+    # Config: the subchart's ConfigMap, OTLP on the pod's loopback, metrics on all interfaces for the PodMonitor.
+    config_map = one(objects, "ConfigMap")
+    text, cfg = rendered_config(objects)
+    assert next(v for v in pod["volumes"] if v["name"] == "syncwatch-config")["configMap"]["name"] == config_map["metadata"]["name"]
+    assert cfg["listen"] == {"http": "0.0.0.0:9873", "otlp_grpc": "127.0.0.1:4317", "otlp_http": "127.0.0.1:4318"}
+    assert cfg["flows"]["orders"] == {"destinations": ["erp"], "deadline": "5m"}
+    app_env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert app_env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://localhost:4317"
+    # Every mount has its volume; the data dir is an emptyDir; the token comes from the Secret.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert {m["name"] for m in sidecar["volumeMounts"]} <= set(volumes)
+    assert "emptyDir" in volumes["syncwatch-data"]
+    assert volumes["syncwatch-api-token"]["secret"]["secretName"] == "order-sync-syncwatch-api"
+    assert sidecar["image"] == "syncwatch:0.1.0"  # the subchart's appVersion
+    # A sidecar's readiness must not gate the integration's pod; liveness still restarts it.
+    assert "readinessProbe" not in sidecar and sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # The checksum annotation is the hash of exactly the config the ConfigMap carries.
+    assert template["metadata"]["annotations"]["checksum/syncwatch-config"] == hashlib.sha256(text.rstrip("\n").encode()).hexdigest()
+    # The PodMonitor finds the integration's pods and scrapes the sidecar's port.
+    pm = one(objects, "PodMonitor")
+    assert pm["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] in {p["name"] for p in sidecar["ports"]}
+    assert pm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # Lint of the integration's chart (with its subchart) is clean.
+    report = helm.lint(parent, with_subcharts=True)
+    assert not [m for m in report["messages"] if m["severity"] >= 3] and not report["errors"]
+
+
+def test_sidecar_config_change_changes_the_pod_checksum(tmp_path):
+    parent = build_parent_chart(tmp_path)
+    before = one(render_chart(parent), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    after = one(render_chart(parent, {"syncwatch": {"config": {"log_level": "debug"}}}), "Deployment")
+    assert before != after["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_native_sidecar_goes_to_init_containers(tmp_path):
+    parent = build_parent_chart(tmp_path)
+    objects = render_chart(parent, {"syncwatch": {"sidecar": {"native": True}}})
+    for obj in objects:
+        validate_manifest(obj, ("1.29", KUBE_VERSIONS[-1]))  # native sidecars: on by default from 1.29
+    with pytest.raises(pytest.fail.Exception, match="restartPolicy"):
+        validate_manifest(one(objects, "Deployment"), ("1.27",))  # before the field existed
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["order-sync"]
+    init = pod["initContainers"]
+    assert [c["name"] for c in init] == ["syncwatch"] and init[0]["restartPolicy"] == "Always"
+
+
+def test_sidecar_helpers_need_the_chart_or_an_image_tag(tmp_path):
+    parent = build_parent_chart(tmp_path)
+    template = parent / "templates" / "deployment.yaml"
+    template.write_text(template.read_text().replace(' "Chart" .Subcharts.syncwatch.Chart', ""))
+    with pytest.raises(helm.HelmRenderError, match="image.tag"):
+        render_chart(parent)
+    objects = render_chart(parent, {"syncwatch": {"image": {"tag": "0.1.0"}}})
+    assert container(objects)["image"] == "syncwatch:0.1.0"
+
+
+def test_sidecar_secret_is_readable_without_the_integrations_fsgroup(tmp_path):
+    objects = render_chart(build_parent_chart(tmp_path))
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert "fsGroup" not in pod.get("securityContext", {})
+    volume = next(v for v in pod["volumes"] if v["name"] == "syncwatch-api-token")
+    assert volume["secret"]["defaultMode"] == 0o444
+    standalone = one(render(EXISTING_SECRETS), "Deployment")["spec"]["template"]["spec"]
+    assert next(v for v in standalone["volumes"] if v["name"] == "syncwatch-api-token")["secret"]["defaultMode"] == 0o440
+
+
+# ---------------------------------------------------------------------------------------------
+# NetworkPolicy
+
+
+def test_network_policy_allows_the_named_ports_only():
+    values = copy.deepcopy(SCENARIOS["network-policy"])
+    objects = render(values)
+    policy = one(objects, "NetworkPolicy")
+    port_names = {p["name"] for p in container(objects)["ports"]}
+    ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert ingress_ports == port_names
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    http_rule = next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == "sw-http")
+    assert http_rule["from"] == values["networkPolicy"]["httpFrom"]
+    otlp_rule = next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == "sw-otlp-grpc")
+    assert otlp_rule["from"] == [{"podSelector": {}}]  # default: pods of the release's namespace
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert {"port": 53, "protocol": "UDP"} in policy["spec"]["egress"][0]["ports"]
+    assert one(render({"networkPolicy": {"enabled": True}}), "NetworkPolicy")["spec"]["policyTypes"] == ["Ingress"]
