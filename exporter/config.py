@@ -98,8 +98,40 @@ class RedactConfig(_Model):
     paths: list[str] = Field(default_factory=list)  # JSON paths, e.g. $.customer.address.street
     patterns: dict[str, str] = Field(default_factory=dict)  # kind -> regex
     defaults: bool = True  # the built-in keys and patterns (cards, e-mail, IBAN, secrets)
-    hash_key: str | None = None  # key for the keyed hash; default: generated once per data dir
+    hash_key: str | None = Field(None, repr=False)  # key for the keyed hash; default: generated once per data dir
     hash_key_file: Path | None = None
+
+    @field_validator("patterns")
+    @classmethod
+    def _compile_patterns(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for kind, rx in v.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", kind):
+                raise ValueError(f"pattern kind {kind!r}: use letters, digits, _ . - (it becomes a metric label)")
+            try:
+                compiled = re.compile(rx)
+            except re.error as exc:
+                raise ValueError(f"pattern {kind!r} is not a valid regular expression: {exc}") from None
+            if compiled.match(""):
+                raise ValueError(f"pattern {kind!r} matches the empty string")
+        return v
+
+    @field_validator("paths")
+    @classmethod
+    def _parse_paths(cls, v: list[str]) -> list[str]:
+        from .snapshots.redaction import PathRule
+
+        for path in v:
+            PathRule(path)  # raises ValueError naming the path
+        return v
+
+    @field_validator("hash_key")
+    @classmethod
+    def _key_length(cls, v: str | None) -> str | None:
+        if v is not None and len(v.encode()) < 16:
+            raise ValueError("hash_key must be at least 16 bytes")
+        return v
 
 
 class SnapshotsConfig(_Model):
@@ -111,6 +143,10 @@ class SnapshotsConfig(_Model):
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     sweep_interval: Duration = 60.0
+    sweep_batch: int = Field(2000, gt=0)  # rows/objects per delete; intake waits at most one batch
+    # SQLite backend: cap on the snapshot file; beyond it snapshots are dropped (snapshot_store_full)
+    # instead of filling the disk the ledger lives on.
+    max_store_bytes: int | None = Field(None, gt=0)
 
     @field_validator("retention")
     @classmethod

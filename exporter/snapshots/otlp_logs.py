@@ -1,0 +1,89 @@
+"""Payload snapshots out of OTLP log records.
+
+A log record is a payload snapshot when it carries `syncwatch.payload.direction`; its body is the
+payload (string, bytes or key-value map), its trace/span IDs name the delivery attempt, and its
+attributes carry the correlation ID (first present of the configured keys).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+DIRECTION_ATTR = "syncwatch.payload.direction"
+DIRECTIONS = ("request", "response")
+FLOW_ATTR = "syncwatch.flow"
+DESTINATION_ATTRS = ("syncwatch.destination", "peer.service", "server.address")
+MAX_CORRELATION_ID = 512  # longer IDs are garbage, not keys
+
+
+@dataclass
+class PayloadRecord:
+    direction: str | None  # None: not a payload; "invalid": attribute present, value unknown
+    corr: str | None
+    body: Any  # str | bytes | dict | list | scalar | None
+    trace_id: bytes
+    span_id: bytes
+    time: float | None
+    flow: str | None
+    destination: str | None
+
+
+def any_value(v: AnyValue) -> Any:
+    kind = v.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "kvlist_value":
+        return {kv.key: any_value(kv.value) for kv in v.kvlist_value.values}
+    if kind == "array_value":
+        return [any_value(x) for x in v.array_value.values]
+    return getattr(v, kind)
+
+
+def _scalar_attr(v: AnyValue) -> str | None:
+    kind = v.WhichOneof("value")
+    if kind in ("string_value", "int_value"):
+        return str(getattr(v, kind))
+    return None
+
+
+def payload_records(request: ExportLogsServiceRequest, correlation_keys: list[str]) -> Iterator[PayloadRecord]:
+    wanted = set(correlation_keys) | {DIRECTION_ATTR, FLOW_ATTR, *DESTINATION_ATTRS}
+    for rl in request.resource_logs:
+        resource_attrs = {kv.key: kv.value for kv in rl.resource.attributes if kv.key in wanted}
+        for sl in rl.scope_logs:
+            for rec in sl.log_records:
+                attrs = dict(resource_attrs)
+                attrs.update((kv.key, kv.value) for kv in rec.attributes if kv.key in wanted)
+                direction_value = attrs.get(DIRECTION_ATTR)
+                if direction_value is None:
+                    yield PayloadRecord(None, None, None, b"", b"", None, None, None)
+                    continue
+                direction = (_scalar_attr(direction_value) or "").strip().lower()
+                if direction not in DIRECTIONS:
+                    direction = "invalid"
+                corr = None
+                for key in correlation_keys:
+                    if key in attrs:
+                        value = _scalar_attr(attrs[key])
+                        if value and len(value) <= MAX_CORRELATION_ID:
+                            corr = value
+                            break
+                destination = None
+                for key in DESTINATION_ATTRS:
+                    if key in attrs and (destination := _scalar_attr(attrs[key])):
+                        break
+                ts = rec.time_unix_nano or rec.observed_time_unix_nano
+                yield PayloadRecord(
+                    direction=direction,
+                    corr=corr,
+                    body=any_value(rec.body) if rec.HasField("body") else None,
+                    trace_id=bytes(rec.trace_id),
+                    span_id=bytes(rec.span_id),
+                    time=ts / 1e9 if ts else None,
+                    flow=_scalar_attr(attrs[FLOW_ATTR]) if FLOW_ATTR in attrs else None,
+                    destination=destination,
+                )

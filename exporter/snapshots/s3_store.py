@@ -1,0 +1,247 @@
+"""Snapshot store on S3 (or any S3 API): `snapshots.backend: s3://bucket/prefix`.
+
+Layout under the prefix:
+  c/<corr>/<received_ms>-<uid>.sws               the snapshot (header + compressed body), listed by
+                                                 correlation ID for the query API
+  t/<YYYYMMDDHH>/<received_ms>-<uid>-<bytes>/<corr>  empty time-index marker, listed by hour for
+                                                 the retention sweeper (and for store size/age)
+  dicts/<id>.zdict                               zstd dictionaries (never deleted)
+<corr> is percent-encoded. The sweeper deletes at the retention age; a bucket lifecycle rule on
+the prefix (README) is the backstop if syncwatch is down for a long time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote, unquote
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from .store import STORE_ERROR, STORE_UNAVAILABLE, Codec, Snapshot, StoreError, StoreStats
+
+_MAGIC = b"SWS1"
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    rest = url[len("s3://"):]
+    bucket, _, prefix = rest.partition("/")
+    return bucket, prefix.strip("/")
+
+
+class S3SnapshotStore:
+    name = "s3"
+
+    def __init__(self, url: str, *, endpoint_url: str | None = None, region: str | None = None,
+                 train_dictionary: bool = True, parallel: int = 8):
+        self.bucket, prefix = parse_s3_url(url)
+        self.prefix = prefix + "/" if prefix else ""
+        self._client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            # Fail fast: a store that is down must show up as dropped snapshots within seconds,
+            # not hold intake requests for minutes.
+            config=botocore.config.Config(
+                connect_timeout=2, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"},
+                max_pool_connections=parallel * 2,
+            ),
+        )
+        self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="snapshot-s3")
+        self.codec = Codec(self._save_dict, train=train_dictionary)
+        self._lock = threading.Lock()
+        self._bytes = 0
+        self._oldest: float | None = None
+        self._seq = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def open(self) -> None:
+        def scan() -> None:
+            for key in self._list_keys(self.prefix + "dicts/"):
+                dict_id = int(key.rsplit("/", 1)[1].split(".")[0])
+                self.codec.load(dict_id, self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+            total, oldest = 0, None
+            for key in self._list_keys(self.prefix + "t/"):
+                received_ms, _, size = _parse_marker(key)
+                total += size
+                if oldest is None or received_ms / 1000 < oldest:
+                    oldest = received_ms / 1000
+            with self._lock:
+                self._bytes, self._oldest = total, oldest
+
+        self._call(scan, "cannot open the S3 snapshot store")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- writes --------------------------------------------------------------------------------
+    def put_many(self, snaps: list[Snapshot]) -> None:
+        for s in snaps:
+            if not s.blob and s.body:
+                self.codec.compress(s)
+        futures = [self._pool.submit(self._put_one, s) for s in snaps]
+        errors = [f.exception() for f in futures]
+        failed = [e for e in errors if e is not None]
+        if failed:
+            raise failed[0] if isinstance(failed[0], StoreError) else _store_error(failed[0], "cannot store snapshots")
+
+    def _put_one(self, s: Snapshot) -> None:
+        with self._lock:
+            self._seq += 1
+            uid = f"{os.getpid():x}{self._seq:08x}"
+        received_ms = int(s.received * 1000)
+        header = json.dumps({
+            "corr": s.corr, "direction": s.direction, "received": s.received, "time": s.time,
+            "trace_id": s.trace_id.hex(), "span_id": s.span_id.hex(), "flow": s.flow, "destination": s.destination,
+            "content_type": s.content_type, "size": s.size, "sha256": s.sha256.hex(), "truncated": s.truncated,
+            "redactions": s.redactions, "dict_id": s.dict_id,
+        }, separators=(",", ":")).encode()
+        data = _MAGIC + struct.pack(">I", len(header)) + header + s.blob
+        corr = quote(s.corr, safe="")
+        name = f"{received_ms:013d}-{uid}"
+        hour = time.strftime("%Y%m%d%H", time.gmtime(s.received))
+        # Data first, then its index marker: a crash in between leaves an object only the
+        # lifecycle rule removes, never a marker pointing at nothing.
+        self._call(lambda: self._client.put_object(Bucket=self.bucket, Key=f"{self.prefix}c/{corr}/{name}.sws", Body=data), "cannot store snapshot")
+        self._call(lambda: self._client.put_object(Bucket=self.bucket, Key=f"{self.prefix}t/{hour}/{name}-{len(data)}/{corr}", Body=b""), "cannot index snapshot")
+        with self._lock:
+            self._bytes += len(data)
+            if self._oldest is None or s.received < self._oldest:
+                self._oldest = s.received
+
+    def _save_dict(self, dict_id: int, data: bytes) -> None:
+        self._call(lambda: self._client.put_object(Bucket=self.bucket, Key=f"{self.prefix}dicts/{dict_id}.zdict", Body=data), "cannot store dictionary")
+
+    # -- reads ---------------------------------------------------------------------------------
+    def find(self, corr: str) -> list[Snapshot]:
+        keys = self._call(lambda: list(self._list_keys(f"{self.prefix}c/{quote(corr, safe='')}/")), "cannot list snapshots")
+        bodies = list(self._pool.map(lambda k: self._call(lambda: self._client.get_object(Bucket=self.bucket, Key=k)["Body"].read(), "cannot read snapshot"), keys))
+        out = []
+        for data in bodies:
+            if data[:4] != _MAGIC:
+                continue
+            (n,) = struct.unpack(">I", data[4:8])
+            h = json.loads(data[8:8 + n])
+            blob = data[8 + n:]
+            dict_id = h.get("dict_id", 0)
+            if dict_id and dict_id not in self.codec._decompressors:
+                raw = self._call(lambda: self._client.get_object(Bucket=self.bucket, Key=f"{self.prefix}dicts/{dict_id}.zdict")["Body"].read(), "cannot read dictionary")
+                self.codec.load(dict_id, raw)
+            out.append(Snapshot(
+                corr=h["corr"], direction=h["direction"], received=h["received"], time=h["time"],
+                trace_id=bytes.fromhex(h["trace_id"]), span_id=bytes.fromhex(h["span_id"]), flow=h["flow"],
+                destination=h["destination"], content_type=h["content_type"], size=h["size"],
+                sha256=bytes.fromhex(h["sha256"]), truncated=h["truncated"], redactions=h["redactions"],
+                body=self.codec.decompress(dict_id, blob), stored_bytes=len(data), dict_id=dict_id,
+            ))
+        out.sort(key=lambda s: (s.time, s.received))
+        return out
+
+    # -- retention -----------------------------------------------------------------------------
+    def sweep(self, cutoff: float, limit: int) -> int:
+        """Delete up to `limit` snapshots received before `cutoff`: whole hours of markers are
+        listed oldest first, each marker's snapshot deleted, then the marker."""
+        cutoff_ms = int(cutoff * 1000)
+        cutoff_hour = time.strftime("%Y%m%d%H", time.gmtime(cutoff))
+
+        def run() -> int:
+            deleted = 0
+            for hour_prefix in self._list_prefixes(self.prefix + "t/"):
+                hour = hour_prefix.rstrip("/").rsplit("/", 1)[1]
+                if hour > cutoff_hour:
+                    break
+                batch: list[tuple[str, str, int]] = []
+                done_with_hour = True
+                for key in self._list_keys(hour_prefix):
+                    received_ms, name, size = _parse_marker(key)
+                    if received_ms >= cutoff_ms:
+                        done_with_hour = False
+                        break
+                    corr = key.rsplit("/", 1)[1]
+                    batch.append((key, f"{self.prefix}c/{corr}/{name}.sws", size))
+                    if len(batch) >= min(500, limit - deleted):
+                        deleted += self._delete(batch)
+                        batch = []
+                        if deleted >= limit:
+                            return deleted
+                if batch:
+                    deleted += self._delete(batch)
+                if not done_with_hour or deleted >= limit:
+                    break
+            self._refresh_oldest()
+            return deleted
+
+        return self._call(run, "cannot delete expired snapshots")
+
+    def _delete(self, batch: list[tuple[str, str, int]]) -> int:
+        # Snapshots first, markers after: an interrupted sweep leaves markers, found again next time.
+        for keys in ([b[1] for b in batch], [b[0] for b in batch]):
+            resp = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
+            if resp.get("Errors"):
+                err = resp["Errors"][0]
+                raise StoreError(STORE_ERROR, f"cannot delete {err.get('Key')}: {err.get('Code')} {err.get('Message')}")
+        with self._lock:
+            self._bytes = max(0, self._bytes - sum(b[2] for b in batch))
+        return len(batch)
+
+    def _refresh_oldest(self) -> None:
+        oldest = None
+        for hour_prefix in self._list_prefixes(self.prefix + "t/"):
+            resp = self._client.list_objects_v2(Bucket=self.bucket, Prefix=hour_prefix, MaxKeys=1)
+            contents = resp.get("Contents") or []
+            if contents:
+                oldest = _parse_marker(contents[0]["Key"])[0] / 1000
+                break
+        with self._lock:
+            self._oldest = oldest
+
+    def stats(self) -> StoreStats:
+        with self._lock:
+            return StoreStats(bytes=self._bytes, oldest_received=self._oldest)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _list_keys(self, prefix: str):
+        paginator = self._client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents") or []:
+                yield obj["Key"]
+
+    def _list_prefixes(self, prefix: str) -> list[str]:
+        out: list[str] = []
+        paginator = self._client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+            out.extend(p["Prefix"] for p in page.get("CommonPrefixes") or [])
+        return sorted(out)
+
+    def _call(self, fn, what: str):
+        try:
+            return fn()
+        except StoreError:
+            raise
+        except Exception as exc:  # boto raises many unrelated classes; classify, never leak raw
+            raise _store_error(exc, what) from None
+
+
+def _parse_marker(key: str) -> tuple[int, str, int]:
+    # .../t/<hour>/<received_ms>-<uid>-<bytes>/<corr>
+    part = key.rsplit("/", 2)[1]
+    received_ms, uid, size = part.split("-")
+    return int(received_ms), f"{received_ms}-{uid}", int(size)
+
+
+def _store_error(exc: BaseException, what: str) -> StoreError:
+    if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
+                        botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError)):
+        return StoreError(STORE_UNAVAILABLE, f"{what}: S3 unreachable ({exc})")
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        return StoreError(STORE_ERROR, f"{what}: {err.get('Code')} {err.get('Message')}")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return StoreError(STORE_ERROR, f"{what}: no AWS credentials configured")
+    return StoreError(STORE_ERROR, f"{what}: {type(exc).__name__}: {exc}")

@@ -1,0 +1,135 @@
+"""What a stored snapshot is, how its body is compressed, and how stores report failure.
+
+Both backends (SQLite, S3) store the same record: the redacted (and possibly truncated) body,
+zstd-compressed, plus the facts needed to prove what was sent: the original size and the
+SHA-256 of the original bytes, whether the body was cut, and the trace/span of the attempt.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import zstandard
+
+# Reasons used in syncwatch_dropped_total{reason} when a store refuses a write.
+STORE_FULL = "snapshot_store_full"
+STORE_UNAVAILABLE = "snapshot_store_unavailable"
+STORE_ERROR = "snapshot_store_error"
+
+
+class StoreError(Exception):
+    """A write or read the store could not do. `reason` is one of the constants above."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class Snapshot:
+    corr: str
+    direction: str  # request | response
+    received: float  # unix seconds when syncwatch stored it: retention counts from here
+    time: float  # the log record's own timestamp
+    trace_id: bytes
+    span_id: bytes
+    flow: str | None
+    destination: str | None
+    content_type: str  # json | text | binary
+    size: int  # original body size in bytes, before redaction and truncation
+    sha256: bytes  # of the original body bytes
+    truncated: bool
+    redactions: int
+    body: bytes = b""  # redacted, uncompressed (what the API shows)
+    id: int | None = None
+    stored_bytes: int = 0  # compressed size as stored
+    # Filled by the codec before a write.
+    dict_id: int = 0
+    blob: bytes = field(default=b"", repr=False)
+
+
+@dataclass
+class StoreStats:
+    bytes: int
+    oldest_received: float | None
+    count: int | None = None
+
+
+class Codec:
+    """zstd per snapshot, with a dictionary trained on the first bodies stored.
+
+    Order payloads are small and alike: alone each compresses to about a quarter of its size; with
+    a dictionary of the shared structure to about a tenth. The dictionary is trained once, in a
+    background thread, then persisted by the store (through `persist`) before its first use, so
+    every stored blob can always be decompressed.
+    """
+
+    TRAIN_SAMPLES = 2000
+    TRAIN_MAX_BYTES = 16 * 1024 * 1024
+    DICT_SIZE = 110 * 1024
+    LEVEL = 3
+
+    def __init__(self, persist: Callable[[int, bytes], None], train: bool = True):
+        self._persist = persist
+        self._plain = zstandard.ZstdCompressor(level=self.LEVEL)
+        self._dicts: dict[int, zstandard.ZstdCompressionDict] = {}
+        self._decompressors: dict[int, zstandard.ZstdDecompressor] = {0: zstandard.ZstdDecompressor()}
+        self._current_id = 0
+        self._current: zstandard.ZstdCompressor = self._plain
+        self._train = train
+        self._samples: list[bytes] = []
+        self._sample_bytes = 0
+        self._trained: tuple[int, bytes] | None = None
+        self._lock = threading.Lock()
+
+    def load(self, dict_id: int, data: bytes) -> None:
+        d = zstandard.ZstdCompressionDict(data)
+        self._dicts[dict_id] = d
+        self._decompressors[dict_id] = zstandard.ZstdDecompressor(dict_data=d)
+        if dict_id > self._current_id:
+            self._current_id = dict_id
+            self._current = zstandard.ZstdCompressor(level=self.LEVEL, dict_data=d)
+            self._train = False  # one dictionary is enough: shapes of payloads change slowly
+
+    def compress(self, snap: Snapshot) -> None:
+        self._maybe_switch()
+        snap.dict_id = self._current_id
+        snap.blob = self._current.compress(snap.body)
+        snap.stored_bytes = len(snap.blob)
+        if self._train and len(self._samples) < self.TRAIN_SAMPLES and snap.body:
+            self._samples.append(snap.body[:16384])
+            self._sample_bytes += min(len(snap.body), 16384)
+            if len(self._samples) >= self.TRAIN_SAMPLES or self._sample_bytes >= self.TRAIN_MAX_BYTES:
+                self._train = False
+                samples, self._samples = self._samples, []
+                threading.Thread(target=self._train_dict, args=(samples,), name="snapshot-zstd-dict", daemon=True).start()
+
+    def decompress(self, dict_id: int, blob: bytes) -> bytes:
+        try:
+            d = self._decompressors[dict_id]
+        except KeyError:
+            raise StoreError(STORE_ERROR, f"snapshot compressed with unknown dictionary {dict_id}") from None
+        return d.decompress(blob) if blob else b""
+
+    def _train_dict(self, samples: list[bytes]) -> None:
+        try:
+            trained = zstandard.train_dictionary(self.DICT_SIZE, samples)
+        except zstandard.ZstdError:
+            return  # too few or too varied samples: keep plain zstd
+        with self._lock:
+            self._trained = (self._current_id + 1, trained.as_bytes())
+
+    def _maybe_switch(self) -> None:
+        if self._trained is None:
+            return
+        with self._lock:
+            dict_id, data = self._trained
+            self._trained = None
+        try:
+            self._persist(dict_id, data)
+        except Exception:
+            return  # not persisted: never use it (stored blobs must stay readable)
+        self.load(dict_id, data)

@@ -1,0 +1,69 @@
+"""Retention: delete snapshots older than `snapshots.retention`, in batches.
+
+Each batch is one job on the store's writer thread; intake writes queue between batches, so a
+sweep of a million expired snapshots delays a write by one batch, never by the whole sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from .store import StoreError
+
+log = logging.getLogger("syncwatch.snapshots")
+
+
+class RetentionSweeper:
+    def __init__(self, *, run: Callable[..., Awaitable], sweep_batch: Callable[[float, int], int],
+                 retention: float, interval: float, clock: Callable[[], float],
+                 after_sweep: Callable[[], Awaitable[None]], batch: int = 2000):
+        self._run = run  # runs a blocking function on the store's thread
+        self._sweep_batch = sweep_batch
+        self.retention = retention
+        self.interval = interval
+        self.clock = clock
+        self.batch = batch
+        self._after_sweep = after_sweep
+        self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="snapshot-retention-sweeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+
+    async def sweep(self) -> int:
+        """Delete everything received more than `retention` ago; returns how many."""
+        async with self._lock:  # one sweep at a time (periodic and on-demand)
+            cutoff = self.clock() - self.retention
+            total = 0
+            try:
+                while True:
+                    n = await self._run(self._sweep_batch, cutoff, self.batch)
+                    total += n
+                    if n < self.batch:
+                        break
+            finally:
+                await self._after_sweep()
+            if total:
+                log.info("retention: deleted %d snapshots received before %.0f", total, cutoff)
+            return total
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except StoreError as exc:
+                log.warning("retention sweep failed (%s): %s", exc.reason, exc.message)
+            except Exception:
+                log.exception("retention sweep failed")
+            await asyncio.sleep(self.interval)
