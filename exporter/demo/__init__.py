@@ -5,6 +5,7 @@ syncwatch catching every failure within the run."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_subcommand(subparsers) -> None:
@@ -56,6 +57,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from exporter.errors import ConfigError
+
     from .report import matches
     from .runner import run_demo
 
@@ -66,4 +69,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                                       keep_running=args.keep_running, live=not args.quiet))
     except KeyboardInterrupt:
         return 130
+    except ConfigError as exc:
+        print(f"syncwatch demo: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"syncwatch demo: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0 if matches(result.truth, result.findings) else 1

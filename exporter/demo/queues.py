@@ -119,7 +119,7 @@ class SqsQueue:
         # Visible again at once: the next receive finds maxReceiveCount reached and redrives it to the DLQ.
         await self._set_visibility(d, 0)
 
-    async def lose_ack(self, d: Delivery, redeliver: Callable[[Delivery], None]) -> None:
+    async def lose_ack(self, d: Delivery) -> None:
         # The delete never reached the queue (worker restarted): the message is delivered again.
         await self._set_visibility(d, 0)
 
@@ -199,22 +199,16 @@ class RabbitQueue:
         self._attempts[body["id"]] = attempt
         await self._inbox.put(Delivery(body, attempt, message))
 
-    async def stop(self) -> None:
+    async def stop(self, keep_queues: bool = False) -> None:
         if self._conn is None:
             return
         try:
             await self._queue.cancel(self._consumer_tag)
-        except Exception:
-            pass
-        await self._conn.close()
-
-    async def cleanup(self) -> None:
-        """Delete the demo's queues (not while --keep-running shows them)."""
-        for q in (self._queue, self._dlq):
-            try:
-                await q.delete(if_unused=False, if_empty=False)
-            except Exception:
-                pass
+            if not keep_queues:  # the demo's queues are its own: leave the broker as it was
+                for q in (self._queue, self._dlq):
+                    await q.delete(if_unused=False, if_empty=False)
+        finally:
+            await self._conn.close()
 
     def collector_config(self) -> dict[str, Any]:
         mgmt = f"http://{self.host}:15672"
@@ -252,7 +246,7 @@ class RabbitQueue:
     async def dead_letter(self, d: Delivery) -> None:
         await d.handle.reject(requeue=False)  # routed by the dead-letter exchange into the DLQ
 
-    async def lose_ack(self, d: Delivery, redeliver: Callable[[Delivery], None]) -> None:
+    async def lose_ack(self, d: Delivery) -> None:
         await d.handle.nack(requeue=True)
 
     async def backlog(self) -> int:

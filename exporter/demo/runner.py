@@ -28,6 +28,7 @@ from .telemetry import ServiceTelemetry
 from .truth import Findings, GroundTruth, fetch_findings
 
 EXACTLY_ONCE = {"orders": True, "inventory": True, "customers": False}
+SAMPLE_FAST = 2.0  # sampling.fast_interval of the demo config
 
 
 @dataclass
@@ -50,9 +51,9 @@ def demo_config(settings: DemoSettings, data_dir: Path, collector: dict[str, Any
         "flows": {flow: {"destinations": ["erp"], "deadline": f"{settings.deadlines[flow]:g}s",
                          "exactly_once": EXACTLY_ONCE[flow]} for flow in ("orders", "inventory", "customers")},
         "api": {"token": token},
-        "collectors": [collector],
-        # Compressed time: sample every 2 s, 1 s while the DLQ is not empty or depth grows.
-        "sampling": {"interval": "2s", "fast_interval": "1s"},
+        "collectors": [{**collector, "timeout": "1500ms"}],
+        # Compressed time: sample every 4 s, every 2 s while the DLQ is not empty or depth grows.
+        "sampling": {"interval": "4s", "fast_interval": "2s"},
     }
 
 
@@ -123,11 +124,14 @@ async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, d
                 if time.monotonic() >= next_view:
                     await show()
                     next_view += settings.live_interval
+                if __import__("os").environ.get("DEMO_DEBUG"): say(f"busy={worker.busy} backlog={await queue.backlog()} tasks={len(worker._tasks)} local={worker._local.qsize()}")
                 if storefront.done.is_set() and worker.busy == 0 and await queue.backlog() == 0:
                     break
                 for t in tasks:
                     if t.done() and t.exception():
                         raise t.exception()
+                if worker.errors:
+                    raise RuntimeError("the simulated worker failed (see the log above); the run cannot be reconciled")
                 await asyncio.sleep(0.25)
             worker_stop.set()
             await asyncio.gather(*tasks)
@@ -138,7 +142,7 @@ async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, d
             open_ids = set(storefront.sent) - set(erp.applies)
             last_deadline = max((storefront.changed_at[i] + settings.deadlines[storefront.sent[i]] for i in open_ids),
                                 default=0.0)
-            settle_until = max(last_deadline + 1.0, time.time() + 2 * 2.0 + 0.5)
+            settle_until = max(last_deadline + 1.0, time.time() + 2 * SAMPLE_FAST + 0.5)
             while time.time() < settle_until:
                 if time.monotonic() >= next_view:
                     await show()
@@ -170,8 +174,6 @@ async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, d
         if app is not None:
             await app.stop()
         await erp.stop()
-        if isinstance(queue, RabbitQueue):
-            await queue.cleanup()
         await queue.stop()
 
 

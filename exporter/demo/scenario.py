@@ -23,8 +23,8 @@ class DemoSettings:
     customer_rate: float = 1.0  # customer updates/s
     # Deadlines to confirm, compressed from the SPEC's 5 min / 30 s / 6 h.
     deadlines: dict[str, float] = field(default_factory=lambda: {"orders": 8.0, "inventory": 5.0, "customers": 10.0})
-    erp_rate_limit: float = 12.0  # requests/s the ERP accepts before answering 429
-    erp_burst: float = 6.0
+    erp_rate_limit: float = 9.0  # requests/s the ERP accepts before answering 429
+    erp_burst: float = 5.0
     erp_hang_seconds: float = 3.0  # an ERP "timeout": no answer for this long
     erp_random_hang_ratio: float = 0.02  # plain timeouts the worker retries normally
     client_timeout: float = 1.5
@@ -41,7 +41,7 @@ class DemoSettings:
     def short(cls, duration: float = 25.0) -> "DemoSettings":
         # For tests and CI: fewer records, tighter deadlines, same faults.
         return cls(duration=duration, normal_order_rate=1.5, inventory_rate=1.5, customer_rate=0.5,
-                   deadlines={"orders": 6.0, "inventory": 4.0, "customers": 6.0}, erp_rate_limit=8.0, erp_burst=4.0,
+                   deadlines={"orders": 6.0, "inventory": 4.0, "customers": 6.0}, erp_rate_limit=5.0, erp_burst=3.0,
                    workers=6, lost_order_ratio=0.06, poisoned_order_ratio=0.05, duplicate_inventory_ratio=0.08)
 
     @property

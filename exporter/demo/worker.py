@@ -6,6 +6,7 @@ adjustment twice (its delete is lost, so the queue delivers it again)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 
 import aiohttp
@@ -14,6 +15,8 @@ from syncwatch_instrument import SyncInstrument
 
 from .queues import Delivery
 from .scenario import DemoSettings, FaultPlan
+
+log = logging.getLogger("syncwatch.demo")
 
 
 class Worker:
@@ -27,6 +30,7 @@ class Worker:
         self.outcomes: Counter[str] = Counter()
         self.dropped: set[str] = set()  # what the worker silently lost: the simulator's ground truth, never reported
         self.redelivered: set[str] = set()
+        self.errors = 0
         self._local: asyncio.Queue[Delivery] = asyncio.Queue()
         self._slots = asyncio.Semaphore(settings.workers)
         self._tasks: set[asyncio.Task] = set()
@@ -64,6 +68,10 @@ class Worker:
     async def _handle(self, d: Delivery) -> None:
         try:
             await self._attempt(d)
+        except Exception:
+            # A bug in the simulator, not a simulated fault: say so instead of hanging the drain.
+            log.exception("worker failed on %s", d.body.get("id"))
+            self.errors += 1
         finally:
             self._slots.release()
 
