@@ -1,0 +1,205 @@
+"""Azure Service Bus collector: runtime properties of queues and topic subscriptions through
+azure-servicebus's ServiceBusAdministrationClient (the namespace's management endpoint, not Azure Monitor).
+
+Every entity's dead-letter sub-queue `<entity>/$DeadLetterQueue` is its DLQ, and its transfer
+dead-letter queue `<entity>/$Transfer/$DeadLetterQueue` holds what failed to auto-forward. Reading
+runtime properties needs the Manage right: a 401/403 is reported as `unauthorized` saying so. The SDK
+is blocking: it runs in this collector's own threads, with per-request timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError, ResourceNotFoundError,
+                                   ServiceRequestError, ServiceRequestTimeoutError, ServiceResponseError,
+                                   ServiceResponseTimeoutError)
+from pydantic import Field, SecretStr, model_validator
+
+from .base import Collector, CollectorError, CollectorSettings, DlqDepth, QueueDepth, Sample
+from .selection import Selector
+
+DLQ_SUFFIX = "/$DeadLetterQueue"
+TRANSFER_DLQ_SUFFIX = "/$Transfer/$DeadLetterQueue"
+
+
+class ServiceBusSettings(CollectorSettings):
+    # Either a connection string (shared access key with Manage rights)...
+    connection_string: SecretStr | None = None
+    # ...or the namespace host, e.g. myns.servicebus.windows.net, with an Azure AD credential:
+    # DefaultAzureCredential (environment, workload / managed identity, Azure CLI), or a service principal.
+    namespace: str | None = None
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    queues: list[str] = Field(default_factory=lambda: ["*"])
+    # Subscriptions as `topic/subscription`, names or patterns, e.g. `orders-events/*`.
+    subscriptions: list[str] = Field(default_factory=lambda: ["*/*"])
+    exclude: list[str] = Field(default_factory=list)
+    ca_file: str | None = None  # a private CA (e.g. a TLS-inspecting proxy in front of the namespace)
+    concurrency: int = Field(8, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> "ServiceBusSettings":
+        if (self.connection_string is None) == (self.namespace is None):
+            raise ValueError("connection_string: set either connection_string or namespace (with an Azure AD credential)")
+        if self.client_secret is not None and not (self.tenant_id and self.client_id):
+            raise ValueError("client_secret: a service principal needs tenant_id and client_id too")
+        return self
+
+
+def classify(exc: BaseException) -> CollectorError:
+    if isinstance(exc, CollectorError):
+        return exc
+    if isinstance(exc, (ServiceRequestTimeoutError, ServiceResponseTimeoutError)):
+        return CollectorError("timeout", str(exc).splitlines()[0][:200])
+    if isinstance(exc, ClientAuthenticationError) or (isinstance(exc, HttpResponseError) and exc.status_code in (401, 403)):
+        status = getattr(exc, "status_code", None)
+        return CollectorError("unauthorized", f"HTTP {status}: reading runtime properties needs the Manage right "
+                                              "(a Listen/Send key or a Data Receiver role is not enough), or the key is wrong")
+    if isinstance(exc, ResourceNotFoundError):
+        return CollectorError("not_found", str(exc).splitlines()[0][:200])
+    if isinstance(exc, HttpResponseError):
+        if exc.status_code == 429 or (exc.status_code == 503 and "busy" in str(exc).lower()):
+            return CollectorError("throttled", f"HTTP {exc.status_code}")
+        return CollectorError("other", f"HTTP {exc.status_code}")
+    if isinstance(exc, ServiceResponseError):
+        text = str(exc).lower()
+        return CollectorError("timeout" if "timed out" in text or "timeout" in text else "unreachable", str(exc).splitlines()[0][:200])
+    if isinstance(exc, ServiceRequestError):
+        text = str(exc).lower()
+        return CollectorError("timeout" if "timed out" in text else "unreachable", str(exc).splitlines()[0][:200])
+    name = type(exc).__name__
+    if name in ("CredentialUnavailableError",):
+        return CollectorError("unauthorized", f"no Azure AD credential available: {exc}")
+    return CollectorError("other", f"{name}: {exc}")
+
+
+class ServiceBusCollector(Collector):
+    broker = "servicebus"
+    Settings = ServiceBusSettings
+
+    def __init__(self, settings: ServiceBusSettings):
+        super().__init__(settings)
+        self.settings: ServiceBusSettings = settings
+        self.queue_selector = Selector(settings.queues, settings.exclude)
+        self.sub_selector = Selector(settings.subscriptions, settings.exclude)
+        self.topic_selector = Selector([p.split("/", 1)[0] for p in settings.subscriptions])
+        self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix=f"sb-{settings.name}")
+        self._client: Any = None
+        self._sem: asyncio.Semaphore | None = None
+
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        ns = s.namespace
+        if s.connection_string is not None:
+            ns = _endpoint_of(s.connection_string.get_secret_value())
+        return {"type": s.type, "name": s.name, "namespace": ns,
+                "auth": "connection string" if s.connection_string else "Azure AD"}
+
+    def _make_client(self) -> Any:
+        from azure.servicebus.management import ServiceBusAdministrationClient
+
+        s = self.settings
+        kwargs: dict[str, Any] = {"connection_timeout": s.timeout, "read_timeout": s.timeout, "retry_total": 0}
+        if s.ca_file:
+            kwargs["connection_verify"] = s.ca_file
+        if s.connection_string is not None:
+            return ServiceBusAdministrationClient.from_connection_string(s.connection_string.get_secret_value(), **kwargs)
+        from azure.identity import ClientSecretCredential, DefaultAzureCredential
+
+        if s.client_secret is not None:
+            credential = ClientSecretCredential(s.tenant_id, s.client_id, s.client_secret.get_secret_value())
+        else:
+            credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
+        return ServiceBusAdministrationClient(s.namespace, credential, **kwargs)
+
+    @property
+    def namespace(self) -> str:
+        return self._client.fully_qualified_namespace.rstrip("/") if self._client else (self.settings.namespace or "")
+
+    async def _call(self, sample: Sample, fn: Callable[[Any], tuple[Any, int]]) -> Any:
+        """Run `fn(client)` in a thread; it returns (result, number of HTTP requests it made)."""
+        if self._sem is None or self._sem._loop is not asyncio.get_running_loop():  # type: ignore[attr-defined]
+            self._sem = asyncio.Semaphore(self.settings.concurrency)
+        async with self._sem:
+            def run() -> tuple[Any, int]:
+                if self._client is None:
+                    self._client = self._make_client()
+                return fn(self._client)
+
+            try:
+                result, calls = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._pool, run),
+                                                       self.settings.timeout * 2 + 1)
+            except asyncio.TimeoutError:
+                sample.api_calls += 1
+                raise CollectorError("timeout", f"no answer within {self.settings.timeout:g}s") from None
+            except Exception as exc:
+                sample.api_calls += 1
+                raise classify(exc) from None
+            sample.api_calls += calls
+            return result
+
+    @staticmethod
+    def _paged(pager: Any) -> tuple[list[Any], int]:
+        items, pages = [], 0
+        for page in pager.by_page():
+            pages += 1
+            items.extend(page)
+        return items, max(pages, 1)
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def sample(self) -> Sample:
+        sample = Sample()
+        queues: list[Any] = []
+        if self.settings.queues:
+            if self.queue_selector.needs_listing:
+                listed = await self._call(sample, lambda c: self._paged(c.list_queues_runtime_properties()))
+                queues = [q for q in listed if self.queue_selector.matches(q.name)]
+            else:
+                async def one(name: str):
+                    try:
+                        return await self._call(sample, lambda c: (c.get_queue_runtime_properties(name), 1))
+                    except CollectorError as exc:
+                        if exc.reason != "not_found":
+                            raise
+                        sample.errors.append(CollectorError("not_found", f"queue {name!r} not found"))
+                        return None
+
+                queues = [q for q in await asyncio.gather(*(one(n) for n in self.queue_selector.names)) if q is not None]
+            for name in self.queue_selector.names:
+                if self.queue_selector.needs_listing and not any(q.name == name for q in queues):
+                    sample.errors.append(CollectorError("not_found", f"queue {name!r} not found"))
+
+        subscriptions: list[tuple[str, Any]] = []
+        if self.settings.subscriptions:
+            topics = await self._call(sample, lambda c: self._paged(c.list_topics()))
+            wanted = [t.name for t in topics if self.topic_selector.matches(t.name)]
+            lists = await asyncio.gather(*(
+                self._call(sample, lambda c, t=t: self._paged(c.list_subscriptions_runtime_properties(t)))
+                for t in wanted))
+            for topic, subs in zip(wanted, lists):
+                subscriptions.extend((topic, s) for s in subs if self.sub_selector.matches(f"{topic}/{s.name}"))
+
+        ns = self.namespace
+        entities = [(q.name, q, q.scheduled_message_count) for q in queues]
+        entities += [(f"{t}/Subscriptions/{s.name}", s, None) for t, s in subscriptions]
+        for path, props, scheduled in entities:
+            sample.queues.append(QueueDepth(ns, path, float(props.active_message_count or 0),
+                                            delayed=None if scheduled is None else float(scheduled)))
+            sample.dlqs.append(DlqDepth(ns, path + DLQ_SUFFIX, float(props.dead_letter_message_count or 0), {path}))
+            sample.dlqs.append(DlqDepth(ns, path + TRANSFER_DLQ_SUFFIX,
+                                        float(props.transfer_dead_letter_message_count or 0), {path}))
+        return sample
+
+
+def _endpoint_of(conn_str: str) -> str:
+    for part in conn_str.split(";"):
+        key, _, val = part.partition("=")
+        if key.strip().lower() == "endpoint":
+            return val.split("//", 1)[-1].rstrip("/")
+    return "?"
