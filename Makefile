@@ -16,6 +16,10 @@ setup: .venv/.installed
 run: setup
 	.venv/bin/syncwatch run
 
+# The flash-sale demo: a simulated integration fails silently, syncwatch catches it (~60 s).
+demo: setup
+	.venv/bin/syncwatch demo
+
 # Everything the tests talk to for real: Prometheus/Alertmanager binaries, RabbitMQ's management API.
 system-deps:
 	bash scripts/system-deps.sh
