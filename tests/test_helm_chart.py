@@ -653,3 +653,28 @@ def test_network_policy_allows_the_named_ports_only():
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert {"port": 53, "protocol": "UDP"} in policy["spec"]["egress"][0]["ports"]
     assert one(render({"networkPolicy": {"enabled": True}}), "NetworkPolicy")["spec"]["policyTypes"] == ["Ingress"]
+
+
+def _collector_reads_env(collector_type: str, field: str) -> bool:
+    from collectors.plugins import load_collector_class
+
+    return field in load_collector_class(collector_type).Settings.model_fields
+
+
+@pytest.mark.parametrize("collector,secret_field,entry", [
+    ("rabbitmq", "password_env", {"type": "rabbitmq", "name": "main", "url": "http://rabbitmq:15672", "username": "monitor"}),
+    ("servicebus", "connection_string_env", {"type": "servicebus", "name": "sb"}),
+])
+def test_collector_credentials_from_secrets_reach_the_collector(collector, secret_field, entry, tmp_path):
+    """The chart puts broker credentials in env vars (from Secrets); the collector config names the variable."""
+    if not _collector_reads_env(collector, secret_field):
+        pytest.skip(f"collectors/{collector}.py has no `{secret_field}` yet: a chart user cannot pass its secret except inline")
+    env_name = EXISTING_SECRETS["credentials"]["rabbitmqPassword" if collector == "rabbitmq" else "serviceBusConnectionString"]["env"]
+    objects = render(EXISTING_SECRETS | {"config": {"collectors": [entry | {secret_field: env_name}]}})
+    assert env_name in {e["name"] for e in container(objects)["env"]}
+    text, _ = rendered_config(objects)
+    text = text.replace("/var/run/secrets/syncwatch/api-token/bearer", str(tmp_path / "token"))
+    (tmp_path / "token").write_text("t")
+    (tmp_path / "config.yaml").write_text(text)
+    secret = "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=v" if collector == "servicebus" else "pw"
+    load_config(tmp_path / "config.yaml", environ={env_name: secret})
