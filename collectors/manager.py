@@ -33,6 +33,7 @@ class CollectorRunner:
         self.up = False
         self.last_sample: Sample | None = None
         self.last_error: CollectorError | None = None
+        self.last_duration = 0.0
         metrics.register_collector(collector.name, sampling.interval)
 
     @property
@@ -53,7 +54,7 @@ class CollectorRunner:
         except Exception as exc:  # a plug-in bug must not kill the loop; it is counted and logged
             log.exception("collector %s: unexpected error", name)
             error = CollectorError("other", f"{type(exc).__name__}: {exc}")
-        duration = time.monotonic() - started
+        duration = self.last_duration = time.monotonic() - started
         m = self.metrics
         m.sample_duration.labels(name).set(duration)
         if sample is not None:
