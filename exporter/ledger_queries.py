@@ -1,0 +1,216 @@
+"""Read-only queries of the correlation ledger for the query API: the timeline of one correlation ID
+per destination, and the reconciliation lists (overdue, pending, failed, expired, duplicate).
+
+Each call opens its own read-only connection (WAL: readers never block the ledger's writer thread
+and see only committed transactions). Times are unix seconds here; the API formats them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .ledger_schema import STAGE_CONFIRM, STAGE_FAIL
+
+STATES = ("overdue", "pending", "failed", "expired", "duplicate")
+MAX_PAGE = 1000
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str, n: int) -> list[Any]:
+    try:
+        values = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, TypeError):
+        raise BadCursor("cursor is not one this API returned") from None
+    if not isinstance(values, list) or len(values) != n:
+        raise BadCursor("cursor is not one this API returned")
+    return values
+
+
+class LedgerQueries:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time):
+        self.path = Path(path)
+        self.clock = clock
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if not self.path.exists():
+            return None  # nothing recorded yet
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    # -- one transaction -----------------------------------------------------------------------
+    def timeline(self, corr: str) -> dict | None:
+        """Everything the ledger knows about one correlation ID, per (destination, flow); None
+        when it knows nothing."""
+        conn = self._connect()
+        if conn is None:
+            return None
+        try:
+            open_rows = conn.execute("SELECT * FROM open_tx WHERE corr = ?", (corr,)).fetchall()
+            closed_rows = conn.execute("SELECT * FROM closed_tx WHERE corr = ?", (corr,)).fetchall()
+            applies = conn.execute("SELECT * FROM applies WHERE corr = ?", (corr,)).fetchall()
+        finally:
+            conn.close()
+        if not (open_rows or closed_rows or applies):
+            return None
+        now = self.clock()
+        dests: dict[tuple[str, str], dict] = {}
+        for r in list(open_rows) + list(closed_rows):
+            is_open = "outcome" not in r.keys()
+            e = {
+                "destination": r["dest"], "flow": r["flow"], "source": r["source"],
+                "state": ("overdue" if r["deadline"] < now else "pending") if is_open else r["outcome"],
+                "outcome": None if is_open else r["outcome"],
+                "changed_at": r["changed_at"], "opened_at": _col(r, "opened_at"), "deadline": _col(r, "deadline"),
+                "closed_at": None if is_open else r["closed_at"], "lag_seconds": None if is_open else r["lag"],
+                "source_span": _span_ref(_col(r, "source_trace"), _col(r, "source_span")),
+                "attempt_count": r["attempts"], "applies": 0, "duplicate": False,
+                "attempts": [], "confirmations": [], "failures": [],
+            }
+            _fill_timeline(e, _col(r, "timeline"))
+            dests[(r["dest"], r["flow"])] = e
+        for r in applies:
+            e = dests.get((r["dest"], r["flow"]))
+            if e is not None:
+                e["applies"] += r["applies"]
+                e["duplicate"] = e["duplicate"] or r["applies"] > 1
+        return {"correlation_id": corr, "destinations": sorted(dests.values(), key=lambda e: (e["flow"], e["destination"]))}
+
+    # -- reconciliation lists ------------------------------------------------------------------
+    def reconciliation(self, state: str, flow: str | None = None, limit: int = 100,
+                       cursor: str | None = None) -> tuple[list[dict], str | None]:
+        """One page of the list finance reconciles against, and the cursor of the next page."""
+        if state not in STATES:
+            raise ValueError(f"state must be one of {', '.join(STATES)}")
+        limit = max(1, min(MAX_PAGE, limit))
+        conn = self._connect()
+        if conn is None:
+            if cursor:
+                decode_cursor(cursor, 4)
+            return [], None
+        now = self.clock()
+        where, params = [], []
+        if state in ("overdue", "pending"):
+            sql = "SELECT t.* FROM open_tx t"
+            order_col, desc = "t.deadline", False
+            if state == "overdue":
+                where.append("t.deadline < ?")
+                params.append(now)
+        elif state in ("failed", "expired"):
+            sql = "SELECT t.* FROM closed_tx t"
+            order_col, desc = "t.closed_at", True
+            where.append("t.outcome = ?")
+            params.append(state)
+        else:
+            sql = ("SELECT t.*, (SELECT source FROM closed_tx c WHERE c.corr = t.corr AND c.dest = t.dest AND c.flow = t.flow) AS source "
+                   "FROM applies t")
+            order_col, desc = "t.last_at", True
+            where.append("t.applies > 1")
+        if flow:
+            where.append("t.flow = ?")
+            params.append(flow)
+        if cursor:
+            after = decode_cursor(cursor, 4)
+            where.append(f"({order_col}, t.corr, t.dest, t.flow) {'<' if desc else '>'} (?, ?, ?, ?)")
+            params.extend(after)
+        direction = "DESC" if desc else "ASC"
+        sql += (" WHERE " + " AND ".join(where)) if where else ""
+        sql += f" ORDER BY {order_col} {direction}, t.corr {direction}, t.dest {direction}, t.flow {direction} LIMIT ?"
+        params.append(limit + 1)
+        try:
+            rows = conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = [self._item(state, r, now) for r in rows]
+        next_cursor = None
+        if more and rows:
+            r = rows[-1]
+            sort_value = {"overdue": "deadline", "pending": "deadline", "failed": "closed_at", "expired": "closed_at",
+                          "duplicate": "last_at"}[state]
+            next_cursor = encode_cursor([r[sort_value], r["corr"], r["dest"], r["flow"]])
+        return items, next_cursor
+
+    @staticmethod
+    def _item(state: str, r: sqlite3.Row, now: float) -> dict:
+        item = {"correlation_id": r["corr"], "flow": r["flow"], "source": r["source"], "destination": r["dest"]}
+        if state in ("overdue", "pending"):
+            item.update(state="overdue" if r["deadline"] < now else "pending", changed_at=r["changed_at"],
+                        opened_at=r["opened_at"], deadline=r["deadline"],
+                        overdue_seconds=round(max(0.0, now - r["deadline"]), 3), attempts=r["attempts"],
+                        last_code=_last_code(_col(r, "timeline")))
+        elif state in ("failed", "expired"):
+            item.update(state=r["outcome"], changed_at=r["changed_at"], closed_at=r["closed_at"],
+                        attempts=r["attempts"], last_code=_last_code(_col(r, "timeline")))
+        else:
+            item.update(state="duplicate", applies=r["applies"], first_at=r["first_at"], last_at=r["last_at"])
+        return item
+
+
+def _col(row: sqlite3.Row, name: str) -> Any:
+    return row[name] if name in row.keys() else None
+
+
+def _span_ref(trace_id: bytes | None, span_id: bytes | None) -> dict | None:
+    if not span_id:
+        return None
+    return {"trace_id": (trace_id or b"").hex(), "span_id": span_id.hex()}
+
+
+def _load_timeline(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _fill_timeline(e: dict, text: str | None) -> None:
+    """Attempts, confirmation/failure and duplicate applies from a transaction's timeline JSON
+    (layout in ledger_schema.py)."""
+    tl = _load_timeline(text)
+    for trace_id, span_id, start, end, n, code, error in tl.get("attempts") or []:
+        e["attempts"].append({"attempt": n, "trace_id": trace_id, "span_id": span_id, "start": start, "end": end,
+                              "code": code, "error": error, "backoff_seconds": None})
+    # SPEC: backoff = start of attempt n - end of attempt n-1 of the same transaction.
+    e["attempts"].sort(key=lambda a: (a["attempt"] or 0, a["start"]))
+    for prev, cur in zip(e["attempts"], e["attempts"][1:]):
+        cur["backoff_seconds"] = round(cur["start"] - prev["end"], 6)
+    e["attempt_count"] = max(e["attempt_count"] or 0, len(e["attempts"]))
+    close = tl.get("close")
+    if close:
+        stage, trace_id, span_id, start, end, error, idem = close
+        span = {"trace_id": trace_id, "span_id": span_id, "start": start, "end": end}
+        if stage == STAGE_CONFIRM:
+            e["confirmations"].append({**span, "idempotency_key": idem, "duplicate": False})
+        elif stage == STAGE_FAIL:
+            e["failures"].append({**span, "error": error})
+    for trace_id, span_id, start, end, idem in tl.get("duplicates") or []:
+        e["confirmations"].append({"trace_id": trace_id, "span_id": span_id, "start": start, "end": end,
+                                   "idempotency_key": idem, "duplicate": True})
+    if e["confirmations"] and any(c["duplicate"] for c in e["confirmations"]):
+        e["duplicate"] = True
+
+
+def _last_code(text: str | None) -> str | None:
+    attempts = _load_timeline(text).get("attempts") or []
+    if not attempts:
+        return None
+    last = max(attempts, key=lambda a: ((a[4] or 0), a[2]))
+    return last[5]
