@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import helm_python as helm
@@ -75,11 +76,11 @@ SCENARIOS = {
 # Rendering and validation helpers
 
 
-def render_chart(chart_dir: Path, values: dict | None = None) -> list[dict]:
+def render_chart(chart_dir: Path, values: dict | None = None, release: str = RELEASE) -> list[dict]:
     """What `helm template` would produce: schema check, render, then every YAML document."""
     with helm.Chart.load(chart_dir) as chart:
         chart.validate_schema(values)
-        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        rendered = chart.render(values, name=release, namespace=NAMESPACE, is_install=True)
     objects = []
     for path, text in sorted(rendered.items()):
         if path.endswith("NOTES.txt"):
@@ -91,8 +92,8 @@ def render_chart(chart_dir: Path, values: dict | None = None) -> list[dict]:
     return objects
 
 
-def render(values: dict | None = None) -> list[dict]:
-    return render_chart(CHART, values)
+def render(values: dict | None = None, release: str = RELEASE) -> list[dict]:
+    return render_chart(CHART, values, release)
 
 
 def manifest(obj: dict) -> dict:
@@ -678,3 +679,36 @@ def test_collector_credentials_from_secrets_reach_the_collector(collector, secre
     (tmp_path / "config.yaml").write_text(text)
     secret = "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=v" if collector == "servicebus" else "pw"
     load_config(tmp_path / "config.yaml", environ={env_name: secret})
+
+
+def test_long_release_name_gives_valid_unique_names():
+    release = "order-sync-production-eu-west-1-storefront-erp-bridge"  # 53 characters, Helm's maximum
+    helm.validate_release_name(release)
+    objects = render(MONITORING_ON | {"networkPolicy": {"enabled": True}}, release=release)
+    for obj in objects:
+        validate_manifest(obj)
+        assert len(obj["metadata"]["name"]) <= 63
+    names = [(o["kind"], o["metadata"]["name"]) for o in objects]
+    assert len(names) == len(set(names))
+
+
+def test_storage_class_dash_means_no_class():
+    pvc = one(render({"persistence": {"storageClass": "-"}}), "PersistentVolumeClaim")
+    assert pvc["spec"]["storageClassName"] == ""
+    pvc = one(render({"persistence": {"storageClass": "fast-ssd", "size": "20Gi"}}), "PersistentVolumeClaim")
+    assert (pvc["spec"]["storageClassName"], pvc["spec"]["resources"]["requests"]["storage"]) == ("fast-ssd", "20Gi")
+    assert "storageClassName" not in one(render(), "PersistentVolumeClaim")["spec"]  # the cluster's default
+
+
+def test_packaged_chart_carries_rules_and_dashboards_but_not_the_example(tmp_path):
+    archive = helm.package(CHART, destination=tmp_path)
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert {f"syncwatch/files/alerts/{p.name}" for p in RULE_SOURCES} <= names
+    assert {f"syncwatch/files/dashboards/{p.name}" for p in DASHBOARD_SOURCES} <= names
+    assert "syncwatch/values.schema.json" in names
+    assert not [n for n in names if "/examples/" in n]
+    # The archive renders like the directory does.
+    with helm.Chart.load(archive) as packaged, helm.Chart.load(CHART) as directory:
+        assert packaged.render(MONITORING_ON, name=RELEASE, namespace=NAMESPACE) == \
+            directory.render(MONITORING_ON, name=RELEASE, namespace=NAMESPACE)
