@@ -63,10 +63,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .runner import run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    missing = _missing_packages(args.rabbitmq is not None)
+    if missing:
+        print(f"syncwatch demo needs {', '.join(missing)}: run `make demo` from a checkout, or "
+              "pip install 'syncwatch[demo]' ./instrumentation", file=sys.stderr)
+        return 2
     settings = settings_from_args(args)
     try:
         result = asyncio.run(run_demo(settings, rabbitmq_url=args.rabbitmq, data_dir=args.data_dir,
-                                      keep_running=args.keep_running, live=not args.quiet))
+                                      keep_running=args.keep_running, live=not args.quiet, default_ports=True))
     except KeyboardInterrupt:
         return 130
     except ConfigError as exc:
@@ -76,3 +81,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"syncwatch demo: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0 if matches(result.truth, result.findings) else 1
+
+
+def _missing_packages(rabbitmq: bool) -> list[str]:
+    import importlib.util
+
+    wanted = {"syncwatch_instrument": "syncwatch-instrument"}
+    wanted.update({"aio_pika": "aio-pika"} if rabbitmq else {"moto": "moto[server]"})
+    return [dist for module, dist in wanted.items() if importlib.util.find_spec(module) is None]

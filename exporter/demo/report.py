@@ -31,7 +31,7 @@ def matches(truth: GroundTruth, found: Findings) -> bool:
 
 
 def render_report(truth: GroundTruth, found: Findings, view: MetricsView, outcomes: dict[str, int],
-                  config_path: Path, api_url: str, token: str) -> str:
+                  config_path: Path, api_url: str, token_file: Path, keep_running: bool = False) -> str:
     lines = ["Reconciliation: what syncwatch found vs. the simulator's ground truth",
              f"  {'':34s} {'syncwatch':>9s} {'truth':>7s}"]
     for what, got, want, missed, extra in compare(truth, found):
@@ -63,9 +63,19 @@ def render_report(truth: GroundTruth, found: Findings, view: MetricsView, outcom
 
     lines.append("")
     lines.append("Without syncwatch, these would surface in the reconciliation two weeks from now.")
+    show = ""
     if truth.lost:
         example = sorted(truth.lost)[0]
-        lines.append(f"Inspect one lost order (attempts, response codes, payload snapshots):")
-        lines.append(f"  SYNCWATCH_API_TOKEN={token} syncwatch transactions show {example} --url {api_url}")
-    lines.append(f"Run the same sidecar yourself: syncwatch run --config {config_path}")
+        show = f"syncwatch transactions show {example} --url {api_url} --token-file {token_file}"
+    if keep_running:
+        if show:
+            lines.append("Inspect one lost order (attempts, response codes, payload snapshots):")
+            lines.append(f"  {show}")
+    else:
+        lines.append(f"The ledger stays in {config_path.parent}. To look around, restart the sidecar on it:")
+        lines.append(f"  syncwatch run --config {config_path}")
+        if show:
+            lines.append("and inspect one lost order (attempts, response codes, payload snapshots):")
+            lines.append(f"  {show}")
+        lines.append("(or run `syncwatch demo --keep-running`)")
     return "\n".join(lines)

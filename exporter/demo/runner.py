@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 import sys
 import tempfile
 import time
@@ -42,15 +43,35 @@ class DemoResult:
     worker_outcomes: dict[str, int] = field(default_factory=dict)
 
 
-def demo_config(settings: DemoSettings, data_dir: Path, collector: dict[str, Any], token: str) -> dict[str, Any]:
-    """The sidecar's configuration for the demo: embedded SQLite store, free loopback ports,
+DEFAULT_LISTEN = {"http": 9873, "otlp_http": 4318, "otlp_grpc": 4317}
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def listen_addresses(default_ports: bool) -> dict[str, str]:
+    """syncwatch's default loopback ports when all are free (so Prometheus and the docs' URLs work),
+    otherwise ports the OS picks."""
+    use_defaults = default_ports and all(_port_free(p) for p in DEFAULT_LISTEN.values())
+    return {k: f"127.0.0.1:{p if use_defaults else 0}" for k, p in DEFAULT_LISTEN.items()}
+
+
+def demo_config(settings: DemoSettings, data_dir: Path, collector: dict[str, Any], token_file: Path,
+                listen: dict[str, str]) -> dict[str, Any]:
+    """The sidecar's configuration for the demo: embedded SQLite store, loopback ports,
     compressed deadlines, and a collector pointed at the demo's queue."""
     return {
-        "listen": {"http": "127.0.0.1:0", "otlp_http": "127.0.0.1:0", "otlp_grpc": "127.0.0.1:0"},
+        "listen": listen,
         "storage": {"data_dir": str(data_dir)},
         "flows": {flow: {"destinations": ["erp"], "deadline": f"{settings.deadlines[flow]:g}s",
                          "exactly_once": EXACTLY_ONCE[flow]} for flow in ("orders", "inventory", "customers")},
-        "api": {"token": token},
+        "api": {"token_file": str(token_file)},
         "collectors": [{**collector, "timeout": "1500ms"}],
         # Compressed time: sample every 4 s, every 2 s while the DLQ is not empty or depth grows.
         "sampling": {"interval": "4s", "fast_interval": "2s"},
@@ -58,7 +79,8 @@ def demo_config(settings: DemoSettings, data_dir: Path, collector: dict[str, Any
 
 
 async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, data_dir: Path | None = None,
-                   keep_running: bool = False, out: TextIO = sys.stdout, live: bool = True) -> DemoResult:
+                   keep_running: bool = False, out: TextIO = sys.stdout, live: bool = True,
+                   default_ports: bool = False) -> DemoResult:
     from exporter.app import App
     from exporter.config import load_config
 
@@ -84,11 +106,18 @@ async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, d
         await queue.start()
         await erp.start()
         config_path = data_dir / "syncwatch-demo.yaml"
-        config_path.write_text(yaml.safe_dump(demo_config(settings, data_dir, queue.collector_config(), token),
-                                              sort_keys=False))
+        token_file = data_dir / "api-token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(token + "\n")
+        raw_config = demo_config(settings, data_dir, queue.collector_config(), token_file,
+                                 listen_addresses(default_ports))
+        config_path.write_text(yaml.safe_dump(raw_config, sort_keys=False))
         config = load_config(config_path, environ={})
         app = App(config)
         await app.start()
+        # Record the ports actually bound, so `syncwatch run --config` restarts it where it was.
+        raw_config["listen"] = {k: f"127.0.0.1:{app.ports[k]}" for k in DEFAULT_LISTEN}
+        config_path.write_text(yaml.safe_dump(raw_config, sort_keys=False))
         base = f"http://127.0.0.1:{app.ports['http']}"
         otlp = f"http://127.0.0.1:{app.ports['otlp_http']}"
         say(f"  syncwatch: metrics {base}/metrics, OTLP/HTTP {otlp}, OTLP/gRPC 127.0.0.1:{app.ports['otlp_grpc']}")
@@ -124,7 +153,6 @@ async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, d
                 if time.monotonic() >= next_view:
                     await show()
                     next_view += settings.live_interval
-                if __import__("os").environ.get("DEMO_DEBUG"): say(f"busy={worker.busy} backlog={await queue.backlog()} tasks={len(worker._tasks)} local={worker._local.qsize()}")
                 if storefront.done.is_set() and worker.busy == 0 and await queue.backlog() == 0:
                     break
                 for t in tasks:
@@ -157,7 +185,7 @@ async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, d
         from .report import render_report
 
         say()
-        say(render_report(truth, findings, final, worker.outcomes, config_path, base, token))
+        say(render_report(truth, findings, final, worker.outcomes, config_path, base, token_file, keep_running))
         result = DemoResult(truth, findings, final, config_path, base, token, dict(worker.outcomes))
         if keep_running:
             say(f"\nsyncwatch keeps running: point Prometheus at {base}/metrics "

@@ -42,7 +42,7 @@ class DemoSettings:
         # For tests and CI: fewer records, tighter deadlines, same faults.
         return cls(duration=duration, normal_order_rate=1.5, inventory_rate=1.5, customer_rate=0.5,
                    deadlines={"orders": 6.0, "inventory": 4.0, "customers": 6.0}, erp_rate_limit=5.0, erp_burst=3.0,
-                   workers=6, lost_order_ratio=0.06, poisoned_order_ratio=0.05, duplicate_inventory_ratio=0.08)
+                   workers=6, lost_order_ratio=0.06, poisoned_order_ratio=0.05, duplicate_inventory_ratio=0.15)
 
     @property
     def order_rate(self) -> float:
@@ -79,6 +79,7 @@ class FaultPlan:
         rng.shuffle(picks)
         n_lose = max(1, round(len(picks) * settings.lost_order_ratio))
         n_poison = max(1, round(len(picks) * settings.poisoned_order_ratio))
-        n_dup = max(1, round(len(adjustment_ids) * settings.duplicate_inventory_ratio))
+        # At least two: an adjustment whose every attempt meets a 429 is dead-lettered instead.
+        n_dup = max(2, round(len(adjustment_ids) * settings.duplicate_inventory_ratio))
         return cls(lose=set(picks[:n_lose]), poison=set(picks[n_lose:n_lose + n_poison]),
                    duplicate=set(rng.sample(adjustment_ids, min(n_dup, len(adjustment_ids)))), rng=rng)

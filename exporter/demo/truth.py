@@ -38,7 +38,7 @@ class GroundTruth:
 @dataclass
 class Findings:
     overdue: set[str] = field(default_factory=set)
-    pending: set[str] = field(default_factory=set)
+    pending: set[str] = field(default_factory=set)  # open and still within the deadline
     failed: set[str] = field(default_factory=set)
     duplicates: set[str] = field(default_factory=set)
     dlq_depth: float = 0.0  # syncwatch_dlq_messages, sampled by the collector
@@ -97,7 +97,8 @@ async def fetch_findings(session: aiohttp.ClientSession, base: str, token: str, 
         jitter_ratio=view.by("syncwatch_retry_jitter_ratio", "flow"),
     )
     f.overdue = await list_transactions(session, base, token, "overdue")
-    f.pending = await list_transactions(session, base, token, "pending")
+    # `pending` lists every open transaction; the ones past their deadline are the overdue ones.
+    f.pending = await list_transactions(session, base, token, "pending") - f.overdue
     f.failed = await list_transactions(session, base, token, "failed")
     f.duplicates = await list_transactions(session, base, token, "duplicate")
     return f
