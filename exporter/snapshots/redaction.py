@@ -381,7 +381,7 @@ class Redactor:
         if kind == "card":
             digits = found.replace(" ", "").replace("-", "")
             if not (13 <= len(digits) <= 19 and luhn_ok(digits)):
-                return found
+                return self._card_inside(found, counts)
             value = digits
         elif kind == "iban":
             if not iban_ok(found):
@@ -391,6 +391,28 @@ class Redactor:
             value = found.lower()
         counts[kind] += 1
         return self.marker(kind, value)
+
+    def _card_inside(self, found: str, counts: Counter) -> str:
+        """The digit run as a whole is no card number; a card may still sit inside it, next to
+        other digit groups (`4111 1111 1111 1111 2`): try runs of whole groups, longest first."""
+        parts = re.split(r"([ -])", found)
+        groups, seps = parts[0::2], parts[1::2]
+        out: list[str] = []
+        i = 0
+        while i < len(groups):
+            for j in range(len(groups), i, -1):
+                digits = "".join(groups[i:j])
+                if 13 <= len(digits) <= 19 and luhn_ok(digits):
+                    counts["card"] += 1
+                    out.append(self.marker("card", digits))
+                    i = j
+                    break
+            else:
+                out.append(groups[i])
+                i += 1
+            if i < len(groups):
+                out.append(seps[i - 1])
+        return "".join(out)
 
     def _custom_sub(self, kind: str, m: re.Match, counts: Counter) -> str:
         found = m.group(0)

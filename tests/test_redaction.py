@@ -1,0 +1,172 @@
+"""Redaction rules on their own: what gets replaced, what stays, and that markers are stable."""
+
+import json
+import re
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from exporter.config import Config
+from exporter.errors import ConfigError
+from exporter.snapshots.redaction import REDACTED_RE, Redactor, iban_ok, luhn_ok
+
+KEY = b"test-key-0123456789abcdef"
+VISA = "4111111111111111"  # passes Luhn
+VISA_BAD = "4111111111111112"  # fails Luhn
+IBAN = "DE89370400440532013000"
+
+
+def redact(body, **kw):
+    return Redactor(KEY, **kw).redact_body(body)
+
+
+def markers(data: bytes) -> list[str]:
+    return REDACTED_RE.findall(data.decode("utf-8", "replace"))
+
+
+def test_luhn_and_iban_checks():
+    assert luhn_ok(VISA) and not luhn_ok(VISA_BAD)
+    assert iban_ok(IBAN) and iban_ok("DE89 3704 0044 0532 0130 00") and not iban_ok("DE88370400440532013000")
+
+
+def test_sensitive_keys_at_any_depth_and_any_case():
+    body = json.dumps({
+        "order": {"id": "SO-1", "customer": {"Password": "hunter2", "API_KEY": "k-123", "contact": {"ssn": "123-45-6789"}}},
+        "payment": {"cardNumber": "5555 5555 5555 4444", "CVV": "123", "iban": IBAN, "amount": 12.5},
+        "headers": [{"Authorization": "Bearer abc.def"}, {"X-Client-Secret": {"nested": "object"}}],
+        "session_token": 12345,
+    })
+    result = redact(body)
+    out = json.loads(result.data)
+    assert out["order"]["id"] == "SO-1" and out["payment"]["amount"] == 12.5
+    assert out["order"]["customer"]["Password"].startswith("[REDACTED:password:")
+    assert out["order"]["customer"]["API_KEY"].startswith("[REDACTED:api_key:")
+    assert out["order"]["customer"]["contact"]["ssn"].startswith("[REDACTED:ssn:")
+    assert out["payment"]["cardNumber"].startswith("[REDACTED:card_number:")
+    assert out["payment"]["CVV"].startswith("[REDACTED:cvv:")
+    assert out["payment"]["iban"].startswith("[REDACTED:iban:")
+    assert out["headers"][0]["Authorization"].startswith("[REDACTED:authorization:")
+    assert out["headers"][1]["X-Client-Secret"].startswith("[REDACTED:secret:")  # a whole object
+    assert out["session_token"].startswith("[REDACTED:token:")  # numbers too
+    for secret in ("hunter2", "k-123", "123-45-6789", "4444", "abc.def", "nested", "12345", IBAN):
+        assert secret not in result.data.decode()
+    assert result.counts == {"password": 1, "api_key": 1, "ssn": 1, "card_number": 1, "cvv": 1, "iban": 1,
+                             "authorization": 1, "secret": 1, "token": 1}
+
+
+def test_harmless_keys_that_contain_short_words_stay():
+    out = json.loads(redact(json.dumps({"company": "Acme", "spanish": "si", "tokenizer_version": None})).data)
+    assert out == {"company": "Acme", "spanish": "si", "tokenizer_version": None}
+
+
+def test_card_numbers_only_when_the_luhn_digit_is_valid():
+    text = f"paid with {VISA}, then 4111-1111-1111-1111 and 4111 1111 1111 1111; order no {VISA_BAD}; phone 0049301234567"
+    result = redact(json.dumps({"note": text, "reference": int(VISA), "order_no": int(VISA_BAD)}))
+    out = json.loads(result.data)
+    assert VISA not in out["note"] and "4111-1111" not in out["note"] and "4111 1111" not in out["note"]
+    assert VISA_BAD in out["note"] and "0049301234567" in out["note"]
+    assert out["order_no"] == int(VISA_BAD)
+    # The same card however written gets the same marker: comparable without being readable.
+    found = re.findall(r"\[REDACTED:card:[0-9a-f]{8}\]", out["note"])
+    assert len(found) == 3 and len(set(found)) == 1
+    assert out["reference"] == found[0]
+    assert result.counts["card"] == 4
+
+
+def test_emails_in_free_text_and_non_json_bodies():
+    text = "Customer Jörg.Müller@example.de asked to copy billing+eu@shop.example.com. Thanks!"
+    result = redact(text)
+    assert result.content_type == "text"
+    out = result.data.decode()
+    assert "Müller@" not in out and "billing+eu" not in out and "Jörg" not in out
+    assert out.startswith("Customer [REDACTED:email:") and out.endswith(". Thanks!")
+    assert result.counts == {"email": 2}
+
+
+def test_form_bodies_and_header_dumps_in_text():
+    out = redact("user=bob&password=hunter2&redirect=https://x.example/cb?api_key=k9&x=1\nAuthorization: Bearer eyJabc").data.decode()
+    assert "hunter2" not in out and "k9" not in out and "eyJabc" not in out
+    assert "user=bob" in out and "x=1" in out
+
+
+def test_binary_bodies_are_scanned_and_kept_binary():
+    body = b"\x00\xff\x10card=" + VISA.encode() + b"\xfe\x00"
+    result = redact(body)
+    assert result.content_type == "binary"
+    assert VISA.encode() not in result.data and result.data.startswith(b"\x00\xff\x10card=[REDACTED:")
+
+
+def test_key_value_map_bodies():
+    result = redact({"customer": {"email": "a@b.example", "password": "x"}, "lines": [{"sku": "A-1"}]})
+    assert result.content_type == "json"
+    out = json.loads(result.data)
+    assert out["lines"] == [{"sku": "A-1"}] and out["customer"]["password"].startswith("[REDACTED:password:")
+    assert out["customer"]["email"].startswith("[REDACTED:email:")
+
+
+def test_custom_keys_paths_and_patterns():
+    body = json.dumps({"customer": {"address": {"street": "Main St 1", "city": "Berlin"}, "loyalty_no": "L-99"},
+                       "lines": [{"name": "Shoe", "sku": "A"}, {"name": "Hat", "sku": "B"}],
+                       "note": "contract CN-123456 signed"})
+    result = redact(body, extra_keys=["Loyalty_No"], paths=["$.customer.address.street", "$.lines[*].name"],
+                    patterns={"contract": r"CN-\d{6}"})
+    out = json.loads(result.data)
+    assert out["customer"]["address"] == {"street": out["customer"]["address"]["street"], "city": "Berlin"}
+    assert out["customer"]["address"]["street"].startswith("[REDACTED:path:")
+    assert [line["name"][:15] for line in out["lines"]] == ["[REDACTED:path:"] * 2
+    assert [line["sku"] for line in out["lines"]] == ["A", "B"]
+    assert out["customer"]["loyalty_no"].startswith("[REDACTED:loyalty_no:")
+    assert out["note"].startswith("contract [REDACTED:contract:") and "123456" not in out["note"]
+    assert result.counts == {"path": 3, "loyalty_no": 1, "contract": 1}
+
+
+def test_defaults_can_be_switched_off():
+    result = redact(json.dumps({"password": "x", "mail": "a@b.example"}), defaults=False)
+    assert json.loads(result.data) == {"password": "x", "mail": "a@b.example"} and not result.counts
+
+
+def test_markers_depend_on_the_key():
+    a = Redactor(KEY).redact_body(json.dumps({"password": "hunter2"})).data
+    b = Redactor(b"another-key-0123456789").redact_body(json.dumps({"password": "hunter2"})).data
+    assert a != b and a == Redactor(KEY).redact_body(json.dumps({"password": "hunter2"})).data
+
+
+def test_untouched_json_keeps_its_exact_text():
+    body = '{\n  "sku": "A-1",\n  "qty": 2\n}'
+    assert redact(body).data == body.encode()
+
+
+def test_invalid_rules_are_refused_at_config_load_naming_the_key():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="snapshots.redact.patterns"):
+        Config.model_validate({"snapshots": {"redact": {"patterns": {"x": "("}}}})
+    with pytest.raises(ValidationError, match="snapshots.redact.paths"):
+        Config.model_validate({"snapshots": {"redact": {"paths": ["customer.name"]}}})
+    with pytest.raises(ValidationError, match="at least 16 bytes"):
+        Config.model_validate({"snapshots": {"redact": {"hash_key": "short"}}})
+
+
+def test_retention_below_72h_is_refused_with_a_message(tmp_path):
+    from exporter.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("snapshots:\n  retention: 71h\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert err.value.key == "snapshots.retention" and "72h" in err.value.message
+
+
+@settings(max_examples=150, deadline=None)
+@given(prefix=st.text(max_size=40), suffix=st.text(max_size=40), digits=st.lists(st.integers(0, 9), min_size=15, max_size=15))
+def test_a_valid_card_number_never_survives_in_text(prefix, suffix, digits):
+    # Build a Luhn-valid 16-digit number from 15 random digits.
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        x = d * 2 if i % 2 == 0 else d
+        total += x - 9 if x > 9 else x
+    card = "".join(map(str, digits)) + str((10 - total % 10) % 10)
+    # Separate it from surrounding digits, as a card number in text always is.
+    text = f"{prefix} {card} {suffix}"
+    out = redact(text).data.decode("utf-8", "surrogatepass")
+    assert card not in out
