@@ -712,3 +712,15 @@ def test_packaged_chart_carries_rules_and_dashboards_but_not_the_example(tmp_pat
     with helm.Chart.load(archive) as packaged, helm.Chart.load(CHART) as directory:
         assert packaged.render(MONITORING_ON, name=RELEASE, namespace=NAMESPACE) == \
             directory.render(MONITORING_ON, name=RELEASE, namespace=NAMESPACE)
+
+
+def test_values_keep_their_types_through_the_template(tmp_path):
+    """Helm turns numbers into floats; large integers and fractional durations must survive toYaml."""
+    objects = render({"config": {"snapshots": {"max_bytes": 2097152, "retention": "96h"},
+                                 "intake": {"max_queued_spans": 50000000, "retry_after": 1.5},
+                                 "correlation": {"keys": ["order.id"]}}})
+    (tmp_path / "config.yaml").write_text(rendered_config(objects)[0])
+    config = load_config(tmp_path / "config.yaml", environ={})
+    assert (config.snapshots.max_bytes, config.snapshots.retention) == (2097152, 96 * 3600)
+    assert (config.intake.max_queued_spans, config.intake.retry_after) == (50000000, 1.5)
+    assert config.correlation.keys == ["order.id"]
