@@ -1,0 +1,318 @@
+"""Snapshot intake into the embedded SQLite store: redaction before storage, truncation, retention
+with a controllable clock, store failures counted as drops, and the metrics a user relies on."""
+
+import asyncio
+import hashlib
+import json
+
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from exporter.config import Config
+from exporter.metrics import Metrics
+from exporter.snapshots import SnapshotIntake
+
+HOUR = 3600.0
+T0 = 1_800_000_000.0
+SECRETS = ("hunter2", "4111111111111111", "jane.doe@example.com", "DE89370400440532013000", "sk_live_abc123")
+
+
+def any_value(v) -> AnyValue:
+    if isinstance(v, bytes):
+        return AnyValue(bytes_value=v)
+    if isinstance(v, str):
+        return AnyValue(string_value=v)
+    if isinstance(v, bool):
+        return AnyValue(bool_value=v)
+    if isinstance(v, int):
+        return AnyValue(int_value=v)
+    if isinstance(v, float):
+        return AnyValue(double_value=v)
+    if isinstance(v, dict):
+        out = AnyValue()
+        out.kvlist_value.values.extend(KeyValue(key=k, value=any_value(x)) for k, x in v.items())
+        return out
+    if isinstance(v, list):
+        out = AnyValue()
+        out.array_value.values.extend(any_value(x) for x in v)
+        return out
+    raise TypeError(type(v))
+
+
+def make_request(*records: dict) -> ExportLogsServiceRequest:
+    """records: {body, corr, direction, trace_id, span_id, attrs}; omit direction for a plain log."""
+    req = ExportLogsServiceRequest()
+    scope = req.resource_logs.add().scope_logs.add()
+    for r in records:
+        rec = scope.log_records.add()
+        if r.get("body") is not None:
+            rec.body.CopyFrom(any_value(r["body"]))
+        attrs = dict(r.get("attrs") or {})
+        if r.get("corr"):
+            attrs["syncwatch.correlation_id"] = r["corr"]
+        if r.get("direction"):
+            attrs["syncwatch.payload.direction"] = r["direction"]
+        rec.attributes.extend(KeyValue(key=k, value=any_value(v)) for k, v in attrs.items())
+        rec.trace_id = r.get("trace_id", b"\x01" * 16)
+        rec.span_id = r.get("span_id", b"\x02" * 8)
+        if r.get("time"):
+            rec.time_unix_nano = int(r["time"] * 1e9)
+    return req
+
+
+def order_body(i: int = 1) -> str:
+    return json.dumps({
+        "order_id": f"SO-{i}", "customer": {"email": "jane.doe@example.com", "password": "hunter2"},
+        "payment": {"card_number": "4111111111111111", "iban": "DE89370400440532013000"},
+        "note": "api key sk_live_abc123", "lines": [{"sku": "A-1", "qty": 2}],
+    })
+
+
+class Clock:
+    def __init__(self, t=T0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def sample(metrics: Metrics, name: str, **labels) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def make_intake(tmp_path):
+    made = []
+
+    def make(snapshots=None, clock=None, **top):
+        cfg = Config.model_validate({"storage": {"data_dir": str(tmp_path / "data")}, "snapshots": snapshots or {}, **top})
+        metrics = Metrics()
+        intake = SnapshotIntake(cfg, metrics, clock=clock or Clock())
+        made.append(intake)
+        return intake, metrics
+
+    yield make
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_payloads_are_stored_redacted_and_nothing_on_disk_holds_the_secrets(make_intake, tmp_path):
+    intake, metrics = make_intake(snapshots={"redact": {"patterns": {"stripe_key": r"sk_live_\w+"}}})
+
+    async def go():
+        await intake.start()
+        rejected, msg = await intake.export_logs(make_request(
+            {"corr": "ord-1", "direction": "request", "body": order_body(), "span_id": b"\x0a" * 8},
+            {"corr": "ord-1", "direction": "response", "body": b'{"status":"created","token":"sk_live_abc123"}', "span_id": b"\x0a" * 8},
+            {"corr": "ord-1", "direction": "response", "body": {"erp_doc": "4711", "email": "jane.doe@example.com"}},
+            {"body": "an ordinary log line, not a payload"},
+        ))
+        found = await intake.find("ord-1")
+        await intake.stop()
+        return rejected, msg, found
+
+    rejected, msg, found = run(go())
+    assert (rejected, msg) == (0, "")
+    assert [s.direction for s in found] == ["request", "response", "response"]
+    request = json.loads(found[0].body)
+    assert request["order_id"] == "SO-1" and request["lines"] == [{"sku": "A-1", "qty": 2}]
+    assert request["customer"]["password"].startswith("[REDACTED:password:")
+    assert found[0].span_id == b"\x0a" * 8 and found[0].size == len(order_body().encode())
+    assert found[0].sha256 == hashlib.sha256(order_body().encode()).digest()
+    assert json.loads(found[2].body)["email"].startswith("[REDACTED:email:")
+    # Every byte syncwatch wrote (database, WAL), decompressed where it is compressed:
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "data").iterdir() if p.is_file())
+    shown = b"".join(s.body for s in found)
+    for secret in SECRETS:
+        assert secret.encode() not in stored and secret.encode() not in shown, secret
+    assert sample(metrics, "syncwatch_snapshots_total", direction="request", result="stored") == 1
+    assert sample(metrics, "syncwatch_snapshots_total", direction="response", result="stored") == 2
+    assert sample(metrics, "syncwatch_log_records_total", result="not_payload") == 1
+    assert sample(metrics, "syncwatch_snapshot_redactions_total", kind="password") == 1
+    assert sample(metrics, "syncwatch_snapshot_redactions_total", kind="email") == 2
+    assert sample(metrics, "syncwatch_snapshot_redactions_total", kind="stripe_key") == 1  # in the note
+    assert sample(metrics, "syncwatch_snapshot_redactions_total", kind="token") == 1  # key rule first
+    assert sample(metrics, "syncwatch_snapshot_store_bytes") > 0
+    assert sample(metrics, "syncwatch_snapshot_retention_seconds") == 72 * HOUR
+
+
+def test_payloads_without_correlation_id_or_with_a_bad_direction_are_rejected_and_counted(make_intake):
+    intake, metrics = make_intake()
+
+    async def go():
+        await intake.start()
+        out = await intake.export_logs(make_request(
+            {"direction": "request", "body": "no correlation id"},
+            {"corr": "c1", "direction": "sideways", "body": "?"},
+            {"corr": "c1", "direction": "request", "body": "fine"},
+        ))
+        await intake.stop()
+        return out
+
+    rejected, message = run(go())
+    assert rejected == 2
+    assert "without a correlation ID" in message and "must be request or response" in message
+    assert sample(metrics, "syncwatch_dropped_total", reason="snapshot_uncorrelated") == 1
+    assert sample(metrics, "syncwatch_dropped_total", reason="snapshot_invalid_direction") == 1
+    assert sample(metrics, "syncwatch_snapshots_total", direction="request", result="dropped") == 1
+    assert sample(metrics, "syncwatch_snapshots_total", direction="request", result="stored") == 1
+
+
+def test_a_body_over_the_cap_is_truncated_keeping_its_full_size_and_sha256(make_intake):
+    intake, metrics = make_intake(snapshots={"max_bytes": 1000})
+    body = json.dumps({"items": [{"sku": f"SKU-{i:05d}", "note": "é" * 3} for i in range(200)]})
+
+    async def go():
+        await intake.start()
+        await intake.export_logs(make_request({"corr": "big", "direction": "request", "body": body}))
+        found = await intake.find("big")
+        await intake.stop()
+        return found
+
+    (snap,) = run(go())
+    assert snap.truncated and len(snap.body) <= 1000 and len(snap.body) >= 990
+    snap.body.decode("utf-8")  # cut on a character boundary
+    assert snap.size == len(body.encode()) and snap.sha256 == hashlib.sha256(body.encode()).digest()
+    assert sample(metrics, "syncwatch_snapshot_truncated_total") == 1
+
+
+def test_retention_keeps_a_snapshot_at_71h59m_and_removes_it_after_72h_and_one_sweep(make_intake):
+    clock = Clock()
+    intake, metrics = make_intake(clock=clock)
+
+    async def go():
+        await intake.start()
+        await intake.export_logs(make_request({"corr": "r1", "direction": "request", "body": "old"}))
+        clock.t += 2 * HOUR
+        await intake.export_logs(make_request({"corr": "r2", "direction": "request", "body": "newer"}))
+        clock.t = T0 + 71 * HOUR + 59 * 60
+        assert await intake.sweep_now() == 0
+        assert [s.body for s in await intake.find("r1")] == [b"old"]
+        assert sample(metrics, "syncwatch_snapshot_oldest_age_seconds") == 71 * HOUR + 59 * 60
+        clock.t = T0 + 72 * HOUR + 1
+        assert await intake.find("r1") != []  # still there until the sweep runs
+        assert await intake.sweep_now() == 1
+        assert await intake.find("r1") == []
+        assert [s.body for s in await intake.find("r2")] == [b"newer"]
+        assert sample(metrics, "syncwatch_snapshot_oldest_age_seconds") == pytest.approx(70 * HOUR + 1)
+        clock.t = T0 + 80 * HOUR
+        assert await intake.sweep_now() == 1
+        assert sample(metrics, "syncwatch_snapshot_oldest_age_seconds") == 0
+        await intake.stop()
+
+    run(go())
+
+
+def test_sweeps_in_batches_until_everything_expired_is_gone(make_intake):
+    clock = Clock()
+    intake, metrics = make_intake(snapshots={"sweep_batch": 7}, clock=clock)
+
+    async def go():
+        await intake.start()
+        for i in range(5):
+            await intake.export_logs(make_request(*({"corr": f"b{i}", "direction": "request", "body": f"x{j}"} for j in range(10))))
+        clock.t += 73 * HOUR
+        assert await intake.sweep_now() == 50
+        assert await intake.find("b3") == []
+        await intake.stop()
+
+    run(go())
+
+
+def test_a_full_store_drops_snapshots_with_a_reason_and_recovers_after_a_sweep(make_intake):
+    clock = Clock()
+    # A real SQLITE_FULL: the snapshot file may not grow beyond ~200 KiB.
+    intake, metrics = make_intake(snapshots={"max_store_bytes": 200_000}, clock=clock)
+    noise = "".join(f"{(i * 7919) % 100003:06d}" for i in range(6000))  # barely compressible
+
+    async def go():
+        await intake.start()
+        results = []
+        for i in range(30):
+            results.append(await intake.export_logs(make_request({"corr": f"f{i}", "direction": "request", "body": noise})))
+            clock.t += 1
+        assert sample(metrics, "syncwatch_snapshot_store_up") == 0
+        # Expire what is there; after the failure back-off, writes succeed again.
+        clock.t += 73 * HOUR
+        await intake.sweep_now()
+        ok = await intake.export_logs(make_request({"corr": "after", "direction": "response", "body": "small"}))
+        found = await intake.find("after")
+        await intake.stop()
+        return results, ok, found
+
+    results, ok, found = run(go())
+    full = [r for r in results if r[0]]
+    assert full and all(r == (1, full[0][1]) for r in full) and "full" in full[0][1]
+    dropped = sample(metrics, "syncwatch_dropped_total", reason="snapshot_store_full")
+    assert dropped >= 1 and dropped + sample(metrics, "syncwatch_dropped_total", reason="snapshot_store_unavailable") == len(full)
+    assert sample(metrics, "syncwatch_snapshots_total", direction="request", result="dropped") == len(full)
+    assert ok == (0, "") and [s.body for s in found] == [b"small"]
+    assert sample(metrics, "syncwatch_snapshot_store_up") == 1
+
+
+def test_an_unwritable_store_does_not_stop_the_intake(make_intake, tmp_path):
+    # The data dir holds a directory where the snapshot database should be: it cannot open.
+    (tmp_path / "data" / "snapshots.db").mkdir(parents=True)
+    intake, metrics = make_intake()
+
+    async def go():
+        await intake.start()  # does not raise
+        out = await intake.export_logs(make_request({"corr": "x", "direction": "request", "body": "b"}))
+        await intake.stop()
+        return out
+
+    rejected, message = run(go())
+    assert rejected == 1 and "snapshot store failing" in message
+    assert sample(metrics, "syncwatch_dropped_total", reason="snapshot_store_unavailable") == 1
+    assert sample(metrics, "syncwatch_snapshot_store_up") == 0
+
+
+def test_the_redaction_key_survives_restarts_so_markers_stay_comparable(make_intake):
+    async def store_and_read(intake, corr):
+        await intake.start()
+        await intake.export_logs(make_request({"corr": corr, "direction": "request", "body": order_body()}))
+        (snap,) = await intake.find(corr)
+        await intake.stop()
+        return json.loads(snap.body)["payment"]["card_number"]
+
+    first = run(store_and_read(make_intake()[0], "k1"))
+    second = run(store_and_read(make_intake()[0], "k2"))
+    assert first == second and first.startswith("[REDACTED:card_number:")
+
+
+def test_snapshots_compress_with_a_trained_dictionary(make_intake, tmp_path):
+    from exporter.snapshots.store import Codec
+
+    intake, metrics = make_intake()
+    bodies = [json.dumps({"order_id": f"SO-{i}", "lines": [{"sku": f"SKU-{i * j % 997:04d}", "qty": j} for j in range(30)],
+                          "shipping": {"method": "express", "carrier": "DHL", "city": ["Berlin", "Paris"][i % 2]}})
+              for i in range(Codec.TRAIN_SAMPLES + 200)]
+
+    async def go():
+        await intake.start()
+        for i in range(0, len(bodies), 100):
+            await intake.export_logs(make_request(*({"corr": f"z{i + j}", "direction": "request", "body": b} for j, b in enumerate(bodies[i:i + 100]))))
+        for _ in range(100):  # the dictionary trains in the background
+            await intake.export_logs(make_request({"corr": "late", "direction": "request", "body": bodies[0]}))
+            found = await intake.find("late")
+            if found[-1].dict_id:
+                break
+            await asyncio.sleep(0.05)
+        await intake.stop()
+        return found[-1]
+
+    async def reopen():
+        again, _ = make_intake()
+        await again.start()
+        snaps = await again.find("late")
+        await again.stop()
+        return snaps
+
+    last = run(go())
+    assert last.dict_id == 1 and last.stored_bytes < len(bodies[0]) / 4
+    # After a restart the dictionary is loaded from the store and old rows still read.
+    snaps = run(reopen())
+    assert snaps and all(s.body == bodies[0].encode() for s in snaps)
