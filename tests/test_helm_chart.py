@@ -11,7 +11,10 @@ import copy
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -724,3 +727,23 @@ def test_values_keep_their_types_through_the_template(tmp_path):
     assert (config.snapshots.max_bytes, config.snapshots.retention) == (2097152, 96 * 3600)
     assert (config.intake.max_queued_spans, config.intake.retry_after) == (50000000, 1.5)
     assert config.correlation.keys == ["order.id"]
+
+
+def _check_config(tmp_path, values) -> subprocess.CompletedProcess:
+    (tmp_path / "config.yaml").write_text(rendered_config(render(values))[0])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCWATCH_")}
+    return subprocess.run([sys.executable, "-m", "exporter.cli", "check-config", str(tmp_path / "config.yaml")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_syncwatch_check_config_accepts_the_default_release(tmp_path):
+    result = _check_config(tmp_path, {})
+    assert result.returncode == 0, result.stderr
+    assert "ledger: /var/lib/syncwatch/ledger.db" in result.stdout
+
+
+def test_check_config_names_what_the_schema_cannot_see(tmp_path):
+    # 24h passes the schema (a valid duration) but syncwatch keeps snapshots at least 72h.
+    result = _check_config(tmp_path, {"config": {"snapshots": {"retention": "24h"}}})
+    assert result.returncode != 0
+    assert "snapshots.retention" in result.stderr and "72h" in result.stderr
