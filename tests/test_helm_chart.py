@@ -747,3 +747,19 @@ def test_check_config_names_what_the_schema_cannot_see(tmp_path):
     result = _check_config(tmp_path, {"config": {"snapshots": {"retention": "24h"}}})
     assert result.returncode != 0
     assert "snapshots.retention" in result.stderr and "72h" in result.stderr
+
+
+def test_extra_volumes_mount_a_private_ca_for_a_collector(tmp_path):
+    values = {"extraVolumes": [{"name": "broker-ca", "configMap": {"name": "corp-ca"}}],
+              "extraVolumeMounts": [{"name": "broker-ca", "mountPath": "/etc/ssl/broker", "readOnly": True}],
+              "config": {"collectors": [{"type": "rabbitmq", "name": "main", "url": "https://rabbitmq:15671",
+                                         "ca_file": "/etc/ssl/broker/ca.crt"}]}}
+    objects = render(values)
+    for obj in objects:
+        validate_manifest(obj)
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "broker-ca", "configMap": {"name": "corp-ca"}} in pod["volumes"]
+    assert {"name": "broker-ca", "mountPath": "/etc/ssl/broker", "readOnly": True} in container(objects)["volumeMounts"]
+    sidecar_objects = render_chart(build_parent_chart(tmp_path), {"syncwatch": values})
+    sidecar_pod = one(sidecar_objects, "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "broker-ca", "configMap": {"name": "corp-ca"}} in sidecar_pod["volumes"]

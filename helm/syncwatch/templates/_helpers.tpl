@@ -171,6 +171,9 @@ integration's chart (see "syncwatch.sidecar.container").
       mountPath: {{ include "syncwatch.apiTokenDir" . }}
       readOnly: true
     {{- end }}
+    {{- with $v.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end }}
 
 {{/* The pod volumes the container mounts; the data volume is chosen by the caller. */}}
@@ -191,6 +194,9 @@ integration's chart (see "syncwatch.sidecar.container").
         path: {{ $v.apiToken.key }}
     {{- /* Standalone: group-readable through fsGroup. A sidecar cannot rely on the integration's fsGroup. */}}
     defaultMode: {{ if eq $v.mode "sidecar" }}0444{{ else }}0440{{ end }}
+{{- end }}
+{{- with $v.extraVolumes }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}
 
