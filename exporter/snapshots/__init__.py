@@ -198,7 +198,7 @@ class SnapshotIntake:
 
     async def _store(self, payloads: list[PayloadRecord], received: float) -> str | None:
         if self.clock() < self._down_until or not await self._ensure_open():
-            self._drop_payloads(payloads, STORE_UNAVAILABLE if not self._opened else self._last_reason)
+            self._drop_payloads(payloads, self._last_reason)
             return f"snapshot store failing, snapshots not kept: {self._last_error}"
         try:
             snaps = await self._run(self._capture_and_put, payloads, received)

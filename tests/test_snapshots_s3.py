@@ -1,0 +1,176 @@
+"""The S3 snapshot backend against a real S3 API (moto_server started here), through boto3."""
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from exporter.config import Config
+from exporter.metrics import Metrics
+from exporter.snapshots import SnapshotIntake
+from test_snapshots_store import HOUR, SECRETS, T0, Clock, make_request, order_body, sample
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MotoServer:
+    def __init__(self):
+        self.port = _free_port()
+        self.proc = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
+        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("moto_server did not start")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def moto():
+    server = MotoServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch):
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+def make_bucket(moto) -> str:
+    name = f"sw-snap-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+def intake_for(tmp_path, endpoint, backend, clock):
+    cfg = Config.model_validate({"storage": {"data_dir": str(tmp_path / "data")},
+                                 "snapshots": {"backend": backend, "s3_endpoint_url": endpoint}})
+    metrics = Metrics()
+    return SnapshotIntake(cfg, metrics, clock=clock), metrics
+
+
+def all_objects(moto, bucket) -> dict[str, bytes]:
+    s3 = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1")
+    out = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents") or []:
+            out[obj["Key"]] = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+    return out
+
+
+def test_s3_round_trip_redacted_and_swept_at_the_retention_age(moto, tmp_path):
+    bucket = make_bucket(moto)
+    clock = Clock()
+    intake, metrics = intake_for(tmp_path, moto.url, f"s3://{bucket}/syncwatch/prod", clock)
+
+    async def go():
+        await intake.start()
+        r = await intake.export_logs(make_request(
+            {"corr": "ord/1 ü", "direction": "request", "body": order_body(), "span_id": b"\x05" * 8},
+            {"corr": "ord/1 ü", "direction": "response", "body": '{"ok":true}', "span_id": b"\x05" * 8},
+        ))
+        assert r == (0, "")
+        clock.t += HOUR
+        await intake.export_logs(make_request({"corr": "ord-2", "direction": "request", "body": "later"}))
+        found = await intake.find("ord/1 ü")
+        objects = all_objects(moto, bucket)
+        stored_bytes = sample(metrics, "syncwatch_snapshot_store_bytes")
+
+        clock.t = T0 + 71 * HOUR + 59 * 60
+        await intake.sweep_now()
+        kept = await intake.find("ord/1 ü")
+        clock.t = T0 + 72 * HOUR + 1
+        swept = await intake.sweep_now()
+        gone = await intake.find("ord/1 ü")
+        remaining = await intake.find("ord-2")
+        after = all_objects(moto, bucket)
+        await intake.stop()
+        return found, objects, stored_bytes, kept, swept, gone, remaining, after
+
+    found, objects, stored_bytes, kept, swept, gone, remaining, after = asyncio.run(go())
+    assert [s.direction for s in found] == ["request", "response"]
+    assert json.loads(found[0].body)["customer"]["password"].startswith("[REDACTED:password:")
+    assert found[0].span_id == b"\x05" * 8 and found[1].body == b'{"ok":true}'
+    data_keys = [k for k in objects if "/c/" in k]
+    marker_keys = [k for k in objects if "/t/" in k]
+    assert len(data_keys) == 3 and len(marker_keys) == 3
+    assert all(k.startswith("syncwatch/prod/") for k in objects)
+    for secret in SECRETS:
+        assert not any(secret.encode() in v for v in objects.values()), secret
+    assert stored_bytes == sum(len(objects[k]) for k in data_keys)
+    assert len(kept) == 2
+    assert swept == 2 and gone == [] and [s.body for s in remaining] == [b"later"]
+    assert sorted(k.split("/")[2] for k in after) == ["c", "t"]  # ord-2's snapshot and marker
+    assert sample(metrics, "syncwatch_snapshot_oldest_age_seconds") == pytest.approx(71 * HOUR + 1, abs=1)
+
+
+def test_s3_unreachable_drops_snapshots_with_a_reason_without_hanging(tmp_path):
+    server = MotoServer().start()
+    bucket = make_bucket(server)
+    clock = Clock()
+    intake, metrics = intake_for(tmp_path, server.url, f"s3://{bucket}/p", clock)
+
+    async def go():
+        await intake.start()
+        assert await intake.export_logs(make_request({"corr": "a", "direction": "request", "body": "x"})) == (0, "")
+        server.stop()
+        started = time.monotonic()
+        first = await intake.export_logs(make_request({"corr": "b", "direction": "request", "body": "y"}))
+        # Within the failure back-off, further snapshots are dropped at once.
+        second = await intake.export_logs(make_request({"corr": "c", "direction": "response", "body": "z"}))
+        took = time.monotonic() - started
+        await intake.stop()
+        return first, second, took
+
+    first, second, took = asyncio.run(go())
+    assert first[0] == 1 and "S3 unreachable" in first[1] and second[0] == 1
+    assert took < 30
+    assert sample(metrics, "syncwatch_dropped_total", reason="snapshot_store_unavailable") == 2
+    assert sample(metrics, "syncwatch_snapshots_total", direction="request", result="dropped") == 1
+    assert sample(metrics, "syncwatch_snapshots_total", direction="response", result="dropped") == 1
+    assert sample(metrics, "syncwatch_snapshot_store_up") == 0
+
+
+def test_missing_bucket_is_a_store_error_named_in_the_answer(moto, tmp_path):
+    intake, metrics = intake_for(tmp_path, moto.url, f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/p", Clock())
+
+    async def go():
+        await intake.start()
+        out = await intake.export_logs(make_request({"corr": "a", "direction": "request", "body": "x"}))
+        await intake.stop()
+        return out
+
+    rejected, message = asyncio.run(go())
+    assert rejected == 1 and "NoSuchBucket" in message
+    assert sample(metrics, "syncwatch_dropped_total", reason="snapshot_store_error") == 1
