@@ -9,6 +9,7 @@ query API use their own connections (WAL).
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import math
 import sqlite3
@@ -18,7 +19,7 @@ from collections import defaultdict, deque
 from pathlib import Path
 
 from .config import Config
-from .ledger_schema import DDL, SCHEMA_VERSION, STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_FAIL, STAGE_SOURCE
+from .ledger_schema import DDL, SCHEMA_VERSION, STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_SOURCE
 from .metrics import Metrics
 
 log = logging.getLogger("syncwatch.ledger")
@@ -28,31 +29,54 @@ EVENT_COLUMNS = ("trace_id", "span_id", "corr", "flow", "stage", "source", "dest
                  "changed_at", "attempt", "code", "error", "idem", "received")
 (E_TRACE, E_SPAN, E_CORR, E_FLOW, E_STAGE, E_SOURCE, E_DEST, E_START, E_END,
  E_CHANGED, E_ATTEMPT, E_CODE, E_ERROR, E_IDEM, E_RECEIVED) = range(15)
-
-_INSERT_SPANS_HEAD = f"INSERT INTO spans ({', '.join(EVENT_COLUMNS)}) VALUES "
-_ROW = "(" + ",".join("?" * len(EVENT_COLUMNS)) + ")"
-_ROWS_PER_STATEMENT = 2000  # 15 columns x 2000 rows stays below SQLite's variable limit (32766)
+# Attempt entries in a timeline: [trace_id hex, span_id hex, start, end, n, code, error]
+A_SPAN, A_START, A_END, A_N = 1, 2, 3, 4
 
 JITTER_WINDOW = 50  # recent backoffs kept per (flow, destination, attempt number)
 JITTER_MIN_SAMPLES = 5
 CHECK_OVERDUE, CHECK_EXPIRE = 0, 1
 UNKNOWN = "unknown"
 
+_UPSERT_OPEN = (
+    "INSERT INTO open_tx (corr, dest, flow, source, changed_at, opened_at, deadline, source_trace, source_span, "
+    "attempts, timeline) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(corr, dest, flow) DO UPDATE SET "
+    "source=excluded.source, changed_at=excluded.changed_at, deadline=excluded.deadline, attempts=excluded.attempts, "
+    "timeline=excluded.timeline, source_trace=COALESCE(excluded.source_trace, source_trace), "
+    "source_span=COALESCE(excluded.source_span, source_span)")
+_CLOSE_STORED = (
+    "INSERT OR REPLACE INTO closed_tx (corr, dest, flow, source, outcome, changed_at, opened_at, deadline, closed_at, "
+    "lag, source_trace, source_span, close_span, attempts, timeline) SELECT corr, dest, flow, ?, ?, ?, opened_at, "
+    "deadline, ?, ?, source_trace, source_span, ?, ?, ? FROM open_tx WHERE corr=? AND dest=? AND flow=?")
+_CLOSE_NEW = (
+    "INSERT OR REPLACE INTO closed_tx (corr, dest, flow, source, outcome, changed_at, opened_at, deadline, closed_at, "
+    "lag, source_trace, source_span, close_span, attempts, timeline) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+
+
+_to_json = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per call
+
 
 class Tx:
     """An open transaction. Slots keep a million of these well under 1 KiB each."""
 
-    __slots__ = ("labels", "changed_at", "opened_at", "deadline", "attempts", "last_n", "last_end", "overdue")
+    __slots__ = ("labels", "changed_at", "opened_at", "deadline", "attempts", "overdue", "stored", "src")
 
-    def __init__(self, labels, changed_at, opened_at, deadline, attempts=0, last_n=None, last_end=None):
+    def __init__(self, labels, changed_at, opened_at, deadline, attempts=None, stored=False, src=None):
         self.labels = labels  # shared (flow, source, destination) tuple
         self.changed_at = changed_at
         self.opened_at = opened_at
         self.deadline = deadline
-        self.attempts = attempts
-        self.last_n = last_n
-        self.last_end = last_end
+        self.attempts = attempts  # list of timeline attempt entries, None until the first attempt
         self.overdue = False
+        self.stored = stored  # has a row in open_tx (a transaction opened and closed in one batch never gets one)
+        self.src = src  # (trace_id, span_id) of the source span until it is written
+
+    def timeline(self, close=None) -> str | None:
+        if not self.attempts and close is None:
+            return None
+        doc = {"attempts": self.attempts or []}
+        if close is not None:
+            doc["close"] = close
+        return _to_json(doc)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -77,6 +101,10 @@ class Ledger:
         self.expire_after = config.storage.expire_after
         self.unknown_deadline = config.correlation.unknown_flow_deadline
         self.conn = connect(config.storage.ledger_path)
+        version = self._schema_version()
+        if version not in (None, SCHEMA_VERSION):
+            raise RuntimeError(f"ledger {config.storage.ledger_path} has schema version {version}, this syncwatch "
+                               f"needs {SCHEMA_VERSION}: move the old file away (or set storage.sqlite_path)")
         self.conn.executescript(DDL)
         self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self.pending: dict[tuple, Tx] = {}
@@ -86,9 +114,18 @@ class Ledger:
         self._jitter_dirty: set = set()
         self._child_cache: dict = {}
         self._last_sweep = 0.0
+        self._deltas: dict = {}
+        self._obs: list = []
+        self._new_batch()
         for name, flow in self.flows.items():
             metrics.flow_deadline.labels(name).set(flow.deadline)
-        self._insert_sql_cache: dict[int, str] = {}
+
+    def _schema_version(self):
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return int(row[0]) if row else None
 
     # ---- helpers -----------------------------------------------------------------------------
     def _deadline_of(self, flow: str) -> float:
@@ -114,6 +151,27 @@ class Ledger:
             child = self._child_cache[key] = metric.labels(*labels)
         return child
 
+    def _inc(self, metric, labels, n=1):
+        # Metric updates wait for the commit: they then describe exactly what is durable, and a
+        # batch costs one update per series instead of one per span.
+        key = (metric, labels)
+        self._deltas[key] = self._deltas.get(key, 0) + n
+
+    def _apply_metrics(self):
+        for (metric, labels), n in self._deltas.items():
+            if n:
+                self._child(metric, *labels).inc(n)
+        for metric, labels, value in self._obs:
+            self._child(metric, *labels).observe(value)
+        self._deltas.clear()
+        self._obs.clear()
+
+    def _new_batch(self):
+        self._dirty: dict = {}  # key -> Tx to upsert into open_tx
+        self._close_stored: list = []
+        self._close_new: list = []
+        self._deletes: list = []
+
     # ---- startup -----------------------------------------------------------------------------
     def load(self) -> int:
         """Rebuild the in-memory mirror of open transactions from SQLite (after a restart)."""
@@ -121,18 +179,18 @@ class Ledger:
         heap = self._heap
         counts: dict[tuple, int] = defaultdict(int)
         intern = sys.intern
-        rows = self.conn.execute(
-            "SELECT corr, dest, flow, source, changed_at, opened_at, deadline, attempts, last_attempt_n, last_attempt_end FROM open_tx"
-        )
+        loads = json.loads
+        rows = self.conn.execute("SELECT corr, dest, flow, source, changed_at, opened_at, deadline, timeline FROM open_tx")
         while True:
             chunk = rows.fetchmany(50_000)
             if not chunk:
                 break
-            for corr, dest, flow, source, changed_at, opened_at, deadline, attempts, last_n, last_end in chunk:
+            for corr, dest, flow, source, changed_at, opened_at, deadline, timeline in chunk:
                 dest, flow = intern(dest), intern(flow)
                 labels = self._label_tuple(flow, intern(source) if source else None, dest)
                 key = (corr, dest, flow)
-                pending[key] = Tx(labels, changed_at, opened_at, deadline, attempts, last_n, last_end)
+                attempts = loads(timeline)["attempts"] or None if timeline else None
+                pending[key] = Tx(labels, changed_at, opened_at, deadline, attempts, True)
                 heap.append((deadline, CHECK_OVERDUE, key))
                 counts[labels] += 1
         heapq.heapify(heap)
@@ -141,68 +199,51 @@ class Ledger:
         return len(pending)
 
     # ---- writes ------------------------------------------------------------------------------
-    def record(self, events: list[tuple]) -> int:
-        """Record a batch of stage-span events in one SQLite transaction. Returns how many were new."""
+    def record(self, events: list[tuple]) -> None:
+        """Record a batch of stage-span events in one SQLite transaction."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            new = self._insert_new(events)
-            self._dirty: dict = {}
-            self._closed: list = []
-            if new:
-                new.sort(key=_event_order)
-                for ev in new:
-                    stage = ev[E_STAGE]
-                    if stage == STAGE_ATTEMPT:
-                        self._on_attempt(ev)
-                    elif stage == STAGE_SOURCE:
-                        self._on_source(ev)
-                    elif stage == STAGE_CONFIRM:
-                        self._on_confirm(ev)
-                    else:
-                        self._on_fail(ev)
-                self._flush()
+            self._new_batch()
+            # Sources open transactions, attempts (in time order) update them, confirms and fails close them.
+            sources, attempts, closes = [], [], []
+            for ev in events:
+                stage = ev[E_STAGE]
+                (sources if stage == STAGE_SOURCE else attempts if stage == STAGE_ATTEMPT else closes).append(ev)
+            for ev in sources:
+                self._on_source(ev)
+            if len(attempts) > 1:
+                attempts.sort(key=_start_time)
+            for ev in attempts:
+                self._on_attempt(ev)
+            for ev in closes:
+                if ev[E_STAGE] == STAGE_CONFIRM:
+                    self._on_confirm(ev)
+                else:
+                    self._on_fail(ev)
+            self._flush()
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             # Memory may now be ahead of the database: rebuild it from what is committed.
             self._reset_memory()
             raise
-        self._update_jitter()
-        return len(new)
+        self._apply_metrics()
+        if self._jitter_dirty:
+            self._update_jitter()
 
-    def _insert_new(self, events):
-        """Insert spans, skipping ones already recorded; return the events that were new."""
-        conn = self.conn
-        new = []
-        by_id = {}
-        for ev in events:
-            by_id[(ev[E_TRACE], ev[E_SPAN])] = ev  # a span twice in one batch counts once
-        unique = list(by_id.values())
-        for i in range(0, len(unique), _ROWS_PER_STATEMENT):
-            chunk = unique[i:i + _ROWS_PER_STATEMENT]
-            sql = self._insert_sql_cache.get(len(chunk))
-            if sql is None:
-                sql = _INSERT_SPANS_HEAD + ",".join([_ROW] * len(chunk)) + " ON CONFLICT DO NOTHING RETURNING trace_id, span_id"
-                if len(self._insert_sql_cache) < 64:
-                    self._insert_sql_cache[len(chunk)] = sql
-            params = [v for ev in chunk for v in ev]
-            for trace_id, span_id in conn.execute(sql, params):
-                new.append(by_id[(trace_id, span_id)])
-        return new
-
-    def _open(self, key, labels, changed_at, now, flow) -> Tx:
+    def _open(self, key, labels, changed_at, now, flow, src=None) -> Tx:
         base = changed_at if changed_at is not None else now
-        tx = Tx(labels, changed_at, now, base + self._deadline_of(flow))
+        tx = Tx(labels, changed_at, now, base + self._deadline_of(flow), src=src)
         self.pending[key] = tx
         heapq.heappush(self._heap, (tx.deadline, CHECK_OVERDUE, key))
-        self._child(self.metrics.pending, *labels).inc()
+        self._inc(self.metrics.pending, labels)
         return tx
 
     def _closed_row(self, key):
         return self.conn.execute(
-            "SELECT outcome, closed_at, lag, changed_at FROM closed_tx WHERE corr=? AND dest=? AND flow=?", key
-        ).fetchone()
+            "SELECT outcome, closed_at, lag, changed_at, close_span, timeline FROM closed_tx "
+            "WHERE corr=? AND dest=? AND flow=?", key).fetchone()
 
     def _on_source(self, ev):
         corr, flow, source = ev[E_CORR], ev[E_FLOW], ev[E_SOURCE]
@@ -215,9 +256,10 @@ class Ledger:
             key = (corr, dest, flow)
             tx = self.pending.get(key)
             if tx is not None:
-                # Opened earlier by an attempt: now we know when the change really happened.
+                # Opened earlier by an attempt (or a redelivery of this source): keep the earliest change time.
                 if tx.changed_at is None or changed_at < tx.changed_at:
                     tx.changed_at = changed_at
+                    tx.src = (ev[E_TRACE], ev[E_SPAN])
                     if source and tx.labels[1] == UNKNOWN:
                         self._relabel(tx, self._label_tuple(flow, source, dest))
                     self._set_deadline(key, tx, changed_at + self._deadline_of(flow))
@@ -225,68 +267,98 @@ class Ledger:
                 continue
             row = self._closed_row(key)
             if row is not None:
-                outcome, closed_at, lag, _ = row
-                if outcome == "confirmed" and lag is None:
+                outcome, closed_at, lag, known_changed = row[0], row[1], row[2], row[3]
+                if known_changed is not None:
+                    continue  # already knew its source: a redelivery
+                if outcome == "confirmed":
                     # The confirm arrived first; the lag is known only now.
                     lag = self._observe_lag(flow, source, dest, closed_at - changed_at)
                 self.conn.execute(
-                    "UPDATE closed_tx SET lag=?, changed_at=?, source=COALESCE(source, ?) WHERE corr=? AND dest=? AND flow=?",
-                    (lag, changed_at, source, *key),
-                )
+                    "UPDATE closed_tx SET lag=?, changed_at=?, source=COALESCE(source, ?), source_trace=?, source_span=? "
+                    "WHERE corr=? AND dest=? AND flow=?", (lag, changed_at, source, ev[E_TRACE], ev[E_SPAN], *key))
                 continue
-            self._dirty[key] = self._open(key, self._label_tuple(flow, source, dest), changed_at, ev[E_RECEIVED], flow)
+            self._dirty[key] = self._open(key, self._label_tuple(flow, source, dest), changed_at, ev[E_RECEIVED], flow,
+                                          (ev[E_TRACE], ev[E_SPAN]))
 
     def _on_attempt(self, ev):
         corr, flow, dest = ev[E_CORR], ev[E_FLOW], ev[E_DEST]
         key = (corr, dest, flow)
-        code = ev[E_CODE] or "none"
-        m = self.metrics
+        span_hex = ev[E_SPAN].hex()
         tx = self.pending.get(key)
-        if tx is None and self._closed_row(key) is None:
+        if tx is None:
+            row = self._closed_row(key)
+            if row is not None:
+                self._late_attempt(ev, key, span_hex, row)
+                return
             # Attempt before its source span: open now, deadline provisional until the source arrives.
             tx = self._open(key, self._label_tuple(flow, ev[E_SOURCE], dest), ev[E_CHANGED], ev[E_START], flow)
-        n = ev[E_ATTEMPT]
-        if tx is None:
-            n = n or 2  # an attempt after the transaction closed is a retry
+        attempts = tx.attempts
+        if attempts is None:
+            attempts = tx.attempts = []
         else:
-            if n is None:
-                n = (tx.last_n or tx.attempts) + 1
-            if tx.last_end is not None and tx.last_n == n - 1:
-                backoff = ev[E_START] - tx.last_end
-                if backoff >= 0:
-                    self._child(m.retry_backoff, flow, dest).observe(backoff)
-                    self._jitter[(flow, dest, n)].append(backoff)
-                    self._jitter_dirty.add((flow, dest))
-            tx.attempts += 1
-            if tx.last_n is None or n >= tx.last_n:
-                tx.last_n, tx.last_end = n, ev[E_END]
-            self._dirty[key] = tx
-        self._child(m.attempts, flow, dest, code).inc()
+            for a in attempts:
+                if a[A_SPAN] == span_hex:
+                    return  # the same span delivered again
+        n = ev[E_ATTEMPT]
+        if n is None:
+            n = max((a[A_N] for a in attempts), default=0) + 1
+        for a in attempts:
+            if a[A_N] == n - 1:
+                self._backoff(flow, dest, n, ev[E_START] - a[A_END])
+                break
+        attempts.append([ev[E_TRACE].hex(), span_hex, ev[E_START], ev[E_END], n, ev[E_CODE], ev[E_ERROR]])
+        self._dirty[key] = tx
+        self._count_attempt(flow, dest, ev[E_CODE], n)
+
+    def _late_attempt(self, ev, key, span_hex, row):
+        """An attempt that arrives after its transaction closed (e.g. a retry racing the confirm)."""
+        doc = json.loads(row[5]) if row[5] else {"attempts": []}
+        attempts = doc.setdefault("attempts", [])
+        if any(a[A_SPAN] == span_hex for a in attempts):
+            return
+        n = ev[E_ATTEMPT] or max((a[A_N] for a in attempts), default=0) + 1
+        attempts.append([ev[E_TRACE].hex(), span_hex, ev[E_START], ev[E_END], n, ev[E_CODE], ev[E_ERROR]])
+        self.conn.execute("UPDATE closed_tx SET attempts=attempts+1, timeline=? WHERE corr=? AND dest=? AND flow=?",
+                          (_to_json(doc), *key))
+        self._count_attempt(key[2], key[1], ev[E_CODE], n)
+
+    def _count_attempt(self, flow, dest, code, n):
+        m = self.metrics
+        self._inc(m.attempts, (flow, dest, code or "none"))
         if n > 1:
-            self._child(m.retries, flow, dest).inc()
+            self._inc(m.retries, (flow, dest))
+
+    def _backoff(self, flow, dest, n, backoff):
+        if backoff < 0:
+            return  # overlapping attempts (clock skew between hosts): no meaningful backoff
+        self._obs.append((self.metrics.retry_backoff, (flow, dest), backoff))
+        self._jitter[(flow, dest, n)].append(backoff)
+        self._jitter_dirty.add((flow, dest))
 
     def _on_confirm(self, ev):
         corr, flow, dest = ev[E_CORR], ev[E_FLOW], ev[E_DEST]
         key = (corr, dest, flow)
-        idem = ev[E_IDEM] or f"{corr}\x1f{dest}"
-        (applies,) = self.conn.execute(
-            "INSERT INTO applies (idem, corr, dest, flow, first_at, last_at, applies) VALUES (?,?,?,?,?,?,1) "
-            "ON CONFLICT(idem) DO UPDATE SET applies = applies + 1, last_at = excluded.last_at RETURNING applies",
-            (idem, corr, dest, flow, ev[E_END], ev[E_END]),
-        ).fetchone()
-        if applies > 1:
-            if self._exactly_once(flow):
-                self._child(self.metrics.duplicate_applies, flow, dest).inc()
-                self.conn.execute("UPDATE spans SET dup=1 WHERE trace_id=? AND span_id=?", (ev[E_TRACE], ev[E_SPAN]))
-            return
         tx = self.pending.get(key)
+        row = None if tx is not None else self._closed_row(key)
+        if row is not None and row[4] == ev[E_SPAN]:
+            return  # redelivery of the very span that closed it
+        idem = ev[E_IDEM]
+        if idem is not None:
+            duplicate = self._apply(idem, key, ev)
+        else:
+            # Default key (correlation ID + destination): a confirm of an already confirmed transaction.
+            duplicate = row is not None and row[0] == "confirmed"
+            if duplicate:
+                self._apply(f"{corr}\x1f{dest}", key, ev, first_count=2)
+        if duplicate:
+            self._record_duplicate(key, ev, row)
+            return
+        if row is not None and row[0] == "confirmed":
+            return  # confirmed under another idempotency key: the transaction is already closed
         if tx is not None:
             changed_at = tx.changed_at if tx.changed_at is not None else ev[E_CHANGED]
             source = tx.labels[1] if tx.labels[1] != UNKNOWN else ev[E_SOURCE]
         else:
-            row = self._closed_row(key)
-            if row is not None and row[0] == "confirmed":
-                return  # confirmed under another idempotency key: the transaction is already closed
             changed_at = ev[E_CHANGED]
             if changed_at is None and row is not None:
                 changed_at = row[3]
@@ -294,54 +366,107 @@ class Ledger:
         lag = None
         if changed_at is not None:
             lag = self._observe_lag(flow, source, dest, ev[E_END] - changed_at)
-        self._close(key, tx, "confirmed", ev[E_END], changed_at, lag, source)
+        self._close(key, tx, "confirmed", ev, changed_at, lag, source, row)
+
+    def _apply(self, idem, key, ev, first_count=1) -> bool:
+        """Count one apply of an idempotency key; True when it had been applied before (a duplicate)."""
+        corr, dest, flow = key
+        span = ev[E_SPAN]
+        row = self.conn.execute("SELECT first_span, last_span FROM applies WHERE idem=?", (idem,)).fetchone()
+        if row is None:
+            self.conn.execute(
+                "INSERT INTO applies (idem, corr, dest, flow, first_at, last_at, applies, first_span, last_span) "
+                "VALUES (?,?,?,?,?,?,?,?,?)", (idem, corr, dest, flow, ev[E_END], ev[E_END], first_count, span, span))
+            return first_count > 1
+        if span in row:
+            return False  # a redelivery of a span already counted
+        self.conn.execute("UPDATE applies SET applies=applies+1, last_at=?, last_span=? WHERE idem=?",
+                          (ev[E_END], span, idem))
+        return True
+
+    def _record_duplicate(self, key, ev, row):
+        corr, dest, flow = key
+        if self._exactly_once(flow):
+            self._inc(self.metrics.duplicate_applies, (flow, dest))
+        entry = [ev[E_TRACE].hex(), ev[E_SPAN].hex(), ev[E_START], ev[E_END], ev[E_IDEM]]
+        if row is None:
+            row = self._closed_row(key)
+        if row is not None:
+            doc = json.loads(row[5]) if row[5] else {"attempts": []}
+            doc.setdefault("duplicates", []).append(entry)
+            self.conn.execute("UPDATE closed_tx SET timeline=? WHERE corr=? AND dest=? AND flow=?",
+                              (_to_json(doc), *key))
 
     def _on_fail(self, ev):
         corr, flow, dest = ev[E_CORR], ev[E_FLOW], ev[E_DEST]
         key = (corr, dest, flow)
         tx = self.pending.get(key)
+        row = None
         if tx is None:
             row = self._closed_row(key)
             if row is not None:
-                return  # already confirmed (or failed): a late fail changes nothing
+                return  # already confirmed or failed: a late or redelivered fail changes nothing
             changed_at, source = ev[E_CHANGED], ev[E_SOURCE]
         else:
             changed_at, source = tx.changed_at, (tx.labels[1] if tx.labels[1] != UNKNOWN else ev[E_SOURCE])
-        self._close(key, tx, "failed", ev[E_END], changed_at, None, source)
+        self._close(key, tx, "failed", ev, changed_at, None, source, row)
 
     def _observe_lag(self, flow, source, dest, lag):
         if lag < 0:
             # Source and destination clocks disagree; a negative lag is meaningless.
-            self._child(self.metrics.clock_skew, flow).inc()
+            self._inc(self.metrics.clock_skew, (flow,))
             lag = 0.0
-        self._child(self.metrics.sync_lag, flow, source or UNKNOWN, dest).observe(lag)
+        self._obs.append((self.metrics.sync_lag, (flow, source or UNKNOWN, dest), lag))
         return lag
 
-    def _close(self, key, tx, outcome, closed_at, changed_at, lag, source):
+    def _close(self, key, tx, outcome, ev, changed_at, lag, source, row=None):
+        """Close a transaction. `ev` is the closing span (None when it expires)."""
         corr, dest, flow = key
+        if ev is not None:
+            closed_at, close_span = ev[E_END], ev[E_SPAN]
+            close = [ev[E_STAGE], ev[E_TRACE].hex(), ev[E_SPAN].hex(), ev[E_START], ev[E_END], ev[E_ERROR], ev[E_IDEM]]
+        else:
+            closed_at, close_span, close = self.clock(), None, None
         attempts = 0
         if tx is not None:
             del self.pending[key]
-            attempts = tx.attempts
-            self._child(self.metrics.pending, *tx.labels).dec()
+            self._dirty.pop(key, None)
+            attempts = len(tx.attempts) if tx.attempts else 0
+            self._inc(self.metrics.pending, tx.labels, -1)
             if tx.overdue:
-                self._child(self.metrics.overdue, *tx.labels).dec()
+                self._inc(self.metrics.overdue, tx.labels, -1)
             labels = tx.labels
+            timeline = tx.timeline(close)
+            if tx.stored:
+                self._close_stored.append((source, outcome, changed_at, closed_at, lag, close_span, attempts, timeline,
+                                           *key))
+                self._deletes.append(key)
+            else:
+                src = tx.src or (None, None)
+                self._close_new.append((*key, source, outcome, changed_at, tx.opened_at, tx.deadline, closed_at, lag,
+                                        src[0], src[1], close_span, attempts, timeline))
         else:
             labels = self._label_tuple(flow, source, dest)
-        self._dirty[key] = None
-        self._closed.append((corr, dest, flow, source, outcome, changed_at, closed_at, lag, attempts))
-        self._child(self.metrics.transactions, *labels, outcome).inc()
+            if row is not None and row[5]:  # e.g. a confirm after a fail: keep the attempts already recorded
+                doc = json.loads(row[5])
+                attempts = len(doc.get("attempts", ()))
+                doc["close"] = close
+                timeline = _to_json(doc)
+            else:
+                timeline = _to_json({"attempts": [], "close": close}) if close else None
+            self._close_new.append((*key, source, outcome, changed_at, None, None, closed_at, lag, None, None,
+                                    close_span, attempts, timeline))
+        self._inc(self.metrics.transactions, (*labels, outcome))
         if attempts:
-            self._child(self.metrics.delivery_attempts, flow, dest).observe(attempts)
+            self._obs.append((self.metrics.delivery_attempts, (flow, dest), attempts))
 
     def _relabel(self, tx, labels):
         m = self.metrics
-        self._child(m.pending, *tx.labels).dec()
-        self._child(m.pending, *labels).inc()
+        self._inc(m.pending, tx.labels, -1)
+        self._inc(m.pending, labels)
         if tx.overdue:
-            self._child(m.overdue, *tx.labels).dec()
-            self._child(m.overdue, *labels).inc()
+            self._inc(m.overdue, tx.labels, -1)
+            self._inc(m.overdue, labels)
         tx.labels = labels
 
     def _set_deadline(self, key, tx, deadline):
@@ -349,27 +474,25 @@ class Ledger:
         heapq.heappush(self._heap, (deadline, CHECK_OVERDUE, key))
         if tx.overdue and deadline > self.clock():
             tx.overdue = False  # the provisional deadline was too early
-            self._child(self.metrics.overdue, *tx.labels).dec()
+            self._inc(self.metrics.overdue, tx.labels, -1)
 
     def _flush(self):
-        upserts, deletes = [], []
-        for key, tx in self._dirty.items():
-            if tx is None:
-                deletes.append(key)
-            else:
-                upserts.append((*key, tx.labels[1] if tx.labels[1] != UNKNOWN else None, tx.changed_at,
-                                tx.opened_at, tx.deadline, tx.attempts, tx.last_n, tx.last_end))
         conn = self.conn
-        if upserts:
-            conn.executemany(
-                "INSERT OR REPLACE INTO open_tx (corr, dest, flow, source, changed_at, opened_at, deadline, attempts, "
-                "last_attempt_n, last_attempt_end) VALUES (?,?,?,?,?,?,?,?,?,?)", upserts)
-        if deletes:
-            conn.executemany("DELETE FROM open_tx WHERE corr=? AND dest=? AND flow=?", deletes)
-        if self._closed:
-            conn.executemany(
-                "INSERT OR REPLACE INTO closed_tx (corr, dest, flow, source, outcome, changed_at, closed_at, lag, attempts) "
-                "VALUES (?,?,?,?,?,?,?,?,?)", self._closed)
+        if self._close_stored:
+            conn.executemany(_CLOSE_STORED, self._close_stored)
+        if self._deletes:
+            conn.executemany("DELETE FROM open_tx WHERE corr=? AND dest=? AND flow=?", self._deletes)
+        if self._close_new:
+            conn.executemany(_CLOSE_NEW, self._close_new)
+        if self._dirty:
+            rows = []
+            for key, tx in self._dirty.items():
+                src = tx.src or (None, None)
+                rows.append((*key, tx.labels[1] if tx.labels[1] != UNKNOWN else None, tx.changed_at, tx.opened_at,
+                             tx.deadline, src[0], src[1], len(tx.attempts) if tx.attempts else 0, tx.timeline()))
+                tx.stored = True
+                tx.src = None  # written; memory need not keep it
+            conn.executemany(_UPSERT_OPEN, rows)
 
     def _update_jitter(self):
         for flow, dest in self._jitter_dirty:
@@ -402,13 +525,14 @@ class Ledger:
                 if tx.deadline != when or tx.overdue:
                     continue  # stale entry: the deadline moved
                 tx.overdue = True
-                self._child(m.overdue, *tx.labels).inc()
+                self._inc(m.overdue, tx.labels)
                 base = tx.changed_at if tx.changed_at is not None else tx.opened_at
                 heapq.heappush(heap, (max(base + self.expire_after, when), CHECK_EXPIRE, key))
             elif tx.overdue:
                 expired.append(key)
         if expired:
             self._expire(expired, now)
+        self._apply_metrics()
         if now - self._last_sweep >= 60:
             self._last_sweep = now
             self._sweep(now)
@@ -416,10 +540,10 @@ class Ledger:
     def _expire(self, keys, now):
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            self._dirty, self._closed = {}, []
+            self._new_batch()
             for key in keys:
                 tx = self.pending[key]
-                self._close(key, tx, "expired", now, tx.changed_at, None, tx.labels[1])
+                self._close(key, tx, "expired", None, tx.changed_at, None, tx.labels[1] if tx.labels[1] != UNKNOWN else None)
             self._flush()
             self.conn.execute("COMMIT")
         except BaseException:
@@ -428,15 +552,13 @@ class Ledger:
             raise
 
     def _sweep(self, now):
-        """Forget closed transactions (and their spans) older than the expiry horizon, in small batches."""
+        """Forget closed transactions older than the expiry horizon, in small batches."""
         cutoff = now - self.expire_after
         conn = self.conn
         for sql in (
             "DELETE FROM closed_tx WHERE (corr, dest, flow) IN "
             "(SELECT corr, dest, flow FROM closed_tx WHERE closed_at < ? LIMIT 5000)",
             "DELETE FROM applies WHERE idem IN (SELECT idem FROM applies WHERE last_at < ? LIMIT 5000)",
-            "DELETE FROM spans WHERE (trace_id, span_id) IN (SELECT trace_id, span_id FROM spans WHERE received < ? "
-            "AND corr NOT IN (SELECT corr FROM open_tx) LIMIT 5000)",
         ):
             try:
                 conn.execute(sql, (cutoff,))
@@ -445,6 +567,10 @@ class Ledger:
                 log.exception("ledger sweep failed; will retry in a minute")
 
     def _reset_memory(self):
+        self._new_batch()
+        self._deltas.clear()
+        self._obs.clear()
+        self._jitter_dirty.clear()
         m = self.metrics
         for labels, _ in list(self._labels.items()):
             self._child(m.pending, *labels).set(0)
@@ -464,8 +590,5 @@ class Ledger:
         self.conn.close()
 
 
-def _event_order(ev):
-    # Within a batch: sources first (they open transactions), then attempts by start, then closes.
-    stage = ev[E_STAGE]
-    order = 0 if stage == STAGE_SOURCE else 1 if stage == STAGE_ATTEMPT else 2
-    return (order, ev[E_START])
+def _start_time(ev):
+    return ev[E_START]

@@ -30,6 +30,7 @@ _WANTED = {
     "syncwatch.idempotency_key": _IDEM,
 }
 _CORR_BASE = 100  # slot of correlation key i is _CORR_BASE + i (lower i wins)
+_NO_RANK = 1 << 30
 _MAX_ERRORS = 5  # error messages kept per request for partial_success
 
 _intern = sys.intern
@@ -110,44 +111,55 @@ class SpanExtractor:
     def extract(self, request, received: float) -> Extracted:
         out = Extracted()
         events = out.events
-        wanted = self._wanted
+        wanted_get = self._wanted.get
+        event = self._event
+        correlated = uncorrelated = 0
         for rs in request.resource_spans:
             # Resource attributes give defaults (e.g. an integration that sets syncwatch.flow once).
-            base = {}
+            base, base_corr, base_rank = {}, None, _NO_RANK
             for kv in rs.resource.attributes:
-                slot = wanted.get(kv.key)
+                slot = wanted_get(kv.key)
                 if slot is not None:
-                    base[slot] = any_value(kv.value)
+                    val = any_value(kv.value)
+                    if slot < _CORR_BASE:
+                        base[slot] = val
+                    elif val not in (None, "") and slot < base_rank:
+                        base_corr, base_rank = str(val), slot
             for ss in rs.scope_spans:
                 for span in ss.spans:
-                    found = dict(base) if base else {}
+                    found = None
+                    corr, rank = base_corr, base_rank
                     for kv in span.attributes:
-                        slot = wanted.get(kv.key)
-                        if slot is not None:
-                            v = kv.value
-                            kind = v.WhichOneof("value")
-                            found[slot] = v.string_value if kind == "string_value" else any_value(v)
-                    corr = None
-                    if found:
-                        best = None
-                        for slot in found:
-                            if slot >= _CORR_BASE and (best is None or slot < best):
-                                val = found[slot]
-                                if val is not None and val != "":
-                                    best = slot
-                        if best is not None:
-                            corr = str(found[best])
+                        slot = wanted_get(kv.key)
+                        if slot is None:
+                            continue
+                        v = kv.value
+                        val = v.string_value
+                        if not val:
+                            val = any_value(v)
+                            if val is None or val == "":
+                                continue
+                        if slot >= _CORR_BASE:
+                            if slot < rank:
+                                corr, rank = val, slot
+                        else:
+                            if found is None:
+                                found = dict(base)
+                            found[slot] = val
                     if corr is None:
-                        out.uncorrelated += 1
+                        uncorrelated += 1
                         continue
+                    if found is None:
+                        found = base
                     stage_name = found.get(_STAGE)
                     if stage_name is None:
-                        out.correlated += 1  # context span of a transaction: counts for coverage only
+                        correlated += 1  # context span of a transaction: counts for coverage only
                         continue
-                    event = self._event(span, found, corr, stage_name, received, out)
-                    if event is not None:
-                        out.correlated += 1
-                        events.append(event)
+                    ev = event(span, found, str(corr), stage_name, received, out)
+                    if ev is not None:
+                        correlated += 1
+                        events.append(ev)
+        out.correlated, out.uncorrelated = correlated, uncorrelated
         return out
 
     @staticmethod
