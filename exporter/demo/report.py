@@ -43,6 +43,9 @@ def render_report(truth: GroundTruth, found: Findings, view: MetricsView, outcom
             lines.append(f"    false positives: {_ids(extra)}")
     dlq_mark = "ok" if found.dlq_depth == truth.dlq_depth else "MISMATCH"
     lines.append(f"  {'DLQ depth (sampled from the queue)':34s} {int(found.dlq_depth):9d} {truth.dlq_depth:7d}  {dlq_mark}")
+    if truth.dlq_depth > len(truth.dead_lettered):
+        lines.append(f"    ({truth.dlq_depth - len(truth.dead_lettered)} DLQ message(s) are redelivered copies of records "
+                     "already applied: confirmed, not failed)")
     if found.pending:
         lines.append(f"  still pending within deadline: {_ids(found.pending)}")
     lines.append(f"  records sent {len(truth.sent)}, applied at the ERP {truth.applied}; "

@@ -164,8 +164,10 @@ async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, d
             worker_stop.set()
             await asyncio.gather(*tasks)
             # Everything the integration emitted reaches syncwatch (an export returns once it is recorded).
-            await asyncio.to_thread(telemetry_sf.flush)
-            await asyncio.to_thread(telemetry_mw.flush)
+            exported = [await asyncio.to_thread(t.flush) for t in (telemetry_sf, telemetry_mw)]
+            if not all(exported):
+                say("WARNING: the simulated services could not export all their telemetry to syncwatch; "
+                    "the reconciliation below will show what went missing")
             # Phase 3: wait out the deadlines of whatever is still open, and one more queue sample.
             open_ids = set(storefront.sent) - set(erp.applies)
             last_deadline = max((storefront.changed_at[i] + settings.deadlines[storefront.sent[i]] for i in open_ids),
