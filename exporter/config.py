@@ -218,6 +218,26 @@ def _env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, An
     return raw
 
 
+def _merge_default_flows(raw: dict[str, Any]) -> dict[str, Any]:
+    """`flows:` in a config adds to and adjusts the default flows instead of replacing them:
+    `flows: {orders: {deadline: 10m}}` keeps orders' destinations and the other three flows.
+    A flow set to null (`flows: {prices: null}`) is dropped."""
+    flows = raw.get("flows")
+    if flows is None:
+        return raw
+    if not isinstance(flows, dict):
+        return raw  # let validation name the key
+    merged: dict[str, Any] = {name: flow.model_dump() for name, flow in default_flows().items()}
+    for name, value in flows.items():
+        if value is None:
+            merged.pop(name, None)
+        elif isinstance(value, dict) and isinstance(merged.get(name), dict):
+            merged[name] = {**merged[name], **value}
+        else:
+            merged[name] = value
+    return {**raw, "flows": merged}
+
+
 def _format_validation_error(exc: ValidationError) -> ConfigError:
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"])
@@ -253,6 +273,7 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
             raise ConfigError("", f"{path}: expected a mapping of keys at the top level")
         raw = loaded
     raw = _env_overrides(raw, environ)
+    raw = _merge_default_flows(raw)
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
