@@ -49,10 +49,8 @@ class App:
     def _make_snapshots(self):
         if not self.config.snapshots.enabled:
             return None
-        try:
-            from .snapshots import SnapshotIntake
-        except ImportError:  # TEMP until the snapshot store lands
-            return None
+        from .snapshots import SnapshotIntake
+
         return SnapshotIntake(self.config, self.metrics, clock=self.clock)
 
     def _make_collectors(self):
@@ -68,10 +66,8 @@ class App:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/", self._index)
-        try:
-            from .api import setup_api
-        except ImportError:  # TEMP until the query API lands
-            return app
+        from .api import setup_api
+
         setup_api(app, config=self.config, snapshots=self.snapshots, clock=self.clock)
         return app
 

@@ -8,7 +8,9 @@ import logging
 import sys
 
 from . import __version__
+from .cli_transactions import add_subcommands as add_transactions
 from .config import load_config
+from .demo import add_subcommand as add_demo
 from .errors import ConfigError
 
 
@@ -41,6 +43,18 @@ def _cmd_check_config(args) -> int:
     return 0
 
 
+def _cmd_collectors_test(args) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    if not config.collectors:
+        print(f"{args.config}: no collectors configured (add a collectors: list)", file=sys.stderr)
+        return 2
+    from collectors.cli import collectors_test
+
+    return collectors_test(config.collectors, config.sampling)
+
+
 def _load(path):
     try:
         return load_config(path)
@@ -59,14 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and name the offending key")
     check.add_argument("file")
     check.set_defaults(func=_cmd_check_config)
-    for module, attr in (("exporter.cli_transactions", "add_subcommands"), ("collectors.cli", "add_subcommands"),
-                         ("exporter.demo", "add_subcommand")):
-        try:  # TEMP guard until each part lands
-            mod = __import__(module, fromlist=[attr])
-            add = getattr(mod, attr)
-        except (ImportError, AttributeError):
-            continue
-        add(sub)
+    collectors = sub.add_parser("collectors", help="broker collectors")
+    collectors_sub = collectors.add_subparsers(dest="collectors_command", required=True)
+    ctest = collectors_sub.add_parser("test", help="sample every configured collector once and print what it found")
+    ctest.add_argument("--config", "-c", required=True, help="YAML config file with a collectors: list")
+    ctest.set_defaults(func=_cmd_collectors_test)
+    add_transactions(sub)
+    add_demo(sub)
     return parser
 
 
