@@ -9,7 +9,6 @@ query API use their own connections (WAL).
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 import math
 import sqlite3
@@ -17,6 +16,8 @@ import sys
 import time
 from collections import defaultdict, deque
 from pathlib import Path
+
+import orjson
 
 from .config import Config
 from .ledger_schema import DDL, SCHEMA_VERSION, STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_SOURCE
@@ -52,7 +53,11 @@ _CLOSE_NEW = (
     "lag, source_trace, source_span, close_span, attempts, timeline) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
-_to_json = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per call
+
+
+def _to_json(doc) -> str:
+    # orjson: the timeline is encoded on every close, on the hot path; it is ~10x faster than json.
+    return orjson.dumps(doc).decode()
 
 
 class Tx:
@@ -179,7 +184,7 @@ class Ledger:
         heap = self._heap
         counts: dict[tuple, int] = defaultdict(int)
         intern = sys.intern
-        loads = json.loads
+        loads = orjson.loads
         rows = self.conn.execute("SELECT corr, dest, flow, source, changed_at, opened_at, deadline, timeline FROM open_tx")
         while True:
             chunk = rows.fetchmany(50_000)
@@ -312,7 +317,7 @@ class Ledger:
 
     def _late_attempt(self, ev, key, span_hex, row):
         """An attempt that arrives after its transaction closed (e.g. a retry racing the confirm)."""
-        doc = json.loads(row[5]) if row[5] else {"attempts": []}
+        doc = orjson.loads(row[5]) if row[5] else {"attempts": []}
         attempts = doc.setdefault("attempts", [])
         if any(a[A_SPAN] == span_hex for a in attempts):
             return
@@ -392,7 +397,7 @@ class Ledger:
         if row is None:
             row = self._closed_row(key)
         if row is not None:
-            doc = json.loads(row[5]) if row[5] else {"attempts": []}
+            doc = orjson.loads(row[5]) if row[5] else {"attempts": []}
             doc.setdefault("duplicates", []).append(entry)
             self.conn.execute("UPDATE closed_tx SET timeline=? WHERE corr=? AND dest=? AND flow=?",
                               (_to_json(doc), *key))
@@ -448,7 +453,7 @@ class Ledger:
         else:
             labels = self._label_tuple(flow, source, dest)
             if row is not None and row[5]:  # e.g. a confirm after a fail: keep the attempts already recorded
-                doc = json.loads(row[5])
+                doc = orjson.loads(row[5])
                 attempts = len(doc.get("attempts", ()))
                 doc["close"] = close
                 timeline = _to_json(doc)
