@@ -160,3 +160,29 @@ def test_distribution_depends_only_on_the_api_and_shadows_nothing():
              "or m.startswith('opentelemetry.sdk') or m.startswith('opentelemetry.exporter')))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd="/")
     assert out.stdout.strip() == ""
+
+
+def test_module_level_calls_use_the_global_providers_set_after_import():
+    # The default instance is created at import time; an SDK configured later must still be used.
+    probe = """
+import syncwatch_instrument as sw
+from opentelemetry import trace, _logs
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+spans, logs = InMemorySpanExporter(), InMemoryLogRecordExporter()
+tp = TracerProvider(); tp.add_span_processor(SimpleSpanProcessor(spans)); trace.set_tracer_provider(tp)
+lp = LoggerProvider(); lp.add_log_record_processor(SimpleLogRecordProcessor(logs)); _logs.set_logger_provider(lp)
+with sw.attempt("CU-1", flow="customers", destination="erp"):
+    sw.snapshot("CU-1", "hello", "request", flow="customers")
+sw.confirm("CU-1", flow="customers", destination="erp")
+(a, c) = spans.get_finished_spans()
+(log,) = logs.get_finished_logs()
+assert a.attributes["syncwatch.stage"] == "attempt" and c.attributes["syncwatch.stage"] == "confirm"
+assert log.log_record.span_id == a.context.span_id and log.log_record.body == "hello"
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd="/")
+    assert out.stdout.strip() == "ok", out.stderr

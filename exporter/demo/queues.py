@@ -251,11 +251,8 @@ class RabbitQueue:
 
     async def backlog(self) -> int:
         declared = await self._channel.declare_queue(self.queue_name, passive=True)
-        pending = declared.declaration_result.message_count
-        return pending + self._inbox.qsize() + self._unacked()
-
-    def _unacked(self) -> int:
-        return 0  # tracked by the worker's in-progress count
+        # Unacked messages (being worked on or waiting for a retry) are the worker's `busy` count.
+        return declared.declaration_result.message_count + self._inbox.qsize()
 
     async def dlq_depth(self) -> int:
         declared = await self._channel.declare_queue(self.dlq_name, passive=True)

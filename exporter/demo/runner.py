@@ -27,6 +27,7 @@ from .scenario import DemoSettings, FaultPlan
 from .storefront import Storefront, schedule
 from .telemetry import ServiceTelemetry
 from .truth import Findings, GroundTruth, fetch_findings
+from .worker import Worker
 
 EXACTLY_ONCE = {"orders": True, "inventory": True, "customers": False}
 SAMPLE_FAST = 2.0  # sampling.fast_interval of the demo config
@@ -129,8 +130,6 @@ async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, d
         storefront = Storefront(records, queue, SyncInstrument(source="storefront", destination="erp",
                                                               tracer_provider=telemetry_sf.tracer_provider,
                                                               logger_provider=telemetry_sf.logger_provider))
-        from .worker import Worker
-
         worker = Worker(settings, queue, erp.url, plan, SyncInstrument(
             source="storefront", destination="erp", tracer_provider=telemetry_mw.tracer_provider,
             logger_provider=telemetry_mw.logger_provider))
