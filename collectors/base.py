@@ -22,7 +22,8 @@ class CollectorSettings(BaseModel):
     type: str
     name: str = Field(min_length=1)
     # Timeout of every single broker call; must stay below sampling.fast_interval.
-    timeout: Duration = 5.0
+    # Default: 5 s, or half of fast_interval when that is shorter (filled in by collectors.config).
+    timeout: Duration = None  # type: ignore[assignment]
 
 
 class CollectorError(Exception):
@@ -45,6 +46,7 @@ class QueueDepth:
     in_flight: float | None = None
     delayed: float | None = None
     oldest_message_age_seconds: float | None = None
+    consumers: float | None = None
 
 
 @dataclass

@@ -85,19 +85,33 @@ def collectors_test(collectors: list[dict], sampling: dict, out: TextIO | None =
     return 1 if failed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry: python -m collectors.cli --config FILE."""
+def _cmd_test(args: argparse.Namespace) -> int:
     from exporter.config import load_config
 
-    parser = argparse.ArgumentParser(prog="syncwatch collectors test", description=__doc__)
-    parser.add_argument("--config", required=True)
-    args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        print(f"syncwatch: invalid configuration: {exc}", file=sys.stderr)
         return 2
     return collectors_test(config.collectors, config.sampling)
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """`syncwatch collectors test --config FILE` (called by exporter/cli.py's parser)."""
+    collectors = sub.add_parser("collectors", help="broker queue and DLQ collectors")
+    inner = collectors.add_subparsers(dest="collectors_command", required=True)
+    test = inner.add_parser("test", help="sample every configured collector once and print what it found "
+                                         "(queues, DLQs and their source queues, errors)")
+    test.add_argument("--config", "-c", help="YAML config file (default: SYNCWATCH_* env only)")
+    test.set_defaults(func=_cmd_test)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry: python -m collectors.cli test --config FILE."""
+    parser = argparse.ArgumentParser(prog="syncwatch")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["collectors", *(argv if argv is not None else sys.argv[1:])])
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -160,6 +160,8 @@ def load_collectors_section(
 ) -> tuple[list[tuple[type, CollectorSettings]], SamplingSettings]:
     samp = parse_sampling(sampling)
     parsed = [parse_collector(i, entry) for i, entry in enumerate(collectors or [])]
+    parsed = [(cls, settings if settings.timeout is not None else
+               settings.model_copy(update={"timeout": min(5.0, samp.fast_interval / 2)})) for cls, settings in parsed]
     seen: dict[str, int] = {}
     for i, (_, settings) in enumerate(parsed):
         if settings.name in seen:

@@ -82,8 +82,15 @@ class CollectorRunner:
         while True:
             started = time.monotonic()
             await self.run_once()
-            wait = self.schedule.interval() - (time.monotonic() - started)
-            await asyncio.sleep(max(0.0, wait))
+            # Wake at least every fast_interval to re-check the interval in force, so a high-traffic
+            # window that opens during a 60 s wait is honoured from its start, not up to a minute late.
+            while True:
+                interval = self.schedule.interval()
+                self.metrics.interval.labels(self.name).set(interval)
+                remaining = interval - (time.monotonic() - started)
+                if remaining <= 0:
+                    break
+                await asyncio.sleep(min(remaining, self.schedule.settings.fast_interval))
 
 
 class CollectorManager:

@@ -37,6 +37,7 @@ class _QueueSeries:
         in_flight = GaugeMetricFamily("syncwatch_queue_messages_in_flight", "Messages received but not yet deleted / acknowledged.", labels=QUEUE_LABELS)
         delayed = GaugeMetricFamily("syncwatch_queue_messages_delayed", "Delayed / scheduled messages.", labels=QUEUE_LABELS)
         oldest = GaugeMetricFamily("syncwatch_queue_oldest_message_age_seconds", "Age of the oldest message, where the broker tells.", labels=QUEUE_LABELS)
+        consumers = GaugeMetricFamily("syncwatch_queue_consumers", "Consumers attached to the queue, where the broker tells (0 with a growing depth: nobody is draining it).", labels=QUEUE_LABELS)
         dlq = GaugeMetricFamily("syncwatch_dlq_messages", "Dead-letter queue depth; source_queue = the queues whose failures land there.", labels=QUEUE_LABELS + ["source_queue"])
         seen: set[tuple[str, ...]] = set()
         with self._lock:
@@ -55,13 +56,15 @@ class _QueueSeries:
                     delayed.add_metric(labels, q.delayed)
                 if q.oldest_message_age_seconds is not None:
                     oldest.add_metric(labels, q.oldest_message_age_seconds)
+                if q.consumers is not None:
+                    consumers.add_metric(labels, q.consumers)
             for d in sample.dlqs:
                 key = ("d", broker, d.namespace, d.queue)
                 if key in seen:
                     continue
                 seen.add(key)
                 dlq.add_metric([broker, d.namespace, d.queue, ",".join(sorted(d.source_queues))], d.messages)
-        return [depth, in_flight, delayed, oldest, dlq]
+        return [depth, in_flight, delayed, oldest, consumers, dlq]
 
 
 class CollectorMetrics:

@@ -197,7 +197,9 @@ class RabbitMQCollector(Collector):
                 continue
             head = q.get("head_message_timestamp")
             age = max(0.0, now - float(head)) if isinstance(head, (int, float)) and ready > 0 else None
-            sample.queues.append(QueueDepth(vhost, name, ready, in_flight=unacked, oldest_message_age_seconds=age))
+            consumers = q.get("consumers")
+            sample.queues.append(QueueDepth(vhost, name, ready, in_flight=unacked, oldest_message_age_seconds=age,
+                                            consumers=float(consumers) if isinstance(consumers, int) else None))
         return sample
 
     async def _routing(self, vhosts: set[str], sample: Sample) -> dict[str, tuple[dict, list]]:

@@ -96,6 +96,7 @@ def test_depths_dead_letters_by_argument_and_policy(vhost, run):
     assert value(reg, "syncwatch_dlq_messages", queue="orders.dlq", source_queue="orders", **q) == 2
     assert value(reg, "syncwatch_queue_messages", queue="payments", **q) == 2
     assert value(reg, "syncwatch_dlq_messages", queue="payments.dlq", source_queue="payments", **q) == 1
+    assert value(reg, "syncwatch_queue_consumers", queue="orders", **q) == 0  # basic.get is not a consumer
     # The oldest ready order carries the timestamp it was published with.
     age = value(reg, "syncwatch_queue_oldest_message_age_seconds", queue="orders", **q)
     assert age is not None and 100 <= age < 160
