@@ -162,6 +162,18 @@ def test_distribution_depends_only_on_the_api_and_shadows_nothing():
     assert out.stdout.strip() == ""
 
 
+def test_built_wheel_holds_only_the_helper_and_requires_only_the_api(tmp_path):
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT / "instrumentation"),
+                    "-w", str(tmp_path)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("syncwatch_instrument-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names if not n.startswith("syncwatch_instrument-")} == {"syncwatch_instrument"}
+    meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("/METADATA"))).decode()
+    assert [line for line in meta.splitlines() if line.startswith("Requires-Dist")] == ["Requires-Dist: opentelemetry-api>=1.35"]
+
+
 def test_module_level_calls_use_the_global_providers_set_after_import():
     # The default instance is created at import time; an SDK configured later must still be used.
     probe = """
