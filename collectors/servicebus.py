@@ -10,6 +10,7 @@ is blocking: it runs in this collector's own threads, with per-request timeouts.
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -90,6 +91,8 @@ class ServiceBusCollector(Collector):
         self._pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix=f"sb-{settings.name}")
         self._client: Any = None
         self._sem: asyncio.Semaphore | None = None
+        self._sem_loop: asyncio.AbstractEventLoop | None = None
+        self._client_lock = threading.Lock()  # the first cycle's threads must not each build a client
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
@@ -122,12 +125,14 @@ class ServiceBusCollector(Collector):
 
     async def _call(self, sample: Sample, fn: Callable[[Any], tuple[Any, int]]) -> Any:
         """Run `fn(client)` in a thread; it returns (result, number of HTTP requests it made)."""
-        if self._sem is None or self._sem._loop is not asyncio.get_running_loop():  # type: ignore[attr-defined]
-            self._sem = asyncio.Semaphore(self.settings.concurrency)
+        loop = asyncio.get_running_loop()
+        if self._sem is None or self._sem_loop is not loop:  # a semaphore belongs to one event loop
+            self._sem, self._sem_loop = asyncio.Semaphore(self.settings.concurrency), loop
         async with self._sem:
             def run() -> tuple[Any, int]:
-                if self._client is None:
-                    self._client = self._make_client()
+                with self._client_lock:
+                    if self._client is None:
+                        self._client = self._make_client()
                 return fn(self._client)
 
             try:

@@ -9,6 +9,7 @@ collector's own thread pool with botocore timeouts, so it never blocks the event
 from __future__ import annotations
 
 import asyncio
+import threading
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -103,6 +104,8 @@ class SqsCollector(Collector):
         self._dlq_sources: dict[str, set[str]] = {}  # configured DLQ name -> source queue names
         self._arn_urls: dict[str, str] = {}  # DLQ ARN (from a RedrivePolicy) -> URL
         self._sem: asyncio.Semaphore | None = None
+        self._sem_loop: asyncio.AbstractEventLoop | None = None
+        self._client_lock = threading.Lock()  # the first cycle's threads must not each build a client
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
@@ -138,15 +141,17 @@ class SqsCollector(Collector):
         return session.client("sqs", endpoint_url=s.endpoint_url, config=cfg)
 
     async def _call(self, sample: Sample, op: str, **kwargs: Any) -> dict[str, Any]:
-        if self._sem is None or self._sem._loop is not asyncio.get_running_loop():  # type: ignore[attr-defined]
-            self._sem = asyncio.Semaphore(self.settings.concurrency)
+        loop = asyncio.get_running_loop()
+        if self._sem is None or self._sem_loop is not loop:  # a semaphore belongs to one event loop
+            self._sem, self._sem_loop = asyncio.Semaphore(self.settings.concurrency), loop
         async with self._sem:
             sample.api_calls += 1
             loop = asyncio.get_running_loop()
 
             def run() -> dict[str, Any]:
-                if self._client is None:
-                    self._client = self._make_client()
+                with self._client_lock:
+                    if self._client is None:
+                        self._client = self._make_client()
                 return getattr(self._client, op)(**kwargs)
 
             try:

@@ -196,7 +196,13 @@ def test_unreachable_slow_and_recovery(moto, run):
     sample_until(run, manager, lambda: True)
     assert (up("proxied"), up("nohost"), up("rabbit")) == (1, 0, 1)
     assert value(reg, "syncwatch_collector_errors_total", collector="nohost", reason="unreachable") == 1
+    # The endpoint goes away mid-run (open connections cut, new ones refused).
+    proxy.stop()
+    run(manager.sample_once())
+    assert up("proxied") == 0 and up("rabbit") == 1
+    assert value(reg, "syncwatch_collector_errors_total", collector="proxied", reason="unreachable") == 1
     proxy.delay = 3.0
+    proxy.start()
     run(manager.sample_once())
     assert up("proxied") == 0 and up("rabbit") == 1
     assert value(reg, "syncwatch_collector_errors_total", collector="proxied", reason="timeout") == 1
