@@ -185,3 +185,30 @@ def test_faults_are_reported_and_do_not_affect_other_collectors(vhost, run):
     assert value(reg, "syncwatch_queue_messages", broker="rabbitmq", namespace=vhost, queue="steady") == 0
     proxy.close()
     conn.close()
+
+
+def test_dead_letters_through_topic_exchange_and_exchange_binding(vhost, run):
+    conn = amqp(vhost)
+    ch = conn.channel()
+    ch.exchange_declare("dlx.topic", "topic")
+    ch.exchange_declare("dlx.fan", "fanout")
+    ch.exchange_bind("dlx.fan", "dlx.topic", "#.failed")  # exchange-to-exchange
+    ch.queue_declare("all-failures")
+    ch.queue_bind("all-failures", "dlx.fan")
+    ch.queue_declare("order-failures")
+    ch.queue_bind("order-failures", "dlx.topic", "orders.*")
+    ch.queue_declare("price-failures")
+    ch.queue_bind("price-failures", "dlx.topic", "prices.*")
+    ch.queue_declare("orders", arguments={"x-dead-letter-exchange": "dlx.topic", "x-dead-letter-routing-key": "orders.failed"})
+    ch.basic_publish("", "orders", b"x")
+    method, _, _ = ch.basic_get("orders")
+    ch.basic_reject(method.delivery_tag, requeue=False)
+    reg = CollectorRegistry()
+    manager = CollectorManager([{"type": "rabbitmq", "name": "r", "vhosts": [vhost], "queues": ["orders"]}], {}, reg)
+    q = dict(broker="rabbitmq", namespace=vhost, source_queue="orders")
+    sample_until(run, manager, lambda: value(reg, "syncwatch_dlq_messages", queue="all-failures", **q) == 1
+                 and value(reg, "syncwatch_dlq_messages", queue="order-failures", **q) == 1)
+    assert value(reg, "syncwatch_dlq_messages", queue="all-failures", **q) == 1
+    assert value(reg, "syncwatch_dlq_messages", queue="order-failures", **q) == 1
+    assert value(reg, "syncwatch_dlq_messages", queue="price-failures", **q) is None
+    conn.close()

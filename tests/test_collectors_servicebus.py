@@ -109,3 +109,16 @@ def test_slow_and_stopped_namespace_then_recovery(fake, run, tmp_path):
     run(manager.sample_once())
     assert value(reg, "syncwatch_collector_up", collector="sb") == 1
     assert value(reg, "syncwatch_queue_messages", broker="servicebus", namespace=fake.host, queue="q") == 6
+
+
+def test_throttled_namespace(fake, run):
+    fake.queues["q"] = Counts(active=1)
+    fake.fail_with = 429
+    reg = CollectorRegistry()
+    manager = CollectorManager([entry(fake, subscriptions=[])], {}, reg)
+    sample_until(run, manager, lambda: True)
+    assert value(reg, "syncwatch_collector_up", collector="sb") == 0
+    assert value(reg, "syncwatch_collector_errors_total", collector="sb", reason="throttled") == 1
+    fake.fail_with = None
+    run(manager.sample_once())
+    assert value(reg, "syncwatch_collector_up", collector="sb") == 1

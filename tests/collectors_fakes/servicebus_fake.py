@@ -129,6 +129,7 @@ class FakeServiceBus:
         self.queues: dict[str, Counts] = {}
         self.topics: dict[str, dict[str, Counts]] = {}
         self.delay = 0.0
+        self.fail_with: int | None = None  # answer every request with this status (429: throttled)
         self.requests: list[str] = []
         self.cert, keyfile = make_cert(Path(workdir))
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -209,6 +210,8 @@ class FakeServiceBus:
                 f'<id>{escape(self_href)}</id><updated>{STAMP}</updated>{links}{"".join(entries)}</feed>')
 
     def answer(self, raw_path: str, auth: str, host: str) -> tuple[int, str]:
+        if self.fail_with == 429:
+            return self._error(429, "ServerBusy: the request was throttled. Retry after some time.")
         status = self._authorize(auth)
         if status == 401:
             return self._error(401, "InvalidSignature: The token has an invalid signature.")
