@@ -23,7 +23,7 @@ class DemoSettings:
     customer_rate: float = 1.0  # customer updates/s
     # Deadlines to confirm, compressed from the SPEC's 5 min / 30 s / 6 h.
     deadlines: dict[str, float] = field(default_factory=lambda: {"orders": 8.0, "inventory": 5.0, "customers": 10.0})
-    erp_rate_limit: float = 9.0  # requests/s the ERP accepts before answering 429
+    erp_rate_limit: float = 10.5  # requests/s the ERP accepts before answering 429
     erp_burst: float = 5.0
     erp_hang_seconds: float = 3.0  # an ERP "timeout": no answer for this long
     erp_random_hang_ratio: float = 0.02  # plain timeouts the worker retries normally
