@@ -307,7 +307,10 @@ class Stack:
     def wait_steady(self, timeout: float = 60):
         """Until Prometheus has scraped a successful collector sample that includes the DLQ at 0."""
         sel = f'syncwatch_dlq_messages{{namespace="{self.rabbit.vhost}", queue="orders.dlq"}} == 0'
-        assert wait_query(self.prom_url, sel, timeout), "the DLQ at depth 0 never reached Prometheus"
+        if not wait_query(self.prom_url, sel, timeout):
+            dlq = [line for line in self.sidecar.get("/metrics")[1].decode().splitlines() if "dlq" in line or "collector_up" in line]
+            raise AssertionError(f"the DLQ at depth 0 never reached Prometheus; sidecar /metrics: {dlq}\n"
+                                 f"sidecar log: {self.sidecar.log()[-2000:]}")
 
     def close(self):
         while self._stop:
@@ -414,7 +417,7 @@ def stack(tmp_path_factory):
 def test_dead_lettered_message_pages_the_pager_with_queue_labels(stack):
     seconds, alert = measure_dlq_page(stack)
     print(f"\nDLQ page: {seconds:.1f}s from dead-lettering in RabbitMQ to the pager webhook "
-          f"(target 30s with 10s sampling, scrape and evaluation)")
+          f"(target 30s with 10s sampling and scrape, 5s queue-rule evaluation)")
     labels = alert["labels"]
     assert labels["severity"] == "critical"
     assert labels["queue"] == "orders.dlq"
