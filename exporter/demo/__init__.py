@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_subcommand(subparsers) -> None:
@@ -69,6 +70,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               "pip install 'syncwatch[demo]' ./instrumentation", file=sys.stderr)
         return 2
     settings = settings_from_args(args)
+    if args.data_dir and Path(args.data_dir).is_dir() and any(Path(args.data_dir).iterdir()):
+        print(f"syncwatch demo: --data-dir {args.data_dir} is not empty (an earlier run?): an earlier ledger "
+              "would show up as false positives; give an empty or new directory", file=sys.stderr)
+        return 2
     try:
         result = asyncio.run(run_demo(settings, rabbitmq_url=args.rabbitmq, data_dir=args.data_dir,
                                       keep_running=args.keep_running, live=not args.quiet, default_ports=True))

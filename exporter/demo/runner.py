@@ -91,6 +91,9 @@ async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, d
     run_id = uuid.uuid4().hex[:8]
     data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="syncwatch-demo-"))
     data_dir.mkdir(parents=True, exist_ok=True)
+    if any(data_dir.iterdir()):
+        # An earlier run's ledger would turn up in this run's reconciliation as false positives.
+        raise ValueError(f"{data_dir} is not empty (an earlier run?): the demo needs an empty directory")
     records = schedule(settings)
     plan = FaultPlan.draw(settings, [r.id for r in records if r.flow == "orders"],
                           [r.id for r in records if r.flow == "inventory"])
