@@ -7,7 +7,6 @@ its own keys; errors name the key, e.g. `collectors[1].queues` or `sampling.fast
 from __future__ import annotations
 
 import re
-from datetime import time as dtime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -184,7 +183,8 @@ def _config_error(prefix: str, exc: ValidationError) -> ConfigError:
         msg = "unknown key (check the spelling; see README's collectors section)"
     elif "input" in err and err["type"] != "missing":
         shown = err["input"]
-        secret = any(s in loc.lower() for s in ("secret", "password", "connection_string", "key"))
+        secret = any(s in loc.lower() for s in ("secret", "password", "connection_string", "key")) or (
+            isinstance(shown, str) and "@" in shown)  # e.g. a URL with user:password in it
         if not isinstance(shown, (dict, list)) and not secret:
             msg = f"{msg} (got {shown!r})"
     more = len(exc.errors()) - 1

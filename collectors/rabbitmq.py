@@ -43,6 +43,9 @@ class RabbitMQSettings(CollectorSettings):
     def _url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
             raise ValueError("expected the management API URL, e.g. http://rabbitmq:15672")
+        if "@" in v.split("//", 1)[1].split("/", 1)[0]:
+            # The URL appears in error messages and logs: credentials belong in username/password.
+            raise ValueError("put the credentials in `username` and `password`, not in the URL")
         return v.rstrip("/")
 
 

@@ -13,8 +13,7 @@ import threading
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import boto3
 from botocore.config import Config as BotoConfig

@@ -90,6 +90,7 @@ def test_builtins_and_an_installed_plugin_share_one_mechanism(plugin, run):
     ([{"type": "sqs", "name": "a", "queues": []}], {}, "collectors[0].queues"),
     ([{"type": "rabbitmq", "name": "r", "page_size": 900}], {}, "collectors[0].page_size"),
     ([{"type": "rabbitmq", "name": "r", "url": "localhost:15672"}], {}, "collectors[0].url"),
+    ([{"type": "rabbitmq", "name": "r", "url": "http://admin:pw@rabbit:15672"}], {}, "collectors[0].url"),
     ([{"type": "servicebus", "name": "s"}], {}, "collectors[0].connection_string"),
     ([{"type": "rabbitmq", "name": "r", "timeout": "10s"}], {}, "collectors[0].timeout"),
     ([], {"interval": "5s", "fast_interval": "10s"}, "sampling.fast_interval"),
@@ -105,6 +106,7 @@ def test_bad_settings_name_the_key(collectors, sampling, key):
     with pytest.raises(ConfigError) as err:
         validate_collectors_section(collectors, sampling)
     assert err.value.key == key
+    assert "pw@" not in str(err.value)
 
 
 def test_config_file_errors_name_the_key_and_hide_secrets(tmp_path):

@@ -39,10 +39,6 @@ def amqp(vhost: str) -> pika.BlockingConnection:
     return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672, vhost, pika.PlainCredentials("guest", "guest")))
 
 
-def value(reg: CollectorRegistry, name: str, **labels) -> float | None:
-    return reg.get_sample_value(name, labels)
-
-
 def build_topology(vhost: str, conn: pika.BlockingConnection):
     ch = conn.channel()
     # DLX by queue argument, with a routing key; a second bound queue with another key is not a DLQ.
