@@ -360,7 +360,7 @@ def self_health():
             P("Rejected OTLP requests",
               """Share of export requests not answered with success. Any steady share means data is
               refused: the code says why (see the panel beside).""",
-              [Q(f'sum by (signal) (rate(syncwatch_otlp_requests_total{{{JOB}, code!~"2..|OK|0"}}[$__rate_interval])) / sum by (signal) (rate(syncwatch_otlp_requests_total{{{JOB}}}[$__rate_interval]))',
+              [Q(f'sum by (signal) (rate(syncwatch_otlp_requests_total{{{JOB}, code!~"2.."}}[$__rate_interval])) / sum by (signal) (rate(syncwatch_otlp_requests_total{{{JOB}}}[$__rate_interval]))',
                  "{{signal}}")],
               unit="percentunit", width=12, thresholds=[(None, "green"), (0.01, "red")], threshold_style="line"),
         ]),
