@@ -151,7 +151,7 @@ def erp_health():
               """Records sent and not confirmed within their flow's deadline, now. Anything above 0
               is a record the destination may never have received (SyncwatchTransactionsOverdue pages).
               Next: the 'Overdue by flow' panel, then GET /api/v1/transactions?state=overdue&flow=...""",
-              [Q(f"sum(syncwatch_transactions_overdue{{{FLOW}}})")], kind="stat", width=4,
+              [Q(f"sum(syncwatch_transactions_overdue{{{FLOW}}}) or vector(0)")], kind="stat", width=4,
               thresholds=[(None, "green"), (1, "red")]),
             P("Overdue by flow",
               """Open transactions past the deadline, per flow and destination. A line that keeps
@@ -255,7 +255,7 @@ def erp_health():
               """All messages in dead-letter queues now. Anything above 0 pages
               (SyncwatchDeadLetterQueueNotEmpty): each is a record nobody will retry. Next: read the
               dead-letter reason in the broker, then the transaction's timeline.""",
-              [Q(f'sum(syncwatch_dlq_messages{{{JOB}, broker=~"$broker"}})')], kind="stat", width=4,
+              [Q(f'sum(syncwatch_dlq_messages{{{JOB}, broker=~"$broker"}}) or vector(0)')], kind="stat", width=4,
               thresholds=[(None, "green"), (1, "red")]),
             P("DLQ depth by queue",
               """Depth of each dead-letter queue, labelled with the queue(s) whose failures land
@@ -360,7 +360,7 @@ def self_health():
             P("Rejected OTLP requests",
               """Share of export requests not answered with success. Any steady share means data is
               refused: the code says why (see the panel beside).""",
-              [Q(f'sum by (signal) (rate(syncwatch_otlp_requests_total{{{JOB}, code!~"2.."}}[$__rate_interval])) / sum by (signal) (rate(syncwatch_otlp_requests_total{{{JOB}}}[$__rate_interval]))',
+              [Q(f'(sum by (signal) (rate(syncwatch_otlp_requests_total{{{JOB}, code!~"2.."}}[$__rate_interval])) or 0 * sum by (signal) (rate(syncwatch_otlp_requests_total{{{JOB}}}[$__rate_interval]))) / sum by (signal) (rate(syncwatch_otlp_requests_total{{{JOB}}}[$__rate_interval]))',
                  "{{signal}}")],
               unit="percentunit", width=12, thresholds=[(None, "green"), (0.01, "red")], threshold_style="line"),
         ]),
@@ -368,7 +368,7 @@ def self_health():
             P("Items dropped (time range)",
               """Everything syncwatch itself lost or refused in the selected range. Anything above
               0 pages (SyncwatchDroppingData): its view of the integration has holes.""",
-              [Q(f"sum(increase(syncwatch_dropped_total{{{JOB}}}[$__range]))")], kind="stat", width=6,
+              [Q(f"sum(increase(syncwatch_dropped_total{{{JOB}}}[$__range])) or vector(0)")], kind="stat", width=6,
               thresholds=[(None, "green"), (1, "red")]),
             P("Drops by reason",
               """Items dropped per second by reason. Read the reason, then the sidecar's log for the
