@@ -104,8 +104,8 @@ def test_demo_command_on_rabbitmq(tmp_path):
                            f"http://127.0.0.1:15672/api/permissions/{vhost}/guest"], check=True)
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "exporter.cli", "demo", "--short", "--quiet", "--data-dir", str(tmp_path / "d"),
-             "--rabbitmq", f"amqp://guest:guest@127.0.0.1:5672/{vhost}"],
+            [sys.executable, "-m", "exporter.cli", "demo", "--short", "--quiet", "--free-ports",
+             "--data-dir", str(tmp_path / "d"), "--rabbitmq", f"amqp://guest:guest@127.0.0.1:5672/{vhost}"],
             cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=180)
     finally:
         subprocess.run(mgmt + ["-X", "DELETE", f"http://127.0.0.1:15672/api/vhosts/{vhost}"], check=False)

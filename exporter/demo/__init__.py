@@ -28,6 +28,8 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--data-dir", default=None, help="where the sidecar keeps its data (default: a temp dir)")
     p.add_argument("--seed", type=int, default=None, help="seed of the fault plan")
     p.add_argument("--quiet", action="store_true", help="no live view, only the report")
+    p.add_argument("--free-ports", action="store_true",
+                   help="listen on ports the OS picks instead of syncwatch's defaults (9873, 4317, 4318)")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -76,7 +78,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 2
     try:
         result = asyncio.run(run_demo(settings, rabbitmq_url=args.rabbitmq, data_dir=args.data_dir,
-                                      keep_running=args.keep_running, live=not args.quiet, default_ports=True))
+                                      keep_running=args.keep_running, live=not args.quiet,
+                                      default_ports=not args.free_ports))
     except KeyboardInterrupt:
         return 130
     except ConfigError as exc:

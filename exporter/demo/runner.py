@@ -31,6 +31,7 @@ from .worker import Worker
 
 EXACTLY_ONCE = {"orders": True, "inventory": True, "customers": False}
 SAMPLE_FAST = 2.0  # sampling.fast_interval of the demo config
+BROKER_STATS_LAG = 15.0  # RabbitMQ's management stats refresh every 5 s by default, plus a sampling cycle
 
 
 @dataclass
@@ -180,6 +181,16 @@ async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, d
                     await show()
                     next_view += settings.live_interval
                 await asyncio.sleep(min(0.25, max(0.0, settle_until - time.time())))
+            # The collector samples what the broker reports; RabbitMQ's management API refreshes its
+            # counts only every few seconds, so give the sample time to catch up with the queue.
+            broker_dlq = await queue.dlq_depth()
+            catch_up = time.monotonic() + BROKER_STATS_LAG
+            while (await scrape(session, base)).total("syncwatch_dlq_messages") != broker_dlq:
+                if time.monotonic() > catch_up:
+                    say(f"WARNING: syncwatch's DLQ sample still differs from the broker's count ({broker_dlq}) "
+                        f"after {BROKER_STATS_LAG:g}s")
+                    break
+                await asyncio.sleep(0.5)
             final = await show()
             truth = GroundTruth.measure(storefront.sent, erp.applies, await queue.dlq_records(), EXACTLY_ONCE)
             findings = await fetch_findings(session, base, token, final)

@@ -41,7 +41,7 @@ class DemoSettings:
     def short(cls, duration: float = 25.0) -> "DemoSettings":
         # For tests and CI: fewer records, tighter deadlines, same faults.
         return cls(duration=duration, normal_order_rate=1.5, inventory_rate=1.5, customer_rate=0.5,
-                   deadlines={"orders": 6.0, "inventory": 4.0, "customers": 6.0}, erp_rate_limit=5.0, erp_burst=3.0,
+                   deadlines={"orders": 6.0, "inventory": 4.0, "customers": 6.0}, erp_rate_limit=7.0, erp_burst=3.0,
                    workers=6, lost_order_ratio=0.06, poisoned_order_ratio=0.05, duplicate_inventory_ratio=0.15)
 
     @property
@@ -69,17 +69,21 @@ class DemoSettings:
 class FaultPlan:
     lose: set[str]  # order IDs: the ERP hangs on the first attempt, the worker drops the order
     poison: set[str]  # order IDs: the ERP answers 503 to every attempt
-    duplicate: set[str]  # inventory adjustment IDs: the worker's delete is lost once, so it is redelivered
+    # How many inventory adjustments lose their delete after being applied (so the queue delivers
+    # them again): the first ones that succeed with retries to spare, chosen while the sale runs.
+    duplicates: int
     rng: random.Random
 
     @classmethod
     def draw(cls, settings: DemoSettings, order_ids: list[str], adjustment_ids: list[str]) -> "FaultPlan":
+        """Which orders are lost or poisoned, how many adjustments get applied twice."""
         rng = random.Random(settings.seed)
         picks = list(order_ids)
         rng.shuffle(picks)
         n_lose = max(1, round(len(picks) * settings.lost_order_ratio))
         n_poison = max(1, round(len(picks) * settings.poisoned_order_ratio))
-        # At least two: an adjustment whose every attempt meets a 429 is dead-lettered instead.
-        n_dup = max(2, round(len(adjustment_ids) * settings.duplicate_inventory_ratio))
+        # At least three, so every run has duplicate applies to find (a redelivered copy can still be
+        # dead-lettered by 429s instead of applied again).
+        n_dup = max(3, round(len(adjustment_ids) * settings.duplicate_inventory_ratio))
         return cls(lose=set(picks[:n_lose]), poison=set(picks[n_lose:n_lose + n_poison]),
-                   duplicate=set(rng.sample(adjustment_ids, min(n_dup, len(adjustment_ids)))), rng=rng)
+                   duplicates=min(n_dup, len(adjustment_ids)), rng=rng)

@@ -93,8 +93,9 @@ class Worker:
                 attempt.error(type(exc).__name__)
         if status == 200:
             self.sw.confirm(record_id, flow=flow, idempotency_key=record_id)
-            if (flow == "inventory" and record_id in self.plan.duplicate and record_id not in self.redelivered
-                    and d.attempt < s.max_attempts):
+            # The copy keeps the receive count, so only lose the delete while it has retries left.
+            if (flow == "inventory" and len(self.redelivered) < self.plan.duplicates
+                    and record_id not in self.redelivered and d.attempt <= s.max_attempts - 2):
                 self.redelivered.add(record_id)
                 self.outcomes["ack_lost"] += 1
                 await self._settle(self.queue.lose_ack(d))
