@@ -172,6 +172,7 @@ class Ledger:
         self._obs.clear()
 
     def _new_batch(self):
+        self._closed_cache: dict | None = None  # prefetched closed rows, valid while sources are handled
         self._dirty: dict = {}  # key -> Tx to upsert into open_tx
         self._close_stored: list = []
         self._close_new: list = []
@@ -215,8 +216,11 @@ class Ledger:
             for ev in events:
                 stage = ev[E_STAGE]
                 (sources if stage == STAGE_SOURCE else attempts if stage == STAGE_ATTEMPT else closes).append(ev)
+            if sources:
+                self._prefetch_closed(sources)
             for ev in sources:
                 self._on_source(ev)
+            self._closed_cache = None
             if len(attempts) > 1:
                 attempts.sort(key=_start_time)
             for ev in attempts:
@@ -245,7 +249,33 @@ class Ledger:
         self._inc(self.metrics.pending, labels)
         return tx
 
+    def _prefetch_closed(self, sources):
+        """Look up, in a few statements, which of the transactions these sources would open are
+        already closed (confirm before source, or a redelivered source)."""
+        keys = []
+        pending = self.pending
+        for ev in sources:
+            cfg = self.flows.get(ev[E_FLOW])
+            for dest in (cfg.destinations if cfg else ()):
+                key = (ev[E_CORR], dest, ev[E_FLOW])
+                if key not in pending:
+                    keys.append(key)
+            if ev[E_DEST]:
+                keys.append((ev[E_CORR], ev[E_DEST], ev[E_FLOW]))
+        found = self._closed_cache = {}
+        for i in range(0, len(keys), 300):
+            chunk = keys[i:i + 300]
+            sql = ("SELECT corr, dest, flow, outcome, closed_at, lag, changed_at, close_span, timeline FROM closed_tx "
+                   "WHERE (corr, dest, flow) IN (VALUES " + ",".join(["(?,?,?)"] * len(chunk)) + ")")
+            for row in self.conn.execute(sql, [v for key in chunk for v in key]):
+                found[row[:3]] = row[3:]
+
     def _closed_row(self, key):
+        cache = self._closed_cache
+        if cache is not None:
+            if key in cache:
+                return cache[key]
+            return None
         return self.conn.execute(
             "SELECT outcome, closed_at, lag, changed_at, close_span, timeline FROM closed_tx "
             "WHERE corr=? AND dest=? AND flow=?", key).fetchone()
@@ -281,6 +311,8 @@ class Ledger:
                 self.conn.execute(
                     "UPDATE closed_tx SET lag=?, changed_at=?, source=COALESCE(source, ?), source_trace=?, source_span=? "
                     "WHERE corr=? AND dest=? AND flow=?", (lag, changed_at, source, ev[E_TRACE], ev[E_SPAN], *key))
+                if self._closed_cache is not None:
+                    self._closed_cache[key] = (outcome, closed_at, lag, changed_at, row[4], row[5])
                 continue
             self._dirty[key] = self._open(key, self._label_tuple(flow, source, dest), changed_at, ev[E_RECEIVED], flow,
                                           (ev[E_TRACE], ev[E_SPAN]))
@@ -561,8 +593,8 @@ class Ledger:
         cutoff = now - self.expire_after
         conn = self.conn
         for sql in (
-            "DELETE FROM closed_tx WHERE (corr, dest, flow) IN "
-            "(SELECT corr, dest, flow FROM closed_tx WHERE closed_at < ? LIMIT 5000)",
+            "DELETE FROM closed_tx WHERE rowid IN (SELECT rowid FROM closed_tx "
+            "WHERE outcome IN ('confirmed', 'failed', 'expired') AND closed_at < ? LIMIT 5000)",
             "DELETE FROM applies WHERE idem IN (SELECT idem FROM applies WHERE last_at < ? LIMIT 5000)",
         ):
             try:

@@ -16,7 +16,7 @@ timeline JSON: {"attempts": [[trace_id, span_id, start, end, n, code, error], ..
 Stages: 0 source, 1 attempt, 2 confirm, 3 fail.
 """
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 STAGE_SOURCE, STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_FAIL = 0, 1, 2, 3
 STAGE_NAMES = {"source": STAGE_SOURCE, "attempt": STAGE_ATTEMPT, "confirm": STAGE_CONFIRM, "fail": STAGE_FAIL}
@@ -45,6 +45,8 @@ CREATE INDEX IF NOT EXISTS open_tx_by_deadline ON open_tx(deadline);
 
 -- Finished transactions: outcome confirmed | failed | expired. lag is NULL while the source span
 -- of a confirmed transaction has not arrived yet (confirm before source), and for failed/expired.
+-- A rowid table (rows are appended; the unique index takes the random keys): rows carry the
+-- timeline and are too wide for a WITHOUT ROWID table to insert cheaply.
 CREATE TABLE IF NOT EXISTS closed_tx(
     corr         TEXT NOT NULL,
     dest         TEXT NOT NULL,
@@ -60,11 +62,10 @@ CREATE TABLE IF NOT EXISTS closed_tx(
     source_span  BLOB,
     close_span   BLOB,             -- span that closed it: a redelivery of it is not a second apply
     attempts     INTEGER NOT NULL DEFAULT 0,
-    timeline     TEXT,
-    PRIMARY KEY (corr, dest, flow)
-) WITHOUT ROWID;
+    timeline     TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS closed_tx_by_key ON closed_tx(corr, dest, flow);
 CREATE INDEX IF NOT EXISTS closed_tx_by_outcome ON closed_tx(outcome, closed_at);
-CREATE INDEX IF NOT EXISTS closed_tx_by_closed_at ON closed_tx(closed_at);
 
 -- Applied operations with an explicit idempotency key, and duplicate applies of the default key
 -- (correlation ID + destination); applies > 1 means duplicate applies.
