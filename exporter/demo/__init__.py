@@ -22,7 +22,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--inventory-deadline", type=float, default=None, metavar="SECONDS")
     p.add_argument("--customers-deadline", type=float, default=None, metavar="SECONDS")
     p.add_argument("--rabbitmq", metavar="URL", default=None,
-                   help="use this RabbitMQ (amqp://user:pass@host:5672/vhost) instead of in-process SQS (moto)")
+                   help="use this RabbitMQ (amqp://user:pass@host:5672/vhost) instead of a local SQS (moto_server)")
     p.add_argument("--keep-running", action="store_true",
                    help="leave the sidecar up after the report (point Prometheus/Grafana at it)")
     p.add_argument("--data-dir", default=None, help="where the sidecar keeps its data (default: a temp dir)")

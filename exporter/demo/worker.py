@@ -28,7 +28,8 @@ class Worker:
         self.sw = sw
         self.busy = 0  # deliveries being worked on, including ones held for a retry (RabbitMQ)
         self.outcomes: Counter[str] = Counter()
-        self.dropped: set[str] = set()  # what the worker silently lost: the simulator's ground truth, never reported
+        # Bookkeeping only: the ground truth is measured at the ERP and in the DLQ.
+        self.dropped: set[str] = set()
         self.redelivered: set[str] = set()
         self.errors = 0
         self._local: asyncio.Queue[Delivery] = asyncio.Queue()
@@ -42,7 +43,7 @@ class Worker:
         async with aiohttp.ClientSession(timeout=timeout) as self._session:
             while not stop.is_set():
                 await self._slots.acquire()
-                delivery = await self._next(stop)
+                delivery = await self._next()
                 if delivery is None:
                     self._slots.release()
                     continue
@@ -52,7 +53,7 @@ class Worker:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _next(self, stop: asyncio.Event) -> Delivery | None:
+    async def _next(self) -> Delivery | None:
         if not self._local.empty():
             return self._local.get_nowait()
         got = await self.queue.receive(1)
