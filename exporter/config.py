@@ -143,7 +143,7 @@ class SnapshotsConfig(_Model):
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     sweep_interval: Duration = 60.0
-    sweep_batch: int = Field(2000, gt=0)  # rows/objects per delete; intake waits at most one batch
+    sweep_batch: int = Field(500, gt=0)  # rows/objects per delete; intake waits at most one batch
     # SQLite backend: cap on the snapshot file; beyond it snapshots are dropped (snapshot_store_full)
     # instead of filling the disk the ledger lives on.
     max_store_bytes: int | None = Field(None, gt=0)

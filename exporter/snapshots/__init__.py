@@ -118,7 +118,7 @@ class SnapshotIntake:
         self.sweeper = RetentionSweeper(
             run=self._run, sweep_batch=self._sweep_batch, retention=self.settings.retention,
             interval=self.settings.sweep_interval, clock=clock, after_sweep=self._refresh_stats,
-            batch=self.settings.sweep_batch,
+            batch=self.settings.sweep_batch, compact=self._compact,
         )
 
     def _register_metrics(self, r) -> None:
@@ -271,6 +271,9 @@ class SnapshotIntake:
         if not self._opened:
             return 0
         return self.store.sweep(cutoff, limit)
+
+    def _compact(self, pages: int) -> int:
+        return self.store.compact(pages) if self._opened else 0
 
     async def sweep_now(self) -> int:
         """Run one retention sweep now (the periodic one runs every snapshots.sweep_interval)."""

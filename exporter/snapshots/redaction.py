@@ -44,6 +44,16 @@ _KEY_SUBSTRINGS = {
 # `company` is not taken for `pan`.
 _KEY_WORDS = {"pwd": "password", "cvv": "cvv", "cvv2": "cvv", "cvc": "cvv", "csc": "cvv", "pan": "card_number", "ssn": "ssn"}
 
+_DECODER = json.JSONDecoder()
+# Fast path: digits, space and dash -> "0", capitals -> "A"; other bytes unchanged.
+_CARD_CLASSES = bytes(range(256)).translate(bytes.maketrans(b"0123456789 -", b"0" * 12))
+_IBAN_CLASSES = bytes(range(256)).translate(bytes.maketrans(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0" * 10 + b"A" * 26))
+_THIRTEEN = b"0" * 13
+_ZEROS = re.compile(rb"0+")
+_IBAN_B = re.compile(rb"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])")
+_EMAIL_B = re.compile(rb"(?<![\w.%+\-\x80-\xff])[\w.%+\-\x80-\xff]{1,64}@[\w\-\x80-\xff]{1,63}(?:\.[\w\-\x80-\xff]{1,63})*\.(?:[A-Za-z]|[\x80-\xff]){2,24}(?![\w\x80-\xff])")
+_KEY_BEFORE = re.compile(rb"(?<![\w.\-])([\w.\-]{1,64})[ \t]*$")
+_VALUE_AFTER = re.compile(rb"[ \t]*((?i:bearer |basic |digest )?[^\s&\";,<>\\]+)")
 _DROP_DIGITS = str.maketrans("", "", "0123456789")
 _CARD_LIKE = re.compile(r"[0-9][0-9 -]*[0-9]")
 _WORD_SPLIT = re.compile(r"[^a-z0-9]+")
@@ -142,11 +152,20 @@ class Redactor:
         # BLAKE2b takes a key of up to 64 bytes; derive a fixed-size one from whatever we got.
         self._key = hashlib.sha256(hash_key).digest()
         self._defaults = defaults
-        self._extra_keys = {_normalise(k): _kind_name(k) for k in extra_keys}
+        self._extra_keys_raw = list(extra_keys)
+        self._extra_keys = {_normalise(k): _kind_name(k) for k in self._extra_keys_raw}
         self._paths = [PathRule(p) for p in paths]
         self._patterns = [(kind, re.compile(rx)) for kind, rx in (patterns or {}).items()]
         self._key_cache: dict[str, str | None] = {}
         self._safe_keys: set[str] = set()
+        # Lower-case stems every sensitive key contains, for the fast path's text search.
+        stems = {"pass", "secret", "private", "token", "authoriz", "api", "card", "iban", "social", "cookie",
+                 *(w for w in _KEY_WORDS if w != "cvv2")}  # cvv2 contains cvv
+        for k in self._extra_keys_raw:
+            parts = [x for x in re.split(r"[^a-z0-9]+", k.lower()) if x]
+            if parts:
+                stems.add(max(parts, key=len))
+        self._key_stems_b = [x.encode() for x in sorted(stems)]
 
     def marker(self, kind: str, value: str) -> str:
         if kind in ("card", "card_number") and _CARD_LIKE.fullmatch(value):
@@ -181,6 +200,160 @@ class Redactor:
 
     # -- JSON ----------------------------------------------------------------------------------
     def _redact_json_text(self, text: str, counts: Counter) -> bytes | None:
+        """JSON text: the fast textual path when it applies, else the structural one. None if
+        `text` is not JSON."""
+        if self._defaults and not self._paths and text.rstrip()[-1:] in ("}", "]"):
+            # Not parsed as a whole (that alone would cost a third of the budget per payload):
+            # JSON-shaped text goes the fast way; a value that does not decode sends it to the
+            # structural path, which parses and falls back to plain text if it is no JSON.
+            local: Counter = Counter()
+            data = self._redact_json_fast(text, local)
+            if data is not None:
+                counts.update(local)
+                return data
+        return self._redact_json_structural(text, counts)
+
+    # The fast path works on the text itself, so a 4 KiB order costs a few C-level scans instead
+    # of a Python call per object and per value. Anything it cannot decide with certainty
+    # (escaped quotes around a key, odd nesting) sends the body down the structural path.
+    def _redact_json_fast(self, text: str, counts: Counter) -> bytes | None:
+        data = text.encode("utf-8", "surrogatepass")
+        keyed = self._redact_keys_in_bytes(data, counts)
+        if keyed is None:
+            counts.clear()
+            return None
+        data = self._scan_json_bytes(keyed, counts)
+        if self._patterns:
+            out = data.decode("utf-8", "surrogatepass")
+            for kind, rx in self._patterns:
+                out = rx.sub(lambda m, kind=kind: self._custom_sub(kind, m, counts), out)
+            data = out.encode("utf-8", "surrogatepass")
+        return data
+
+    def _redact_keys_in_bytes(self, data: bytes, counts: Counter) -> bytes | None:
+        """Values under sensitive keys, found by searching the key stems in the lower-cased
+        bytes; a hit counts only inside a string that is followed by `:` (a key)."""
+        lower = data.lower()
+        hits: list[int] = []
+        for stem in self._key_stems_b:
+            p = lower.find(stem)
+            while p != -1:
+                hits.append(p)
+                p = lower.find(stem, p + 1)
+        if not hits:
+            return data
+        hits.sort()
+        out: list[bytes] = []
+        last = 0
+        n = len(data)
+        for p in hits:
+            if p < last:
+                continue  # inside a value already replaced
+            q1 = data.rfind(b'"', 0, p)
+            q2 = data.find(b'"', p)
+            if q1 < 0 or q2 < 0:
+                continue
+            key_b = data[q1 + 1:q2]
+            if b"\\" in key_b or (q1 > 0 and data[q1 - 1] == 92):
+                return None  # escapes around a key: leave it to the structural path
+            k = q2 + 1
+            while k < n and data[k] in b" \t\r\n":
+                k += 1
+            if k >= n or data[k] != 58:  # ":"
+                continue  # a string value, not a key
+            kind = self._key_kind(key_b.decode("utf-8", "surrogatepass"))
+            if kind is None:
+                continue
+            v = k + 1
+            while v < n and data[v] in b" \t\r\n":
+                v += 1
+            tail = data[v:].decode("utf-8", "surrogatepass")
+            try:
+                value, end_chars = _DECODER.raw_decode(tail)
+            except ValueError:
+                return None
+            end = v + len(tail[:end_chars].encode("utf-8", "surrogatepass"))
+            if value is None or (type(value) is str and REDACTED_RE.fullmatch(value)):
+                continue
+            out.append(data[last:v])
+            marker = self.marker(kind, value if type(value) is str else json.dumps(value, sort_keys=True))
+            out.append(b'"' + marker.encode() + b'"')
+            counts[kind] += 1
+            last = end
+        if not out:
+            return data
+        out.append(data[last:])
+        return b"".join(out)
+
+    def _scan_json_bytes(self, data: bytes, counts: Counter) -> bytes:
+        """Cards, IBANs, e-mails and `key=value` pairs in UTF-8 JSON text. Candidates are found
+        on translated copies (digits, space and dash -> 0; capitals -> A) with C-level searches;
+        only candidates meet a regex or a checksum."""
+        reps: list[tuple[int, int, bytes, str]] = []
+        t = data.translate(_CARD_CLASSES)
+        i = t.find(_THIRTEEN)
+        while i != -1:
+            run_end = _ZEROS.match(t, i).end()
+            s, e = i, run_end
+            while s < e and data[s] in b" -":
+                s += 1
+            while e > s and data[e - 1] in b" -":
+                e -= 1
+            chunk = data[s:e]
+            if len(chunk.translate(None, b" -")) >= 13:
+                found: Counter = Counter()
+                new = self._card_inside(chunk.decode("ascii"), found)
+                if found:
+                    if not _in_json_string(data, s):
+                        new = f'"{new}"'  # a card sent as a bare JSON number becomes a string
+                    reps.append((s, e, new.encode(), "card"))
+            i = t.find(_THIRTEEN, run_end)
+        t = data.translate(_IBAN_CLASSES)
+        i = t.find(b"AA00")
+        while i != -1:
+            mm = _IBAN_B.match(data, i)
+            if mm and iban_ok(mm.group().decode()):
+                reps.append((mm.start(), mm.end(), self.marker("iban", mm.group().decode().replace(" ", "")).encode(), "iban"))
+            i = t.find(b"AA00", i + 1)
+        at = data.find(b"@")
+        while at != -1:
+            for mm in _EMAIL_B.finditer(data, max(0, at - 128), at + 320):
+                if mm.start() <= at < mm.end():
+                    value = mm.group().decode("utf-8", "replace").lower()
+                    reps.append((mm.start(), mm.end(), self.marker("email", value).encode(), "email"))
+                    at = mm.end() - 1
+                    break
+            at = data.find(b"@", at + 1)
+        for sep in (b"=", b": "):
+            i = data.find(sep)
+            while i != -1:
+                if sep == b": " and i > 0 and data[i - 1] == 34:  # `"key": value` is JSON itself
+                    i = data.find(sep, i + 1)
+                    continue
+                km = _KEY_BEFORE.search(data, max(0, i - 64), i)
+                vm = _VALUE_AFTER.match(data, i + len(sep)) if km else None
+                if km and vm:
+                    kind = self._key_kind(km.group(1).decode("utf-8", "replace"))
+                    value = vm.group(1)
+                    if kind is not None and not REDACTED_RE.fullmatch(value.decode("utf-8", "replace")):
+                        reps.append((vm.start(1), vm.end(1), self.marker(kind, value.decode("utf-8", "replace")).encode(), kind))
+                i = data.find(sep, i + 1)
+        if not reps:
+            return data
+        reps.sort()
+        out: list[bytes] = []
+        last = 0
+        for s, e, new, kind in reps:
+            if s < last:
+                continue  # overlaps one already applied (an IBAN's digits, say)
+            out.append(data[last:s])
+            out.append(new)
+            counts[kind] += 1
+            last = e
+        out.append(data[last:])
+        return b"".join(out)
+
+    def _redact_json_structural(self, text: str, counts: Counter) -> bytes | None:
         """Key rules run in the decoder's object hook (one Python call per object, no second
         walk); string values are scanned for patterns there too. None if `text` is not JSON."""
         changed = [False]
@@ -420,6 +593,12 @@ class Redactor:
             return found
         counts[kind] += 1
         return self.marker(kind, found)
+
+
+def _in_json_string(data: bytes, pos: int) -> bool:
+    """Whether `pos` is inside a JSON string: an odd number of unescaped quotes before it."""
+    quotes = data.count(b'"', 0, pos) - data.count(b'\\"', 0, pos) + data.count(b'\\\\"', 0, pos)
+    return quotes % 2 == 1
 
 
 def _normalise(key: str) -> str:

@@ -137,13 +137,19 @@ class SqliteSnapshotStore:
                 "DELETE FROM snapshots WHERE id IN (SELECT id FROM snapshots WHERE received < ? ORDER BY received LIMIT ?)",
                 (cutoff, limit),
             )
-            deleted = cur.rowcount
-            if deleted:
-                # Hand freed pages back to the file system a few at a time.
-                conn.execute(f"PRAGMA incremental_vacuum({max(64, deleted // 4)})").fetchall()
-            return deleted
+            return cur.rowcount
         except sqlite3.Error as exc:
             raise _store_error(exc, "cannot delete expired snapshots") from None
+
+    def compact(self, pages: int) -> int:
+        """Give up to `pages` free pages back to the file system; returns the free pages left."""
+        conn = self._connection()
+        try:
+            # executescript steps the pragma to completion; execute() would free one page per call.
+            conn.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+            return conn.execute("PRAGMA freelist_count").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise _store_error(exc, "cannot compact the snapshot store") from None
 
     def stats(self) -> StoreStats:
         conn = self._connection()

@@ -18,7 +18,8 @@ log = logging.getLogger("syncwatch.snapshots")
 class RetentionSweeper:
     def __init__(self, *, run: Callable[..., Awaitable], sweep_batch: Callable[[float, int], int],
                  retention: float, interval: float, clock: Callable[[], float],
-                 after_sweep: Callable[[], Awaitable[None]], batch: int = 2000):
+                 after_sweep: Callable[[], Awaitable[None]], batch: int = 500,
+                 compact: Callable[[int], int] | None = None, compact_pages: int = 500, pause: float = 0.002):
         self._run = run  # runs a blocking function on the store's thread
         self._sweep_batch = sweep_batch
         self.retention = retention
@@ -26,6 +27,9 @@ class RetentionSweeper:
         self.clock = clock
         self.batch = batch
         self._after_sweep = after_sweep
+        self._compact = compact
+        self.compact_pages = compact_pages
+        self.pause = pause
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
 
@@ -52,6 +56,16 @@ class RetentionSweeper:
                     total += n
                     if n < self.batch:
                         break
+                    await asyncio.sleep(self.pause)  # let queued intake writes go first
+                if total and self._compact is not None:
+                    # Return the freed pages to the file system in small steps, after the deletes.
+                    left = None
+                    while True:
+                        now_left = await self._run(self._compact, self.compact_pages)
+                        if now_left == 0 or now_left == left:
+                            break
+                        left = now_left
+                        await asyncio.sleep(self.pause)
             finally:
                 await self._after_sweep()
             if total:

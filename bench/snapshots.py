@@ -1,0 +1,195 @@
+"""Payload snapshot throughput, size and intake latency during a retention sweep.
+
+    .venv/bin/python bench/snapshots.py                 # full run (1,000,000-row sweep)
+    .venv/bin/python bench/snapshots.py --sweep-rows 100000 --count 10000   # quicker
+
+Prints:
+  1. snapshots/s stored: 4 KiB JSON order payloads (card, CVV, e-mail, bearer token in each),
+     through SnapshotIntake.export_logs in requests of 100 records (as the OTel SDK's batch log
+     processor sends them): redaction, SHA-256, zstd, SQLite commit. One process, one core busy.
+  2. stored bytes as a share of raw bytes (SQLite pages in use / payload bytes received).
+  3. intake latency (p50/p99/max per export_logs of 10 snapshots, every 10 ms) while the sweeper
+     deletes N expired snapshots.
+Targets (issue 4): >= 5,000 snapshots/s; <= 25 % of raw size; intake p99 < 50 ms during the sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import string
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest  # noqa: E402
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue  # noqa: E402
+
+from exporter.config import Config  # noqa: E402
+from exporter.metrics import Metrics  # noqa: E402
+from exporter.snapshots import SnapshotIntake  # noqa: E402
+from exporter.snapshots.store import Snapshot  # noqa: E402
+
+HOUR = 3600.0
+rnd = random.Random(4)
+FIRST = ["Anna", "Ben", "Chloe", "David", "Emma", "Felix", "Greta", "Hugo", "Ines", "Jonas"]
+LAST = ["Schmidt", "Müller", "Smith", "Garcia", "Rossi", "Dubois", "Nowak", "Jensen"]
+CITIES = ["Berlin", "Hamburg", "Munich", "Vienna", "Zurich", "Paris", "Lyon", "Madrid"]
+PRODUCTS = ["Cotton T-Shirt", "Running Shoe", "Wool Sweater", "Denim Jacket", "Leather Belt", "Rain Coat"]
+
+
+def luhn_card() -> str:
+    digits = [4] + [rnd.randrange(10) for _ in range(14)]
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        x = d * 2 if i % 2 == 0 else d
+        total += x - 9 if x > 9 else x
+    return "".join(map(str, digits)) + str((10 - total % 10) % 10)
+
+
+def line(n: int) -> dict:
+    return {"line_no": n, "sku": f"SKU-{rnd.randrange(10**6):06d}",
+            "name": f"{rnd.choice(PRODUCTS)} {rnd.choice(['Black', 'Navy', 'Red', 'White'])} {rnd.choice('SMLX')}",
+            "quantity": rnd.randint(1, 5), "unit_price": {"amount": f"{rnd.uniform(5, 200):.2f}", "currency": "EUR"},
+            "tax_rate": "0.19", "warehouse": rnd.choice(["WH-BER-01", "WH-HAM-02"]), "discounts": []}
+
+
+def order_payload(i: int) -> str:
+    """A storefront order as sent to the ERP, compact JSON of about 4 KiB."""
+    first, last = rnd.choice(FIRST), rnd.choice(LAST)
+    order = {
+        "order_id": f"SO-{i:010d}", "external_id": "".join(rnd.choices(string.hexdigits.lower(), k=32)),
+        "created_at": f"2026-11-27T12:{rnd.randrange(60):02d}:{rnd.randrange(60):02d}.{rnd.randrange(1000):03d}Z",
+        "channel": "web", "status": "confirmed", "currency": "EUR",
+        "customer": {"id": f"C-{rnd.randrange(10**7)}", "email": f"{first.lower()}.{last.lower()}{rnd.randrange(1000)}@example.com",
+                     "first_name": first, "last_name": last, "phone": f"+49 30 {rnd.randrange(10**7):07d}"},
+        "billing_address": {"street": f"{rnd.choice(LAST)}straße {rnd.randint(1, 200)}", "city": rnd.choice(CITIES),
+                            "postal_code": f"{rnd.randrange(10**5):05d}", "country": "DE"},
+        "shipping_address": {"street": f"{rnd.choice(LAST)}weg {rnd.randint(1, 200)}", "city": rnd.choice(CITIES),
+                             "postal_code": f"{rnd.randrange(10**5):05d}", "country": "DE"},
+        "payment": {"method": "card", "card_number": luhn_card(), "cvv": f"{rnd.randrange(1000):03d}",
+                    "holder": f"{first} {last}", "authorization": "Bearer " + "".join(rnd.choices(string.ascii_letters, k=40))},
+        "lines": [], "notes": "Leave at the door",
+    }
+    while len(json.dumps(order, separators=(",", ":"), ensure_ascii=False).encode()) < 4096 - 260:
+        order["lines"].append(line(len(order["lines"]) + 1))
+    return json.dumps(order, separators=(",", ":"), ensure_ascii=False)
+
+
+def request_of(bodies: list[str], first_corr: int) -> ExportLogsServiceRequest:
+    req = ExportLogsServiceRequest()
+    scope = req.resource_logs.add().scope_logs.add()
+    for j, body in enumerate(bodies):
+        rec = scope.log_records.add()
+        rec.body.string_value = body
+        rec.trace_id = rnd.randbytes(16)
+        rec.span_id = rnd.randbytes(8)
+        rec.time_unix_nano = time.time_ns()
+        rec.attributes.extend([
+            KeyValue(key="syncwatch.correlation_id", value=AnyValue(string_value=f"SO-{first_corr + j:010d}")),
+            KeyValue(key="syncwatch.payload.direction", value=AnyValue(string_value="request")),
+            KeyValue(key="syncwatch.flow", value=AnyValue(string_value="orders")),
+            KeyValue(key="syncwatch.destination", value=AnyValue(string_value="erp")),
+        ])
+    return req
+
+
+def percentile(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+async def throughput(data_dir: Path, count: int, batch: int) -> None:
+    bodies = [order_payload(i) for i in range(2000)]
+    raw_total = 0
+    requests = []
+    for start in range(0, count, batch):
+        chunk = [bodies[(start + j) % len(bodies)] for j in range(min(batch, count - start))]
+        raw_total += sum(len(b.encode()) for b in chunk)
+        requests.append(request_of(chunk, start))
+    cfg = Config.model_validate({"storage": {"data_dir": str(data_dir)}})
+    intake = SnapshotIntake(cfg, Metrics())
+    await intake.start()
+    began = time.perf_counter()
+    cpu_began = time.process_time()
+    for req in requests:
+        rejected, message = await intake.export_logs(req)
+        assert not rejected, message
+    elapsed = time.perf_counter() - began
+    cpu = time.process_time() - cpu_began
+    stats = await intake._run(intake.store.stats)
+    dict_id = intake.store.codec._current_id
+    await intake.stop()
+    avg = raw_total / count
+    print(f"1. stored {count} snapshots of {avg:.0f} B JSON in {elapsed:.2f}s: {count / elapsed:,.0f} snapshots/s "
+          f"({count / cpu:,.0f}/s per CPU-second of the process); dictionary in use: {'yes' if dict_id else 'no'}")
+    print(f"2. stored bytes / raw bytes: {stats.bytes / raw_total:.1%} ({stats.bytes / 1e6:.1f} MB in SQLite pages for "
+          f"{raw_total / 1e6:.1f} MB of payloads, indexes and row headers included)")
+
+
+async def sweep_latency(data_dir: Path, rows: int) -> None:
+    clock_now = [time.time()]
+    cfg = Config.model_validate({"storage": {"data_dir": str(data_dir)}, "snapshots": {"sweep_interval": "1h"}})
+    intake = SnapshotIntake(cfg, Metrics(), clock=lambda: clock_now[0])
+    await intake.start()
+    await intake.sweeper.stop()  # no periodic sweep: the one measured below starts on cue
+    # Pre-fill `rows` expired snapshots, compressed like real ones, straight into the store.
+    sample = Snapshot(corr="x", direction="request", received=0, time=0, trace_id=b"t" * 16, span_id=b"s" * 8, flow="orders",
+                      destination="erp", content_type="json", size=4096, sha256=b"h" * 32, truncated=False, redactions=4,
+                      body=order_payload(0).encode())
+    intake.store.codec.compress(sample)
+    old = clock_now[0] - 80 * HOUR
+    began = time.perf_counter()
+
+    def prefill():
+        conn = intake.store._conn
+        conn.execute("BEGIN")
+        for start in range(0, rows, 50_000):
+            conn.executemany(
+                "INSERT INTO snapshots(corr, direction, received, time, trace_id, span_id, flow, dest, content_type, size, sha256, "
+                "truncated, redactions, dict_id, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                ((f"SO-{i:010d}", "request", old + i * 1e-3, old, sample.trace_id, sample.span_id, "orders", "erp", "json",
+                  4096, sample.sha256, 0, 4, sample.dict_id, sample.blob) for i in range(start, min(rows, start + 50_000))))
+        conn.execute("COMMIT")
+
+    await intake._run(prefill)
+    print(f"3. pre-filled {rows:,} expired snapshots ({len(sample.blob)} B each) in {time.perf_counter() - began:.1f}s")
+    bodies = [order_payload(i) for i in range(200)]
+    latencies: list[float] = []
+    sweep = asyncio.create_task(intake.sweep_now())
+    sweep_began = time.perf_counter()
+    n = 0
+    while not sweep.done():
+        req = request_of(bodies[n % 190:n % 190 + 10], 10_000_000 + n)
+        t = time.perf_counter()
+        rejected, _ = await intake.export_logs(req)
+        latencies.append(time.perf_counter() - t)
+        assert not rejected
+        n += 10
+        await asyncio.sleep(0.01)
+    deleted = await sweep
+    sweep_s = time.perf_counter() - sweep_began
+    await intake.stop()
+    ms = [x * 1000 for x in latencies]
+    print(f"   swept {deleted:,} in {sweep_s:.1f}s ({deleted / sweep_s:,.0f}/s) while {len(ms)} intake requests of 10 snapshots ran: "
+          f"latency p50 {percentile(ms, 50):.1f} ms, p99 {percentile(ms, 99):.1f} ms, max {max(ms):.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=30_000, help="snapshots for the throughput run")
+    parser.add_argument("--batch", type=int, default=100, help="log records per OTLP request")
+    parser.add_argument("--sweep-rows", type=int, default=1_000_000, help="expired snapshots to sweep")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="syncwatch-bench-") as tmp:
+        asyncio.run(throughput(Path(tmp) / "a", args.count, args.batch))
+        asyncio.run(sweep_latency(Path(tmp) / "b", args.sweep_rows))
+
+
+if __name__ == "__main__":
+    main()
