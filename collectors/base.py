@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import abc
+import os
+import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo
 
 from exporter.durations import Duration
 
@@ -24,6 +26,32 @@ class CollectorSettings(BaseModel):
     # Timeout of every single broker call; must stay below sampling.fast_interval.
     # Default: 5 s, or half of fast_interval when that is shorter (filled in by collectors.config).
     timeout: Duration = None  # type: ignore[assignment]
+
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_env_name(value: str | None) -> str | None:
+    """Field validator body for a `*_env` key: the name of an environment variable."""
+    if value is not None and not ENV_NAME.match(value):
+        raise ValueError("expected the name of an environment variable, e.g. RABBITMQ_PASSWORD")
+    return value
+
+
+def secret_from_env(key: str, name: str, info: ValidationInfo) -> SecretStr:
+    """The value of environment variable `name`, for the `*_env` key `key`.
+
+    The environment is `environ` from the validation context (collectors.config passes it), else
+    os.environ. A missing or empty variable is a validation error naming the key, never the value.
+    """
+    context = info.context if isinstance(info.context, dict) else {}
+    environ: Mapping[str, str] = context.get("environ") if context.get("environ") is not None else os.environ
+    value = environ.get(name)
+    if value is None:
+        raise ValueError(f"{key}: environment variable {name} is not set")
+    if not value.strip():
+        raise ValueError(f"{key}: environment variable {name} is empty")
+    return SecretStr(value)
 
 
 class CollectorError(Exception):

@@ -7,7 +7,7 @@ its own keys; errors name the key, e.g. `collectors[1].queues` or `sampling.fast
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -130,8 +130,10 @@ def parse_sampling(sampling: dict[str, Any]) -> SamplingSettings:
         raise _config_error("sampling", exc) from None
 
 
-def parse_collector(index: int, entry: Any) -> tuple[type, CollectorSettings]:
-    """Return (collector class, validated settings) for `collectors[index]`."""
+def parse_collector(index: int, entry: Any, environ: Mapping[str, str] | None = None) -> tuple[type, CollectorSettings]:
+    """Return (collector class, validated settings) for `collectors[index]`.
+
+    `*_env` keys (e.g. rabbitmq's password_env) are read from `environ`, default os.environ."""
     where = f"collectors[{index}]"
     if not isinstance(entry, dict):
         raise ConfigError(where, "expected a mapping with at least `type` and `name`")
@@ -143,22 +145,23 @@ def parse_collector(index: int, entry: Any) -> tuple[type, CollectorSettings]:
     except PluginError as exc:
         raise ConfigError(f"{where}.type", str(exc)) from None
     try:
-        settings = cls.Settings.model_validate(entry)
+        settings = cls.Settings.model_validate(entry, context={"environ": environ})
     except ValidationError as exc:
         raise _config_error(where, exc) from None
     return cls, settings
 
 
-def validate_collectors_section(collectors: list[dict[str, Any]], sampling: dict[str, Any]) -> None:
+def validate_collectors_section(collectors: list[dict[str, Any]], sampling: dict[str, Any],
+                                environ: Mapping[str, str] | None = None) -> None:
     """Validate `collectors:` and `sampling:`; raise exporter.errors.ConfigError naming the key."""
-    load_collectors_section(collectors, sampling)
+    load_collectors_section(collectors, sampling, environ)
 
 
 def load_collectors_section(
-    collectors: list[dict[str, Any]], sampling: dict[str, Any]
+    collectors: list[dict[str, Any]], sampling: dict[str, Any], environ: Mapping[str, str] | None = None
 ) -> tuple[list[tuple[type, CollectorSettings]], SamplingSettings]:
     samp = parse_sampling(sampling)
-    parsed = [parse_collector(i, entry) for i, entry in enumerate(collectors or [])]
+    parsed = [parse_collector(i, entry, environ) for i, entry in enumerate(collectors or [])]
     parsed = [(cls, settings if settings.timeout is not None else
                settings.model_copy(update={"timeout": min(5.0, samp.fast_interval / 2)})) for cls, settings in parsed]
     seen: dict[str, int] = {}

@@ -16,9 +16,10 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from .base import Collector, CollectorError, CollectorSettings, DlqDepth, QueueDepth, Sample
+from .base import (Collector, CollectorError, CollectorSettings, DlqDepth, QueueDepth, Sample, check_env_name,
+                   secret_from_env)
 from .selection import Selector
 
 QUEUE_COLUMNS = ",".join((
@@ -31,6 +32,9 @@ class RabbitMQSettings(CollectorSettings):
     url: str = "http://127.0.0.1:15672"  # management API base URL
     username: str = "guest"
     password: SecretStr = SecretStr("guest")
+    # Or the name of an environment variable holding the password (e.g. filled from a Kubernetes Secret);
+    # read when the config is validated. Not together with `password`.
+    password_env: str | None = None
     vhosts: list[str] | None = None  # default: every vhost the user can see
     queues: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     exclude: list[str] = Field(default_factory=list)
@@ -47,6 +51,19 @@ class RabbitMQSettings(CollectorSettings):
             # The URL appears in error messages and logs: credentials belong in username/password.
             raise ValueError("put the credentials in `username` and `password`, not in the URL")
         return v.rstrip("/")
+
+    @field_validator("password_env")
+    @classmethod
+    def _password_env(cls, v: str | None) -> str | None:
+        return check_env_name(v)
+
+    @model_validator(mode="after")
+    def _password_from_env(self, info: ValidationInfo) -> "RabbitMQSettings":
+        if self.password_env is not None:
+            if "password" in self.model_fields_set:
+                raise ValueError("password_env: set either password or password_env, not both")
+            self.password = secret_from_env("password_env", self.password_env, info)
+        return self
 
 
 def _topic_match(pattern: str, key: str) -> bool:

@@ -17,9 +17,10 @@ from typing import Any, Callable
 from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError, ResourceNotFoundError,
                                    ServiceRequestError, ServiceRequestTimeoutError, ServiceResponseError,
                                    ServiceResponseTimeoutError)
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from .base import Collector, CollectorError, CollectorSettings, DlqDepth, QueueDepth, Sample
+from .base import (Collector, CollectorError, CollectorSettings, DlqDepth, QueueDepth, Sample, check_env_name,
+                   secret_from_env)
 from .selection import Selector
 
 DLQ_SUFFIX = "/$DeadLetterQueue"
@@ -29,6 +30,9 @@ TRANSFER_DLQ_SUFFIX = "/$Transfer/$DeadLetterQueue"
 class ServiceBusSettings(CollectorSettings):
     # Either a connection string (shared access key with Manage rights)...
     connection_string: SecretStr | None = None
+    # (or the name of an environment variable holding it, e.g. filled from a Kubernetes Secret;
+    # read when the config is validated)...
+    connection_string_env: str | None = None
     # ...or the namespace host, e.g. myns.servicebus.windows.net, with an Azure AD credential:
     # DefaultAzureCredential (environment, workload / managed identity, Azure CLI), or a service principal.
     namespace: str | None = None
@@ -42,10 +46,22 @@ class ServiceBusSettings(CollectorSettings):
     ca_file: str | None = None  # a private CA (e.g. a TLS-inspecting proxy in front of the namespace)
     concurrency: int = Field(8, ge=1, le=64)
 
+    @field_validator("connection_string_env")
+    @classmethod
+    def _connection_string_env(cls, v: str | None) -> str | None:
+        return check_env_name(v)
+
     @model_validator(mode="after")
-    def _one_credential(self) -> "ServiceBusSettings":
+    def _one_credential(self, info: ValidationInfo) -> "ServiceBusSettings":
+        if self.connection_string_env is not None:
+            if self.connection_string is not None:
+                raise ValueError("connection_string_env: set either connection_string or connection_string_env, not both")
+            if self.namespace is not None:
+                raise ValueError("connection_string_env: set either connection_string_env or namespace (with an Azure AD credential)")
+            self.connection_string = secret_from_env("connection_string_env", self.connection_string_env, info)
         if (self.connection_string is None) == (self.namespace is None):
-            raise ValueError("connection_string: set either connection_string or namespace (with an Azure AD credential)")
+            raise ValueError("connection_string: set either connection_string (or connection_string_env) or namespace "
+                             "(with an Azure AD credential)")
         if self.client_secret is not None and not (self.tenant_id and self.client_id):
             raise ValueError("client_secret: a service principal needs tenant_id and client_id too")
         return self
@@ -99,8 +115,10 @@ class ServiceBusCollector(Collector):
         ns = s.namespace
         if s.connection_string is not None:
             ns = _endpoint_of(s.connection_string.get_secret_value())
-        return {"type": s.type, "name": s.name, "namespace": ns,
-                "auth": "connection string" if s.connection_string else "Azure AD"}
+        auth = "Azure AD"
+        if s.connection_string is not None:
+            auth = f"connection string from ${s.connection_string_env}" if s.connection_string_env else "connection string"
+        return {"type": s.type, "name": s.name, "namespace": ns, "auth": auth}
 
     def _make_client(self) -> Any:
         from azure.servicebus.management import ServiceBusAdministrationClient

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from urllib.parse import quote
@@ -12,6 +15,7 @@ import requests
 from prometheus_client import CollectorRegistry
 
 from collectors.manager import CollectorManager
+from exporter.errors import ConfigError
 from collectors_fakes.harness import free_port, run, sample_until, value  # noqa: F401  (run is a fixture)
 from collectors_fakes.tcp_proxy import TcpProxy
 
@@ -208,3 +212,60 @@ def test_dead_letters_through_topic_exchange_and_exchange_binding(vhost, run):
     assert value(reg, "syncwatch_dlq_messages", queue="order-failures", **q) == 1
     assert value(reg, "syncwatch_dlq_messages", queue="price-failures", **q) is None
     conn.close()
+
+
+def test_password_from_environment_variable(vhost, run, monkeypatch):
+    """`password_env` names the variable (the Helm chart fills it from a Secret); its value is the password."""
+    conn = amqp(vhost)
+    conn.channel().queue_declare("from-env")
+    conn.channel().basic_publish("", "from-env", b"x")
+    monkeypatch.setenv("SW_TEST_RABBITMQ_PASSWORD", "guest")
+    monkeypatch.setenv("SW_TEST_RABBITMQ_WRONG", "not-the-password")
+    reg = CollectorRegistry()
+    manager = CollectorManager([
+        {"type": "rabbitmq", "name": "envpw", "vhosts": [vhost], "password_env": "SW_TEST_RABBITMQ_PASSWORD"},
+        # The variable's value is what is sent, not the `guest` default.
+        {"type": "rabbitmq", "name": "envwrong", "vhosts": [vhost], "password_env": "SW_TEST_RABBITMQ_WRONG"},
+    ], {}, reg)
+    assert manager.runner("envpw").collector.settings.password.get_secret_value() == "guest"
+    q = dict(broker="rabbitmq", namespace=vhost, queue="from-env")
+    sample_until(run, manager, lambda: value(reg, "syncwatch_queue_messages", **q) == 1)
+    assert value(reg, "syncwatch_queue_messages", **q) == 1
+    assert value(reg, "syncwatch_collector_up", collector="envpw") == 1
+    assert value(reg, "syncwatch_collector_up", collector="envwrong") == 0
+    assert value(reg, "syncwatch_collector_errors_total", collector="envwrong", reason="unauthorized") >= 1
+    conn.close()
+
+
+def test_password_env_missing_empty_or_with_password_is_a_config_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("SW_TEST_RABBITMQ_UNSET", raising=False)
+    monkeypatch.setenv("SW_TEST_RABBITMQ_EMPTY", "")
+    monkeypatch.setenv("SW_TEST_RABBITMQ_SECRET", "s3cr3t-value")
+    base = {"type": "rabbitmq", "name": "r"}
+    cases = [
+        ({"password_env": "SW_TEST_RABBITMQ_UNSET"}, "environment variable SW_TEST_RABBITMQ_UNSET is not set"),
+        ({"password_env": "SW_TEST_RABBITMQ_EMPTY"}, "environment variable SW_TEST_RABBITMQ_EMPTY is empty"),
+        ({"password_env": "SW_TEST_RABBITMQ_SECRET", "password": "inline-value"}, "not both"),
+        ({"password_env": "not a name"}, "expected the name of an environment variable"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(ConfigError) as info:
+            CollectorManager([{**base, "name": "ok", "password_env": "SW_TEST_RABBITMQ_SECRET"}, {**base, **extra}],
+                             {}, CollectorRegistry())
+        assert info.value.key == "collectors[1].password_env", extra
+        assert message in info.value.message, (extra, info.value.message)
+        assert "s3cr3t-value" not in str(info.value) and "inline-value" not in str(info.value)
+
+    # `syncwatch check-config` (the container's start path) reads the process environment.
+    path = tmp_path / "config.yaml"
+    path.write_text("collectors:\n  - {type: rabbitmq, name: main, password_env: SW_TEST_RABBITMQ_PASSWORD}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCWATCH_", "SW_TEST_"))}
+    check = [sys.executable, "-m", "exporter.cli", "check-config", str(path)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(check, cwd=root, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "collectors[0].password_env: environment variable SW_TEST_RABBITMQ_PASSWORD is not set" in result.stderr
+    result = subprocess.run(check, cwd=root, env={**env, "SW_TEST_RABBITMQ_PASSWORD": "s3cr3t-value"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "s3cr3t-value" not in result.stdout + result.stderr

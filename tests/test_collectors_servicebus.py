@@ -7,6 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from collectors.manager import CollectorManager
+from exporter.errors import ConfigError
 from collectors_fakes.harness import free_port, run, sample_until, value  # noqa: F401  (run is a fixture)
 from collectors_fakes.servicebus_fake import Counts, FakeServiceBus
 
@@ -122,3 +123,36 @@ def test_throttled_namespace(fake, run):
     fake.fail_with = None
     run(manager.sample_once())
     assert value(reg, "syncwatch_collector_up", collector="sb") == 1
+
+
+def test_connection_string_from_environment_variable(fake, run, monkeypatch):
+    """`connection_string_env` names the variable (the Helm chart fills it from a Secret)."""
+    fake.queues["payments"] = Counts(active=4, dead_letter=2)
+    monkeypatch.setenv("SW_TEST_SERVICEBUS_CONNECTION_STRING", fake.connection_string())
+    env_entry = {k: v for k, v in entry(fake, subscriptions=[]).items() if k != "connection_string"}
+    env_entry["connection_string_env"] = "SW_TEST_SERVICEBUS_CONNECTION_STRING"
+    reg = CollectorRegistry()
+    manager = CollectorManager([env_entry], {}, reg)
+    assert manager.runner("sb").collector.describe()["auth"] == "connection string from $SW_TEST_SERVICEBUS_CONNECTION_STRING"
+    sample_until(run, manager, lambda: True)
+    q = dict(broker="servicebus", namespace=fake.host)
+    assert value(reg, "syncwatch_collector_up", collector="sb") == 1
+    assert value(reg, "syncwatch_queue_messages", queue="payments", **q) == 4
+    assert value(reg, "syncwatch_dlq_messages", queue="payments/$DeadLetterQueue", source_queue="payments", **q) == 2
+
+    # Missing or empty variable, or together with connection_string / namespace: a config error naming the key,
+    # never showing the secret.
+    secret = fake.connection_string()
+    monkeypatch.delenv("SW_TEST_SERVICEBUS_UNSET", raising=False)
+    monkeypatch.setenv("SW_TEST_SERVICEBUS_EMPTY", "")
+    for extra, message in [
+        ({"connection_string_env": "SW_TEST_SERVICEBUS_UNSET"}, "environment variable SW_TEST_SERVICEBUS_UNSET is not set"),
+        ({"connection_string_env": "SW_TEST_SERVICEBUS_EMPTY"}, "environment variable SW_TEST_SERVICEBUS_EMPTY is empty"),
+        ({"connection_string": secret}, "not both"),
+        ({"namespace": "myns.servicebus.windows.net"}, "connection_string_env or namespace"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            CollectorManager([{**env_entry, **extra}], {}, CollectorRegistry())
+        assert info.value.key == "collectors[0].connection_string_env", extra
+        assert message in info.value.message, (extra, info.value.message)
+        assert "SharedAccessKey" not in str(info.value)
