@@ -281,5 +281,5 @@ def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] |
     # Collector and sampling settings belong to the collectors package.
     from collectors.config import validate_collectors_section
 
-    validate_collectors_section(config.collectors, config.sampling)
+    validate_collectors_section(config.collectors, config.sampling, environ)
     return config
