@@ -14,7 +14,6 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import datetime, timezone
 
 from .ledger_queries import STATES
 
