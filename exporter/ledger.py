@@ -173,6 +173,7 @@ class Ledger:
 
     def _new_batch(self):
         self._closed_cache: dict | None = None  # prefetched closed rows, valid while sources are handled
+        self._batch_closed: dict = {}  # closes of this batch, as _closed_row rows
         self._dirty: dict = {}  # key -> Tx to upsert into open_tx
         self._close_stored: list = []
         self._close_new: list = []
@@ -271,6 +272,9 @@ class Ledger:
                 found[row[:3]] = row[3:]
 
     def _closed_row(self, key):
+        row = self._batch_closed.get(key)
+        if row is not None:
+            return row  # closed earlier in this batch, not yet written
         cache = self._closed_cache
         if cache is not None:
             if key in cache:
@@ -493,6 +497,7 @@ class Ledger:
                 timeline = _to_json({"attempts": [], "close": close}) if close else None
             self._close_new.append((*key, source, outcome, changed_at, None, None, closed_at, lag, None, None,
                                     close_span, attempts, timeline))
+        self._batch_closed[key] = (outcome, closed_at, lag, changed_at, close_span, timeline)
         self._inc(self.metrics.transactions, (*labels, outcome))
         if attempts:
             self._obs.append((self.metrics.delivery_attempts, (flow, dest), attempts))

@@ -187,3 +187,23 @@ def test_same_span_delivered_twice_counts_once(sidecar):
     assert sidecar.metric("syncwatch_transactions_total", outcome="confirmed", **tx) == 1
     assert sidecar.metric("syncwatch_sync_lag_seconds_sum", **tx) == pytest.approx(2.0, abs=1e-3)
     assert sidecar.metric("syncwatch_duplicate_applies_total", None, flow="orders", destination="erp") is None
+
+
+def test_confirm_then_fail_in_one_batch_counts_one_outcome(sidecar):
+    """A redelivered copy dead-lettered right after the original was applied: still one confirmed transaction."""
+    from otlp_raw import post, stage_request
+
+    t0 = now() - 20
+    common = {"syncwatch.flow": "inventory", "syncwatch.source": "wms", "syncwatch.destination": "storefront",
+              "correlation_id": "adj-77"}
+    req = stage_request([
+        {"_start": t0, "syncwatch.stage": "source", **common},
+        {"_start": t0 + 1, "_end": t0 + 1.1, "syncwatch.stage": "attempt", "http.response.status_code": 200, **common},
+        {"_start": t0 + 1.1, "_end": t0 + 1.2, "syncwatch.stage": "confirm", **common},
+        {"_start": t0 + 1.3, "_end": t0 + 1.4, "syncwatch.stage": "fail", "error.type": "retries_exhausted", **common},
+    ])
+    assert post(sidecar.otlp_http + "/v1/traces", req.SerializeToString())[0] == 200
+    tx = dict(flow="inventory", source="wms", destination="storefront")
+    assert sidecar.metric("syncwatch_transactions_total", outcome="confirmed", **tx) == 1
+    assert sidecar.metric("syncwatch_transactions_total", None, outcome="failed", **tx) is None
+    assert sidecar.metric("syncwatch_transactions_pending", **tx) == 0
