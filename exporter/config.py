@@ -126,12 +126,12 @@ class RedactConfig(_Model):
             PathRule(path)  # raises ValueError naming the path
         return v
 
-    @field_validator("hash_key")
-    @classmethod
-    def _key_length(cls, v: str | None) -> str | None:
-        if v is not None and len(v.encode()) < 16:
+    @model_validator(mode="after")
+    def _key_length(self) -> "RedactConfig":
+        # A model-level check, so the error message never repeats the (secret) key itself.
+        if self.hash_key is not None and len(self.hash_key.encode()) < 16:
             raise ValueError("hash_key must be at least 16 bytes")
-        return v
+        return self
 
 
 class SnapshotsConfig(_Model):
