@@ -84,6 +84,7 @@ class Codec:
         self._sample_bytes = 0
         self._trained: tuple[int, bytes] | None = None
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
 
     def load(self, dict_id: int, data: bytes) -> None:
         d = zstandard.ZstdCompressionDict(data)
@@ -112,7 +113,10 @@ class Codec:
             d = self._decompressors[dict_id]
         except KeyError:
             raise StoreError(STORE_ERROR, f"snapshot compressed with unknown dictionary {dict_id}") from None
-        return d.decompress(blob) if blob else b""
+        if not blob:
+            return b""
+        with self._read_lock:  # API reads run in several threads; a zstd context is not shareable
+            return d.decompress(blob)
 
     def _train_dict(self, samples: list[bytes]) -> None:
         try:
