@@ -113,6 +113,7 @@ class SnapshotIntake:
         self._opened = False
         self._down_until = 0.0
         self._last_error: str | None = None
+        self._last_reason = STORE_UNAVAILABLE
         self._oldest: float | None = None
         self._register_metrics(metrics.registry)
         self.sweeper = RetentionSweeper(
@@ -181,10 +182,12 @@ class SnapshotIntake:
             self.m_payload.inc()
             if rec.direction == "invalid":
                 self._drop("invalid", "snapshot_invalid_direction", 1)
-                problems["syncwatch.payload.direction must be request or response"] = problems.get("syncwatch.payload.direction must be request or response", 0) + 1
+                problem = "syncwatch.payload.direction must be request or response"
+                problems[problem] = problems.get(problem, 0) + 1
             elif rec.corr is None:
                 self._drop(rec.direction, "snapshot_uncorrelated", 1)
-                problems["payload log record without a correlation ID attribute"] = problems.get("payload log record without a correlation ID attribute", 0) + 1
+                problem = "payload log record without a correlation ID attribute"
+                problems[problem] = problems.get(problem, 0) + 1
             else:
                 payloads.append(rec)
         rejected = sum(problems.values())
@@ -255,8 +258,6 @@ class SnapshotIntake:
         self._last_reason = exc.reason
         self._down_until = self.clock() + FAILURE_BACKOFF
         self.m_store_up.set(0)
-
-    _last_reason = STORE_UNAVAILABLE
 
     def _drop(self, direction: str, reason: str, n: int) -> None:
         self.m_snapshots.labels(direction, "dropped").inc(n)
