@@ -267,12 +267,10 @@ class Redactor:
             v = k + 1
             while v < n and data[v] in b" \t\r\n":
                 v += 1
-            tail = data[v:].decode("utf-8", "surrogatepass")
             try:
-                value, end_chars = _DECODER.raw_decode(tail)
+                value, end = _decode_value(data, v)
             except ValueError:
                 return None
-            end = v + len(tail[:end_chars].encode("utf-8", "surrogatepass"))
             if value is None or (type(value) is str and REDACTED_RE.fullmatch(value)):
                 continue
             out.append(data[last:v])
@@ -593,6 +591,24 @@ class Redactor:
             return found
         counts[kind] += 1
         return self.marker(kind, found)
+
+
+def _decode_value(data: bytes, pos: int) -> tuple[Any, int]:
+    """The JSON value starting at byte `pos`, and the byte offset after it. A string (the usual
+    case) is cut out by its closing quote and decoded alone; anything else by the C decoder."""
+    if data[pos:pos + 1] == b'"':
+        q = data.find(b'"', pos + 1)
+        while q != -1:
+            backslashes = 0
+            while data[q - 1 - backslashes] == 92:
+                backslashes += 1
+            if backslashes % 2 == 0:
+                return json.loads(data[pos:q + 1]), q + 1
+            q = data.find(b'"', q + 1)
+        raise ValueError("unterminated string")
+    tail = data[pos:].decode("utf-8", "surrogatepass")
+    value, end_chars = _DECODER.raw_decode(tail)
+    return value, pos + len(tail[:end_chars].encode("utf-8", "surrogatepass"))
 
 
 def _in_json_string(data: bytes, pos: int) -> bool:
