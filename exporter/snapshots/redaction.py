@@ -50,8 +50,10 @@ _CARD_CLASSES = bytes(range(256)).translate(bytes.maketrans(b"0123456789 -", b"0
 _IBAN_CLASSES = bytes(range(256)).translate(bytes.maketrans(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0" * 10 + b"A" * 26))
 _THIRTEEN = b"0" * 13
 _ZEROS = re.compile(rb"0+")
+# An e-mail address matched from the start of its local part (found by walking back from the @).
+_EMAIL_AT = re.compile(rb"[\w.%+\-\x80-\xff]+@[\w\-\x80-\xff]{1,63}(?:\.[\w\-\x80-\xff]{1,63})*\.(?:[A-Za-z]|[\x80-\xff]){2,24}(?![\w\x80-\xff])")
+_LOCAL_PART = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.%+-" + bytes(range(0x80, 0x100)))
 _IBAN_B = re.compile(rb"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])")
-_EMAIL_B = re.compile(rb"(?<![\w.%+\-\x80-\xff])[\w.%+\-\x80-\xff]{1,64}@[\w\-\x80-\xff]{1,63}(?:\.[\w\-\x80-\xff]{1,63})*\.(?:[A-Za-z]|[\x80-\xff]){2,24}(?![\w\x80-\xff])")
 _KEY_BEFORE = re.compile(rb"(?<![\w.\-])([\w.\-]{1,64})[ \t]*$")
 _VALUE_AFTER = re.compile(rb"[ \t]*((?i:bearer |basic |digest )?[^\s&\";,<>\\]+)")
 _DROP_DIGITS = str.maketrans("", "", "0123456789")
@@ -315,12 +317,15 @@ class Redactor:
             i = t.find(b"AA00", i + 1)
         at = data.find(b"@")
         while at != -1:
-            for mm in _EMAIL_B.finditer(data, max(0, at - 128), at + 320):
-                if mm.start() <= at < mm.end():
-                    value = mm.group().decode("utf-8", "replace").lower()
-                    reps.append((mm.start(), mm.end(), self.marker("email", value).encode(), "email"))
-                    at = mm.end() - 1
-                    break
+            # Walk back to where the local part starts, then match there once.
+            start = at
+            while start > 0 and data[start - 1] in _LOCAL_PART:
+                start -= 1
+            mm = _EMAIL_AT.match(data, start) if start < at else None
+            if mm is not None and mm.end() > at:
+                value = mm.group().decode("utf-8", "replace").lower()
+                reps.append((mm.start(), mm.end(), self.marker("email", value).encode(), "email"))
+                at = mm.end() - 1
             at = data.find(b"@", at + 1)
         for sep in (b"=", b": "):
             i = data.find(sep)
