@@ -22,7 +22,12 @@ def _cmd_run(args) -> int:
     from .app import App
 
     try:
-        asyncio.run(App(config).run_forever())
+        app = App(config)  # opens the ledger and the snapshot store: bad paths fail here, by key
+    except ConfigError as exc:
+        print(f"syncwatch: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(app.run_forever())
     except OSError as exc:
         print(f"syncwatch: cannot start: {exc}", file=sys.stderr)
         return 1

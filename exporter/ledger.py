@@ -20,6 +20,7 @@ from pathlib import Path
 import orjson
 
 from .config import Config
+from .errors import ConfigError
 from .ledger_schema import DDL, SCHEMA_VERSION, STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_SOURCE
 from .metrics import Metrics
 
@@ -105,7 +106,13 @@ class Ledger:
         self.flows = config.flows
         self.expire_after = config.storage.expire_after
         self.unknown_deadline = config.correlation.unknown_flow_deadline
-        self.conn = connect(config.storage.ledger_path)
+        try:
+            self.conn = connect(config.storage.ledger_path)
+            self.conn.execute("PRAGMA user_version")  # touches the file: fails here if it cannot be opened
+        except (OSError, sqlite3.Error) as exc:
+            key = "storage.sqlite_path" if config.storage.sqlite_path else "storage.data_dir"
+            raise ConfigError(key, f"cannot open the ledger at {config.storage.ledger_path}: "
+                                   f"{getattr(exc, 'strerror', None) or exc}") from None
         version = self._schema_version()
         if version not in (None, SCHEMA_VERSION):
             raise RuntimeError(f"ledger {config.storage.ledger_path} has schema version {version}, this syncwatch "

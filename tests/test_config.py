@@ -95,3 +95,11 @@ def test_run_refuses_bad_config_at_start(tmp_path):
     result = _syncwatch("run", "--config", str(write(tmp_path, "snapshots:\n  retention: 1h\n")))
     assert result.returncode == 2
     assert "snapshots.retention" in result.stderr and "72h" in result.stderr
+
+
+def test_run_names_the_key_when_the_data_dir_cannot_be_used(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = _syncwatch("run", "--config", str(write(tmp_path, f"storage:\n  data_dir: {blocker}/data\n")))
+    assert result.returncode == 2
+    assert "storage.data_dir" in result.stderr and "Traceback" not in result.stderr
