@@ -70,6 +70,9 @@ class Settings:
     # A collector is down when it says so or has not succeeded for this many of its intervals.
     collector_stale_intervals: float = 3
     collector_for: str = "2m"
+    # The snapshot store is failing: it reports down, or dropped snapshots for one of these
+    # syncwatch_dropped_total reasons (exporter/snapshots/store.py) within the window.
+    snapshot_store_reasons: str = "snapshot_store_.*"
     snapshot_window: str = "10m"
     snapshot_for: str = "5m"
     dropping_window: str = "5m"
@@ -272,12 +275,20 @@ or
         ),
         r.alert(
             "SyncwatchSnapshotStoreFailing",
-            f"""sum by (job, instance) (increase(syncwatch_snapshots_total{{result="dropped"}}[{s.snapshot_window}])) > 0""",
+            # The store's own failures only: a failed write or open (store_up 0) or snapshots
+            # dropped for a snapshot_store_* reason. Payloads the integration sent wrongly
+            # (snapshot_uncorrelated, snapshot_invalid_direction) are not the store's fault.
+            # Left of `or` first, so $value is the store-failure drop count (0 when none).
+            f"""
+sum by (job, instance) (increase(syncwatch_dropped_total{{reason=~"{s.snapshot_store_reasons}"}}[{s.snapshot_window}])) > 0
+or
+min by (job, instance) (syncwatch_snapshot_store_up) == 0""",
             s.snapshot_for, "warning",
-            "syncwatch is dropping payload snapshots",
-            f"""{{{{ $value | printf "%.0f" }}}} payload snapshot(s) could not be stored in the last
-            {s.snapshot_window}. Request and response bodies of those attempts will be missing when
-            someone investigates.""",
+            "syncwatch's payload snapshot store is failing",
+            f"""The payload snapshot store is failing (its last write or open failed, or it refused
+            writes: full, unavailable or erroring). {{{{ $value | printf "%.0f" }}}} snapshot(s) were
+            dropped for that in the last {s.snapshot_window}, and more are dropped while it stays
+            down. Request and response bodies of those attempts will be missing when someone investigates.""",
             r.dashboard(SELF_DASHBOARD_UID),
         ),
         r.alert(
