@@ -170,3 +170,120 @@ def test_a_valid_card_number_never_survives_in_text(prefix, suffix, digits):
     text = f"{prefix} {card} {suffix}"
     out = redact(text).data.decode("utf-8", "surrogatepass")
     assert card not in out
+
+
+# -- the textual fast path for JSON must never keep what parsing would take out ----------------
+
+def _reference(body: str, **kw) -> bytes:
+    """What the structural path (a full parse; plain-text rules if it is no JSON) stores."""
+    from collections import Counter
+
+    from exporter.snapshots.redaction import _PAIR_TEXT
+
+    r = Redactor(KEY, **kw)
+    out = r._redact_json_structural(body, Counter())
+    return out if out is not None else r._redact_text(body, Counter(), _PAIR_TEXT).encode("utf-8", "surrogatepass")
+
+
+def _views(data: bytes) -> list[str]:
+    text = data.decode("utf-8", "surrogatepass")
+    try:
+        return [text, json.dumps(json.loads(text), ensure_ascii=False)]
+    except ValueError:
+        return [text]
+
+
+@pytest.mark.parametrize("body, secret", [
+    (r'{"note":"mail anna\u0040example.com"}', "anna"),  # escapes hide an @ ...
+    ('{"note":"Pay to:\\nDE89370400440532013000"}', "DE89370400440532013000"),  # ... or a word boundary
+    ('{"note":"J\\u00f6rg.M\\u00fcller@example.de"}', "rg.M"),
+    (r'{"p\u0061ssword":"hunter2"}', "hunter2"),  # ... or a key's letters
+    ('{"p_assword":"hunter2","x":1}', "hunter2"),  # a separator inside the key word
+    ('{"API-KEY":"k-9","pass-word":"hunter2"}', "hunter2"),
+    ('{"\u0130BAN":"XX-hunter2"}', "hunter2"),  # İ lower-cases to i
+    ('{"a":1, password: hunter2}', "hunter2"),  # braces, but no JSON: plain-text rules
+    ('{"a":1} cvv:123456 {"b":2}', "123456"),
+    ('{"x pwd": "hunter2"}', "hunter2"),
+    ('{"pwd"="hunter2"}', "hunter2"),
+    ('{"ssn": 123-45-6789}', "45-6789"),
+    ('{"note":"login pwd=hunter2"}', "hunter2"),  # short string values hold pairs too
+    ('{"note":"pwd=x7"}', "x7"),
+])
+def test_the_fast_path_keeps_nothing_the_structural_path_takes_out(body, secret):
+    ref = _reference(body)
+    assert not any(secret in v for v in _views(ref)), "the reference itself keeps it"
+    out = redact(body).data
+    assert not any(secret in v for v in _views(out))
+
+
+def test_card_numbers_sent_as_bare_numbers_leave_valid_json():
+    body = '{"a":-4111111111111111,"b":4111111111111111.5,"c":[4111111111111111],"d":4111111111111111e2}'
+    out = json.loads(redact(body).data)
+    assert all(VISA not in json.dumps(v) for v in out.values())
+
+
+_FRAGMENT_KEYS = ["id", "note", "company", "Password", "p_assword", "api.key", "x-ssn", "userPwd", "cvv", "card_number",
+                  "Authorization", "to_ken", "tokenizer_version", "url", "\u0130BAN", "a\u20acpwd"]
+_PAIR_KEYS = ["password", "pwd", "token", "api_key", "Authorization", "cvv", "pass\u00f6word", "\u20acpwd"]
+
+
+@st.composite
+def _bodies(draw):
+    secrets: list[str] = []
+
+    def secret() -> str:
+        s = "S%06dx" % draw(st.integers(0, 999_999))
+        secrets.append(s)
+        return s
+
+    def text_value() -> str:
+        kind = draw(st.integers(0, 5))
+        if kind == 0:
+            secrets.append(VISA)
+            sep = draw(st.sampled_from(["", " ", "-"]))
+            return draw(st.sampled_from(["", "paid ", "12 "])) + sep.join([VISA[i:i + 4] for i in range(0, 16, 4)]) + draw(st.sampled_from(["", " 2", "."]))
+        if kind == 1:
+            e = draw(st.sampled_from(["anna", "J\u00f6rg.M\u00fcller", "x" * 70])) + "@" + draw(st.sampled_from(["example.com", "\u00fc" * 40 + ".de"]))
+            secrets.append(e)
+            return draw(st.sampled_from(["", "mail ", "x\n", "\u20ac"])) + e
+        if kind == 2:
+            secrets.append(IBAN)
+            return draw(st.sampled_from(["", "Pay to:\n", "XX00 "])) + draw(st.sampled_from([IBAN, "DE89 3704 0044 0532 0130 00"]))
+        if kind == 3:
+            sep = draw(st.sampled_from(["=", ": ", ":", " = "]))
+            return draw(st.sampled_from(["", "x ", "url=https://x/?"])) + draw(st.sampled_from(_PAIR_KEYS)) + sep + secret()
+        return draw(st.sampled_from(["https://api.example.com/card/1", "method card", "12:34:56", "Cotton T-Shirt", "M\u00fcller"]))
+
+    def value(depth: int):
+        r = draw(st.integers(0, 9))
+        if depth < 2 and r == 0:
+            return obj(depth + 1)
+        if depth < 2 and r == 1:
+            return [value(depth + 1) for _ in range(draw(st.integers(0, 3)))]
+        if r == 2:
+            secrets.append(VISA)
+            return int(VISA)
+        return text_value()
+
+    def obj(depth: int) -> dict:
+        out = {}
+        for _ in range(draw(st.integers(1, 4))):
+            key = draw(st.sampled_from(_FRAGMENT_KEYS))
+            out[key] = secret() if draw(st.booleans()) else value(depth)
+        return out
+
+    body = json.dumps(obj(0), ensure_ascii=draw(st.booleans()), indent=draw(st.sampled_from([None, 2])))
+    mutation = draw(st.sampled_from([None, None, None, ('":', '"='), ('"', ""), ('":"', '":')]))
+    if mutation:
+        body = body.replace(*mutation, 1)
+    return body, secrets
+
+
+@settings(max_examples=300, deadline=None)
+@given(_bodies())
+def test_no_secret_survives_the_fast_path_that_parsing_takes_out(case):
+    body, secrets = case
+    ref, out = _views(_reference(body)), _views(redact(body).data)
+    for s in secrets:
+        if not any(s in v for v in ref):
+            assert not any(s in v for v in out), (s, body)

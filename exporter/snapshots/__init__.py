@@ -175,11 +175,11 @@ class SnapshotIntake:
         received = self.clock()
         payloads: list[PayloadRecord] = []
         problems: dict[str, int] = {}
+        not_payload = 0
         for rec in payload_records(request, self.config.correlation.keys):
             if rec.direction is None:
-                self.m_not_payload.inc()
+                not_payload += 1
                 continue
-            self.m_payload.inc()
             if rec.direction == "invalid":
                 self._drop("invalid", "snapshot_invalid_direction", 1)
                 problem = "syncwatch.payload.direction must be request or response"
@@ -190,7 +190,12 @@ class SnapshotIntake:
                 problems[problem] = problems.get(problem, 0) + 1
             else:
                 payloads.append(rec)
+        # Counted once per request, not per record: a labelled counter takes a lock per call.
+        if not_payload:
+            self.m_not_payload.inc(not_payload)
         rejected = sum(problems.values())
+        if rejected + len(payloads):
+            self.m_payload.inc(rejected + len(payloads))
         if payloads:
             stored_error = await self._store(payloads, received)
             if stored_error:
@@ -211,10 +216,15 @@ class SnapshotIntake:
             log.warning("snapshot store write failed (%s): %s; %d snapshots dropped", exc.reason, exc.message, len(payloads))
             return f"snapshot store failing, snapshots not kept: {exc.message}"
         self.m_store_up.set(1)
+        stored: dict[str, int] = {}
         for s in snaps:
-            self.m_snapshots.labels(s.direction, "stored").inc()
-            if self._oldest is None or s.received < self._oldest:
-                self._oldest = s.received
+            stored[s.direction] = stored.get(s.direction, 0) + 1
+        for direction, n in stored.items():
+            self.m_snapshots.labels(direction, "stored").inc(n)
+        if snaps:
+            first = min(s.received for s in snaps)
+            if self._oldest is None or first < self._oldest:
+                self._oldest = first
         return None
 
     def _capture_and_put(self, payloads: list[PayloadRecord], received: float) -> list[Snapshot]:
@@ -224,7 +234,7 @@ class SnapshotIntake:
         redactions: dict[str, int] = {}
         for p in payloads:
             raw = body_bytes(p.body)
-            result = self.redactor.redact_body(p.body)
+            result = self.redactor.redact_body(p.body, raw)
             data = result.data
             truncated = len(data) > limit
             if truncated:

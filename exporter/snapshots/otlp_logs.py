@@ -57,7 +57,10 @@ def payload_records(request: ExportLogsServiceRequest, correlation_keys: list[st
         for sl in rl.scope_logs:
             for rec in sl.log_records:
                 attrs = dict(resource_attrs)
-                attrs.update((kv.key, kv.value) for kv in rec.attributes if kv.key in wanted)
+                for kv in rec.attributes:
+                    key = kv.key
+                    if key in wanted:
+                        attrs[key] = kv.value
                 direction_value = attrs.get(DIRECTION_ATTR)
                 if direction_value is None:
                     yield PayloadRecord(None, None, None, b"", b"", None, None, None)
@@ -77,10 +80,16 @@ def payload_records(request: ExportLogsServiceRequest, correlation_keys: list[st
                     if key in attrs and (destination := _scalar_attr(attrs[key])):
                         break
                 ts = rec.time_unix_nano or rec.observed_time_unix_nano
+                body = None
+                if rec.HasField("body"):
+                    b = rec.body
+                    kind = b.WhichOneof("value")
+                    # A string body (the usual payload) without the generic conversion's calls.
+                    body = b.string_value if kind == "string_value" else any_value(b)
                 yield PayloadRecord(
                     direction=direction,
                     corr=corr,
-                    body=any_value(rec.body) if rec.HasField("body") else None,
+                    body=body,
                     trace_id=bytes(rec.trace_id),
                     span_id=bytes(rec.span_id),
                     time=ts / 1e9 if ts else None,

@@ -22,6 +22,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+try:  # the parsed form of a regex, to tell which custom patterns the fast path may apply
+    import re._constants as _re_constants
+    import re._parser as _re_parser
+except ImportError:  # pragma: no cover - Python < 3.11
+    import sre_constants as _re_constants  # type: ignore[no-redef]
+    import sre_parse as _re_parser  # type: ignore[no-redef]
+
+try:
+    from ahocorasick_rs import BytesAhoCorasick as _AhoCorasick, Implementation as _ACImplementation, MatchKind as _ACMatchKind
+except ImportError:  # pragma: no cover - the pure-Python search in _MultiFind takes over
+    _AhoCorasick = None
+
 REDACTED_RE = re.compile(r"\[REDACTED:[A-Za-z0-9_.-]+:[0-9a-f]{8}\]")
 
 # Key words matched anywhere inside the normalised key (lower-case, separators removed).
@@ -45,17 +57,28 @@ _KEY_SUBSTRINGS = {
 _KEY_WORDS = {"pwd": "password", "cvv": "cvv", "cvv2": "cvv", "cvc": "cvv", "csc": "cvv", "pan": "card_number", "ssn": "ssn"}
 
 _DECODER = json.JSONDecoder()
-# Fast path: digits, space and dash -> "0", capitals -> "A"; other bytes unchanged.
+# Fast path: digits, space and dash -> "0", a card number is a run of 13+ of them; digits -> "0"
+# and capitals -> "A", an IBAN starts at "AA00". Other bytes unchanged.
 _CARD_CLASSES = bytes(range(256)).translate(bytes.maketrans(b"0123456789 -", b"0" * 12))
 _IBAN_CLASSES = bytes(range(256)).translate(bytes.maketrans(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"0" * 10 + b"A" * 26))
 _THIRTEEN = b"0" * 13
 _ZEROS = re.compile(rb"0+")
+# Deleted before the stem search that mirrors `_normalise` (quotes stay: they end a key).
+_NOT_NORMALISED = bytes(c for c in range(256) if c not in b'"0123456789abcdefghijklmnopqrstuvwxyz')
+_JSON_WS = frozenset(b" \t\r\n")
+# Text with any of these goes the structural way: a backslash starts an escape (which can hide a
+# digit, an @ or a key's letters); İ and K (U+212A) are the only characters whose lower case
+# `_normalise` turns into ASCII letters, which the byte-level stem search would not see.
+_CAPITAL_I_DOT = "\u0130".encode()
+_KELVIN = "\u212a".encode()
+_NUMBER_CHARS = frozenset(b"0123456789+-.eE")
+# The key plain-text scanning would see right before `":` (what `_PAIR_TEXT` takes as key).
+_TAIL_KEY = re.compile(r"(?<![\w.-])[\w.-]{1,64}\Z")
 # An e-mail address matched from the start of its local part (found by walking back from the @).
-_EMAIL_AT = re.compile(rb"[\w.%+\-\x80-\xff]+@[\w\-\x80-\xff]{1,63}(?:\.[\w\-\x80-\xff]{1,63})*\.(?:[A-Za-z]|[\x80-\xff]){2,24}(?![\w\x80-\xff])")
+# Limits in bytes, wide enough for the character limits of `_EMAIL` in any UTF-8 (4 bytes each).
+_EMAIL_AT = re.compile(rb"[\w.%+\-\x80-\xff]+@[\w\-\x80-\xff]{1,252}(?:\.[\w\-\x80-\xff]{1,252})*\.(?:[A-Za-z]|[\x80-\xff]){2,96}(?![\w\x80-\xff])")
 _LOCAL_PART = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.%+-" + bytes(range(0x80, 0x100)))
 _IBAN_B = re.compile(rb"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])")
-_KEY_BEFORE = re.compile(rb"(?<![\w.\-])([\w.\-]{1,64})[ \t]*$")
-_VALUE_AFTER = re.compile(rb"[ \t]*((?i:bearer |basic |digest )?[^\s&\";,<>\\]+)")
 _DROP_DIGITS = str.maketrans("", "", "0123456789")
 _CARD_LIKE = re.compile(r"[0-9][0-9 -]*[0-9]")
 _WORD_SPLIT = re.compile(r"[^a-z0-9]+")
@@ -153,6 +176,7 @@ class Redactor:
             raise ValueError("redaction hash key must be at least 16 bytes")
         # BLAKE2b takes a key of up to 64 bytes; derive a fixed-size one from whatever we got.
         self._key = hashlib.sha256(hash_key).digest()
+        self._blake = hashlib.blake2b(digest_size=4, key=self._key)
         self._defaults = defaults
         self._extra_keys_raw = list(extra_keys)
         self._extra_keys = {_normalise(k): _kind_name(k) for k in self._extra_keys_raw}
@@ -168,21 +192,32 @@ class Redactor:
             if parts:
                 stems.add(max(parts, key=len))
         self._key_stems_b = [x.encode() for x in sorted(stems)]
+        self._stems = _MultiFind(self._key_stems_b)
+        # The textual fast path: default rules, no JSON paths (they need the parsed structure),
+        # custom patterns that match the same inside one string as in the whole text, and
+        # extra keys that all contain a letter or digit (the stem the fast path looks for).
+        self._fast = (defaults and not self._paths and all(_context_free(rx) for _, rx in self._patterns)
+                      and all(self._extra_keys))
 
     def marker(self, kind: str, value: str) -> str:
         if kind in ("card", "card_number") and _CARD_LIKE.fullmatch(value):
             value = value.replace(" ", "").replace("-", "")  # same card, same marker, however written
-        digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=4, key=self._key).hexdigest()
+        h = self._blake.copy()  # keyed once: a copy skips hashing the key block again
+        h.update(value.encode("utf-8", "surrogatepass"))
+        digest = h.hexdigest()
         return f"[REDACTED:{kind}:{digest}]"
 
     # -- entry point ---------------------------------------------------------------------------
-    def redact_body(self, body: Any) -> RedactionResult:
+    def redact_body(self, body: Any, encoded: bytes | None = None) -> RedactionResult:
         """Redact an OTLP log body already converted to Python: str, bytes, dict/list (kvlist or
-        array), or a scalar. Returns the bytes to store."""
+        array), or a scalar. Returns the bytes to store. `encoded`: a str body as UTF-8
+        (surrogatepass), if the caller has it already."""
         counts: Counter = Counter()
+        if not isinstance(body, str):
+            encoded = None
         if isinstance(body, bytes):
             try:
-                body = body.decode("utf-8")
+                encoded, body = body, body.decode("utf-8")
             except UnicodeDecodeError:
                 # Binary: scan it as latin-1 so card numbers or e-mails in ASCII parts are caught;
                 # latin-1 maps bytes 1:1, so the result encodes back to the same layout.
@@ -190,7 +225,7 @@ class Redactor:
                 return RedactionResult(text.encode("latin-1", "replace"), "binary", counts)
         if isinstance(body, str):
             if body.lstrip()[:1] in ("{", "["):
-                redacted = self._redact_json_text(body, counts)
+                redacted = self._redact_json_text(body, counts, encoded)
                 if redacted is not None:
                     return RedactionResult(redacted, "json", counts)
             return RedactionResult(self._redact_text(body, counts, _PAIR_TEXT).encode("utf-8", "surrogatepass"), "text", counts)
@@ -201,28 +236,30 @@ class Redactor:
         return RedactionResult(self._redact_json_text(text, counts) or b"", "json", counts)
 
     # -- JSON ----------------------------------------------------------------------------------
-    def _redact_json_text(self, text: str, counts: Counter) -> bytes | None:
-        """JSON text: the fast textual path when it applies, else the structural one. None if
-        `text` is not JSON."""
-        if self._defaults and not self._paths and text.rstrip()[-1:] in ("}", "]"):
+    def _redact_json_text(self, text: str, counts: Counter, data: bytes | None = None) -> bytes | None:
+        """JSON text (`data`: the same, UTF-8 encoded, if at hand): the fast textual path when it
+        applies, else the structural one. None if `text` is not JSON."""
+        if self._fast and text.rstrip()[-1:] in ("}", "]"):
             # Not parsed as a whole (that alone would cost a third of the budget per payload):
-            # JSON-shaped text goes the fast way; a value that does not decode sends it to the
-            # structural path, which parses and falls back to plain text if it is no JSON.
+            # JSON-shaped text goes the fast way; whatever it cannot decide with certainty goes
+            # to the structural path, which parses and falls back to plain text if it is no JSON.
             local: Counter = Counter()
-            data = self._redact_json_fast(text, local)
-            if data is not None:
+            out = self._redact_json_fast(text, local, data)
+            if out is not None:
                 counts.update(local)
-                return data
+                return out
         return self._redact_json_structural(text, counts)
 
-    # The fast path works on the text itself, so a 4 KiB order costs a few C-level scans instead
-    # of a Python call per object and per value. Anything it cannot decide with certainty
-    # (escaped quotes around a key, odd nesting) sends the body down the structural path.
-    def _redact_json_fast(self, text: str, counts: Counter) -> bytes | None:
-        data = text.encode("utf-8", "surrogatepass")
+    # The fast path works on the UTF-8 text itself, so a 4 KiB order costs a few C-level scans
+    # instead of a Python call per object and per value. It only runs on text without a
+    # backslash: there every JSON string is the plain bytes between two quotes (no escape can
+    # hide a digit, an @ or a key's letters, and a quote's parity tells inside from outside).
+    # Whatever it cannot decide with certainty returns None: the structural path then decides.
+    def _redact_json_fast(self, text: str, counts: Counter, data: bytes | None = None) -> bytes | None:
+        if data is None:
+            data = text.encode("utf-8", "surrogatepass")
         keyed = self._redact_keys_in_bytes(data, counts)
         if keyed is None:
-            counts.clear()
             return None
         data = self._scan_json_bytes(keyed, counts)
         if self._patterns:
@@ -233,63 +270,109 @@ class Redactor:
         return data
 
     def _redact_keys_in_bytes(self, data: bytes, counts: Counter) -> bytes | None:
-        """Values under sensitive keys, found by searching the key stems in the lower-cased
-        bytes; a hit counts only inside a string that is followed by `:` (a key)."""
+        """Values under sensitive keys, and `key=value` pairs inside string values. Both need a
+        sensitive key, and every sensitive key contains one of the stems once lower-cased and
+        stripped of all but letters and digits (as `_normalise` does). So the stems are searched
+        twice: in the lower-cased text, which gives the strings to look at, and in the text
+        stripped that way (quotes kept, so no match spans two strings): a string with a stem
+        there but none in the plain text has it split by a separator (`p_assword`), and the
+        structural path decides. Strings are told apart by counting quotes: without
+        backslashes, the text between quote 2k-1 and quote 2k is the k-th string.
+        None when the structural path has to decide (`counts` is then the caller's to drop)."""
+        if b"\\" in data or (b"\xb0" in data and _CAPITAL_I_DOT in data) or (b"\xaa" in data and _KELVIN in data):
+            return None  # one-byte searches (memchr) first: the characters are rare
         lower = data.lower()
-        hits: list[int] = []
-        for stem in self._key_stems_b:
-            p = lower.find(stem)
-            while p != -1:
-                hits.append(p)
-                p = lower.find(stem, p + 1)
-        if not hits:
-            return data
-        hits.sort()
-        out: list[bytes] = []
-        last = 0
+        norm = lower.translate(None, _NOT_NORMALISED)
+        find = self._stems.find
+        norm_hits = find(norm)
+        if not norm_hits:
+            return data  # no stem in the stripped text: none in the plain text either
+        stem_strings = set()  # quote counts before each stem in the stripped text
+        quotes = counted = 0
+        for _, p, _ in norm_hits:
+            quotes += norm.count(b'"', counted, p)
+            counted = p
+            stem_strings.add(quotes)
+        hits = find(lower)
         n = len(data)
-        for p in hits:
-            if p < last:
-                continue  # inside a value already replaced
+        reps: list[tuple[int, int, bytes]] = []
+        seen = set()
+        quotes = counted = 0  # quotes in data[:counted]
+        done = 0  # stems before this offset are handled (same string, or inside a value replaced)
+        for _, p, _ in hits:
+            quotes += data.count(b'"', counted, p)
+            counted = p
+            seen.add(quotes)
+            if p < done:
+                continue
+            if not quotes & 1:
+                return None  # a stem outside strings: no JSON
             q1 = data.rfind(b'"', 0, p)
             q2 = data.find(b'"', p)
-            if q1 < 0 or q2 < 0:
-                continue
-            key_b = data[q1 + 1:q2]
-            if b"\\" in key_b or (q1 > 0 and data[q1 - 1] == 92):
-                return None  # escapes around a key: leave it to the structural path
+            if q2 < 0:
+                return None
+            done = q2 + 1
+            s = data[q1 + 1:q2].decode("utf-8", "surrogatepass")
             k = q2 + 1
-            while k < n and data[k] in b" \t\r\n":
+            while k < n and data[k] in _JSON_WS:
                 k += 1
-            if k >= n or data[k] != 58:  # ":"
-                continue  # a string value, not a key
-            kind = self._key_kind(key_b.decode("utf-8", "surrogatepass"))
+            is_key = k < n and data[k] == 58  # ":"
+            # `key=value` / `key: value` inside this string. JSON string values are scanned for
+            # them when they hold `=` or `: ` (as the structural path does); anything else
+            # that plain-text scanning would redact (a key's text, `pwd:x`) is only left as
+            # it is if the body is valid JSON, which the structural path checks.
+            if "=" in s or ":" in s:
+                new = self._pairs(_PAIR_JSON, s, counts)
+                if new is not s:
+                    if is_key or ("=" not in s and ": " not in s):
+                        return None
+                    reps.append((q1 + 1, q2, new.encode("utf-8", "surrogatepass")))
+            if not is_key:
+                if k < n and data[k] not in b",}]":
+                    return None  # `"pwd"="x"`: not what follows a JSON string, no JSON
+                continue
+            kind = self._key_kind(s)
             if kind is None:
+                tail = _TAIL_KEY.search(s)
+                if tail is not None and tail.start() > 0 and self._key_kind(tail.group()) is not None:
+                    return None  # `"x pwd": 1`: plain-text scanning would take `pwd` as a key
                 continue
             v = k + 1
-            while v < n and data[v] in b" \t\r\n":
+            while v < n and data[v] in _JSON_WS:
                 v += 1
             try:
                 value, end = _decode_value(data, v)
             except ValueError:
                 return None
+            e = end
+            while e < n and data[e] in _JSON_WS:
+                e += 1
+            if e < n and data[e] not in b",}]":
+                return None  # not what follows a JSON value: no JSON
+            done = end
             if value is None or (type(value) is str and REDACTED_RE.fullmatch(value)):
                 continue
-            out.append(data[last:v])
             marker = self.marker(kind, value if type(value) is str else json.dumps(value, sort_keys=True))
-            out.append(b'"' + marker.encode() + b'"')
+            reps.append((v, end, b'"' + marker.encode() + b'"'))
             counts[kind] += 1
-            last = end
-        if not out:
+        if not stem_strings <= seen:
+            return None  # a stem split by a separator, in a key or a value: parse it
+        if not reps:
             return data
+        out: list[bytes] = []
+        last = 0
+        for s_, e_, new_b in reps:
+            out.append(data[last:s_])
+            out.append(new_b)
+            last = e_
         out.append(data[last:])
         return b"".join(out)
 
     def _scan_json_bytes(self, data: bytes, counts: Counter) -> bytes:
-        """Cards, IBANs, e-mails and `key=value` pairs in UTF-8 JSON text. Candidates are found
-        on translated copies (digits, space and dash -> 0; capitals -> A) with C-level searches;
-        only candidates meet a regex or a checksum."""
-        reps: list[tuple[int, int, bytes, str]] = []
+        """Cards, IBANs and e-mails in UTF-8 JSON text without backslashes. Candidates are found
+        on translated copies (digits, space and dash -> 0; capitals -> A) and by the @ with
+        C-level searches; only candidates meet a regex or a checksum."""
+        reps: list[tuple[int, int, bytes, str, int]] = []
         t = data.translate(_CARD_CLASSES)
         i = t.find(_THIRTEEN)
         while i != -1:
@@ -304,16 +387,22 @@ class Redactor:
                 found: Counter = Counter()
                 new = self._card_inside(chunk.decode("ascii"), found)
                 if found:
-                    if not _in_json_string(data, s):
-                        new = f'"{new}"'  # a card sent as a bare JSON number becomes a string
-                    reps.append((s, e, new.encode(), "card"))
+                    if data.count(b'"', 0, s) & 1 == 0:
+                        # A card sent as a bare JSON number becomes a string: the whole number
+                        # token (sign, fraction, exponent) gives way to it, so the JSON stays valid.
+                        while s > 0 and data[s - 1] in _NUMBER_CHARS:
+                            s -= 1
+                        while e < len(data) and data[e] in _NUMBER_CHARS:
+                            e += 1
+                        new = f'"{new}"'
+                    reps.append((s, e, new.encode(), "card", found["card"]))
             i = t.find(_THIRTEEN, run_end)
         t = data.translate(_IBAN_CLASSES)
         i = t.find(b"AA00")
         while i != -1:
             mm = _IBAN_B.match(data, i)
             if mm and iban_ok(mm.group().decode()):
-                reps.append((mm.start(), mm.end(), self.marker("iban", mm.group().decode().replace(" ", "")).encode(), "iban"))
+                reps.append((mm.start(), mm.end(), self.marker("iban", mm.group().decode().replace(" ", "")).encode(), "iban", 1))
             i = t.find(b"AA00", i + 1)
         at = data.find(b"@")
         while at != -1:
@@ -324,34 +413,20 @@ class Redactor:
             mm = _EMAIL_AT.match(data, start) if start < at else None
             if mm is not None and mm.end() > at:
                 value = mm.group().decode("utf-8", "replace").lower()
-                reps.append((mm.start(), mm.end(), self.marker("email", value).encode(), "email"))
+                reps.append((mm.start(), mm.end(), self.marker("email", value).encode(), "email", 1))
                 at = mm.end() - 1
             at = data.find(b"@", at + 1)
-        for sep in (b"=", b": "):
-            i = data.find(sep)
-            while i != -1:
-                if sep == b": " and i > 0 and data[i - 1] == 34:  # `"key": value` is JSON itself
-                    i = data.find(sep, i + 1)
-                    continue
-                km = _KEY_BEFORE.search(data, max(0, i - 64), i)
-                vm = _VALUE_AFTER.match(data, i + len(sep)) if km else None
-                if km and vm:
-                    kind = self._key_kind(km.group(1).decode("utf-8", "replace"))
-                    value = vm.group(1)
-                    if kind is not None and not REDACTED_RE.fullmatch(value.decode("utf-8", "replace")):
-                        reps.append((vm.start(1), vm.end(1), self.marker(kind, value.decode("utf-8", "replace")).encode(), kind))
-                i = data.find(sep, i + 1)
         if not reps:
             return data
         reps.sort()
         out: list[bytes] = []
         last = 0
-        for s, e, new, kind in reps:
+        for s, e, new, kind, found_n in reps:
             if s < last:
                 continue  # overlaps one already applied (an IBAN's digits, say)
             out.append(data[last:s])
             out.append(new)
-            counts[kind] += 1
+            counts[kind] += found_n
             last = e
         out.append(data[last:])
         return b"".join(out)
@@ -458,10 +533,10 @@ class Redactor:
         """Patterns on one JSON string value. Cheap checks first: the regexes only run when the
         value could hold a card number or IBAN (8+ digits) or an e-mail address (an @)."""
         new = value
-        if self._defaults and len(value) >= 6:
-            if "@" in value or (len(value) >= 13 and len(value) - len(value.translate(_DROP_DIGITS)) >= 8):
+        if self._defaults:
+            if len(value) >= 6 and ("@" in value or (len(value) >= 13 and len(value) - len(value.translate(_DROP_DIGITS)) >= 8)):
                 new = _DEFAULT_PATTERN.sub(lambda m: self._default_sub(m, counts), new)
-            if "=" in new or ": " in new:
+            if "=" in new or ": " in new:  # `pwd=1` is short, still a pair
                 new = self._pairs(_PAIR_JSON, new, counts)
         for kind, rx in self._patterns:
             new = rx.sub(lambda m, kind=kind: self._custom_sub(kind, m, counts), new)
@@ -599,27 +674,96 @@ class Redactor:
 
 
 def _decode_value(data: bytes, pos: int) -> tuple[Any, int]:
-    """The JSON value starting at byte `pos`, and the byte offset after it. A string (the usual
-    case) is cut out by its closing quote and decoded alone; anything else by the C decoder."""
+    """The JSON value starting at byte `pos` of text without backslashes, and the byte offset
+    after it. A string (the usual case) is the bytes up to the next quote; anything else goes
+    to the C decoder."""
     if data[pos:pos + 1] == b'"':
         q = data.find(b'"', pos + 1)
-        while q != -1:
-            backslashes = 0
-            while data[q - 1 - backslashes] == 92:
-                backslashes += 1
-            if backslashes % 2 == 0:
-                return json.loads(data[pos:q + 1]), q + 1
-            q = data.find(b'"', q + 1)
-        raise ValueError("unterminated string")
+        if q == -1:
+            raise ValueError("unterminated string")
+        return data[pos + 1:q].decode("utf-8", "surrogatepass"), q + 1
     tail = data[pos:].decode("utf-8", "surrogatepass")
     value, end_chars = _DECODER.raw_decode(tail)
     return value, pos + len(tail[:end_chars].encode("utf-8", "surrogatepass"))
 
 
-def _in_json_string(data: bytes, pos: int) -> bool:
-    """Whether `pos` is inside a JSON string: an odd number of unescaped quotes before it."""
-    quotes = data.count(b'"', 0, pos) - data.count(b'\\"', 0, pos) + data.count(b'\\\\"', 0, pos)
-    return quotes % 2 == 1
+class _MultiFind:
+    """Where a few byte strings occur, as (needle index, start, end) in order of start: at least
+    every occurrence that does not overlap an earlier one reported (leftmost-first, as
+    ahocorasick-rs finds them in one pass of native code with a SIMD prefilter, instead of one
+    scan of the text per needle). Without the wheel, a loop of `bytes.find` reports them all."""
+
+    def __init__(self, needles: list[bytes]):
+        self._needles = needles
+        self._ac = (_AhoCorasick(needles, matchkind=_ACMatchKind.LeftmostFirst, implementation=_ACImplementation.DFA)
+                    if _AhoCorasick is not None and needles else None)
+
+    def find(self, haystack: bytes) -> list[tuple[int, int, int]]:
+        if self._ac is not None:
+            return self._ac.find_matches_as_indexes(haystack)
+        out = []
+        for i, needle in enumerate(self._needles):
+            p = haystack.find(needle)
+            while p != -1:
+                out.append((i, p, p + len(needle)))
+                p = haystack.find(needle, p + 1)
+        out.sort(key=lambda m: m[1])
+        return out
+
+
+def _context_free(rx: re.Pattern) -> bool:
+    """Whether a custom pattern finds the same in a JSON string value as in the whole JSON text
+    around it: no anchors or look-arounds (a quote is what they would see at a string's edge),
+    and nothing that can match a quote (so no match runs from one string into the next). The
+    fast path applies such a pattern to the whole text; any other goes the structural way."""
+    if rx.flags & re.VERBOSE:
+        return False
+    try:
+        parsed = _re_parser.parse(rx.pattern, rx.flags)
+    except Exception:
+        return False
+    ok_at = {_re_constants.AT_BOUNDARY, _re_constants.AT_NON_BOUNDARY}
+    ok_categories = {_re_constants.CATEGORY_DIGIT, _re_constants.CATEGORY_WORD, _re_constants.CATEGORY_SPACE}
+    c = _re_constants
+
+    def items_ok(items) -> bool:
+        for op, av in items:
+            if op is c.LITERAL:
+                if av == 34:
+                    return False
+            elif op is c.IN:
+                for iop, iav in av:
+                    if iop is c.LITERAL:
+                        if iav == 34:
+                            return False
+                    elif iop is c.RANGE:
+                        if iav[0] <= 34 <= iav[1]:
+                            return False
+                    elif iop is c.CATEGORY:
+                        if iav not in ok_categories:
+                            return False
+                    else:  # NEGATE and anything unforeseen
+                        return False
+            elif op is c.AT:
+                if av not in ok_at:
+                    return False
+            elif op in (c.MAX_REPEAT, c.MIN_REPEAT) or op is getattr(c, "POSSESSIVE_REPEAT", None):
+                if not items_ok(av[2]):
+                    return False
+            elif op is c.SUBPATTERN:
+                if not items_ok(av[3]):
+                    return False
+            elif op is getattr(c, "ATOMIC_GROUP", None):
+                if not items_ok(av):
+                    return False
+            elif op is c.BRANCH:
+                if not all(items_ok(branch) for branch in av[1]):
+                    return False
+            else:  # ANY, NOT_LITERAL, ASSERT, ASSERT_NOT, GROUPREF, ...
+                return False
+        return True
+
+    return items_ok(parsed)
 
 
 def _normalise(key: str) -> str:
