@@ -69,6 +69,7 @@ _JSON_WS = frozenset(b" \t\r\n")
 # Text with any of these goes the structural way: a backslash starts an escape (which can hide a
 # digit, an @ or a key's letters); İ and K (U+212A) are the only characters whose lower case
 # `_normalise` turns into ASCII letters, which the byte-level stem search would not see.
+_UNKNOWN = object()
 _CAPITAL_I_DOT = "\u0130".encode()
 _KELVIN = "\u212a".encode()
 _NUMBER_CHARS = frozenset(b"0123456789+-.eE")
@@ -243,10 +244,8 @@ class Redactor:
             # Not parsed as a whole (that alone would cost a third of the budget per payload):
             # JSON-shaped text goes the fast way; whatever it cannot decide with certainty goes
             # to the structural path, which parses and falls back to plain text if it is no JSON.
-            local: Counter = Counter()
-            out = self._redact_json_fast(text, local, data)
+            out = self._redact_json_fast(text, counts, data)
             if out is not None:
-                counts.update(local)
                 return out
         return self._redact_json_structural(text, counts)
 
@@ -278,7 +277,7 @@ class Redactor:
         there but none in the plain text has it split by a separator (`p_assword`), and the
         structural path decides. Strings are told apart by counting quotes: without
         backslashes, the text between quote 2k-1 and quote 2k is the k-th string.
-        None when the structural path has to decide (`counts` is then the caller's to drop)."""
+        None when the structural path has to decide (`counts` is left as it was)."""
         if b"\\" in data or (b"\xb0" in data and _CAPITAL_I_DOT in data) or (b"\xaa" in data and _KELVIN in data):
             return None  # one-byte searches (memchr) first: the characters are rare
         lower = data.lower()
@@ -296,6 +295,9 @@ class Redactor:
         hits = find(lower)
         n = len(data)
         reps: list[tuple[int, int, bytes]] = []
+        kinds: list[str] = []  # counted once the whole text is through (None leaves counts alone)
+        pair_counts: Counter | None = None
+        key_cache = self._key_cache
         seen = set()
         quotes = counted = 0  # quotes in data[:counted]
         done = 0  # stems before this offset are handled (same string, or inside a value replaced)
@@ -322,16 +324,20 @@ class Redactor:
             # that plain-text scanning would redact (a key's text, `pwd:x`) is only left as
             # it is if the body is valid JSON, which the structural path checks.
             if "=" in s or ":" in s:
-                new = self._pairs(_PAIR_JSON, s, counts)
+                found: Counter = Counter()
+                new = self._pairs(_PAIR_JSON, s, found)
                 if new is not s:
                     if is_key or ("=" not in s and ": " not in s):
                         return None
                     reps.append((q1 + 1, q2, new.encode("utf-8", "surrogatepass")))
+                    pair_counts = found if pair_counts is None else pair_counts + found
             if not is_key:
                 if k < n and data[k] not in b",}]":
                     return None  # `"pwd"="x"`: not what follows a JSON string, no JSON
                 continue
-            kind = self._key_kind(s)
+            kind = key_cache.get(s, _UNKNOWN)
+            if kind is _UNKNOWN:
+                kind = self._key_kind(s)
             if kind is None:
                 tail = _TAIL_KEY.search(s)
                 if tail is not None and tail.start() > 0 and self._key_kind(tail.group()) is not None:
@@ -340,23 +346,37 @@ class Redactor:
             v = k + 1
             while v < n and data[v] in _JSON_WS:
                 v += 1
-            try:
-                value, end = _decode_value(data, v)
-            except ValueError:
-                return None
+            if v < n and data[v] == 34:  # a string (the usual case): the bytes up to the next quote
+                end = data.find(b'"', v + 1) + 1
+                if not end:
+                    return None
+                value = data[v + 1:end - 1].decode("utf-8", "surrogatepass")
+            else:
+                try:
+                    value, end = _decode_value(data, v)
+                except ValueError:
+                    return None
             e = end
             while e < n and data[e] in _JSON_WS:
                 e += 1
             if e < n and data[e] not in b",}]":
                 return None  # not what follows a JSON value: no JSON
             done = end
-            if value is None or (type(value) is str and REDACTED_RE.fullmatch(value)):
+            if type(value) is str:
+                if value.startswith("[REDACTED:") and REDACTED_RE.fullmatch(value):
+                    continue
+            elif value is None:
                 continue
-            marker = self.marker(kind, value if type(value) is str else json.dumps(value, sort_keys=True))
-            reps.append((v, end, b'"' + marker.encode() + b'"'))
-            counts[kind] += 1
+            else:
+                value = json.dumps(value, sort_keys=True)
+            reps.append((v, end, b'"' + self.marker(kind, value).encode() + b'"'))
+            kinds.append(kind)
         if not stem_strings <= seen:
             return None  # a stem split by a separator, in a key or a value: parse it
+        for kind in kinds:
+            counts[kind] += 1
+        if pair_counts:
+            counts.update(pair_counts)
         if not reps:
             return data
         out: list[bytes] = []
