@@ -35,11 +35,11 @@ class App:
         self.clock = clock
         self.metrics = Metrics()
         self.ledger = Ledger(config, self.metrics, clock)
-        self.writer = LedgerWriter(self.ledger, self.metrics, config.intake.max_queued_spans,
-                                   config.intake.max_batch_spans, clock)
+        self.writer = LedgerWriter(self.ledger, SpanExtractor(config.correlation.keys), self.metrics,
+                                   config.intake.max_queued_spans, config.intake.max_batch_spans, clock)
         self.snapshots = self._make_snapshots()
-        self.service = OtlpService(SpanExtractor(config.correlation.keys), self.writer, self.metrics,
-                                   snapshots=self.snapshots, retry_after=config.intake.retry_after, clock=clock)
+        self.service = OtlpService(self.writer, self.metrics, snapshots=self.snapshots,
+                                   retry_after=config.intake.retry_after, clock=clock)
         self.collectors = self._make_collectors()
         self.ready = False
         self._runners: list[web.AppRunner] = []

@@ -1,8 +1,8 @@
 """The intake queue and the ledger writer thread (group commit).
 
-Receivers parse requests on the event loop and hand their events here; one writer thread drains
-the queue, records many requests in one SQLite transaction, and only then resolves each request's
-future, so a success answer always means "durably recorded". A full queue is refused at once
+Receivers parse requests on the event loop and hand them here; one writer thread drains the
+queue, extracts the stage spans, records many requests in one SQLite transaction, and only then
+resolves each request's future, so a success answer always means "durably recorded". A full queue is refused at once
 (the receiver answers 503 + Retry-After) instead of growing without bound.
 """
 
@@ -16,6 +16,7 @@ from collections import deque
 
 from .ledger import Ledger
 from .metrics import Metrics
+from .span_extract import SpanExtractor
 
 log = logging.getLogger("syncwatch.intake")
 
@@ -27,8 +28,10 @@ class IntakeFull(Exception):
 
 
 class LedgerWriter:
-    def __init__(self, ledger: Ledger, metrics: Metrics, max_queued_spans: int, max_batch_spans: int, clock=time.time):
+    def __init__(self, ledger: Ledger, extractor: SpanExtractor, metrics: Metrics, max_queued_spans: int,
+                 max_batch_spans: int, clock=time.time):
         self.ledger = ledger
+        self.extractor = extractor
         self.metrics = metrics
         self.max_queued = max_queued_spans
         self.max_batch = max_batch_spans
@@ -56,17 +59,20 @@ class LedgerWriter:
     def queued_spans(self) -> int:
         return self._queued_spans
 
-    def submit(self, events: list) -> asyncio.Future:
-        """Queue events for recording; the returned future resolves once they are committed."""
+    def submit(self, request, n_spans: int) -> asyncio.Future:
+        """Queue a parsed OTLP trace request. The writer thread extracts its events and records
+        them; the future resolves with the extraction result once they are committed.
+
+        Extraction runs on the writer thread, not the event loop: one thread does all the CPU work
+        of intake, instead of two threads handing the GIL back and forth on every SQLite call."""
         loop = asyncio.get_running_loop()
-        n = len(events)
         with self._cv:
             # Always admit into an empty queue, so a single request larger than the limit still goes through.
-            if self._queued_spans and self._queued_spans + n > self.max_queued:
+            if self._queued_spans and self._queued_spans + n_spans > self.max_queued:
                 raise IntakeFull()
             future = loop.create_future()
-            self._queue.append((events, future, loop))
-            self._queued_spans += n
+            self._queue.append((request, n_spans, future, loop))
+            self._queued_spans += n_spans
             self._cv.notify()
         return future
 
@@ -77,10 +83,10 @@ class LedgerWriter:
             with self._cv:
                 if not self._queue and not self._stopping:
                     self._cv.wait(timeout=TICK_SECONDS)
-                while self._queue and (n == 0 or n + len(self._queue[0][0]) <= self.max_batch):
+                while self._queue and (n == 0 or n + self._queue[0][1] <= self.max_batch):
                     item = self._queue.popleft()
                     batch.append(item)
-                    n += len(item[0])
+                    n += item[1]
                 stopping = self._stopping and not self._queue
             if batch:
                 # Spans count as queued until committed, so a stuck writer fills the queue and senders back off.
@@ -99,25 +105,36 @@ class LedgerWriter:
                 return
 
     def _record(self, batch) -> None:
-        events = [ev for item in batch for ev in item[0]]
+        events, results = [], []
+        received = self.clock()
+        for request, _, _, _ in batch:
+            try:
+                out = self.extractor.extract(request, received)
+            except Exception as exc:  # a bug in extraction must fail this request, not the batch
+                log.exception("span extraction failed")
+                results.append(exc)
+                continue
+            events.extend(out.events)
+            results.append(out)
         started = time.perf_counter()
         error = None
-        try:
-            self.ledger.record(events)
-            self.healthy, self.last_error = True, None
-        except Exception as exc:  # disk full, I/O error: the senders get 503 and retry
-            log.error("ledger write failed for %d spans: %s", len(events), exc)
-            self.healthy, self.last_error = False, str(exc)
-            error = exc
-        self.metrics.ledger_commit.observe(time.perf_counter() - started)
-        for _, future, loop in batch:
-            loop.call_soon_threadsafe(_resolve, future, error)
+        if events:
+            try:
+                self.ledger.record(events)
+                self.healthy, self.last_error = True, None
+            except Exception as exc:  # disk full, I/O error: the senders get 503 and retry
+                log.error("ledger write failed for %d spans: %s", len(events), exc)
+                self.healthy, self.last_error = False, str(exc)
+                error = exc
+            self.metrics.ledger_commit.observe(time.perf_counter() - started)
+        for (_, _, future, loop), result in zip(batch, results):
+            loop.call_soon_threadsafe(_resolve, future, error if error is not None else result)
 
 
-def _resolve(future: asyncio.Future, error) -> None:
+def _resolve(future: asyncio.Future, result) -> None:
     if future.done():
         return
-    if error is None:
-        future.set_result(None)
+    if isinstance(result, BaseException):
+        future.set_exception(result)
     else:
-        future.set_exception(error)
+        future.set_result(result)

@@ -11,15 +11,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from .intake import IntakeFull, LedgerWriter
 from .metrics import Metrics
 from .otlp_decode import OtlpError
-from .span_extract import SpanExtractor
 
 log = logging.getLogger("syncwatch.otlp")
 
 
 class OtlpService:
-    def __init__(self, extractor: SpanExtractor, writer: LedgerWriter, metrics: Metrics, snapshots=None,
-                 retry_after: float = 1.0, clock=time.time):
-        self.extractor = extractor
+    def __init__(self, writer: LedgerWriter, metrics: Metrics, snapshots=None, retry_after: float = 1.0,
+                 clock=time.time):
         self.writer = writer
         self.metrics = metrics
         self.snapshots = snapshots
@@ -30,25 +28,24 @@ class OtlpService:
 
     async def export_traces(self, request) -> ExportTraceServiceResponse:
         """Record the request's spans; return once durable. Raises OtlpError for refusals."""
-        out = self.extractor.extract(request, self.clock())
-        if out.events:
-            try:
-                future = self.writer.submit(out.events)
-            except IntakeFull:
-                total = out.correlated + out.uncorrelated + out.rejected
-                self.metrics.dropped.labels("backpressure").inc(total)
-                raise OtlpError(503, "syncwatch intake queue is full; retry later", "backpressure") from None
-            try:
-                await future
-            except Exception as exc:
-                total = out.correlated + out.uncorrelated + out.rejected
-                self.metrics.dropped.labels("ledger_unavailable").inc(total)
-                raise OtlpError(503, f"ledger write failed ({type(exc).__name__}); retry later", "ledger_unavailable") from None
+        response = ExportTraceServiceResponse()
+        total = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        if not total:
+            return response
+        try:
+            future = self.writer.submit(request, total)
+        except IntakeFull:
+            self.metrics.dropped.labels("backpressure").inc(total)
+            raise OtlpError(503, "syncwatch intake queue is full; retry later", "backpressure") from None
+        try:
+            out = await future
+        except Exception as exc:
+            self.metrics.dropped.labels("ledger_unavailable").inc(total)
+            raise OtlpError(503, f"ledger write failed ({type(exc).__name__}); retry later", "ledger_unavailable") from None
         if out.correlated:
             self._correlated.inc(out.correlated)
         if out.uncorrelated:
             self._uncorrelated.inc(out.uncorrelated)
-        response = ExportTraceServiceResponse()
         if out.rejected:
             self._rejected.inc(out.rejected)
             self.metrics.dropped.labels("invalid_span").inc(out.rejected)
