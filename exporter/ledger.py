@@ -26,13 +26,13 @@ from .metrics import Metrics
 
 log = logging.getLogger("syncwatch.ledger")
 
-# Column order of an event tuple (see span_extract.SpanExtractor._event).
+# Field order of an event tuple (built by span_extract.SpanExtractor._event).
 EVENT_COLUMNS = ("trace_id", "span_id", "corr", "flow", "stage", "source", "dest", "start", "end",
                  "changed_at", "attempt", "code", "error", "idem", "received")
 (E_TRACE, E_SPAN, E_CORR, E_FLOW, E_STAGE, E_SOURCE, E_DEST, E_START, E_END,
  E_CHANGED, E_ATTEMPT, E_CODE, E_ERROR, E_IDEM, E_RECEIVED) = range(15)
 # Attempt entries in a timeline: [trace_id hex, span_id hex, start, end, n, code, error]
-A_SPAN, A_START, A_END, A_N = 1, 2, 3, 4
+A_SPAN, A_END, A_N = 1, 3, 4
 
 JITTER_WINDOW = 50  # recent backoffs kept per (flow, destination, attempt number)
 JITTER_MIN_SAMPLES = 5
@@ -628,12 +628,6 @@ class Ledger:
         self._heap.clear()
         self.load()
         self.tick()
-
-    # ---- reads for the process itself ---------------------------------------------------------
-    def counts(self) -> tuple[int, int]:
-        pending = len(self.pending)
-        overdue = sum(1 for tx in self.pending.values() if tx.overdue)
-        return pending, overdue
 
     def close(self):
         self.conn.close()

@@ -207,3 +207,18 @@ def test_confirm_then_fail_in_one_batch_counts_one_outcome(sidecar):
     assert sidecar.metric("syncwatch_transactions_total", outcome="confirmed", **tx) == 1
     assert sidecar.metric("syncwatch_transactions_total", None, outcome="failed", **tx) is None
     assert sidecar.metric("syncwatch_transactions_pending", **tx) == 0
+
+
+def test_overdue_transaction_is_expired_after_the_horizon(make_sidecar):
+    sc = make_sidecar({"flows": {"orders": {"destinations": ["erp"], "deadline": "1s"}},
+                       "storage": {"expire_after": "3s"}})
+    it = Integration(sc)
+    it.source("order-forgotten", "orders", now())
+    it.close()
+    tx = dict(flow="orders", source="storefront", destination="erp")
+    sc.wait_for("syncwatch_transactions_overdue", 1, timeout=4, **tx)
+    sc.wait_for("syncwatch_transactions_total", 1, timeout=6, outcome="expired", **tx)
+    assert sc.metric("syncwatch_transactions_pending", **tx) == 0
+    assert sc.metric("syncwatch_transactions_overdue", **tx) == 0
+    status, body = sc.get("/readyz")
+    assert status == 200
