@@ -155,7 +155,9 @@ class RabbitMQCollector(Collector):
 
     async def _list_queues(self, base: str, sample: Sample) -> list[dict[str, Any]]:
         def page(n: int) -> str:
-            return f"{base}?page={n}&page_size={self.settings.page_size}&columns={QUEUE_COLUMNS}"
+            # An explicit sort: without one the pages follow an order that can change between
+            # requests, and a listing can repeat some queues and miss others.
+            return f"{base}?page={n}&page_size={self.settings.page_size}&sort=name&columns={QUEUE_COLUMNS}"
 
         first = await self._get(page(1), sample)
         items = list(first.get("items", []))
