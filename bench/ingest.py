@@ -30,6 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import aiohttp  # noqa: E402
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
 
+from otlp_raw import add_attributes  # noqa: E402
 from sidecar import Sidecar  # noqa: E402
 
 SPANS_PER_REQUEST = 512
@@ -74,13 +75,7 @@ def build_request(batch: int, t0: float) -> bytes:
                 attrs["http.response.status_code"] = code
                 if resend:
                     attrs["http.request.resend_count"] = resend
-            for k, v in attrs.items():
-                kv = span.attributes.add()
-                kv.key = k
-                if isinstance(v, int):
-                    kv.value.int_value = v
-                else:
-                    kv.value.string_value = v
+            add_attributes(span, attrs)
     return req.SerializeToString()
 
 

@@ -27,6 +27,10 @@ class IntakeFull(Exception):
     pass
 
 
+class ExtractionFailed(Exception):
+    """A bug in syncwatch, not in the request: answered 500 and counted, never retried as a 503."""
+
+
 class LedgerWriter:
     def __init__(self, ledger: Ledger, extractor: SpanExtractor, metrics: Metrics, max_queued_spans: int,
                  max_batch_spans: int, clock=time.time):
@@ -41,7 +45,8 @@ class LedgerWriter:
         self._cv = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.healthy = True  # False while the last commit failed (readiness)
+        self.commit_ok = True  # False while the last commit failed
+        self.tick_ok = True  # False while marking overdue/expired fails
         self.last_error: str | None = None
 
     def start(self) -> None:
@@ -54,6 +59,11 @@ class LedgerWriter:
             self._cv.notify()
         if self._thread is not None:
             self._thread.join(timeout=30)
+
+    @property
+    def healthy(self) -> bool:
+        """Readiness: the ledger records spans and tracks deadlines."""
+        return self.commit_ok and self.tick_ok
 
     @property
     def queued_spans(self) -> int:
@@ -99,8 +109,10 @@ class LedgerWriter:
                 last_tick = now
                 try:
                     self.ledger.tick(now)
-                except Exception:
+                    self.tick_ok = True
+                except Exception as exc:  # overdue transactions would go unseen: fail readiness, loudly
                     log.exception("ledger tick failed")
+                    self.tick_ok, self.last_error = False, f"deadline tracking failed: {exc}"
             if stopping and not batch:
                 return
 
@@ -112,7 +124,7 @@ class LedgerWriter:
                 out = self.extractor.extract(request, received)
             except Exception as exc:  # a bug in extraction must fail this request, not the batch
                 log.exception("span extraction failed")
-                results.append(exc)
+                results.append(ExtractionFailed(f"{type(exc).__name__}: {exc}"))
                 continue
             events.extend(out.events)
             results.append(out)
@@ -121,10 +133,10 @@ class LedgerWriter:
         if events:
             try:
                 self.ledger.record(events)
-                self.healthy, self.last_error = True, None
+                self.commit_ok, self.last_error = True, None
             except Exception as exc:  # disk full, I/O error: the senders get 503 and retry
                 log.error("ledger write failed for %d spans: %s", len(events), exc)
-                self.healthy, self.last_error = False, str(exc)
+                self.commit_ok, self.last_error = False, str(exc)
                 error = exc
             self.metrics.ledger_commit.observe(time.perf_counter() - started)
         for (_, _, future, loop), result in zip(batch, results):

@@ -20,7 +20,6 @@ SCHEMA_VERSION = 3
 
 STAGE_SOURCE, STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_FAIL = 0, 1, 2, 3
 STAGE_NAMES = {"source": STAGE_SOURCE, "attempt": STAGE_ATTEMPT, "confirm": STAGE_CONFIRM, "fail": STAGE_FAIL}
-STAGE_BY_NUMBER = {v: k for k, v in STAGE_NAMES.items()}
 
 DDL = """
 PRAGMA journal_mode=WAL;

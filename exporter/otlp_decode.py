@@ -15,11 +15,12 @@ JSON = "application/json"
 class OtlpError(Exception):
     """A request syncwatch refuses; `status` is the HTTP status to answer with."""
 
-    def __init__(self, status: int, message: str, reason: str):
+    def __init__(self, status: int, message: str, reason: str, counted: bool = False):
         super().__init__(message)
         self.status = status
         self.message = message
         self.reason = reason  # label of syncwatch_dropped_total
+        self.counted = counted  # its items are already in syncwatch_dropped_total
 
 
 # OTLP/JSON writes trace and span IDs as hex, where protobuf's JSON mapping expects base64.

@@ -52,7 +52,7 @@ def _handler(service: OtlpService, signal: str, message_cls, export):
             response = await export(message)
         except OtlpError as err:
             requests.labels(signal, str(err.status)).inc()
-            if err.status != 503:
+            if not err.counted:  # refused before its items were known: one per request
                 service.metrics.dropped.labels(err.reason).inc()
             if err.status == 503:
                 # Tells the OTLP exporter how long to back off (google.rpc.RetryInfo is optional).

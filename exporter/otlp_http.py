@@ -14,7 +14,7 @@ from .otlp_service import OtlpService
 
 log = logging.getLogger("syncwatch.otlp.http")
 
-_GRPC_CODE_FOR_HTTP = {400: 3, 413: 8, 415: 3, 503: 14, 429: 8}
+_GRPC_CODE_FOR_HTTP = {400: 3, 413: 8, 415: 3, 429: 8, 500: 13, 503: 14}
 
 
 def build_app(service: OtlpService, max_body_bytes: int) -> web.Application:
@@ -64,7 +64,7 @@ class _Receiver:
 
     def _error(self, signal: str, err: OtlpError, reply_type: str) -> web.Response:
         self.requests.labels(signal, str(err.status)).inc()
-        if err.status not in (503,):  # 503s count their items where the items are known
+        if not err.counted:  # refused before its items were known: one per request
             self.service.metrics.dropped.labels(err.reason).inc()
         headers = {}
         if err.status in (429, 503):

@@ -8,7 +8,7 @@ import time
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from .intake import IntakeFull, LedgerWriter
+from .intake import ExtractionFailed, IntakeFull, LedgerWriter
 from .metrics import Metrics
 from .otlp_decode import OtlpError
 
@@ -36,12 +36,15 @@ class OtlpService:
             future = self.writer.submit(request, total)
         except IntakeFull:
             self.metrics.dropped.labels("backpressure").inc(total)
-            raise OtlpError(503, "syncwatch intake queue is full; retry later", "backpressure") from None
+            raise OtlpError(503, "syncwatch intake queue is full; retry later", "backpressure", counted=True) from None
         try:
             out = await future
+        except ExtractionFailed as exc:
+            self.metrics.dropped.labels("internal_error").inc(total)
+            raise OtlpError(500, f"syncwatch could not read this request ({exc}); please report it", "internal_error", counted=True) from None
         except Exception as exc:
             self.metrics.dropped.labels("ledger_unavailable").inc(total)
-            raise OtlpError(503, f"ledger write failed ({type(exc).__name__}); retry later", "ledger_unavailable") from None
+            raise OtlpError(503, f"ledger write failed ({type(exc).__name__}); retry later", "ledger_unavailable", counted=True) from None
         if out.correlated:
             self._correlated.inc(out.correlated)
         if out.uncorrelated:

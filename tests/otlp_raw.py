@@ -22,14 +22,19 @@ def stage_request(spans: list[dict]) -> ExportTraceServiceRequest:
         start = attrs.pop("_start")
         span.start_time_unix_nano = int(start * 1e9)
         span.end_time_unix_nano = int(attrs.pop("_end", start) * 1e9)
-        for k, v in attrs.items():
-            kv = span.attributes.add()
-            kv.key = k
-            if isinstance(v, int):
-                kv.value.int_value = v
-            else:
-                kv.value.string_value = str(v)
+        add_attributes(span, attrs)
     return req
+
+
+def add_attributes(span, attrs: dict) -> None:
+    """Append attributes to a span message: ints as int_value, everything else as strings."""
+    for k, v in attrs.items():
+        kv = span.attributes.add()
+        kv.key = k
+        if isinstance(v, int):
+            kv.value.int_value = v
+        else:
+            kv.value.string_value = str(v)
 
 
 def post(url: str, body: bytes, content_type: str = "application/x-protobuf", headers: dict | None = None,
