@@ -56,6 +56,15 @@ _CLOSE_NEW = (
 
 
 
+def closed_lookup_sql(n: int) -> str:
+    """SELECT the closed rows of n (corr, dest, flow) keys. A join from the VALUES list, not
+    `(corr, dest, flow) IN (VALUES ...)`: SQLite plans that row-value IN as a scan of closed_tx,
+    whose cost grows with every transaction ever closed."""
+    return ("SELECT c.corr, c.dest, c.flow, outcome, closed_at, lag, changed_at, close_span, timeline "
+            "FROM (VALUES " + ",".join(["(?,?,?)"] * n) + ") AS k CROSS JOIN closed_tx AS c "
+            "ON c.corr = k.column1 AND c.dest = k.column2 AND c.flow = k.column3")
+
+
 def _to_json(doc) -> str:
     # orjson: the timeline is encoded on every close, on the hot path; it is ~10x faster than json.
     return orjson.dumps(doc).decode()
@@ -273,9 +282,7 @@ class Ledger:
         found = self._closed_cache = {}
         for i in range(0, len(keys), 300):
             chunk = keys[i:i + 300]
-            sql = ("SELECT corr, dest, flow, outcome, closed_at, lag, changed_at, close_span, timeline FROM closed_tx "
-                   "WHERE (corr, dest, flow) IN (VALUES " + ",".join(["(?,?,?)"] * len(chunk)) + ")")
-            for row in self.conn.execute(sql, [v for key in chunk for v in key]):
+            for row in self.conn.execute(closed_lookup_sql(len(chunk)), [v for key in chunk for v in key]):
                 found[row[:3]] = row[3:]
 
     def _closed_row(self, key):
