@@ -7,9 +7,16 @@ import json
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from .trace_view import TraceView, view_of
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
+
+
+def _otlp_name(message_cls) -> str:
+    return "ExportTraceServiceRequest" if message_cls is TraceView else message_cls.DESCRIPTOR.name
 
 
 class OtlpError(Exception):
@@ -55,7 +62,7 @@ def decode(body: bytes, content_type: str, message_cls):
         try:
             return message_cls.FromString(body)
         except (DecodeError, ValueError, RuntimeError) as exc:
-            raise OtlpError(400, f"body is not a valid {message_cls.DESCRIPTOR.name} protobuf: {exc}", "bad_request") from None
+            raise OtlpError(400, f"body is not a valid {_otlp_name(message_cls)} protobuf: {exc}", "bad_request") from None
     if content_type == JSON:
         try:
             data = json.loads(body)
@@ -69,6 +76,16 @@ def decode(body: bytes, content_type: str, message_cls):
         except (json_format.ParseError, ValueError, TypeError, AttributeError) as exc:
             raise OtlpError(400, f"body is not a valid OTLP/JSON {message_cls.DESCRIPTOR.name}: {exc}", "bad_request") from None
     raise OtlpError(415, f"unsupported content type {content_type!r}; use {PROTOBUF} or {JSON}", "unsupported_media_type")
+
+
+def decode_traces(body: bytes, content_type: str):
+    """Parse an OTLP/HTTP trace export into the intake's TraceView (see trace_view.py).
+
+    Protobuf bodies parse straight into the view. OTLP/JSON goes through the full message (the
+    JSON mapping of the view's attribute maps differs from OTLP's lists) and is re-encoded."""
+    if content_type == PROTOBUF:
+        return decode(body, content_type, TraceView)
+    return view_of(decode(body, content_type, ExportTraceServiceRequest))
 
 
 def encode(message, content_type: str) -> bytes:

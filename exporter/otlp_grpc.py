@@ -7,12 +7,11 @@ INVALID_ARGUMENT (and counted) instead of the generic error grpc gives for a fai
 from __future__ import annotations
 
 import grpc
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from .otlp_decode import OtlpError
+from .otlp_decode import PROTOBUF, OtlpError, decode
 from .otlp_service import OtlpService
+from .trace_view import TraceView
 
 # HTTP-equivalent status of each gRPC answer, so syncwatch_otlp_requests_total{code} reads the same for both transports.
 _GRPC_FOR_HTTP = {400: grpc.StatusCode.INVALID_ARGUMENT, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -26,7 +25,8 @@ def build_server(service: OtlpService, address: str, max_body_bytes: int) -> tup
     ])
     handlers = {
         "opentelemetry.proto.collector.trace.v1.TraceService": {
-            "Export": _handler(service, "traces", ExportTraceServiceRequest, service.export_traces),
+            # Trace bodies parse into the intake's view of the message (see trace_view.py).
+            "Export": _handler(service, "traces", TraceView, service.export_traces),
         },
         "opentelemetry.proto.collector.logs.v1.LogsService": {
             "Export": _handler(service, "logs", ExportLogsServiceRequest, service.export_logs),
@@ -45,10 +45,7 @@ def _handler(service: OtlpService, signal: str, message_cls, export):
 
     async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            try:
-                message = message_cls.FromString(raw)
-            except (DecodeError, ValueError, RuntimeError) as exc:
-                raise OtlpError(400, f"not a valid {message_cls.DESCRIPTOR.name}: {exc}", "bad_request") from None
+            message = decode(raw, PROTOBUF, message_cls)
             response = await export(message)
         except OtlpError as err:
             requests.labels(signal, str(err.status)).inc()

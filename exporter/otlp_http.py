@@ -7,14 +7,17 @@ import logging
 from aiohttp import web
 from google.rpc.status_pb2 import Status
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from .otlp_decode import JSON, PROTOBUF, OtlpError, decode, encode
+from .otlp_decode import JSON, PROTOBUF, OtlpError, decode, decode_traces, encode
 from .otlp_service import OtlpService
 
 log = logging.getLogger("syncwatch.otlp.http")
 
 _GRPC_CODE_FOR_HTTP = {400: 3, 413: 8, 415: 3, 429: 8, 500: 13, 503: 14}
+
+
+def _decode_logs(body: bytes, content_type: str):
+    return decode(body, content_type, ExportLogsServiceRequest)
 
 
 def build_app(service: OtlpService, max_body_bytes: int) -> web.Application:
@@ -34,12 +37,12 @@ class _Receiver:
         self.requests = service.metrics.otlp_requests
 
     async def traces(self, request: web.Request) -> web.Response:
-        return await self._handle(request, "traces", ExportTraceServiceRequest, self.service.export_traces)
+        return await self._handle(request, "traces", decode_traces, self.service.export_traces)
 
     async def logs(self, request: web.Request) -> web.Response:
-        return await self._handle(request, "logs", ExportLogsServiceRequest, self.service.export_logs)
+        return await self._handle(request, "logs", _decode_logs, self.service.export_logs)
 
-    async def _handle(self, request: web.Request, signal: str, message_cls, export) -> web.Response:
+    async def _handle(self, request: web.Request, signal: str, decode_body, export) -> web.Response:
         content_type = request.content_type
         reply_type = JSON if content_type == JSON else PROTOBUF
         try:
@@ -55,7 +58,7 @@ class _Receiver:
                 raise OtlpError(413, f"request body over the {self.max_body_bytes}-byte limit (decompressed)", "too_large") from None
             except Exception as exc:  # corrupt gzip stream and similar
                 raise OtlpError(400, f"cannot read body: {type(exc).__name__}: {exc}", "bad_request") from None
-            message = decode(body, content_type, message_cls)
+            message = decode_body(body, content_type)
             response = await export(message)
         except OtlpError as err:
             return self._error(signal, err, reply_type)

@@ -1,8 +1,8 @@
-"""Turn an OTLP ExportTraceServiceRequest into ledger events.
+"""Turn an OTLP trace export (as a trace_view.TraceView) into ledger events.
 
-This is the hot path of span intake: it reads only the attributes syncwatch needs and builds one
-plain tuple per stage span, in the column order of the ledger's `spans` table. Everything else
-(correlated spans without a stage, uncorrelated spans) is only counted.
+This is the hot path of span intake: it asks each span's attribute map for the keys syncwatch
+needs and builds one plain tuple per stage span, in the field order of ledger.EVENT_COLUMNS.
+Everything else (correlated spans without a stage, uncorrelated spans) is only counted.
 """
 
 from __future__ import annotations
@@ -11,26 +11,21 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .ledger_schema import STAGE_NAMES, STAGE_SOURCE
+from .ledger_schema import STAGE_ATTEMPT, STAGE_NAMES, STAGE_SOURCE
 
-# Slots of the attributes we read; anything else is skipped with one dict lookup.
-_STAGE, _FLOW, _SOURCE, _DEST, _PEER, _SERVER, _CHANGED, _RESEND, _HTTP_CODE, _CODE, _ERROR, _IDEM = range(12)
-_WANTED = {
-    "syncwatch.stage": _STAGE,
-    "syncwatch.flow": _FLOW,
-    "syncwatch.source": _SOURCE,
-    "syncwatch.destination": _DEST,
-    "peer.service": _PEER,
-    "server.address": _SERVER,
-    "syncwatch.source.changed_at": _CHANGED,
-    "http.request.resend_count": _RESEND,
-    "http.response.status_code": _HTTP_CODE,
-    "syncwatch.response_code": _CODE,
-    "error.type": _ERROR,
-    "syncwatch.idempotency_key": _IDEM,
-}
-_CORR_BASE = 100  # slot of correlation key i is _CORR_BASE + i (lower i wins)
-_NO_RANK = 1 << 30
+STAGE = "syncwatch.stage"
+FLOW = "syncwatch.flow"
+SOURCE = "syncwatch.source"
+DESTINATION = "syncwatch.destination"
+PEER = "peer.service"
+SERVER = "server.address"
+CHANGED_AT = "syncwatch.source.changed_at"
+RESEND = "http.request.resend_count"
+HTTP_CODE = "http.response.status_code"
+CODE = "syncwatch.response_code"
+ERROR = "error.type"
+IDEMPOTENCY_KEY = "syncwatch.idempotency_key"
+_READ = (STAGE, FLOW, SOURCE, DESTINATION, PEER, SERVER, CHANGED_AT, RESEND, HTTP_CODE, CODE, ERROR, IDEMPOTENCY_KEY)
 _MAX_ERRORS = 5  # error messages kept per request for partial_success
 
 _intern = sys.intern
@@ -102,60 +97,82 @@ class Extracted:
         return "; ".join(self.errors) + (f"; and {more} more" if more > 0 else "")
 
 
+def _value(v):
+    """Python value of a present AnyValue, None when it is empty (an empty value counts as absent)."""
+    val = v.string_value
+    if val:
+        return val
+    val = any_value(v)
+    return None if val == "" else val
+
+
+def _read(get, resource_get, key):
+    """The value of `key` on the span (`get` is its attribute map's get), else on its resource."""
+    v = get(key)
+    if v is not None:
+        val = v.string_value or _value(v)
+        if val is not None:
+            return val
+    return resource_get(key)
+
+
+def _where(span) -> str:
+    return f"span {span.span_id.hex() or '?'}"
+
+
+_NO_RESOURCE: dict = {}
+
+
 class SpanExtractor:
     def __init__(self, correlation_keys: list[str]):
-        self._wanted = dict(_WANTED)
-        for i, key in enumerate(correlation_keys):
-            self._wanted[key] = _CORR_BASE + i
+        self._corr_keys = tuple(correlation_keys)  # in order: the first one present wins
 
-    def extract(self, request, received: float) -> Extracted:
+    def _resource_values(self, attributes) -> dict:
+        """The attributes syncwatch reads that a resource sets, as defaults for its spans."""
+        if not len(attributes):
+            return _NO_RESOURCE
+        found = {}
+        for key in (*_READ, *self._corr_keys):
+            v = attributes.get(key)
+            if v is not None:
+                val = _value(v)
+                if val is not None:
+                    found[key] = val
+        return found
+
+    def extract(self, view, received: float) -> Extracted:
+        """`view` is a trace_view.TraceView: each span's attributes are a map, asked only for the
+        keys syncwatch reads (asking is cheap; building a value is what costs)."""
         out = Extracted()
         events = out.events
-        wanted_get = self._wanted.get
         event = self._event
+        corr_keys = self._corr_keys
         correlated = uncorrelated = 0
-        for rs in request.resource_spans:
+        for rs in view.resource_spans:
             # Resource attributes give defaults (e.g. an integration that sets syncwatch.flow once).
-            base, base_corr, base_rank = {}, None, _NO_RANK
-            for kv in rs.resource.attributes:
-                slot = wanted_get(kv.key)
-                if slot is not None:
-                    val = any_value(kv.value)
-                    if slot < _CORR_BASE:
-                        base[slot] = val
-                    elif val not in (None, "") and slot < base_rank:
-                        base_corr, base_rank = str(val), slot
+            resource = self._resource_values(rs.resource.attributes)
+            resource_get = resource.get
+            resource_corr = next((resource[k] for k in corr_keys if k in resource), None)
             for ss in rs.scope_spans:
                 for span in ss.spans:
-                    found = None
-                    corr, rank = base_corr, base_rank
-                    for kv in span.attributes:
-                        slot = wanted_get(kv.key)
-                        if slot is None:
-                            continue
-                        v = kv.value
-                        val = v.string_value
-                        if not val:
-                            val = any_value(v)
-                            if val is None or val == "":
-                                continue
-                        if slot >= _CORR_BASE:
-                            if slot < rank:
-                                corr, rank = val, slot
-                        else:
-                            if found is None:
-                                found = dict(base)
-                            found[slot] = val
+                    get = span.attributes.get
+                    corr = None
+                    for key in corr_keys:
+                        v = get(key)
+                        if v is not None:
+                            corr = v.string_value or _value(v)
+                            if corr is not None:
+                                break
                     if corr is None:
-                        uncorrelated += 1
-                        continue
-                    if found is None:
-                        found = base
-                    stage_name = found.get(_STAGE)
+                        corr = resource_corr
+                        if corr is None:
+                            uncorrelated += 1
+                            continue
+                    stage_name = _read(get, resource_get, STAGE)
                     if stage_name is None:
                         correlated += 1  # context span of a transaction: counts for coverage only
                         continue
-                    ev = event(span, found, str(corr), stage_name, received, out)
+                    ev = event(span, get, resource_get, corr, stage_name, received, out)
                     if ev is not None:
                         correlated += 1
                         events.append(ev)
@@ -163,55 +180,58 @@ class SpanExtractor:
         return out
 
     @staticmethod
-    def _event(span, found, corr, stage_name, received, out: Extracted):
+    def _event(span, get, resource_get, corr, stage_name, received, out: Extracted):
         stage = STAGE_NAMES.get(stage_name)
-        where = f"span {span.span_id.hex() or '?'}"
         if stage is None:
-            out.reject(f"{where}: syncwatch.stage must be source, attempt, confirm or fail, got {str(stage_name)[:40]!r}")
+            out.reject(f"{_where(span)}: syncwatch.stage must be source, attempt, confirm or fail, got {str(stage_name)[:40]!r}")
             return None
-        if len(span.trace_id) != 16 or len(span.span_id) != 8:
-            out.reject(f"{where}: trace_id must be 16 bytes and span_id 8 bytes")
+        trace_id, span_id = span.trace_id, span.span_id
+        if len(trace_id) != 16 or len(span_id) != 8:
+            out.reject(f"{_where(span)}: trace_id must be 16 bytes and span_id 8 bytes")
             return None
-        flow = found.get(_FLOW)
+        flow = _read(get, resource_get, FLOW)
         if not flow:
-            out.reject(f"{where}: syncwatch.flow is missing on a {stage_name} span")
+            out.reject(f"{_where(span)}: syncwatch.flow is missing on a {stage_name} span")
             return None
-        dest = found.get(_DEST) or found.get(_PEER) or found.get(_SERVER)
+        dest = (_read(get, resource_get, DESTINATION) or _read(get, resource_get, PEER)
+                or _read(get, resource_get, SERVER))
         if not dest and stage != STAGE_SOURCE:
-            out.reject(f"{where}: no destination (syncwatch.destination, peer.service or server.address) on a {stage_name} span")
+            out.reject(f"{_where(span)}: no destination (syncwatch.destination, peer.service or server.address) "
+                       f"on a {stage_name} span")
             return None
         start = span.start_time_unix_nano / 1e9
-        end = span.end_time_unix_nano / 1e9 if span.end_time_unix_nano else start
-        changed_at = None
-        raw_changed = found.get(_CHANGED)
-        if raw_changed is not None and raw_changed != "":
+        end = span.end_time_unix_nano / 1e9 or start
+        raw_changed = _read(get, resource_get, CHANGED_AT)
+        if raw_changed is not None:
             try:
                 changed_at = parse_timestamp(raw_changed)
             except ValueError as exc:
-                out.reject(f"{where}: syncwatch.source.changed_at: {exc}")
+                out.reject(f"{_where(span)}: syncwatch.source.changed_at: {exc}")
                 return None
-        elif stage == STAGE_SOURCE:
-            changed_at = start
-        attempt = None
-        resend = found.get(_RESEND)
-        if resend is not None:
-            try:
-                attempt = int(resend) + 1
-            except (TypeError, ValueError):
-                out.reject(f"{where}: http.request.resend_count must be an integer")
-                return None
-            if attempt < 1:
-                attempt = 1
-        code = found.get(_HTTP_CODE)
-        if code is None:
-            code = found.get(_CODE)
-        source = found.get(_SOURCE)
-        error = found.get(_ERROR)
-        idem = found.get(_IDEM)
+        else:
+            changed_at = start if stage == STAGE_SOURCE else None
+        source = _read(get, resource_get, SOURCE)
+        # Only what the ledger reads for this stage: a source span needs none of the rest.
+        attempt = code = error = idem = None
+        if stage != STAGE_SOURCE:
+            error = _read(get, resource_get, ERROR)
+            if stage == STAGE_ATTEMPT:
+                resend = _read(get, resource_get, RESEND)
+                if resend is not None:
+                    try:
+                        attempt = max(int(resend) + 1, 1)
+                    except (TypeError, ValueError):
+                        out.reject(f"{_where(span)}: http.request.resend_count must be an integer")
+                        return None
+                code = _read(get, resource_get, HTTP_CODE)
+                if code is None:
+                    code = _read(get, resource_get, CODE)
+            else:
+                idem = _read(get, resource_get, IDEMPOTENCY_KEY)
         return (
-            span.trace_id,
-            span.span_id,
-            corr,
+            trace_id,
+            span_id,
+            corr if corr.__class__ is str else str(corr),
             _intern(str(flow)),
             stage,
             _intern(str(source)) if source else None,

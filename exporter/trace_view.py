@@ -1,0 +1,79 @@
+"""The view of an OTLP trace export that span intake parses: only the fields syncwatch reads.
+
+`TraceView` is a protobuf message class built from a projection of opentelemetry-proto's
+ExportTraceServiceRequest: the same field numbers and types for resource_spans > resource /
+scope_spans > spans > trace_id, span_id, start/end time and attributes, so any valid OTLP
+protobuf body parses into it, and every other field is skipped by the parser.
+
+One difference in shape, none on the wire: `attributes` is declared `map<string, AnyValue>`
+instead of `repeated KeyValue`. Protobuf defines a map field as exactly a repeated entry message
+{key = 1; value = 2}, which is what KeyValue is, so the bytes are identical. As a map, the parser
+indexes the attributes in C and intake asks for the dozen keys it needs, instead of building a
+Python object for every key and value of every span (tests/test_trace_view.py proves the
+equivalence on generated requests). The AnyValue values are opentelemetry-proto's own type.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.common.v1 import common_pb2
+
+_PACKAGE = "syncwatch.intake"
+_F = descriptor_pb2.FieldDescriptorProto
+_ANY_VALUE = "." + common_pb2.AnyValue.DESCRIPTOR.full_name
+
+# (message, [(number, name, type, repeated, message type or None)]) in opentelemetry-proto's numbering.
+_MESSAGES = [
+    ("Resource", [(1, "attributes", _F.TYPE_MESSAGE, True, ".syncwatch.intake.Resource.AttributesEntry")]),
+    ("Span", [
+        (1, "trace_id", _F.TYPE_BYTES, False, None),
+        (2, "span_id", _F.TYPE_BYTES, False, None),
+        (7, "start_time_unix_nano", _F.TYPE_FIXED64, False, None),
+        (8, "end_time_unix_nano", _F.TYPE_FIXED64, False, None),
+        (9, "attributes", _F.TYPE_MESSAGE, True, ".syncwatch.intake.Span.AttributesEntry"),
+    ]),
+    ("ScopeSpans", [(2, "spans", _F.TYPE_MESSAGE, True, ".syncwatch.intake.Span")]),
+    ("ResourceSpans", [
+        (1, "resource", _F.TYPE_MESSAGE, False, ".syncwatch.intake.Resource"),
+        (2, "scope_spans", _F.TYPE_MESSAGE, True, ".syncwatch.intake.ScopeSpans"),
+    ]),
+    ("TraceView", [(1, "resource_spans", _F.TYPE_MESSAGE, True, ".syncwatch.intake.ResourceSpans")]),
+]
+
+
+def _build():
+    file = descriptor_pb2.FileDescriptorProto(
+        name="syncwatch/intake/trace_view.proto", package=_PACKAGE, syntax="proto3",
+        dependency=[common_pb2.DESCRIPTOR.name])
+    for name, fields in _MESSAGES:
+        message = file.message_type.add(name=name)
+        for number, field_name, field_type, repeated, type_name in fields:
+            field = message.field.add(name=field_name, number=number, type=field_type,
+                                      label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
+            if type_name:
+                field.type_name = type_name
+        if any(f[1] == "attributes" for f in fields):
+            entry = message.nested_type.add(name="AttributesEntry")
+            entry.options.map_entry = True
+            entry.field.add(name="key", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
+            entry.field.add(name="value", number=2, type=_F.TYPE_MESSAGE, label=_F.LABEL_OPTIONAL,
+                            type_name=_ANY_VALUE)
+    pool = descriptor_pool.Default()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.TraceView"))
+
+
+TraceView = _build()
+
+
+def view_of(request) -> "TraceView":
+    """The view of a full ExportTraceServiceRequest (from OTLP/JSON, or built in-process)."""
+    return TraceView.FromString(request.SerializeToString())
+
+
+def span_count(view) -> int:
+    return sum(len(ss.spans) for rs in view.resource_spans for ss in rs.scope_spans)
+
+
+__all__ = ["TraceView", "view_of", "span_count", "DecodeError"]

@@ -1,0 +1,100 @@
+"""Intake parses trace exports into trace_view.TraceView, whose attributes are a map over the same
+bytes as OTLP's repeated KeyValue. These tests hold it to the real opentelemetry-proto message."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+from google.protobuf import json_format
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from exporter.otlp_decode import JSON, PROTOBUF, decode_traces
+from exporter.span_extract import SpanExtractor, any_value
+from exporter.trace_view import TraceView, span_count
+
+_keys = st.sampled_from(["syncwatch.stage", "syncwatch.flow", "syncwatch.destination", "correlation_id",
+                         "http.response.status_code", "http.request.resend_count", "url.full", "ünïcode.key", ""])
+_values = st.one_of(st.text(max_size=30), st.integers(min_value=-2**63, max_value=2**63 - 1),
+                    st.floats(allow_nan=False), st.booleans(), st.binary(max_size=8),
+                    st.lists(st.text(max_size=5), max_size=3))
+_attributes = st.lists(st.tuples(_keys, _values), max_size=8, unique_by=lambda kv: kv[0])
+
+
+def _set(kv, value) -> None:
+    if isinstance(value, bool):
+        kv.value.bool_value = value
+    elif isinstance(value, int):
+        kv.value.int_value = value
+    elif isinstance(value, float):
+        kv.value.double_value = value
+    elif isinstance(value, bytes):
+        kv.value.bytes_value = value
+    elif isinstance(value, list):
+        for item in value:
+            kv.value.array_value.values.add().string_value = item
+    else:
+        kv.value.string_value = value
+
+
+def _request(resource_attrs, spans) -> ExportTraceServiceRequest:
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    for key, value in resource_attrs:
+        kv = rs.resource.attributes.add()
+        kv.key = key
+        _set(kv, value)
+    ss = rs.scope_spans.add()
+    ss.scope.name = "test"
+    for i, (attrs, start) in enumerate(spans):
+        span = ss.spans.add(trace_id=bytes([i + 1]) * 16, span_id=bytes([i + 1]) * 8, name=f"span {i}", kind=3,
+                            start_time_unix_nano=start, end_time_unix_nano=start + 50_000_000)
+        span.events.add(name="exception", time_unix_nano=start)
+        span.status.code = 2
+        for key, value in attrs:
+            kv = span.attributes.add()
+            kv.key = key
+            _set(kv, value)
+    return req
+
+
+@settings(max_examples=200, deadline=None)
+@given(_attributes, st.lists(st.tuples(_attributes, st.integers(min_value=0, max_value=2**64 - 1 - 50_000_000)), max_size=5))
+def test_view_reads_what_opentelemetry_proto_reads(resource_attrs, spans):
+    full = _request(resource_attrs, spans)
+    view = TraceView.FromString(full.SerializeToString())
+    assert span_count(view) == len(spans)
+    for full_rs, view_rs in zip(full.resource_spans, view.resource_spans, strict=True):
+        assert {kv.key: any_value(kv.value) for kv in full_rs.resource.attributes} == \
+               {k: any_value(v) for k, v in view_rs.resource.attributes.items()}
+        for full_span, view_span in zip(full_rs.scope_spans[0].spans, view_rs.scope_spans[0].spans, strict=True):
+            assert (view_span.trace_id, view_span.span_id) == (full_span.trace_id, full_span.span_id)
+            assert (view_span.start_time_unix_nano, view_span.end_time_unix_nano) == \
+                   (full_span.start_time_unix_nano, full_span.end_time_unix_nano)
+            assert {kv.key: any_value(kv.value) for kv in full_span.attributes} == \
+                   {k: any_value(v) for k, v in view_span.attributes.items()}
+
+
+def test_json_and_protobuf_bodies_give_the_same_events():
+    start = int(time.time() * 1e9)
+    full = _request([("syncwatch.flow", "orders")], [
+        ([("syncwatch.stage", "source"), ("correlation_id", "SO-1"), ("syncwatch.source", "storefront")], start),
+        ([("syncwatch.stage", "attempt"), ("correlation_id", "SO-1"), ("syncwatch.destination", "erp"),
+          ("http.response.status_code", 429), ("http.request.resend_count", 2)], start + 10),
+        ([("url.full", "https://erp.example/health")], start + 20),
+    ])
+    extractor = SpanExtractor(["correlation_id"])
+    by_pb = extractor.extract(decode_traces(full.SerializeToString(), PROTOBUF), 1.0)
+    otlp_json = json_format.MessageToDict(full)  # OTLP/JSON writes IDs as hex, not protobuf's base64
+    for span in otlp_json["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+        span["traceId"], span["spanId"] = (base64.b64decode(span[k]).hex() for k in ("traceId", "spanId"))
+    by_json = extractor.extract(decode_traces(json.dumps(otlp_json).encode(), JSON), 1.0)
+    assert by_pb.events == by_json.events
+    assert [(e[2], e[3], e[4], e[6], e[10], e[11]) for e in by_pb.events] == [
+        ("SO-1", "orders", 0, None, None, None),  # the flow comes from the resource
+        ("SO-1", "orders", 1, "erp", 3, "429"),
+    ]
+    assert (by_pb.correlated, by_pb.uncorrelated, by_pb.rejected) == (2, 1, 0)
