@@ -136,7 +136,7 @@ class Ledger:
         self._child_cache: dict = {}
         self._last_sweep = 0.0
         self._deltas: dict = {}
-        self._obs: list = []
+        self._obs: dict = {}  # (BatchHistogram, labels) -> values observed in this batch
         self._new_batch()
         for name, flow in self.flows.items():
             metrics.flow_deadline.labels(name).set(flow.deadline)
@@ -178,12 +178,19 @@ class Ledger:
         key = (metric, labels)
         self._deltas[key] = self._deltas.get(key, 0) + n
 
+    def _observe(self, histogram, labels, value):
+        values = self._obs.get((histogram, labels))
+        if values is None:
+            self._obs[(histogram, labels)] = [value]
+        else:
+            values.append(value)
+
     def _apply_metrics(self):
         for (metric, labels), n in self._deltas.items():
             if n:
                 self._child(metric, *labels).inc(n)
-        for metric, labels, value in self._obs:
-            self._child(metric, *labels).observe(value)
+        for (metric, labels), values in self._obs.items():
+            metric.observe_many(labels, values)
         self._deltas.clear()
         self._obs.clear()
 
@@ -386,7 +393,7 @@ class Ledger:
     def _backoff(self, flow, dest, n, backoff):
         if backoff < 0:
             return  # overlapping attempts (clock skew between hosts): no meaningful backoff
-        self._obs.append((self.metrics.retry_backoff, (flow, dest), backoff))
+        self._observe(self.metrics.retry_backoff, (flow, dest), backoff)
         self._jitter[(flow, dest, n)].append(backoff)
         self._jitter_dirty.add((flow, dest))
 
@@ -471,7 +478,7 @@ class Ledger:
             # Source and destination clocks disagree; a negative lag is meaningless.
             self._inc(self.metrics.clock_skew, (flow,))
             lag = 0.0
-        self._obs.append((self.metrics.sync_lag, (flow, source or UNKNOWN, dest), lag))
+        self._observe(self.metrics.sync_lag, (flow, source or UNKNOWN, dest), lag)
         return lag
 
     def _close(self, key, tx, outcome, ev, changed_at, lag, source, row=None):
@@ -514,7 +521,7 @@ class Ledger:
         self._batch_closed[key] = (outcome, closed_at, lag, changed_at, close_span, timeline)
         self._inc(self.metrics.transactions, (*labels, outcome))
         if attempts:
-            self._obs.append((self.metrics.delivery_attempts, (flow, dest), attempts))
+            self._observe(self.metrics.delivery_attempts, (flow, dest), attempts)
 
     def _relabel(self, tx, labels):
         m = self.metrics
