@@ -107,13 +107,12 @@ def _value(v):
 
 
 def _read(get, resource_get, key):
-    """The value of `key` on the span (`get` is its attribute map's get), else on its resource."""
+    """The value of `key` on the span (`get` is its attribute map's get), else on its resource.
+    An attribute the span sets to an empty value counts as unset, and does not fall back."""
     v = get(key)
-    if v is not None:
-        val = v.string_value or _value(v)
-        if val is not None:
-            return val
-    return resource_get(key)
+    if v is None:
+        return resource_get(key)
+    return v.string_value or _value(v)
 
 
 def _where(span) -> str:
@@ -189,19 +188,24 @@ class SpanExtractor:
         if len(trace_id) != 16 or len(span_id) != 8:
             out.reject(f"{_where(span)}: trace_id must be 16 bytes and span_id 8 bytes")
             return None
-        flow = _read(get, resource_get, FLOW)
+        # Inlined _read (this runs for every stage span): the span's value, else the resource's.
+        v = get(FLOW)
+        flow = resource_get(FLOW) if v is None else (v.string_value or _value(v))
         if not flow:
             out.reject(f"{_where(span)}: syncwatch.flow is missing on a {stage_name} span")
             return None
-        dest = (_read(get, resource_get, DESTINATION) or _read(get, resource_get, PEER)
-                or _read(get, resource_get, SERVER))
+        v = get(DESTINATION)
+        dest = resource_get(DESTINATION) if v is None else (v.string_value or _value(v))
+        if not dest:
+            dest = _read(get, resource_get, PEER) or _read(get, resource_get, SERVER)
         if not dest and stage != STAGE_SOURCE:
             out.reject(f"{_where(span)}: no destination (syncwatch.destination, peer.service or server.address) "
                        f"on a {stage_name} span")
             return None
         start = span.start_time_unix_nano / 1e9
         end = span.end_time_unix_nano / 1e9 or start
-        raw_changed = _read(get, resource_get, CHANGED_AT)
+        v = get(CHANGED_AT)
+        raw_changed = resource_get(CHANGED_AT) if v is None else (v.string_value or _value(v))
         if raw_changed is not None:
             try:
                 changed_at = parse_timestamp(raw_changed)
@@ -210,24 +214,29 @@ class SpanExtractor:
                 return None
         else:
             changed_at = start if stage == STAGE_SOURCE else None
-        source = _read(get, resource_get, SOURCE)
+        v = get(SOURCE)
+        source = resource_get(SOURCE) if v is None else (v.string_value or _value(v))
         # Only what the ledger reads for this stage: a source span needs none of the rest.
         attempt = code = error = idem = None
         if stage != STAGE_SOURCE:
-            error = _read(get, resource_get, ERROR)
+            v = get(ERROR)
+            error = resource_get(ERROR) if v is None else (v.string_value or _value(v))
             if stage == STAGE_ATTEMPT:
-                resend = _read(get, resource_get, RESEND)
+                v = get(RESEND)
+                resend = resource_get(RESEND) if v is None else _value(v)
                 if resend is not None:
                     try:
                         attempt = max(int(resend) + 1, 1)
                     except (TypeError, ValueError):
                         out.reject(f"{_where(span)}: http.request.resend_count must be an integer")
                         return None
-                code = _read(get, resource_get, HTTP_CODE)
+                v = get(HTTP_CODE)
+                code = resource_get(HTTP_CODE) if v is None else _value(v)
                 if code is None:
                     code = _read(get, resource_get, CODE)
             else:
-                idem = _read(get, resource_get, IDEMPOTENCY_KEY)
+                v = get(IDEMPOTENCY_KEY)
+                idem = resource_get(IDEMPOTENCY_KEY) if v is None else (v.string_value or _value(v))
         return (
             trace_id,
             span_id,
