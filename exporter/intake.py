@@ -15,6 +15,7 @@ import time
 from collections import deque
 
 from .ledger import Ledger
+from .ledger_checkpoint import WalCheckpointer
 from .metrics import Metrics
 from .span_extract import SpanExtractor
 
@@ -45,6 +46,7 @@ class LedgerWriter:
         self._cv = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._checkpointer = WalCheckpointer(ledger.config.storage.ledger_path)
         self.commit_ok = True  # False while the last commit failed
         self.tick_ok = True  # False while marking overdue/expired fails
         self.last_error: str | None = None
@@ -52,6 +54,7 @@ class LedgerWriter:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="syncwatch-ledger-writer", daemon=True)
         self._thread.start()
+        self._checkpointer.start()
 
     def stop(self) -> None:
         with self._cv:
@@ -59,6 +62,7 @@ class LedgerWriter:
             self._cv.notify()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self._checkpointer.stop()
 
     @property
     def healthy(self) -> bool:

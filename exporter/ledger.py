@@ -38,6 +38,8 @@ JITTER_WINDOW = 50  # recent backoffs kept per (flow, destination, attempt numbe
 JITTER_MIN_SAMPLES = 5
 CHECK_OVERDUE, CHECK_EXPIRE = 0, 1
 UNKNOWN = "unknown"
+# Checkpoints run on their own thread (ledger_checkpoint.py); this is the writer's backstop, ~80 MB of WAL.
+WAL_AUTOCHECKPOINT_PAGES = 20_000
 
 _UPSERT_OPEN = (
     "INSERT INTO open_tx (corr, dest, flow, source, changed_at, opened_at, deadline, source_trace, source_span, "
@@ -104,6 +106,7 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA cache_size=-65536")
     conn.execute("PRAGMA temp_store=MEMORY")
     conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     return conn
 
 

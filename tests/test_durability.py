@@ -2,6 +2,7 @@
 
 import sqlite3
 import threading
+import uuid
 import time
 
 from otlp_raw import post, stage_request
@@ -59,3 +60,26 @@ def test_kill9_mid_stream_loses_no_acknowledged_transaction(make_sidecar):
     assert sc.metric("syncwatch_transactions_pending", **tx) == len(stored) - 1
     assert sc.metric("syncwatch_transactions_overdue", **tx) == len(stored) - 1
     assert sc.metric("syncwatch_transactions_total", outcome="confirmed", **tx) == 1
+
+
+def test_ledger_file_is_checkpointed_while_intake_runs(make_sidecar):
+    """The WAL is copied into ledger.db by the checkpoint thread, long before the writer's own
+    backstop (ledger.WAL_AUTOCHECKPOINT_PAGES) would, so the writer never stalls on it."""
+    from exporter.ledger import WAL_AUTOCHECKPOINT_PAGES
+
+    sc = make_sidecar({"flows": {"orders": {"destinations": ["erp"], "deadline": "1h"}}}, name="sc")
+    db_file = sc.workdir / "data" / "ledger.db"
+    empty_size = db_file.stat().st_size
+    now = time.time()
+    for i in range(20):
+        req = stage_request([{"_start": now, "syncwatch.stage": "source", "syncwatch.flow": "orders",
+                              "syncwatch.source": "storefront", "correlation_id": f"{uuid.uuid4()}"}
+                             for _ in range(250)])
+        assert post(sc.otlp_http + "/v1/traces", req.SerializeToString())[0] == 200
+    wal_pages = (sc.workdir / "data" / "ledger.db-wal").stat().st_size // 4096
+    assert wal_pages < WAL_AUTOCHECKPOINT_PAGES  # the backstop cannot have run
+    deadline = time.monotonic() + 5
+    while db_file.stat().st_size < empty_size + 1_000_000 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert db_file.stat().st_size >= empty_size + 1_000_000, (empty_size, db_file.stat().st_size)
+    assert sc.metric("syncwatch_transactions_pending", flow="orders", source="storefront", destination="erp") == 5000
