@@ -6,7 +6,7 @@
 3. RSS per pending transaction with 1,000,000 pending;
 4. seconds to reload 1,000,000 pending transactions after a restart.
 
-Usage: .venv/bin/python bench/ingest.py [--requests 300] [--pending 1000000]
+Usage: .venv/bin/python bench/ingest.py [--requests 300] [--pending 1000000] [--sustained 3000]
 Targets (issue 2): >= 50,000 spans/s and >= half the same-run ceiling; <= 1 KiB per pending; reload <= 30 s.
 """
 
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,9 +37,12 @@ from sidecar import Sidecar  # noqa: E402
 SPANS_PER_REQUEST = 512
 
 
-def build_request(batch: int, t0: float) -> bytes:
+def build_request(batch: int, t0: float, uuid_ids: bool = False) -> bytes:
     """512 spans as a middleware emits them: per order a source, 1-3 attempts and a confirm,
-    plus uncorrelated HTTP spans, each with the usual semantic-convention attributes."""
+    plus uncorrelated HTTP spans, each with the usual semantic-convention attributes.
+
+    Correlation IDs are increasing order numbers, or with uuid_ids random UUIDs (message IDs),
+    which land all over the ledger's key index instead of at its end."""
     rnd = random.Random(batch)
     req = ExportTraceServiceRequest()
     rs = req.resource_spans.add()
@@ -48,7 +52,7 @@ def build_request(batch: int, t0: float) -> bytes:
     spans = rs.scope_spans.add().spans
     i = 0
     while len(spans) < SPANS_PER_REQUEST:
-        corr = f"order-{batch:06d}-{i:04d}"
+        corr = str(uuid.UUID(int=rnd.getrandbits(128))) if uuid_ids else f"order-{batch:06d}-{i:04d}"
         i += 1
         stages = [("source", None, None)]
         attempts = rnd.choice((1, 1, 2, 3))
@@ -121,8 +125,9 @@ async def _send_all(url: str, bodies: list[bytes], concurrency: int) -> tuple[fl
         return time.perf_counter() - started, errors
 
 
-def whole_path(bodies: list[bytes], workdir: Path) -> float:
-    sc = Sidecar(workdir / "sidecar", {"snapshots": {"enabled": False}})
+def whole_path(bodies: list[bytes], workdir: Path, segments: int = 1) -> list[float]:
+    """spans/s into a fresh sidecar, for each of `segments` consecutive slices of the requests."""
+    sc = Sidecar(workdir, {"snapshots": {"enabled": False}})
     taskset = shutil.which("taskset")
     if taskset and os.cpu_count() and os.cpu_count() >= 2:
         # The sidecar gets core 0, this load generator runs on core 1.
@@ -142,10 +147,15 @@ def whole_path(bodies: list[bytes], workdir: Path) -> float:
         sc.start()
     try:
         asyncio.run(_send_all(sc.otlp_http + "/v1/traces", bodies[:10], 4))  # warm-up
-        elapsed, errors = asyncio.run(_send_all(sc.otlp_http + "/v1/traces", bodies[10:], 8))
-        if errors:
-            raise SystemExit(f"{errors} requests failed")
-        return (len(bodies) - 10) * SPANS_PER_REQUEST / elapsed
+        rest = bodies[10:]
+        size = -(-len(rest) // segments)
+        rates = []
+        for i in range(0, len(rest), size):
+            elapsed, errors = asyncio.run(_send_all(sc.otlp_http + "/v1/traces", rest[i:i + size], 8))
+            if errors:
+                raise SystemExit(f"{errors} requests failed")
+            rates.append(len(rest[i:i + size]) * SPANS_PER_REQUEST / elapsed)
+        return rates
     finally:
         sc.stop()
         if hasattr(os, "sched_setaffinity"):
@@ -192,24 +202,39 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--pending", type=int, default=1_000_000)
+    parser.add_argument("--sustained", type=int, default=0, metavar="N",
+                        help="also send N requests with UUID IDs into one sidecar, printing spans/s per tenth")
     args = parser.parse_args()
     t0 = time.time() - 3600
     bodies = [build_request(b, t0) for b in range(args.requests)]
+    uuid_bodies = [build_request(b, t0, uuid_ids=True) for b in range(args.requests)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         # Measured right before and right after the whole path, so machine noise shows as a spread.
         ceil_before = ceiling(bodies)
-        through = whole_path(bodies, tmp)
+        through = whole_path(bodies, tmp / "order-ids")[0]
+        through_uuid = whole_path(uuid_bodies, tmp / "uuid-ids")[0]
         ceil_after = ceiling(bodies)
         ceil = (ceil_before + ceil_after) / 2
         per_pending, reload_s, loaded = pending_memory_and_reload(args.pending, tmp)
+        sustained = []
+        if args.sustained:
+            del bodies, uuid_bodies
+            long_run = [build_request(b, t0, uuid_ids=True) for b in range(args.sustained)]
+            sustained = whole_path(long_run, tmp / "sustained", segments=10)
     print(f"requests: {args.requests} x {SPANS_PER_REQUEST} spans (OTLP/HTTP protobuf)")
     print(f"ceiling (parse + walk attributes, opentelemetry-proto): {ceil:12,.0f} spans/s  "
           f"(before {ceil_before:,.0f}, after {ceil_after:,.0f})")
     print(f"whole path (syncwatch run on one core, durable):        {through:12,.0f} spans/s  "
           f"= {through / ceil:.0%} of ceiling   [target >= 50,000 and >= 50%]")
+    print(f"  the same with UUID correlation IDs:                   {through_uuid:12,.0f} spans/s  "
+          f"= {through_uuid / ceil:.0%} of ceiling")
     print(f"RSS per pending transaction at {loaded:,} pending:      {per_pending:12,.0f} bytes   [target <= 1024]")
     print(f"reload {loaded:,} pending after restart:              {reload_s:12.1f} s       [target <= 30]")
+    if sustained:
+        per_tenth = (args.sustained - 10) * SPANS_PER_REQUEST / 10
+        print(f"sustained, UUID IDs, {args.sustained} requests into one sidecar, spans/s per tenth as the ledger grows:")
+        print("  " + "  ".join(f"{(i + 1) * per_tenth / 1e6:.1f}M: {r:,.0f}" for i, r in enumerate(sustained)))
 
 
 if __name__ == "__main__":

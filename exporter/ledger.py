@@ -21,7 +21,8 @@ import orjson
 
 from .config import Config
 from .errors import ConfigError
-from .ledger_schema import DDL, SCHEMA_VERSION, STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_SOURCE
+from .ledger_schema import (DDL, MIGRATE_FROM_3, SCHEMA_VERSION, STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_SOURCE,
+                            corr_hash)
 from .metrics import Metrics
 
 log = logging.getLogger("syncwatch.ledger")
@@ -48,23 +49,29 @@ _UPSERT_OPEN = (
     "timeline=excluded.timeline, source_trace=COALESCE(excluded.source_trace, source_trace), "
     "source_span=COALESCE(excluded.source_span, source_span)")
 _CLOSE_STORED = (
-    "INSERT OR REPLACE INTO closed_tx (corr, dest, flow, source, outcome, changed_at, opened_at, deadline, closed_at, "
-    "lag, source_trace, source_span, close_span, attempts, timeline) SELECT corr, dest, flow, ?, ?, ?, opened_at, "
-    "deadline, ?, ?, source_trace, source_span, ?, ?, ? FROM open_tx WHERE corr=? AND dest=? AND flow=?")
+    "INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, opened_at, deadline, closed_at, "
+    "lag, source_trace, source_span, close_span, attempts, timeline, corr_hash) SELECT corr, dest, flow, ?, ?, ?, "
+    "opened_at, deadline, ?, ?, source_trace, source_span, ?, ?, ?, ? FROM open_tx WHERE corr=? AND dest=? AND flow=?")
 _CLOSE_NEW = (
-    "INSERT OR REPLACE INTO closed_tx (corr, dest, flow, source, outcome, changed_at, opened_at, deadline, closed_at, "
-    "lag, source_trace, source_span, close_span, attempts, timeline) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
-
-
+    "INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, opened_at, deadline, closed_at, "
+    "lag, source_trace, source_span, close_span, attempts, timeline, corr_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+# closed_tx rows are found by corr_hash (indexed) and then the key; parameters: (corr_hash, corr, dest, flow).
+_CLOSED_KEY = "corr_hash=? AND corr=? AND dest=? AND flow=?"
+SWEEP_BATCH = 5000
+SWEEP_ROUNDS = 20  # per minute: up to 100,000 rows of each table
 
 
 def closed_lookup_sql(n: int) -> str:
-    """SELECT the closed rows of n (corr, dest, flow) keys. A join from the VALUES list, not
-    `(corr, dest, flow) IN (VALUES ...)`: SQLite plans that row-value IN as a scan of closed_tx,
-    whose cost grows with every transaction ever closed."""
+    """SELECT the closed rows of n keys, given as (corr, dest, flow, corr_hash) parameters. A join
+    from the VALUES list, not `(...) IN (VALUES ...)`: SQLite plans that row-value IN as a scan
+    of closed_tx, whose cost grows with every transaction ever closed."""
     return ("SELECT c.corr, c.dest, c.flow, outcome, closed_at, lag, changed_at, close_span, timeline "
-            "FROM (VALUES " + ",".join(["(?,?,?)"] * n) + ") AS k CROSS JOIN closed_tx AS c "
-            "ON c.corr = k.column1 AND c.dest = k.column2 AND c.flow = k.column3")
+            "FROM (VALUES " + ",".join(["(?,?,?,?)"] * n) + ") AS k CROSS JOIN closed_tx AS c "
+            "ON c.corr_hash = k.column4 AND c.corr = k.column1 AND c.dest = k.column2 AND c.flow = k.column3")
+
+
+def _closed_key(key) -> tuple:
+    return (corr_hash(key[0]), *key)
 
 
 def _to_json(doc) -> str:
@@ -126,7 +133,9 @@ class Ledger:
             raise ConfigError(key, f"cannot open the ledger at {config.storage.ledger_path}: "
                                    f"{getattr(exc, 'strerror', None) or exc}") from None
         version = self._schema_version()
-        if version not in (None, SCHEMA_VERSION):
+        if version == 3:
+            self._migrate_from_3()
+        elif version not in (None, SCHEMA_VERSION):
             raise RuntimeError(f"ledger {config.storage.ledger_path} has schema version {version}, this syncwatch "
                                f"needs {SCHEMA_VERSION}: move the old file away (or set storage.sqlite_path)")
         self.conn.executescript(DDL)
@@ -143,6 +152,13 @@ class Ledger:
         self._new_batch()
         for name, flow in self.flows.items():
             metrics.flow_deadline.labels(name).set(flow.deadline)
+
+    def _migrate_from_3(self):
+        log.info("ledger %s: migrating schema 3 -> %d (closed_tx index by corr_hash)",
+                 self.config.storage.ledger_path, SCHEMA_VERSION)
+        self.conn.create_function("syncwatch_corr_hash", 1, corr_hash, deterministic=True)
+        self.conn.executescript(f"BEGIN IMMEDIATE; {MIGRATE_FROM_3} UPDATE meta SET value='{SCHEMA_VERSION}' "
+                                "WHERE key='schema_version'; COMMIT;")
 
     def _schema_version(self):
         try:
@@ -201,9 +217,11 @@ class Ledger:
         self._closed_cache: dict | None = None  # prefetched closed rows, valid while sources are handled
         self._batch_closed: dict = {}  # closes of this batch, as _closed_row rows
         self._dirty: dict = {}  # key -> Tx to upsert into open_tx
-        self._close_stored: list = []
-        self._close_new: list = []
-        self._deletes: list = []
+        # Closes to write, by key: a later close of the same key in this batch replaces an earlier one.
+        self._close_stored: dict = {}  # from their open_tx row
+        self._close_new: dict = {}  # never stored as open
+        self._deletes: list = []  # open_tx rows
+        self._closed_deletes: list = []  # closed_tx rows a close replaces (a confirm after a fail)
 
     # ---- startup -----------------------------------------------------------------------------
     def load(self) -> int:
@@ -292,7 +310,8 @@ class Ledger:
         found = self._closed_cache = {}
         for i in range(0, len(keys), 300):
             chunk = keys[i:i + 300]
-            for row in self.conn.execute(closed_lookup_sql(len(chunk)), [v for key in chunk for v in key]):
+            params = [v for key in chunk for v in (*key, corr_hash(key[0]))]
+            for row in self.conn.execute(closed_lookup_sql(len(chunk)), params):
                 found[row[:3]] = row[3:]
 
     def _closed_row(self, key):
@@ -305,8 +324,8 @@ class Ledger:
                 return cache[key]
             return None
         return self.conn.execute(
-            "SELECT outcome, closed_at, lag, changed_at, close_span, timeline FROM closed_tx "
-            "WHERE corr=? AND dest=? AND flow=?", key).fetchone()
+            "SELECT outcome, closed_at, lag, changed_at, close_span, timeline FROM closed_tx WHERE " + _CLOSED_KEY,
+            _closed_key(key)).fetchone()
 
     def _on_source(self, ev):
         corr, flow, source = ev[E_CORR], ev[E_FLOW], ev[E_SOURCE]
@@ -338,7 +357,7 @@ class Ledger:
                     lag = self._observe_lag(flow, source, dest, closed_at - changed_at)
                 self.conn.execute(
                     "UPDATE closed_tx SET lag=?, changed_at=?, source=COALESCE(source, ?), source_trace=?, source_span=? "
-                    "WHERE corr=? AND dest=? AND flow=?", (lag, changed_at, source, ev[E_TRACE], ev[E_SPAN], *key))
+                    "WHERE " + _CLOSED_KEY, (lag, changed_at, source, ev[E_TRACE], ev[E_SPAN], *_closed_key(key)))
                 if self._closed_cache is not None:
                     self._closed_cache[key] = (outcome, closed_at, lag, changed_at, row[4], row[5])
                 continue
@@ -383,8 +402,8 @@ class Ledger:
             return
         n = ev[E_ATTEMPT] or max((a[A_N] for a in attempts), default=0) + 1
         attempts.append([ev[E_TRACE].hex(), span_hex, ev[E_START], ev[E_END], n, ev[E_CODE], ev[E_ERROR]])
-        self.conn.execute("UPDATE closed_tx SET attempts=attempts+1, timeline=? WHERE corr=? AND dest=? AND flow=?",
-                          (_to_json(doc), *key))
+        self.conn.execute("UPDATE closed_tx SET attempts=attempts+1, timeline=? WHERE " + _CLOSED_KEY,
+                          (_to_json(doc), *_closed_key(key)))
         self._count_attempt(key[2], key[1], ev[E_CODE], n)
 
     def _count_attempt(self, flow, dest, code, n):
@@ -459,8 +478,7 @@ class Ledger:
         if row is not None:
             doc = orjson.loads(row[5]) if row[5] else {"attempts": []}
             doc.setdefault("duplicates", []).append(entry)
-            self.conn.execute("UPDATE closed_tx SET timeline=? WHERE corr=? AND dest=? AND flow=?",
-                              (_to_json(doc), *key))
+            self.conn.execute("UPDATE closed_tx SET timeline=? WHERE " + _CLOSED_KEY, (_to_json(doc), *_closed_key(key)))
 
     def _on_fail(self, ev):
         corr, flow, dest = ev[E_CORR], ev[E_FLOW], ev[E_DEST]
@@ -493,6 +511,13 @@ class Ledger:
         else:
             closed_at, close_span, close = self.clock(), None, None
         attempts = 0
+        h = corr_hash(corr)
+        if key in self._batch_closed:
+            # Closed earlier in this batch (a fail, then its confirm): this close replaces that one.
+            self._close_new.pop(key, None)
+            self._close_stored.pop(key, None)
+        elif row is not None:
+            self._closed_deletes.append((h, *key))
         if tx is not None:
             del self.pending[key]
             self._dirty.pop(key, None)
@@ -503,13 +528,13 @@ class Ledger:
             labels = tx.labels
             timeline = tx.timeline(close)
             if tx.stored:
-                self._close_stored.append((source, outcome, changed_at, closed_at, lag, close_span, attempts, timeline,
-                                           *key))
+                self._close_stored[key] = (source, outcome, changed_at, closed_at, lag, close_span, attempts, timeline,
+                                           h, *key)
                 self._deletes.append(key)
             else:
                 src = tx.src or (None, None)
-                self._close_new.append((*key, source, outcome, changed_at, tx.opened_at, tx.deadline, closed_at, lag,
-                                        src[0], src[1], close_span, attempts, timeline))
+                self._close_new[key] = (*key, source, outcome, changed_at, tx.opened_at, tx.deadline, closed_at, lag,
+                                        src[0], src[1], close_span, attempts, timeline, h)
         else:
             labels = self._label_tuple(flow, source, dest)
             if row is not None and row[5]:  # e.g. a confirm after a fail: keep the attempts already recorded
@@ -519,8 +544,8 @@ class Ledger:
                 timeline = _to_json(doc)
             else:
                 timeline = _to_json({"attempts": [], "close": close}) if close else None
-            self._close_new.append((*key, source, outcome, changed_at, None, None, closed_at, lag, None, None,
-                                    close_span, attempts, timeline))
+            self._close_new[key] = (*key, source, outcome, changed_at, None, None, closed_at, lag, None, None,
+                                    close_span, attempts, timeline, h)
         self._batch_closed[key] = (outcome, closed_at, lag, changed_at, close_span, timeline)
         self._inc(self.metrics.transactions, (*labels, outcome))
         if attempts:
@@ -544,12 +569,14 @@ class Ledger:
 
     def _flush(self):
         conn = self.conn
+        if self._closed_deletes:
+            conn.executemany("DELETE FROM closed_tx WHERE " + _CLOSED_KEY, self._closed_deletes)
         if self._close_stored:
-            conn.executemany(_CLOSE_STORED, self._close_stored)
+            conn.executemany(_CLOSE_STORED, self._close_stored.values())
         if self._deletes:
             conn.executemany("DELETE FROM open_tx WHERE corr=? AND dest=? AND flow=?", self._deletes)
         if self._close_new:
-            conn.executemany(_CLOSE_NEW, self._close_new)
+            conn.executemany(_CLOSE_NEW, self._close_new.values())
         if self._dirty:
             rows = []
             for key, tx in self._dirty.items():
@@ -622,12 +649,16 @@ class Ledger:
         cutoff = now - self.expire_after
         conn = self.conn
         for sql in (
-            "DELETE FROM closed_tx WHERE rowid IN (SELECT rowid FROM closed_tx "
-            "WHERE outcome IN ('confirmed', 'failed', 'expired') AND closed_at < ? LIMIT 5000)",
-            "DELETE FROM applies WHERE idem IN (SELECT idem FROM applies WHERE last_at < ? LIMIT 5000)",
+            # closed_tx rows are appended as transactions close: look at the oldest few thousand
+            # only (no index on closed_at to keep up to date) and delete those past the horizon.
+            f"DELETE FROM closed_tx WHERE rowid IN (SELECT rowid FROM (SELECT rowid, closed_at FROM closed_tx "
+            f"ORDER BY rowid LIMIT {SWEEP_BATCH}) WHERE closed_at < ?)",
+            f"DELETE FROM applies WHERE idem IN (SELECT idem FROM applies WHERE last_at < ? LIMIT {SWEEP_BATCH})",
         ):
             try:
-                conn.execute(sql, (cutoff,))
+                for _ in range(SWEEP_ROUNDS):  # bounded, so the writer is back to intake quickly
+                    if conn.execute(sql, (cutoff,)).rowcount == 0:
+                        break
             except sqlite3.Error:
                 # Sweeping loses nothing when it fails; it only delays clean-up until the next minute.
                 log.exception("ledger sweep failed; will retry in a minute")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .ledger_schema import STAGE_CONFIRM, STAGE_FAIL
+from .ledger_schema import STAGE_CONFIRM, STAGE_FAIL, corr_hash
 
 STATES = ("overdue", "pending", "failed", "expired", "duplicate")
 MAX_PAGE = 1000
@@ -49,6 +49,7 @@ class LedgerQueries:
         conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
         conn.execute("PRAGMA busy_timeout=5000")
         conn.row_factory = sqlite3.Row
+        conn.create_function("syncwatch_corr_hash", 1, corr_hash, deterministic=True)
         return conn
 
     # -- one transaction -----------------------------------------------------------------------
@@ -60,7 +61,8 @@ class LedgerQueries:
             return None
         try:
             open_rows = conn.execute("SELECT * FROM open_tx WHERE corr = ?", (corr,)).fetchall()
-            closed_rows = conn.execute("SELECT * FROM closed_tx WHERE corr = ?", (corr,)).fetchall()
+            closed_rows = conn.execute("SELECT * FROM closed_tx WHERE corr_hash = ? AND corr = ?",
+                                       (corr_hash(corr), corr)).fetchall()
             applies = conn.execute("SELECT * FROM applies WHERE corr = ?", (corr,)).fetchall()
         finally:
             conn.close()
@@ -112,11 +114,11 @@ class LedgerQueries:
         elif state in ("failed", "expired"):
             sql = "SELECT t.* FROM closed_tx t"
             order_col, desc = "t.closed_at", True
-            where.append("t.outcome = ?")
+            where.append("t.outcome = ? AND t.outcome <> 'confirmed'")  # the second term lets SQLite use closed_tx_problems
             params.append(state)
         else:
-            sql = ("SELECT t.*, (SELECT source FROM closed_tx c WHERE c.corr = t.corr AND c.dest = t.dest AND c.flow = t.flow) AS source "
-                   "FROM applies t")
+            sql = ("SELECT t.*, (SELECT source FROM closed_tx c WHERE c.corr_hash = syncwatch_corr_hash(t.corr) "
+                   "AND c.corr = t.corr AND c.dest = t.dest AND c.flow = t.flow) AS source FROM applies t")
             order_col, desc = "t.last_at", True
             where.append("t.applies > 1")
         if flow:

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from exporter.api import setup_api
 from exporter.config import Config, load_config
-from exporter.ledger_schema import DDL, STAGE_CONFIRM, STAGE_FAIL
+from exporter.ledger_schema import DDL, STAGE_CONFIRM, STAGE_FAIL, corr_hash
 from exporter.metrics import Metrics
 from exporter.snapshots import SnapshotIntake
 from test_snapshots_store import T0, Clock, make_request, order_body
@@ -39,9 +39,9 @@ def build_ledger(path):
                              [TRACE, span(3), T0 + 13, T0 + 14, 3, "201", None]],
                 "close": [STAGE_CONFIRM, TRACE, span(4), T0 + 40, T0 + 42, None, "ord-1:erp"]}
     conn.execute("INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, opened_at, deadline, closed_at, lag, "
-                 "source_trace, source_span, attempts, timeline) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                 "source_trace, source_span, attempts, timeline, corr_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                  ("ord-1", "erp", "orders", "storefront", "confirmed", T0, T0, T0 + 300, T0 + 42, 42.0,
-                  bytes.fromhex(TRACE), bytes.fromhex(span(9)), 3, json.dumps(timeline)))
+                  bytes.fromhex(TRACE), bytes.fromhex(span(9)), 3, json.dumps(timeline), corr_hash("ord-1")))
     # 25 overdue orders (deadline passed), 3 pending ones, a failed one and an inventory duplicate.
     for i in range(25):
         tl = {"attempts": [[TRACE, span(100 + i), T0 + i, T0 + i + 1, 1, "429", "http_429"]]}
@@ -55,12 +55,14 @@ def build_ledger(path):
                  ("cust-1", "storefront", "customers", "erp", T0, T0, T0 + 10))
     failed_tl = {"attempts": [[TRACE, span(200), T0, T0 + 1, 1, "500", "http_500"]],
                  "close": [STAGE_FAIL, TRACE, span(201), T0 + 60, T0 + 60, "retries_exhausted", None]}
-    conn.execute("INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, closed_at, attempts, timeline) VALUES (?,?,?,?,?,?,?,?,?)",
-                 ("ord-9", "erp", "orders", "storefront", "failed", T0, T0 + 60, 1, json.dumps(failed_tl)))
+    conn.execute("INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, closed_at, attempts, timeline, corr_hash) "
+                 "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                 ("ord-9", "erp", "orders", "storefront", "failed", T0, T0 + 60, 1, json.dumps(failed_tl), corr_hash("ord-9")))
     dup_tl = {"close": [STAGE_CONFIRM, TRACE, span(300), T0 + 5, T0 + 6, None, "adj-7"],
               "duplicates": [[TRACE, span(301), T0 + 20, T0 + 21, "adj-7"]]}
-    conn.execute("INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, closed_at, lag, attempts, timeline) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                 ("inv-7", "storefront", "inventory", "wms", "confirmed", T0, T0 + 6, 6.0, 0, json.dumps(dup_tl)))
+    conn.execute("INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, closed_at, lag, attempts, timeline, "
+                 "corr_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                 ("inv-7", "storefront", "inventory", "wms", "confirmed", T0, T0 + 6, 6.0, 0, json.dumps(dup_tl), corr_hash("inv-7")))
     conn.execute("INSERT INTO applies (idem, corr, dest, flow, first_at, last_at, applies) VALUES (?,?,?,?,?,?,?)",
                  ("adj-7", "inv-7", "storefront", "inventory", T0 + 6, T0 + 21, 2))
     conn.commit()

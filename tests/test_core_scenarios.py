@@ -209,6 +209,34 @@ def test_confirm_then_fail_in_one_batch_counts_one_outcome(sidecar):
     assert sidecar.metric("syncwatch_transactions_pending", **tx) == 0
 
 
+@pytest.mark.parametrize("one_request", [True, False], ids=["one batch", "two batches"])
+def test_a_confirm_after_a_fail_replaces_it(sidecar, one_request):
+    """A dead-lettered order replayed by hand and applied: the ledger keeps one row per transaction,
+    now confirmed, with the attempts already recorded."""
+    import sqlite3
+
+    from otlp_raw import post, stage_request
+
+    t0 = now() - 60
+    common = {"syncwatch.flow": "orders", "syncwatch.source": "storefront", "syncwatch.destination": "erp",
+              "correlation_id": "SO-4711"}
+    first = [
+        {"_start": t0, "syncwatch.stage": "source", **common},
+        {"_start": t0 + 1, "_end": t0 + 2, "syncwatch.stage": "attempt", "http.response.status_code": 500, **common},
+        {"_start": t0 + 3, "_end": t0 + 3, "syncwatch.stage": "fail", "error.type": "retries_exhausted", **common},
+    ]
+    second = [{"_start": t0 + 30, "_end": t0 + 31, "syncwatch.stage": "confirm", **common}]
+    for spans in ([first + second] if one_request else [first, second]):
+        assert post(sidecar.otlp_http + "/v1/traces", stage_request(spans).SerializeToString())[0] == 200
+    tx = dict(flow="orders", source="storefront", destination="erp")
+    assert sidecar.metric("syncwatch_transactions_total", outcome="confirmed", **tx) == 1
+    assert sidecar.metric("syncwatch_sync_lag_seconds_sum", **tx) == pytest.approx(31.0, abs=1e-3)
+    db = sqlite3.connect(sidecar.workdir / "data" / "ledger.db")
+    rows = db.execute("SELECT outcome, attempts FROM closed_tx WHERE corr = 'SO-4711'").fetchall()
+    db.close()
+    assert rows == [("confirmed", 1)]
+
+
 def test_overdue_transaction_is_expired_after_the_horizon(make_sidecar):
     sc = make_sidecar({"flows": {"orders": {"destinations": ["erp"], "deadline": "1s"}},
                        "storage": {"expire_after": "3s"}})

@@ -5,6 +5,7 @@ import threading
 import uuid
 import time
 
+import pytest
 from otlp_raw import post, stage_request
 from otel_helpers import Integration
 
@@ -83,3 +84,40 @@ def test_ledger_file_is_checkpointed_while_intake_runs(make_sidecar):
         time.sleep(0.1)
     assert db_file.stat().st_size >= empty_size + 1_000_000, (empty_size, db_file.stat().st_size)
     assert sc.metric("syncwatch_transactions_pending", flow="orders", source="storefront", destination="erp") == 5000
+
+
+def test_a_schema_3_ledger_is_migrated_and_its_closed_transactions_still_found(make_sidecar):
+    """A ledger written by the previous release (schema 3: closed_tx indexed by its text key) is
+    migrated at start; a confirm recorded before the upgrade still gets its lag from a late source."""
+    from exporter.ledger_schema import DDL
+
+    sc = make_sidecar(name="sc", start=False)
+    data = sc.workdir / "data"
+    data.mkdir(parents=True)
+    v3 = (DDL.replace("    timeline     TEXT,\n    corr_hash    INTEGER NOT NULL  -- corr_hash(corr)\n", "    timeline     TEXT\n")
+          .replace("CREATE INDEX IF NOT EXISTS closed_tx_by_hash ON closed_tx(corr_hash);",
+                   "CREATE UNIQUE INDEX IF NOT EXISTS closed_tx_by_key ON closed_tx(corr, dest, flow);")
+          .replace("CREATE INDEX IF NOT EXISTS closed_tx_problems ON closed_tx(outcome, closed_at) WHERE outcome <> 'confirmed';",
+                   "CREATE INDEX IF NOT EXISTS closed_tx_by_outcome ON closed_tx(outcome, closed_at);"))
+    assert "corr_hash    INTEGER" not in v3 and "closed_tx_by_key" in v3 and "closed_tx_by_outcome" in v3
+    t0 = time.time() - 30
+    db = sqlite3.connect(data / "ledger.db")
+    db.executescript(v3)
+    db.execute("INSERT INTO meta VALUES ('schema_version', '3')")
+    db.execute("INSERT INTO closed_tx (corr, dest, flow, outcome, closed_at, close_span, attempts, timeline) "
+               "VALUES ('order-77', 'erp', 'orders', 'confirmed', ?, ?, 0, NULL)", (t0 + 8, b"\x01" * 8))
+    db.commit()
+    db.close()
+
+    sc.start()
+    it = Integration(sc)
+    it.source("order-77", "orders", t0)
+    it.close()
+    tx = dict(flow="orders", source="storefront", destination="erp")
+    assert sc.metric("syncwatch_sync_lag_seconds_sum", **tx) == pytest.approx(8.0, abs=1e-3)
+    assert sc.metric("syncwatch_transactions_pending", None, **tx) in (None, 0)
+    db = sqlite3.connect(data / "ledger.db")
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("4",)
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='closed_tx'")}
+    assert indexes == {"closed_tx_by_hash", "closed_tx_problems"}
+    db.close()
