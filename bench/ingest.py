@@ -2,9 +2,11 @@
 
 1. the ceiling: merely parsing the OTLP requests with opentelemetry-proto and walking every attribute;
 2. spans/s through the whole path: OTLP/HTTP protobuf, 512 spans per request, into a real
-   `syncwatch run` pinned to one core (durable SQLite commit before each answer);
+   `syncwatch run` pinned to one core (durable SQLite commit before each answer), with
+   increasing order numbers as correlation IDs and again with random UUIDs;
 3. RSS per pending transaction with 1,000,000 pending;
-4. seconds to reload 1,000,000 pending transactions after a restart.
+4. seconds to reload 1,000,000 pending transactions after a restart;
+5. with --sustained N: spans/s as one sidecar's ledger grows over N requests (UUID IDs).
 
 Usage: .venv/bin/python bench/ingest.py [--requests 300] [--pending 1000000] [--sustained 3000]
 Targets (issue 2): >= 50,000 spans/s and >= half the same-run ceiling; <= 1 KiB per pending; reload <= 30 s.

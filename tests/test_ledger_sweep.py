@@ -1,0 +1,40 @@
+"""Closed transactions are forgotten after the expiry horizon (storage.expire_after), in bounded
+rounds from the oldest rows, and a row with a skewed future close time does not hold others back."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from exporter.config import Config
+from exporter.ledger import SWEEP_BATCH, Ledger
+from exporter.ledger_schema import STAGE_CONFIRM
+from exporter.metrics import Metrics
+
+DAY = 86400.0
+T0 = 1_790_000_000.0
+
+
+def confirm(corr: str, at: float) -> tuple:
+    # Field order of ledger.EVENT_COLUMNS.
+    return (os.urandom(16), os.urandom(8), corr, "orders", STAGE_CONFIRM, "storefront", "erp", at - 1, at, at - 5,
+            None, None, None, None, at)
+
+
+def test_sweep_forgets_only_what_is_past_the_horizon(tmp_path):
+    now = [T0]
+    config = Config.model_validate({"storage": {"data_dir": str(tmp_path)}})
+    ledger = Ledger(config, Metrics(), clock=lambda: now[0])
+    ledger.record([confirm("old-1", T0)])
+    ledger.record([confirm("skewed", T0 + 8 * DAY)])  # a host whose clock runs 8 days ahead
+    ledger.record([confirm(f"old-bulk-{i}", T0 + 1) for i in range(2 * SWEEP_BATCH + 10)])
+    ledger.record([confirm("recent", T0 + 6 * DAY)])
+
+    now[0] = T0 + config.storage.expire_after + 10
+    ledger.tick(now[0])
+
+    db = sqlite3.connect(config.storage.ledger_path)
+    left = sorted(r[0] for r in db.execute("SELECT corr FROM closed_tx"))
+    db.close()
+    ledger.close()
+    assert left == ["recent", "skewed"]
