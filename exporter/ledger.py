@@ -385,11 +385,12 @@ class Ledger:
                     return  # the same span delivered again
         n = ev[E_ATTEMPT]
         if n is None:
-            n = max((a[A_N] for a in attempts), default=0) + 1
-        for a in attempts:
-            if a[A_N] == n - 1:
-                self._backoff(flow, dest, n, ev[E_START] - a[A_END])
-                break
+            n = max([a[A_N] for a in attempts]) + 1 if attempts else 1
+        if n > 1:
+            for a in attempts:
+                if a[A_N] == n - 1:
+                    self._backoff(flow, dest, n, ev[E_START] - a[A_END])
+                    break
         attempts.append([ev[E_TRACE].hex(), span_hex, ev[E_START], ev[E_END], n, ev[E_CODE], ev[E_ERROR]])
         self._dirty[key] = tx
         self._count_attempt(flow, dest, ev[E_CODE], n)
