@@ -246,6 +246,7 @@ class Ledger:
         self._close_new: dict = {}  # never stored as open
         self._deletes: list = []  # open_tx rows
         self._closed_deletes: list = []  # closed_tx rows a close replaces (a confirm after a fail)
+        self._opened: list = []  # keys opened in this batch
 
     # ---- startup -----------------------------------------------------------------------------
     def load(self) -> int:
@@ -319,7 +320,7 @@ class Ledger:
         base = changed_at if changed_at is not None else now
         tx = Tx(labels, changed_at, now, base + self._deadline_of(flow), src=src)
         self.pending[key] = tx
-        heapq.heappush(self._heap, (tx.deadline, CHECK_OVERDUE, key))
+        self._opened.append(key)  # its deadline goes on the heap at flush, if it is still open then
         self._inc(self.metrics.pending, labels)
         return tx
 
@@ -605,6 +606,13 @@ class Ledger:
             self._inc(self.metrics.overdue, tx.labels, -1)
 
     def _flush(self):
+        # Deadlines of the transactions this batch opened and did not close. Most open and close
+        # within a batch; their entries would only sit in the heap, stale, until their deadline.
+        pending, heap = self.pending, self._heap
+        for key in self._opened:
+            tx = pending.get(key)
+            if tx is not None:
+                heapq.heappush(heap, (tx.deadline, CHECK_OVERDUE, key))
         conn = self.conn
         if self._closed_deletes:
             conn.executemany("DELETE FROM closed_tx WHERE " + _CLOSED_KEY, self._closed_deletes)

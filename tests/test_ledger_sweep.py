@@ -1,4 +1,4 @@
-"""Closed transactions are forgotten after the expiry horizon (storage.expire_after), in bounded
+"""What the ledger forgets, and when. Closed transactions go after the expiry horizon (storage.expire_after), in bounded
 rounds from the oldest rows, and a row with a skewed future close time does not hold others back."""
 
 from __future__ import annotations
@@ -38,3 +38,22 @@ def test_sweep_forgets_only_what_is_past_the_horizon(tmp_path):
     db.close()
     ledger.close()
     assert left == ["recent", "skewed"]
+
+
+def source(corr: str, at: float) -> tuple:
+    return (os.urandom(16), os.urandom(8), corr, "orders", 0, "storefront", None, at, at, at, None, None, None, None, at)
+
+
+def test_transactions_closed_within_a_batch_leave_no_deadline_behind(tmp_path):
+    """At tens of thousands of transactions a second, deadlines of transactions that closed within
+    their batch would otherwise pile up in memory for a whole deadline period."""
+    config = Config.model_validate({"storage": {"data_dir": str(tmp_path)},
+                                    "flows": {"orders": {"destinations": ["erp"], "deadline": "15m"}}})
+    ledger = Ledger(config, Metrics(), clock=lambda: T0)
+    ledger.record([ev for i in range(1000) for ev in (source(f"o-{i}", T0), confirm(f"o-{i}", T0 + 2))])
+    assert len(ledger.pending) == 0 and len(ledger._heap) == 0
+    ledger.record([source(f"late-{i}", T0) for i in range(10)])
+    assert len(ledger.pending) == 10 and len(ledger._heap) == 10
+    ledger.tick(T0 + 15 * 60 + 1)
+    assert sum(tx.overdue for tx in ledger.pending.values()) == 10
+    ledger.close()
