@@ -1,5 +1,6 @@
-"""What the ledger forgets, and when. Closed transactions go after the expiry horizon (storage.expire_after), in bounded
-rounds from the oldest rows, and a row with a skewed future close time does not hold others back."""
+"""What the ledger forgets, and when. Closed transactions go after the expiry horizon
+(storage.expire_after), in bounded rounds from the oldest rows, and a row with a skewed future close
+time does not hold others back; deadlines of transactions that closed within their batch never stay."""
 
 from __future__ import annotations
 
