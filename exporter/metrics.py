@@ -46,9 +46,6 @@ class BatchHistogram:
                 total += v  # in order, so the sum is the one Histogram would show
             series[1] = total
 
-    def observe(self, labels: tuple, value: float) -> None:
-        self.observe_many(labels, (value,))
-
     def describe(self):
         return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
 

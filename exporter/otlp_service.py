@@ -11,6 +11,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from .intake import ExtractionFailed, IntakeFull, LedgerWriter
 from .metrics import Metrics
 from .otlp_decode import OtlpError
+from .trace_view import span_count
 
 log = logging.getLogger("syncwatch.otlp")
 
@@ -27,9 +28,10 @@ class OtlpService:
         self._correlated, self._uncorrelated, self._rejected = m.labels("correlated"), m.labels("uncorrelated"), m.labels("rejected")
 
     async def export_traces(self, request) -> ExportTraceServiceResponse:
-        """Record the request's spans; return once durable. Raises OtlpError for refusals."""
+        """Record the request's spans (a trace_view.TraceView); return once durable. Raises
+        OtlpError for refusals."""
         response = ExportTraceServiceResponse()
-        total = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        total = span_count(request)
         if not total:
             return response
         try:

@@ -16,7 +16,6 @@ equivalence on generated requests). The AnyValue values are opentelemetry-proto'
 from __future__ import annotations
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.common.v1 import common_pb2
 
 _PACKAGE = "syncwatch.intake"
@@ -74,6 +73,3 @@ def view_of(request) -> "TraceView":
 
 def span_count(view) -> int:
     return sum(len(ss.spans) for rs in view.resource_spans for ss in rs.scope_spans)
-
-
-__all__ = ["TraceView", "view_of", "span_count", "DecodeError"]
