@@ -167,6 +167,7 @@ class Ledger:
         self.closed_keys = ClosedKeys()
         self._heap: list = []  # (time, check kind, key)
         self._labels: dict[tuple, tuple] = {}
+        self._dests: dict[tuple, tuple] = {}
         self._jitter: dict[tuple, deque] = defaultdict(lambda: deque(maxlen=JITTER_WINDOW))
         self._jitter_dirty: set = set()
         self._child_cache: dict = {}
@@ -199,6 +200,14 @@ class Ledger:
     def _exactly_once(self, flow: str) -> bool:
         cfg = self.flows.get(flow)
         return cfg.exactly_once if cfg is not None else True
+
+    def _destinations(self, flow, source) -> tuple:
+        """The configured destinations a source span of `flow` from `source` opens transactions for."""
+        dests = self._dests.get((flow, source))
+        if dests is None:
+            cfg = self.flows.get(flow)
+            dests = self._dests[(flow, source)] = tuple(d for d in (cfg.destinations if cfg else ()) if d != source)
+        return dests
 
     def _label_tuple(self, flow, source, dest):
         key = (flow, source or UNKNOWN, dest)
@@ -321,7 +330,8 @@ class Ledger:
         tx = Tx(labels, changed_at, now, base + self._deadline_of(flow), src=src)
         self.pending[key] = tx
         self._opened.append(key)  # its deadline goes on the heap at flush, if it is still open then
-        self._inc(self.metrics.pending, labels)
+        deltas, delta = self._deltas, (self.metrics.pending, labels)  # _inc, inlined on the hot path
+        deltas[delta] = deltas.get(delta, 0) + 1
         return tx
 
     def _prefetch_closed(self, sources):
@@ -366,10 +376,9 @@ class Ledger:
     def _on_source(self, ev):
         corr, flow, source = ev[E_CORR], ev[E_FLOW], ev[E_SOURCE]
         changed_at = ev[E_CHANGED]
-        cfg = self.flows.get(flow)
-        dests = [d for d in (cfg.destinations if cfg else ()) if d != source]
+        dests = self._destinations(flow, source)
         if ev[E_DEST] and ev[E_DEST] not in dests:
-            dests.append(ev[E_DEST])
+            dests = (*dests, ev[E_DEST])
         for dest in dests:
             key = (corr, dest, flow)
             tx = self.pending.get(key)
@@ -444,10 +453,10 @@ class Ledger:
         self._count_attempt(key[2], key[1], ev[E_CODE], n)
 
     def _count_attempt(self, flow, dest, code, n):
-        m = self.metrics
-        self._inc(m.attempts, (flow, dest, code or "none"))
+        deltas, delta = self._deltas, (self.metrics.attempts, (flow, dest, code or "none"))  # _inc, inlined
+        deltas[delta] = deltas.get(delta, 0) + 1
         if n > 1:
-            self._inc(m.retries, (flow, dest))
+            self._inc(self.metrics.retries, (flow, dest))
 
     def _backoff(self, flow, dest, n, backoff):
         if backoff < 0:
@@ -560,7 +569,8 @@ class Ledger:
             del self.pending[key]
             self._dirty.pop(key, None)
             attempts = len(tx.attempts) if tx.attempts else 0
-            self._inc(self.metrics.pending, tx.labels, -1)
+            deltas, delta = self._deltas, (self.metrics.pending, tx.labels)  # _inc, inlined on the hot path
+            deltas[delta] = deltas.get(delta, 0) - 1
             if tx.overdue:
                 self._inc(self.metrics.overdue, tx.labels, -1)
             labels = tx.labels
@@ -585,7 +595,8 @@ class Ledger:
             self._close_new[key] = (*key, source, outcome, changed_at, None, None, closed_at, lag, None, None,
                                     close_span, attempts, timeline, h)
         self._batch_closed[key] = (outcome, closed_at, lag, changed_at, close_span, timeline)
-        self._inc(self.metrics.transactions, (*labels, outcome))
+        deltas, delta = self._deltas, (self.metrics.transactions, (*labels, outcome))
+        deltas[delta] = deltas.get(delta, 0) + 1
         if attempts:
             self._observe(self.metrics.delivery_attempts, (flow, dest), attempts)
 
