@@ -151,12 +151,15 @@ class SpanExtractor:
             # Resource attributes give defaults (e.g. an integration that sets syncwatch.flow once).
             resource = self._resource_values(rs.resource.attributes)
             resource_get = resource.get
-            resource_corr = next((resource[k] for k in corr_keys if k in resource), None)
+            # The correlation key of highest rank wins, whether the span or its resource sets it.
+            rank = next((i for i, k in enumerate(corr_keys) if k in resource), len(corr_keys))
+            resource_corr = resource[corr_keys[rank]] if rank < len(corr_keys) else None
+            span_corr_keys = corr_keys[:rank]
             for ss in rs.scope_spans:
                 for span in ss.spans:
                     get = span.attributes.get
                     corr = None
-                    for key in corr_keys:
+                    for key in span_corr_keys:
                         v = get(key)
                         if v is not None:
                             corr = v.string_value or _value(v)

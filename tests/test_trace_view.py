@@ -98,3 +98,15 @@ def test_json_and_protobuf_bodies_give_the_same_events():
         ("SO-1", "orders", 1, "erp", 3, "429"),
     ]
     assert (by_pb.correlated, by_pb.uncorrelated, by_pb.rejected) == (2, 1, 0)
+
+
+def test_the_correlation_key_of_highest_rank_wins_on_span_or_resource():
+    start = int(time.time() * 1e9)
+    stage = [("syncwatch.stage", "source"), ("syncwatch.flow", "orders")]
+    full = _request([("b", "from-resource")], [
+        (stage + [("a", "from-span")], start),  # ranks above the resource's key
+        (stage + [("c", "from-span")], start),  # ranks below it
+        (stage, start),
+    ])
+    out = SpanExtractor(["a", "b", "c"]).extract(decode_traces(full.SerializeToString(), PROTOBUF), 1.0)
+    assert [e[2] for e in out.events] == ["from-span", "from-resource", "from-resource"]
