@@ -3,8 +3,8 @@
 SQLite's automatic checkpoint runs inside the committing transaction, so the writer would stop
 taking spans while pages are copied and the file is synced. With correlation IDs that arrive in
 random order (UUIDs), every closed transaction dirties its own index page and checkpoints come
-often: measured with bench/ingest.py --random-ids, intake slowed from ~80k to ~52k spans/s as the
-ledger grew, and the sidecar sat idle waiting for fsync. A PASSIVE checkpoint from another
+often: in a sustained run with UUID IDs (bench/ingest.py --sustained), intake sank to ~52-58k
+spans/s as the ledger grew, the sidecar 12-17 % idle waiting for fsync. A PASSIVE checkpoint from another
 connection never blocks the writer; the writer keeps an automatic checkpoint only as a backstop
 (ledger.WAL_AUTOCHECKPOINT_PAGES) in case this thread falls behind or fails.
 """
