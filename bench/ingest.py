@@ -236,9 +236,9 @@ def main() -> None:
         def paired(name: str, requests: list[bytes]) -> tuple[float, float, float, float]:
             # The ceiling right before and right after, so each ratio compares like with like on a
             # machine whose speed drifts by several percent from minute to minute.
-            before = ceiling(bodies)
+            before = ceiling(requests)
             through = whole_path(requests, tmp / name)[0]
-            after = ceiling(bodies)
+            after = ceiling(requests)
             return through, (before + after) / 2, before, after
 
         rounds = [paired(f"order-ids-{i}", bodies) for i in range(args.rounds)]

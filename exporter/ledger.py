@@ -182,8 +182,14 @@ class Ledger:
         log.info("ledger %s: migrating schema 3 -> %d (closed_tx index by corr_hash)",
                  self.config.storage.ledger_path, SCHEMA_VERSION)
         self.conn.create_function("syncwatch_corr_hash", 1, corr_hash, deterministic=True)
-        self.conn.executescript(f"BEGIN IMMEDIATE; {MIGRATE_FROM_3} UPDATE meta SET value='{SCHEMA_VERSION}' "
-                                "WHERE key='schema_version'; COMMIT;")
+        try:
+            self.conn.executescript(f"BEGIN IMMEDIATE; {MIGRATE_FROM_3} UPDATE meta SET value='{SCHEMA_VERSION}' "
+                                    "WHERE key='schema_version'; COMMIT;")
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")  # the file stays at schema 3, as it was
+            raise RuntimeError(f"ledger {self.config.storage.ledger_path}: migrating schema 3 -> {SCHEMA_VERSION} "
+                               f"failed, the file is unchanged: {exc}") from None
 
     def _schema_version(self):
         try:

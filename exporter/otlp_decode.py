@@ -15,10 +15,6 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 
 
-def _otlp_name(message_cls) -> str:
-    return "ExportTraceServiceRequest" if message_cls is TraceView else message_cls.DESCRIPTOR.name
-
-
 class OtlpError(Exception):
     """A request syncwatch refuses; `status` is the HTTP status to answer with."""
 
@@ -62,7 +58,7 @@ def decode(body: bytes, content_type: str, message_cls):
         try:
             return message_cls.FromString(body)
         except (DecodeError, ValueError, RuntimeError) as exc:
-            raise OtlpError(400, f"body is not a valid {_otlp_name(message_cls)} protobuf: {exc}", "bad_request") from None
+            raise OtlpError(400, f"body is not a valid {message_cls.DESCRIPTOR.name} protobuf: {exc}", "bad_request") from None
     if content_type == JSON:
         try:
             data = json.loads(body)

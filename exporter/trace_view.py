@@ -37,7 +37,8 @@ _MESSAGES = [
         (1, "resource", _F.TYPE_MESSAGE, False, ".syncwatch.intake.Resource"),
         (2, "scope_spans", _F.TYPE_MESSAGE, True, ".syncwatch.intake.ScopeSpans"),
     ]),
-    ("TraceView", [(1, "resource_spans", _F.TYPE_MESSAGE, True, ".syncwatch.intake.ResourceSpans")]),
+    # Named as in OTLP, so parse errors name the message an integration sent.
+    ("ExportTraceServiceRequest", [(1, "resource_spans", _F.TYPE_MESSAGE, True, ".syncwatch.intake.ResourceSpans")]),
 ]
 
 
@@ -60,7 +61,7 @@ def _build():
                             type_name=_ANY_VALUE)
     pool = descriptor_pool.Default()
     pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.TraceView"))
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.ExportTraceServiceRequest"))
 
 
 TraceView = _build()
