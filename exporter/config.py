@@ -126,6 +126,14 @@ class RedactConfig(_Model):
             PathRule(path)  # raises ValueError naming the path
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _key_is_text(cls, data: Any) -> Any:
+        # Checked on the whole section: a field error would quote the (secret) value back.
+        if isinstance(data, dict) and data.get("hash_key") is not None and not isinstance(data["hash_key"], str):
+            raise ValueError("hash_key must be a string: quote it in YAML (the value is not shown)")
+        return data
+
     @model_validator(mode="after")
     def _key_length(self) -> "RedactConfig":
         # A model-level check, so the error message never repeats the (secret) key itself.

@@ -147,6 +147,20 @@ def test_invalid_rules_are_refused_at_config_load_naming_the_key():
         Config.model_validate({"snapshots": {"redact": {"hash_key": "short"}}})
 
 
+def test_a_numeric_hash_key_is_refused_without_echoing_it(tmp_path):
+    from exporter.config import load_config
+
+    secret = "98765432109876543210"
+    path = tmp_path / "c.yaml"
+    path.write_text(f"snapshots:\n  redact:\n    hash_key: {secret}\n")
+    for args in ((path, {}), (None, {"SYNCWATCH_SNAPSHOTS__REDACT__HASH_KEY": secret}),
+                 (None, {"SYNCWATCH_SNAPSHOTS__REDACT__HASH_KEY": secret[:6] + "." + secret[6:]})):
+        with pytest.raises(ConfigError) as err:
+            load_config(args[0], environ=args[1])
+        assert "hash_key must be a string" in str(err.value)
+        assert secret[:6] not in str(err.value) and secret[-6:] not in str(err.value)
+
+
 def test_retention_below_72h_is_refused_with_a_message(tmp_path):
     from exporter.config import load_config
 
