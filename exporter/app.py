@@ -45,7 +45,7 @@ class App:
         self.clock = clock
         self.metrics = Metrics()
         self.ledger = Ledger(config, self.metrics, clock)
-        self.writer = LedgerWriter(self.ledger, SpanExtractor(config.correlation.keys), self.metrics,
+        self.writer = LedgerWriter(self.ledger, SpanExtractor(config.correlation.keys, config.limits.max_correlation_id_length), self.metrics,
                                    config.intake.max_queued_spans, config.intake.max_batch_spans, clock)
         self.snapshots = self._make_snapshots()
         self.service = OtlpService(self.writer, self.metrics, snapshots=self.snapshots,

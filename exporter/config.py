@@ -93,6 +93,20 @@ class CorrelationConfig(_Model):
     unknown_flow_deadline: Duration = 300.0
 
 
+class LimitsConfig(_Model):
+    """Bounds on what span data can make syncwatch keep: metric label sets and per-span sizes."""
+
+    # Metric labels come from config; flows, systems (source/destination) and response codes seen in
+    # spans but not configured get their own label up to these counts, then fold into "other".
+    max_unknown_flows: int = Field(20, ge=0)
+    max_unknown_systems: int = Field(50, ge=0)  # per flow, sources and destinations together
+    max_response_codes: int = Field(50, ge=0)  # distinct non-HTTP codes (syncwatch.response_code)
+    # Spans with a longer correlation ID (characters) are rejected, counted.
+    max_correlation_id_length: int = Field(256, ge=8, le=65536)
+    # Attempts kept in a transaction's timeline: the first few and the latest; the rest are counted.
+    max_timeline_attempts: int = Field(1000, ge=10, le=100_000)
+
+
 class RedactConfig(_Model):
     keys: list[str] = Field(default_factory=list)  # extra key names, case-insensitive, any depth
     paths: list[str] = Field(default_factory=list)  # JSON paths, e.g. $.customer.address.street
@@ -189,6 +203,7 @@ class Config(_Model):
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
     flows: dict[str, FlowConfig] = Field(default_factory=default_flows)
     correlation: CorrelationConfig = Field(default_factory=CorrelationConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     # Validated by the collectors package (each plug-in owns its own settings model).

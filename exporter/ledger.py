@@ -21,8 +21,9 @@ import orjson
 
 from .config import Config
 from .errors import ConfigError
-from .ledger_schema import (DDL, MIGRATE_FROM_3, SCHEMA_VERSION, STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_SOURCE,
-                            corr_hash)
+from .labels import LabelSets
+from .ledger_schema import (DDL, MIGRATE_FROM_3, MIGRATE_FROM_4, SCHEMA_VERSION, STAGE_ATTEMPT, STAGE_CONFIRM,
+                            STAGE_SOURCE, corr_hash)
 from .metrics import Metrics
 
 log = logging.getLogger("syncwatch.ledger")
@@ -37,8 +38,13 @@ A_SPAN, A_END, A_N = 1, 3, 4
 
 JITTER_WINDOW = 50  # recent backoffs kept per (flow, destination, attempt number)
 JITTER_MIN_SAMPLES = 5
+JITTER_MAX_N = 16  # attempt numbers above this share one jitter window
+TIMELINE_HEAD = 10  # attempts kept from the start of a capped timeline; the rest are the latest ones
+INDEX_ATTEMPTS = 32  # above this many attempts, a transaction's span IDs are found through a set
+MAX_DUPLICATES = 100  # duplicate applies listed per transaction; more are counted
 CHECK_OVERDUE, CHECK_EXPIRE = 0, 1
 UNKNOWN = "unknown"
+MAX_SHARED_LABELS = 100_000  # distinct (flow, source, destination) tuples shared between transactions
 # Checkpoints run on their own thread (ledger_checkpoint.py); this is the writer's backstop, ~80 MB of WAL.
 WAL_AUTOCHECKPOINT_PAGES = 20_000
 
@@ -117,13 +123,36 @@ class Tx:
         self.stored = stored  # has a row in open_tx (a transaction opened and closed in one batch never gets one)
         self.src = src  # (trace_id, span_id) of the source span until it is written
 
-    def timeline(self, close=None) -> str | None:
+    def timeline(self, close=None, omitted=0) -> str | None:
         if not self.attempts and close is None:
             return None
         doc = {"attempts": self.attempts or []}
+        if omitted:
+            doc["omitted"] = omitted
         if close is not None:
             doc["close"] = close
         return _to_json(doc)
+
+
+class AttemptIndex:
+    """Span IDs and attempt numbers of a transaction with many attempts (a retry storm), so each
+    new attempt costs the same however many came before it."""
+
+    __slots__ = ("spans", "max_n", "end_of")
+
+    def __init__(self, attempts):
+        self.spans = {a[A_SPAN] for a in attempts}
+        self.max_n = max(a[A_N] for a in attempts)
+        self.end_of = {a[A_N]: a[A_END] for a in attempts}  # attempt number -> end of its latest span
+
+    def add(self, entry):
+        self.spans.add(entry[A_SPAN])
+        if entry[A_N] > self.max_n:
+            self.max_n = entry[A_N]
+        end_of = self.end_of
+        if len(end_of) > 4 * INDEX_ATTEMPTS and entry[A_N] not in end_of:
+            end_of.clear()  # many distinct numbers: keep only recent ones (bounded memory)
+        end_of[entry[A_N]] = entry[A_END]
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -156,8 +185,8 @@ class Ledger:
             raise ConfigError(key, f"cannot open the ledger at {config.storage.ledger_path}: "
                                    f"{getattr(exc, 'strerror', None) or exc}") from None
         version = self._schema_version()
-        if version == 3:
-            self._migrate_from_3()
+        if version in (3, 4):
+            self._migrate(version)
         elif version not in (None, SCHEMA_VERSION):
             raise RuntimeError(f"ledger {config.storage.ledger_path} has schema version {version}, this syncwatch "
                                f"needs {SCHEMA_VERSION}: move the old file away (or set storage.sqlite_path)")
@@ -166,10 +195,17 @@ class Ledger:
         self.pending: dict[tuple, Tx] = {}
         self.closed_keys = ClosedKeys()
         self._heap: list = []  # (time, check kind, key)
+        self.label_sets = LabelSets(config, metrics)
         self._labels: dict[tuple, tuple] = {}
+        self._fold_cache: dict[tuple, tuple] = {}
         self._dests: dict[tuple, tuple] = {}
+        self.max_attempts = config.limits.max_timeline_attempts
+        self._omitted: dict[tuple, int] = {}  # key -> attempts dropped from the middle of its timeline
+        self._index: dict[tuple, AttemptIndex] = {}  # key -> index of a transaction with many attempts
+        self._stale = False  # memory may be ahead of the database: rebuild before the next write
         self._jitter: dict[tuple, deque] = defaultdict(lambda: deque(maxlen=JITTER_WINDOW))
         self._jitter_dirty: set = set()
+        self._backoffs: list = []  # (jitter key, backoff) of this batch, added to the windows after commit
         self._child_cache: dict = {}
         self._last_sweep = 0.0
         self._deltas: dict = {}
@@ -178,18 +214,18 @@ class Ledger:
         for name, flow in self.flows.items():
             metrics.flow_deadline.labels(name).set(flow.deadline)
 
-    def _migrate_from_3(self):
-        log.info("ledger %s: migrating schema 3 -> %d (closed_tx index by corr_hash)",
-                 self.config.storage.ledger_path, SCHEMA_VERSION)
+    def _migrate(self, version: int):
+        log.info("ledger %s: migrating schema %d -> %d", self.config.storage.ledger_path, version, SCHEMA_VERSION)
         self.conn.create_function("syncwatch_corr_hash", 1, corr_hash, deterministic=True)
+        steps = (MIGRATE_FROM_3 if version == 3 else "") + MIGRATE_FROM_4
         try:
-            self.conn.executescript(f"BEGIN IMMEDIATE; {MIGRATE_FROM_3} UPDATE meta SET value='{SCHEMA_VERSION}' "
+            self.conn.executescript(f"BEGIN IMMEDIATE; {steps} UPDATE meta SET value='{SCHEMA_VERSION}' "
                                     "WHERE key='schema_version'; COMMIT;")
         except sqlite3.Error as exc:
             if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")  # the file stays at schema 3, as it was
-            raise RuntimeError(f"ledger {self.config.storage.ledger_path}: migrating schema 3 -> {SCHEMA_VERSION} "
-                               f"failed, the file is unchanged: {exc}") from None
+                self.conn.execute("ROLLBACK")  # the file stays at its old schema, as it was
+            raise RuntimeError(f"ledger {self.config.storage.ledger_path}: migrating schema {version} -> "
+                               f"{SCHEMA_VERSION} failed, the file is unchanged: {exc}") from None
 
     def _schema_version(self):
         try:
@@ -216,19 +252,47 @@ class Ledger:
         return dests
 
     def _label_tuple(self, flow, source, dest):
+        """(flow, source, destination) of a transaction, one shared tuple per distinct value. These
+        are the span's values; metric labels are folded from them (see _metric_labels)."""
         key = (flow, source or UNKNOWN, dest)
         labels = self._labels.get(key)
         if labels is None:
-            labels = self._labels[key] = key
+            labels = key
+            if len(self._labels) < MAX_SHARED_LABELS:
+                self._labels[key] = key
         return labels
 
     def _child(self, metric, *labels):
         # prometheus-client's labels() is the expensive part of an update: cache the children.
-        key = (id(metric), labels)
+        folded = self._metric_labels(metric, labels)
+        key = (id(metric), folded)
         child = self._child_cache.get(key)
         if child is None:
-            child = self._child_cache[key] = metric.labels(*labels)
+            child = self._child_cache[key] = metric.labels(*folded)
         return child
+
+    def _metric_labels(self, metric, labels: tuple) -> tuple:
+        """Span values to metric labels from bounded sets (labels.LabelSets); cached only when
+        nothing was folded, so the cache is as bounded as the label sets."""
+        key = (id(metric), labels)
+        folded = self._fold_cache.get(key)
+        if folded is not None:
+            return folded
+        names = getattr(metric, "_labelnames", None) or metric.labelnames
+        sets, out, flow = self.label_sets, [], None
+        for name, value in zip(names, labels):
+            if name == "flow":
+                value = flow = sets.flow(value)
+            elif name in ("source", "destination"):
+                value = UNKNOWN if value == UNKNOWN else sets.system(flow, value)
+            elif name == "status_code":
+                value = sets.code(value)
+            out.append(value)
+        folded = tuple(out)
+        if folded == labels:
+            self._fold_cache[key] = folded
+        return folded
+
 
     def _inc(self, metric, labels, n=1):
         # Metric updates wait for the commit: they then describe exactly what is durable, and a
@@ -248,7 +312,7 @@ class Ledger:
             if n:
                 self._child(metric, *labels).inc(n)
         for (metric, labels), values in self._obs.items():
-            metric.observe_many(labels, values)
+            metric.observe_many(self._metric_labels(metric, labels), values)
         self._deltas.clear()
         self._obs.clear()
 
@@ -280,7 +344,12 @@ class Ledger:
                 dest, flow = intern(dest), intern(flow)
                 labels = self._label_tuple(flow, intern(source) if source else None, dest)
                 key = (corr, dest, flow)
-                attempts = loads(timeline)["attempts"] or None if timeline else None
+                attempts = None
+                if timeline:
+                    doc = loads(timeline)
+                    attempts = doc["attempts"] or None
+                    if "omitted" in doc:
+                        self._omitted[key] = doc["omitted"]
                 pending[key] = Tx(labels, changed_at, opened_at, deadline, attempts, True)
                 heap.append((deadline, CHECK_OVERDUE, key))
                 counts[labels] += 1
@@ -296,8 +365,11 @@ class Ledger:
 
     # ---- writes ------------------------------------------------------------------------------
     def record(self, events: list[tuple]) -> None:
-        """Record a batch of stage-span events in one SQLite transaction."""
+        """Record a batch of stage-span events in one SQLite transaction. Raises when it could not
+        commit; memory then still describes exactly what is committed."""
         conn = self.conn
+        if self._stale:
+            self._reset_memory()
         conn.execute("BEGIN IMMEDIATE")
         try:
             self._new_batch()
@@ -323,12 +395,10 @@ class Ledger:
             self._flush()
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
-            # Memory may now be ahead of the database: rebuild it from what is committed.
-            self._reset_memory()
+            self._rollback()
             raise
         self._apply_metrics()
-        if self._jitter_dirty:
+        if self._backoffs:
             self._update_jitter()
 
     def _open(self, key, labels, changed_at, now, flow, src=None) -> Tx:
@@ -428,21 +498,39 @@ class Ledger:
             # Attempt before its source span: open now, deadline provisional until the source arrives.
             tx = self._open(key, self._label_tuple(flow, ev[E_SOURCE], dest), ev[E_CHANGED], ev[E_START], flow)
         attempts = tx.attempts
+        index = None
         if attempts is None:
             attempts = tx.attempts = []
-        else:
+        elif len(attempts) <= INDEX_ATTEMPTS:
             for a in attempts:
                 if a[A_SPAN] == span_hex:
                     return  # the same span delivered again
+        else:
+            index = self._index.get(key)
+            if index is None:
+                index = self._index[key] = AttemptIndex(attempts)
+            if span_hex in index.spans:
+                return
         n = ev[E_ATTEMPT]
         if n is None:
-            n = max([a[A_N] for a in attempts]) + 1 if attempts else 1
+            n = (index.max_n if index is not None else max([a[A_N] for a in attempts])) + 1 if attempts else 1
         if n > 1:
-            for a in attempts:
-                if a[A_N] == n - 1:
-                    self._backoff(flow, dest, n, ev[E_START] - a[A_END])
-                    break
-        attempts.append([ev[E_TRACE].hex(), span_hex, ev[E_START], ev[E_END], n, ev[E_CODE], ev[E_ERROR]])
+            if index is not None:
+                prev_end = index.end_of.get(n - 1)
+            else:
+                prev_end = next((a[A_END] for a in reversed(attempts) if a[A_N] == n - 1), None)
+            if prev_end is not None:
+                self._backoff(flow, dest, n, ev[E_START] - prev_end)
+        entry = [ev[E_TRACE].hex(), span_hex, ev[E_START], ev[E_END], n, ev[E_CODE], ev[E_ERROR]]
+        attempts.append(entry)
+        if index is not None:
+            index.add(entry)
+        if len(attempts) > self.max_attempts:
+            # A retry storm on one transaction: keep the first attempts and the latest, count the rest.
+            dropped = attempts.pop(TIMELINE_HEAD)
+            if index is not None:
+                index.spans.discard(dropped[A_SPAN])
+            self._omitted[key] = self._omitted.get(key, 0) + 1
         self._dirty[key] = tx
         self._count_attempt(flow, dest, ev[E_CODE], n)
 
@@ -454,12 +542,15 @@ class Ledger:
             return
         n = ev[E_ATTEMPT] or max((a[A_N] for a in attempts), default=0) + 1
         attempts.append([ev[E_TRACE].hex(), span_hex, ev[E_START], ev[E_END], n, ev[E_CODE], ev[E_ERROR]])
+        if len(attempts) > self.max_attempts:
+            attempts.pop(TIMELINE_HEAD)
+            doc["omitted"] = doc.get("omitted", 0) + 1
         self.conn.execute("UPDATE closed_tx SET attempts=attempts+1, timeline=? WHERE " + _CLOSED_KEY,
                           (_to_json(doc), *_closed_key(key)))
         self._count_attempt(key[2], key[1], ev[E_CODE], n)
 
     def _count_attempt(self, flow, dest, code, n):
-        deltas, delta = self._deltas, (self.metrics.attempts, (flow, dest, code or "none"))  # _inc, inlined
+        deltas, delta = self._deltas, (self.metrics.attempts, (flow, dest, code))  # _inc, inlined
         deltas[delta] = deltas.get(delta, 0) + 1
         if n > 1:
             self._inc(self.metrics.retries, (flow, dest))
@@ -468,8 +559,7 @@ class Ledger:
         if backoff < 0:
             return  # overlapping attempts (clock skew between hosts): no meaningful backoff
         self._observe(self.metrics.retry_backoff, (flow, dest), backoff)
-        self._jitter[(flow, dest, n)].append(backoff)
-        self._jitter_dirty.add((flow, dest))
+        self._backoffs.append(((flow, dest), min(n, JITTER_MAX_N), backoff))
 
     def _on_confirm(self, ev):
         corr, flow, dest = ev[E_CORR], ev[E_FLOW], ev[E_DEST]
@@ -508,7 +598,8 @@ class Ledger:
         """Count one apply of an idempotency key; True when it had been applied before (a duplicate)."""
         corr, dest, flow = key
         span = ev[E_SPAN]
-        row = self.conn.execute("SELECT first_span, last_span FROM applies WHERE idem=?", (idem,)).fetchone()
+        row = self.conn.execute("SELECT first_span, last_span FROM applies WHERE idem=? AND dest=? AND flow=?",
+                                (idem, dest, flow)).fetchone()
         if row is None:
             self.conn.execute(
                 "INSERT INTO applies (idem, corr, dest, flow, first_at, last_at, applies, first_span, last_span) "
@@ -516,8 +607,8 @@ class Ledger:
             return first_count > 1
         if span in row:
             return False  # a redelivery of a span already counted
-        self.conn.execute("UPDATE applies SET applies=applies+1, last_at=?, last_span=? WHERE idem=?",
-                          (ev[E_END], span, idem))
+        self.conn.execute("UPDATE applies SET applies=applies+1, last_at=?, last_span=? WHERE idem=? AND dest=? AND flow=?",
+                          (ev[E_END], span, idem, dest, flow))
         return True
 
     def _record_duplicate(self, key, ev, row):
@@ -527,10 +618,26 @@ class Ledger:
         entry = [ev[E_TRACE].hex(), ev[E_SPAN].hex(), ev[E_START], ev[E_END], ev[E_IDEM]]
         if row is None:
             row = self._closed_row(key)
-        if row is not None:
-            doc = orjson.loads(row[5]) if row[5] else {"attempts": []}
-            doc.setdefault("duplicates", []).append(entry)
-            self.conn.execute("UPDATE closed_tx SET timeline=? WHERE " + _CLOSED_KEY, (_to_json(doc), *_closed_key(key)))
+        if row is None:
+            return
+        doc = orjson.loads(row[5]) if row[5] else {"attempts": []}
+        duplicates = doc.setdefault("duplicates", [])
+        if len(duplicates) < MAX_DUPLICATES:
+            duplicates.append(entry)
+        else:
+            doc["duplicates_omitted"] = doc.get("duplicates_omitted", 0) + 1
+        timeline = _to_json(doc)
+        batch_row = self._batch_closed.get(key)
+        if batch_row is not None:
+            # Closed earlier in this batch and not written yet: the duplicate goes into the row to write.
+            self._batch_closed[key] = (*batch_row[:5], timeline)
+            if key in self._close_new:
+                self._close_new[key] = (*self._close_new[key][:14], timeline, self._close_new[key][15])
+            elif key in self._close_stored:
+                stored = self._close_stored[key]
+                self._close_stored[key] = (*stored[:7], timeline, *stored[8:])
+            return
+        self.conn.execute("UPDATE closed_tx SET timeline=? WHERE " + _CLOSED_KEY, (timeline, *_closed_key(key)))
 
     def _on_fail(self, ev):
         corr, flow, dest = ev[E_CORR], ev[E_FLOW], ev[E_DEST]
@@ -575,12 +682,17 @@ class Ledger:
             del self.pending[key]
             self._dirty.pop(key, None)
             attempts = len(tx.attempts) if tx.attempts else 0
+            omitted = 0
+            if attempts > INDEX_ATTEMPTS:
+                self._index.pop(key, None)
+                omitted = self._omitted.pop(key, 0)
+                attempts += omitted
             deltas, delta = self._deltas, (self.metrics.pending, tx.labels)  # _inc, inlined on the hot path
             deltas[delta] = deltas.get(delta, 0) - 1
             if tx.overdue:
                 self._inc(self.metrics.overdue, tx.labels, -1)
             labels = tx.labels
-            timeline = tx.timeline(close)
+            timeline = tx.timeline(close, omitted)
             if tx.stored:
                 self._close_stored[key] = (source, outcome, changed_at, closed_at, lag, close_span, attempts, timeline,
                                            h, *key)
@@ -593,7 +705,7 @@ class Ledger:
             labels = self._label_tuple(flow, source, dest)
             if row is not None and row[5]:  # e.g. a confirm after a fail: keep the attempts already recorded
                 doc = orjson.loads(row[5])
-                attempts = len(doc.get("attempts", ()))
+                attempts = len(doc.get("attempts", ())) + doc.get("omitted", 0)
                 doc["close"] = close
                 timeline = _to_json(doc)
             else:
@@ -641,15 +753,24 @@ class Ledger:
             conn.executemany(_CLOSE_NEW, self._close_new.values())
         if self._dirty:
             rows = []
+            omitted = self._omitted
             for key, tx in self._dirty.items():
                 src = tx.src or (None, None)
+                n_omitted = omitted.get(key, 0) if omitted else 0
                 rows.append((*key, tx.labels[1] if tx.labels[1] != UNKNOWN else None, tx.changed_at, tx.opened_at,
-                             tx.deadline, src[0], src[1], len(tx.attempts) if tx.attempts else 0, tx.timeline()))
+                             tx.deadline, src[0], src[1], (len(tx.attempts) if tx.attempts else 0) + n_omitted,
+                             tx.timeline(None, n_omitted)))
                 tx.stored = True
                 tx.src = None  # written; memory need not keep it
             conn.executemany(_UPSERT_OPEN, rows)
 
     def _update_jitter(self):
+        gauge = self.metrics.retry_jitter
+        for fd, n, backoff in self._backoffs:
+            fd = self._metric_labels(gauge, fd)  # windows per metric series, so they stay bounded
+            self._jitter[(*fd, n)].append(backoff)
+            self._jitter_dirty.add(fd)
+        self._backoffs.clear()
         for flow, dest in self._jitter_dirty:
             total_w = total = 0.0
             for (f, d, _n), window in self._jitter.items():
@@ -669,6 +790,8 @@ class Ledger:
     def tick(self, now: float | None = None) -> None:
         """Mark transactions overdue at their deadline and expire them after the horizon."""
         now = self.clock() if now is None else now
+        if self._stale:
+            self._reset_memory()
         heap, pending, m = self._heap, self.pending, self.metrics
         expired = []
         while heap and heap[0][0] <= now:
@@ -685,15 +808,22 @@ class Ledger:
                 heapq.heappush(heap, (max(base + self.expire_after, when), CHECK_EXPIRE, key))
             elif tx.overdue:
                 expired.append(key)
+        self._apply_metrics()
         if expired:
             self._expire(expired, now)
-        self._apply_metrics()
+            self._apply_metrics()
         if now - self._last_sweep >= 60:
             self._last_sweep = now
             self._sweep(now)
 
     def _expire(self, keys, now):
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:
+            # Another process holds the write lock (or the disk fails): nothing changed, try again next tick.
+            for key in keys:
+                heapq.heappush(self._heap, (now, CHECK_EXPIRE, key))
+            raise
         try:
             self._new_batch()
             for key in keys:
@@ -702,8 +832,7 @@ class Ledger:
             self._flush()
             self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
-            self._reset_memory()
+            self._rollback()
             raise
 
     def _sweep(self, now):
@@ -715,7 +844,8 @@ class Ledger:
             # only (no index on closed_at to keep up to date) and delete those past the horizon.
             f"DELETE FROM closed_tx WHERE rowid IN (SELECT rowid FROM (SELECT rowid, closed_at FROM closed_tx "
             f"ORDER BY rowid LIMIT {SWEEP_BATCH}) WHERE closed_at < ?)",
-            f"DELETE FROM applies WHERE idem IN (SELECT idem FROM applies WHERE last_at < ? LIMIT {SWEEP_BATCH})",
+            f"DELETE FROM applies WHERE (idem, dest, flow) IN (SELECT idem, dest, flow FROM applies WHERE last_at < ? "
+            f"LIMIT {SWEEP_BATCH})",
         ):
             try:
                 for _ in range(SWEEP_ROUNDS):  # bounded, so the writer is back to intake quickly
@@ -725,20 +855,37 @@ class Ledger:
                 # Sweeping loses nothing when it fails; it only delays clean-up until the next minute.
                 log.exception("ledger sweep failed; will retry in a minute")
 
+    def _rollback(self):
+        """After a failed write: roll back if SQLite has not already (a failed COMMIT, e.g. SQLITE_FULL,
+        rolls back by itself) and rebuild memory from what is committed. Memory was ahead of the
+        database; keeping it would make a retry of the same spans look already recorded."""
+        self._stale = True
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.error("ledger rollback failed: %s", exc)
+        try:
+            self._reset_memory()
+        except Exception as exc:  # e.g. the disk is unreadable too: try again before the next write
+            log.error("ledger: rebuilding memory after a failed write failed (will retry): %s", exc)
+
     def _reset_memory(self):
         self._new_batch()
         self._deltas.clear()
         self._obs.clear()
-        self._jitter_dirty.clear()
+        self._backoffs.clear()
         m = self.metrics
-        for labels, _ in list(self._labels.items()):
-            self._child(m.pending, *labels).set(0)
-            self._child(m.overdue, *labels).set(0)
+        for (metric_id, _), child in self._child_cache.items():
+            if metric_id in (id(m.pending), id(m.overdue)):
+                child.set(0)
         self.pending.clear()
+        self._omitted.clear()
+        self._index.clear()
         self._heap.clear()
         self.closed_keys = ClosedKeys()
         self.load()
-        self.tick()
+        self._stale = False  # overdue marks come back at the next tick: deadlines are on the heap again
 
     def close(self):
         self.conn.close()

@@ -18,7 +18,7 @@ Stages: 0 source, 1 attempt, 2 confirm, 3 fail.
 
 import zlib
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 STAGE_SOURCE, STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_FAIL = 0, 1, 2, 3
 STAGE_NAMES = {"source": STAGE_SOURCE, "attempt": STAGE_ATTEMPT, "confirm": STAGE_CONFIRM, "fail": STAGE_FAIL}
@@ -72,9 +72,10 @@ CREATE INDEX IF NOT EXISTS closed_tx_by_hash ON closed_tx(corr_hash);
 CREATE INDEX IF NOT EXISTS closed_tx_problems ON closed_tx(outcome, closed_at) WHERE outcome <> 'confirmed';
 
 -- Applied operations with an explicit idempotency key, and duplicate applies of the default key
--- (correlation ID + destination); applies > 1 means duplicate applies.
+-- (correlation ID + destination); applies > 1 means duplicate applies. A key is scoped to its
+-- destination and flow: the same key applied at two destinations is two applies, not a duplicate.
 CREATE TABLE IF NOT EXISTS applies(
-    idem       TEXT NOT NULL PRIMARY KEY,
+    idem       TEXT NOT NULL,
     corr       TEXT NOT NULL,
     dest       TEXT NOT NULL,
     flow       TEXT NOT NULL,
@@ -82,7 +83,8 @@ CREATE TABLE IF NOT EXISTS applies(
     last_at    REAL NOT NULL,
     applies    INTEGER NOT NULL,
     first_span BLOB,
-    last_span  BLOB
+    last_span  BLOB,
+    PRIMARY KEY (idem, dest, flow)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS applies_duplicates ON applies(last_at) WHERE applies > 1;
 CREATE INDEX IF NOT EXISTS applies_by_corr ON applies(corr);
@@ -105,4 +107,16 @@ ALTER TABLE closed_tx ADD COLUMN corr_hash INTEGER NOT NULL DEFAULT 0;
 UPDATE closed_tx SET corr_hash = syncwatch_corr_hash(corr);
 DROP INDEX IF EXISTS closed_tx_by_key;
 DROP INDEX IF EXISTS closed_tx_by_outcome;
+"""
+
+# Schema version 4 keyed applies by the idempotency key alone (global across destinations and flows).
+MIGRATE_FROM_4 = """
+CREATE TABLE applies_v5(
+    idem TEXT NOT NULL, corr TEXT NOT NULL, dest TEXT NOT NULL, flow TEXT NOT NULL, first_at REAL NOT NULL,
+    last_at REAL NOT NULL, applies INTEGER NOT NULL, first_span BLOB, last_span BLOB,
+    PRIMARY KEY (idem, dest, flow)
+) WITHOUT ROWID;
+INSERT INTO applies_v5 SELECT idem, corr, dest, flow, first_at, last_at, applies, first_span, last_span FROM applies;
+DROP TABLE applies;
+ALTER TABLE applies_v5 RENAME TO applies;
 """

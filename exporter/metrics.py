@@ -82,6 +82,7 @@ class Metrics:
         self.retry_jitter = Gauge("syncwatch_retry_jitter_ratio", "Coefficient of variation of recent backoffs at the same attempt number; near 0 means fixed-interval retries (retry-storm pattern).", fd, registry=r)
         self.spans = Counter("syncwatch_spans", "Spans received by correlation result (correlated, uncorrelated, rejected).", ("result",), registry=r)
         self.clock_skew = Counter("syncwatch_clock_skew_clamped", "Negative sync lags (confirm before source change: clock skew) clamped to 0.", ("flow",), registry=r)
+        self.label_overflow = Counter("syncwatch_label_overflow", "Span values folded into a bounded metric label (other, invalid) instead of a series of their own, by label.", ("label",), registry=r)
         # Itself.
         self.otlp_requests = Counter("syncwatch_otlp_requests", "OTLP export requests by signal and answer code.", ("signal", "code"), registry=r)
         self.dropped = Counter("syncwatch_dropped", "Items syncwatch itself lost or refused, by reason.", ("reason",), registry=r)

@@ -7,6 +7,7 @@ Everything else (correlated spans without a stage, uncorrelated spans) is only c
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +28,11 @@ ERROR = "error.type"
 IDEMPOTENCY_KEY = "syncwatch.idempotency_key"
 _READ = (STAGE, FLOW, SOURCE, DESTINATION, PEER, SERVER, CHANGED_AT, RESEND, HTTP_CODE, CODE, ERROR, IDEMPOTENCY_KEY)
 _MAX_ERRORS = 5  # error messages kept per request for partial_success
+# Times syncwatch accepts: from the epoch to the end of year 9999 (what a datetime can show).
+MAX_TIME = 253402300799.0
+MAX_ATTEMPT = 1 << 31
+MAX_NAME_LENGTH = 128  # flow, source and destination names
+MAX_VALUE_LENGTH = 512  # idempotency keys, error types and response codes
 
 _intern = sys.intern
 
@@ -66,13 +72,20 @@ def parse_timestamp(value) -> float:
                 raise ValueError(f"expected unix seconds or RFC 3339, got {text[:40]!r}") from None
             if parsed.tzinfo is None:
                 raise ValueError(f"RFC 3339 time needs a zone offset, got {text[:40]!r}")
-            return parsed.timestamp()
+            ts = parsed.timestamp()
+            if not 0 <= ts <= MAX_TIME:
+                raise ValueError(f"time out of range (1970 to 9999), got {text[:40]!r}")
+            return ts
+    if not math.isfinite(ts):
+        raise ValueError(f"expected a finite time, got {ts}")
     if ts > 1e17:  # nanoseconds
         ts /= 1e9
     elif ts > 1e14:  # microseconds
         ts /= 1e6
     elif ts > 1e11:  # milliseconds
         ts /= 1e3
+    if not 0 <= ts <= MAX_TIME:
+        raise ValueError(f"time out of range (1970 to 9999), got {value!r:.40}")
     return ts
 
 
@@ -115,6 +128,13 @@ def _read(get, resource_get, key):
     return v.string_value or _value(v)
 
 
+def _code_text(code) -> str:
+    """A response code as text; integral doubles (200.0) read as the integer they are."""
+    if code.__class__ is float and code.is_integer():
+        return str(int(code))
+    return str(code)[:MAX_VALUE_LENGTH]
+
+
 def _where(span) -> str:
     return f"span {span.span_id.hex() or '?'}"
 
@@ -122,9 +142,29 @@ def _where(span) -> str:
 _NO_RESOURCE: dict = {}
 
 
+def _attempt_number(resend) -> int:
+    """Attempt number (1 = first try) from http.request.resend_count: a non-negative whole number."""
+    if isinstance(resend, bool):
+        raise ValueError
+    if isinstance(resend, float):
+        if not resend.is_integer():
+            raise ValueError
+        resend = int(resend)
+    elif not isinstance(resend, int):
+        resend = int(str(resend).strip())
+    if not 0 <= resend < MAX_ATTEMPT:
+        raise ValueError
+    return resend + 1
+
+
+def _too_long(value, limit: int) -> bool:
+    return value.__class__ is str and len(value) > limit
+
+
 class SpanExtractor:
-    def __init__(self, correlation_keys: list[str]):
+    def __init__(self, correlation_keys: list[str], max_correlation_id_length: int = 256):
         self._corr_keys = tuple(correlation_keys)  # in order: the first one present wins
+        self._max_corr = max_correlation_id_length
 
     def _resource_values(self, attributes) -> dict:
         """The attributes syncwatch reads that a resource sets, as defaults for its spans."""
@@ -174,6 +214,10 @@ class SpanExtractor:
                     if stage_name is None:
                         correlated += 1  # context span of a transaction: counts for coverage only
                         continue
+                    if len(str(corr)) > self._max_corr:
+                        out.reject(f"{_where(span)}: correlation ID longer than {self._max_corr} characters "
+                                   "(limits.max_correlation_id_length)")
+                        continue
                     ev = event(span, get, resource_get, corr, stage_name, received, out)
                     if ev is not None:
                         correlated += 1
@@ -197,6 +241,9 @@ class SpanExtractor:
         if not flow:
             out.reject(f"{_where(span)}: syncwatch.flow is missing on a {stage_name} span")
             return None
+        if _too_long(flow, MAX_NAME_LENGTH):
+            out.reject(f"{_where(span)}: syncwatch.flow longer than {MAX_NAME_LENGTH} characters")
+            return None
         v = get(DESTINATION)
         dest = resource_get(DESTINATION) if v is None else (v.string_value or _value(v))
         if not dest:
@@ -204,6 +251,9 @@ class SpanExtractor:
         if not dest and stage != STAGE_SOURCE:
             out.reject(f"{_where(span)}: no destination (syncwatch.destination, peer.service or server.address) "
                        f"on a {stage_name} span")
+            return None
+        if _too_long(dest, MAX_NAME_LENGTH):
+            out.reject(f"{_where(span)}: destination name longer than {MAX_NAME_LENGTH} characters")
             return None
         start = span.start_time_unix_nano / 1e9
         end = span.end_time_unix_nano / 1e9 or start
@@ -219,6 +269,9 @@ class SpanExtractor:
             changed_at = start if stage == STAGE_SOURCE else None
         v = get(SOURCE)
         source = resource_get(SOURCE) if v is None else (v.string_value or _value(v))
+        if _too_long(source, MAX_NAME_LENGTH):
+            out.reject(f"{_where(span)}: syncwatch.source longer than {MAX_NAME_LENGTH} characters")
+            return None
         # Only what the ledger reads for this stage: a source span needs none of the rest.
         attempt = code = error = idem = None
         if stage != STAGE_SOURCE:
@@ -229,9 +282,10 @@ class SpanExtractor:
                 resend = resource_get(RESEND) if v is None else _value(v)
                 if resend is not None:
                     try:
-                        attempt = max(int(resend) + 1, 1)
-                    except (TypeError, ValueError):
-                        out.reject(f"{_where(span)}: http.request.resend_count must be an integer")
+                        attempt = _attempt_number(resend)
+                    except (TypeError, ValueError, OverflowError):
+                        out.reject(f"{_where(span)}: http.request.resend_count must be a whole number from 0 to "
+                                   f"{MAX_ATTEMPT - 1}, got {str(resend)[:40]!r}")
                         return None
                 v = get(HTTP_CODE)
                 code = resource_get(HTTP_CODE) if v is None else _value(v)
@@ -240,6 +294,9 @@ class SpanExtractor:
             else:
                 v = get(IDEMPOTENCY_KEY)
                 idem = resource_get(IDEMPOTENCY_KEY) if v is None else (v.string_value or _value(v))
+                if idem is not None and len(str(idem)) > MAX_VALUE_LENGTH:
+                    out.reject(f"{_where(span)}: syncwatch.idempotency_key longer than {MAX_VALUE_LENGTH} characters")
+                    return None
         return (
             trace_id,
             span_id,
@@ -252,8 +309,8 @@ class SpanExtractor:
             end,
             changed_at,
             attempt,
-            None if code is None else str(code),
-            None if error is None else str(error),
+            None if code is None else _code_text(code),
+            None if error is None else str(error)[:MAX_VALUE_LENGTH],
             None if idem is None else str(idem),
             received,
         )

@@ -117,7 +117,7 @@ def test_a_schema_3_ledger_is_migrated_and_its_closed_transactions_still_found(m
     assert sc.metric("syncwatch_sync_lag_seconds_sum", **tx) == pytest.approx(8.0, abs=1e-3)
     assert sc.metric("syncwatch_transactions_pending", None, **tx) in (None, 0)
     db = sqlite3.connect(data / "ledger.db")
-    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("4",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("5",)
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='closed_tx'")}
     assert indexes == {"closed_tx_by_hash", "closed_tx_problems"}
     db.close()

@@ -32,7 +32,7 @@ def test_closed_lookup_searches_the_hash_index(n_keys):
     "UPDATE closed_tx SET timeline=? WHERE " + ledger._CLOSED_KEY,
     "DELETE FROM closed_tx WHERE " + ledger._CLOSED_KEY,
     "DELETE FROM open_tx WHERE corr=? AND dest=? AND flow=?",
-    "SELECT first_span, last_span FROM applies WHERE idem=?",
+    "SELECT first_span, last_span FROM applies WHERE idem=? AND dest=? AND flow=?",
     # the query API: one correlation ID, duplicates with their source, failed/expired lists
     "SELECT * FROM closed_tx WHERE corr_hash = ? AND corr = ?",
     "SELECT t.*, (SELECT source FROM closed_tx c WHERE c.corr_hash = syncwatch_corr_hash(t.corr) AND c.corr = t.corr "
