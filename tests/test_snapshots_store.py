@@ -3,6 +3,7 @@ with a controllable clock, store failures counted as drops, and the metrics a us
 
 import asyncio
 import hashlib
+import hmac
 import json
 
 import pytest
@@ -121,7 +122,10 @@ def test_payloads_are_stored_redacted_and_nothing_on_disk_holds_the_secrets(make
     assert request["order_id"] == "SO-1" and request["lines"] == [{"sku": "A-1", "qty": 2}]
     assert request["customer"]["password"].startswith("[REDACTED:password:")
     assert found[0].span_id == b"\x0a" * 8 and found[0].size == len(order_body().encode())
-    assert found[0].sha256 == hashlib.sha256(order_body().encode()).digest()
+    # The body hash is keyed with the data dir's redaction key: without it, no guess can be tested.
+    key = (tmp_path / "data" / "snapshot-redaction.key").read_bytes().strip()
+    assert found[0].body_hmac == hmac.digest(key, order_body().encode(), "sha256")
+    assert found[0].body_hmac != hashlib.sha256(order_body().encode()).digest()
     assert json.loads(found[2].body)["email"].startswith("[REDACTED:email:")
     # Every byte syncwatch wrote (database, WAL), decompressed where it is compressed:
     stored = b"".join(p.read_bytes() for p in (tmp_path / "data").iterdir() if p.is_file())
@@ -161,7 +165,7 @@ def test_payloads_without_correlation_id_or_with_a_bad_direction_are_rejected_an
     assert sample(metrics, "syncwatch_snapshots_total", direction="request", result="stored") == 1
 
 
-def test_a_body_over_the_cap_is_truncated_keeping_its_full_size_and_sha256(make_intake):
+def test_a_body_over_the_cap_is_truncated_keeping_its_full_size_and_keyed_hash(make_intake, tmp_path):
     intake, metrics = make_intake(snapshots={"max_bytes": 1000})
     body = json.dumps({"items": [{"sku": f"SKU-{i:05d}", "note": "é" * 3} for i in range(200)]})
 
@@ -175,8 +179,48 @@ def test_a_body_over_the_cap_is_truncated_keeping_its_full_size_and_sha256(make_
     (snap,) = run(go())
     assert snap.truncated and len(snap.body) <= 1000 and len(snap.body) >= 990
     snap.body.decode("utf-8")  # cut on a character boundary
-    assert snap.size == len(body.encode()) and snap.sha256 == hashlib.sha256(body.encode()).digest()
+    key = (tmp_path / "data" / "snapshot-redaction.key").read_bytes().strip()
+    assert snap.size == len(body.encode()) and snap.body_hmac == hmac.digest(key, body.encode(), "sha256")
     assert sample(metrics, "syncwatch_snapshot_truncated_total") == 1
+
+
+def test_a_huge_body_is_redacted_on_the_head_that_is_kept_only(make_intake):
+    """Redaction work per payload is bounded by what is kept: a 12 MB body costs no more than
+    max_bytes + the margin, and the kept head is redacted by the same rules (JSON key rules
+    through its pairs, a bracketed value whole)."""
+    from exporter.snapshots import REDACT_MARGIN
+
+    intake, metrics = make_intake(snapshots={"max_bytes": 4096})
+    head = {"customer": {"password": "hunter 2", "api key": "k-77", "secret": {"pin": "9911"}},
+            "payment": {"card": "4111 1111 1111 1111", "iban": "de89 3704 0044 0532 0130 00"}, "note": "jane.doe@example.com"}
+    body = json.dumps({**head, "lines": [{"sku": f"SKU-{i:07d}", "qty": 1} for i in range(400_000)]})
+    assert len(body) > 12_000_000
+    seen = []  # how much text each redaction call was given to work on
+    redact_body, redact_head = intake.redactor.redact_body, intake.redactor.redact_head
+
+    def spy_body(body, *rest):
+        seen.append(len(body))
+        return redact_body(body, *rest)
+
+    def spy_head(data, size):
+        seen.append(min(len(data), size))
+        return redact_head(data, size)
+    intake.redactor.redact_body, intake.redactor.redact_head = spy_body, spy_head
+
+    async def go():
+        await intake.start()
+        out = await intake.export_logs(make_request({"corr": "huge", "direction": "request", "body": body}))
+        found = await intake.find("huge")
+        await intake.stop()
+        return out, found
+
+    out, (snap,) = run(go())
+    assert out == (0, "") and snap.truncated and len(snap.body) <= 4096 and snap.size == len(body.encode())
+    assert seen and max(seen) <= 4096 + REDACT_MARGIN
+    kept = snap.body.decode()
+    for secret in ("hunter", "k-77", "9911", "1111 1111", "0532", "jane.doe"):
+        assert secret not in kept, secret
+    assert '"lines": [{"sku": "SKU-0000000"' in kept
 
 
 def test_retention_keeps_a_snapshot_at_71h59m_and_removes_it_after_72h_and_one_sweep(make_intake):

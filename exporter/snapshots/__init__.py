@@ -8,7 +8,7 @@ query API reads through it, and it runs the retention sweeper.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import hmac
 import json
 import logging
 import os
@@ -26,7 +26,7 @@ from ..metrics import Metrics
 from .otlp_logs import DIRECTIONS, PayloadRecord, payload_records
 from .redaction import Redactor
 from .sqlite_store import SqliteSnapshotStore
-from .store import STORE_UNAVAILABLE, Snapshot, StoreError, StoreStats
+from .store import STORE_UNAVAILABLE, Refused, Snapshot, StoreError, StoreStats
 from .sweeper import RetentionSweeper
 
 log = logging.getLogger("syncwatch.snapshots")
@@ -37,6 +37,9 @@ HASH_KEY_FILE = "snapshot-redaction.key"
 # After a store failure, snapshots are dropped at once for this long instead of every request
 # waiting for the store to time out again.
 FAILURE_BACKOFF = 5.0
+# A body longer than snapshots.max_bytes + this is redacted on its head only (it is stored cut at
+# max_bytes anyway): redaction costs at most this much per payload, however large the body.
+REDACT_MARGIN = 64 * 1024
 
 
 def load_hash_key(config: Config) -> bytes:
@@ -69,9 +72,10 @@ def load_hash_key(config: Config) -> bytes:
         raise ConfigError("storage.data_dir", f"cannot create the redaction key {path}: {exc.strerror}") from None
 
 
-def build_redactor(config: Config) -> Redactor:
+def build_redactor(config: Config, hash_key: bytes | None = None) -> Redactor:
     r = config.snapshots.redact
-    return Redactor(load_hash_key(config), defaults=r.defaults, extra_keys=r.keys, paths=r.paths, patterns=r.patterns)
+    key = hash_key if hash_key is not None else load_hash_key(config)
+    return Redactor(key, defaults=r.defaults, extra_keys=r.keys, paths=r.paths, patterns=r.patterns)
 
 
 def build_store(config: Config):
@@ -84,7 +88,8 @@ def build_store(config: Config):
 
 
 def body_bytes(body) -> bytes:
-    """The original body as bytes, for its size and SHA-256 (what the sender can compare with)."""
+    """The original body as bytes, for its size and keyed hash (what the sender's copy can be
+    checked against, by whoever holds the key)."""
     if isinstance(body, bytes):
         return body
     if isinstance(body, str):
@@ -107,7 +112,10 @@ class SnapshotIntake:
         self.settings = config.snapshots
         self.metrics = metrics
         self.clock = clock
-        self.redactor = build_redactor(config)
+        # The key of the redaction markers also keys the body hash: an unkeyed SHA-256 of a body
+        # whose secret was redacted lets anyone test guesses for the secret against it.
+        self._hash_key = load_hash_key(config)
+        self.redactor = build_redactor(config, self._hash_key)
         self.store = build_store(config)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-store")
         self._opened = False
@@ -197,25 +205,30 @@ class SnapshotIntake:
         if rejected + len(payloads):
             self.m_payload.inc(rejected + len(payloads))
         if payloads:
-            stored_error = await self._store(payloads, received)
-            if stored_error:
-                rejected += len(payloads)
-                problems[stored_error] = len(payloads)
+            for problem, n in (await self._store(payloads, received)).items():
+                rejected += n
+                problems[problem] = problems.get(problem, 0) + n
         message = "; ".join(f"{n} x {text}" for text, n in problems.items())
         return rejected, message
 
-    async def _store(self, payloads: list[PayloadRecord], received: float) -> str | None:
+    async def _store(self, payloads: list[PayloadRecord], received: float) -> dict[str, int]:
+        """Store the payloads; returns the rejected ones' problems (message -> count)."""
         if self.clock() < self._down_until or not await self._ensure_open():
             self._drop_payloads(payloads, self._last_reason)
-            return f"snapshot store failing, snapshots not kept: {self._last_error}"
+            return {f"snapshot store failing, snapshots not kept: {self._last_error}": len(payloads)}
         try:
-            snaps = await self._run(self._capture_and_put, payloads, received)
+            snaps, refused = await self._run(self._capture_and_put, payloads, received)
         except StoreError as exc:
             self._failed(exc)
             self._drop_payloads(payloads, exc.reason)
             log.warning("snapshot store write failed (%s): %s; %d snapshots dropped", exc.reason, exc.message, len(payloads))
-            return f"snapshot store failing, snapshots not kept: {exc.message}"
+            return {f"snapshot store failing, snapshots not kept: {exc.message}": len(payloads)}
         self.m_store_up.set(1)
+        # Items the store refused one by one (an S3 key too long): only they are dropped.
+        problems: dict[str, int] = {}
+        for r in refused:
+            self._drop(r.snapshot.direction, r.reason, 1)
+            problems[r.message] = problems.get(r.message, 0) + 1
         stored: dict[str, int] = {}
         for s in snaps:
             stored[s.direction] = stored.get(s.direction, 0) + 1
@@ -225,36 +238,49 @@ class SnapshotIntake:
             first = min(s.received for s in snaps)
             if self._oldest is None or first < self._oldest:
                 self._oldest = first
-        return None
+        return problems
 
-    def _capture_and_put(self, payloads: list[PayloadRecord], received: float) -> list[Snapshot]:
-        """Runs on the store thread: redact, truncate, compress, write, in one go."""
+    def _capture_and_put(self, payloads: list[PayloadRecord], received: float) -> tuple[list[Snapshot], list[Refused]]:
+        """Runs on the store thread: redact, truncate, compress, write, in one go. Returns the
+        snapshots stored and those the store refused one by one."""
         snaps = []
+        counted: list[tuple[Snapshot, dict[str, int]]] = []
         limit = self.settings.max_bytes
-        redactions: dict[str, int] = {}
         for p in payloads:
             raw = body_bytes(p.body)
-            result = self.redactor.redact_body(p.body, raw)
+            if len(raw) > limit + REDACT_MARGIN:
+                result = self.redactor.redact_head(raw, limit + REDACT_MARGIN)
+            else:
+                result = self.redactor.redact_body(p.body, raw)
             data = result.data
             truncated = len(data) > limit
             if truncated:
                 data = truncate(data, limit, result.content_type)
-                self.m_truncated.inc()
-            for kind, n in result.counts.items():
-                redactions[kind] = redactions.get(kind, 0) + n
-            snaps.append(Snapshot(
+            snap = Snapshot(
                 corr=p.corr, direction=p.direction, received=received, time=p.time or received,
                 trace_id=p.trace_id, span_id=p.span_id, flow=p.flow, destination=p.destination,
-                content_type=result.content_type, size=len(raw), sha256=hashlib.sha256(raw).digest(),
+                content_type=result.content_type, size=len(raw), sha256=hmac.digest(self._hash_key, raw, "sha256"),
                 truncated=truncated, redactions=sum(result.counts.values()), body=data,
-            ))
-        self.store.put_many(snaps)
+            )
+            snaps.append(snap)
+            counted.append((snap, result.counts))
+        refused = self.store.put_many(snaps)
+        gone = {id(r.snapshot) for r in refused}
+        stored = [s for s in snaps if id(s) not in gone]
         # Counted once stored; a failed write stored nothing, so it redacted nothing either.
+        redactions: dict[str, int] = {}
+        for snap, counts in counted:
+            if id(snap) in gone:
+                continue
+            if snap.truncated:
+                self.m_truncated.inc()
+            for kind, n in counts.items():
+                redactions[kind] = redactions.get(kind, 0) + n
         for kind, n in redactions.items():
             self.m_redactions.labels(kind).inc(n)
         # Store size: exact after each sweep, estimated from the compressed sizes in between.
-        self.m_bytes.inc(sum(s.stored_bytes for s in snaps))
-        return snaps
+        self.m_bytes.inc(sum(s.stored_bytes for s in stored))
+        return stored, refused
 
     def _stats_or_none(self) -> StoreStats | None:
         try:

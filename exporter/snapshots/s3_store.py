@@ -6,8 +6,10 @@ Layout under the prefix:
   t/<YYYYMMDDHH>/<received_ms>-<uid>-<bytes>/<corr>  empty time-index marker, listed by hour for
                                                  the retention sweeper (and for store size/age)
   dicts/<id>.zdict                               zstd dictionaries (never deleted)
-<corr> is percent-encoded. The sweeper deletes at the retention age; a bucket lifecycle rule on
-the prefix (README) is the backstop if syncwatch is down for a long time.
+<corr> is percent-encoded (`.` and `..` too: some S3 clients and proxies resolve them as path
+steps). A snapshot whose keys would pass S3's 1,024-byte limit is refused on its own
+(snapshot_key_too_long); the rest of its batch is stored. The sweeper deletes at the retention
+age; a bucket lifecycle rule on the prefix (README) is the backstop if syncwatch is down.
 """
 
 from __future__ import annotations
@@ -24,9 +26,26 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from .store import STORE_ERROR, STORE_UNAVAILABLE, Codec, Snapshot, StoreError, StoreStats
+from .store import KEY_TOO_LONG, STORE_ERROR, STORE_UNAVAILABLE, Codec, Refused, Snapshot, StoreError, StoreStats
 
 _MAGIC = b"SWS1"
+MAX_KEY_BYTES = 1024  # S3's limit on an object key (UTF-8); ours are ASCII
+# Answers that refuse one object's key, not the store: S3's, and MinIO's (255 bytes a segment).
+_KEY_ERRORS = frozenset({"KeyTooLongError", "XMinioInvalidObjectName"})
+
+
+class _KeyRefused(Exception):
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def key_segment(corr: str) -> str:
+    """A correlation ID as one key segment: percent-encoded, and never `.` or `..`."""
+    seg = quote(corr, safe="")
+    if seg in (".", ".."):
+        seg = seg.replace(".", "%2E")
+    return seg
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -81,35 +100,64 @@ class S3SnapshotStore:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- writes --------------------------------------------------------------------------------
-    def put_many(self, snaps: list[Snapshot]) -> None:
+    def put_many(self, snaps: list[Snapshot]) -> list[Refused]:
+        """Store the snapshots; returns those refused on their own (keys too long). Raises
+        StoreError when the store fails (then what was written is not known)."""
+        refused: list[Refused] = []
+        writes: list[tuple[Snapshot, str, str, bytes]] = []
         for s in snaps:
             if not s.blob and s.body:
                 self.codec.compress(s)
-        futures = [self._pool.submit(self._put_one, s) for s in snaps]
-        errors = [f.exception() for f in futures]
-        failed = [e for e in errors if e is not None]
+            data = self._object(s)
+            data_key, marker_key = self._keys(s, len(data))
+            if len(marker_key) > MAX_KEY_BYTES or len(data_key) > MAX_KEY_BYTES:
+                refused.append(Refused(s, KEY_TOO_LONG, f"correlation ID too long for an S3 object key ({len(s.corr.encode())} bytes, "
+                                                        f"{len(key_segment(s.corr))} encoded; keys are limited to {MAX_KEY_BYTES} bytes)"))
+                continue
+            writes.append((s, data_key, marker_key, data))
+        futures = [self._pool.submit(self._put_one, *w) for w in writes]
+        failed = []
+        for w, f in zip(writes, futures):
+            exc = f.exception()
+            if isinstance(exc, _KeyRefused):
+                refused.append(Refused(w[0], KEY_TOO_LONG, exc.message))
+            elif exc is not None:
+                failed.append(exc)
         if failed:
             raise failed[0] if isinstance(failed[0], StoreError) else _store_error(failed[0], "cannot store snapshots")
+        return refused
 
-    def _put_one(self, s: Snapshot) -> None:
-        with self._lock:
-            self._seq += 1
-            uid = f"{os.getpid():x}{self._seq:08x}"
-        received_ms = int(s.received * 1000)
+    def _object(self, s: Snapshot) -> bytes:
         header = json.dumps({
             "corr": s.corr, "direction": s.direction, "received": s.received, "time": s.time,
             "trace_id": s.trace_id.hex(), "span_id": s.span_id.hex(), "flow": s.flow, "destination": s.destination,
-            "content_type": s.content_type, "size": s.size, "sha256": s.sha256.hex(), "truncated": s.truncated,
+            "content_type": s.content_type, "size": s.size, "body_hmac": s.sha256.hex(), "truncated": s.truncated,
             "redactions": s.redactions, "dict_id": s.dict_id,
         }, separators=(",", ":")).encode()
-        data = _MAGIC + struct.pack(">I", len(header)) + header + s.blob
-        corr = quote(s.corr, safe="")
-        name = f"{received_ms:013d}-{uid}"
+        return _MAGIC + struct.pack(">I", len(header)) + header + s.blob
+
+    def _keys(self, s: Snapshot, size: int) -> tuple[str, str]:
+        with self._lock:
+            self._seq += 1
+            uid = f"{os.getpid():x}{self._seq:08x}"
+        corr = key_segment(s.corr)
+        name = f"{int(s.received * 1000):013d}-{uid}"
         hour = time.strftime("%Y%m%d%H", time.gmtime(s.received))
+        return f"{self.prefix}c/{corr}/{name}.sws", f"{self.prefix}t/{hour}/{name}-{size}/{corr}"
+
+    def _put_one(self, s: Snapshot, data_key: str, marker_key: str, data: bytes) -> None:
         # Data first, then its index marker: a crash in between leaves an object only the
         # lifecycle rule removes, never a marker pointing at nothing.
-        self._call(lambda: self._client.put_object(Bucket=self.bucket, Key=f"{self.prefix}c/{corr}/{name}.sws", Body=data), "cannot store snapshot")
-        self._call(lambda: self._client.put_object(Bucket=self.bucket, Key=f"{self.prefix}t/{hour}/{name}-{len(data)}/{corr}", Body=b""), "cannot index snapshot")
+        for key, body, what in ((data_key, data, "cannot store snapshot"), (marker_key, b"", "cannot index snapshot")):
+            try:
+                self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
+            except botocore.exceptions.ClientError as exc:
+                err = exc.response.get("Error", {})
+                if err.get("Code") in _KEY_ERRORS:
+                    raise _KeyRefused(f"S3 refused the object key of this correlation ID: {err.get('Code')} {err.get('Message')}") from None
+                raise _store_error(exc, what) from None
+            except Exception as exc:
+                raise _store_error(exc, what) from None
         with self._lock:
             self._bytes += len(data)
             if self._oldest is None or s.received < self._oldest:
@@ -120,7 +168,10 @@ class S3SnapshotStore:
 
     # -- reads ---------------------------------------------------------------------------------
     def find(self, corr: str) -> list[Snapshot]:
-        keys = self._call(lambda: list(self._list_keys(f"{self.prefix}c/{quote(corr, safe='')}/")), "cannot list snapshots")
+        prefix = f"{self.prefix}c/{key_segment(corr)}/"
+        if len(prefix) >= MAX_KEY_BYTES:
+            return []  # no snapshot can be stored under it
+        keys = self._call(lambda: list(self._list_keys(prefix)), "cannot list snapshots")
         bodies = list(self._pool.map(lambda k: self._call(lambda: self._client.get_object(Bucket=self.bucket, Key=k)["Body"].read(), "cannot read snapshot"), keys))
         out = []
         for data in bodies:
@@ -137,7 +188,8 @@ class S3SnapshotStore:
                 corr=h["corr"], direction=h["direction"], received=h["received"], time=h["time"],
                 trace_id=bytes.fromhex(h["trace_id"]), span_id=bytes.fromhex(h["span_id"]), flow=h["flow"],
                 destination=h["destination"], content_type=h["content_type"], size=h["size"],
-                sha256=bytes.fromhex(h["sha256"]), truncated=h["truncated"], redactions=h["redactions"],
+                # Objects written before the body hash was keyed carry an unkeyed "sha256": not shown.
+                sha256=bytes.fromhex(h.get("body_hmac", "")), truncated=h["truncated"], redactions=h["redactions"],
                 body=self.codec.decompress(dict_id, blob), stored_bytes=len(data), dict_id=dict_id,
             ))
         out.sort(key=lambda s: (s.time, s.received))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from .store import STORE_ERROR, STORE_FULL, STORE_UNAVAILABLE, Codec, Snapshot, StoreError, StoreStats
+from .store import STORE_ERROR, STORE_FULL, STORE_UNAVAILABLE, Codec, Refused, Snapshot, StoreError, StoreStats
 
 DDL = """
 CREATE TABLE IF NOT EXISTS snapshots(
@@ -37,8 +37,11 @@ CREATE INDEX IF NOT EXISTS snapshots_by_received ON snapshots(received);
 -- zstd dictionaries; never deleted (small, and old rows may still need them).
 CREATE TABLE IF NOT EXISTS zstd_dicts(id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
+# Rows written before the body hash was keyed hold an unkeyed SHA-256 in `sha256`: they keep 0
+# here (adding a column with a default rewrites no row) and their hash is never read back.
+_KEYED_COLUMN = "ALTER TABLE snapshots ADD COLUMN hash_keyed INTEGER NOT NULL DEFAULT 0"
 
-_COLUMNS = "id, corr, direction, received, time, trace_id, span_id, flow, dest, content_type, size, sha256, truncated, redactions, dict_id, body"
+_COLUMNS = "id, corr, direction, received, time, trace_id, span_id, flow, dest, content_type, size, sha256, truncated, redactions, dict_id, body, hash_keyed"
 
 
 class SqliteSnapshotStore:
@@ -61,6 +64,8 @@ class SqliteSnapshotStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(DDL)
+            if "hash_keyed" not in {row[1] for row in conn.execute("PRAGMA table_info(snapshots)")}:
+                conn.execute(_KEYED_COLUMN)
             self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             if self.max_bytes:
                 conn.execute(f"PRAGMA max_page_count={max(16, self.max_bytes // self._page_size)}")
@@ -76,21 +81,22 @@ class SqliteSnapshotStore:
             self._conn = None
 
     # -- writes --------------------------------------------------------------------------------
-    def put_many(self, snaps: list[Snapshot]) -> None:
+    def put_many(self, snaps: list[Snapshot]) -> list[Refused]:
+        """Store all or none (raises StoreError); no item is refused on its own here."""
         conn = self._connection()
         for s in snaps:
             if not s.blob and s.body:
                 self.codec.compress(s)
         rows = [
             (s.corr, s.direction, s.received, s.time, s.trace_id, s.span_id, s.flow, s.destination, s.content_type,
-             s.size, s.sha256, int(s.truncated), s.redactions, s.dict_id, s.blob)
+             s.size, s.sha256, int(s.truncated), s.redactions, s.dict_id, s.blob, 1)
             for s in snaps
         ]
         try:
             conn.execute("BEGIN")
             try:
                 conn.executemany(
-                    "INSERT INTO snapshots(corr, direction, received, time, trace_id, span_id, flow, dest, content_type, size, sha256, truncated, redactions, dict_id, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO snapshots(corr, direction, received, time, trace_id, span_id, flow, dest, content_type, size, sha256, truncated, redactions, dict_id, body, hash_keyed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     rows,
                 )
                 conn.execute("COMMIT")
@@ -100,6 +106,7 @@ class SqliteSnapshotStore:
                 raise
         except sqlite3.Error as exc:
             raise _store_error(exc, "cannot store snapshots") from None
+        return []
 
     def _save_dict(self, dict_id: int, data: bytes) -> None:
         self._connection().execute("INSERT OR REPLACE INTO zstd_dicts(id, data) VALUES (?, ?)", (dict_id, data))
@@ -119,10 +126,10 @@ class SqliteSnapshotStore:
         except sqlite3.Error as exc:
             raise _store_error(exc, "cannot read snapshots") from None
         out = []
-        for (id_, corr_, direction, received, time_, trace_id, span_id, flow, dest, ctype, size, sha, trunc, nred, dict_id, blob) in rows:
+        for (id_, corr_, direction, received, time_, trace_id, span_id, flow, dest, ctype, size, sha, trunc, nred, dict_id, blob, keyed) in rows:
             out.append(Snapshot(
                 corr=corr_, direction=direction, received=received, time=time_, trace_id=trace_id or b"",
-                span_id=span_id or b"", flow=flow, destination=dest, content_type=ctype, size=size, sha256=sha,
+                span_id=span_id or b"", flow=flow, destination=dest, content_type=ctype, size=size, sha256=sha if keyed else b"",
                 truncated=bool(trunc), redactions=nred, body=self.codec.decompress(dict_id, blob), id=id_,
                 stored_bytes=len(blob), dict_id=dict_id,
             ))

@@ -2,7 +2,8 @@
 
 Both backends (SQLite, S3) store the same record: the redacted (and possibly truncated) body,
 zstd-compressed, plus the facts needed to prove what was sent: the original size and the
-SHA-256 of the original bytes, whether the body was cut, and the trace/span of the attempt.
+HMAC-SHA256 of the original bytes (keyed with the snapshot hash key), whether the body was cut,
+and the trace/span of the attempt.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import zstandard
 STORE_FULL = "snapshot_store_full"
 STORE_UNAVAILABLE = "snapshot_store_unavailable"
 STORE_ERROR = "snapshot_store_error"
+# One item refused, the store itself fine (not the store's fault: no `snapshot_store_` prefix).
+KEY_TOO_LONG = "snapshot_key_too_long"
 
 
 class StoreError(Exception):
@@ -40,7 +43,10 @@ class Snapshot:
     destination: str | None
     content_type: str  # json | text | binary
     size: int  # original body size in bytes, before redaction and truncation
-    sha256: bytes  # of the original body bytes
+    # HMAC-SHA256 of the original body bytes under the snapshot hash key; b"" for snapshots stored
+    # before bodies were hashed with a key (their unkeyed SHA-256 is never shown). The name is
+    # the stored column's; `body_hmac` says what it holds.
+    sha256: bytes
     truncated: bool
     redactions: int
     body: bytes = b""  # redacted, uncompressed (what the API shows)
@@ -49,6 +55,20 @@ class Snapshot:
     # Filled by the codec before a write.
     dict_id: int = 0
     blob: bytes = field(default=b"", repr=False)
+
+
+    @property
+    def body_hmac(self) -> bytes:
+        return self.sha256
+
+
+@dataclass
+class Refused:
+    """A snapshot the store would not take, the others of its batch stored."""
+
+    snapshot: Snapshot
+    reason: str  # for syncwatch_dropped_total{reason}
+    message: str  # for the OTLP answer's partial_success
 
 
 @dataclass
