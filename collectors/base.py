@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -12,8 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo
 
 from exporter.durations import Duration
 
-# Why a call failed, as exported in syncwatch_collector_errors_total{reason}.
-REASONS = ("unreachable", "timeout", "unauthorized", "throttled", "not_found", "other")
+# Why a call failed, as exported in syncwatch_collector_errors_total{reason}. `bad_response`: the
+# answer does not have the shape or types the API documents; `too_large`: it is over a size cap.
+REASONS = ("unreachable", "timeout", "unauthorized", "throttled", "not_found", "bad_response", "too_large", "other")
+
+# Longest queue/namespace label accepted from a broker (Service Bus paths reach ~520 characters).
+MAX_LABEL_CHARS = 1024
 
 
 class CollectorSettings(BaseModel):
@@ -98,6 +103,44 @@ class Sample:
     # Things a user should know that are not call failures (e.g. a DLX that routes nowhere).
     warnings: list[str] = field(default_factory=list)
     api_calls: int = 0
+
+
+def _label_ok(value: Any) -> bool:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_LABEL_CHARS:
+        return False
+    try:
+        value.encode("utf-8")  # a lone surrogate from a JSON \ud800 escape would fail every scrape
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _value_ok(value: Any, optional: bool) -> bool:
+    if value is None:
+        return optional
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def check_sample(sample: Any) -> None:
+    """Raise CollectorError("bad_response") unless every label is a sane string and every value a finite
+    number >= 0. The manager checks each plug-in's sample here, so one broker's odd answer fails that
+    collector only and can never break the /metrics scrape."""
+    if not isinstance(sample, Sample):
+        raise CollectorError("bad_response", f"sample() returned {type(sample).__name__}, not a Sample")
+    for q in sample.queues:
+        if not isinstance(q, QueueDepth) or not (_label_ok(q.namespace) and _label_ok(q.queue)):
+            raise CollectorError("bad_response", "a queue without a usable name or namespace (empty, not a string, "
+                                                 f"or over {MAX_LABEL_CHARS} characters)")
+        if not (_value_ok(q.messages, False) and all(_value_ok(v, True) for v in (
+                q.in_flight, q.delayed, q.oldest_message_age_seconds, q.consumers))):
+            raise CollectorError("bad_response", f"queue {q.queue[:200]!r}: a count that is not a finite number >= 0")
+    for d in sample.dlqs:
+        if not isinstance(d, DlqDepth) or not (_label_ok(d.namespace) and _label_ok(d.queue)):
+            raise CollectorError("bad_response", "a dead-letter queue without a usable name or namespace")
+        if not _value_ok(d.messages, False):
+            raise CollectorError("bad_response", f"dead-letter queue {d.queue[:200]!r}: a count that is not a finite number >= 0")
+        if not isinstance(d.source_queues, (set, frozenset)) or not all(_label_ok(s) for s in d.source_queues):
+            raise CollectorError("bad_response", f"dead-letter queue {d.queue[:200]!r}: a source queue without a usable name")
 
 
 class Collector(abc.ABC):

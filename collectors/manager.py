@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry
 
-from .base import Collector, CollectorError, Sample
+from .base import Collector, CollectorError, Sample, check_sample
 from .config import SamplingSettings, load_collectors_section
 from .metrics import CollectorMetrics
 from .sampling import AdaptiveSchedule
@@ -34,6 +34,7 @@ class CollectorRunner:
         self.last_sample: Sample | None = None
         self.last_error: CollectorError | None = None
         self.last_duration = 0.0
+        self._last_partial: tuple[str, ...] = ()
         metrics.register_collector(collector.name, sampling.interval)
 
     @property
@@ -47,6 +48,13 @@ class CollectorRunner:
         sample: Sample | None = None
         try:
             sample = await asyncio.wait_for(self.collector.sample(), self.deadline)
+            try:
+                check_sample(sample)
+            except CollectorError:
+                if isinstance(sample, Sample):
+                    self.metrics.api_calls.labels(name).inc(sample.api_calls)
+                sample = None
+                raise
         except CollectorError as exc:
             error = exc
         except asyncio.TimeoutError:
@@ -67,6 +75,7 @@ class CollectorRunner:
             self.schedule.observe(sample)
             if not self.up:
                 log.info("collector %s: up (%d queues, %d DLQs)", name, len(sample.queues), len(sample.dlqs))
+            self._log_partial(sample)
             self.up, self.last_sample, self.last_error = True, sample, None
         else:
             assert error is not None
@@ -77,6 +86,15 @@ class CollectorRunner:
             self.up, self.last_error = False, error
         m.interval.labels(name).set(self.schedule.interval())
         return sample
+
+    def _log_partial(self, sample: Sample) -> None:
+        """Partial failures (a vanished queue, a refused oversized link table) are logged when they change,
+        not on every cycle; messages name queues with repr(), so a broker's name cannot forge a log line."""
+        partial = tuple(sorted({f"{e.reason}: {e.message}" for e in sample.errors}))
+        if partial and partial != self._last_partial:
+            shown = "; ".join(partial[:5]) + (f"; and {len(partial) - 5} more" if len(partial) > 5 else "")
+            log.warning("collector %s: partial sample, %d error(s): %s", self.name, len(sample.errors), shown)
+        self._last_partial = partial
 
     async def run_forever(self) -> None:
         while True:

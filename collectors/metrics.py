@@ -73,7 +73,7 @@ class CollectorMetrics:
         registry.register(self.queues)
         c = ("collector",)
         self.up = Gauge("syncwatch_collector_up", "1 when the collector's last sample succeeded.", c, registry=registry)
-        self.errors = Counter("syncwatch_collector_errors", "Failed broker calls by reason (unreachable, timeout, unauthorized, throttled, not_found, other).", c + ("reason",), registry=registry)
+        self.errors = Counter("syncwatch_collector_errors", "Failed broker calls and refused answers by reason (unreachable, timeout, unauthorized, throttled, not_found, bad_response, too_large, other).", c + ("reason",), registry=registry)
         self.sample_duration = Gauge("syncwatch_collector_sample_duration_seconds", "Duration of the collector's last sample.", c, registry=registry)
         self.interval = Gauge("syncwatch_collector_interval_seconds", "Sampling interval in force (interval or fast_interval).", c, registry=registry)
         self.last_success = Gauge("syncwatch_collector_last_success_timestamp_seconds", "Unix time of the last successful sample.", c, registry=registry)

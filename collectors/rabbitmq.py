@@ -4,19 +4,28 @@ Dead-letter linking: a queue's dead-letter exchange comes from its arguments
 (`x-dead-letter-exchange`, `x-dead-letter-routing-key`), which win over its effective policy
 (`dead-letter-exchange`, `dead-letter-routing-key`). Its DLQs are the queues bound to that exchange
 for that routing key (following exchange-to-exchange bindings). Classic and quorum queues alike.
+
+Every answer is size-capped, parsed and type-checked in this collector's own thread, and the linking
+runs there too with a bounded amount of topic matching: a broker's data cannot stall the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import math
 import ssl
 import time
-from typing import Any
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Callable, TypeVar
 from urllib.parse import quote
 
 import aiohttp
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from .base import (Collector, CollectorError, CollectorSettings, DlqDepth, QueueDepth, Sample, check_env_name,
                    secret_from_env)
@@ -26,6 +35,15 @@ QUEUE_COLUMNS = ",".join((
     "name", "vhost", "type", "messages_ready", "messages_unacknowledged", "consumers",
     "head_message_timestamp", "arguments", "effective_policy_definition",
 ))
+BINDING_COLUMNS = "source,destination,destination_type,routing_key"
+
+# AMQP carries routing and binding keys as short strings: 255 bytes is what a client can publish or
+# bind with. Longer keys (the HTTP API accepts them) are not topic-matched: refused and counted.
+MAX_TOPIC_KEY_BYTES = 255
+# Topic-matching work per sample (one step = one routing-key word against one wildcard binding).
+MAX_MATCH_STEPS = 1_000_000
+# Exchange-to-exchange hops followed from a dead-letter exchange.
+MAX_EXCHANGE_HOPS = 8
 
 
 class RabbitMQSettings(CollectorSettings):
@@ -39,6 +57,12 @@ class RabbitMQSettings(CollectorSettings):
     queues: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     exclude: list[str] = Field(default_factory=list)
     page_size: int = Field(500, ge=1, le=500)
+    # Queues one sample may list (all vhosts together). A broker listing more is refused as too_large
+    # (collector down, last values kept) before the further pages are requested.
+    max_queues: int = Field(10_000, ge=1, le=1_000_000)
+    # Largest single answer (one page of queues, or one vhost's exchanges or bindings), decompressed.
+    # Parsing holds the interpreter for up to ~0.1 s per MiB, so this bounds any stall too.
+    max_response_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
     ca_file: str | None = None  # private CA for an https management endpoint
     verify_tls: bool = True
 
@@ -66,31 +90,233 @@ class RabbitMQSettings(CollectorSettings):
         return self
 
 
-def _topic_match(pattern: str, key: str) -> bool:
-    """AMQP topic matching: `*` is one word, `#` zero or more words."""
-    pw, kw = pattern.split("."), key.split(".")
+class TopicPattern:
+    """An AMQP topic binding key (`*` one word, `#` zero or more) compiled for a linear match: the set of
+    pattern positions reachable after each routing-key word is a bit mask, so a match costs one step per
+    key word (O(pattern x key) at worst), never the exponential backtracking `#.#.#...` provokes."""
 
-    def go(i: int, j: int) -> bool:
-        if i == len(pw):
-            return j == len(kw)
-        if pw[i] == "#":
-            return any(go(i + 1, k) for k in range(j, len(kw) + 1))
-        return j < len(kw) and (pw[i] == "*" or pw[i] == kw[j]) and go(i + 1, j + 1)
+    __slots__ = ("hash_mask", "advance", "star_mask", "final", "start")
 
-    return go(0, 0)
+    def __init__(self, pattern: str):
+        words: list[str] = []
+        for w in (pattern.split(".") if pattern else []):
+            if not (w == "#" and words and words[-1] == "#"):  # `#.#` matches exactly what `#` matches
+                words.append(w)
+        self.hash_mask = self.star_mask = 0
+        self.advance: dict[str, int] = {}  # literal word -> positions that word lets pass
+        for i, w in enumerate(words):
+            if w == "#":
+                self.hash_mask |= 1 << i
+            elif w == "*":
+                self.star_mask |= 1 << i
+            else:
+                self.advance[w] = self.advance.get(w, 0) | 1 << i
+        self.final = 1 << len(words)
+        self.start = self._closure(1)
+
+    def _closure(self, states: int) -> int:
+        # A `#` may match no word: its position reaches the next one (no two `#` are adjacent).
+        return states | ((states & self.hash_mask) << 1)
+
+    def matches(self, key_words: list[str]) -> bool:
+        states = self.start
+        for w in key_words:
+            states = self._closure((states & self.hash_mask)
+                                   | ((states & (self.star_mask | self.advance.get(w, 0))) << 1))
+            if not states:
+                return False
+        return bool(states & self.final)
 
 
-def dead_letter_target(queue: dict[str, Any]) -> tuple[str, str | None] | None:
-    """(exchange, routing key or None) the queue dead-letters to, or None."""
-    args = queue.get("arguments") or {}
-    policy = queue.get("effective_policy_definition") or {}
-    if not isinstance(policy, dict):  # the API answers [] when no policy applies
-        policy = {}
-    if "x-dead-letter-exchange" in args:
-        return args["x-dead-letter-exchange"], args.get("x-dead-letter-routing-key", policy.get("dead-letter-routing-key"))
-    if "dead-letter-exchange" in policy:
-        return policy["dead-letter-exchange"], args.get("x-dead-letter-routing-key", policy.get("dead-letter-routing-key"))
-    return None
+def topic_words(key: str) -> list[str]:
+    """Words of a routing key as RabbitMQ splits them: "" has none, "a." has two ("a" and "")."""
+    return key.split(".") if key else []
+
+
+def is_wildcard(binding_key: str) -> bool:
+    return any(w in ("*", "#") for w in topic_words(binding_key))
+
+
+def topic_match(pattern: str, key: str) -> bool:
+    return TopicPattern(pattern).matches(topic_words(key))
+
+
+# --- the management API's answers, type-checked --------------------------------------------------
+
+Text = Annotated[str, Field(strict=True)]
+Count = Annotated[int, Field(strict=True, ge=0, le=2**63)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _DeadLetterArguments(_Model):
+    exchange: Text | None = Field(None, alias="x-dead-letter-exchange")
+    routing_key: Text | None = Field(None, alias="x-dead-letter-routing-key")
+
+
+class _DeadLetterPolicy(_Model):
+    exchange: Text | None = Field(None, alias="dead-letter-exchange")
+    routing_key: Text | None = Field(None, alias="dead-letter-routing-key")
+
+
+class QueueItem(_Model):
+    name: Text
+    vhost: Text
+    messages_ready: Count | None = None  # absent until the queue's first stats emission
+    messages_unacknowledged: Count | None = None
+    consumers: Count | None = None
+    head_message_timestamp: Annotated[float, Field(strict=True, allow_inf_nan=False)] | None = None
+    arguments: _DeadLetterArguments = Field(default_factory=_DeadLetterArguments)
+    effective_policy_definition: _DeadLetterPolicy = Field(default_factory=_DeadLetterPolicy)
+
+    @field_validator("arguments", "effective_policy_definition", mode="before")
+    @classmethod
+    def _empty(cls, v: Any) -> Any:
+        # Erlang's empty proplist: the API answers `[]` (or null) where it means `{}`.
+        return {} if v is None or v == [] else v
+
+    def dead_letter_target(self) -> tuple[str, str | None] | None:
+        """(exchange, routing key or None) this queue dead-letters to, or None."""
+        args, policy = self.arguments, self.effective_policy_definition
+        key = args.routing_key if args.routing_key is not None else policy.routing_key
+        if args.exchange is not None:
+            return args.exchange, key
+        if policy.exchange is not None:
+            return policy.exchange, key
+        return None
+
+
+class QueuePage(_Model):
+    items: list[QueueItem]
+    page_count: Count
+
+
+class ExchangeItem(_Model):
+    name: Text
+    type: Text
+
+
+class BindingItem(_Model):
+    source: Text
+    destination: Text
+    destination_type: Text
+    routing_key: Text
+
+
+QUEUE_PAGE = TypeAdapter(QueuePage)
+EXCHANGES = TypeAdapter(list[ExchangeItem])
+BINDINGS = TypeAdapter(list[BindingItem])
+T = TypeVar("T")
+
+
+def parse_answer(body: bytes, adapter: TypeAdapter[T], where: str) -> T:
+    """JSON-decode and type-check one answer (run in the collector's thread, never on the loop)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the interpreter allows
+        raise CollectorError("bad_response", f"{where}: the answer is not valid JSON") from None
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False, include_input=False)[0]
+        loc = ".".join(str(p) for p in err["loc"])[:200]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise CollectorError("bad_response", f"{where}: unexpected answer at {loc or 'top level'}: {err['msg']}{more}") from None
+
+
+# --- dead-letter linking -------------------------------------------------------------------------
+
+@dataclass
+class _Linker:
+    """One sample's dead-letter resolution over each vhost's exchanges and bindings, indexed once:
+    exact keys by dict, wildcard topic bindings by TopicPattern, each (exchange, key) resolved once,
+    and a step budget for the topic matching as a whole."""
+
+    routing: dict[str, tuple[list[ExchangeItem], list[BindingItem]]]
+    steps_left: int = MAX_MATCH_STEPS
+    refused: list[CollectorError] = field(default_factory=list)
+    exhausted: bool = False
+    _index: dict[str, Any] = field(default_factory=dict)
+    _patterns: dict[str, TopicPattern] = field(default_factory=dict)
+    _cache: dict[tuple[str, str, str | None], set[str]] = field(default_factory=dict)
+    _refused_bindings: set[tuple[str, str, str]] = field(default_factory=set)
+
+    def _vhost(self, vhost: str):
+        if vhost not in self._index:
+            exchanges, bindings = self.routing.get(vhost, ([], []))
+            types = {e.name: e.type for e in exchanges}
+            every: dict[str, list[tuple[str, str]]] = {}
+            exact: dict[tuple[str, str], list[tuple[str, str]]] = {}
+            wild: dict[str, list[tuple[str, tuple[str, str]]]] = {}
+            for b in bindings:
+                if b.source == "" or b.destination_type not in ("queue", "exchange"):
+                    continue  # the default exchange routes by queue name (handled apart)
+                dest = (b.destination_type, b.destination)
+                every.setdefault(b.source, []).append(dest)
+                if types.get(b.source) == "topic" and is_wildcard(b.routing_key):
+                    wild.setdefault(b.source, []).append((b.routing_key, dest))
+                else:
+                    exact.setdefault((b.source, b.routing_key), []).append(dest)
+            self._index[vhost] = (types, every, exact, wild)
+        return self._index[vhost]
+
+    def _topic(self, vhost: str, exchange: str, pattern: str, key_words: list[str]) -> bool:
+        if len(pattern.encode()) > MAX_TOPIC_KEY_BYTES:
+            if (vhost, exchange, pattern) not in self._refused_bindings:
+                self._refused_bindings.add((vhost, exchange, pattern))
+                self.refused.append(CollectorError("too_large", f"{vhost!r}/{exchange!r}: a binding key of "
+                                                   f"{len(pattern.encode())} bytes (over {MAX_TOPIC_KEY_BYTES}) is not matched"))
+            return False
+        cost = len(key_words) + 1
+        if cost > self.steps_left:
+            self.exhausted = True
+            return False
+        self.steps_left -= cost
+        compiled = self._patterns.get(pattern)
+        if compiled is None:
+            compiled = self._patterns[pattern] = TopicPattern(pattern)
+        return compiled.matches(key_words)
+
+    def resolve(self, vhost: str, exchange: str, key: str | None) -> tuple[set[str], str | None]:
+        """(queues the dead letters reach, None or why that set may be incomplete: "key" when the routing
+        key is too long to topic-match, "budget" when this sample's matching budget ran out)."""
+        cached = self._cache.get((vhost, exchange, key))
+        if cached is not None:
+            return cached, None
+        types, every, exact, wild = self._vhost(vhost)
+        found: set[str] = set()
+        problem: str | None = None
+        key_words = topic_words(key) if key is not None else []
+        seen: set[str] = set()
+        todo = deque([(exchange, 0)])  # breadth first: each exchange is reached by its shortest path
+        while todo:
+            ex, hops = todo.popleft()
+            if ex in seen or hops > MAX_EXCHANGE_HOPS or ex not in types:
+                continue
+            seen.add(ex)
+            kind = types[ex]
+            # Without a dead-letter routing key each message keeps its own: any binding may match.
+            if key is None or kind in ("fanout", "headers", "x-consistent-hash"):
+                dests = every.get(ex, [])
+            else:
+                dests = list(exact.get((ex, key), []))
+                if kind == "topic" and wild.get(ex):
+                    if len(key.encode()) > MAX_TOPIC_KEY_BYTES:
+                        problem = problem or "key"
+                    else:
+                        dests.extend(dest for pattern, dest in wild[ex] if self._topic(vhost, ex, pattern, key_words))
+                        if self.exhausted:
+                            problem = "budget"
+            for dest_type, dest in dests:
+                if dest_type == "queue":
+                    found.add(dest)
+                else:
+                    todo.append((dest, hops + 1))
+        if problem is None:
+            self._cache[(vhost, exchange, key)] = found
+        return found, problem
 
 
 class RabbitMQCollector(Collector):
@@ -103,6 +329,8 @@ class RabbitMQCollector(Collector):
         self.selector = Selector(settings.queues, settings.exclude)
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
+        # One thread: parsing and linking of one sample run in turn, off the event loop.
+        self._pool: ThreadPoolExecutor | None = None
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
@@ -125,152 +353,199 @@ class RabbitMQCollector(Collector):
             self._session_loop = loop
         return self._session
 
+    async def _offload(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rabbitmq-{self.name}")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
-    async def _get(self, path: str, sample: Sample) -> Any:
+    async def _get(self, path: str, sample: Sample) -> bytes:
+        """The body of one GET, at most max_response_bytes (decompressed); errors as CollectorError."""
         sample.api_calls += 1
         url = self.settings.url + path
+        where = path.split("?")[0]
+        cap = self.settings.max_response_bytes
+        too_large = CollectorError("too_large", f"{where}: the answer is over max_response_bytes ({cap} bytes)")
         try:
             async with self._client().get(url) as resp:
                 if resp.status in (401, 403):
                     raise CollectorError("unauthorized", f"HTTP {resp.status} from {self.settings.url} (check username/password and the user's monitoring tag)")
                 if resp.status == 404:
-                    raise CollectorError("not_found", f"{path.split('?')[0]} not found")
+                    raise CollectorError("not_found", f"{where} not found")
                 if resp.status == 429:
                     raise CollectorError("throttled", f"HTTP 429 from {self.settings.url}")
                 if resp.status >= 400:
-                    raise CollectorError("other", f"HTTP {resp.status} from {path.split('?')[0]}")
-                return await resp.json()
+                    raise CollectorError("other", f"HTTP {resp.status} from {where}")
+                if resp.content_type != "application/json":
+                    raise CollectorError("bad_response", f"{where}: the answer is not JSON (is {self.settings.url} the management API?)")
+                if resp.content_length is not None and resp.content_length > cap:
+                    raise too_large
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    body += chunk
+                    if len(body) > cap:
+                        raise too_large
+                return bytes(body)
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
             raise CollectorError("unreachable", f"{self.settings.url}: {exc.__class__.__name__}") from None
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-            raise CollectorError("timeout", f"{path.split('?')[0]}: no answer within {self.settings.timeout:g}s") from None
-        except aiohttp.ContentTypeError:
-            raise CollectorError("other", f"{path.split('?')[0]}: answer is not JSON (is {self.settings.url} the management API?)") from None
+            raise CollectorError("timeout", f"{where}: no answer within {self.settings.timeout:g}s") from None
         except aiohttp.ClientError as exc:
             raise CollectorError("unreachable", f"{self.settings.url}: {exc.__class__.__name__}") from None
 
-    async def _list_queues(self, base: str, sample: Sample) -> list[dict[str, Any]]:
+    async def _get_parsed(self, path: str, adapter: TypeAdapter[T], sample: Sample) -> T:
+        body = await self._get(path, sample)
+        return await self._offload(parse_answer, body, adapter, path.split("?")[0])
+
+    async def _list_queues(self, base: str, sample: Sample, listed: list[int]) -> list[QueueItem]:
+        """All pages of one listing. `listed` is this sample's running count over every listing, so
+        max_queues bounds the sample as a whole; pages beyond it are never requested."""
+        s = self.settings
+        max_pages = math.ceil(s.max_queues / s.page_size)
+
         def page(n: int) -> str:
             # An explicit sort: without one the pages follow an order that can change between
             # requests, and a listing can repeat some queues and miss others.
-            return f"{base}?page={n}&page_size={self.settings.page_size}&sort=name&columns={QUEUE_COLUMNS}"
+            return f"{base}?page={n}&page_size={s.page_size}&sort=name&columns={QUEUE_COLUMNS}"
 
-        first = await self._get(page(1), sample)
-        items = list(first.get("items", []))
-        rest = await asyncio.gather(*(self._get(page(n), sample) for n in range(2, first.get("page_count", 1) + 1)))
-        for p in rest:
-            items.extend(p.get("items", []))
+        def take(p: QueuePage) -> list[QueueItem]:
+            if len(p.items) > s.page_size:
+                raise CollectorError("bad_response", f"{base}: a page of {len(p.items)} queues, asked for {s.page_size}")
+            listed[0] += len(p.items)
+            if listed[0] > s.max_queues:
+                raise CollectorError("too_large", f"more than max_queues ({s.max_queues}) queues listed: "
+                                                  "raise max_queues or narrow `vhosts`")
+            return p.items
+
+        async def fetch(n: int) -> list[QueueItem]:
+            return take(await self._get_parsed(page(n), QUEUE_PAGE, sample))
+
+        first = await self._get_parsed(page(1), QUEUE_PAGE, sample)
+        if first.page_count > max_pages:
+            raise CollectorError("too_large", f"{base} lists {first.page_count} pages of {s.page_size} queues, over "
+                                              f"max_queues ({s.max_queues}): raise max_queues or narrow `vhosts`")
+        items = take(first)
+        for rest in await _all(fetch(n) for n in range(2, first.page_count + 1)):
+            items.extend(rest)
         return items
 
     async def sample(self) -> Sample:
         sample = Sample()
-        now = time.time()
+        listed = [0]
         if self.settings.vhosts is None:
-            queues = await self._list_queues("/api/queues", sample)
+            queues = await self._list_queues("/api/queues", sample, listed)
         else:
-            async def one(vhost: str) -> list[dict[str, Any]]:
+            async def one(vhost: str) -> list[QueueItem]:
                 try:
-                    return await self._list_queues(f"/api/queues/{quote(vhost, safe='')}", sample)
+                    return await self._list_queues(f"/api/queues/{quote(vhost, safe='')}", sample, listed)
                 except CollectorError as exc:
                     if exc.reason != "not_found":
                         raise
                     sample.errors.append(CollectorError("not_found", f"vhost {vhost!r} not found"))
                     return []
 
-            lists = await asyncio.gather(*(one(v) for v in self.settings.vhosts))
-            queues = [q for lst in lists for q in lst]
+            queues = [q for lst in await _all(one(v) for v in self.settings.vhosts) for q in lst]
             if len(sample.errors) == len(self.settings.vhosts):
                 raise sample.errors[0]
 
-        by_vhost: dict[str, dict[str, dict[str, Any]]] = {}
-        for q in queues:
-            by_vhost.setdefault(q["vhost"], {})[q["name"]] = q
-        selected = {(q["vhost"], q["name"]) for q in queues if self.selector.matches(q["name"])}
-        for name in self.selector.names:
-            if not any(n == name for _, n in selected):
-                sample.errors.append(CollectorError("not_found", f"queue {name!r} not found"))
+        plan = await self._offload(self._plan, queues, sample)
+        routing = await self._routing(plan.dead_letter_vhosts, sample)
+        await self._offload(self._finish, plan, routing, sample, time.time())
+        return sample
 
-        # Dead-letter links over every listed queue, so a selected DLQ also knows its sources.
-        targets = {(q["vhost"], q["name"]): t for q in queues if (t := dead_letter_target(q)) is not None}
-        routing = await self._routing({vh for vh, _ in targets}, sample)
+    def _plan(self, queues: list[QueueItem], sample: Sample) -> "_Plan":
+        plan = _Plan()
+        for q in queues:
+            plan.by_vhost.setdefault(q.vhost, {})[q.name] = q
+            if self.selector.matches(q.name):
+                plan.selected.add((q.vhost, q.name))
+            target = q.dead_letter_target()
+            if target is not None:
+                plan.targets[(q.vhost, q.name)] = target
+        selected_names = {n for _, n in plan.selected}
+        for name in self.selector.names:
+            if name not in selected_names:
+                sample.errors.append(CollectorError("not_found", f"queue {name!r} not found"))
+        plan.dead_letter_vhosts = {vh for (vh, _), (exchange, _) in plan.targets.items() if exchange != ""}
+        return plan
+
+    def _finish(self, plan: "_Plan", routing: dict[str, tuple[list[ExchangeItem], list[BindingItem]]],
+                sample: Sample, now: float) -> None:
+        """Link dead-letter queues to their sources and fill the sample (in the collector's thread)."""
+        linker = _Linker(routing)
         dlq_sources: dict[tuple[str, str], set[str]] = {}
-        for (vhost, source), (exchange, key) in targets.items():
-            dlqs = self._resolve(vhost, exchange, key, routing.get(vhost), by_vhost.get(vhost, {}))
-            if not dlqs:
+        unresolved = 0
+        for (vhost, source), (exchange, key) in sorted(plan.targets.items()):
+            if exchange == "":
+                # The default exchange routes by queue name.
+                dlqs = {key} if key is not None and key in plan.by_vhost.get(vhost, {}) else set()
+                problem = None
+            else:
+                dlqs, problem = linker.resolve(vhost, exchange, key)
+            if problem == "key":
+                sample.errors.append(CollectorError("too_large", f"{vhost!r}/{source!r}: dead-letter routing key of "
+                                                    f"{len((key or '').encode())} bytes (over {MAX_TOPIC_KEY_BYTES}) "
+                                                    "is not matched against topic bindings"))
+            elif problem == "budget":
+                unresolved += 1
+            elif not dlqs:
                 sample.warnings.append(f"{vhost}/{source}: dead-letter exchange {exchange!r} routes to no queue: its dead letters are dropped")
             for dlq in dlqs:
                 dlq_sources.setdefault((vhost, dlq), set()).add(source)
+        sample.errors.extend(linker.refused)
+        if unresolved:
+            sample.errors.append(CollectorError("too_large", f"topic matching stopped after {MAX_MATCH_STEPS} steps: "
+                                                f"the dead-letter queues of {unresolved} queue(s) may be missing"))
         dlq_keys = {k for k, sources in dlq_sources.items()
-                    if k in selected or any((k[0], s) in selected for s in sources)}
+                    if k in plan.selected or any((k[0], s) in plan.selected for s in sources)}
 
-        for vhost, name in sorted(selected | dlq_keys):
-            q = by_vhost.get(vhost, {}).get(name)
-            if q is None or q.get("messages_ready") is None:
+        for vhost, name in sorted(plan.selected | dlq_keys):
+            q = plan.by_vhost.get(vhost, {}).get(name)
+            if q is None or q.messages_ready is None:
                 # Declared an instant ago: the management stats have not caught up yet.
                 sample.warnings.append(f"{vhost}/{name}: no message counts yet")
                 continue
-            ready, unacked = float(q["messages_ready"]), float(q.get("messages_unacknowledged") or 0)
+            ready, unacked = float(q.messages_ready), float(q.messages_unacknowledged or 0)
             if (vhost, name) in dlq_keys:
                 sample.dlqs.append(DlqDepth(vhost, name, ready + unacked, dlq_sources[(vhost, name)]))
                 continue
-            head = q.get("head_message_timestamp")
-            age = max(0.0, now - float(head)) if isinstance(head, (int, float)) and ready > 0 else None
-            consumers = q.get("consumers")
+            head = q.head_message_timestamp
+            age = max(0.0, now - head) if head is not None and ready > 0 else None
+            consumers = float(q.consumers) if q.consumers is not None else None
             sample.queues.append(QueueDepth(vhost, name, ready, in_flight=unacked, oldest_message_age_seconds=age,
-                                            consumers=float(consumers) if isinstance(consumers, int) else None))
-        return sample
+                                            consumers=consumers))
 
-    async def _routing(self, vhosts: set[str], sample: Sample) -> dict[str, tuple[dict, list]]:
-        """Per vhost: exchange name -> type, and all bindings."""
+    async def _routing(self, vhosts: set[str], sample: Sample) -> dict[str, tuple[list[ExchangeItem], list[BindingItem]]]:
+        """Per vhost: its exchanges (name, type) and all its bindings."""
         async def one(vhost: str):
             v = quote(vhost, safe="")
-            exchanges, bindings = await asyncio.gather(
-                self._get(f"/api/exchanges/{v}?columns=name,type", sample),
-                self._get(f"/api/bindings/{v}", sample),
-            )
-            return vhost, ({e["name"]: e["type"] for e in exchanges}, bindings)
+            exchanges = await self._get_parsed(f"/api/exchanges/{v}?columns=name,type", EXCHANGES, sample)
+            bindings = await self._get_parsed(f"/api/bindings/{v}?columns={BINDING_COLUMNS}", BINDINGS, sample)
+            return vhost, (exchanges, bindings)
 
-        return dict(await asyncio.gather(*(one(v) for v in sorted(vhosts))))
+        return dict(await _all(one(v) for v in sorted(vhosts)))
 
-    @staticmethod
-    def _resolve(vhost: str, exchange: str, key: str | None, routing: tuple[dict, list] | None,
-                 queues: dict[str, Any]) -> set[str]:
-        if exchange == "":
-            # The default exchange routes by queue name.
-            return {key} if key is not None and key in queues else set()
-        if routing is None:
-            return set()
-        types, bindings = routing
-        found: set[str] = set()
-        seen: set[str] = set()
 
-        def walk(ex: str, depth: int) -> None:
-            if ex in seen or depth > 8 or ex not in types:
-                return
-            seen.add(ex)
-            kind = types[ex]
-            for b in bindings:
-                if b.get("source") != ex:
-                    continue
-                bk = b.get("routing_key", "")
-                # Without a dead-letter routing key each message keeps its own: any binding may match.
-                if key is None or kind in ("fanout", "headers", "x-consistent-hash"):
-                    hit = True
-                elif kind == "topic":
-                    hit = _topic_match(bk, key)
-                else:
-                    hit = bk == key
-                if not hit:
-                    continue
-                if b.get("destination_type") == "queue":
-                    found.add(b["destination"])
-                elif b.get("destination_type") == "exchange":
-                    walk(b["destination"], depth + 1)
+async def _all(coros) -> list:
+    """Like gather, but the first failure cancels the calls still running (no work for a lost sample)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
 
-        walk(exchange, 0)
-        return found
 
+@dataclass
+class _Plan:
+    by_vhost: dict[str, dict[str, QueueItem]] = field(default_factory=dict)
+    selected: set[tuple[str, str]] = field(default_factory=set)
+    targets: dict[tuple[str, str], tuple[str, str | None]] = field(default_factory=dict)
+    dead_letter_vhosts: set[str] = field(default_factory=set)

@@ -46,6 +46,8 @@ class FakeCollector(Collector):
         s = Sample(api_calls=1)
         s.queues = [QueueDepth(self.settings.region, q, n) for q, n in plan["depth"].items()]
         s.dlqs = [DlqDepth(self.settings.region, "work-dlq", plan["dlq"], {"work"})]
+        if "raw" in plan:  # queues exactly as a careless plug-in might build them
+            s.queues = [QueueDepth(*args) for args in plan["raw"]]
         plan["count"] = plan.get("count", 0) + 1
         return s
 '''
@@ -237,6 +239,32 @@ def test_loops_run_independently_a_stuck_broker_delays_nobody(plugin, run):
     assert value(reg, "syncwatch_collector_errors_total", collector="stuck", reason="timeout") >= 2
     assert value(reg, "syncwatch_collector_errors_total", collector="broken", reason="throttled") >= 3
     assert stop_took < 1.0
+
+
+@pytest.mark.parametrize("raw", [
+    [(5, "work", 1)],  # a numeric namespace
+    [("lab", None, 1)],
+    [("lab", "work", float("nan"))],
+    [("lab", "work", -1)],
+    [("lab", "work", "7")],
+    [("lab", "\ud800", 1)],  # not encodable as UTF-8
+])
+def test_a_plugins_odd_sample_fails_that_collector_only(plugin, run, raw):
+    """Every plug-in's sample is checked before it is exported: an odd one is that collector's
+    bad_response, and /metrics keeps rendering for everything else."""
+    from prometheus_client import generate_latest
+
+    plugin["odd"] = {"depth": {}, "dlq": 0, "raw": raw}
+    plugin["fine"] = {"depth": {"work": 2}, "dlq": 0}
+    reg = CollectorRegistry()
+    manager = CollectorManager([{"type": "fakebroker", "name": n} for n in ("odd", "fine")], {}, reg)
+    run.managers.append(manager)
+    run(manager.sample_once())
+    assert value(reg, "syncwatch_collector_up", collector="odd") == 0
+    assert value(reg, "syncwatch_collector_errors_total", collector="odd", reason="bad_response") == 1
+    assert value(reg, "syncwatch_collector_api_calls_total", collector="odd") == 1
+    assert value(reg, "syncwatch_collector_up", collector="fine") == 1
+    assert b'syncwatch_queue_messages{broker="fakebroker",namespace="lab",queue="work"} 2.0' in generate_latest(reg)
 
 
 def test_collectors_test_prints_discovery_and_dlq_links(plugin):

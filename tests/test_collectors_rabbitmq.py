@@ -269,3 +269,81 @@ def test_password_env_missing_empty_or_with_password_is_a_config_error(monkeypat
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "s3cr3t-value" not in result.stdout + result.stderr
+
+
+TOPIC_PATTERNS = ["", "#", "*", "a", "a.*", "a.#", "#.a", "*.a", "a.*.#", "#.*", "*.#", "#.#.a", "a..b", "a.#.b",
+                  "#.b.#", "*.*", ".", "a.#.#.b", "#.#"]
+TOPIC_KEYS = ["", "a", "b", "a.b", "a.a", "b.a", "a..b", "a.b.c.b", ".", "a.", ".a", "a.x.b", "a.x.y.b"]
+
+
+def test_dead_letter_links_follow_the_brokers_own_topic_routing(vhost, run):
+    """For every (binding key, dead-letter key) pair the collector links exactly what RabbitMQ routes:
+    the truth is read by publishing each key to the exchange and seeing which queues receive it."""
+    conn = amqp(vhost)
+    ch = conn.channel()
+    ch.exchange_declare("dlx", "topic")
+    for i, pattern in enumerate(TOPIC_PATTERNS):
+        ch.queue_declare(f"dlq-{i:02d}")
+        ch.queue_bind(f"dlq-{i:02d}", "dlx", pattern)
+    for j, key in enumerate(TOPIC_KEYS):
+        ch.basic_publish("dlx", key, str(j).encode())
+    truth: dict[str, set[str]] = {}
+    for i in range(len(TOPIC_PATTERNS)):
+        while (got := ch.basic_get(f"dlq-{i:02d}", auto_ack=True))[0] is not None:
+            truth.setdefault(f"dlq-{i:02d}", set()).add(f"src-{int(got[2]):02d}")
+    for j, key in enumerate(TOPIC_KEYS):
+        ch.queue_declare(f"src-{j:02d}", arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": key})
+    assert truth["dlq-01"] == {f"src-{j:02d}" for j in range(len(TOPIC_KEYS))}  # `#` got every key
+    reg = CollectorRegistry()
+    manager = CollectorManager([{"type": "rabbitmq", "name": "r", "vhosts": [vhost], "queues": ["src-*"]}], {}, reg)
+    expected = len(TOPIC_KEYS) + len(truth)
+    result = sample_until(run, manager, lambda: (s := manager.runner("r").last_sample) is not None
+                          and len(s.queues) + len(s.dlqs) == expected)
+    linked = {d.queue: d.source_queues for d in result["r"].dlqs}
+    assert linked == truth
+    conn.close()
+
+
+def test_pathological_topic_binding_neither_stalls_nor_misleads(vhost, run):
+    """`#.#.#.#.#.#.#.#.#.nomatch` against a 24-word dead-letter key took the old backtracking match
+    seconds per sample on the event loop; keys over 255 bytes are refused, counted, never guessed."""
+    from collectors_fakes.harness import LoopWatch
+
+    conn = amqp(vhost)
+    ch = conn.channel()
+    ch.exchange_declare("dlx", "topic")
+    ch.queue_declare("never")
+    ch.queue_bind("never", "dlx", "#.#.#.#.#.#.#.#.#.nomatch")
+    ch.queue_declare("dead")
+    ch.queue_bind("dead", "dlx", "#.#.#.#.#.#.#.#.#.a")
+    ch.queue_declare("orders", arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": ".".join(["a"] * 24)})
+    # A dead-letter key and a binding key over 255 bytes (the broker takes both; AMQP clients cannot send them).
+    ch.queue_declare("orders-long", arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "a." * 150 + "a"})
+    api("POST", f"/api/bindings/{quote(vhost, safe='')}/e/dlx/q/never", {"routing_key": "#." + "b." * 150 + "b"})
+    reg = CollectorRegistry()
+    manager = CollectorManager([{"type": "rabbitmq", "name": "r", "vhosts": [vhost], "queues": ["orders*"]}], {}, reg)
+
+    async def watched():
+        async with LoopWatch() as watch:
+            result = await manager.sample_once()
+        return result, watch.worst
+
+    run.managers.append(manager)
+    deadline = time.monotonic() + 30
+    while True:
+        result, worst = run(watched())
+        sample = result["r"]
+        assert worst < 0.5
+        if sample is not None and len(sample.queues) == 2 and sample.dlqs or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert value(reg, "syncwatch_collector_sample_duration_seconds", collector="r") < 1.0
+    assert {d.queue: d.source_queues for d in sample.dlqs} == {"dead": {"orders"}}
+    refused = sorted(e.message for e in sample.errors)
+    assert len(refused) == 2 and all(e.reason == "too_large" for e in sample.errors)
+    assert refused[0].endswith("'dlx': a binding key of 303 bytes (over 255) is not matched")
+    assert refused[1].endswith("'orders-long': dead-letter routing key of 301 bytes (over 255) is not matched against topic bindings")
+    # orders-long's dead letters may well reach a queue: no "routes to no queue" guess for it.
+    assert not any("orders-long" in w for w in sample.warnings)
+    assert value(reg, "syncwatch_collector_up", collector="r") == 1
+    conn.close()

@@ -82,3 +82,50 @@ def test_cli_collectors_test_and_check_config(tmp_path, shop_vhost):
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "sampling.fast_interval" in out.stdout + out.stderr
+
+
+def test_hostile_management_apis_never_hold_up_the_sidecar(make_sidecar, shop_vhost):
+    """One management API claims 200,000 pages, another answers a numeric vhost: /healthz and /metrics
+    keep answering within a second throughout, only those two collectors are down, each counted once."""
+    from collectors_fakes.rabbitmq_fake import FakeManagementApi, queue
+
+    pages, odd = FakeManagementApi(), FakeManagementApi()
+    try:
+        pages.queues, pages.page_count = [queue("orders")], 200_000
+        odd.queues = [queue("orders", vhost=5)]
+        sc = make_sidecar({
+            "collectors": [
+                {"type": "rabbitmq", "name": "wms", "vhosts": [shop_vhost]},
+                {"type": "rabbitmq", "name": "pages", "url": pages.url},
+                {"type": "rabbitmq", "name": "odd", "url": odd.url},
+            ],
+            # One sample each within the test: exact counts.
+            "sampling": {"interval": "10m", "fast_interval": "5m"},
+        })
+        worst = 0.0
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            for path in ("/healthz", "/metrics"):
+                started = time.monotonic()
+                status, _ = sc.get(path)
+                worst = max(worst, time.monotonic() - started)
+                assert status == 200, path
+            time.sleep(0.05)
+        assert worst < 1.0
+        assert sc.wait_for("syncwatch_collector_up", 1, timeout=10, collector="wms") == 1
+        m = sc.metrics()
+
+        def errors(name):
+            return {labels["reason"]: v for (n, ls), v in m.items() if n == "syncwatch_collector_errors_total"
+                    and (labels := dict(ls))["collector"] == name and v}
+
+        assert errors("pages") == {"too_large": 1} and errors("odd") == {"bad_response": 1} and errors("wms") == {}
+        assert m[("syncwatch_collector_up", frozenset({"collector": "pages"}.items()))] == 0
+        assert m[("syncwatch_collector_up", frozenset({"collector": "odd"}.items()))] == 0
+        assert pages.request_count("/api/queues") == 1
+        log = sc.log()
+        assert "collector pages: down: too_large: /api/queues lists 200000 pages" in log
+        assert "collector odd: down: bad_response: /api/queues: unexpected answer at items.0.vhost" in log
+    finally:
+        pages.close()
+        odd.close()

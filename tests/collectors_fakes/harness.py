@@ -46,6 +46,34 @@ def sample_until(run, manager: CollectorManager, ready, timeout: float = 30.0):
         time.sleep(0.5)
 
 
+class LoopWatch:
+    """`async with LoopWatch() as w:` ticks every 10 ms on the running loop; `w.worst` is the longest the
+    loop kept a tick waiting beyond that, i.e. how long anything else (a /healthz request) would have."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._last = 0.0
+        self._task: asyncio.Task | None = None
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            self.worst = max(self.worst, now - self._last - 0.01)
+            self._last = now
+
+    async def __aenter__(self) -> "LoopWatch":
+        self._last = time.monotonic()
+        self._task = asyncio.create_task(self._tick())
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.worst = max(self.worst, time.monotonic() - self._last - 0.01)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
