@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/snapshots.py                 # full run (1,000,000-row sweep)
     .venv/bin/python bench/snapshots.py --sweep-rows 100000 --count 10000   # quicker
+    .venv/bin/python bench/snapshots.py --only worst    # just 4.
 
 Prints:
   1. snapshots/s stored: 4 KiB JSON order payloads (card, CVV, e-mail, bearer token in each),
@@ -10,7 +11,12 @@ Prints:
   2. stored bytes as a share of raw bytes (SQLite pages in use / payload bytes received).
   3. intake latency (p50/p99/max per export_logs of 10 snapshots, every 10 ms) while the sweeper
      deletes N expired snapshots.
+  4. redaction time of 4 KiB worst-case payloads, each the densest input for one rule (digit
+     groups for card numbers, IBAN-shaped groups, @s, pairs, quotes, XML tags, brackets, in text
+     and inside a JSON string), median and p99 of --worst-rounds runs each; and a 16 MiB body,
+     of which only max_bytes + 64 KiB is redacted.
 Targets (issue 4): >= 5,000 snapshots/s; <= 25 % of raw size; intake p99 < 50 ms during the sweep.
+Target (issue 11): every 4 KiB worst case redacted in under 10 ms.
 """
 
 from __future__ import annotations
@@ -180,15 +186,71 @@ async def sweep_latency(data_dir: Path, rows: int) -> None:
           f"latency p50 {percentile(ms, 50):.1f} ms, p99 {percentile(ms, 99):.1f} ms, max {max(ms):.1f} ms")
 
 
+def worst_cases() -> dict[str, str]:
+    def fill(unit: str, size: int = 4096) -> str:
+        text = unit * (size // len(unit) + 1)
+        while len(text.encode()) > size:  # 4 KiB of UTF-8 (a no-break space is 2 bytes)
+            text = text[:-1]
+        return text
+
+    cases = {
+        "digits, spaces: 1 1 1": fill("1 "), "digits, dashes": fill("1-"), "digits, dots": fill("1."),
+        "digits, tabs": fill("1\t"), "digits, no-break spaces": fill("1\u00a0"), "digits, %20": fill("1%20"),
+        "digits, +": fill("1+"), "digits, double spaces": fill("1  "), "4-digit groups": fill("4111 "),
+        "12-digit runs": fill("111111111111 x "), "IBAN heads": fill("AA00 "), "lower-case IBAN heads": fill("aa00"),
+        "IBAN groups": fill("DE89 3704 "), "e-mails": fill("a@b.co "), "@s": fill("@"), "encoded @s": fill("%40"),
+        "harmless pairs": fill("a="), "sensitive pairs": fill("pwd="), "unclosed quotes": fill('pwd=\\"x pwd=\\\\"x '),
+        "header lines": fill("Cookie: a=1; "), "XML tags": fill("<password>"),
+        "distinct XML tags": "".join(f"<password{i}>x" for i in range(500))[:4096], "brackets": fill("pwd=["),
+    }
+    cases.update({f"in a JSON string: {k}": json.dumps({"a": v}, ensure_ascii=False) for k, v in list(cases.items())})
+    cases["JSON: card-like numbers"] = json.dumps([4111111111111112] * 230)
+    cases["JSON: sensitive keys, object values"] = "{" + ",".join(['"pwd":{"a":[1]}'] * 250) + "}"
+    cases["JSON: documents in strings"] = json.dumps({"a": json.dumps({"b": json.dumps({"password": "x " * 600})})})
+    return cases
+
+
+def worst(rounds: int) -> None:
+    from exporter.snapshots import REDACT_MARGIN
+    from exporter.snapshots.redaction import Redactor
+
+    redactor = Redactor(b"bench-key-0123456789abcdef")
+    rows = []
+    for name, body in worst_cases().items():
+        redactor.redact_body(body)
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            redactor.redact_body(body)
+            times.append((time.perf_counter() - t) * 1000)
+        rows.append((percentile(times, 50), percentile(times, 99), name, len(body.encode())))
+    rows.sort(reverse=True)
+    print(f"4. 4 KiB worst cases ({len(rows)}, {rounds} runs each), slowest first:")
+    for p50, p99, name, size in rows[:8]:
+        print(f"   {name:45s} {size:5d} B  median {p50:5.2f} ms  p99 {p99:5.2f} ms")
+    print(f"   slowest median {rows[0][0]:.2f} ms (target < 10 ms); median of all medians {percentile([r[0] for r in rows], 50):.2f} ms")
+    big = json.dumps({"note": "1 " * 64, "lines": [json.loads(order_payload(i)) for i in range(4000)]})
+    t = time.perf_counter()
+    redactor.redact_head(big.encode(), 1024 * 1024 + REDACT_MARGIN)
+    head_ms = (time.perf_counter() - t) * 1000
+    print(f"   a {len(big) / 2**20:.0f} MiB JSON body at the default max_bytes (1 MiB): its head redacted in {head_ms:.0f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=30_000, help="snapshots for the throughput run")
     parser.add_argument("--batch", type=int, default=100, help="log records per OTLP request")
     parser.add_argument("--sweep-rows", type=int, default=1_000_000, help="expired snapshots to sweep")
+    parser.add_argument("--worst-rounds", type=int, default=200, help="runs of each worst-case payload")
+    parser.add_argument("--only", choices=["throughput", "sweep", "worst"], help="run one part")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="syncwatch-bench-") as tmp:
-        asyncio.run(throughput(Path(tmp) / "a", args.count, args.batch))
-        asyncio.run(sweep_latency(Path(tmp) / "b", args.sweep_rows))
+        if args.only in (None, "throughput"):
+            asyncio.run(throughput(Path(tmp) / "a", args.count, args.batch))
+        if args.only in (None, "sweep"):
+            asyncio.run(sweep_latency(Path(tmp) / "b", args.sweep_rows))
+        if args.only in (None, "worst"):
+            worst(args.worst_rounds)
 
 
 if __name__ == "__main__":

@@ -173,3 +173,56 @@ def test_missing_bucket_is_a_store_error_named_in_the_answer(moto, tmp_path):
     rejected, message = asyncio.run(go())
     assert rejected == 1 and "NoSuchBucket" in message
     assert sample(metrics, "syncwatch_dropped_total", reason="snapshot_store_error") == 1
+
+
+# -- issue 11, item 9: one key S3 refuses must not take the store down -----------------------------
+
+TOKEN = "s3-keys-token-0123"
+
+
+def _export(sc, *records) -> tuple[int, int, str]:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+
+    from otlp_raw import post
+
+    status, _, raw = post(sc.otlp_http + "/v1/logs", make_request(*records).SerializeToString())
+    resp = ExportLogsServiceResponse()
+    resp.ParseFromString(raw)
+    return status, resp.partial_success.rejected_log_records, resp.partial_success.error_message
+
+
+def _snapshot_bodies(sc, corr_path: str) -> list[str]:
+    status, raw = sc.get(f"/api/v1/transactions/{corr_path}", {"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200, raw
+    return [s["body"] for s in json.loads(raw)["unlinked_snapshots"]]
+
+
+def test_a_correlation_id_too_long_for_an_s3_key_refuses_that_snapshot_only(moto, make_sidecar):
+    """A real sidecar on S3 (moto behind a proxy that enforces S3's 1,024-byte key limit, which
+    moto does not): the long non-ASCII ID is refused and counted, the snapshots batched with it
+    and those of the next request are stored, and `.`/`..` IDs are key segments of their own."""
+    from s3_key_limit import KeyLimitProxy
+
+    proxy = KeyLimitProxy(moto.url).start()
+    bucket = make_bucket(moto)
+    try:
+        sc = make_sidecar({"api": {"token": TOKEN},
+                           "snapshots": {"backend": f"s3://{bucket}/p", "s3_endpoint_url": proxy.url}},
+                          env={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+        long_id = "Bestellung-" + "\u00fc" * 200  # 411 bytes, 1,211 percent-encoded
+        first = _export(sc, *[{"corr": c, "direction": "request", "body": f"body of {c[:12]}"}
+                              for c in (long_id, "ord-a", ".", "..")])
+        second = _export(sc, {"corr": "ord-b", "direction": "request", "body": "body of ord-b"})
+        keys = list(all_objects(moto, bucket))
+        assert first[:2] == (200, 1) and "too long for an S3 object key" in first[2]
+        assert second[:2] == (200, 0)
+        assert sc.metric("syncwatch_dropped_total", reason="snapshot_key_too_long") == 1
+        assert sc.metric("syncwatch_snapshots_total", direction="request", result="dropped") == 1
+        assert sc.metric("syncwatch_snapshots_total", direction="request", result="stored") == 4
+        assert sc.metric("syncwatch_snapshot_store_up") == 1
+        assert _snapshot_bodies(sc, "ord-a") == ["body of ord-a"] and _snapshot_bodies(sc, "ord-b") == ["body of ord-b"]
+        assert _snapshot_bodies(sc, "%2E") == ["body of ."] and _snapshot_bodies(sc, "%2E%2E") == ["body of .."]
+        assert "p/c/%2E/" in "\n".join(keys) and "p/c/%2E%2E/" in "\n".join(keys)
+        assert not any("/./" in k or "/../" in k or k.endswith(("/.", "/..")) for k in keys), keys
+    finally:
+        proxy.stop()

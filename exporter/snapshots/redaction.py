@@ -109,9 +109,9 @@ _IBAN_B = re.compile(rb"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}(?:(?: |\xc2\xa0){0,2
 _IBAN_CLASSES = bytes(65 if chr(c).isascii() and chr(c).isalpha() else 48 if 48 <= c <= 57 else c for c in range(256))
 _IBAN_GAP = re.compile(r"[ \u00a0]+")
 # E-mail addresses, also with the @ URL-encoded (`jane%40example.com`): found from each @ by
-# walking back over at most 256 bytes of local part (on a class map, one C-level rfind), then
-# matched there once. Bytes >= 0x80 count as letters (any UTF-8 letter, generously).
-_EMAIL_AT = re.compile(rb"[\w.%+\-\x80-\xff]{1,256}(?:@|%40)[\w\-\x80-\xff]{1,252}(?:\.[\w\-\x80-\xff]{1,252})*"
+# walking back over at most 64 bytes of local part (RFC 5321's limit; on a class map, one
+# C-level rfind), then matched there once. Bytes >= 0x80 count as letters (any UTF-8 letter).
+_EMAIL_AT = re.compile(rb"[\w.%+\-\x80-\xff]{1,64}(?:@|%40)[\w\-\x80-\xff]{1,252}(?:\.[\w\-\x80-\xff]{1,252})*"
                        rb"\.(?:[A-Za-z]|[\x80-\xff]){2,96}(?![\w\x80-\xff])")
 _LOCAL_PART = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.%+-" + bytes(range(0x80, 0x100)))
 _LOCAL_CLASSES = bytes(76 if c in _LOCAL_PART else 32 for c in range(256))  # "L" or " "
@@ -935,7 +935,7 @@ class Redactor:
                 while at != -1:
                     if local is None:
                         local = data.translate(_LOCAL_CLASSES)
-                    start = local.rfind(b" ", max(0, at - 256), at) + 1 or max(0, at - 256)
+                    start = local.rfind(b" ", max(0, at - 64), at) + 1 or max(0, at - 64)
                     m = _EMAIL_AT.match(data, start) if start < at else None
                     if m is not None and m.end() > at:
                         value = m.group().decode("utf-8", "replace").lower().replace("%40", "@")
