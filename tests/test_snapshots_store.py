@@ -360,3 +360,35 @@ def test_snapshots_compress_with_a_trained_dictionary(make_intake, tmp_path):
     # After a restart the dictionary is loaded from the store and old rows still read.
     snaps = run(reopen())
     assert snaps and all(s.body == bodies[0].encode() for s in snaps)
+
+
+def test_a_large_log_request_is_read_off_the_event_loop(make_intake, monkeypatch):
+    """Key-value map bodies are converted value by value; a large request is not read on the loop
+    (every other request, and /healthz, would wait for it)."""
+    import threading
+
+    import exporter.snapshots as snapshots_mod
+
+    intake, _ = make_intake()
+    threads = []
+    original = snapshots_mod.payload_records
+
+    def spy(*args):
+        threads.append(threading.current_thread())
+        return original(*args)
+    monkeypatch.setattr(snapshots_mod, "payload_records", spy)
+    big = {"lines": [{"sku": f"SKU-{i:06d}", "qty": i, "note": "x" * 40} for i in range(8_000)]}  # ~0.5 MB
+
+    async def go():
+        await intake.start()
+        loop_thread = threading.current_thread()
+        small = await intake.export_logs(make_request({"corr": "small", "direction": "request", "body": "hi"}))
+        large = await intake.export_logs(make_request({"corr": "large", "direction": "request", "body": big}))
+        found = await intake.find("large")
+        await intake.stop()
+        return loop_thread, small, large, found
+
+    loop_thread, small, large, found = run(go())
+    assert small == (0, "") and large == (0, "") and json.loads(found[0].body)["lines"][-1]["qty"] == 7_999
+    assert threads[0] is loop_thread  # a small one is read in place: no thread hop per request
+    assert threads[1] is not loop_thread

@@ -40,6 +40,8 @@ FAILURE_BACKOFF = 5.0
 # A body longer than snapshots.max_bytes + this is redacted on its head only (it is stored cut at
 # max_bytes anyway): redaction costs at most this much per payload, however large the body.
 REDACT_MARGIN = 64 * 1024
+# Log requests larger than this are read (bodies converted) in a worker thread, not on the loop.
+OFFLOAD_BYTES = 256 * 1024
 
 
 def load_hash_key(config: Config) -> bytes:
@@ -181,6 +183,27 @@ class SnapshotIntake:
         """Store the payload snapshots of an OTLP log request; returns (rejected, message) for
         OTLP partial_success. Returns after the stored snapshots are committed."""
         received = self.clock()
+        if request.ByteSize() > OFFLOAD_BYTES:
+            # Key-value map bodies are converted value by value: a large request is read off the loop.
+            payloads, problems, not_payload = await asyncio.to_thread(self._sort_records, request)
+        else:
+            payloads, problems, not_payload = self._sort_records(request)
+        # Counted once per request, not per record: a labelled counter takes a lock per call.
+        if not_payload:
+            self.m_not_payload.inc(not_payload)
+        rejected = sum(problems.values())
+        if rejected + len(payloads):
+            self.m_payload.inc(rejected + len(payloads))
+        if payloads:
+            for problem, n in (await self._store(payloads, received)).items():
+                rejected += n
+                problems[problem] = problems.get(problem, 0) + n
+        message = "; ".join(f"{n} x {text}" for text, n in problems.items())
+        return rejected, message
+
+    def _sort_records(self, request) -> tuple[list[PayloadRecord], dict[str, int], int]:
+        """The request's payload records, the rejected ones' problems, and how many log records
+        were no payload at all."""
         payloads: list[PayloadRecord] = []
         problems: dict[str, int] = {}
         not_payload = 0
@@ -198,18 +221,7 @@ class SnapshotIntake:
                 problems[problem] = problems.get(problem, 0) + 1
             else:
                 payloads.append(rec)
-        # Counted once per request, not per record: a labelled counter takes a lock per call.
-        if not_payload:
-            self.m_not_payload.inc(not_payload)
-        rejected = sum(problems.values())
-        if rejected + len(payloads):
-            self.m_payload.inc(rejected + len(payloads))
-        if payloads:
-            for problem, n in (await self._store(payloads, received)).items():
-                rejected += n
-                problems[problem] = problems.get(problem, 0) + n
-        message = "; ".join(f"{n} x {text}" for text, n in problems.items())
-        return rejected, message
+        return payloads, problems, not_payload
 
     async def _store(self, payloads: list[PayloadRecord], received: float) -> dict[str, int]:
         """Store the payloads; returns the rejected ones' problems (message -> count)."""
