@@ -26,11 +26,13 @@ def faults_config(data_dir, **flows) -> dict:
 
 class Exporters:
     """`n` clients, each sending requests of `per_request` source spans (correlation IDs unique to
-    the request) one after another, every request retried as an OTel exporter does."""
+    the request) one after another, `pause` s apart, every request retried as an OTel exporter does.
 
-    def __init__(self, sidecar, n: int = 3, per_request: int = 20, flow: str = "orders"):
+    Paced, not flat out: at full speed the WAL outgrows an 8 MB disk between two checkpoints."""
+
+    def __init__(self, sidecar, n: int = 3, per_request: int = 20, flow: str = "orders", pause: float = 0.05):
         self.url = sidecar.otlp_http + "/v1/traces"
-        self.n, self.per_request, self.flow = n, per_request, flow
+        self.n, self.per_request, self.flow, self.pause = n, per_request, flow, pause
         self.done: list = []  # (correlation IDs, Exchange, monotonic time of the first try)
         self.inflight: dict = {}  # client -> Exchange of the request it is sending
         self._lock = threading.Lock()
@@ -59,6 +61,7 @@ class Exporters:
                 self.done.append((corrs, ex, started))
                 del self.inflight[client]
             i += 1
+            self.stop.wait(self.pause)
 
     def acked(self) -> list:
         with self._lock:
