@@ -66,7 +66,6 @@ _LINE_KINDS = frozenset({"authorization", "cookie"})
 # doubles the backslashes) still meet the text rules, which see through escaped quotes.
 MAX_NESTED_JSON = 8
 
-_DECODER = json.JSONDecoder()
 # Deleted before the stem search that mirrors `_normalise` (quotes stay: they end a key).
 _NOT_NORMALISED = bytes(c for c in range(256) if c not in b'"0123456789abcdefghijklmnopqrstuvwxyz')
 _JSON_WS = frozenset(b" \t\r\n")
@@ -128,8 +127,8 @@ _PAIR_KEY = re.compile(
     r"|(?<=\")(?P<qkey>[^\"\\\n]{1,64})(?P<qsep>\\*\"[ \t]*:[ \t]*)"
 )
 # A value that starts with a bracket is the whole bracketed value (brackets in strings skipped),
-# or the rest of the text if it does not close.
-_BRACKETS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+# or the rest of the text if it does not close. Each bracket, quote and backslash is seen once.
+_BRACKET_TOKENS = re.compile(r'[\[\]{}"\\]')
 # A quoted value (`"a b"`, `'a b'`, `\"a b\"`) runs to the same quote on the same line (at
 # most MAX_QUOTED characters); any other value is a token up to whitespace, `&` (or `%26`), `;`,
 # `,`, `"`, `<` or `>`.
@@ -257,13 +256,21 @@ def _card_windows(run: str) -> list[tuple[int, int, str]]:
 
 def _bracket_end(text: str, pos: int) -> int:
     depth = 0
-    for m in _BRACKETS.finditer(text, pos):
-        token = m.group()
-        if token[0] == '"':
-            continue
-        depth += 1 if token in "{[" else -1
-        if depth == 0:
-            return m.end()
+    in_string = False
+    escaped_until = -1
+    for m in _BRACKET_TOKENS.finditer(text, pos):
+        i = m.start()
+        if i < escaped_until:
+            continue  # the character after a backslash
+        c = m.group()
+        if c == "\\":
+            escaped_until = i + 2
+        elif c == '"':
+            in_string = not in_string
+        elif not in_string:
+            depth += 1 if c in "{[" else -1
+            if depth == 0:
+                return i + 1
     return len(text)
 
 
