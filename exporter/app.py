@@ -10,14 +10,16 @@ import signal
 import time
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from . import __version__
 from .config import Config
 from .intake import LedgerWriter
 from .ledger import Ledger
 from .metrics import Metrics
+from .otlp_body import BodyDecoder
 from .otlp_grpc import build_server as build_grpc_server
+from .otlp_http import RUNNER_OPTIONS as OTLP_HTTP_RUNNER_OPTIONS
 from .otlp_http import build_app as build_otlp_http_app
 from .otlp_service import OtlpService
 from .span_extract import SpanExtractor
@@ -50,6 +52,8 @@ class App:
         self.snapshots = self._make_snapshots()
         self.service = OtlpService(self.writer, self.metrics, snapshots=self.snapshots,
                                    retry_after=config.intake.retry_after, clock=clock)
+        # Both OTLP receivers share one budget of request-body bytes and one decode pool.
+        self.bodies = BodyDecoder(config.intake.max_body_bytes)
         self.collectors = self._make_collectors()
         self.ready = False
         self._runners: list[web.AppRunner] = []
@@ -93,10 +97,9 @@ class App:
             await self.snapshots.start()
         listen = self.config.listen
         self.ports["http"] = await self._serve(self._http_app(), listen.http)
-        self.ports["otlp_http"] = await self._serve(
-            build_otlp_http_app(self.service, self.config.intake.max_body_bytes), listen.otlp_http)
-        self._grpc, self.ports["otlp_grpc"] = build_grpc_server(self.service, listen.otlp_grpc,
-                                                                  self.config.intake.max_body_bytes)
+        self.ports["otlp_http"] = await self._serve(build_otlp_http_app(self.service, self.bodies), listen.otlp_http,
+                                                    **OTLP_HTTP_RUNNER_OPTIONS)
+        self._grpc, self.ports["otlp_grpc"] = build_grpc_server(self.service, listen.otlp_grpc, self.bodies)
         await self._grpc.start()
         if self.collectors is not None:
             await self.collectors.start()
@@ -104,8 +107,8 @@ class App:
         log.info("syncwatch %s ready: OTLP/gRPC %s, OTLP/HTTP %s, HTTP (metrics, API) %s", __version__,
                  listen.otlp_grpc, listen.otlp_http, listen.http)
 
-    async def _serve(self, app: web.Application, address: str) -> int:
-        runner = web.AppRunner(app, access_log=None)
+    async def _serve(self, app: web.Application, address: str, **runner_options) -> int:
+        runner = web.AppRunner(app, access_log=None, **runner_options)
         await runner.setup()
         host, port = _split(address)
         site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -121,6 +124,7 @@ class App:
             await self._grpc.stop(grace=2)
         for runner in reversed(self._runners):
             await runner.cleanup()
+        self.bodies.close()
         if self.snapshots is not None:
             await self.snapshots.stop()
         await asyncio.to_thread(self.writer.stop)
@@ -138,8 +142,9 @@ class App:
 
     # ---- HTTP handlers ------------------------------------------------------------------------
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        # Prometheus text or OpenMetrics, as the scraper's Accept header asks.
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(self.metrics.registry), headers={"Content-Type": content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from .trace_view import TraceView, view_of
@@ -28,32 +30,123 @@ class OtlpError(Exception):
 
 # OTLP/JSON writes trace and span IDs as hex, where protobuf's JSON mapping expects base64.
 _ID_FIELDS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
-_CONTAINERS = ("resourceSpans", "resource_spans", "scopeSpans", "scope_spans", "spans", "links",
-               "resourceLogs", "resource_logs", "scopeLogs", "scope_logs", "logRecords", "log_records")
+# The container arrays of an export, outermost first: resources, scopes, then spans or log records.
+_LEVELS = (
+    frozenset(("resourceSpans", "resource_spans", "resourceLogs", "resource_logs")),
+    frozenset(("scopeSpans", "scope_spans", "scopeLogs", "scope_logs")),
+    frozenset(("spans", "logRecords", "log_records")),
+)
+_LINKS = ("links",)
 
 
-def _hex_ids_to_base64(node) -> None:
-    if isinstance(node, list):
-        for item in node:
-            _hex_ids_to_base64(item)
-        return
-    if not isinstance(node, dict):
+def _fix_ids(item) -> None:
+    if not isinstance(item, dict):
         return
     for key in _ID_FIELDS:
-        value = node.get(key)
+        value = item.get(key)
         if isinstance(value, str) and value:
             try:
-                node[key] = base64.b64encode(bytes.fromhex(value)).decode()
+                item[key] = base64.b64encode(bytes.fromhex(value)).decode()
             except ValueError:
                 raise OtlpError(400, f"{key} must be hex-encoded, got {value[:40]!r}", "bad_request") from None
-    for key in _CONTAINERS:
-        child = node.get(key)
-        if child is not None:
-            _hex_ids_to_base64(child)
 
 
-def decode(body: bytes, content_type: str, message_cls):
-    """Parse an OTLP/HTTP body. Raises OtlpError(400) for bad data, OtlpError(415) for other types."""
+def _items(node, keys):
+    if isinstance(node, dict):
+        for key in keys:
+            child = node.get(key)
+            if isinstance(child, list):
+                yield from child
+
+
+def _hex_ids_to_base64(data: dict) -> None:
+    """Along the export's own structure only (resource > scope > span/log record > link), so
+    the work is linear and nothing recurses on what a client nests."""
+    for resource in _items(data, _LEVELS[0]):
+        for scope in _items(resource, _LEVELS[1]):
+            for item in _items(scope, _LEVELS[2]):
+                _fix_ids(item)
+                for link in _items(item, _LINKS):
+                    _fix_ids(link)
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+_scan = json.JSONDecoder().scan_once  # the C scanner: one JSON value from an index
+_scanstring = json.decoder.scanstring
+
+
+def loads(body) -> object:
+    """json.loads, except that each element of the export's container arrays is parsed by a
+    separate call of the C scanner, so a pool thread parsing a large body hands the GIL (and the
+    event loop) a turn between spans instead of holding it for the whole document."""
+    text = body.decode(json.detect_encoding(body), "surrogatepass") if not isinstance(body, str) else body
+    idx = _WS.match(text, 0).end()
+    if text.startswith("{", idx):
+        value, idx = _object(text, idx, 0)
+    else:
+        value, idx = _value(text, idx)
+    idx = _WS.match(text, idx).end()
+    if idx != len(text):
+        raise json.JSONDecodeError("Extra data", text, idx)
+    return value
+
+
+def _value(text: str, idx: int):
+    try:
+        return _scan(text, idx)
+    except StopIteration as stop:
+        raise json.JSONDecodeError("Expecting value", text, stop.value) from None
+
+
+def _object(text: str, idx: int, level: int):
+    obj: dict = {}
+    keys = _LEVELS[level]
+    idx = _WS.match(text, idx + 1).end()
+    if text.startswith("}", idx):
+        return obj, idx + 1
+    while True:
+        if not text.startswith('"', idx):
+            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, idx)
+        key, idx = _scanstring(text, idx + 1)
+        idx = _WS.match(text, idx).end()
+        if not text.startswith(":", idx):
+            raise json.JSONDecodeError("Expecting ':' delimiter", text, idx)
+        idx = _WS.match(text, idx + 1).end()
+        if key in keys and text.startswith("[", idx):
+            value, idx = _array(text, idx, level + 1)
+        else:
+            value, idx = _value(text, idx)
+        obj[key] = value
+        idx = _WS.match(text, idx).end()
+        if text.startswith("}", idx):
+            return obj, idx + 1
+        if not text.startswith(",", idx):
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, idx)
+        idx = _WS.match(text, idx + 1).end()
+
+
+def _array(text: str, idx: int, level: int):
+    items: list = []
+    idx = _WS.match(text, idx + 1).end()
+    if text.startswith("]", idx):
+        return items, idx + 1
+    while True:
+        if level < len(_LEVELS) and text.startswith("{", idx):
+            value, idx = _object(text, idx, level)
+        else:
+            value, idx = _value(text, idx)
+        items.append(value)
+        idx = _WS.match(text, idx).end()
+        if text.startswith("]", idx):
+            return items, idx + 1
+        if not text.startswith(",", idx):
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, idx)
+        idx = _WS.match(text, idx + 1).end()
+
+
+def decode(body, content_type: str, message_cls):
+    """Parse an OTLP/HTTP body (bytes or bytearray). Raises OtlpError(400) for bad data,
+    OtlpError(415) for other types."""
     if content_type == PROTOBUF:
         try:
             return message_cls.FromString(body)
@@ -61,9 +154,11 @@ def decode(body: bytes, content_type: str, message_cls):
             raise OtlpError(400, f"body is not a valid {message_cls.DESCRIPTOR.name} protobuf: {exc}", "bad_request") from None
     if content_type == JSON:
         try:
-            data = json.loads(body)
+            data = loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise OtlpError(400, f"body is not valid JSON: {exc}", "bad_request") from None
+        except RecursionError:
+            raise OtlpError(400, "body is not valid OTLP/JSON: nested too deeply", "bad_request") from None
         if not isinstance(data, dict):
             raise OtlpError(400, "OTLP/JSON body must be a JSON object", "bad_request")
         _hex_ids_to_base64(data)
@@ -71,10 +166,13 @@ def decode(body: bytes, content_type: str, message_cls):
             return json_format.ParseDict(data, message_cls(), ignore_unknown_fields=True)
         except (json_format.ParseError, ValueError, TypeError, AttributeError) as exc:
             raise OtlpError(400, f"body is not a valid OTLP/JSON {message_cls.DESCRIPTOR.name}: {exc}", "bad_request") from None
+        except RecursionError:
+            raise OtlpError(400, f"body is not a valid OTLP/JSON {message_cls.DESCRIPTOR.name}: nested too deeply",
+                            "bad_request") from None
     raise OtlpError(415, f"unsupported content type {content_type!r}; use {PROTOBUF} or {JSON}", "unsupported_media_type")
 
 
-def decode_traces(body: bytes, content_type: str):
+def decode_traces(body, content_type: str):
     """Parse an OTLP/HTTP trace export into the intake's TraceView (see trace_view.py).
 
     Protobuf bodies parse straight into the view. OTLP/JSON goes through the full message (the
@@ -82,6 +180,46 @@ def decode_traces(body: bytes, content_type: str):
     if content_type == PROTOBUF:
         return decode(body, content_type, TraceView)
     return view_of(decode(body, content_type, ExportTraceServiceRequest))
+
+
+def decode_logs(body, content_type: str):
+    return decode(body, content_type, ExportLogsServiceRequest)
+
+
+# Containers (resource and scope entries) a request may have beyond two per item: each one is
+# a Python object to walk, and a few bytes on the wire (a 64 MiB body held 33 million).
+MAX_EXTRA_CONTAINERS = 10_000
+_SHAPES = {"traces": ("resource_spans", "scope_spans", "spans"), "logs": ("resource_logs", "scope_logs", "log_records")}
+
+
+def count_items(message, signal: str) -> int:
+    """Spans (or log records) of a parsed export. Raises OtlpError(400) for a message of mostly
+    empty resource or scope entries, after walking at most MAX_EXTRA_CONTAINERS more than its items."""
+    resources_field, scopes_field, items_field = _SHAPES[signal]
+    seen = items = 0
+    for resource in getattr(message, resources_field):
+        seen += 1
+        for scope in getattr(resource, scopes_field):
+            seen += 1
+            items += len(getattr(scope, items_field))
+            if seen > 2 * items + MAX_EXTRA_CONTAINERS:
+                break
+        if seen > 2 * items + MAX_EXTRA_CONTAINERS:
+            raise OtlpError(400, f"more than {MAX_EXTRA_CONTAINERS} {resources_field}/{scopes_field} entries beyond "
+                                 f"two per {'span' if signal == 'traces' else 'log record'}", "bad_request")
+    return items
+
+
+def parse_traces(body, content_type: str):
+    """(TraceView, span count) of a trace export body: the receivers' parse step."""
+    view = decode_traces(body, content_type)
+    return view, count_items(view, "traces")
+
+
+def parse_logs(body, content_type: str):
+    """(ExportLogsServiceRequest, log record count) of a logs export body."""
+    message = decode_logs(body, content_type)
+    return message, count_items(message, "logs")
 
 
 def encode(message, content_type: str) -> bytes:

@@ -2,34 +2,36 @@
 
 The handlers take raw bytes and parse them here, so a malformed message is answered with
 INVALID_ARGUMENT (and counted) instead of the generic error grpc gives for a failed deserializer.
+They are registered as client-streaming handlers (the wire format of a unary call is the same):
+a message over the size limit is refused by gRPC's core before any handler sees it, and only a
+streaming handler learns of the call at all, so that it can count the refusal.
 """
 
 from __future__ import annotations
 
 import grpc
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-from .otlp_decode import PROTOBUF, OtlpError, decode
+from .otlp_body import BodyDecoder
+from .otlp_decode import PROTOBUF, OtlpError, parse_logs, parse_traces
 from .otlp_service import OtlpService
-from .trace_view import TraceView
 
 # HTTP-equivalent status of each gRPC answer, so syncwatch_otlp_requests_total{code} reads the same for both transports.
 _GRPC_FOR_HTTP = {400: grpc.StatusCode.INVALID_ARGUMENT, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
                   415: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE}
 
 
-def build_server(service: OtlpService, address: str, max_body_bytes: int) -> tuple[grpc.aio.Server, int]:
+def build_server(service: OtlpService, address: str, bodies: BodyDecoder) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", max_body_bytes),
+        ("grpc.max_receive_message_length", bodies.max_body_bytes),
         ("grpc.max_send_message_length", 16 * 1024 * 1024),
     ])
     handlers = {
         "opentelemetry.proto.collector.trace.v1.TraceService": {
             # Trace bodies parse into the intake's view of the message (see trace_view.py).
-            "Export": _handler(service, "traces", TraceView, service.export_traces),
+            "Export": _handler(service, bodies, "traces", parse_traces, service.export_traces),
         },
         "opentelemetry.proto.collector.logs.v1.LogsService": {
-            "Export": _handler(service, "logs", ExportLogsServiceRequest, service.export_logs),
+            "Export": _handler(service, bodies, "logs", parse_logs, service.export_logs),
         },
     }
     for name, methods in handlers.items():
@@ -40,22 +42,42 @@ def build_server(service: OtlpService, address: str, max_body_bytes: int) -> tup
     return server, port
 
 
-def _handler(service: OtlpService, signal: str, message_cls, export):
+def _handler(service: OtlpService, bodies: BodyDecoder, signal: str, parse, export):
     requests = service.metrics.otlp_requests
 
-    async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    def count(err: OtlpError) -> None:
+        requests.labels(signal, str(err.status)).inc()
+        if not err.counted:  # refused before its items were known: one per request
+            service.metrics.dropped.labels(err.reason).inc()
+
+    async def handle(request_iterator, context: grpc.aio.ServicerContext) -> bytes:
+        raw = await context.read()
+        if raw is grpc.aio.EOF:
+            # No message: either gRPC's core refused it as too large (and has already answered
+            # RESOURCE_EXHAUSTED, so answering fails), or the client sent none.
+            try:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call carried no request message")
+            except grpc.aio.AbortError:
+                count(OtlpError(400, "", "bad_request"))
+                raise
+            except Exception:
+                count(OtlpError(413, "", "too_large"))
+                raise
+        lease = bodies.budget.lease()
         try:
-            message = decode(raw, PROTOBUF, message_cls)
-            response = await export(message)
+            lease.take(len(raw))
+            message, items = await bodies.decode(raw, "identity", PROTOBUF, parse, lease)
+            del raw
+            response = await export(message, items)
         except OtlpError as err:
-            requests.labels(signal, str(err.status)).inc()
-            if not err.counted:  # refused before its items were known: one per request
-                service.metrics.dropped.labels(err.reason).inc()
+            count(err)
             if err.status == 503:
                 # Tells the OTLP exporter how long to back off (google.rpc.RetryInfo is optional).
                 context.set_trailing_metadata((("retry-after", str(service.retry_after)),))
             await context.abort(_GRPC_FOR_HTTP.get(err.status, grpc.StatusCode.INTERNAL), err.message)
+        finally:
+            lease.release()
         requests.labels(signal, "200").inc()
         return response.SerializeToString()
 
-    return grpc.unary_unary_rpc_method_handler(handle, request_deserializer=None, response_serializer=None)
+    return grpc.stream_unary_rpc_method_handler(handle, request_deserializer=None, response_serializer=None)

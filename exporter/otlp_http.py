@@ -1,69 +1,107 @@
-"""OTLP/HTTP receiver: POST /v1/traces and /v1/logs, protobuf or JSON, optionally gzip-encoded."""
+"""OTLP/HTTP receiver: POST /v1/traces and /v1/logs, protobuf or JSON, optionally gzip/deflate-encoded.
+
+The body is read and decompressed here, not by aiohttp (its runner is started with
+auto_decompress=False), so that decompression is bounded by the body budget and runs off the loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
 from google.rpc.status_pb2 import Status
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-from .otlp_decode import JSON, PROTOBUF, OtlpError, decode, decode_traces, encode
+from .otlp_body import ENCODINGS, BodyDecoder, Lease
+from .otlp_decode import JSON, PROTOBUF, OtlpError, encode, parse_logs, parse_traces
 from .otlp_service import OtlpService
 
 log = logging.getLogger("syncwatch.otlp.http")
 
-_GRPC_CODE_FOR_HTTP = {400: 3, 413: 8, 415: 3, 429: 8, 500: 13, 503: 14}
+_GRPC_CODE_FOR_HTTP = {400: 3, 408: 4, 413: 8, 415: 3, 429: 8, 500: 13, 503: 14}
+# An upload that sends nothing for this long is answered 408 and its bytes freed.
+BODY_IDLE_TIMEOUT = 30.0
+# Keyword arguments for the web.AppRunner serving build_app's application.
+RUNNER_OPTIONS = {"auto_decompress": False}
 
 
-def _decode_logs(body: bytes, content_type: str):
-    return decode(body, content_type, ExportLogsServiceRequest)
-
-
-def build_app(service: OtlpService, max_body_bytes: int) -> web.Application:
-    # client_max_size bounds the body after aiohttp's transparent gzip/deflate decoding, so a
-    # compression bomb is cut off at the limit instead of filling memory.
-    app = web.Application(client_max_size=max_body_bytes)
-    receiver = _Receiver(service, max_body_bytes)
+def build_app(service: OtlpService, bodies: BodyDecoder) -> web.Application:
+    """The OTLP/HTTP application; serve it with web.AppRunner(app, **RUNNER_OPTIONS)."""
+    app = web.Application(client_max_size=bodies.max_body_bytes)
+    receiver = _Receiver(service, bodies)
     app.router.add_post("/v1/traces", receiver.traces)
     app.router.add_post("/v1/logs", receiver.logs)
     return app
 
 
 class _Receiver:
-    def __init__(self, service: OtlpService, max_body_bytes: int):
+    def __init__(self, service: OtlpService, bodies: BodyDecoder):
         self.service = service
-        self.max_body_bytes = max_body_bytes
+        self.bodies = bodies
+        self.max_body_bytes = bodies.max_body_bytes
         self.requests = service.metrics.otlp_requests
 
     async def traces(self, request: web.Request) -> web.Response:
-        return await self._handle(request, "traces", decode_traces, self.service.export_traces)
+        return await self._handle(request, "traces", parse_traces, self.service.export_traces)
 
     async def logs(self, request: web.Request) -> web.Response:
-        return await self._handle(request, "logs", _decode_logs, self.service.export_logs)
+        return await self._handle(request, "logs", parse_logs, self.service.export_logs)
 
-    async def _handle(self, request: web.Request, signal: str, decode_body, export) -> web.Response:
+    async def _handle(self, request: web.Request, signal: str, parse, export) -> web.Response:
         content_type = request.content_type
         reply_type = JSON if content_type == JSON else PROTOBUF
+        lease = self.bodies.budget.lease()
         try:
             if content_type not in (PROTOBUF, JSON):
                 raise OtlpError(415, f"unsupported content type {content_type!r}; use {PROTOBUF} or {JSON}",
                                 "unsupported_media_type")
-            encoding = request.headers.get("Content-Encoding", "identity").lower()
-            if encoding not in ("identity", "gzip", "deflate", ""):
-                raise OtlpError(415, f"unsupported Content-Encoding {encoding!r}; use gzip or none", "unsupported_media_type")
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                raise OtlpError(413, f"request body over the {self.max_body_bytes}-byte limit (decompressed)", "too_large") from None
-            except Exception as exc:  # corrupt gzip stream and similar
-                raise OtlpError(400, f"cannot read body: {type(exc).__name__}: {exc}", "bad_request") from None
-            message = decode_body(body, content_type)
-            response = await export(message)
+            encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ENCODINGS and encoding != "":
+                raise OtlpError(415, f"unsupported Content-Encoding {encoding[:40]!r}; use gzip, deflate or none",
+                                "unsupported_media_type")
+            # The raw body is passed on, not kept here: the decoder drops it once decompressed.
+            message, items = await self.bodies.decode(await self._read(request, lease), encoding, content_type,
+                                                      parse, lease)
+            response = await export(message, items)
         except OtlpError as err:
             return self._error(signal, err, reply_type)
+        finally:
+            lease.release()
         self.requests.labels(signal, "200").inc()
         return web.Response(body=encode(response, reply_type), content_type=reply_type)
+
+    async def _read(self, request: web.Request, lease: Lease) -> bytearray:
+        """The raw body, charged to the lease as it arrives: 413 past max_body_bytes (at once
+        when Content-Length says so), 503 when the body budget is spent, 408 when it stalls."""
+        length = request.content_length
+        if length is not None:
+            if length > self.max_body_bytes:
+                raise OtlpError(413, f"request body over the {self.max_body_bytes}-byte limit", "too_large")
+            if not lease.would_fit(length):
+                raise OtlpError(503, "syncwatch is holding as many large request bodies as it allows; retry later",
+                                "body_memory")
+        body = bytearray()
+        content = request.content
+        try:
+            async with asyncio.timeout(BODY_IDLE_TIMEOUT) as idle:
+                while True:
+                    chunk = await content.readany()
+                    if not chunk:
+                        break
+                    if len(body) + len(chunk) > self.max_body_bytes:
+                        raise OtlpError(413, f"request body over the {self.max_body_bytes}-byte limit", "too_large")
+                    lease.take(len(chunk))
+                    body += chunk
+                    idle.reschedule(asyncio.get_running_loop().time() + BODY_IDLE_TIMEOUT)
+        except OtlpError:
+            raise
+        except TimeoutError:
+            raise OtlpError(408, f"request body stalled: nothing received for {BODY_IDLE_TIMEOUT:.0f}s", "bad_request") from None
+        except Exception as exc:  # the client went away, or a malformed chunked encoding
+            raise OtlpError(400, f"cannot read body: {type(exc).__name__}: {exc}", "bad_request") from None
+        if length is not None and len(body) != length:
+            raise OtlpError(400, "cannot read body: shorter than its Content-Length", "bad_request")
+        return body
 
     def _error(self, signal: str, err: OtlpError, reply_type: str) -> web.Response:
         self.requests.labels(signal, str(err.status)).inc()

@@ -27,11 +27,12 @@ class OtlpService:
         m = metrics.spans
         self._correlated, self._uncorrelated, self._rejected = m.labels("correlated"), m.labels("uncorrelated"), m.labels("rejected")
 
-    async def export_traces(self, request) -> ExportTraceServiceResponse:
-        """Record the request's spans (a trace_view.TraceView); return once durable. Raises
-        OtlpError for refusals."""
+    async def export_traces(self, request, total: int | None = None) -> ExportTraceServiceResponse:
+        """Record the request's spans (a trace_view.TraceView; `total` its span count, as the
+        receivers' parse step counted it off the loop); return once durable. Raises OtlpError for refusals."""
         response = ExportTraceServiceResponse()
-        total = span_count(request)
+        if total is None:
+            total = span_count(request)
         if not total:
             return response
         try:
@@ -58,11 +59,11 @@ class OtlpService:
             response.partial_success.error_message = out.error_message
         return response
 
-    async def export_logs(self, request) -> ExportLogsServiceResponse:
+    async def export_logs(self, request, total: int | None = None) -> ExportLogsServiceResponse:
         response = ExportLogsServiceResponse()
         if self.snapshots is None:
             # No snapshot store configured (snapshots.enabled: false): records are counted, not kept.
-            n = sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+            n = total if total is not None else sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
             self.metrics.log_records.labels("not_stored").inc(n)
             return response
         rejected, message = await self.snapshots.export_logs(request)
