@@ -15,6 +15,7 @@ import base64
 import hmac
 import json
 import logging
+import math
 import time
 from datetime import datetime, timezone
 from typing import Callable
@@ -28,21 +29,81 @@ log = logging.getLogger("syncwatch.api")
 
 CLOSED_MESSAGE = ("the query API is closed: no token configured. Set api.token or api.token_file in the config "
                   "file, or the SYNCWATCH_API__TOKEN environment variable, and restart syncwatch")
-TIME_FIELDS = ("start", "end", "changed_at", "opened_at", "deadline", "closed_at", "first_at", "last_at", "time", "received")
+# syncwatch's own time fields, per object of the answers; payload bodies are never touched.
+DESTINATION_TIMES = ("changed_at", "opened_at", "deadline", "closed_at")
+SPAN_TIMES = ("start", "end")
+LIST_TIMES = ("changed_at", "opened_at", "deadline", "closed_at", "first_at", "last_at")
 
 
 def iso(ts: float | None) -> str | None:
+    """RFC 3339 UTC with milliseconds; None when there is no such date (before year 1, after
+    9999, not finite)."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (ValueError, OverflowError, OSError, TypeError):
+        return None
 
 
-def _with_iso_times(value):
-    """Times as RFC 3339 UTC strings: readable in curl output, parseable in scripts."""
-    if isinstance(value, dict):
-        return {k: (iso(v) if k in TIME_FIELDS and isinstance(v, (int, float)) else _with_iso_times(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_with_iso_times(v) for v in value]
+def _raw_number(value: float):
+    """A number as valid JSON: non-finite ones as JavaScript spells them."""
+    if isinstance(value, int) or math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def _times_as_iso(obj: dict, keys: tuple) -> None:
+    """Each numeric time under `keys` becomes an RFC 3339 string. A time no date can show
+    (older versions accepted some) becomes null, with the stored number in `<key>_raw`."""
+    for key in keys:
+        value = obj.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            text = iso(value)
+            obj[key] = text
+            if text is None:
+                obj[key + "_raw"] = _raw_number(value)
+
+
+def _finite_only(value) -> None:
+    """Non-finite numbers left in ledger data (lags, backoffs, attempt numbers) become null,
+    so that every answer is valid JSON. Iterative: ledger data is shallow, but never trusted."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        pairs = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, child in pairs:
+            if isinstance(child, float) and not math.isfinite(child):
+                node[key] = None
+            elif isinstance(child, (dict, list)):
+                stack.append(child)
+
+
+def _format_record(record: dict) -> dict:
+    for dest in record["destinations"]:
+        _times_as_iso(dest, DESTINATION_TIMES)
+        for group in ("attempts", "confirmations", "failures"):
+            for item in dest.get(group, []):
+                _times_as_iso(item, SPAN_TIMES)
+    _finite_only(record)
+    return record
+
+
+def _format_items(items: list[dict]) -> list[dict]:
+    for item in items:
+        _times_as_iso(item, LIST_TIMES)
+    _finite_only(items)
+    return items
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: JSON's grammar, no double can hold it
+        raise ValueError(f"{text} is out of range")
     return value
 
 
@@ -52,6 +113,7 @@ def snapshot_json(s) -> dict:
         "span_id": s.span_id.hex(), "flow": s.flow, "destination": s.destination, "content_type": s.content_type,
         "size": s.size, "sha256": s.sha256.hex(), "truncated": s.truncated, "redactions": s.redactions,
     }
+    _times_as_iso(out, ("time", "received"))
     if s.content_type == "binary":
         out["body_encoding"] = "base64"
         out["body"] = base64.b64encode(s.body).decode()
@@ -60,12 +122,43 @@ def snapshot_json(s) -> dict:
         out["body_encoding"] = "text"
         out["body"] = text
         if s.content_type == "json" and not s.truncated:
+            # Shown as stored: parsed only to be embedded, never rewritten. What strict JSON
+            # cannot carry (NaN, nesting too deep to encode again) stays text.
             try:
-                out["body"] = json.loads(text)
+                out["body"] = json.loads(text, parse_constant=_no_constants, parse_float=_finite_float)
                 out["body_encoding"] = "json"
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
     return out
+
+
+def _dumps(record: dict) -> str:
+    try:
+        return json.dumps(record, allow_nan=False)
+    except RecursionError:  # a payload nested too deeply to encode inside the record: show it as text
+        for snap in _all_snapshots(record):
+            if snap["body_encoding"] == "json":
+                snap["body"], snap["body_encoding"] = json.dumps(snap["body"]), "text"
+        return json.dumps(record, allow_nan=False)
+
+
+def _all_snapshots(record: dict):
+    yield from record.get("unlinked_snapshots", [])
+    for dest in record["destinations"]:
+        yield from dest.get("snapshots", [])
+        for group in ("attempts", "confirmations", "failures"):
+            for item in dest.get(group, []):
+                yield from item.get("snapshots", [])
+
+
+def _log_text(value: str) -> str:
+    """A client-chosen string fit for one log line: control characters, quotes and non-ASCII
+    escaped as in JSON, so a newline cannot start a forged line."""
+    return json.dumps(value)[1:-1]
+
+
+def _strict_dumps(value) -> str:
+    return json.dumps(value, allow_nan=False)
 
 
 def _error(status: int, message: str, **headers) -> web.Response:
@@ -89,8 +182,10 @@ def setup_api(app: web.Application, *, config: Config, snapshots=None, clock: Ca
             return _error(503, CLOSED_MESSAGE)
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
-        # compare_digest: the time taken does not tell how much of a guess was right.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        # Header bytes that are not UTF-8 arrive as surrogate escapes: encoded back, they are
+        # simply a wrong token. compare_digest: the time taken does not tell how much of a guess was right.
+        given_bytes = given.strip().encode("utf-8", "surrogateescape")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, expected):
             return _error(401, "missing or wrong bearer token (Authorization: Bearer <api.token>)",
                           **{"WWW-Authenticate": 'Bearer realm="syncwatch"'})
         return None
@@ -112,9 +207,10 @@ def setup_api(app: web.Application, *, config: Config, snapshots=None, clock: Ca
             items, next_cursor = await asyncio.to_thread(queries.reconciliation, state, q.get("flow") or None, limit, q.get("cursor") or None)
         except BadCursor as exc:
             return _error(400, str(exc))
-        return web.json_response(_with_iso_times({
-            "state": state, "flow": q.get("flow") or None, "count": len(items), "items": items, "next_cursor": next_cursor,
-        }))
+        return web.json_response({
+            "state": state, "flow": q.get("flow") or None, "count": len(items), "items": _format_items(items),
+            "next_cursor": next_cursor,
+        }, dumps=_strict_dumps)
 
     async def show_transaction(request: web.Request) -> web.Response:
         if (denied := authorize(request)) is not None:
@@ -133,12 +229,18 @@ def setup_api(app: web.Application, *, config: Config, snapshots=None, clock: Ca
             return _error(404, f"no transaction with correlation ID {corr!r} (or it was swept after its retention)")
         if snaps:
             # Logged: who read which transaction's payloads. Never the payload itself.
-            log.info("payload snapshots read: correlation_id=%s snapshots=%d client=%s", corr, len(snaps), request.remote)
+            log.info("payload snapshots read: correlation_id=%s snapshots=%d client=%s", _log_text(corr), len(snaps),
+                     request.remote)
         record = record or {"correlation_id": corr, "destinations": []}
-        _attach_snapshots(record, [snapshot_json(s) for s in snaps])
-        if snapshot_error:
-            record["snapshot_error"] = snapshot_error
-        return web.json_response(_with_iso_times(record))
+
+        def render() -> str:  # payload bodies are data: parsed and encoded off the loop
+            _format_record(record)
+            _attach_snapshots(record, [snapshot_json(s) for s in snaps])
+            if snapshot_error:
+                record["snapshot_error"] = snapshot_error
+            return _dumps(record)
+
+        return web.Response(text=await asyncio.to_thread(render), content_type="application/json")
 
     app.router.add_get("/api/v1/transactions", list_transactions)
     app.router.add_get("/api/v1/transactions/{correlation_id}", show_transaction)

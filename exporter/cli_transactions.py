@@ -132,6 +132,14 @@ def _show(args) -> int:
 
 
 # -- rendering ---------------------------------------------------------------------------------
+def _when(obj: dict, key: str) -> str:
+    """A time of the API's answer; one no date can show comes as null plus `<key>_raw`."""
+    raw = obj.get(key + "_raw")
+    if obj.get(key) is None and raw is not None:
+        return f"(out of range: {raw})"
+    return _short_time(obj.get(key))
+
+
 def _short_time(value: str | None) -> str:
     if not value:
         return "-"
@@ -162,18 +170,18 @@ def render_list(state: str, items: list[dict]) -> str:
     if state in ("overdue", "pending"):
         headers = ["CORRELATION ID", "FLOW", "SOURCE", "DESTINATION", "STATE", "CHANGED AT", "DEADLINE", "OVERDUE BY", "ATTEMPTS", "LAST CODE"]
         rows = [[i["correlation_id"], i["flow"], i.get("source") or "-", i["destination"], i["state"],
-                 _short_time(i.get("changed_at")), _short_time(i.get("deadline")),
+                 _when(i, "changed_at"), _when(i, "deadline"),
                  _age(i.get("overdue_seconds")) if i.get("overdue_seconds") else "-", str(i.get("attempts", 0)),
                  i.get("last_code") or "-"] for i in items]
     elif state in ("failed", "expired"):
         headers = ["CORRELATION ID", "FLOW", "SOURCE", "DESTINATION", "STATE", "CHANGED AT", "CLOSED AT", "ATTEMPTS", "LAST CODE"]
         rows = [[i["correlation_id"], i["flow"], i.get("source") or "-", i["destination"], i["state"],
-                 _short_time(i.get("changed_at")), _short_time(i.get("closed_at")), str(i.get("attempts", 0)),
+                 _when(i, "changed_at"), _when(i, "closed_at"), str(i.get("attempts", 0)),
                  i.get("last_code") or "-"] for i in items]
     else:
         headers = ["CORRELATION ID", "FLOW", "DESTINATION", "APPLIES", "FIRST APPLIED", "LAST APPLIED"]
-        rows = [[i["correlation_id"], i["flow"], i["destination"], str(i["applies"]), _short_time(i.get("first_at")),
-                 _short_time(i.get("last_at"))] for i in items]
+        rows = [[i["correlation_id"], i["flow"], i["destination"], str(i["applies"]), _when(i, "first_at"),
+                 _when(i, "last_at")] for i in items]
     return _table(headers, rows) + f"\n\n{len(items)} {state} transaction(s)"
 
 
@@ -194,7 +202,7 @@ def _snapshot_lines(snap: dict, indent: str) -> list[str]:
         facts.append(f"{snap['redactions']} redacted")
     if snap.get("truncated"):
         facts.append("TRUNCATED")
-    return [f"{indent}{snap['direction'].upper()} payload at {_short_time(snap.get('time'))} ({', '.join(facts)})",
+    return [f"{indent}{snap['direction'].upper()} payload at {_when(snap, 'time')} ({', '.join(facts)})",
             _pretty_body(snap, indent + "  ")]
 
 
@@ -209,10 +217,10 @@ def render_timeline(record: dict) -> str:
             head += f"  DUPLICATE APPLY ({d.get('applies')} applies)"
         out.append(head)
         events: list[tuple[str, list[str]]] = []
-        if d.get("changed_at"):
-            events.append((d["changed_at"], [f"  {_short_time(d['changed_at'])}  source changed"]))
+        if d.get("changed_at") or d.get("changed_at_raw") is not None:
+            events.append((d["changed_at"] or "", [f"  {_when(d, 'changed_at')}  source changed"]))
         for a in d.get("attempts", []):
-            line = f"  {_short_time(a.get('start'))}  attempt {a.get('attempt') or '?'}: {a.get('code') or 'no response'}"
+            line = f"  {_when(a, 'start')}  attempt {a.get('attempt') or '?'}: {a.get('code') or 'no response'}"
             if a.get("error"):
                 line += f" ({a['error']})"
             if a.get("backoff_seconds") is not None:
@@ -222,17 +230,17 @@ def render_timeline(record: dict) -> str:
                 lines += _snapshot_lines(s, "      ")
             events.append((a.get("start") or "", lines))
         for c in d.get("confirmations", []):
-            lines = [f"  {_short_time(c.get('end'))}  {'DUPLICATE confirm' if c.get('duplicate') else 'confirmed'}"]
+            lines = [f"  {_when(c, 'end')}  {'DUPLICATE confirm' if c.get('duplicate') else 'confirmed'}"]
             for s in c.get("snapshots", []):
                 lines += _snapshot_lines(s, "      ")
             events.append((c.get("end") or "", lines))
         for f in d.get("failures", []):
-            lines = [f"  {_short_time(f.get('start'))}  gave up: {f.get('error') or 'failed'}"]
+            lines = [f"  {_when(f, 'start')}  gave up: {f.get('error') or 'failed'}"]
             for s in f.get("snapshots", []):
                 lines += _snapshot_lines(s, "      ")
             events.append((f.get("start") or "", lines))
-        if d.get("state") in ("pending", "overdue") and d.get("deadline"):
-            events.append((d["deadline"], [f"  {_short_time(d['deadline'])}  deadline{' (MISSED)' if d['state'] == 'overdue' else ''}"]))
+        if d.get("state") in ("pending", "overdue") and (d.get("deadline") or d.get("deadline_raw") is not None):
+            events.append((d["deadline"] or "", [f"  {_when(d, 'deadline')}  deadline{' (MISSED)' if d['state'] == 'overdue' else ''}"]))
         for _, lines in sorted(events, key=lambda e: e[0]):
             out.extend(lines)
         for s in d.get("snapshots", []):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import sqlite3
 import time
 from pathlib import Path
@@ -29,13 +30,52 @@ def encode_cursor(values: list[Any]) -> str:
 
 
 def decode_cursor(text: str, n: int) -> list[Any]:
+    """[sort value, key columns...] as encode_cursor wrote them: a number (or null), then strings.
+    Anything else is refused (BadCursor), before it reaches SQL."""
     try:
         values = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise BadCursor("cursor is not one this API returned") from None
     if not isinstance(values, list) or len(values) != n:
         raise BadCursor("cursor is not one this API returned")
+    first = values[0]
+    if first is not None and not _is_number(first):
+        raise BadCursor("cursor is not one this API returned")
+    if isinstance(first, int) and not -(1 << 63) <= first < (1 << 63):  # SQLite's integer range
+        raise BadCursor("cursor is not one this API returned")
+    if not all(isinstance(v, str) for v in values[1:]):
+        raise BadCursor("cursor is not one this API returned")
     return values
+
+
+def _is_number(value) -> bool:
+    """An int or float that is not a bool and not NaN (infinities compare; NaN does not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return not (isinstance(value, float) and math.isnan(value))
+
+
+def _sort_key(value) -> float:
+    """A number to order by; what is not one (None, text, NaN) sorts last."""
+    if not _is_number(value):
+        return math.inf
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float range
+        return math.inf if value > 0 else -math.inf
+
+
+def _is_overdue(deadline, now: float) -> bool:
+    return _is_number(deadline) and deadline < now
+
+
+def _overdue_seconds(deadline, now: float) -> float | None:
+    if not _is_number(deadline):
+        return None
+    try:
+        return round(max(0.0, now - deadline), 3)
+    except OverflowError:
+        return None
 
 
 class LedgerQueries:
@@ -74,7 +114,7 @@ class LedgerQueries:
             is_open = "outcome" not in r.keys()
             e = {
                 "destination": r["dest"], "flow": r["flow"], "source": r["source"],
-                "state": ("overdue" if r["deadline"] < now else "pending") if is_open else r["outcome"],
+                "state": ("overdue" if _is_overdue(r["deadline"], now) else "pending") if is_open else r["outcome"],
                 "outcome": None if is_open else r["outcome"],
                 "changed_at": r["changed_at"], "opened_at": _col(r, "opened_at"), "deadline": _col(r, "deadline"),
                 "closed_at": None if is_open else r["closed_at"], "lag_seconds": None if is_open else r["lag"],
@@ -151,9 +191,9 @@ class LedgerQueries:
     def _item(state: str, r: sqlite3.Row, now: float) -> dict:
         item = {"correlation_id": r["corr"], "flow": r["flow"], "source": r["source"], "destination": r["dest"]}
         if state in ("overdue", "pending"):
-            item.update(state="overdue" if r["deadline"] < now else "pending", changed_at=r["changed_at"],
+            item.update(state="overdue" if _is_overdue(r["deadline"], now) else "pending", changed_at=r["changed_at"],
                         opened_at=r["opened_at"], deadline=r["deadline"],
-                        overdue_seconds=round(max(0.0, now - r["deadline"]), 3), attempts=r["attempts"],
+                        overdue_seconds=_overdue_seconds(r["deadline"], now), attempts=r["attempts"],
                         last_code=_last_code(_col(r, "timeline")))
         elif state in ("failed", "expired"):
             item.update(state=r["outcome"], changed_at=r["changed_at"], closed_at=r["closed_at"],
@@ -183,27 +223,44 @@ def _load_timeline(text: str | None) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _entries(value, size: int) -> list:
+    """The well-formed entries of a timeline list: lists of `size` fields (a malformed one is skipped)."""
+    if not isinstance(value, list):
+        return []
+    return [v for v in value if isinstance(v, list) and len(v) == size]
+
+
+def _backoff(start, prev_end) -> float | None:
+    if not (_is_number(start) and _is_number(prev_end)):
+        return None
+    try:
+        value = round(start - prev_end, 6)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
 def _fill_timeline(e: dict, text: str | None) -> None:
     """Attempts, confirmation/failure and duplicate applies from a transaction's timeline JSON
-    (layout in ledger_schema.py)."""
+    (layout in ledger_schema.py). Values are passed on as stored; the API formats them."""
     tl = _load_timeline(text)
-    for trace_id, span_id, start, end, n, code, error in tl.get("attempts") or []:
+    for trace_id, span_id, start, end, n, code, error in _entries(tl.get("attempts"), 7):
         e["attempts"].append({"attempt": n, "trace_id": trace_id, "span_id": span_id, "start": start, "end": end,
                               "code": code, "error": error, "backoff_seconds": None})
     # SPEC: backoff = start of attempt n - end of attempt n-1 of the same transaction.
-    e["attempts"].sort(key=lambda a: (a["attempt"] or 0, a["start"]))
+    e["attempts"].sort(key=lambda a: (_sort_key(a["attempt"] or 0), _sort_key(a["start"])))
     for prev, cur in zip(e["attempts"], e["attempts"][1:]):
-        cur["backoff_seconds"] = round(cur["start"] - prev["end"], 6)
+        cur["backoff_seconds"] = _backoff(cur["start"], prev["end"])
     e["attempt_count"] = max(e["attempt_count"] or 0, len(e["attempts"]))
     close = tl.get("close")
-    if close:
+    if isinstance(close, list) and len(close) == 7:
         stage, trace_id, span_id, start, end, error, idem = close
         span = {"trace_id": trace_id, "span_id": span_id, "start": start, "end": end}
         if stage == STAGE_CONFIRM:
             e["confirmations"].append({**span, "idempotency_key": idem, "duplicate": False})
         elif stage == STAGE_FAIL:
             e["failures"].append({**span, "error": error})
-    for trace_id, span_id, start, end, idem in tl.get("duplicates") or []:
+    for trace_id, span_id, start, end, idem in _entries(tl.get("duplicates"), 5):
         e["confirmations"].append({"trace_id": trace_id, "span_id": span_id, "start": start, "end": end,
                                    "idempotency_key": idem, "duplicate": True})
     if e["confirmations"] and any(c["duplicate"] for c in e["confirmations"]):
@@ -211,8 +268,8 @@ def _fill_timeline(e: dict, text: str | None) -> None:
 
 
 def _last_code(text: str | None) -> str | None:
-    attempts = _load_timeline(text).get("attempts") or []
+    attempts = _entries(_load_timeline(text).get("attempts"), 7)
     if not attempts:
         return None
-    last = max(attempts, key=lambda a: ((a[4] or 0), a[2]))
+    last = max(attempts, key=lambda a: (_sort_key(a[4] or 0), _sort_key(a[2])))
     return last[5]
