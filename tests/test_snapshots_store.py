@@ -165,6 +165,27 @@ def test_payloads_without_correlation_id_or_with_a_bad_direction_are_rejected_an
     assert sample(metrics, "syncwatch_snapshots_total", direction="request", result="stored") == 1
 
 
+def test_a_correlation_id_over_the_limit_is_rejected_as_such(make_intake):
+    intake, metrics = make_intake(limits={"max_correlation_id_length": 64})
+
+    async def go():
+        await intake.start()
+        out = await intake.export_logs(make_request(
+            {"corr": "x" * 65, "direction": "response", "body": "too long an ID"},
+            {"corr": "y" * 64, "direction": "response", "body": "fine"},
+        ))
+        found = await intake.find("y" * 64)
+        await intake.stop()
+        return out, found
+
+    (rejected, message), found = run(go())
+    assert rejected == 1 and message == "1 x correlation ID longer than 64 characters (limits.max_correlation_id_length)"
+    assert sample(metrics, "syncwatch_dropped_total", reason="snapshot_correlation_id_too_long") == 1
+    assert sample(metrics, "syncwatch_dropped_total", reason="snapshot_uncorrelated") == 0
+    assert sample(metrics, "syncwatch_snapshots_total", direction="response", result="dropped") == 1
+    assert [s.body for s in found] == [b"fine"]
+
+
 def test_a_body_over_the_cap_is_truncated_keeping_its_full_size_and_keyed_hash(make_intake, tmp_path):
     intake, metrics = make_intake(snapshots={"max_bytes": 1000})
     body = json.dumps({"items": [{"sku": f"SKU-{i:05d}", "note": "é" * 3} for i in range(200)]})

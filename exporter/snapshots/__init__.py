@@ -207,13 +207,18 @@ class SnapshotIntake:
         payloads: list[PayloadRecord] = []
         problems: dict[str, int] = {}
         not_payload = 0
-        for rec in payload_records(request, self.config.correlation.keys):
+        for rec in payload_records(request, self.config.correlation.keys, self.config.limits.max_correlation_id_length):
             if rec.direction is None:
                 not_payload += 1
                 continue
             if rec.direction == "invalid":
                 self._drop("invalid", "snapshot_invalid_direction", 1)
                 problem = "syncwatch.payload.direction must be request or response"
+                problems[problem] = problems.get(problem, 0) + 1
+            elif rec.corr_too_long:
+                self._drop(rec.direction, "snapshot_correlation_id_too_long", 1)
+                problem = (f"correlation ID longer than {self.config.limits.max_correlation_id_length} characters "
+                           "(limits.max_correlation_id_length)")
                 problems[problem] = problems.get(problem, 0) + 1
             elif rec.corr is None:
                 self._drop(rec.direction, "snapshot_uncorrelated", 1)

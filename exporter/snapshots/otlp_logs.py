@@ -17,7 +17,7 @@ DIRECTION_ATTR = "syncwatch.payload.direction"
 DIRECTIONS = ("request", "response")
 FLOW_ATTR = "syncwatch.flow"
 DESTINATION_ATTRS = ("syncwatch.destination", "peer.service", "server.address")
-MAX_CORRELATION_ID = 512  # longer IDs are garbage, not keys
+MAX_CORRELATION_ID = 256  # characters; the sidecar passes limits.max_correlation_id_length
 
 
 @dataclass
@@ -30,6 +30,7 @@ class PayloadRecord:
     time: float | None
     flow: str | None
     destination: str | None
+    corr_too_long: bool = False  # the ID attribute is there, longer than the limit (corr is None)
 
 
 def any_value(v: AnyValue) -> Any:
@@ -50,7 +51,8 @@ def _scalar_attr(v: AnyValue) -> str | None:
     return None
 
 
-def payload_records(request: ExportLogsServiceRequest, correlation_keys: list[str]) -> Iterator[PayloadRecord]:
+def payload_records(request: ExportLogsServiceRequest, correlation_keys: list[str],
+                    max_correlation_id: int = MAX_CORRELATION_ID) -> Iterator[PayloadRecord]:
     wanted = set(correlation_keys) | {DIRECTION_ATTR, FLOW_ATTR, *DESTINATION_ATTRS}
     for rl in request.resource_logs:
         resource_attrs = {kv.key: kv.value for kv in rl.resource.attributes if kv.key in wanted}
@@ -69,11 +71,13 @@ def payload_records(request: ExportLogsServiceRequest, correlation_keys: list[st
                 if direction not in DIRECTIONS:
                     direction = "invalid"
                 corr = None
-                for key in correlation_keys:
+                too_long = False
+                for key in correlation_keys:  # the first one present decides, as for spans
                     if key in attrs:
                         value = _scalar_attr(attrs[key])
-                        if value and len(value) <= MAX_CORRELATION_ID:
-                            corr = value
+                        if value:
+                            too_long = len(value) > max_correlation_id
+                            corr = None if too_long else value
                             break
                 destination = None
                 for key in DESTINATION_ATTRS:
@@ -95,4 +99,5 @@ def payload_records(request: ExportLogsServiceRequest, correlation_keys: list[st
                     time=ts / 1e9 if ts else None,
                     flow=_scalar_attr(attrs[FLOW_ATTR]) if FLOW_ATTR in attrs else None,
                     destination=destination,
+                    corr_too_long=too_long,
                 )
