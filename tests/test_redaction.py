@@ -413,7 +413,7 @@ def _worst_cases() -> dict[str, str]:
         "lower-case ibans": fill("aa00"), "iban groups": fill("DE89 3704 "), "emails": fill("a@b.co "),
         "encoded @": fill("%40"), "pairs": fill("a="), "sensitive pairs": fill("pwd="), "open quotes": fill('pwd=\\"x pwd=\\\\"x '),
         "xml": fill("<password>"), "xml names": "".join(f"<password{i}>x" for i in range(500))[:4096],
-        "brackets": fill("pwd=["), "header lines": fill("Cookie: a=1; "),
+        "brackets": fill("pwd=["), "brackets, escaped quotes": "pwd=[" + fill('\\"', 4090), "header lines": fill("Cookie: a=1; "),
     }
     cases.update({f"in JSON: {k}": json.dumps({"a": v}) for k, v in list(cases.items())})
     cases["JSON numbers"] = json.dumps([4111111111111112] * 230)
