@@ -413,3 +413,37 @@ def test_a_large_log_request_is_read_off_the_event_loop(make_intake, monkeypatch
     assert small == (0, "") and large == (0, "") and json.loads(found[0].body)["lines"][-1]["qty"] == 7_999
     assert threads[0] is loop_thread  # a small one is read in place: no thread hop per request
     assert threads[1] is not loop_thread
+
+
+def test_snapshots_stored_with_an_unkeyed_hash_never_show_it_after_the_upgrade(make_intake, tmp_path):
+    """Rows written before the body hash was keyed hold a plain SHA-256 (anyone could test
+    guesses for a redacted value against it): after the upgrade they show no hash at all."""
+    import sqlite3
+
+    import zstandard
+
+    from exporter.snapshots.sqlite_store import DDL
+
+    (tmp_path / "data").mkdir()
+    conn = sqlite3.connect(tmp_path / "data" / "snapshots.db")
+    conn.executescript(DDL)  # the schema as it was: no hash_keyed column
+    old = b'{"cvv":"[REDACTED:cvv:00000000]"}'
+    conn.execute("INSERT INTO snapshots(corr, direction, received, time, trace_id, span_id, flow, dest, content_type, size, "
+                 "sha256, truncated, redactions, dict_id, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                 ("old-1", "request", T0, T0, b"\x01" * 16, b"\x02" * 8, None, None, "json", 13,
+                  hashlib.sha256(b'{"cvv":"739"}').digest(), 0, 1, 0, zstandard.ZstdCompressor().compress(old)))
+    conn.commit()
+    conn.close()
+    intake, _ = make_intake()
+
+    async def go():
+        await intake.start()
+        await intake.export_logs(make_request({"corr": "new-1", "direction": "request", "body": '{"cvv":"739"}'}))
+        found = await intake.find("old-1"), await intake.find("new-1")
+        await intake.stop()
+        return found
+
+    (old_snap,), (new_snap,) = run(go())
+    assert old_snap.body == old and old_snap.body_hmac == b""
+    key = (tmp_path / "data" / "snapshot-redaction.key").read_bytes().strip()
+    assert new_snap.body_hmac == hmac.digest(key, b'{"cvv":"739"}', "sha256")
