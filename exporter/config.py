@@ -237,7 +237,7 @@ def _env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, An
         except yaml.YAMLError:
             parsed = value
         # Keep strings as strings where YAML would guess otherwise (tokens that look like numbers).
-        node[path[-1]] = value if isinstance(parsed, (int, float)) and path[-1] in ("token",) else parsed
+        node[path[-1]] = value if isinstance(parsed, (int, float)) and path[-1] in ("token", "hash_key") else parsed
     return raw
 
 
