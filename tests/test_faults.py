@@ -305,7 +305,8 @@ def test_a_hostile_attribute_is_rejected_alone(make_sidecar, tmp_path, name, att
     assert total(after, "syncwatch_dropped_total") - total(before, "syncwatch_dropped_total") >= mixed.rejected_spans
     assert nan_samples(after) == []
     if not mixed.rejected_spans and attribute == HTTP_CODE:  # folded: the raw value is no label
-        assert total(after, "syncwatch_attempts_total", status_code=str(value)) == 0
+        assert total(after, "syncwatch_attempts_total", status_code=str(value)) == 0, \
+            f"http.response.status_code {value!r} became a status_code label of its own"
 
     for corr in good:
         status, record = api.transaction(corr)
