@@ -34,20 +34,30 @@ def _memory_refusal() -> OtlpError:
 
 class BodyBudget:
     """Bytes of request bodies (raw and decompressed) held at once across both transports, from
-    the first byte read until the request is answered."""
+    the first byte read until the request is answered.
+
+    Requests charge it as their bytes arrive, so several large ones can each hold part of it and
+    none could finish; the one that has held bytes the longest may therefore always take more
+    (at most one request's bodies beyond the limit), so the oldest always completes."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self.used = 0
         self._lock = threading.Lock()
+        self._holders: dict[Lease, None] = {}  # leases holding counted bytes, oldest first
 
     def lease(self) -> "Lease":
         return Lease(self)
 
+    def _admits(self, lease: "Lease", extra: int) -> bool:
+        if self.used + extra <= self.limit:
+            return True
+        return not self._holders or next(iter(self._holders)) is lease
+
 
 class Lease:
     """One request's share of the budget. take() raises OtlpError(503, "body_memory") when the
-    budget is spent by other requests (a request alone is always admitted); release() returns it all."""
+    budget is spent by other requests; release() returns it all."""
 
     __slots__ = ("budget", "held", "counted")
 
@@ -60,20 +70,24 @@ class Lease:
         held = self.held + n
         counted = max(0, held - FREE_PER_REQUEST)
         extra = counted - self.counted
-        if extra:
+        if extra > 0:
             budget = self.budget
             with budget._lock:
-                if budget.used + extra > budget.limit and budget.used != self.counted:
+                if not budget._admits(self, extra):
                     raise _memory_refusal()
                 budget.used += extra
+                budget._holders.setdefault(self)
         self.held, self.counted = held, counted
 
     def give_back(self, n: int) -> None:
         held = max(0, self.held - n)
         counted = max(0, held - FREE_PER_REQUEST)
         if counted != self.counted:
-            with self.budget._lock:
-                self.budget.used -= self.counted - counted
+            budget = self.budget
+            with budget._lock:
+                budget.used -= self.counted - counted
+                if not counted:
+                    budget._holders.pop(self, None)
         self.held, self.counted = held, counted
 
     def release(self) -> None:
@@ -83,7 +97,8 @@ class Lease:
         """Whether n more bytes fit now (a hint to refuse before reading a body, not a reservation)."""
         extra = max(0, self.held + n - FREE_PER_REQUEST) - self.counted
         budget = self.budget
-        return extra <= 0 or budget.used + extra <= budget.limit or budget.used == self.counted
+        with budget._lock:
+            return extra <= 0 or budget._admits(self, extra)
 
 
 class _Inflater:
@@ -150,6 +165,9 @@ class BodyDecoder:
         # Twice the largest body: one request, compressed and decompressed, always fits.
         self.budget = BodyBudget(budget_bytes if budget_bytes is not None else 2 * max_body_bytes)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="syncwatch-otlp-decode")
+        # protobuf's parser holds the GIL for a whole body and a message of tiny nested entries
+        # takes ~25x its size: one large protobuf parse at a time (JSON parsing yields the GIL).
+        self._protobuf_parse = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -162,17 +180,21 @@ class BodyDecoder:
         if encoding in ("identity", ""):
             if len(raw) <= inline:
                 return parse(raw, content_type)
-            return await self._offload(parse, raw, content_type)
+            return await self._offload(self._parse_large, None, raw, parse, content_type)
         inflater = _Inflater(raw, encoding, self.max_body_bytes, lease)
         del raw
         if inflater.run(until=inline + 1) and len(inflater.out) <= inline:
             return parse(inflater.out, content_type)
-        return await self._offload(_inflate_and_parse, inflater, parse, content_type)
+        return await self._offload(self._parse_large, inflater, None, parse, content_type)
 
     async def _offload(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-
-def _inflate_and_parse(inflater: _Inflater, parse, content_type: str):
-    inflater.run()
-    return parse(inflater.out, content_type)
+    def _parse_large(self, inflater: _Inflater | None, raw, parse, content_type: str):
+        if inflater is not None:
+            inflater.run()
+            raw = inflater.out
+        if content_type == JSON:
+            return parse(raw, content_type)
+        with self._protobuf_parse:
+            return parse(raw, content_type)

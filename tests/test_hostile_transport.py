@@ -334,6 +334,58 @@ def test_in_flight_body_bytes_are_capped_and_small_exports_still_pass(make_sidec
     assert sc.metric("syncwatch_spans_total", result="correlated") == 7
 
 
+def test_concurrent_large_compressed_exports_all_get_through_with_retries(make_sidecar):
+    """Bodies charge the budget as they inflate, so concurrent large ones could each hold a part
+    and none finish; the oldest may always take more, so exporters that retry on 503 all succeed."""
+    sc = make_sidecar({"intake": {"max_body_bytes": 4 * MIB}})
+    bodies = [gzip.compress(_padded_request(3 * MIB + MIB // 2, f"big{i}")) for i in range(8)]
+    refused, answers = [], []
+    lock = threading.Lock()
+
+    def export(body):
+        for _ in range(200):
+            status, headers, _ = post(sc.otlp_http + "/v1/traces", body, headers={"Content-Encoding": "gzip"}, timeout=60)
+            if status != 503:
+                break
+            with lock:
+                refused.append(headers.get("Retry-After"))
+            time.sleep(0.02)
+        with lock:
+            answers.append(status)
+
+    senders = [threading.Thread(target=export, args=(b,)) for b in bodies]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join()
+    assert answers == [200] * 8
+    assert set(refused) <= {"1"}
+    assert sc.metric("syncwatch_dropped_total", reason="body_memory") == len(refused)
+    assert sc.metric("syncwatch_spans_total", result="correlated") == 8
+
+
+def test_the_request_holding_budget_longest_may_always_take_more():
+    """Without this, two large bodies inflating side by side can each hold half the budget and
+    both be refused, again on every retry."""
+    from exporter.otlp_body import FREE_PER_REQUEST, BodyBudget
+    from exporter.otlp_decode import OtlpError
+
+    budget = BodyBudget(4 * MIB)
+    first, second = budget.lease(), budget.lease()
+    first.take(FREE_PER_REQUEST + 2 * MIB)
+    second.take(FREE_PER_REQUEST + 2 * MIB)
+    with pytest.raises(OtlpError) as err:
+        second.take(MIB)
+    assert (err.value.status, err.value.reason) == (503, "body_memory")
+    first.take(MIB)  # the oldest holder goes over the limit, and so finishes
+    assert budget.used == 5 * MIB and not second.would_fit(MIB) and first.would_fit(MIB)
+    first.release()
+    second.take(MIB)  # now the oldest
+    second.take(3 * MIB)
+    second.release()
+    assert budget.used == 0
+
+
 def test_metrics_negotiate_openmetrics(sidecar):
     status, body = sidecar.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert status == 200 and body.endswith(b"# EOF\n")
@@ -343,3 +395,45 @@ def test_metrics_negotiate_openmetrics(sidecar):
     with urllib.request.urlopen(sidecar.url + "/metrics", timeout=10) as r:
         assert r.headers["Content-Type"].startswith("text/plain")
         assert not r.read().endswith(b"# EOF\n")
+
+
+def test_a_stalled_upload_is_408_and_frees_its_share(monkeypatch):
+    """In-process, with the idle timeout cut from 30 s to 0.3 s: an upload that stops sending is
+    answered 408, counted, and what it held goes back to the budget."""
+    import asyncio
+
+    from aiohttp import web
+
+    from exporter import otlp_http
+    from exporter.metrics import Metrics
+    from exporter.otlp_body import BodyDecoder
+    from exporter.otlp_service import OtlpService
+
+    monkeypatch.setattr(otlp_http, "BODY_IDLE_TIMEOUT", 0.3)
+    metrics = Metrics()
+    bodies = BodyDecoder(MIB)
+
+    async def go():
+        runner = web.AppRunner(otlp_http.build_app(OtlpService(None, metrics), bodies), **otlp_http.RUNNER_OPTIONS)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: {PB}\r\nContent-Length: {MIB}\r\n\r\n".encode()
+                     + b"\x00" * (600 * 1024))
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        held = bodies.budget.used
+        answer = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        await writer.wait_closed()
+        await runner.cleanup()
+        return held, answer
+
+    held, answer = asyncio.run(go())
+    bodies.close()
+    assert held > 0 and answer.startswith(b"HTTP/1.1 408")
+    assert bodies.budget.used == 0
+    assert metrics.registry.get_sample_value("syncwatch_otlp_requests_total", {"signal": "traces", "code": "408"}) == 1
+    assert metrics.registry.get_sample_value("syncwatch_dropped_total", {"reason": "bad_request"}) == 1
