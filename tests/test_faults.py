@@ -12,7 +12,7 @@ import time
 import uuid
 
 import pytest
-from faults_support import (TOKEN, Api, Exchange, HealthProbe, attempt, bad_answers, confirm, export_response,
+from faults_support import (STATES, TOKEN, Api, Exchange, HealthProbe, attempt, bad_answers, confirm, export_response,
                             export_with_retries, fill_disk, nan_samples, scrape, source, tmpfs, total,
                             typed_request, wait_equal, wait_until)
 
@@ -320,5 +320,5 @@ def test_a_hostile_attribute_is_rejected_alone(make_sidecar, tmp_path, name, att
         status, record = api.transaction(bad_corr)
         assert status == 200, (status, record)
         assert record["destinations"][0]["state"] == "confirmed"
-    for state in ("overdue", "pending", "failed", "expired", "duplicate"):
+    for state in STATES:
         api.listing(state)  # each answers 200

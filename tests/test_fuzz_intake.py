@@ -10,16 +10,16 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from faults_support import TOKEN, Api, add_resource_spans, export_response, nan_samples, scrape, total
+from faults_support import (STATES, TOKEN, Api, add_resource_spans, export_response, nan_samples, scrape, set_any,
+                            total)
 from otlp_raw import post
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from sidecar import Sidecar
 
 pytestmark = pytest.mark.timeout(240)
 
-STATES = ("overdue", "pending", "failed", "expired", "duplicate")
 NOW = time.time()
 
 
@@ -37,7 +37,7 @@ def any_value_of(scalars) -> st.SearchStrategy:
     def array(values):
         v = AnyValue()
         for x in values:
-            _set(v.array_value.values.add(), x)
+            set_any(v.array_value.values.add(), x)
         return v
 
     def kvlist(items):
@@ -45,17 +45,11 @@ def any_value_of(scalars) -> st.SearchStrategy:
         for k, x in items.items():
             kv = v.kvlist_value.values.add()
             kv.key = k
-            _set(kv.value, x)
+            set_any(kv.value, x)
         return v
 
     return st.one_of(scalars, st.lists(scalars, max_size=3).map(array),
                      st.dictionaries(st.text(max_size=5), scalars, max_size=2).map(kvlist), st.just(AnyValue()))
-
-
-def _set(value: AnyValue, x) -> None:
-    from faults_support import set_any
-
-    set_any(value, x)
 
 
 INT64 = st.integers(-(2 ** 63), 2 ** 63 - 1)
