@@ -197,4 +197,8 @@ class BodyDecoder:
         if content_type == JSON:
             return parse(raw, content_type)
         with self._protobuf_parse:
-            return parse(raw, content_type)
+            try:
+                return parse(raw, content_type)
+            except OtlpError as err:
+                # Without the parser's frames, a refused message is freed before the next parse.
+                raise err.with_traceback(None) from None
