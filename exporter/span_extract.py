@@ -8,6 +8,7 @@ Everything else (correlated spans without a stage, uncorrelated spans) is only c
 from __future__ import annotations
 
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +36,7 @@ MAX_NAME_LENGTH = 128  # flow, source and destination names
 MAX_VALUE_LENGTH = 512  # idempotency keys, error types and response codes
 
 _intern = sys.intern
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def any_value(v):
@@ -128,6 +130,14 @@ def _read(get, resource_get, key):
     return v.string_value or _value(v)
 
 
+def _is_whole_number(value) -> bool:
+    if value.__class__ is int:
+        return True
+    if value.__class__ is float:
+        return value.is_integer()
+    return value.__class__ is str and value.strip().lstrip("-").isdigit()
+
+
 def _code_text(code) -> str:
     """A response code as text; integral doubles (200.0) read as the integer they are."""
     if code.__class__ is float and code.is_integer():
@@ -214,9 +224,13 @@ class SpanExtractor:
                     if stage_name is None:
                         correlated += 1  # context span of a transaction: counts for coverage only
                         continue
-                    if len(str(corr)) > self._max_corr:
+                    text = corr if corr.__class__ is str else str(corr)
+                    if len(text) > self._max_corr:
                         out.reject(f"{_where(span)}: correlation ID longer than {self._max_corr} characters "
                                    "(limits.max_correlation_id_length)")
+                        continue
+                    if not text.isprintable() and _CONTROL.search(text):
+                        out.reject(f"{_where(span)}: correlation ID contains control characters")
                         continue
                     ev = event(span, get, resource_get, corr, stage_name, received, out)
                     if ev is not None:
@@ -289,6 +303,9 @@ class SpanExtractor:
                         return None
                 v = get(HTTP_CODE)
                 code = resource_get(HTTP_CODE) if v is None else _value(v)
+                if code is not None and not _is_whole_number(code):
+                    out.reject(f"{_where(span)}: http.response.status_code must be an integer, got {str(code)[:40]!r}")
+                    return None
                 if code is None:
                     code = _read(get, resource_get, CODE)
             else:
