@@ -83,16 +83,11 @@ class _Receiver:
         body = bytearray()
         content = request.content
         try:
-            async with asyncio.timeout(BODY_IDLE_TIMEOUT) as idle:
-                while True:
-                    chunk = await content.readany()
-                    if not chunk:
-                        break
-                    if len(body) + len(chunk) > self.max_body_bytes:
-                        raise OtlpError(413, f"request body over the {self.max_body_bytes}-byte limit", "too_large")
-                    lease.take(len(chunk))
-                    body += chunk
-                    idle.reschedule(asyncio.get_running_loop().time() + BODY_IDLE_TIMEOUT)
+            if content.is_eof():  # all of it arrived with the headers (small exports): no timer needed
+                await self._drain(content, body, lease, None)
+            else:
+                async with asyncio.timeout(BODY_IDLE_TIMEOUT) as idle:
+                    await self._drain(content, body, lease, idle)
         except OtlpError:
             raise
         except TimeoutError:
@@ -102,6 +97,15 @@ class _Receiver:
         if length is not None and len(body) != length:
             raise OtlpError(400, "cannot read body: shorter than its Content-Length", "bad_request")
         return body
+
+    async def _drain(self, content, body: bytearray, lease: Lease, idle) -> None:
+        while chunk := await content.readany():
+            if len(body) + len(chunk) > self.max_body_bytes:
+                raise OtlpError(413, f"request body over the {self.max_body_bytes}-byte limit", "too_large")
+            lease.take(len(chunk))
+            body += chunk
+            if idle is not None:
+                idle.reschedule(asyncio.get_running_loop().time() + BODY_IDLE_TIMEOUT)
 
     def _error(self, signal: str, err: OtlpError, reply_type: str) -> web.Response:
         self.requests.labels(signal, str(err.status)).inc()
