@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import grpc
 
-from .otlp_body import BodyDecoder
+from .otlp_body import FREE_PER_REQUEST, BodyDecoder
 from .otlp_decode import PROTOBUF, OtlpError, parse_logs, parse_traces
 from .otlp_service import OtlpService
 
@@ -44,6 +44,7 @@ def build_server(service: OtlpService, address: str, bodies: BodyDecoder) -> tup
 
 def _handler(service: OtlpService, bodies: BodyDecoder, signal: str, parse, export):
     requests = service.metrics.otlp_requests
+    accepted = requests.labels(signal, "200")
 
     def count(err: OtlpError) -> None:
         requests.labels(signal, str(err.status)).inc()
@@ -63,10 +64,14 @@ def _handler(service: OtlpService, bodies: BodyDecoder, signal: str, parse, expo
             except Exception:
                 count(OtlpError(413, "", "too_large"))
                 raise
-        lease = bodies.budget.lease()
+        lease = None
         try:
-            lease.take(len(raw))
-            message, items = await bodies.decode(raw, "identity", PROTOBUF, parse, lease)
+            if len(raw) <= FREE_PER_REQUEST:  # an ordinary export: nothing to charge, parsed here
+                message, items = parse(raw, PROTOBUF)
+            else:
+                lease = bodies.budget.lease()
+                lease.take(len(raw))
+                message, items = await bodies.decode(raw, "identity", PROTOBUF, parse, lease)
             del raw
             response = await export(message, items)
         except OtlpError as err:
@@ -76,8 +81,9 @@ def _handler(service: OtlpService, bodies: BodyDecoder, signal: str, parse, expo
                 context.set_trailing_metadata((("retry-after", str(service.retry_after)),))
             await context.abort(_GRPC_FOR_HTTP.get(err.status, grpc.StatusCode.INTERNAL), err.message)
         finally:
-            lease.release()
-        requests.labels(signal, "200").inc()
+            if lease is not None:
+                lease.release()
+        accepted.inc()
         return response.SerializeToString()
 
     return grpc.stream_unary_rpc_method_handler(handle, request_deserializer=None, response_serializer=None)

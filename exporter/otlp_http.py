@@ -40,6 +40,7 @@ class _Receiver:
         self.bodies = bodies
         self.max_body_bytes = bodies.max_body_bytes
         self.requests = service.metrics.otlp_requests
+        self._accepted = {signal: self.requests.labels(signal, "200") for signal in ("traces", "logs")}
 
     async def traces(self, request: web.Request) -> web.Response:
         return await self._handle(request, "traces", parse_traces, self.service.export_traces)
@@ -67,7 +68,7 @@ class _Receiver:
             return self._error(signal, err, reply_type)
         finally:
             lease.release()
-        self.requests.labels(signal, "200").inc()
+        self._accepted[signal].inc()
         return web.Response(body=encode(response, reply_type), content_type=reply_type)
 
     async def _read(self, request: web.Request, lease: Lease) -> bytearray:
