@@ -3,20 +3,25 @@ azure-servicebus's ServiceBusAdministrationClient (the namespace's management en
 
 Every entity's dead-letter sub-queue `<entity>/$DeadLetterQueue` is its DLQ, and its transfer
 dead-letter queue `<entity>/$Transfer/$DeadLetterQueue` holds what failed to auto-forward. Reading
-runtime properties needs the Manage right: a 401/403 is reported as `unauthorized` saying so. The SDK
-is blocking: it runs in this collector's own threads, with per-request timeouts.
+runtime properties needs the Manage right: Azure answers 401 both for a refused key or token and for
+one without that right (its detail names the missing claims); both are `unauthorized`, saying which.
+The SDK is blocking: it runs in this collector's own threads, with per-request timeouts. Answers are
+read up to a size cap, listings up to `max_queues` entities, and every entity is type-checked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError, ResourceNotFoundError,
-                                   ServiceRequestError, ServiceRequestTimeoutError, ServiceResponseError,
-                                   ServiceResponseTimeoutError)
+import requests
+from azure.core.exceptions import (ClientAuthenticationError, DecodeError, DeserializationError, HttpResponseError,
+                                   ResourceNotFoundError, ServiceRequestError, ServiceRequestTimeoutError,
+                                   ServiceResponseError, ServiceResponseTimeoutError)
+from azure.core.pipeline.transport import RequestsTransport
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from .base import (Collector, CollectorError, CollectorSettings, DlqDepth, QueueDepth, Sample, check_env_name,
@@ -25,6 +30,9 @@ from .selection import Selector
 
 DLQ_SUFFIX = "/$DeadLetterQueue"
 TRANSFER_DLQ_SUFFIX = "/$Transfer/$DeadLetterQueue"
+# Largest answer the SDK is let parse (a page of 100 queue descriptions is ~250 KB).
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+PAGE_SIZE = 100  # entities per listing page, as the SDK asks for them
 
 
 class ServiceBusSettings(CollectorSettings):
@@ -45,6 +53,9 @@ class ServiceBusSettings(CollectorSettings):
     exclude: list[str] = Field(default_factory=list)
     ca_file: str | None = None  # a private CA (e.g. a TLS-inspecting proxy in front of the namespace)
     concurrency: int = Field(8, ge=1, le=64)
+    # Entities one listing (queues, topics, or one topic's subscriptions) may return. A longer one, or one
+    # that keeps paging, is refused as too_large: raise this, or select by name.
+    max_queues: int = Field(10_000, ge=1, le=1_000_000)
 
     @field_validator("connection_string_env")
     @classmethod
@@ -74,8 +85,16 @@ def classify(exc: BaseException) -> CollectorError:
         return CollectorError("timeout", str(exc).splitlines()[0][:200])
     if isinstance(exc, ClientAuthenticationError) or (isinstance(exc, HttpResponseError) and exc.status_code in (401, 403)):
         status = getattr(exc, "status_code", None)
-        return CollectorError("unauthorized", f"HTTP {status}: reading runtime properties needs the Manage right "
-                                              "(a Listen/Send key or a Data Receiver role is not enough), or the key is wrong")
+        # Azure's detail for a credential without the right: "Manage,EntityRead claims required for this
+        # operation" (SAS) or "claim is empty or token is invalid" (Azure AD without a role).
+        detail = str(exc)[:4096].lower()  # the SDK appends the answer: <Error><Detail>…
+        if "claims required" in detail or "claim is empty" in detail or status == 403:
+            return CollectorError("unauthorized", f"HTTP {status}: the credential lacks the Manage right reading runtime "
+                                                  "properties needs (a Listen/Send key or a Data Receiver role is not enough)")
+        return CollectorError("unauthorized", f"HTTP {status}: the key or token was refused (wrong SharedAccessKey, "
+                                              "expired token, or a credential for another namespace)")
+    if isinstance(exc, (DeserializationError, DecodeError)):
+        return CollectorError("bad_response", f"the answer is not a Service Bus entity description ({type(exc).__name__})")
     if isinstance(exc, ResourceNotFoundError):
         return CollectorError("not_found", str(exc).splitlines()[0][:200])
     if isinstance(exc, HttpResponseError):
@@ -127,6 +146,7 @@ class ServiceBusCollector(Collector):
         kwargs: dict[str, Any] = {"connection_timeout": s.timeout, "read_timeout": s.timeout, "retry_total": 0}
         if s.ca_file:
             kwargs["connection_verify"] = s.ca_file
+        kwargs["transport"] = CappedTransport(**kwargs)
         if s.connection_string is not None:
             return ServiceBusAdministrationClient.from_connection_string(s.connection_string.get_secret_value(), **kwargs)
         from azure.identity import ClientSecretCredential, DefaultAzureCredential
@@ -165,12 +185,17 @@ class ServiceBusCollector(Collector):
             sample.api_calls += calls
             return result
 
-    @staticmethod
-    def _paged(pager: Any) -> tuple[list[Any], int]:
+    def _paged(self, pager: Any, kind: str) -> tuple[list[Any], int]:
+        """Every entity of a listing, checked, at most max_queues of them: the thread stops paging there."""
+        cap = self.settings.max_queues
+        max_pages = 2 * math.ceil(cap / PAGE_SIZE) + 1  # pages may come back short: allow twice as many
         items, pages = [], 0
         for page in pager.by_page():
             pages += 1
-            items.extend(page)
+            items.extend(check_entity(p, kind) for p in page)
+            if len(items) > cap or pages > max_pages:
+                raise CollectorError("too_large", f"listing {kind}s: more than max_queues ({cap}) entities or "
+                                                  f"{max_pages} pages: raise max_queues or select by name")
         return items, max(pages, 1)
 
     async def close(self) -> None:
@@ -181,29 +206,35 @@ class ServiceBusCollector(Collector):
         queues: list[Any] = []
         if self.settings.queues:
             if self.queue_selector.needs_listing:
-                listed = await self._call(sample, lambda c: self._paged(c.list_queues_runtime_properties()))
+                listed = await self._call(sample, lambda c: self._paged(c.list_queues_runtime_properties(), "queue"))
                 queues = [q for q in listed if self.queue_selector.matches(q.name)]
             else:
                 async def one(name: str):
                     try:
-                        return await self._call(sample, lambda c: (c.get_queue_runtime_properties(name), 1))
+                        return await self._call(sample, lambda c: (check_entity(c.get_queue_runtime_properties(name), "queue"), 1))
                     except CollectorError as exc:
+                        if exc.reason in ("bad_response", "too_large"):  # this queue's answer only
+                            sample.errors.append(exc)
+                            return None
                         if exc.reason != "not_found":
                             raise
                         sample.errors.append(CollectorError("not_found", f"queue {name!r} not found"))
                         return None
 
                 queues = [q for q in await asyncio.gather(*(one(n) for n in self.queue_selector.names)) if q is not None]
+                odd = [e for e in sample.errors if e.reason != "not_found"]
+                if not queues and odd:  # every named queue answered oddly: the collector's failure
+                    raise odd[0]
             for name in self.queue_selector.names:
                 if self.queue_selector.needs_listing and not any(q.name == name for q in queues):
                     sample.errors.append(CollectorError("not_found", f"queue {name!r} not found"))
 
         subscriptions: list[tuple[str, Any]] = []
         if self.settings.subscriptions:
-            topics = await self._call(sample, lambda c: self._paged(c.list_topics()))
+            topics = await self._call(sample, lambda c: self._paged(c.list_topics(), "topic"))
             wanted = [t.name for t in topics if self.topic_selector.matches(t.name)]
             lists = await asyncio.gather(*(
-                self._call(sample, lambda c, t=t: self._paged(c.list_subscriptions_runtime_properties(t)))
+                self._call(sample, lambda c, t=t: self._paged(c.list_subscriptions_runtime_properties(t), "subscription"))
                 for t in wanted))
             for topic, subs in zip(wanted, lists):
                 subscriptions.extend((topic, s) for s in subs if self.sub_selector.matches(f"{topic}/{s.name}"))
@@ -218,6 +249,50 @@ class ServiceBusCollector(Collector):
             sample.dlqs.append(DlqDepth(ns, path + TRANSFER_DLQ_SUFFIX,
                                         float(props.transfer_dead_letter_message_count or 0), {path}))
         return sample
+
+
+class CappedTransport(RequestsTransport):
+    """Reads each answer up to MAX_RESPONSE_BYTES (decompressed) and refuses a longer one unparsed, so a
+    misbehaving endpoint or proxy can neither fill the memory nor hold the interpreter parsing XML."""
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        kwargs["stream"] = True
+        response = super().send(request, **kwargs)
+        raw = response.internal_response
+        body = bytearray()
+        try:
+            for chunk in raw.iter_content(1 << 16):
+                body += chunk
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise CollectorError("too_large", f"an answer over {MAX_RESPONSE_BYTES} bytes")
+        except requests.exceptions.ConnectionError as err:  # a read timeout while streaming, as before
+            raise ServiceResponseTimeoutError(err, error=err) from None
+        except requests.RequestException as err:
+            raise ServiceResponseError(err, error=err) from None
+        finally:
+            if len(body) > MAX_RESPONSE_BYTES:
+                raw.close()
+        raw._content, raw._content_consumed = bytes(body), True
+        return response
+
+
+def _count(value: Any, what: str) -> float:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    raise CollectorError("bad_response", f"{what} is not a count")
+
+
+def check_entity(props: Any, kind: str) -> Any:
+    """An entity's runtime properties as the SDK built them from the XML: a name and counts >= 0."""
+    name = getattr(props, "name", None)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise CollectorError("bad_response", f"a {kind} without a usable name")
+    fields = {"queue": ["active_message_count", "dead_letter_message_count", "transfer_dead_letter_message_count",
+                        "scheduled_message_count"],
+              "subscription": ["active_message_count", "dead_letter_message_count", "transfer_dead_letter_message_count"]}
+    for f in fields.get(kind, []):
+        _count(getattr(props, f, None), f"{kind} {name[:200]!r}: {f}")
+    return props
 
 
 def _endpoint_of(conn_str: str) -> str:

@@ -4,16 +4,20 @@ Selection by names or patterns (ListQueues, paginated, re-listed every `discover
 DLQ comes from its `RedrivePolicy.deadLetterTargetArn`; a queue configured under `dead_letter_queues`
 gets its sources from `ListDeadLetterSourceQueues`. boto3 is blocking: every call runs in this
 collector's own thread pool with botocore timeouts, so it never blocks the event loop or other collectors.
+Every answer is size-capped before botocore parses it, and its fields are type-checked in that thread:
+one queue's odd attributes are that queue's counted failure, never an exported NaN or a crash.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import json
+import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import boto3
 from botocore.config import Config as BotoConfig
@@ -34,6 +38,8 @@ ATTRIBUTES = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisi
 NOT_FOUND = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NonExistentQueue"}
 THROTTLED = {"Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequestsException",
              "RequestLimitExceeded", "KmsThrottled"}
+# Largest answer botocore is let parse (ListQueues of 1,000 URLs is ~100 KB).
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 UNAUTHORIZED = {"AccessDenied", "AccessDeniedException", "InvalidClientTokenId", "SignatureDoesNotMatch",
                 "UnrecognizedClientException", "ExpiredToken", "InvalidSecurity", "MissingAuthenticationToken"}
 
@@ -53,6 +59,9 @@ class SqsSettings(CollectorSettings):
     discovery_interval: Duration = 300.0
     concurrency: int = Field(32, ge=1, le=256)  # GetQueueAttributes calls in flight at once
     list_page_size: int = Field(1000, ge=1, le=1000)  # ListQueues / ListDeadLetterSourceQueues MaxResults
+    # Queue URLs one listing may return. A longer listing (or one that keeps paging) is refused as
+    # too_large: raise this, or select by a longer prefix.
+    max_queues: int = Field(10_000, ge=1, le=1_000_000)
 
 
 def classify(exc: BaseException) -> CollectorError:
@@ -84,6 +93,93 @@ def classify(exc: BaseException) -> CollectorError:
 
 def _queue_name(url_or_arn: str) -> str:
     return url_or_arn.rsplit(":" if url_or_arn.startswith("arn:") else "/", 1)[-1]
+
+
+# --- answers, type-checked in the collector's thread ---------------------------------------------
+
+def _bad(op: str, what: str) -> CollectorError:
+    return CollectorError("bad_response", f"{op}: {what}")
+
+
+def _split_arn(arn: Any) -> tuple[str, str, str] | None:
+    """(region, account, queue name) of an SQS queue ARN, or None when it is not one."""
+    if not isinstance(arn, str):
+        return None
+    parts = arn.split(":", 5)
+    if len(parts) != 6 or parts[0] != "arn" or parts[2] != "sqs" or not all(parts[3:]):
+        return None
+    return parts[3], parts[4], parts[5]
+
+
+def _count(value: Any, op: str, name: str) -> float:
+    # SQS sends counts as decimal strings; a compatible server may send JSON integers.
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        return float(int(value))
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**18:
+        return float(value)
+    raise _bad(op, f"{name} is not a count")
+
+
+@dataclass(frozen=True)
+class QueueAttributes:
+    arn: str
+    region: str
+    account: str
+    name: str
+    visible: float
+    hidden: float
+    delayed: float
+    dead_letter_arn: str | None  # from the RedrivePolicy
+    redrive_problem: str | None  # why a RedrivePolicy could not be read
+
+
+def check_attributes(answer: Any) -> QueueAttributes:
+    op = "GetQueueAttributes"
+    attrs = answer.get("Attributes") if isinstance(answer, dict) else None
+    if not isinstance(attrs, dict):
+        raise _bad(op, "no Attributes map")
+    arn = attrs.get("QueueArn")
+    parts = _split_arn(arn)
+    if parts is None:
+        raise _bad(op, "QueueArn is not an SQS queue ARN")
+    counts = [_count(attrs.get(n), op, n) for n in ATTRIBUTES[:3]]
+    target, problem = None, None
+    policy = attrs.get("RedrivePolicy")
+    if policy:
+        try:
+            target = json.loads(policy)["deadLetterTargetArn"] if isinstance(policy, str) else None
+        except (ValueError, KeyError, TypeError, RecursionError):
+            target = None
+        if _split_arn(target) is None:
+            target, problem = None, "RedrivePolicy without a readable deadLetterTargetArn"
+    return QueueAttributes(arn, *parts, *counts, dead_letter_arn=target, redrive_problem=problem)
+
+
+def check_urls(key: str, op: str) -> Callable[[Any], tuple[list[str], str | None]]:
+    """A check for one page of a listing: (its URLs, the NextToken or None)."""
+    def check(answer: Any) -> tuple[list[str], str | None]:
+        urls = answer.get(key, []) if isinstance(answer, dict) else None
+        if not isinstance(urls, list) or not all(isinstance(u, str) and "/" in u for u in urls):
+            raise _bad(op, f"{key} is not a list of queue URLs")
+        token = answer.get("NextToken")
+        if token is not None and not isinstance(token, str):
+            raise _bad(op, "NextToken is not a string")
+        return urls, token or None
+    return check
+
+
+def check_url(answer: Any) -> str:
+    url = answer.get("QueueUrl") if isinstance(answer, dict) else None
+    if not isinstance(url, str) or "/" not in url:
+        raise _bad("GetQueueUrl", "QueueUrl is not a queue URL")
+    return url
+
+
+def _refuse_large_answers(response_dict: dict[str, Any], **_: Any) -> None:
+    """botocore's before-parse hook: an oversized answer is refused before it is decoded."""
+    body = response_dict.get("body") or b""
+    if len(body) > MAX_RESPONSE_BYTES:
+        raise CollectorError("too_large", f"an answer of {len(body)} bytes, over {MAX_RESPONSE_BYTES}")
 
 
 class SqsCollector(Collector):
@@ -137,9 +233,12 @@ class SqsCollector(Collector):
             botocore_session._credentials = creds
             session = boto3.session.Session(botocore_session=botocore_session,
                                             region_name=s.region or session.region_name)
-        return session.client("sqs", endpoint_url=s.endpoint_url, config=cfg)
+        client = session.client("sqs", endpoint_url=s.endpoint_url, config=cfg)
+        client.meta.events.register("before-parse.sqs", _refuse_large_answers)
+        return client
 
-    async def _call(self, sample: Sample, op: str, **kwargs: Any) -> dict[str, Any]:
+    async def _call(self, sample: Sample, op: str, check: Callable[[Any], Any] | None = None, **kwargs: Any) -> Any:
+        """`op(**kwargs)` in this collector's thread; `check` turns the answer into checked values there."""
         loop = asyncio.get_running_loop()
         if self._sem is None or self._sem_loop is not loop:  # a semaphore belongs to one event loop
             self._sem, self._sem_loop = asyncio.Semaphore(self.settings.concurrency), loop
@@ -151,7 +250,8 @@ class SqsCollector(Collector):
                 with self._client_lock:
                     if self._client is None:
                         self._client = self._make_client()
-                return getattr(self._client, op)(**kwargs)
+                answer = getattr(self._client, op)(**kwargs)
+                return check(answer) if check is not None else answer
 
             try:
                 # botocore's own timeouts end the thread's call; this guard bounds the wait for it.
@@ -166,17 +266,29 @@ class SqsCollector(Collector):
 
     # --- discovery ----------------------------------------------------------------------------
 
-    async def _list_queues(self, sample: Sample, prefix: str) -> list[str]:
+    async def _paginate(self, sample: Sample, method: str, op: str, key: str, kwargs: dict[str, Any]) -> list[str]:
+        """Every URL of a paged listing, at most max_queues of them; pages beyond are never requested."""
+        s = self.settings
+        check = check_urls(key, op)
+        # Pages may come back short of MaxResults: allow twice the pages a full listing would need.
+        max_pages = 2 * math.ceil(s.max_queues / s.list_page_size) + 1
         urls: list[str] = []
+        for _ in range(max_pages):
+            page, token = await self._call(sample, method, check, **kwargs)
+            urls.extend(page)
+            if len(urls) > s.max_queues:
+                break
+            if token is None:
+                return urls
+            kwargs["NextToken"] = token
+        raise CollectorError("too_large", f"{op}: more than max_queues ({s.max_queues}) queues, or more than "
+                                          f"{max_pages} pages: raise max_queues or select by a longer prefix")
+
+    async def _list_queues(self, sample: Sample, prefix: str) -> list[str]:
         kwargs: dict[str, Any] = {"MaxResults": self.settings.list_page_size}
         if prefix:
             kwargs["QueueNamePrefix"] = prefix[:80]
-        while True:
-            page = await self._call(sample, "list_queues", **kwargs)
-            urls.extend(page.get("QueueUrls", []))
-            if not page.get("NextToken"):
-                return urls
-            kwargs["NextToken"] = page["NextToken"]
+        return await self._paginate(sample, "list_queues", "ListQueues", "QueueUrls", kwargs)
 
     async def _resolve(self, sample: Sample, selector: Selector) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -191,7 +303,7 @@ class SqsCollector(Collector):
 
         async def by_name(name: str) -> None:
             try:
-                found[name] = (await self._call(sample, "get_queue_url", QueueName=name))["QueueUrl"]
+                found[name] = await self._call(sample, "get_queue_url", check_url, QueueName=name)
             except CollectorError as exc:
                 if exc.reason != "not_found":
                     raise
@@ -201,14 +313,9 @@ class SqsCollector(Collector):
         return found
 
     async def _sources_of(self, sample: Sample, url: str) -> set[str]:
-        sources: set[str] = set()
         kwargs: dict[str, Any] = {"QueueUrl": url, "MaxResults": self.settings.list_page_size}
-        while True:
-            page = await self._call(sample, "list_dead_letter_source_queues", **kwargs)
-            sources.update(_queue_name(u) for u in page.get("queueUrls", []))
-            if not page.get("NextToken"):
-                return sources
-            kwargs["NextToken"] = page["NextToken"]
+        return {_queue_name(u) for u in await self._paginate(sample, "list_dead_letter_source_queues", "ListDeadLetterSourceQueues",
+                                                             "queueUrls", kwargs)}
 
     async def _discover(self, sample: Sample) -> None:
         self._urls = await self._resolve(sample, self.selector)
@@ -220,16 +327,18 @@ class SqsCollector(Collector):
 
     # --- sampling -----------------------------------------------------------------------------
 
-    async def _attributes(self, sample: Sample, urls: list[str]) -> dict[str, dict[str, str]]:
+    async def _attributes(self, sample: Sample, urls: list[str]) -> dict[str, QueueAttributes]:
         """URL -> attributes. One queue failing (deleted since discovery, throttled) is counted and the
         rest still reported; only when every queue fails is the whole sample a failure."""
         failures: list[CollectorError] = []
 
         async def one(url: str):
             try:
-                return url, (await self._call(sample, "get_queue_attributes", QueueUrl=url,
-                                              AttributeNames=ATTRIBUTES)).get("Attributes", {})
+                return url, await self._call(sample, "get_queue_attributes", check_attributes, QueueUrl=url,
+                                             AttributeNames=ATTRIBUTES)
             except CollectorError as exc:
+                if exc.reason == "bad_response":
+                    exc = CollectorError("bad_response", f"queue {_queue_name(url)[:200]!r}: {exc.message}")
                 if exc.reason == "not_found":
                     exc = CollectorError("not_found", f"queue {_queue_name(url)!r} vanished")
                     self._discovered_at = None  # list again next cycle
@@ -252,24 +361,23 @@ class SqsCollector(Collector):
         # Redrive targets named by the sampled queues that were not sampled yet: find and read them too.
         redrive: dict[str, str] = {}  # source queue ARN -> DLQ ARN
         for a in attrs.values():
-            policy = a.get("RedrivePolicy")
-            if policy:
-                try:
-                    redrive[a["QueueArn"]] = json.loads(policy)["deadLetterTargetArn"]
-                except (ValueError, KeyError):
-                    sample.warnings.append(f"{_queue_name(a.get('QueueArn', '?'))}: unreadable RedrivePolicy")
-        sampled_arns = {a.get("QueueArn") for a in attrs.values()}
+            if a.redrive_problem is not None:
+                # Its dead letters cannot be linked: counted, and the queue itself is still reported.
+                sample.errors.append(CollectorError("bad_response", f"queue {a.name[:200]!r}: {a.redrive_problem}"))
+            elif a.dead_letter_arn is not None:
+                redrive[a.arn] = a.dead_letter_arn
+        sampled_arns = {a.arn for a in attrs.values()}
         missing = sorted(set(redrive.values()) - sampled_arns)
         for arn in missing:
             if arn not in self._arn_urls:
-                parts = arn.split(":")
+                _, account, name = _split_arn(arn)  # checked when its RedrivePolicy was read
                 try:
-                    self._arn_urls[arn] = (await self._call(sample, "get_queue_url", QueueName=parts[5],
-                                                            QueueOwnerAWSAccountId=parts[4]))["QueueUrl"]
+                    self._arn_urls[arn] = await self._call(sample, "get_queue_url", check_url, QueueName=name,
+                                                           QueueOwnerAWSAccountId=account)
                 except CollectorError as exc:
                     if exc.reason != "not_found":
                         raise
-                    sample.errors.append(CollectorError("not_found", f"dead-letter queue {parts[5]!r} of a redrive policy does not exist"))
+                    sample.errors.append(CollectorError("not_found", f"dead-letter queue {name[:200]!r} of a redrive policy does not exist"))
         attrs.update(await self._attributes(sample, [self._arn_urls[a] for a in missing if a in self._arn_urls]))
 
         dlq_sources: dict[str, set[str]] = {}  # DLQ ARN -> source queue names
@@ -277,16 +385,11 @@ class SqsCollector(Collector):
             dlq_sources.setdefault(dlq_arn, set()).add(_queue_name(source_arn))
         configured = {self._dlq_urls[n]: n for n in self._dlq_urls}
         for url, a in sorted(attrs.items()):
-            arn = a.get("QueueArn", "")
-            _, _, _, region, account, name = (arn.split(":") + [""] * 6)[:6]
-            namespace = f"{account}/{region}"
-            visible = float(a.get("ApproximateNumberOfMessages", 0))
-            hidden = float(a.get("ApproximateNumberOfMessagesNotVisible", 0))
-            if arn in dlq_sources or url in configured:
-                sources = dlq_sources.get(arn, set()) | self._dlq_sources.get(configured.get(url, ""), set())
+            namespace = f"{a.account}/{a.region}"
+            if a.arn in dlq_sources or url in configured:
+                sources = dlq_sources.get(a.arn, set()) | self._dlq_sources.get(configured.get(url, ""), set())
                 # A DLQ's depth counts messages someone is looking at, too: the page must not resolve then.
-                sample.dlqs.append(DlqDepth(namespace, name, visible + hidden, sources))
+                sample.dlqs.append(DlqDepth(namespace, a.name, a.visible + a.hidden, sources))
             else:
-                sample.queues.append(QueueDepth(namespace, name, visible, in_flight=hidden,
-                                                delayed=float(a.get("ApproximateNumberOfMessagesDelayed", 0))))
+                sample.queues.append(QueueDepth(namespace, a.name, a.visible, in_flight=a.hidden, delayed=a.delayed))
         return sample

@@ -3,8 +3,10 @@ namespace's management endpoint (Atom XML, paging, SAS signatures checked)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from collectors.manager import CollectorManager
 from exporter.errors import ConfigError
@@ -86,8 +88,9 @@ def test_wrong_key_and_missing_manage_right_are_unauthorized(fake, run):
         assert value(reg, "syncwatch_collector_errors_total", collector=name, reason="unauthorized") == 1
     assert result["listen"] is None
     assert "Manage" in str(manager.runner("listen").last_error)
-    assert "HTTP 403" in str(manager.runner("listen").last_error)
-    assert "HTTP 401" in str(manager.runner("wrongkey").last_error)
+    # Azure answers 401 to both; its detail tells a missing Manage claim from a refused key.
+    assert "HTTP 401: the credential lacks the Manage right" in str(manager.runner("listen").last_error)
+    assert "HTTP 401: the key or token was refused" in str(manager.runner("wrongkey").last_error)
 
 
 def test_slow_and_stopped_namespace_then_recovery(fake, run, tmp_path):
@@ -156,3 +159,105 @@ def test_connection_string_from_environment_variable(fake, run, monkeypatch):
         assert info.value.key == "collectors[0].connection_string_env", extra
         assert message in info.value.message, (extra, info.value.message)
         assert "SharedAccessKey" not in str(info.value)
+
+
+def test_fake_answers_401_as_azure_does(fake):
+    """Azure's Get Entity and Entities Discovery document 401 as their only refusal: missing, malformed,
+    expired or wrongly signed tokens and keys without the Manage right all get it."""
+    import base64
+    import hashlib
+    import hmac
+    import time
+    from urllib.parse import quote_plus
+
+    import requests
+
+    def sas(key_name: str, key: str, expiry: int) -> str:
+        resource = quote_plus(f"https://{fake.host}/$Resources/queues")
+        sig = base64.b64encode(hmac.new(key.encode(), f"{resource}\n{expiry}".encode(), hashlib.sha256).digest()).decode()
+        return f"SharedAccessSignature sr={resource}&sig={quote_plus(sig)}&se={expiry}&skn={key_name}"
+
+    fake.queues["q"] = Counts()
+    url = f"https://{fake.host}/$Resources/queues"
+    later = int(time.time()) + 600
+    cases = [
+        ({}, "MissingToken"),
+        ({"Authorization": "Bearer abc"}, "InvalidAuthorizationToken"),
+        ({"Authorization": sas("RootManageSharedAccessKey", "bWFuYWdlLWtleQ==", 1)}, "ExpiredToken"),
+        ({"Authorization": sas("RootManageSharedAccessKey", "d3Jvbmc=", later)}, "InvalidSignature"),
+        ({"Authorization": sas("listen-only", "bGlzdGVuLWtleQ==", later)}, "Manage,EntityRead claims required"),
+    ]
+    for header, detail in cases:
+        r = requests.get(url, headers=header, verify=str(fake.cert), timeout=10)
+        assert (r.status_code, detail in r.text) == (401, True), (detail, r.status_code, r.text)
+    r = requests.get(url, headers={"Authorization": sas("RootManageSharedAccessKey", "bWFuYWdlLWtleQ==", later)},
+                     verify=str(fake.cert), timeout=10)
+    assert r.status_code == 200
+
+
+def sample_watched(run, manager):
+    from collectors_fakes.harness import LoopWatch
+
+    async def go():
+        async with LoopWatch() as watch:
+            result = await manager.sample_once()
+        return result, watch.worst
+
+    run.managers.append(manager)
+    result, worst = run(go())
+    assert worst < 0.5
+    return result
+
+
+def error_counts(reg, name):
+    from collectors.base import REASONS
+
+    return {r: v for r in REASONS if (v := value(reg, "syncwatch_collector_errors_total", collector=name, reason=r))}
+
+
+@pytest.mark.parametrize("mangle", [
+    pytest.param(lambda x: re.sub(r"ActiveMessageCount>\d+<", "ActiveMessageCount>-5<", x), id="negative-count"),
+    pytest.param(lambda x: re.sub(r"ActiveMessageCount>\d+<", "ActiveMessageCount>many<", x), id="count-not-a-number"),
+    pytest.param(lambda x: re.sub(r'<title type="text">[^<]*</title>', '<title type="text"></title>', x), id="empty-name"),
+    pytest.param(lambda x: re.sub(r'<title type="text">[^<]*</title>', "", x), id="no-name"),
+    pytest.param(lambda x: x[: len(x) // 2], id="truncated-xml"),
+])
+def test_odd_entity_descriptions_are_a_bad_response(fake, run, mangle):
+    fake.queues["orders"] = Counts(active=3)
+    fake.mangle = mangle
+    reg = CollectorRegistry()
+    manager = CollectorManager([entry(fake, queues=["orders*"], subscriptions=[])], {}, reg)
+    result = sample_watched(run, manager)
+    assert result["sb"] is None
+    assert error_counts(reg, "sb") == {"bad_response": 1}
+    generate_latest(reg)
+
+
+def test_one_odd_named_queue_fails_that_queue_only(fake, run):
+    fake.queues["orders"] = Counts(active=3)
+    fake.queues["payments"] = Counts(active=4)
+    fake.mangle = lambda x: x.replace("ActiveMessageCount>3<", "ActiveMessageCount>-3<")
+    reg = CollectorRegistry()
+    manager = CollectorManager([entry(fake, queues=["orders", "payments"], subscriptions=[])], {}, reg)
+    result = sample_watched(run, manager)
+    assert [q.queue for q in result["sb"].queues] == ["payments"]
+    assert error_counts(reg, "sb") == {"bad_response": 1}
+    assert "queue 'orders': active_message_count is not a count" in result["sb"].errors[0].message
+
+
+def test_endless_and_oversized_listings_are_refused(fake, run):
+    fake.queues["orders"] = Counts(active=3)
+    fake.endless_next = True
+    reg = CollectorRegistry()
+    manager = CollectorManager([entry(fake, queues=["orders*"], subscriptions=[], max_queues=100)], {}, reg)
+    assert sample_watched(run, manager)["sb"] is None
+    assert error_counts(reg, "sb") == {"too_large": 1}
+    assert len(fake.requests) == 4  # max_queues 100 allows 3 pages of 100; the 4th is refused
+    fake.endless_next = False
+    fake.requests.clear()
+    fake.pad_bytes = 6 * 1024 * 1024
+    reg = CollectorRegistry()
+    manager = CollectorManager([entry(fake, queues=["orders*"], subscriptions=[])], {}, reg)
+    assert sample_watched(run, manager)["sb"] is None
+    assert error_counts(reg, "sb") == {"too_large": 1}
+    assert "an answer over 4194304 bytes" in str(manager.runner("sb").last_error)

@@ -3,7 +3,10 @@
 It answers the real azure-servicebus SDK with Atom XML feeds and entries shaped like the service's
 (QueueDescription / TopicDescription / SubscriptionDescription with CountDetails), pages listings
 with `$skip`/`$top` and a `next` link, and checks the SharedAccessSignature the SDK signs with the
-key (401 on a wrong key, 403 for a key without the Manage right). Its TLS certificate is made here.
+key. Like Azure (whose Get Entity and Entities Discovery operations document 401 as their only refusal)
+it answers 401 to a missing, malformed, expired or wrongly signed token and to a key without the Manage
+right, the latter with the detail "Manage,EntityRead claims required for this operation". Tests can
+bend its answers (`mangle`, `endless_next`, `pad_bytes`). Its TLS certificate is made here.
 """
 
 from __future__ import annotations
@@ -131,6 +134,9 @@ class FakeServiceBus:
         self.delay = 0.0
         self.fail_with: int | None = None  # answer every request with this status (429: throttled)
         self.requests: list[str] = []
+        self.mangle = None  # function(XML text of an answer) -> XML text actually sent
+        self.endless_next = False  # every listing page links a next page, forever
+        self.pad_bytes = 0  # grow every 200 answer by this many bytes of XML comment
         self.cert, keyfile = make_cert(Path(workdir))
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(self.cert, keyfile)
@@ -147,7 +153,11 @@ class FakeServiceBus:
                 if fake.delay:
                     time.sleep(fake.delay)
                 status, body = fake.answer(self.path, self.headers.get("Authorization", ""), self.headers.get("Host", ""))
+                if status == 200 and fake.mangle is not None:
+                    body = fake.mangle(body)
                 data = body.encode()
+                if status == 200 and fake.pad_bytes:
+                    data = data.replace(b"<title", b"<!--" + b"x" * fake.pad_bytes + b"--><title", 1)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/atom+xml;type=feed;charset=utf-8" if status == 200 else "application/xml; charset=utf-8")
                 self.send_header("Content-Length", str(len(data)))
@@ -176,20 +186,27 @@ class FakeServiceBus:
 
     # --- the service's behaviour ------------------------------------------------------------
 
-    def _authorize(self, header: str) -> int:
-        """SharedAccessSignature sr=<url-encoded resource>&sig=<b64 hmac>&se=<expiry>&skn=<key name>."""
+    def _authorize(self, header: str) -> str | None:
+        """SharedAccessSignature sr=<url-encoded resource>&sig=<b64 hmac>&se=<expiry>&skn=<key name>.
+        None when authorized, else the detail of Azure's 401."""
+        if not header:
+            return "MissingToken: The authorization header was not found."
         if not header.startswith("SharedAccessSignature "):
-            return 401
+            return "InvalidAuthorizationToken: The authorization token is malformed."
         fields = dict(p.split("=", 1) for p in header[len("SharedAccessSignature "):].split("&") if "=" in p)
         name = unquote(fields.get("skn", ""))
-        if name not in self.keys or int(fields.get("se", "0")) < time.time():
-            return 401
+        if not fields.get("se", "").isdigit() or int(fields["se"]) < time.time():
+            return "ExpiredToken: The token is expired."
+        if name not in self.keys:
+            return "InvalidSignature: The token has an invalid signature."
         key, rights = self.keys[name]
         to_sign = f"{fields.get('sr', '')}\n{fields.get('se', '')}".encode()
         expected = base64.b64encode(hmac.new(key.encode(), to_sign, hashlib.sha256).digest()).decode()
         if not hmac.compare_digest(quote_plus(expected), fields.get("sig", "")) and not hmac.compare_digest(expected, unquote(fields.get("sig", ""))):
-            return 401
-        return 200 if "Manage" in rights else 403
+            return "InvalidSignature: The token has an invalid signature."
+        if "Manage" not in rights:
+            return "Manage,EntityRead claims required for this operation."
+        return None
 
     def _error(self, status: int, detail: str) -> tuple[int, str]:
         return status, f"<Error><Code>{status}</Code><Detail>{escape(detail)}</Detail></Error>"
@@ -204,7 +221,7 @@ class FakeServiceBus:
     def _feed(self, base: str, path: str, title: str, entries: list[str], skip: int, top: int, total: int) -> str:
         self_href = f"{base}{path}?$skip={skip}&$top={top}&api-version=2021-05"
         links = f'<link rel="self" href="{escape(self_href)}"/>'
-        if skip + top < total:
+        if skip + top < total or self.endless_next:
             links += f'<link rel="next" href="{escape(f"{base}{path}?$skip={skip + top}&$top={top}&api-version=2021-05")}"/>'
         return (f'<feed xmlns="http://www.w3.org/2005/Atom"><title type="text">{title}</title>'
                 f'<id>{escape(self_href)}</id><updated>{STAMP}</updated>{links}{"".join(entries)}</feed>')
@@ -212,11 +229,9 @@ class FakeServiceBus:
     def answer(self, raw_path: str, auth: str, host: str) -> tuple[int, str]:
         if self.fail_with == 429:
             return self._error(429, "ServerBusy: the request was throttled. Retry after some time.")
-        status = self._authorize(auth)
-        if status == 401:
-            return self._error(401, "InvalidSignature: The token has an invalid signature.")
-        if status == 403:
-            return self._error(403, "Unauthorized access. 'Manage' claim(s) are required for this operation.")
+        refused = self._authorize(auth)
+        if refused is not None:
+            return self._error(401, refused)
         url = urlparse(raw_path)
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         skip, top = int(q.get("$skip", 0)), int(q.get("$top", 100))
