@@ -1,8 +1,6 @@
 """OTLP request bodies within a memory budget: reading, decompressing and parsing them, the large
-ones on a small thread pool instead of the event loop.
-
-Without it, eight concurrent gzip bombs at the 64 MiB limit held 1.9 GB and stalled /healthz for
-18 s, and a 27 MB OTLP/JSON body was parsed on the loop for 5 s.
+ones on a small thread pool instead of the event loop, so concurrent large or compressed bodies
+neither grow memory per request nor stall /healthz (figures: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -165,8 +163,8 @@ class BodyDecoder:
         # Twice the largest body: one request, compressed and decompressed, always fits.
         self.budget = BodyBudget(budget_bytes if budget_bytes is not None else 2 * max_body_bytes)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="syncwatch-otlp-decode")
-        # protobuf's parser holds the GIL for a whole body and a message of tiny nested entries
-        # takes ~25x its size: one large protobuf parse at a time (JSON parsing yields the GIL).
+        # protobuf's parser holds the GIL for a whole body, and a message of tiny nested entries
+        # takes many times its size: one large protobuf parse at a time (JSON parsing yields the GIL).
         self._protobuf_parse = threading.Lock()
 
     def close(self) -> None:

@@ -187,7 +187,7 @@ def decode_logs(body, content_type: str):
 
 
 # Containers (resource and scope entries) a request may have beyond two per item: each one is
-# a Python object to walk, and a few bytes on the wire (a 64 MiB body held 33 million).
+# a Python object to walk, and only two bytes on the wire.
 MAX_EXTRA_CONTAINERS = 10_000
 _SHAPES = {"traces": ("resource_spans", "scope_spans", "spans"), "logs": ("resource_logs", "scope_logs", "log_records")}
 
