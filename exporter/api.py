@@ -111,7 +111,7 @@ def snapshot_json(s) -> dict:
     out = {
         "direction": s.direction, "time": s.time, "received": s.received, "trace_id": s.trace_id.hex(),
         "span_id": s.span_id.hex(), "flow": s.flow, "destination": s.destination, "content_type": s.content_type,
-        "size": s.size, "sha256": s.sha256.hex(), "truncated": s.truncated, "redactions": s.redactions,
+        "size": s.size, "body_hmac_sha256": s.body_hmac.hex() or None, "truncated": s.truncated, "redactions": s.redactions,
     }
     _times_as_iso(out, ("time", "received"))
     if s.content_type == "binary":

@@ -144,7 +144,8 @@ class App:
     async def _metrics(self, request: web.Request) -> web.Response:
         # Prometheus text or OpenMetrics, as the scraper's Accept header asks.
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(self.metrics.registry), headers={"Content-Type": content_type})
+        body = await asyncio.to_thread(encoder, self.metrics.registry)  # collectors' callbacks stay off the loop
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

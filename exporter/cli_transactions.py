@@ -197,7 +197,8 @@ def _pretty_body(snap: dict, indent: str) -> str:
 
 
 def _snapshot_lines(snap: dict, indent: str) -> list[str]:
-    facts = [f"{snap['size']} bytes", f"sha256 {snap['sha256'][:16]}…"]
+    digest = snap.get("body_hmac_sha256")
+    facts = [f"{snap['size']} bytes", f"hmac {digest[:16]}…" if digest else "no hash"]
     if snap.get("redactions"):
         facts.append(f"{snap['redactions']} redacted")
     if snap.get("truncated"):

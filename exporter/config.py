@@ -54,7 +54,9 @@ class StorageConfig(_Model):
 
 
 class IntakeConfig(_Model):
-    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)  # decompressed, per request
+    # Decompressed, per request. An SDK's batch (512 spans) is a few hundred KiB; a protobuf parse
+    # of the whole limit holds the interpreter, so it is kept well below what a bomb could cost.
+    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
     max_queued_spans: int = Field(200_000, gt=0)  # beyond this, answer 503 + Retry-After
     retry_after: Duration = 1.0
     max_batch_spans: int = Field(20_000, gt=0)  # group commit: spans per SQLite transaction

@@ -35,6 +35,10 @@ class OtlpService:
             total = span_count(request)
         if not total:
             return response
+        if total > self.writer.max_queued:
+            self.metrics.dropped.labels("too_large").inc(total)
+            raise OtlpError(413, f"{total} spans in one request, over intake.max_queued_spans "
+                                 f"({self.writer.max_queued}); send smaller batches", "too_large", counted=True)
         try:
             future = self.writer.submit(request, total)
         except IntakeFull:

@@ -41,7 +41,7 @@ def test_list_table_has_one_aligned_row_per_transaction():
 
 
 def test_timeline_shows_events_in_order_with_pretty_payloads():
-    snap = {"direction": "request", "time": "2027-01-15T08:00:01.000Z", "size": 120, "sha256": "ab" * 32,
+    snap = {"direction": "request", "time": "2027-01-15T08:00:01.000Z", "size": 120, "body_hmac_sha256": "ab" * 32,
             "redactions": 1, "truncated": True, "body_encoding": "json", "body": {"card": "[REDACTED:card:0011aabb]"}}
     record = {"correlation_id": "ord-1", "destinations": [{
         "destination": "erp", "flow": "orders", "source": "storefront", "state": "overdue", "lag_seconds": None,
@@ -55,7 +55,7 @@ def test_timeline_shows_events_in_order_with_pretty_payloads():
     assert out[0] == "transaction ord-1"
     assert out[2] == "storefront -> erp  flow orders  state OVERDUE"
     assert "source changed" in out[3] and "attempt 1: no response (timeout)" in out[4]
-    assert out[5].strip() == "REQUEST payload at 2027-01-15 08:00:01.000 (120 bytes, sha256 abababababababab…, 1 redacted, TRUNCATED)"
+    assert out[5].strip() == "REQUEST payload at 2027-01-15 08:00:01.000 (120 bytes, hmac abababababababab…, 1 redacted, TRUNCATED)"
     assert out[6:9] == ["        {", '          "card": "[REDACTED:card:0011aabb]"', "        }"]
     assert "attempt 2: 503 (http_503)  after 7.500s backoff" in out[9]
     assert out[10].endswith("deadline (MISSED)")

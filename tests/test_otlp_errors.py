@@ -72,6 +72,17 @@ def test_oversized_body_is_413_even_when_gzip_hides_it(small):
     assert small.metric("syncwatch_dropped_total", reason="too_large") == 2
 
 
+def test_a_request_with_more_spans_than_the_queue_holds_is_413(make_sidecar):
+    """One request can no longer take the writer for as long as it likes: over intake.max_queued_spans
+    it is refused (not retryable), counted per span; a request at the limit goes through."""
+    sc = make_sidecar({"intake": {"max_queued_spans": 10}})
+    status, _, _ = post(sc.otlp_http + "/v1/traces", _valid_request(11).SerializeToString())
+    assert status == 413
+    assert sc.metric("syncwatch_dropped_total", reason="too_large") == 11
+    status, _, _ = post(sc.otlp_http + "/v1/traces", _valid_request(10).SerializeToString())
+    assert status == 200
+
+
 def test_gzip_protobuf_and_json_with_hex_ids_are_accepted(sidecar):
     body = gzip.compress(_valid_request(2).SerializeToString())
     status, headers, resp = post(sidecar.otlp_http + "/v1/traces", body, headers={"Content-Encoding": "gzip"})
