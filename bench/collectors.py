@@ -1,11 +1,15 @@
 """Sample 1,000 queues and print seconds per full cycle and API calls per cycle.
 
-    .venv/bin/python bench/collectors.py [--queues 1000] [--cycles 5] [--only rabbitmq|sqs]
+    .venv/bin/python bench/collectors.py [--queues 1000] [--cycles 5] [--only rabbitmq|sqs|hostile]
 
 RabbitMQ: the broker on this machine (management API on 127.0.0.1:15672, guest/guest), in a vhost
 made for the run and deleted after. SQS: moto_server started here on a free port, through boto3.
 Every 20th queue dead-letters into its own DLQ, so DLQ linking is part of the cycle.
 Target: a full cycle of 1,000 queues within 2 s, so the 10 s fast interval holds at that size.
+
+`hostile`: one RabbitMQ sample against answers built to stall it (a local fake of the management API,
+and a pathological topic binding on the real broker); prints the sample's duration, the longest the
+event loop was held, and the refusal. Target: the loop never held for 100 ms.
 """
 
 from __future__ import annotations
@@ -116,16 +120,90 @@ def bench_sqs(total: int, n: int) -> None:
         moto.stop()
 
 
+def bench_hostile() -> None:
+    import pika
+    import requests
+
+    from collectors_fakes.harness import LoopWatch
+    from collectors_fakes.rabbitmq_fake import FakeManagementApi, Raw, queue
+
+    async def one(entry: dict) -> tuple[float, float, str]:
+        manager = CollectorManager([{"type": "rabbitmq", "name": "r", **entry}], {}, CollectorRegistry())
+        started = time.perf_counter()
+        async with LoopWatch() as watch:
+            sample = (await manager.sample_once())["r"]
+        took = time.perf_counter() - started
+        await manager.stop()
+        error = manager.runner("r").last_error
+        outcome = str(error) if sample is None else "; ".join(f"{e.reason}: {e.message}" for e in sample.errors) or "ok"
+        return took, watch.worst, outcome
+
+    def show(label: str, result: tuple[float, float, str]) -> None:
+        took, worst, outcome = result
+        print(f"{label}: sample {took * 1000:.0f} ms, event loop held at most {worst * 1000:.0f} ms | {outcome[:110]}")
+
+    fake = FakeManagementApi()
+    try:
+        fake.queues, fake.page_count = [queue("orders")], 200_000
+        show("page_count 200000", asyncio.run(one({"url": fake.url})))
+        fake.page_count = None
+
+        async def endless():
+            yield b'{"page_count":1,"items":['
+            for _ in range(4096):
+                yield b"{}," * 21_000
+        fake.answers["/api/queues"] = Raw(endless)
+        show("256 MiB answer", asyncio.run(one({"url": fake.url})))
+        fake.answers["/api/queues"] = Raw(b'{"page_count":1,"items":[' + b"{}," * 1_390_000 + b"{}]}")
+        show("4 MiB of {} items", asyncio.run(one({"url": fake.url})))
+        fake.answers["/api/queues"] = Raw(b'{"page_count":1,"items":[' + b'{"a":[{"b":1}]},' * 262_000 + b"{}]}")
+        show("4 MiB of nested items", asyncio.run(one({"url": fake.url})))
+        del fake.answers["/api/queues"]
+        fake.queues = [queue("orders", arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "k.x"})]
+        fake.exchanges["shop"] = [{"name": "dlx", "type": "topic"}]
+        fake.bindings["shop"] = [{"source": "dlx", "destination": f"dlq-{i}", "destination_type": "queue",
+                                  "routing_key": f"k{i}.*.#"} for i in range(40_000)]
+        show("40,000 bindings (3.4 MiB)", asyncio.run(one({"url": fake.url})))
+        fake.queues = [queue(f"src-{j:03d}", arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": f"k{j}.x.y"})
+                       for j in range(400)]
+        fake.exchanges["shop"] = [{"name": "dlx", "type": "topic"}]
+        fake.bindings["shop"] = [{"source": "dlx", "destination": f"dlq-{i}", "destination_type": "queue",
+                                  "routing_key": f"k{i}.*.#"} for i in range(3000)]
+        show("400 keys x 3,000 wildcard bindings", asyncio.run(one({"url": fake.url, "queues": ["src-*"]})))
+    finally:
+        fake.close()
+
+    mgmt, auth = "http://127.0.0.1:15672", ("guest", "guest")
+    vhost = f"bench-{uuid.uuid4().hex[:8]}"
+    v = quote(vhost, safe="")
+    requests.put(f"{mgmt}/api/vhosts/{v}", auth=auth, timeout=30).raise_for_status()
+    requests.put(f"{mgmt}/api/permissions/{v}/guest", auth=auth, json={"configure": ".*", "write": ".*", "read": ".*"}, timeout=30).raise_for_status()
+    try:
+        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672, vhost, pika.PlainCredentials(*auth)))
+        ch = conn.channel()
+        ch.exchange_declare("dlx", "topic")
+        ch.queue_declare("never")
+        ch.queue_bind("never", "dlx", "#.#.#.#.#.#.#.#.#.nomatch")
+        ch.queue_declare("orders", arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": ".".join(["a"] * 127)})
+        conn.close()
+        time.sleep(6)  # let the management stats pick the new queues up
+        show("real broker: #.#.#.#.#.#.#.#.#.nomatch vs a 127-word key", asyncio.run(one({"vhosts": [vhost]})))
+    finally:
+        requests.delete(f"{mgmt}/api/vhosts/{v}", auth=auth, timeout=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queues", type=int, default=1000)
     parser.add_argument("--cycles", type=int, default=5)
-    parser.add_argument("--only", choices=("rabbitmq", "sqs"))
+    parser.add_argument("--only", choices=("rabbitmq", "sqs", "hostile"))
     args = parser.parse_args()
     if args.only in (None, "rabbitmq"):
         bench_rabbitmq(args.queues, args.cycles)
     if args.only in (None, "sqs"):
         bench_sqs(args.queues, args.cycles)
+    if args.only in (None, "hostile"):
+        bench_hostile()
 
 
 if __name__ == "__main__":

@@ -188,11 +188,6 @@ class QueueItem(_Model):
         return None
 
 
-class QueuePage(_Model):
-    items: list[QueueItem]
-    page_count: Count
-
-
 class ExchangeItem(_Model):
     name: Text
     type: Text
@@ -205,25 +200,63 @@ class BindingItem(_Model):
     routing_key: Text
 
 
-QUEUE_PAGE = TypeAdapter(QueuePage)
-EXCHANGES = TypeAdapter(list[ExchangeItem])
-BINDINGS = TypeAdapter(list[BindingItem])
+M = TypeVar("M", bound=_Model)
 T = TypeVar("T")
+PAGE_COUNT = TypeAdapter(Count)
 
 
-def parse_answer(body: bytes, adapter: TypeAdapter[T], where: str) -> T:
-    """JSON-decode and type-check one answer (run in the collector's thread, never on the loop)."""
+def _bad(where: str, exc: ValidationError, prefix: str) -> CollectorError:
+    err = exc.errors(include_url=False, include_input=False)[0]
+    loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")[:200]
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return CollectorError("bad_response", f"{where}: unexpected answer at {loc or 'top level'}: {err['msg']}{more}")
+
+
+def _decode(body: bytes, where: str, max_containers: int) -> Any:
+    # What decoding costs is mostly objects and arrays (with the garbage collector walking them): count
+    # them first, at memchr speed, so no answer within the size cap holds the interpreter for long.
+    containers = body.count(b"{") + body.count(b"[")
+    if containers > max_containers:
+        raise CollectorError("too_large", f"{where}: {containers} JSON objects and arrays, over {max_containers}")
     try:
-        data = json.loads(body)
+        return json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the interpreter allows
         raise CollectorError("bad_response", f"{where}: the answer is not valid JSON") from None
+
+
+def _items(data: Any, model: type[M], where: str, prefix: str, max_items: int | None = None) -> list[M]:
+    """Each item checked on its own: the first bad one ends the check (one error, not a million), and the
+    thread yields the interpreter between items, so even a 4 MiB list of `{}` never holds the loop."""
+    if not isinstance(data, list):
+        raise CollectorError("bad_response", f"{where}: unexpected answer at {prefix or 'top level'}: not a list")
+    if max_items is not None and len(data) > max_items:
+        raise CollectorError("bad_response", f"{where}: {len(data)} items, asked for at most {max_items}")
+    out = []
+    for i, item in enumerate(data):
+        try:
+            out.append(model.model_validate(item))
+        except ValidationError as exc:
+            raise _bad(where, exc, f"{prefix}.{i}" if prefix else str(i)) from None
+    return out
+
+
+def parse_queue_page(body: bytes, where: str, page_size: int) -> tuple[int, list[QueueItem]]:
+    """(page_count, items) of one page of /api/queues (run in the collector's thread, never on the loop)."""
+    # An item is an object with two more inside (arguments, policy); 16 each leaves room for odd ones.
+    data = _decode(body, where, 16 * page_size + 16)
+    if not isinstance(data, dict):
+        raise CollectorError("bad_response", f"{where}: unexpected answer at top level: not a page object")
     try:
-        return adapter.validate_python(data)
+        page_count = PAGE_COUNT.validate_python(data.get("page_count"))
     except ValidationError as exc:
-        err = exc.errors(include_url=False, include_input=False)[0]
-        loc = ".".join(str(p) for p in err["loc"])[:200]
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise CollectorError("bad_response", f"{where}: unexpected answer at {loc or 'top level'}: {err['msg']}{more}") from None
+        raise _bad(where, exc, "page_count") from None
+    return page_count, _items(data.get("items"), QueueItem, where, "items", page_size)
+
+
+def parse_list(body: bytes, where: str, model: type[M]) -> list[M]:
+    """A plain-list answer (exchanges, bindings), each item checked (in the collector's thread). Their
+    items are flat objects of 28 bytes or more: one container per 24 bytes is more than they need."""
+    return _items(_decode(body, where, len(body) // 24 + 8), model, where, "")
 
 
 # --- dead-letter linking -------------------------------------------------------------------------
@@ -400,9 +433,9 @@ class RabbitMQCollector(Collector):
         except aiohttp.ClientError as exc:
             raise CollectorError("unreachable", f"{self.settings.url}: {exc.__class__.__name__}") from None
 
-    async def _get_parsed(self, path: str, adapter: TypeAdapter[T], sample: Sample) -> T:
+    async def _get_parsed(self, path: str, sample: Sample, parse: Callable[..., T], *args: Any) -> T:
         body = await self._get(path, sample)
-        return await self._offload(parse_answer, body, adapter, path.split("?")[0])
+        return await self._offload(parse, body, path.split("?")[0], *args)
 
     async def _list_queues(self, base: str, sample: Sample, listed: list[int]) -> list[QueueItem]:
         """All pages of one listing. `listed` is this sample's running count over every listing, so
@@ -415,24 +448,22 @@ class RabbitMQCollector(Collector):
             # requests, and a listing can repeat some queues and miss others.
             return f"{base}?page={n}&page_size={s.page_size}&sort=name&columns={QUEUE_COLUMNS}"
 
-        def take(p: QueuePage) -> list[QueueItem]:
-            if len(p.items) > s.page_size:
-                raise CollectorError("bad_response", f"{base}: a page of {len(p.items)} queues, asked for {s.page_size}")
-            listed[0] += len(p.items)
+        def take(items: list[QueueItem]) -> list[QueueItem]:
+            listed[0] += len(items)
             if listed[0] > s.max_queues:
                 raise CollectorError("too_large", f"more than max_queues ({s.max_queues}) queues listed: "
                                                   "raise max_queues or narrow `vhosts`")
-            return p.items
+            return items
 
         async def fetch(n: int) -> list[QueueItem]:
-            return take(await self._get_parsed(page(n), QUEUE_PAGE, sample))
+            return take((await self._get_parsed(page(n), sample, parse_queue_page, s.page_size))[1])
 
-        first = await self._get_parsed(page(1), QUEUE_PAGE, sample)
-        if first.page_count > max_pages:
-            raise CollectorError("too_large", f"{base} lists {first.page_count} pages of {s.page_size} queues, over "
+        page_count, first = await self._get_parsed(page(1), sample, parse_queue_page, s.page_size)
+        if page_count > max_pages:
+            raise CollectorError("too_large", f"{base} lists {page_count} pages of {s.page_size} queues, over "
                                               f"max_queues ({s.max_queues}): raise max_queues or narrow `vhosts`")
         items = take(first)
-        for rest in await _all(fetch(n) for n in range(2, first.page_count + 1)):
+        for rest in await _all(fetch(n) for n in range(2, page_count + 1)):
             items.extend(rest)
         return items
 
@@ -526,8 +557,8 @@ class RabbitMQCollector(Collector):
         """Per vhost: its exchanges (name, type) and all its bindings."""
         async def one(vhost: str):
             v = quote(vhost, safe="")
-            exchanges = await self._get_parsed(f"/api/exchanges/{v}?columns=name,type", EXCHANGES, sample)
-            bindings = await self._get_parsed(f"/api/bindings/{v}?columns={BINDING_COLUMNS}", BINDINGS, sample)
+            exchanges = await self._get_parsed(f"/api/exchanges/{v}?columns=name,type", sample, parse_list, ExchangeItem)
+            bindings = await self._get_parsed(f"/api/bindings/{v}?columns={BINDING_COLUMNS}", sample, parse_list, BindingItem)
             return vhost, (exchanges, bindings)
 
         return dict(await _all(one(v) for v in sorted(vhosts)))
