@@ -137,10 +137,6 @@ def is_wildcard(binding_key: str) -> bool:
     return any(w in ("*", "#") for w in topic_words(binding_key))
 
 
-def topic_match(pattern: str, key: str) -> bool:
-    return TopicPattern(pattern).matches(topic_words(key))
-
-
 # --- the management API's answers, type-checked --------------------------------------------------
 
 Text = Annotated[str, Field(strict=True)]
