@@ -265,9 +265,7 @@ class CappedTransport(RequestsTransport):
                 body += chunk
                 if len(body) > MAX_RESPONSE_BYTES:
                     raise CollectorError("too_large", f"an answer over {MAX_RESPONSE_BYTES} bytes")
-        except requests.exceptions.ConnectionError as err:  # a read timeout while streaming, as before
-            raise ServiceResponseTimeoutError(err, error=err) from None
-        except requests.RequestException as err:
+        except requests.RequestException as err:  # cut or timed out mid-body: classify() reads which
             raise ServiceResponseError(err, error=err) from None
         finally:
             if len(body) > MAX_RESPONSE_BYTES:
