@@ -540,7 +540,7 @@ def test_schema_config_section_follows_syncwatchs_config_models():
     chart_owned = {"listen", "api"}
     assert set(schema) == set(cfgmod.Config.model_fields)
     sections = {"storage": cfgmod.StorageConfig, "intake": cfgmod.IntakeConfig, "correlation": cfgmod.CorrelationConfig,
-                "snapshots": cfgmod.SnapshotsConfig}
+                "snapshots": cfgmod.SnapshotsConfig, "limits": cfgmod.LimitsConfig}
     for name, model in sections.items():
         assert set(schema[name]["properties"]) == set(model.model_fields), name
     assert set(schema["snapshots"]["properties"]["redact"]["properties"]) == set(cfgmod.RedactConfig.model_fields)
