@@ -12,11 +12,13 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Only what `pip install .` reads (see .dockerignore).
-COPY pyproject.toml README.md ./
+# Only what the install reads (see .dockerignore). Dependencies come from the lock file, pinned
+# with hashes, so an image build is reproducible; then the project itself without resolving again.
+COPY requirements.lock pyproject.toml README.md LICENSE ./
 COPY exporter ./exporter
 COPY collectors ./collectors
-RUN pip install . \
+RUN pip install --require-hashes -r requirements.lock \
+ && pip install --no-deps . \
  && pip uninstall -y pip setuptools wheel \
  && find /opt/venv -name '__pycache__' -prune -o -name '*.pyc' -print -delete >/dev/null \
  && syncwatch --help >/dev/null

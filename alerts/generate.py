@@ -99,8 +99,17 @@ class _Rules:
         query = "&".join(f"var-{var}={{{{ $labels.{label} }}}}" for var, label in var_labels.items())
         return f"{self.grafana_url}/d/{uid}" + (f"?{query}" if query else "")
 
-    def alert(self, name: str, expr: str, for_: str, severity: str, summary: str, description: str,
-              dashboard_url: str, labels: dict | None = None) -> dict:
+    def alert(
+        self,
+        name: str,
+        expr: str,
+        for_: str,
+        severity: str,
+        summary: str,
+        description: str,
+        dashboard_url: str,
+        labels: dict | None = None,
+    ) -> dict:
         rule = {"alert": name, "expr": _clean(expr)}
         if for_ not in ("0s", "0m", ""):
             rule["for"] = for_
@@ -122,34 +131,46 @@ def _num(x: float) -> str:
     return f"{x:g}"
 
 
-def build_rules(s: Settings | None = None, grafana_url: str = DEFAULT_GRAFANA_URL,
-                runbook_url: str = DEFAULT_RUNBOOK_URL) -> dict:
+def build_rules(
+    s: Settings | None = None, grafana_url: str = DEFAULT_GRAFANA_URL, runbook_url: str = DEFAULT_RUNBOOK_URL
+) -> dict:
     s = s or Settings()
     r = _Rules(s, grafana_url, runbook_url)
     erp = ERP_DASHBOARD_UID
     recording = [
         # p95 sync lag per flow/route; used by the lag alerts and the dashboard.
-        {"record": "syncwatch:sync_lag_seconds:p95_rate5m",
-         "expr": "histogram_quantile(0.95, sum by (job, flow, source, destination, le) (rate(syncwatch_sync_lag_seconds_bucket[5m])))"},
-        {"record": "syncwatch:sync_lag_seconds:p95_rate1h",
-         "expr": "histogram_quantile(0.95, sum by (job, flow, source, destination, le) (rate(syncwatch_sync_lag_seconds_bucket[1h])))"},
+        {
+            "record": "syncwatch:sync_lag_seconds:p95_rate5m",
+            "expr": "histogram_quantile(0.95, sum by (job, flow, source, destination, le) (rate(syncwatch_sync_lag_seconds_bucket[5m])))",
+        },
+        {
+            "record": "syncwatch:sync_lag_seconds:p95_rate1h",
+            "expr": "histogram_quantile(0.95, sum by (job, flow, source, destination, le) (rate(syncwatch_sync_lag_seconds_bucket[1h])))",
+        },
         # One deadline per job and flow, to compare lag against.
-        {"record": "syncwatch:flow_deadline_seconds:max",
-         "expr": "max by (job, flow) (syncwatch_flow_deadline_seconds)"},
-        {"record": "syncwatch:spans:correlated_ratio_rate15m",
-         "expr": _clean("""
+        {
+            "record": "syncwatch:flow_deadline_seconds:max",
+            "expr": "max by (job, flow) (syncwatch_flow_deadline_seconds)",
+        },
+        {
+            "record": "syncwatch:spans:correlated_ratio_rate15m",
+            "expr": _clean("""
 sum by (job) (rate(syncwatch_spans_total{result="correlated"}[15m]))
 /
-sum by (job) (rate(syncwatch_spans_total[15m]))""")},
-        {"record": "syncwatch:retries:rate15m",
-         "expr": "sum by (job, flow, destination) (rate(syncwatch_retries_total[15m]))"},
+sum by (job) (rate(syncwatch_spans_total[15m]))"""),
+        },
+        {
+            "record": "syncwatch:retries:rate15m",
+            "expr": "sum by (job, flow, destination) (rate(syncwatch_retries_total[15m]))",
+        },
     ]
 
     queues = [
         r.alert(
             "SyncwatchDeadLetterQueueNotEmpty",
             f"syncwatch_dlq_messages > {_num(s.dlq_threshold)}",
-            s.dlq_for, "critical",
+            s.dlq_for,
+            "critical",
             "Dead-letter queue {{ $labels.queue }} holds {{ $value }} message(s)",
             """{{ $labels.broker }} dead-letter queue {{ $labels.queue }} (namespace {{ $labels.namespace }})
             holds {{ $value }} message(s) that failed out of {{ $labels.source_queue }}. Each one is a
@@ -162,7 +183,8 @@ sum by (job) (rate(syncwatch_spans_total[15m]))""")},
 syncwatch_queue_messages >= syncwatch_queue_messages offset {s.queue_window}
 and
 min_over_time(syncwatch_queue_messages[{s.queue_window}]) > {_num(s.queue_min_depth)}""",
-            s.queue_for, "warning",
+            s.queue_for,
+            "warning",
             "Queue {{ $labels.queue }} has not drained for " + s.queue_window,
             f"""{{{{ $labels.broker }}}} queue {{{{ $labels.queue }}}} (namespace {{{{ $labels.namespace }}}})
             rose and has not come back down for {s.queue_window}: now {{{{ $value }}}} message(s),
@@ -176,7 +198,8 @@ min_over_time(syncwatch_queue_messages[{s.queue_window}]) > {_num(s.queue_min_de
         r.alert(
             "SyncwatchTransactionsOverdue",
             f"syncwatch_transactions_overdue > {_num(s.overdue_threshold)}",
-            s.overdue_for, "critical",
+            s.overdue_for,
+            "critical",
             "{{ $value }} {{ $labels.flow }} transaction(s) to {{ $labels.destination }} are past their deadline",
             """{{ $value }} {{ $labels.flow }} record(s) sent from {{ $labels.source }} to
             {{ $labels.destination }} have no confirmation and are past the flow's deadline: sent and
@@ -189,7 +212,8 @@ min_over_time(syncwatch_queue_messages[{s.queue_window}]) > {_num(s.queue_min_de
 syncwatch:sync_lag_seconds:p95_rate5m
   > on (job, flow) group_left ()
 ({_num(s.lag_deadline_ratio)} * syncwatch:flow_deadline_seconds:max)""",
-            s.lag_for, "warning",
+            s.lag_for,
+            "warning",
             "{{ $labels.flow }} sync lag to {{ $labels.destination }} is above the flow's deadline",
             """p95 sync lag of {{ $labels.flow }} from {{ $labels.source }} to {{ $labels.destination }}
             is {{ $value | humanizeDuration }}, above the flow's deadline (syncwatch_flow_deadline_seconds).
@@ -204,7 +228,8 @@ predict_linear(syncwatch:sync_lag_seconds:p95_rate1h[{s.lag_trend_window}], {s.l
 syncwatch:flow_deadline_seconds:max
 and
 deriv(syncwatch:sync_lag_seconds:p95_rate1h[{s.lag_trend_window}]) > 0""",
-            s.lag_trend_for, "warning",
+            s.lag_trend_for,
+            "warning",
             "{{ $labels.flow }} sync lag to {{ $labels.destination }} is creeping up",
             f"""The hourly p95 sync lag of {{{{ $labels.flow }}}} from {{{{ $labels.source }}}} to
             {{{{ $labels.destination }}}} has been rising over {s.lag_trend_window}; at this trend it
@@ -215,7 +240,8 @@ deriv(syncwatch:sync_lag_seconds:p95_rate1h[{s.lag_trend_window}]) > 0""",
         r.alert(
             "SyncwatchRetriesExhausted",
             f"""sum by (job, flow, source, destination) (increase(syncwatch_transactions_total{{outcome="failed"}}[{s.retries_exhausted_window}])) > 0""",
-            s.retries_exhausted_for, "warning",
+            s.retries_exhausted_for,
+            "warning",
             "{{ $labels.flow }} transactions to {{ $labels.destination }} failed after their retries",
             f"""{{{{ $value | printf "%.0f" }}}} {{{{ $labels.flow }}}} transaction(s) from {{{{ $labels.source }}}}
             to {{{{ $labels.destination }}}} failed in the last {s.retries_exhausted_window}: the
@@ -228,7 +254,8 @@ deriv(syncwatch:sync_lag_seconds:p95_rate1h[{s.lag_trend_window}]) > 0""",
 syncwatch_retry_jitter_ratio < {_num(s.retry_storm_jitter_ratio)}
 and on (job, flow, destination)
 syncwatch:retries:rate15m > 0""",
-            s.retry_storm_for, "warning",
+            s.retry_storm_for,
+            "warning",
             "{{ $labels.flow }} retries to {{ $labels.destination }} run at fixed intervals",
             """Retries of {{ $labels.flow }} to {{ $labels.destination }} are spaced almost exactly
             alike (jitter ratio {{ $value }}): every client retries in lockstep, which turns a
@@ -238,7 +265,8 @@ syncwatch:retries:rate15m > 0""",
         r.alert(
             "SyncwatchDuplicateApplies",
             f"""sum by (job, flow, destination) (increase(syncwatch_duplicate_applies_total[{s.duplicate_window}])) > 0""",
-            s.duplicate_for, "warning",
+            s.duplicate_for,
+            "warning",
             "{{ $labels.flow }} operations were applied twice at {{ $labels.destination }}",
             f"""{{{{ $value | printf "%.0f" }}}} {{{{ $labels.flow }}}} operation(s) were confirmed a second
             time at {{{{ $labels.destination }}}} with an idempotency key already applied in the
@@ -248,7 +276,8 @@ syncwatch:retries:rate15m > 0""",
         r.alert(
             "SyncwatchCorrelationCoverageLow",
             f"syncwatch:spans:correlated_ratio_rate15m < {_num(s.correlation_min_ratio)}",
-            s.correlation_for, "warning",
+            s.correlation_for,
+            "warning",
             "Only {{ $value | humanizePercentage }} of spans carry a correlation ID",
             f"""Of the spans syncwatch received in 15m, {{{{ $value | humanizePercentage }}}} carry a
             correlation ID (want {_num(s.correlation_min_ratio * 100)}%). Uncorrelated spans cannot
@@ -266,7 +295,8 @@ or
 (time() - syncwatch_collector_last_success_timestamp_seconds)
   > on (job, instance, collector)
 ({_num(s.collector_stale_intervals)} * syncwatch_collector_interval_seconds)""",
-            s.collector_for, "critical",
+            s.collector_for,
+            "critical",
             "syncwatch collector {{ $labels.collector }} is not sampling its broker",
             f"""Collector {{{{ $labels.collector }}}} failed its last sample or has not succeeded for
             {_num(s.collector_stale_intervals)} of its intervals. Queue and DLQ depths from it are
@@ -283,7 +313,8 @@ or
 sum by (job, instance) (increase(syncwatch_dropped_total{{reason=~"{s.snapshot_store_reasons}"}}[{s.snapshot_window}])) > 0
 or
 min by (job, instance) (syncwatch_snapshot_store_up) == 0""",
-            s.snapshot_for, "warning",
+            s.snapshot_for,
+            "warning",
             "syncwatch's payload snapshot store is failing",
             f"""The payload snapshot store is failing (its last write or open failed, or it refused
             writes: full, unavailable or erroring). {{{{ $value | printf "%.0f" }}}} snapshot(s) were
@@ -294,7 +325,8 @@ min by (job, instance) (syncwatch_snapshot_store_up) == 0""",
         r.alert(
             "SyncwatchDroppingData",
             f"""sum by (job, instance, reason) (increase(syncwatch_dropped_total[{s.dropping_window}])) > 0""",
-            s.dropping_for, "critical",
+            s.dropping_for,
+            "critical",
             "syncwatch dropped data ({{ $labels.reason }})",
             f"""syncwatch lost or refused {{{{ $value | printf "%.0f" }}}} item(s) for reason
             {{{{ $labels.reason }}}} in the last {s.dropping_window}. Its own view of the
@@ -307,7 +339,8 @@ min by (job, instance) (syncwatch_snapshot_store_up) == 0""",
 up{{job="{s.syncwatch_job}"}} == 0
 or
 absent(up{{job="{s.syncwatch_job}"}})""",
-            s.down_for, "critical",
+            s.down_for,
+            "critical",
             "syncwatch is down or not scraped",
             f"""Prometheus cannot scrape the syncwatch sidecar (job {s.syncwatch_job}). While it is
             down no integration alert (DLQ, overdue, lag) can fire.""",
@@ -315,12 +348,14 @@ absent(up{{job="{s.syncwatch_job}"}})""",
         ),
     ]
 
-    return {"groups": [
-        {"name": "syncwatch-recording", "rules": recording},
-        {"name": "syncwatch-queues", "interval": s.queue_rules_interval, "rules": queues},
-        {"name": "syncwatch-transactions", "rules": transactions},
-        {"name": "syncwatch-itself", "rules": itself},
-    ]}
+    return {
+        "groups": [
+            {"name": "syncwatch-recording", "rules": recording},
+            {"name": "syncwatch-queues", "interval": s.queue_rules_interval, "rules": queues},
+            {"name": "syncwatch-transactions", "rules": transactions},
+            {"name": "syncwatch-itself", "rules": itself},
+        ]
+    }
 
 
 class _Dumper(yaml.SafeDumper):

@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from prometheus_client import CollectorRegistry  # noqa: E402
 
-from collectors.manager import CollectorManager  # noqa: E402
+from syncwatch.collectors.manager import CollectorManager  # noqa: E402
 
 
 async def cycles(manager: CollectorManager, name: str, n: int) -> tuple[list[float], list[int], int, int, list[float]]:
@@ -50,10 +50,12 @@ async def cycles(manager: CollectorManager, name: str, n: int) -> tuple[list[flo
 
 def report(label: str, times: list[float], calls: list[int], queues: int, dlqs: int, cpu: list[float]) -> None:
     steady = times[1:] or times  # the first cycle includes discovery and connection set-up
-    print(f"{label}: {queues} queues + {dlqs} DLQs | first cycle {times[0]:.2f}s, {calls[0]} API calls | "
-          f"steady cycle median {statistics.median(steady):.2f}s (max {max(steady):.2f}s), "
-          f"{int(statistics.median(calls[1:] or calls))} API calls per cycle, "
-          f"collector CPU {statistics.median(cpu[1:] or cpu):.2f}s per cycle")
+    print(
+        f"{label}: {queues} queues + {dlqs} DLQs | first cycle {times[0]:.2f}s, {calls[0]} API calls | "
+        f"steady cycle median {statistics.median(steady):.2f}s (max {max(steady):.2f}s), "
+        f"{int(statistics.median(calls[1:] or calls))} API calls per cycle, "
+        f"collector CPU {statistics.median(cpu[1:] or cpu):.2f}s per cycle"
+    )
 
 
 def bench_rabbitmq(total: int, n: int) -> None:
@@ -64,9 +66,16 @@ def bench_rabbitmq(total: int, n: int) -> None:
     vhost = f"bench-{uuid.uuid4().hex[:8]}"
     v = quote(vhost, safe="")
     requests.put(f"{mgmt}/api/vhosts/{v}", auth=auth, timeout=30).raise_for_status()
-    requests.put(f"{mgmt}/api/permissions/{v}/guest", auth=auth, json={"configure": ".*", "write": ".*", "read": ".*"}, timeout=30).raise_for_status()
+    requests.put(
+        f"{mgmt}/api/permissions/{v}/guest",
+        auth=auth,
+        json={"configure": ".*", "write": ".*", "read": ".*"},
+        timeout=30,
+    ).raise_for_status()
     try:
-        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672, vhost, pika.PlainCredentials(*auth)))
+        conn = pika.BlockingConnection(
+            pika.ConnectionParameters("127.0.0.1", 5672, vhost, pika.PlainCredentials(*auth))
+        )
         ch = conn.channel()
         ch.exchange_declare("bench.dlx", "direct")
         sources = total // 20
@@ -75,7 +84,9 @@ def bench_rabbitmq(total: int, n: int) -> None:
             if i < sources:
                 ch.queue_declare(f"{name}.dlq")
                 ch.queue_bind(f"{name}.dlq", "bench.dlx", name)
-                ch.queue_declare(name, arguments={"x-dead-letter-exchange": "bench.dlx", "x-dead-letter-routing-key": name})
+                ch.queue_declare(
+                    name, arguments={"x-dead-letter-exchange": "bench.dlx", "x-dead-letter-routing-key": name}
+                )
             else:
                 ch.queue_declare(name)
             ch.basic_publish("", name, b"x")
@@ -90,7 +101,6 @@ def bench_rabbitmq(total: int, n: int) -> None:
 def bench_sqs(total: int, n: int) -> None:
     import boto3
     from botocore.config import Config
-
     from collectors_fakes.harness import MotoServer
 
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
@@ -101,7 +111,10 @@ def bench_sqs(total: int, n: int) -> None:
         for i in range(sources):
             dlq = c.create_queue(QueueName=f"q-{i:04d}-dlq")["QueueUrl"]
             arn = c.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-            c.create_queue(QueueName=f"q-{i:04d}", Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": "3"})})
+            c.create_queue(
+                QueueName=f"q-{i:04d}",
+                Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": "3"})},
+            )
         for i in range(sources, total - sources):
             c.create_queue(QueueName=f"q-{i:04d}")
         # What the server alone costs per request, for reading the figures below.
@@ -111,11 +124,16 @@ def bench_sqs(total: int, n: int) -> None:
             c.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
         per_call = (time.perf_counter() - started) / 50
         # Long limits here: the point is to measure a cycle, however long moto makes it.
-        manager = CollectorManager([{"type": "sqs", "name": "aws", "endpoint_url": moto.url, "timeout": "50s"}],
-                                   {"interval": "120s", "fast_interval": "60s"}, CollectorRegistry())
+        manager = CollectorManager(
+            [{"type": "sqs", "name": "aws", "endpoint_url": moto.url, "timeout": "50s"}],
+            {"interval": "120s", "fast_interval": "60s"},
+            CollectorRegistry(),
+        )
         report("sqs (moto)", *asyncio.run(cycles(manager, "aws", n)))
-        print(f"  moto_server answers one GetQueueAttributes in {per_call * 1000:.1f} ms serially on this machine "
-              "(one Python process, a new connection per request); SQS has no batch read, so a cycle is one call per queue")
+        print(
+            f"  moto_server answers one GetQueueAttributes in {per_call * 1000:.1f} ms serially on this machine "
+            "(one Python process, a new connection per request); SQS has no batch read, so a cycle is one call per queue"
+        )
     finally:
         moto.stop()
 
@@ -123,7 +141,6 @@ def bench_sqs(total: int, n: int) -> None:
 def bench_hostile() -> None:
     import pika
     import requests
-
     from collectors_fakes.harness import LoopWatch
     from collectors_fakes.rabbitmq_fake import FakeManagementApi, Raw, queue
 
@@ -152,6 +169,7 @@ def bench_hostile() -> None:
             yield b'{"page_count":1,"items":['
             for _ in range(4096):
                 yield b"{}," * 21_000
+
         fake.answers["/api/queues"] = Raw(endless)
         show("256 MiB answer", asyncio.run(one({"url": fake.url})))
         fake.answers["/api/queues"] = Raw(b'{"page_count":1,"items":[' + b"{}," * 1_390_000 + b"{}]}")
@@ -161,14 +179,20 @@ def bench_hostile() -> None:
         del fake.answers["/api/queues"]
         fake.queues = [queue("orders", arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "k.x"})]
         fake.exchanges["shop"] = [{"name": "dlx", "type": "topic"}]
-        fake.bindings["shop"] = [{"source": "dlx", "destination": f"dlq-{i}", "destination_type": "queue",
-                                  "routing_key": f"k{i}.*.#"} for i in range(40_000)]
+        fake.bindings["shop"] = [
+            {"source": "dlx", "destination": f"dlq-{i}", "destination_type": "queue", "routing_key": f"k{i}.*.#"}
+            for i in range(40_000)
+        ]
         show("40,000 bindings (3.4 MiB)", asyncio.run(one({"url": fake.url})))
-        fake.queues = [queue(f"src-{j:03d}", arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": f"k{j}.x.y"})
-                       for j in range(400)]
+        fake.queues = [
+            queue(f"src-{j:03d}", arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": f"k{j}.x.y"})
+            for j in range(400)
+        ]
         fake.exchanges["shop"] = [{"name": "dlx", "type": "topic"}]
-        fake.bindings["shop"] = [{"source": "dlx", "destination": f"dlq-{i}", "destination_type": "queue",
-                                  "routing_key": f"k{i}.*.#"} for i in range(3000)]
+        fake.bindings["shop"] = [
+            {"source": "dlx", "destination": f"dlq-{i}", "destination_type": "queue", "routing_key": f"k{i}.*.#"}
+            for i in range(3000)
+        ]
         show("400 keys x 3,000 wildcard bindings", asyncio.run(one({"url": fake.url, "queues": ["src-*"]})))
     finally:
         fake.close()
@@ -177,14 +201,23 @@ def bench_hostile() -> None:
     vhost = f"bench-{uuid.uuid4().hex[:8]}"
     v = quote(vhost, safe="")
     requests.put(f"{mgmt}/api/vhosts/{v}", auth=auth, timeout=30).raise_for_status()
-    requests.put(f"{mgmt}/api/permissions/{v}/guest", auth=auth, json={"configure": ".*", "write": ".*", "read": ".*"}, timeout=30).raise_for_status()
+    requests.put(
+        f"{mgmt}/api/permissions/{v}/guest",
+        auth=auth,
+        json={"configure": ".*", "write": ".*", "read": ".*"},
+        timeout=30,
+    ).raise_for_status()
     try:
-        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672, vhost, pika.PlainCredentials(*auth)))
+        conn = pika.BlockingConnection(
+            pika.ConnectionParameters("127.0.0.1", 5672, vhost, pika.PlainCredentials(*auth))
+        )
         ch = conn.channel()
         ch.exchange_declare("dlx", "topic")
         ch.queue_declare("never")
         ch.queue_bind("never", "dlx", "#.#.#.#.#.#.#.#.#.nomatch")
-        ch.queue_declare("orders", arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": ".".join(["a"] * 127)})
+        ch.queue_declare(
+            "orders", arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": ".".join(["a"] * 127)}
+        )
         conn.close()
         time.sleep(6)  # let the management stats pick the new queues up
         show("real broker: #.#.#.#.#.#.#.#.#.nomatch vs a 127-word key", asyncio.run(one({"vhosts": [vhost]})))

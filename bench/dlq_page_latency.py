@@ -43,8 +43,10 @@ def main() -> int:
                 stack.close()
         figures.append(seconds)
         print(f"round {i + 1}: {seconds:.1f}s dead-letter -> page")
-    print(f"DLQ page latency over {len(figures)} rounds: min {min(figures):.1f}s, "
-          f"median {statistics.median(figures):.1f}s, max {max(figures):.1f}s (target 30s)")
+    print(
+        f"DLQ page latency over {len(figures)} rounds: min {min(figures):.1f}s, "
+        f"median {statistics.median(figures):.1f}s, max {max(figures):.1f}s (target 30s)"
+    )
     return 0
 
 

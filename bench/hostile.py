@@ -1,6 +1,6 @@
 """Hostile-load benchmark (issue 11): what many attempts on one transaction cost the ledger writer.
 
-1. In-process (exporter.ledger.Ledger, as the tests build it): the cost of one more request
+1. In-process (syncwatch.ledger.transitions.Ledger, as the tests build it): the cost of one more request
    carrying one attempt, with 1, 1,000, 10,000 and 20,000 attempts already recorded on the same
    transaction, side by side. After the fix it is flat.
 2. Through a real `syncwatch run`: one OTLP/HTTP request carrying ~5 MB of attempts of one
@@ -25,14 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
-
-from exporter.config import Config  # noqa: E402
-from exporter.ledger import Ledger  # noqa: E402
-from exporter.metrics import Metrics  # noqa: E402
-from exporter.span_extract import SpanExtractor  # noqa: E402
-from exporter.trace_view import TraceView  # noqa: E402
 from otlp_raw import add_attributes, post  # noqa: E402
 from sidecar import Sidecar  # noqa: E402
+
+from syncwatch.config.models import Config  # noqa: E402
+from syncwatch.intake.extract import SpanExtractor  # noqa: E402
+from syncwatch.intake.trace_view import TraceView  # noqa: E402
+from syncwatch.ledger.transitions import Ledger  # noqa: E402
+from syncwatch.metrics.registry import Metrics  # noqa: E402
 
 CORR = "order-hostile-1"
 FLOWS = {"orders": {"destinations": ["erp"], "deadline": "1h"}}
@@ -54,8 +54,16 @@ def attempts_request(first: int, n: int, t0: float, source: bool = False, corr: 
         start = t0 + i * 0.01
         span.start_time_unix_nano = int(start * 1e9)
         span.end_time_unix_nano = int((start + 0.005) * 1e9)
-        add_attributes(span, {**common, "syncwatch.stage": "attempt", "syncwatch.destination": "erp",
-                              "http.request.resend_count": i, "http.response.status_code": 503})
+        add_attributes(
+            span,
+            {
+                **common,
+                "syncwatch.stage": "attempt",
+                "syncwatch.destination": "erp",
+                "http.request.resend_count": i,
+                "http.response.status_code": 503,
+            },
+        )
     return req.SerializeToString()
 
 
@@ -137,15 +145,19 @@ def main() -> None:
         tmp = Path(tmp)
         rows = [(k, *per_request_cost(k, args.requests, tmp)) for k in sizes]
         big = big_request(args.big_mb, tmp) if args.big_mb > 0 else None
-    print(f"one more attempt on one transaction, in-process (extract + record, one SQLite commit each; "
-          f"{args.requests} requests per size):")
+    print(
+        f"one more attempt on one transaction, in-process (extract + record, one SQLite commit each; "
+        f"{args.requests} requests per size):"
+    )
     print(f"  {'attempts already':>17} {'median ms':>10} {'p90 ms':>8} {'x of first':>10}   (history built in)")
     for k, median, p90, built in rows:
         print(f"  {k:>17,} {median:>10.2f} {p90:>8.2f} {median / rows[0][1]:>10.1f}   ({built:.1f} s)")
     if big is not None:
-        print(f"one request of {big['bytes'] / 1e6:.1f} MB ({big['attempts']:,} attempts of one transaction) through "
-              f"`syncwatch run`: answered {big['status']} in {big['seconds']:.2f} s; meanwhile a one-span request "
-              f"waited up to {big['small_request_s']:.2f} s and /healthz up to {big['healthz_s']:.2f} s")
+        print(
+            f"one request of {big['bytes'] / 1e6:.1f} MB ({big['attempts']:,} attempts of one transaction) through "
+            f"`syncwatch run`: answered {big['status']} in {big['seconds']:.2f} s; meanwhile a one-span request "
+            f"waited up to {big['small_request_s']:.2f} s and /healthz up to {big['healthz_s']:.2f} s"
+        )
 
 
 if __name__ == "__main__":

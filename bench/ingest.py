@@ -35,7 +35,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import aiohttp  # noqa: E402
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
-
 from otlp_raw import add_attributes  # noqa: E402
 from sidecar import Sidecar  # noqa: E402
 
@@ -75,11 +74,22 @@ def build_request(batch: int, t0: float, uuid_ids: bool = False) -> bytes:
             start = t0 + batch + len(spans) * 0.001
             span.start_time_unix_nano = int(start * 1e9)
             span.end_time_unix_nano = int((start + 0.05) * 1e9)
-            attrs = {"http.request.method": "POST", "url.full": "https://erp.example/api/orders",
-                     "server.address": "erp.example", "network.protocol.version": "1.1"}
+            attrs = {
+                "http.request.method": "POST",
+                "url.full": "https://erp.example/api/orders",
+                "server.address": "erp.example",
+                "network.protocol.version": "1.1",
+            }
             if stage:
-                attrs.update({"syncwatch.stage": stage, "syncwatch.flow": "orders", "syncwatch.source": "storefront",
-                              "syncwatch.destination": "erp", "messaging.message.conversation_id": corr})
+                attrs.update(
+                    {
+                        "syncwatch.stage": stage,
+                        "syncwatch.flow": "orders",
+                        "syncwatch.source": "storefront",
+                        "syncwatch.destination": "erp",
+                        "messaging.message.conversation_id": corr,
+                    }
+                )
             if code is not None:
                 attrs["http.response.status_code"] = code
                 if resend:
@@ -115,7 +125,7 @@ def ceiling(bodies: list[bytes]) -> float:
                 for span in ss.spans:
                     n += 1
                     for kv in span.attributes:  # an attribute is its key and its typed value
-                        kv.key
+                        _ = kv.key
                         v = kv.value
                         getattr(v, v.WhichOneof("value"))
     return n / (time.perf_counter() - started)
@@ -171,10 +181,10 @@ def whole_path(bodies: list[bytes], workdir: Path, segments: int = 1) -> list[fl
         size = -(-len(rest) // segments)
         rates = []
         for i in range(0, len(rest), size):
-            elapsed, errors = asyncio.run(_send_all(sc.otlp_http + "/v1/traces", rest[i:i + size], 8))
+            elapsed, errors = asyncio.run(_send_all(sc.otlp_http + "/v1/traces", rest[i : i + size], 8))
             if errors:
                 raise SystemExit(f"{errors} requests failed")
-            rates.append(len(rest[i:i + size]) * SPANS_PER_REQUEST / elapsed)
+            rates.append(len(rest[i : i + size]) * SPANS_PER_REQUEST / elapsed)
         return rates
     finally:
         sc.stop()
@@ -188,9 +198,9 @@ def rss_bytes() -> int:
 
 
 def pending_memory_and_reload(n: int, workdir: Path) -> tuple[float, float, float]:
-    from exporter.config import Config
-    from exporter.ledger import Ledger
-    from exporter.metrics import Metrics
+    from syncwatch.config.models import Config
+    from syncwatch.ledger.transitions import Ledger
+    from syncwatch.metrics.registry import Metrics
 
     config = Config.model_validate({"storage": {"data_dir": str(workdir / "ledger")}})
     t0 = time.time()
@@ -199,8 +209,26 @@ def pending_memory_and_reload(n: int, workdir: Path) -> tuple[float, float, floa
         ledger = Ledger(config, Metrics())
         batch = 20_000
         for start in range(0, n, batch):
-            events = [(os.urandom(16), os.urandom(8), f"order-{i:09d}-7f3a9c", "orders", 0, "storefront", None,
-                       t0, t0, t0, None, None, None, None, t0) for i in range(start, min(n, start + batch))]
+            events = [
+                (
+                    os.urandom(16),
+                    os.urandom(8),
+                    f"order-{i:09d}-7f3a9c",
+                    "orders",
+                    0,
+                    "storefront",
+                    None,
+                    t0,
+                    t0,
+                    t0,
+                    None,
+                    None,
+                    None,
+                    None,
+                    t0,
+                )
+                for i in range(start, min(n, start + batch))
+            ]
             ledger.record(events)
         ledger.close()
 
@@ -222,10 +250,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--pending", type=int, default=1_000_000)
-    parser.add_argument("--sustained", type=int, default=0, metavar="N",
-                        help="also send N requests with UUID IDs into one sidecar, printing spans/s per tenth")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="whole-path measurements with order-number IDs, each between two ceilings")
+    parser.add_argument(
+        "--sustained",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also send N requests with UUID IDs into one sidecar, printing spans/s per tenth",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="whole-path measurements with order-number IDs, each between two ceilings"
+    )
     args = parser.parse_args()
     t0 = time.time() - 3600
     bodies = [build_request(b, t0) for b in range(args.requests)]
@@ -250,22 +284,32 @@ def main() -> None:
             del bodies, uuid_bodies
             long_run = [build_request(b, t0, uuid_ids=True) for b in range(args.sustained)]
             sustained = whole_path(long_run, tmp / "sustained", segments=10)
-    print(f"requests: {args.requests} x {SPANS_PER_REQUEST} spans (OTLP/HTTP protobuf); syncwatch run on one core, "
-          f"each request durable before its answer; ceiling = parse + walk attributes with opentelemetry-proto")
+    print(
+        f"requests: {args.requests} x {SPANS_PER_REQUEST} spans (OTLP/HTTP protobuf); syncwatch run on one core, "
+        f"each request durable before its answer; ceiling = parse + walk attributes with opentelemetry-proto"
+    )
     for i, (through, ceil, before, after) in enumerate(rounds, 1):
-        print(f"  round {i}: ceiling {ceil:9,.0f} spans/s (before {before:,.0f}, after {after:,.0f}), "
-              f"whole path {through:9,.0f} spans/s = {through / ceil:.0%}")
+        print(
+            f"  round {i}: ceiling {ceil:9,.0f} spans/s (before {before:,.0f}, after {after:,.0f}), "
+            f"whole path {through:9,.0f} spans/s = {through / ceil:.0%}"
+        )
     through, ceil, _, _ = sorted(rounds, key=lambda r: r[0] / r[1])[len(rounds) // 2]
-    print(f"whole path, order-number IDs (median round):       {through:12,.0f} spans/s  "
-          f"= {through / ceil:.0%} of its ceiling   [target >= 50,000 and >= 50%]")
-    for label, (through, ceil, _, _) in (("random UUID IDs", uuid_round),
-                                         ("stages split across requests", split_round)):
+    print(
+        f"whole path, order-number IDs (median round):       {through:12,.0f} spans/s  "
+        f"= {through / ceil:.0%} of its ceiling   [target >= 50,000 and >= 50%]"
+    )
+    for label, (through, ceil, _, _) in (
+        ("random UUID IDs", uuid_round),
+        ("stages split across requests", split_round),
+    ):
         print(f"whole path, {label + ':':36s}  {through:12,.0f} spans/s  = {through / ceil:.0%} of its ceiling")
     print(f"RSS per pending transaction at {loaded:,} pending:      {per_pending:12,.0f} bytes   [target <= 1024]")
     print(f"reload {loaded:,} pending after restart:              {reload_s:12.1f} s       [target <= 30]")
     if sustained:
         per_tenth = (args.sustained - 10) * SPANS_PER_REQUEST / 10
-        print(f"sustained, UUID IDs, {args.sustained} requests into one sidecar, spans/s per tenth as the ledger grows:")
+        print(
+            f"sustained, UUID IDs, {args.sustained} requests into one sidecar, spans/s per tenth as the ledger grows:"
+        )
         print("  " + "  ".join(f"{(i + 1) * per_tenth / 1e6:.1f}M: {r:,.0f}" for i, r in enumerate(sustained)))
 
 

@@ -14,7 +14,6 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-
 from syncwatch_instrument import SyncInstrument
 
 
@@ -63,15 +62,17 @@ def main() -> None:
     tp.add_span_processor(BatchSpanProcessor(Discard(), max_queue_size=4 * n))
     lp = LoggerProvider()
     lp.add_log_record_processor(BatchLogRecordProcessor(DiscardLogs(), max_queue_size=4 * n))
-    with_sdk = run(SyncInstrument(flow="orders", source="storefront", destination="erp", tracer_provider=tp,
-                                  logger_provider=lp), n)
+    with_sdk = run(
+        SyncInstrument(flow="orders", source="storefront", destination="erp", tracer_provider=tp, logger_provider=lp), n
+    )
     tp.shutdown()
     lp.shutdown()
-    from opentelemetry.trace import NoOpTracerProvider
     from opentelemetry._logs import NoOpLoggerProvider
+    from opentelemetry.trace import NoOpTracerProvider
 
-    no_sdk = run(SyncInstrument(flow="orders", tracer_provider=NoOpTracerProvider(),
-                                logger_provider=NoOpLoggerProvider()), n)
+    no_sdk = run(
+        SyncInstrument(flow="orders", tracer_provider=NoOpTracerProvider(), logger_provider=NoOpLoggerProvider()), n
+    )
     print(f"syncwatch-instrument, {n} calls each (us per call)")
     print(f"{'call':16s} {'with SDK':>9s} {'no SDK':>9s}")
     for name in with_sdk:

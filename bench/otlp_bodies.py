@@ -25,14 +25,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import aiohttp  # noqa: E402
 import grpc  # noqa: E402
-
 from otlp_raw import post, stage_request  # noqa: E402
 from sidecar import Sidecar  # noqa: E402
 from test_hostile_transport import MIB, HealthWatch, _otlp_json, _peak_rss_mib, _rss_mib  # noqa: E402
 
 
-def concurrent(sc: Sidecar, bodies: list[bytes], content_type: str = "application/x-protobuf",
-               headers: dict | None = None) -> None:
+def concurrent(
+    sc: Sidecar, bodies: list[bytes], content_type: str = "application/x-protobuf", headers: dict | None = None
+) -> None:
     answers: list[int] = []
     lock = threading.Lock()
 
@@ -50,14 +50,20 @@ def concurrent(sc: Sidecar, bodies: list[bytes], content_type: str = "applicatio
         for t in threads:
             t.join()
     counts = {s: answers.count(s) for s in sorted(set(answers))}
-    print(f"  answers {counts}, {time.perf_counter() - started:.2f} s, slowest /healthz {health.worst * 1000:.0f} ms, "
-          f"peak RSS +{_peak_rss_mib(sc) - baseline:.0f} MiB")
+    print(
+        f"  answers {counts}, {time.perf_counter() - started:.2f} s, slowest /healthz {health.worst * 1000:.0f} ms, "
+        f"peak RSS +{_peak_rss_mib(sc) - baseline:.0f} MiB"
+    )
 
 
 def small_throughput(sc: Sidecar, n: int = 3000, workers: int = 8) -> tuple[float, float]:
     t0 = time.time() - 10
-    bodies = [stage_request([{"_start": t0, "http.request.method": "POST", "server.address": "erp"} for _ in range(50)])
-              .SerializeToString() for _ in range(20)]
+    bodies = [
+        stage_request(
+            [{"_start": t0, "http.request.method": "POST", "server.address": "erp"} for _ in range(50)]
+        ).SerializeToString()
+        for _ in range(20)
+    ]
 
     async def http() -> float:
         async with aiohttp.ClientSession() as session:
@@ -66,8 +72,11 @@ def small_throughput(sc: Sidecar, n: int = 3000, workers: int = 8) -> tuple[floa
             async def worker():
                 while todo:
                     i = todo.pop()
-                    async with session.post(sc.otlp_http + "/v1/traces", data=bodies[i % 20],
-                                            headers={"Content-Type": "application/x-protobuf"}) as r:
+                    async with session.post(
+                        sc.otlp_http + "/v1/traces",
+                        data=bodies[i % 20],
+                        headers={"Content-Type": "application/x-protobuf"},
+                    ) as r:
                         assert r.status == 200
                         await r.read()
 
@@ -94,12 +103,23 @@ def small_throughput(sc: Sidecar, n: int = 3000, workers: int = 8) -> tuple[floa
 
 def main() -> None:
     scenarios = [
-        ("16 gzip bombs (8 x 63 MiB, 8 x 65 MiB of zeros)",
-         lambda: ([gzip.compress(b"\x00" * (63 * MIB), 9)] * 8 + [gzip.compress(b"\x00" * (65 * MIB), 9)] * 8,
-                  "application/x-protobuf", {"Content-Encoding": "gzip"})),
+        (
+            "16 gzip bombs (8 x 63 MiB, 8 x 65 MiB of zeros)",
+            lambda: (
+                [gzip.compress(b"\x00" * (63 * MIB), 9)] * 8 + [gzip.compress(b"\x00" * (65 * MIB), 9)] * 8,
+                "application/x-protobuf",
+                {"Content-Encoding": "gzip"},
+            ),
+        ),
         ("one 27 MB OTLP/JSON export", lambda: ([_otlp_json(27_000)], "application/json", None)),
-        ("8 gzip bombs of 62 MiB of empty resource_spans (valid protobuf)",
-         lambda: ([gzip.compress(b"\x0a\x00" * (31 * MIB), 9)] * 8, "application/x-protobuf", {"Content-Encoding": "gzip"})),
+        (
+            "8 gzip bombs of 62 MiB of empty resource_spans (valid protobuf)",
+            lambda: (
+                [gzip.compress(b"\x0a\x00" * (31 * MIB), 9)] * 8,
+                "application/x-protobuf",
+                {"Content-Encoding": "gzip"},
+            ),
+        ),
     ]
     for name, make in scenarios:
         bodies, content_type, headers = make()

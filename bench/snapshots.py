@@ -33,13 +33,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest  # noqa: E402
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue  # noqa: E402
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from exporter.config import Config  # noqa: E402
-from exporter.metrics import Metrics  # noqa: E402
-from exporter.snapshots import SnapshotIntake  # noqa: E402
-from exporter.snapshots.store import Snapshot  # noqa: E402
+from syncwatch.config.models import Config
+from syncwatch.metrics.registry import Metrics
+from syncwatch.snapshots import SnapshotIntake
+from syncwatch.snapshots.store import Snapshot
 
 HOUR = 3600.0
 rnd = random.Random(4)
@@ -59,28 +59,56 @@ def luhn_card() -> str:
 
 
 def line(n: int) -> dict:
-    return {"line_no": n, "sku": f"SKU-{rnd.randrange(10**6):06d}",
-            "name": f"{rnd.choice(PRODUCTS)} {rnd.choice(['Black', 'Navy', 'Red', 'White'])} {rnd.choice('SMLX')}",
-            "quantity": rnd.randint(1, 5), "unit_price": {"amount": f"{rnd.uniform(5, 200):.2f}", "currency": "EUR"},
-            "tax_rate": "0.19", "warehouse": rnd.choice(["WH-BER-01", "WH-HAM-02"]), "discounts": []}
+    return {
+        "line_no": n,
+        "sku": f"SKU-{rnd.randrange(10**6):06d}",
+        "name": f"{rnd.choice(PRODUCTS)} {rnd.choice(['Black', 'Navy', 'Red', 'White'])} {rnd.choice('SMLX')}",
+        "quantity": rnd.randint(1, 5),
+        "unit_price": {"amount": f"{rnd.uniform(5, 200):.2f}", "currency": "EUR"},
+        "tax_rate": "0.19",
+        "warehouse": rnd.choice(["WH-BER-01", "WH-HAM-02"]),
+        "discounts": [],
+    }
 
 
 def order_payload(i: int) -> str:
     """A storefront order as sent to the ERP, compact JSON of about 4 KiB."""
     first, last = rnd.choice(FIRST), rnd.choice(LAST)
     order = {
-        "order_id": f"SO-{i:010d}", "external_id": "".join(rnd.choices(string.hexdigits.lower(), k=32)),
+        "order_id": f"SO-{i:010d}",
+        "external_id": "".join(rnd.choices(string.hexdigits.lower(), k=32)),
         "created_at": f"2026-11-27T12:{rnd.randrange(60):02d}:{rnd.randrange(60):02d}.{rnd.randrange(1000):03d}Z",
-        "channel": "web", "status": "confirmed", "currency": "EUR",
-        "customer": {"id": f"C-{rnd.randrange(10**7)}", "email": f"{first.lower()}.{last.lower()}{rnd.randrange(1000)}@example.com",
-                     "first_name": first, "last_name": last, "phone": f"+49 30 {rnd.randrange(10**7):07d}"},
-        "billing_address": {"street": f"{rnd.choice(LAST)}straße {rnd.randint(1, 200)}", "city": rnd.choice(CITIES),
-                            "postal_code": f"{rnd.randrange(10**5):05d}", "country": "DE"},
-        "shipping_address": {"street": f"{rnd.choice(LAST)}weg {rnd.randint(1, 200)}", "city": rnd.choice(CITIES),
-                             "postal_code": f"{rnd.randrange(10**5):05d}", "country": "DE"},
-        "payment": {"method": "card", "card_number": luhn_card(), "cvv": f"{rnd.randrange(1000):03d}",
-                    "holder": f"{first} {last}", "authorization": "Bearer " + "".join(rnd.choices(string.ascii_letters, k=40))},
-        "lines": [], "notes": "Leave at the door",
+        "channel": "web",
+        "status": "confirmed",
+        "currency": "EUR",
+        "customer": {
+            "id": f"C-{rnd.randrange(10**7)}",
+            "email": f"{first.lower()}.{last.lower()}{rnd.randrange(1000)}@example.com",
+            "first_name": first,
+            "last_name": last,
+            "phone": f"+49 30 {rnd.randrange(10**7):07d}",
+        },
+        "billing_address": {
+            "street": f"{rnd.choice(LAST)}straße {rnd.randint(1, 200)}",
+            "city": rnd.choice(CITIES),
+            "postal_code": f"{rnd.randrange(10**5):05d}",
+            "country": "DE",
+        },
+        "shipping_address": {
+            "street": f"{rnd.choice(LAST)}weg {rnd.randint(1, 200)}",
+            "city": rnd.choice(CITIES),
+            "postal_code": f"{rnd.randrange(10**5):05d}",
+            "country": "DE",
+        },
+        "payment": {
+            "method": "card",
+            "card_number": luhn_card(),
+            "cvv": f"{rnd.randrange(1000):03d}",
+            "holder": f"{first} {last}",
+            "authorization": "Bearer " + "".join(rnd.choices(string.ascii_letters, k=40)),
+        },
+        "lines": [],
+        "notes": "Leave at the door",
     }
     while len(json.dumps(order, separators=(",", ":"), ensure_ascii=False).encode()) < 4096 - 260:
         order["lines"].append(line(len(order["lines"]) + 1))
@@ -96,18 +124,20 @@ def request_of(bodies: list[str], first_corr: int) -> ExportLogsServiceRequest:
         rec.trace_id = rnd.randbytes(16)
         rec.span_id = rnd.randbytes(8)
         rec.time_unix_nano = time.time_ns()
-        rec.attributes.extend([
-            KeyValue(key="syncwatch.correlation_id", value=AnyValue(string_value=f"SO-{first_corr + j:010d}")),
-            KeyValue(key="syncwatch.payload.direction", value=AnyValue(string_value="request")),
-            KeyValue(key="syncwatch.flow", value=AnyValue(string_value="orders")),
-            KeyValue(key="syncwatch.destination", value=AnyValue(string_value="erp")),
-        ])
+        rec.attributes.extend(
+            [
+                KeyValue(key="syncwatch.correlation_id", value=AnyValue(string_value=f"SO-{first_corr + j:010d}")),
+                KeyValue(key="syncwatch.payload.direction", value=AnyValue(string_value="request")),
+                KeyValue(key="syncwatch.flow", value=AnyValue(string_value="orders")),
+                KeyValue(key="syncwatch.destination", value=AnyValue(string_value="erp")),
+            ]
+        )
     return req
 
 
 def percentile(values: list[float], p: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 async def throughput(data_dir: Path, count: int, batch: int) -> None:
@@ -132,10 +162,14 @@ async def throughput(data_dir: Path, count: int, batch: int) -> None:
     dict_id = intake.store.codec._current_id
     await intake.stop()
     avg = raw_total / count
-    print(f"1. stored {count} snapshots of {avg:.0f} B JSON in {elapsed:.2f}s: {count / elapsed:,.0f} snapshots/s "
-          f"({count / cpu:,.0f}/s per CPU-second of the process); dictionary in use: {'yes' if dict_id else 'no'}")
-    print(f"2. stored bytes / raw bytes: {stats.bytes / raw_total:.1%} ({stats.bytes / 1e6:.1f} MB in SQLite pages for "
-          f"{raw_total / 1e6:.1f} MB of payloads, indexes and row headers included)")
+    print(
+        f"1. stored {count} snapshots of {avg:.0f} B JSON in {elapsed:.2f}s: {count / elapsed:,.0f} snapshots/s "
+        f"({count / cpu:,.0f}/s per CPU-second of the process); dictionary in use: {'yes' if dict_id else 'no'}"
+    )
+    print(
+        f"2. stored bytes / raw bytes: {stats.bytes / raw_total:.1%} ({stats.bytes / 1e6:.1f} MB in SQLite pages for "
+        f"{raw_total / 1e6:.1f} MB of payloads, indexes and row headers included)"
+    )
 
 
 async def sweep_latency(data_dir: Path, rows: int) -> None:
@@ -145,9 +179,22 @@ async def sweep_latency(data_dir: Path, rows: int) -> None:
     await intake.start()
     await intake.sweeper.stop()  # no periodic sweep: the one measured below starts on cue
     # Pre-fill `rows` expired snapshots, compressed like real ones, straight into the store.
-    sample = Snapshot(corr="x", direction="request", received=0, time=0, trace_id=b"t" * 16, span_id=b"s" * 8, flow="orders",
-                      destination="erp", content_type="json", size=4096, sha256=b"h" * 32, truncated=False, redactions=4,
-                      body=order_payload(0).encode())
+    sample = Snapshot(
+        corr="x",
+        direction="request",
+        received=0,
+        time=0,
+        trace_id=b"t" * 16,
+        span_id=b"s" * 8,
+        flow="orders",
+        destination="erp",
+        content_type="json",
+        size=4096,
+        sha256=b"h" * 32,
+        truncated=False,
+        redactions=4,
+        body=order_payload(0).encode(),
+    )
     intake.store.codec.compress(sample)
     old = clock_now[0] - 80 * HOUR
     began = time.perf_counter()
@@ -159,8 +206,27 @@ async def sweep_latency(data_dir: Path, rows: int) -> None:
             conn.executemany(
                 "INSERT INTO snapshots(corr, direction, received, time, trace_id, span_id, flow, dest, content_type, size, sha256, "
                 "truncated, redactions, dict_id, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                ((f"SO-{i:010d}", "request", old + i * 1e-3, old, sample.trace_id, sample.span_id, "orders", "erp", "json",
-                  4096, sample.sha256, 0, 4, sample.dict_id, sample.blob) for i in range(start, min(rows, start + 50_000))))
+                (
+                    (
+                        f"SO-{i:010d}",
+                        "request",
+                        old + i * 1e-3,
+                        old,
+                        sample.trace_id,
+                        sample.span_id,
+                        "orders",
+                        "erp",
+                        "json",
+                        4096,
+                        sample.sha256,
+                        0,
+                        4,
+                        sample.dict_id,
+                        sample.blob,
+                    )
+                    for i in range(start, min(rows, start + 50_000))
+                ),
+            )
         conn.execute("COMMIT")
 
     await intake._run(prefill)
@@ -171,7 +237,7 @@ async def sweep_latency(data_dir: Path, rows: int) -> None:
     sweep_began = time.perf_counter()
     n = 0
     while not sweep.done():
-        req = request_of(bodies[n % 190:n % 190 + 10], 10_000_000 + n)
+        req = request_of(bodies[n % 190 : n % 190 + 10], 10_000_000 + n)
         t = time.perf_counter()
         rejected, _ = await intake.export_logs(req)
         latencies.append(time.perf_counter() - t)
@@ -182,8 +248,10 @@ async def sweep_latency(data_dir: Path, rows: int) -> None:
     sweep_s = time.perf_counter() - sweep_began
     await intake.stop()
     ms = [x * 1000 for x in latencies]
-    print(f"   swept {deleted:,} in {sweep_s:.1f}s ({deleted / sweep_s:,.0f}/s) while {len(ms)} intake requests of 10 snapshots ran: "
-          f"latency p50 {percentile(ms, 50):.1f} ms, p99 {percentile(ms, 99):.1f} ms, max {max(ms):.1f} ms")
+    print(
+        f"   swept {deleted:,} in {sweep_s:.1f}s ({deleted / sweep_s:,.0f}/s) while {len(ms)} intake requests of 10 snapshots ran: "
+        f"latency p50 {percentile(ms, 50):.1f} ms, p99 {percentile(ms, 99):.1f} ms, max {max(ms):.1f} ms"
+    )
 
 
 def worst_cases() -> dict[str, str]:
@@ -194,14 +262,29 @@ def worst_cases() -> dict[str, str]:
         return text
 
     cases = {
-        "digits, spaces: 1 1 1": fill("1 "), "digits, dashes": fill("1-"), "digits, dots": fill("1."),
-        "digits, tabs": fill("1\t"), "digits, no-break spaces": fill("1\u00a0"), "digits, %20": fill("1%20"),
-        "digits, +": fill("1+"), "digits, double spaces": fill("1  "), "4-digit groups": fill("4111 "),
-        "12-digit runs": fill("111111111111 x "), "IBAN heads": fill("AA00 "), "lower-case IBAN heads": fill("aa00"),
-        "IBAN groups": fill("DE89 3704 "), "e-mails": fill("a@b.co "), "@s": fill("@"), "encoded @s": fill("%40"),
-        "harmless pairs": fill("a="), "sensitive pairs": fill("pwd="), "unclosed quotes": fill('pwd=\\"x pwd=\\\\"x '),
-        "header lines": fill("Cookie: a=1; "), "XML tags": fill("<password>"),
-        "distinct XML tags": "".join(f"<password{i}>x" for i in range(500))[:4096], "brackets": fill("pwd=["),
+        "digits, spaces: 1 1 1": fill("1 "),
+        "digits, dashes": fill("1-"),
+        "digits, dots": fill("1."),
+        "digits, tabs": fill("1\t"),
+        "digits, no-break spaces": fill("1\u00a0"),
+        "digits, %20": fill("1%20"),
+        "digits, +": fill("1+"),
+        "digits, double spaces": fill("1  "),
+        "4-digit groups": fill("4111 "),
+        "12-digit runs": fill("111111111111 x "),
+        "IBAN heads": fill("AA00 "),
+        "lower-case IBAN heads": fill("aa00"),
+        "IBAN groups": fill("DE89 3704 "),
+        "e-mails": fill("a@b.co "),
+        "@s": fill("@"),
+        "encoded @s": fill("%40"),
+        "harmless pairs": fill("a="),
+        "sensitive pairs": fill("pwd="),
+        "unclosed quotes": fill('pwd=\\"x pwd=\\\\"x '),
+        "header lines": fill("Cookie: a=1; "),
+        "XML tags": fill("<password>"),
+        "distinct XML tags": "".join(f"<password{i}>x" for i in range(500))[:4096],
+        "brackets": fill("pwd=["),
         "brackets, escaped quotes": "pwd=[" + fill('\\"', 4091),
     }
     cases.update({f"in a JSON string: {k}": json.dumps({"a": v}, ensure_ascii=False) for k, v in list(cases.items())})
@@ -212,8 +295,8 @@ def worst_cases() -> dict[str, str]:
 
 
 def worst(rounds: int) -> None:
-    from exporter.snapshots import REDACT_MARGIN
-    from exporter.snapshots.redaction import Redactor
+    from syncwatch.snapshots import REDACT_MARGIN
+    from syncwatch.snapshots.redaction import Redactor
 
     redactor = Redactor(b"bench-key-0123456789abcdef")
     rows = []
@@ -230,13 +313,17 @@ def worst(rounds: int) -> None:
     print(f"4. 4 KiB worst cases ({len(rows)}, {rounds} runs each), slowest first (CPU: this thread's CPU time):")
     for p50, p99, cpu50, name, size in rows[:8]:
         print(f"   {name:45s} {size:5d} B  median {p50:5.2f} ms (CPU {cpu50:5.2f} ms)  p99 {p99:5.2f} ms")
-    print(f"   slowest median {rows[0][0]:.2f} ms, CPU {max(r[2] for r in rows):.2f} ms (target < 10 ms); "
-          f"median of all medians {percentile([r[0] for r in rows], 50):.2f} ms")
+    print(
+        f"   slowest median {rows[0][0]:.2f} ms, CPU {max(r[2] for r in rows):.2f} ms (target < 10 ms); "
+        f"median of all medians {percentile([r[0] for r in rows], 50):.2f} ms"
+    )
     big = json.dumps({"note": "1 " * 64, "lines": [json.loads(order_payload(i)) for i in range(4000)]})
     t = time.perf_counter()
     redactor.redact_head(big.encode(), 1024 * 1024 + REDACT_MARGIN)
     head_ms = (time.perf_counter() - t) * 1000
-    print(f"   a {len(big) / 2**20:.0f} MiB JSON body at the default max_bytes (1 MiB): its head redacted in {head_ms:.0f} ms")
+    print(
+        f"   a {len(big) / 2**20:.0f} MiB JSON body at the default max_bytes (1 MiB): its head redacted in {head_ms:.0f} ms"
+    )
 
 
 def main() -> None:

@@ -6,16 +6,21 @@ import abc
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo
 
-from exporter.durations import Duration
+from syncwatch.config.durations import Duration
+from syncwatch.config.errors import SyncwatchError
 
 # Why a call failed, as exported in syncwatch_collector_errors_total{reason}. `bad_response`: the
 # answer does not have the shape or types the API documents; `too_large`: it is over a size cap.
-REASONS = ("unreachable", "timeout", "unauthorized", "throttled", "not_found", "bad_response", "too_large", "other")
+Reason = Literal[
+    "unreachable", "timeout", "unauthorized", "throttled", "not_found", "bad_response", "too_large", "other"
+]
+REASONS: tuple[Reason, ...] = get_args(Reason)
 
 # Longest queue/namespace label accepted from a broker (Service Bus paths reach ~520 characters).
 MAX_LABEL_CHARS = 1024
@@ -29,7 +34,7 @@ class CollectorSettings(BaseModel):
     type: str
     name: str = Field(min_length=1)
     # Timeout of every single broker call; must stay below sampling.fast_interval.
-    # Default: 5 s, or half of fast_interval when that is shorter (filled in by collectors.config).
+    # Default: 5 s, or half of fast_interval when that is shorter (filled in by syncwatch.collectors.config).
     timeout: Duration = None  # type: ignore[assignment]
 
 
@@ -46,7 +51,7 @@ def check_env_name(value: str | None) -> str | None:
 def secret_from_env(key: str, name: str, info: ValidationInfo) -> SecretStr:
     """The value of environment variable `name`, for the `*_env` key `key`.
 
-    The environment is `environ` from the validation context (collectors.config passes it), else
+    The environment is `environ` from the validation context (syncwatch.collectors.config passes it), else
     os.environ. A missing or empty variable is a validation error naming the key, never the value.
     """
     context = info.context if isinstance(info.context, dict) else {}
@@ -59,12 +64,11 @@ def secret_from_env(key: str, name: str, info: ValidationInfo) -> SecretStr:
     return SecretStr(value)
 
 
-class CollectorError(Exception):
+class CollectorError(SyncwatchError):
     """A broker call failed; `reason` is one of REASONS."""
 
-    def __init__(self, reason: str, message: str):
-        assert reason in REASONS, reason
-        self.reason = reason
+    def __init__(self, reason: Reason, message: str):
+        self.reason: Reason = reason
         self.message = message
         super().__init__(f"{reason}: {message}")
 
@@ -129,18 +133,27 @@ def check_sample(sample: Any) -> None:
         raise CollectorError("bad_response", f"sample() returned {type(sample).__name__}, not a Sample")
     for q in sample.queues:
         if not isinstance(q, QueueDepth) or not (_label_ok(q.namespace) and _label_ok(q.queue)):
-            raise CollectorError("bad_response", "a queue without a usable name or namespace (empty, not a string, "
-                                                 f"or over {MAX_LABEL_CHARS} characters)")
-        if not (_value_ok(q.messages, False) and all(_value_ok(v, True) for v in (
-                q.in_flight, q.delayed, q.oldest_message_age_seconds, q.consumers))):
+            raise CollectorError(
+                "bad_response",
+                "a queue without a usable name or namespace (empty, not a string, "
+                f"or over {MAX_LABEL_CHARS} characters)",
+            )
+        if not (
+            _value_ok(q.messages, False)
+            and all(_value_ok(v, True) for v in (q.in_flight, q.delayed, q.oldest_message_age_seconds, q.consumers))
+        ):
             raise CollectorError("bad_response", f"queue {q.queue[:200]!r}: a count that is not a finite number >= 0")
     for d in sample.dlqs:
         if not isinstance(d, DlqDepth) or not (_label_ok(d.namespace) and _label_ok(d.queue)):
             raise CollectorError("bad_response", "a dead-letter queue without a usable name or namespace")
         if not _value_ok(d.messages, False):
-            raise CollectorError("bad_response", f"dead-letter queue {d.queue[:200]!r}: a count that is not a finite number >= 0")
+            raise CollectorError(
+                "bad_response", f"dead-letter queue {d.queue[:200]!r}: a count that is not a finite number >= 0"
+            )
         if not isinstance(d.source_queues, (set, frozenset)) or not all(_label_ok(s) for s in d.source_queues):
-            raise CollectorError("bad_response", f"dead-letter queue {d.queue[:200]!r}: a source queue without a usable name")
+            raise CollectorError(
+                "bad_response", f"dead-letter queue {d.queue[:200]!r}: a source queue without a usable name"
+            )
 
 
 class Collector(abc.ABC):
@@ -164,7 +177,7 @@ class Collector(abc.ABC):
     async def sample(self) -> Sample:
         """Read every selected queue and DLQ once."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 -- optional hook: nothing to release is a valid default
         """Release connections and threads."""
 
     def describe(self) -> dict[str, Any]:

@@ -7,16 +7,16 @@ its own keys; errors name the key, e.g. `collectors[1].queues` or `sampling.fast
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from exporter.durations import Duration
-from exporter.errors import ConfigError
-
-from .base import CollectorSettings
-from .plugins import PluginError, load_collector_class
+from syncwatch.collectors.base import CollectorSettings
+from syncwatch.collectors.plugins import PluginError, load_collector_class
+from syncwatch.config.durations import Duration
+from syncwatch.config.errors import ConfigError
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_GROUPS = {"weekdays": DAY_NAMES[:5], "weekend": DAY_NAMES[5:], "daily": DAY_NAMES}
@@ -79,7 +79,7 @@ class HighTrafficWindow(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _not_empty(self) -> "HighTrafficWindow":
+    def _not_empty(self) -> HighTrafficWindow:
         if self.start == self.end:
             raise ValueError("start and end are equal: the window would be empty")
         return self
@@ -117,7 +117,7 @@ class SamplingSettings(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _order(self) -> "SamplingSettings":
+    def _order(self) -> SamplingSettings:
         if self.fast_interval > self.interval:
             raise ValueError("fast_interval: must not be longer than interval")
         return self
@@ -139,7 +139,9 @@ def parse_collector(index: int, entry: Any, environ: Mapping[str, str] | None = 
         raise ConfigError(where, "expected a mapping with at least `type` and `name`")
     type_name = entry.get("type")
     if not isinstance(type_name, str) or not type_name:
-        raise ConfigError(f"{where}.type", "missing: the collector type (sqs, servicebus, rabbitmq or a plug-in's name)")
+        raise ConfigError(
+            f"{where}.type", "missing: the collector type (sqs, servicebus, rabbitmq or a plug-in's name)"
+        )
     try:
         cls = load_collector_class(type_name)
     except PluginError as exc:
@@ -151,9 +153,10 @@ def parse_collector(index: int, entry: Any, environ: Mapping[str, str] | None = 
     return cls, settings
 
 
-def validate_collectors_section(collectors: list[dict[str, Any]], sampling: dict[str, Any],
-                                environ: Mapping[str, str] | None = None) -> None:
-    """Validate `collectors:` and `sampling:`; raise exporter.errors.ConfigError naming the key."""
+def validate_collectors_section(
+    collectors: list[dict[str, Any]], sampling: dict[str, Any], environ: Mapping[str, str] | None = None
+) -> None:
+    """Validate `collectors:` and `sampling:`; raise syncwatch.config.errors.ConfigError naming the key."""
     load_collectors_section(collectors, sampling, environ)
 
 
@@ -162,15 +165,28 @@ def load_collectors_section(
 ) -> tuple[list[tuple[type, CollectorSettings]], SamplingSettings]:
     samp = parse_sampling(sampling)
     parsed = [parse_collector(i, entry, environ) for i, entry in enumerate(collectors or [])]
-    parsed = [(cls, settings if settings.timeout is not None else
-               settings.model_copy(update={"timeout": min(5.0, samp.fast_interval / 2)})) for cls, settings in parsed]
+    parsed = [
+        (
+            cls,
+            settings
+            if settings.timeout is not None
+            else settings.model_copy(update={"timeout": min(5.0, samp.fast_interval / 2)}),
+        )
+        for cls, settings in parsed
+    ]
     seen: dict[str, int] = {}
     for i, (_, settings) in enumerate(parsed):
         if settings.name in seen:
-            raise ConfigError(f"collectors[{i}].name", f"{settings.name!r} is already used by collectors[{seen[settings.name]}]: names label the health metrics and must be unique")
+            raise ConfigError(
+                f"collectors[{i}].name",
+                f"{settings.name!r} is already used by collectors[{seen[settings.name]}]: names label the health metrics and must be unique",
+            )
         seen[settings.name] = i
         if settings.timeout >= samp.fast_interval:
-            raise ConfigError(f"collectors[{i}].timeout", f"must be shorter than sampling.fast_interval ({samp.fast_interval:g}s) so a slow broker cannot hold up a cycle")
+            raise ConfigError(
+                f"collectors[{i}].timeout",
+                f"must be shorter than sampling.fast_interval ({samp.fast_interval:g}s) so a slow broker cannot hold up a cycle",
+            )
     return parsed, samp
 
 
@@ -187,7 +203,8 @@ def _config_error(prefix: str, exc: ValidationError) -> ConfigError:
     elif "input" in err and err["type"] != "missing":
         shown = err["input"]
         secret = any(s in loc.lower() for s in ("secret", "password", "connection_string", "key")) or (
-            isinstance(shown, str) and "@" in shown)  # e.g. a URL with user:password in it
+            isinstance(shown, str) and "@" in shown
+        )  # e.g. a URL with user:password in it
         if not isinstance(shown, (dict, list)) and not secret:
             msg = f"{msg} (got {shown!r})"
     more = len(exc.errors()) - 1

@@ -9,21 +9,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from .base import Collector, CollectorError, Sample, check_sample
-from .config import SamplingSettings, load_collectors_section
-from .metrics import CollectorMetrics
-from .sampling import AdaptiveSchedule
+from syncwatch.collectors.base import Collector, CollectorError, Sample, check_sample
+from syncwatch.collectors.config import SamplingSettings, load_collectors_section
+from syncwatch.collectors.metrics import CollectorMetrics
+from syncwatch.collectors.sampling import AdaptiveSchedule
 
 log = logging.getLogger("syncwatch.collectors")
 
 
 class CollectorRunner:
-    def __init__(self, collector: Collector, sampling: SamplingSettings, metrics: CollectorMetrics,
-                 clock: Callable[[], float]):
+    def __init__(
+        self, collector: Collector, sampling: SamplingSettings, metrics: CollectorMetrics, clock: Callable[[], float]
+    ):
         self.collector = collector
         self.metrics = metrics
         self.clock = clock
@@ -57,7 +59,7 @@ class CollectorRunner:
                 raise
         except CollectorError as exc:
             error = exc
-        except asyncio.TimeoutError:
+        except TimeoutError:
             error = CollectorError("timeout", f"sample did not finish within {self.deadline:g}s")
         except Exception as exc:  # a plug-in bug must not kill the loop; it is counted and logged
             log.exception("collector %s: unexpected error", name)
@@ -112,8 +114,13 @@ class CollectorRunner:
 
 
 class CollectorManager:
-    def __init__(self, collectors: list[dict], sampling: dict, registry: CollectorRegistry,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        collectors: list[dict],
+        sampling: dict,
+        registry: CollectorRegistry,
+        clock: Callable[[], float] = time.time,
+    ):
         parsed, self.sampling = load_collectors_section(collectors, sampling)
         self.metrics = CollectorMetrics(registry)
         self.runners = [CollectorRunner(cls(settings), self.sampling, self.metrics, clock) for cls, settings in parsed]
@@ -125,7 +132,7 @@ class CollectorManager:
     async def sample_once(self) -> dict[str, Sample | None]:
         """One pass of every collector, concurrently (used by `collectors test` and tests)."""
         results = await asyncio.gather(*(r.run_once() for r in self.runners))
-        return {r.name: s for r, s in zip(self.runners, results)}
+        return {r.name: s for r, s in zip(self.runners, results, strict=False)}
 
     async def start(self) -> None:
         for r in self.runners:
@@ -143,5 +150,12 @@ class CollectorManager:
                 log.debug("collector %s: close failed", r.name, exc_info=True)
 
     def status(self) -> list[dict[str, Any]]:
-        return [{"name": r.name, "up": r.up, "interval": r.schedule.interval(),
-                 "error": str(r.last_error) if r.last_error else None} for r in self.runners]
+        return [
+            {
+                "name": r.name,
+                "up": r.up,
+                "interval": r.schedule.interval(),
+                "error": str(r.last_error) if r.last_error else None,
+            }
+            for r in self.runners
+        ]

@@ -13,7 +13,7 @@ import threading
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 
-from .base import REASONS, Sample
+from syncwatch.collectors.base import REASONS, Sample
 
 QUEUE_LABELS = ["broker", "namespace", "queue"]
 
@@ -33,12 +33,32 @@ class _QueueSeries:
         return []
 
     def collect(self):
-        depth = GaugeMetricFamily("syncwatch_queue_messages", "Queue depth: visible / ready messages.", labels=QUEUE_LABELS)
-        in_flight = GaugeMetricFamily("syncwatch_queue_messages_in_flight", "Messages received but not yet deleted / acknowledged.", labels=QUEUE_LABELS)
-        delayed = GaugeMetricFamily("syncwatch_queue_messages_delayed", "Delayed / scheduled messages.", labels=QUEUE_LABELS)
-        oldest = GaugeMetricFamily("syncwatch_queue_oldest_message_age_seconds", "Age of the oldest message, where the broker tells.", labels=QUEUE_LABELS)
-        consumers = GaugeMetricFamily("syncwatch_queue_consumers", "Consumers attached to the queue, where the broker tells (0 with a growing depth: nobody is draining it).", labels=QUEUE_LABELS)
-        dlq = GaugeMetricFamily("syncwatch_dlq_messages", "Dead-letter queue depth; source_queue = the queues whose failures land there.", labels=QUEUE_LABELS + ["source_queue"])
+        depth = GaugeMetricFamily(
+            "syncwatch_queue_messages", "Queue depth: visible / ready messages.", labels=QUEUE_LABELS
+        )
+        in_flight = GaugeMetricFamily(
+            "syncwatch_queue_messages_in_flight",
+            "Messages received but not yet deleted / acknowledged.",
+            labels=QUEUE_LABELS,
+        )
+        delayed = GaugeMetricFamily(
+            "syncwatch_queue_messages_delayed", "Delayed / scheduled messages.", labels=QUEUE_LABELS
+        )
+        oldest = GaugeMetricFamily(
+            "syncwatch_queue_oldest_message_age_seconds",
+            "Age of the oldest message, where the broker tells.",
+            labels=QUEUE_LABELS,
+        )
+        consumers = GaugeMetricFamily(
+            "syncwatch_queue_consumers",
+            "Consumers attached to the queue, where the broker tells (0 with a growing depth: nobody is draining it).",
+            labels=QUEUE_LABELS,
+        )
+        dlq = GaugeMetricFamily(
+            "syncwatch_dlq_messages",
+            "Dead-letter queue depth; source_queue = the queues whose failures land there.",
+            labels=QUEUE_LABELS + ["source_queue"],
+        )
         seen: set[tuple[str, ...]] = set()
         with self._lock:
             latest = sorted(self._latest.items())
@@ -73,11 +93,33 @@ class CollectorMetrics:
         registry.register(self.queues)
         c = ("collector",)
         self.up = Gauge("syncwatch_collector_up", "1 when the collector's last sample succeeded.", c, registry=registry)
-        self.errors = Counter("syncwatch_collector_errors", "Failed broker calls and refused answers by reason (unreachable, timeout, unauthorized, throttled, not_found, bad_response, too_large, other).", c + ("reason",), registry=registry)
-        self.sample_duration = Gauge("syncwatch_collector_sample_duration_seconds", "Duration of the collector's last sample.", c, registry=registry)
-        self.interval = Gauge("syncwatch_collector_interval_seconds", "Sampling interval in force (interval or fast_interval).", c, registry=registry)
-        self.last_success = Gauge("syncwatch_collector_last_success_timestamp_seconds", "Unix time of the last successful sample.", c, registry=registry)
-        self.api_calls = Counter("syncwatch_collector_api_calls", "Broker API calls made by the collector.", c, registry=registry)
+        self.errors = Counter(
+            "syncwatch_collector_errors",
+            "Failed broker calls and refused answers by reason (unreachable, timeout, unauthorized, throttled, not_found, bad_response, too_large, other).",
+            c + ("reason",),
+            registry=registry,
+        )
+        self.sample_duration = Gauge(
+            "syncwatch_collector_sample_duration_seconds",
+            "Duration of the collector's last sample.",
+            c,
+            registry=registry,
+        )
+        self.interval = Gauge(
+            "syncwatch_collector_interval_seconds",
+            "Sampling interval in force (interval or fast_interval).",
+            c,
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "syncwatch_collector_last_success_timestamp_seconds",
+            "Unix time of the last successful sample.",
+            c,
+            registry=registry,
+        )
+        self.api_calls = Counter(
+            "syncwatch_collector_api_calls", "Broker API calls made by the collector.", c, registry=registry
+        )
 
     def register_collector(self, name: str, interval: float) -> None:
         # Series exist from the start, so `up == 0` and rate(errors) work before the first failure.

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from .base import Collector
+from syncwatch.collectors.base import Collector
+from syncwatch.config.errors import SyncwatchError
 
 GROUP = "syncwatch.collectors"
 
 
-class PluginError(Exception):
+class PluginError(SyncwatchError):
     pass
 
 
@@ -35,5 +36,7 @@ def load_collector_class(type_name: str) -> type[Collector]:
     except Exception as exc:  # a broken plug-in must be named, not crash with a bare traceback
         raise PluginError(f"collector type {type_name!r}: cannot load {matches[0].value}: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Collector)):
-        raise PluginError(f"collector type {type_name!r}: {matches[0].value} is not a collectors.base.Collector")
+        raise PluginError(
+            f"collector type {type_name!r}: {matches[0].value} is not a syncwatch.collectors.base.Collector"
+        )
     return cls

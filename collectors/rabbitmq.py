@@ -18,23 +18,50 @@ import math
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
-from pydantic import (BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from .base import (Collector, CollectorError, CollectorSettings, DlqDepth, QueueDepth, Sample, check_env_name,
-                   secret_from_env)
-from .selection import Selector
+from syncwatch.collectors.base import (
+    Collector,
+    CollectorError,
+    CollectorSettings,
+    DlqDepth,
+    QueueDepth,
+    Sample,
+    check_env_name,
+    secret_from_env,
+)
+from syncwatch.collectors.selection import Selector
 
-QUEUE_COLUMNS = ",".join((
-    "name", "vhost", "type", "messages_ready", "messages_unacknowledged", "consumers",
-    "head_message_timestamp", "arguments", "effective_policy_definition",
-))
+QUEUE_COLUMNS = ",".join(
+    (
+        "name",
+        "vhost",
+        "type",
+        "messages_ready",
+        "messages_unacknowledged",
+        "consumers",
+        "head_message_timestamp",
+        "arguments",
+        "effective_policy_definition",
+    )
+)
 BINDING_COLUMNS = "source,destination,destination_type,routing_key"
 
 # AMQP carries routing and binding keys as short strings: 255 bytes is what a client can publish or
@@ -82,7 +109,7 @@ class RabbitMQSettings(CollectorSettings):
         return check_env_name(v)
 
     @model_validator(mode="after")
-    def _password_from_env(self, info: ValidationInfo) -> "RabbitMQSettings":
+    def _password_from_env(self, info: ValidationInfo) -> RabbitMQSettings:
         if self.password_env is not None:
             if "password" in self.model_fields_set:
                 raise ValueError("password_env: set either password or password_env, not both")
@@ -95,11 +122,11 @@ class TopicPattern:
     pattern positions reachable after each routing-key word is a bit mask, so a match costs one step per
     key word (O(pattern x key) at worst), never the exponential backtracking `#.#.#...` provokes."""
 
-    __slots__ = ("hash_mask", "advance", "star_mask", "final", "start")
+    __slots__ = ("advance", "final", "hash_mask", "star_mask", "start")
 
     def __init__(self, pattern: str):
         words: list[str] = []
-        for w in (pattern.split(".") if pattern else []):
+        for w in pattern.split(".") if pattern else []:
             if not (w == "#" and words and words[-1] == "#"):  # `#.#` matches exactly what `#` matches
                 words.append(w)
         self.hash_mask = self.star_mask = 0
@@ -121,8 +148,9 @@ class TopicPattern:
     def matches(self, key_words: list[str]) -> bool:
         states = self.start
         for w in key_words:
-            states = self._closure((states & self.hash_mask)
-                                   | ((states & (self.star_mask | self.advance.get(w, 0))) << 1))
+            states = self._closure(
+                (states & self.hash_mask) | ((states & (self.star_mask | self.advance.get(w, 0))) << 1)
+            )
             if not states:
                 return False
         return bool(states & self.final)
@@ -257,6 +285,7 @@ def parse_list(body: bytes, where: str, model: type[M]) -> list[M]:
 
 # --- dead-letter linking -------------------------------------------------------------------------
 
+
 @dataclass
 class _Linker:
     """One sample's dead-letter resolution over each vhost's exchanges and bindings, indexed once:
@@ -295,8 +324,13 @@ class _Linker:
         if len(pattern.encode()) > MAX_TOPIC_KEY_BYTES:
             if (vhost, exchange, pattern) not in self._refused_bindings:
                 self._refused_bindings.add((vhost, exchange, pattern))
-                self.refused.append(CollectorError("too_large", f"{vhost!r}/{exchange!r}: a binding key of "
-                                                   f"{len(pattern.encode())} bytes (over {MAX_TOPIC_KEY_BYTES}) is not matched"))
+                self.refused.append(
+                    CollectorError(
+                        "too_large",
+                        f"{vhost!r}/{exchange!r}: a binding key of "
+                        f"{len(pattern.encode())} bytes (over {MAX_TOPIC_KEY_BYTES}) is not matched",
+                    )
+                )
             return False
         cost = len(key_words) + 1
         if cost > self.steps_left:
@@ -399,13 +433,16 @@ class RabbitMQCollector(Collector):
         """The body of one GET, at most max_response_bytes (decompressed); errors as CollectorError."""
         sample.api_calls += 1
         url = self.settings.url + path
-        where = path.split("?")[0]
+        where = path.split("?", maxsplit=1)[0]
         cap = self.settings.max_response_bytes
         too_large = CollectorError("too_large", f"{where}: the answer is over max_response_bytes ({cap} bytes)")
         try:
             async with self._client().get(url) as resp:
                 if resp.status in (401, 403):
-                    raise CollectorError("unauthorized", f"HTTP {resp.status} from {self.settings.url} (check username/password and the user's monitoring tag)")
+                    raise CollectorError(
+                        "unauthorized",
+                        f"HTTP {resp.status} from {self.settings.url} (check username/password and the user's monitoring tag)",
+                    )
                 if resp.status == 404:
                     raise CollectorError("not_found", f"{where} not found")
                 if resp.status == 429:
@@ -413,7 +450,9 @@ class RabbitMQCollector(Collector):
                 if resp.status >= 400:
                     raise CollectorError("other", f"HTTP {resp.status} from {where}")
                 if resp.content_type != "application/json":
-                    raise CollectorError("bad_response", f"{where}: the answer is not JSON (is {self.settings.url} the management API?)")
+                    raise CollectorError(
+                        "bad_response", f"{where}: the answer is not JSON (is {self.settings.url} the management API?)"
+                    )
                 if resp.content_length is not None and resp.content_length > cap:
                     raise too_large
                 body = bytearray()
@@ -424,14 +463,14 @@ class RabbitMQCollector(Collector):
                 return bytes(body)
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionError) as exc:
             raise CollectorError("unreachable", f"{self.settings.url}: {exc.__class__.__name__}") from None
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             raise CollectorError("timeout", f"{where}: no answer within {self.settings.timeout:g}s") from None
         except aiohttp.ClientError as exc:
             raise CollectorError("unreachable", f"{self.settings.url}: {exc.__class__.__name__}") from None
 
     async def _get_parsed(self, path: str, sample: Sample, parse: Callable[..., T], *args: Any) -> T:
         body = await self._get(path, sample)
-        return await self._offload(parse, body, path.split("?")[0], *args)
+        return await self._offload(parse, body, path.split("?", maxsplit=1)[0], *args)
 
     async def _list_queues(self, base: str, sample: Sample, listed: list[int]) -> list[QueueItem]:
         """All pages of one listing. `listed` is this sample's running count over every listing, so
@@ -447,8 +486,10 @@ class RabbitMQCollector(Collector):
         def take(items: list[QueueItem]) -> list[QueueItem]:
             listed[0] += len(items)
             if listed[0] > s.max_queues:
-                raise CollectorError("too_large", f"more than max_queues ({s.max_queues}) queues listed: "
-                                                  "raise max_queues or narrow `vhosts`")
+                raise CollectorError(
+                    "too_large",
+                    f"more than max_queues ({s.max_queues}) queues listed: raise max_queues or narrow `vhosts`",
+                )
             return items
 
         async def fetch(n: int) -> list[QueueItem]:
@@ -456,8 +497,11 @@ class RabbitMQCollector(Collector):
 
         page_count, first = await self._get_parsed(page(1), sample, parse_queue_page, s.page_size)
         if page_count > max_pages:
-            raise CollectorError("too_large", f"{base} lists {page_count} pages of {s.page_size} queues, over "
-                                              f"max_queues ({s.max_queues}): raise max_queues or narrow `vhosts`")
+            raise CollectorError(
+                "too_large",
+                f"{base} lists {page_count} pages of {s.page_size} queues, over "
+                f"max_queues ({s.max_queues}): raise max_queues or narrow `vhosts`",
+            )
         items = take(first)
         for rest in await _all(fetch(n) for n in range(2, page_count + 1)):
             items.extend(rest)
@@ -469,6 +513,7 @@ class RabbitMQCollector(Collector):
         if self.settings.vhosts is None:
             queues = await self._list_queues("/api/queues", sample, listed)
         else:
+
             async def one(vhost: str) -> list[QueueItem]:
                 try:
                     return await self._list_queues(f"/api/queues/{quote(vhost, safe='')}", sample, listed)
@@ -487,7 +532,7 @@ class RabbitMQCollector(Collector):
         await self._offload(self._finish, plan, routing, sample, time.time())
         return sample
 
-    def _plan(self, queues: list[QueueItem], sample: Sample) -> "_Plan":
+    def _plan(self, queues: list[QueueItem], sample: Sample) -> _Plan:
         plan = _Plan()
         for q in queues:
             plan.by_vhost.setdefault(q.vhost, {})[q.name] = q
@@ -503,8 +548,13 @@ class RabbitMQCollector(Collector):
         plan.dead_letter_vhosts = {vh for (vh, _), (exchange, _) in plan.targets.items() if exchange != ""}
         return plan
 
-    def _finish(self, plan: "_Plan", routing: dict[str, tuple[list[ExchangeItem], list[BindingItem]]],
-                sample: Sample, now: float) -> None:
+    def _finish(
+        self,
+        plan: _Plan,
+        routing: dict[str, tuple[list[ExchangeItem], list[BindingItem]]],
+        sample: Sample,
+        now: float,
+    ) -> None:
         """Link dead-letter queues to their sources and fill the sample (in the collector's thread)."""
         linker = _Linker(routing)
         dlq_sources: dict[tuple[str, str], set[str]] = {}
@@ -517,21 +567,36 @@ class RabbitMQCollector(Collector):
             else:
                 dlqs, problem = linker.resolve(vhost, exchange, key)
             if problem == "key":
-                sample.errors.append(CollectorError("too_large", f"{vhost!r}/{source!r}: dead-letter routing key of "
-                                                    f"{len((key or '').encode())} bytes (over {MAX_TOPIC_KEY_BYTES}) "
-                                                    "is not matched against topic bindings"))
+                sample.errors.append(
+                    CollectorError(
+                        "too_large",
+                        f"{vhost!r}/{source!r}: dead-letter routing key of "
+                        f"{len((key or '').encode())} bytes (over {MAX_TOPIC_KEY_BYTES}) "
+                        "is not matched against topic bindings",
+                    )
+                )
             elif problem == "budget":
                 unresolved += 1
             elif not dlqs:
-                sample.warnings.append(f"{vhost}/{source}: dead-letter exchange {exchange!r} routes to no queue: its dead letters are dropped")
+                sample.warnings.append(
+                    f"{vhost}/{source}: dead-letter exchange {exchange!r} routes to no queue: its dead letters are dropped"
+                )
             for dlq in dlqs:
                 dlq_sources.setdefault((vhost, dlq), set()).add(source)
         sample.errors.extend(linker.refused)
         if unresolved:
-            sample.errors.append(CollectorError("too_large", f"topic matching stopped after {MAX_MATCH_STEPS} steps: "
-                                                f"the dead-letter queues of {unresolved} queue(s) may be missing"))
-        dlq_keys = {k for k, sources in dlq_sources.items()
-                    if k in plan.selected or any((k[0], s) in plan.selected for s in sources)}
+            sample.errors.append(
+                CollectorError(
+                    "too_large",
+                    f"topic matching stopped after {MAX_MATCH_STEPS} steps: "
+                    f"the dead-letter queues of {unresolved} queue(s) may be missing",
+                )
+            )
+        dlq_keys = {
+            k
+            for k, sources in dlq_sources.items()
+            if k in plan.selected or any((k[0], s) in plan.selected for s in sources)
+        }
 
         for vhost, name in sorted(plan.selected | dlq_keys):
             q = plan.by_vhost.get(vhost, {}).get(name)
@@ -546,15 +611,23 @@ class RabbitMQCollector(Collector):
             head = q.head_message_timestamp
             age = max(0.0, now - head) if head is not None and ready > 0 else None
             consumers = float(q.consumers) if q.consumers is not None else None
-            sample.queues.append(QueueDepth(vhost, name, ready, in_flight=unacked, oldest_message_age_seconds=age,
-                                            consumers=consumers))
+            sample.queues.append(
+                QueueDepth(vhost, name, ready, in_flight=unacked, oldest_message_age_seconds=age, consumers=consumers)
+            )
 
-    async def _routing(self, vhosts: set[str], sample: Sample) -> dict[str, tuple[list[ExchangeItem], list[BindingItem]]]:
+    async def _routing(
+        self, vhosts: set[str], sample: Sample
+    ) -> dict[str, tuple[list[ExchangeItem], list[BindingItem]]]:
         """Per vhost: its exchanges (name, type) and all its bindings."""
+
         async def one(vhost: str):
             v = quote(vhost, safe="")
-            exchanges = await self._get_parsed(f"/api/exchanges/{v}?columns=name,type", sample, parse_list, ExchangeItem)
-            bindings = await self._get_parsed(f"/api/bindings/{v}?columns={BINDING_COLUMNS}", sample, parse_list, BindingItem)
+            exchanges = await self._get_parsed(
+                f"/api/exchanges/{v}?columns=name,type", sample, parse_list, ExchangeItem
+            )
+            bindings = await self._get_parsed(
+                f"/api/bindings/{v}?columns={BINDING_COLUMNS}", sample, parse_list, BindingItem
+            )
             return vhost, (exchanges, bindings)
 
         return dict(await _all(one(v) for v in sorted(vhosts)))

@@ -4,10 +4,10 @@ without any of those."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from .base import Sample
-from .config import SamplingSettings
+from syncwatch.collectors.base import Sample
+from syncwatch.collectors.config import SamplingSettings
 
 
 class AdaptiveSchedule:

@@ -14,19 +14,36 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import requests
-from azure.core.exceptions import (ClientAuthenticationError, DecodeError, DeserializationError, HttpResponseError,
-                                   ResourceNotFoundError, ServiceRequestError, ServiceRequestTimeoutError,
-                                   ServiceResponseError, ServiceResponseTimeoutError)
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    DecodeError,
+    DeserializationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceRequestTimeoutError,
+    ServiceResponseError,
+    ServiceResponseTimeoutError,
+)
 from azure.core.pipeline.transport import RequestsTransport
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from .base import (Collector, CollectorError, CollectorSettings, DlqDepth, QueueDepth, Sample, check_env_name,
-                   secret_from_env)
-from .selection import Selector
+from syncwatch.collectors.base import (
+    Collector,
+    CollectorError,
+    CollectorSettings,
+    DlqDepth,
+    QueueDepth,
+    Sample,
+    check_env_name,
+    secret_from_env,
+)
+from syncwatch.collectors.selection import Selector
 
 DLQ_SUFFIX = "/$DeadLetterQueue"
 TRANSFER_DLQ_SUFFIX = "/$Transfer/$DeadLetterQueue"
@@ -63,16 +80,22 @@ class ServiceBusSettings(CollectorSettings):
         return check_env_name(v)
 
     @model_validator(mode="after")
-    def _one_credential(self, info: ValidationInfo) -> "ServiceBusSettings":
+    def _one_credential(self, info: ValidationInfo) -> ServiceBusSettings:
         if self.connection_string_env is not None:
             if self.connection_string is not None:
-                raise ValueError("connection_string_env: set either connection_string or connection_string_env, not both")
+                raise ValueError(
+                    "connection_string_env: set either connection_string or connection_string_env, not both"
+                )
             if self.namespace is not None:
-                raise ValueError("connection_string_env: set either connection_string_env or namespace (with an Azure AD credential)")
+                raise ValueError(
+                    "connection_string_env: set either connection_string_env or namespace (with an Azure AD credential)"
+                )
             self.connection_string = secret_from_env("connection_string_env", self.connection_string_env, info)
         if (self.connection_string is None) == (self.namespace is None):
-            raise ValueError("connection_string: set either connection_string (or connection_string_env) or namespace "
-                             "(with an Azure AD credential)")
+            raise ValueError(
+                "connection_string: set either connection_string (or connection_string_env) or namespace "
+                "(with an Azure AD credential)"
+            )
         if self.client_secret is not None and not (self.tenant_id and self.client_id):
             raise ValueError("client_secret: a service principal needs tenant_id and client_id too")
         return self
@@ -83,18 +106,28 @@ def classify(exc: BaseException) -> CollectorError:
         return exc
     if isinstance(exc, (ServiceRequestTimeoutError, ServiceResponseTimeoutError)):
         return CollectorError("timeout", str(exc).splitlines()[0][:200])
-    if isinstance(exc, ClientAuthenticationError) or (isinstance(exc, HttpResponseError) and exc.status_code in (401, 403)):
+    if isinstance(exc, ClientAuthenticationError) or (
+        isinstance(exc, HttpResponseError) and exc.status_code in (401, 403)
+    ):
         status = getattr(exc, "status_code", None)
         # Azure's detail for a credential without the right: "Manage,EntityRead claims required for this
         # operation" (SAS) or "claim is empty or token is invalid" (Azure AD without a role).
         detail = str(exc)[:4096].lower()  # the SDK appends the answer: <Error><Detail>…
         if "claims required" in detail or "claim is empty" in detail or status == 403:
-            return CollectorError("unauthorized", f"HTTP {status}: the credential lacks the Manage right reading runtime "
-                                                  "properties needs (a Listen/Send key or a Data Receiver role is not enough)")
-        return CollectorError("unauthorized", f"HTTP {status}: the key or token was refused (wrong SharedAccessKey, "
-                                              "expired token, or a credential for another namespace)")
+            return CollectorError(
+                "unauthorized",
+                f"HTTP {status}: the credential lacks the Manage right reading runtime "
+                "properties needs (a Listen/Send key or a Data Receiver role is not enough)",
+            )
+        return CollectorError(
+            "unauthorized",
+            f"HTTP {status}: the key or token was refused (wrong SharedAccessKey, "
+            "expired token, or a credential for another namespace)",
+        )
     if isinstance(exc, (DeserializationError, DecodeError)):
-        return CollectorError("bad_response", f"the answer is not a Service Bus entity description ({type(exc).__name__})")
+        return CollectorError(
+            "bad_response", f"the answer is not a Service Bus entity description ({type(exc).__name__})"
+        )
     if isinstance(exc, ResourceNotFoundError):
         return CollectorError("not_found", str(exc).splitlines()[0][:200])
     if isinstance(exc, HttpResponseError):
@@ -103,7 +136,9 @@ def classify(exc: BaseException) -> CollectorError:
         return CollectorError("other", f"HTTP {exc.status_code}")
     if isinstance(exc, ServiceResponseError):
         text = str(exc).lower()
-        return CollectorError("timeout" if "timed out" in text or "timeout" in text else "unreachable", str(exc).splitlines()[0][:200])
+        return CollectorError(
+            "timeout" if "timed out" in text or "timeout" in text else "unreachable", str(exc).splitlines()[0][:200]
+        )
     if isinstance(exc, ServiceRequestError):
         text = str(exc).lower()
         return CollectorError("timeout" if "timed out" in text else "unreachable", str(exc).splitlines()[0][:200])
@@ -136,7 +171,9 @@ class ServiceBusCollector(Collector):
             ns = _endpoint_of(s.connection_string.get_secret_value())
         auth = "Azure AD"
         if s.connection_string is not None:
-            auth = f"connection string from ${s.connection_string_env}" if s.connection_string_env else "connection string"
+            auth = (
+                f"connection string from ${s.connection_string_env}" if s.connection_string_env else "connection string"
+            )
         return {"type": s.type, "name": s.name, "namespace": ns, "auth": auth}
 
     def _make_client(self) -> Any:
@@ -148,7 +185,9 @@ class ServiceBusCollector(Collector):
             kwargs["connection_verify"] = s.ca_file
         kwargs["transport"] = CappedTransport(**kwargs)
         if s.connection_string is not None:
-            return ServiceBusAdministrationClient.from_connection_string(s.connection_string.get_secret_value(), **kwargs)
+            return ServiceBusAdministrationClient.from_connection_string(
+                s.connection_string.get_secret_value(), **kwargs
+            )
         from azure.identity import ClientSecretCredential, DefaultAzureCredential
 
         if s.client_secret is not None:
@@ -167,6 +206,7 @@ class ServiceBusCollector(Collector):
         if self._sem is None or self._sem_loop is not loop:  # a semaphore belongs to one event loop
             self._sem, self._sem_loop = asyncio.Semaphore(self.settings.concurrency), loop
         async with self._sem:
+
             def run() -> tuple[Any, int]:
                 with self._client_lock:
                     if self._client is None:
@@ -174,9 +214,10 @@ class ServiceBusCollector(Collector):
                 return fn(self._client)
 
             try:
-                result, calls = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._pool, run),
-                                                       self.settings.timeout * 2 + 1)
-            except asyncio.TimeoutError:
+                result, calls = await asyncio.wait_for(
+                    asyncio.get_running_loop().run_in_executor(self._pool, run), self.settings.timeout * 2 + 1
+                )
+            except TimeoutError:
                 sample.api_calls += 1
                 raise CollectorError("timeout", f"no answer within {self.settings.timeout:g}s") from None
             except Exception as exc:
@@ -194,8 +235,11 @@ class ServiceBusCollector(Collector):
             pages += 1
             items.extend(check_entity(p, kind) for p in page)
             if len(items) > cap or pages > max_pages:
-                raise CollectorError("too_large", f"listing {kind}s: more than max_queues ({cap}) entities or "
-                                                  f"{max_pages} pages: raise max_queues or select by name")
+                raise CollectorError(
+                    "too_large",
+                    f"listing {kind}s: more than max_queues ({cap}) entities or "
+                    f"{max_pages} pages: raise max_queues or select by name",
+                )
         return items, max(pages, 1)
 
     async def close(self) -> None:
@@ -209,9 +253,12 @@ class ServiceBusCollector(Collector):
                 listed = await self._call(sample, lambda c: self._paged(c.list_queues_runtime_properties(), "queue"))
                 queues = [q for q in listed if self.queue_selector.matches(q.name)]
             else:
+
                 async def one(name: str):
                     try:
-                        return await self._call(sample, lambda c: (check_entity(c.get_queue_runtime_properties(name), "queue"), 1))
+                        return await self._call(
+                            sample, lambda c: (check_entity(c.get_queue_runtime_properties(name), "queue"), 1)
+                        )
                     except CollectorError as exc:
                         if exc.reason in ("bad_response", "too_large"):  # this queue's answer only
                             sample.errors.append(exc)
@@ -221,7 +268,9 @@ class ServiceBusCollector(Collector):
                         sample.errors.append(CollectorError("not_found", f"queue {name!r} not found"))
                         return None
 
-                queues = [q for q in await asyncio.gather(*(one(n) for n in self.queue_selector.names)) if q is not None]
+                queues = [
+                    q for q in await asyncio.gather(*(one(n) for n in self.queue_selector.names)) if q is not None
+                ]
                 odd = [e for e in sample.errors if e.reason != "not_found"]
                 if not queues and odd:  # every named queue answered oddly: the collector's failure
                     raise odd[0]
@@ -233,21 +282,33 @@ class ServiceBusCollector(Collector):
         if self.settings.subscriptions:
             topics = await self._call(sample, lambda c: self._paged(c.list_topics(), "topic"))
             wanted = [t.name for t in topics if self.topic_selector.matches(t.name)]
-            lists = await asyncio.gather(*(
-                self._call(sample, lambda c, t=t: self._paged(c.list_subscriptions_runtime_properties(t), "subscription"))
-                for t in wanted))
-            for topic, subs in zip(wanted, lists):
+            lists = await asyncio.gather(
+                *(
+                    self._call(
+                        sample, lambda c, t=t: self._paged(c.list_subscriptions_runtime_properties(t), "subscription")
+                    )
+                    for t in wanted
+                )
+            )
+            for topic, subs in zip(wanted, lists, strict=False):
                 subscriptions.extend((topic, s) for s in subs if self.sub_selector.matches(f"{topic}/{s.name}"))
 
         ns = self.namespace
         entities = [(q.name, q, q.scheduled_message_count) for q in queues]
         entities += [(f"{t}/Subscriptions/{s.name}", s, None) for t, s in subscriptions]
         for path, props, scheduled in entities:
-            sample.queues.append(QueueDepth(ns, path, float(props.active_message_count or 0),
-                                            delayed=None if scheduled is None else float(scheduled)))
+            sample.queues.append(
+                QueueDepth(
+                    ns,
+                    path,
+                    float(props.active_message_count or 0),
+                    delayed=None if scheduled is None else float(scheduled),
+                )
+            )
             sample.dlqs.append(DlqDepth(ns, path + DLQ_SUFFIX, float(props.dead_letter_message_count or 0), {path}))
-            sample.dlqs.append(DlqDepth(ns, path + TRANSFER_DLQ_SUFFIX,
-                                        float(props.transfer_dead_letter_message_count or 0), {path}))
+            sample.dlqs.append(
+                DlqDepth(ns, path + TRANSFER_DLQ_SUFFIX, float(props.transfer_dead_letter_message_count or 0), {path})
+            )
         return sample
 
 
@@ -285,9 +346,15 @@ def check_entity(props: Any, kind: str) -> Any:
     name = getattr(props, "name", None)
     if not isinstance(name, str) or not name or "/" in name:
         raise CollectorError("bad_response", f"a {kind} without a usable name")
-    fields = {"queue": ["active_message_count", "dead_letter_message_count", "transfer_dead_letter_message_count",
-                        "scheduled_message_count"],
-              "subscription": ["active_message_count", "dead_letter_message_count", "transfer_dead_letter_message_count"]}
+    fields = {
+        "queue": [
+            "active_message_count",
+            "dead_letter_message_count",
+            "transfer_dead_letter_message_count",
+            "scheduled_message_count",
+        ],
+        "subscription": ["active_message_count", "dead_letter_message_count", "transfer_dead_letter_message_count"],
+    }
     for f in fields.get(kind, []):
         _count(getattr(props, f, None), f"{kind} {name[:200]!r}: {f}")
     return props

@@ -15,33 +15,61 @@ import json
 import math
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import boto3
 from botocore.config import Config as BotoConfig
 from botocore.credentials import RefreshableCredentials
-from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError, ConnectTimeoutError,
-                                 EndpointConnectionError, NoCredentialsError, NoRegionError,
-                                 PartialCredentialsError, ProfileNotFound, ReadTimeoutError)
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    ReadTimeoutError,
+)
 from botocore.session import get_session
 from pydantic import Field
 
-from exporter.durations import Duration
+from syncwatch.collectors.base import Collector, CollectorError, CollectorSettings, DlqDepth, QueueDepth, Sample
+from syncwatch.collectors.selection import Selector, literal_prefix
+from syncwatch.config.durations import Duration
 
-from .base import Collector, CollectorError, CollectorSettings, DlqDepth, QueueDepth, Sample
-from .selection import Selector, literal_prefix
-
-ATTRIBUTES = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-              "ApproximateNumberOfMessagesDelayed", "RedrivePolicy", "QueueArn"]
+ATTRIBUTES = [
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+    "RedrivePolicy",
+    "QueueArn",
+]
 NOT_FOUND = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NonExistentQueue"}
-THROTTLED = {"Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequestsException",
-             "RequestLimitExceeded", "KmsThrottled"}
+THROTTLED = {
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "KmsThrottled",
+}
 # Largest answer botocore is let parse (ListQueues of 1,000 URLs is ~100 KB).
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
-UNAUTHORIZED = {"AccessDenied", "AccessDeniedException", "InvalidClientTokenId", "SignatureDoesNotMatch",
-                "UnrecognizedClientException", "ExpiredToken", "InvalidSecurity", "MissingAuthenticationToken"}
+UNAUTHORIZED = {
+    "AccessDenied",
+    "AccessDeniedException",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+    "ExpiredToken",
+    "InvalidSecurity",
+    "MissingAuthenticationToken",
+}
 
 
 class SqsSettings(CollectorSettings):
@@ -96,6 +124,7 @@ def _queue_name(url_or_arn: str) -> str:
 
 
 # --- answers, type-checked in the collector's thread ---------------------------------------------
+
 
 def _bad(op: str, what: str) -> CollectorError:
     return CollectorError("bad_response", f"{op}: {what}")
@@ -157,6 +186,7 @@ def check_attributes(answer: Any) -> QueueAttributes:
 
 def check_urls(key: str, op: str) -> Callable[[Any], tuple[list[str], str | None]]:
     """A check for one page of a listing: (its URLs, the NextToken or None)."""
+
     def check(answer: Any) -> tuple[list[str], str | None]:
         urls = answer.get(key, []) if isinstance(answer, dict) else None
         if not isinstance(urls, list) or not all(isinstance(u, str) and "/" in u for u in urls):
@@ -165,6 +195,7 @@ def check_urls(key: str, op: str) -> Callable[[Any], tuple[list[str], str | None
         if token is not None and not isinstance(token, str):
             raise _bad(op, "NextToken is not a string")
         return urls, token or None
+
     return check
 
 
@@ -204,8 +235,14 @@ class SqsCollector(Collector):
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
-        return {"type": s.type, "name": s.name, "region": s.region or "(default chain)", "profile": s.profile,
-                "role_arn": s.role_arn, "endpoint_url": s.endpoint_url}
+        return {
+            "type": s.type,
+            "name": s.name,
+            "region": s.region or "(default chain)",
+            "profile": s.profile,
+            "role_arn": s.role_arn,
+            "endpoint_url": s.endpoint_url,
+        }
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -213,8 +250,13 @@ class SqsCollector(Collector):
         s = self.settings
         # No botocore retries: the next cycle is the retry. No client-side parameter validation: the
         # parameters are built here, and skipping it saves ~25% of the per-call CPU at 1,000 queues.
-        cfg = BotoConfig(connect_timeout=s.timeout, read_timeout=s.timeout, max_pool_connections=s.concurrency,
-                         retries={"max_attempts": 1, "mode": "standard"}, parameter_validation=False)
+        cfg = BotoConfig(
+            connect_timeout=s.timeout,
+            read_timeout=s.timeout,
+            max_pool_connections=s.concurrency,
+            retries={"max_attempts": 1, "mode": "standard"},
+            parameter_validation=False,
+        )
         session = boto3.session.Session(profile_name=s.profile, region_name=s.region)
         if s.role_arn:
             sts = session.client("sts", endpoint_url=s.sts_endpoint_url, config=cfg)
@@ -224,15 +266,20 @@ class SqsCollector(Collector):
                 if s.external_id:
                     kwargs["ExternalId"] = s.external_id
                 c = sts.assume_role(**kwargs)["Credentials"]
-                return {"access_key": c["AccessKeyId"], "secret_key": c["SecretAccessKey"],
-                        "token": c["SessionToken"], "expiry_time": c["Expiration"].isoformat()}
+                return {
+                    "access_key": c["AccessKeyId"],
+                    "secret_key": c["SecretAccessKey"],
+                    "token": c["SessionToken"],
+                    "expiry_time": c["Expiration"].isoformat(),
+                }
 
             # Refreshable: botocore assumes the role again shortly before the credentials expire.
             creds = RefreshableCredentials.create_from_metadata(assume(), assume, "assume-role")
             botocore_session = get_session()
             botocore_session._credentials = creds
-            session = boto3.session.Session(botocore_session=botocore_session,
-                                            region_name=s.region or session.region_name)
+            session = boto3.session.Session(
+                botocore_session=botocore_session, region_name=s.region or session.region_name
+            )
         client = session.client("sqs", endpoint_url=s.endpoint_url, config=cfg)
         client.meta.events.register("before-parse.sqs", _refuse_large_answers)
         return client
@@ -256,7 +303,7 @@ class SqsCollector(Collector):
             try:
                 # botocore's own timeouts end the thread's call; this guard bounds the wait for it.
                 return await asyncio.wait_for(loop.run_in_executor(self._pool, run), self.settings.timeout + 1)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise CollectorError("timeout", f"{op}: no answer within {self.settings.timeout:g}s") from None
             except Exception as exc:
                 raise classify(exc) from None
@@ -281,8 +328,11 @@ class SqsCollector(Collector):
             if token is None:
                 return urls
             kwargs["NextToken"] = token
-        raise CollectorError("too_large", f"{op}: more than max_queues ({s.max_queues}) queues, or more than "
-                                          f"{max_pages} pages: raise max_queues or select by a longer prefix")
+        raise CollectorError(
+            "too_large",
+            f"{op}: more than max_queues ({s.max_queues}) queues, or more than "
+            f"{max_pages} pages: raise max_queues or select by a longer prefix",
+        )
 
     async def _list_queues(self, sample: Sample, prefix: str) -> list[str]:
         kwargs: dict[str, Any] = {"MaxResults": self.settings.list_page_size}
@@ -314,15 +364,19 @@ class SqsCollector(Collector):
 
     async def _sources_of(self, sample: Sample, url: str) -> set[str]:
         kwargs: dict[str, Any] = {"QueueUrl": url, "MaxResults": self.settings.list_page_size}
-        return {_queue_name(u) for u in await self._paginate(sample, "list_dead_letter_source_queues", "ListDeadLetterSourceQueues",
-                                                             "queueUrls", kwargs)}
+        return {
+            _queue_name(u)
+            for u in await self._paginate(
+                sample, "list_dead_letter_source_queues", "ListDeadLetterSourceQueues", "queueUrls", kwargs
+            )
+        }
 
     async def _discover(self, sample: Sample) -> None:
         self._urls = await self._resolve(sample, self.selector)
         self._dlq_urls = await self._resolve(sample, self.dlq_selector) if self.settings.dead_letter_queues else {}
         names = sorted(self._dlq_urls)
         sources = await asyncio.gather(*(self._sources_of(sample, self._dlq_urls[n]) for n in names))
-        self._dlq_sources = dict(zip(names, sources))
+        self._dlq_sources = dict(zip(names, sources, strict=False))
         self._discovered_at = time.monotonic()
 
     # --- sampling -----------------------------------------------------------------------------
@@ -334,8 +388,9 @@ class SqsCollector(Collector):
 
         async def one(url: str):
             try:
-                return url, await self._call(sample, "get_queue_attributes", check_attributes, QueueUrl=url,
-                                             AttributeNames=ATTRIBUTES)
+                return url, await self._call(
+                    sample, "get_queue_attributes", check_attributes, QueueUrl=url, AttributeNames=ATTRIBUTES
+                )
             except CollectorError as exc:
                 if exc.reason == "bad_response":
                     exc = CollectorError("bad_response", f"queue {_queue_name(url)[:200]!r}: {exc.message}")
@@ -372,12 +427,17 @@ class SqsCollector(Collector):
             if arn not in self._arn_urls:
                 _, account, name = _split_arn(arn)  # checked when its RedrivePolicy was read
                 try:
-                    self._arn_urls[arn] = await self._call(sample, "get_queue_url", check_url, QueueName=name,
-                                                           QueueOwnerAWSAccountId=account)
+                    self._arn_urls[arn] = await self._call(
+                        sample, "get_queue_url", check_url, QueueName=name, QueueOwnerAWSAccountId=account
+                    )
                 except CollectorError as exc:
                     if exc.reason != "not_found":
                         raise
-                    sample.errors.append(CollectorError("not_found", f"dead-letter queue {name[:200]!r} of a redrive policy does not exist"))
+                    sample.errors.append(
+                        CollectorError(
+                            "not_found", f"dead-letter queue {name[:200]!r} of a redrive policy does not exist"
+                        )
+                    )
         attrs.update(await self._attributes(sample, [self._arn_urls[a] for a in missing if a in self._arn_urls]))
 
         dlq_sources: dict[str, set[str]] = {}  # DLQ ARN -> source queue names

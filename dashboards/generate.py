@@ -50,6 +50,7 @@ class Q:
 @dataclass
 class P:
     """One panel: kind is `timeseries` or `stat`."""
+
     title: str
     description: str
     queries: list[Q]
@@ -70,28 +71,50 @@ def _ref(i: int) -> str:
 
 def _panel(p: P):
     if p.kind == "stat":
-        b = (statb.Panel()
-             .graph_mode(cm.BigValueGraphMode.AREA)
-             .color_mode(cm.BigValueColorMode.BACKGROUND)
-             .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False)))
+        b = (
+            statb.Panel()
+            .graph_mode(cm.BigValueGraphMode.AREA)
+            .color_mode(cm.BigValueColorMode.BACKGROUND)
+            .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        )
     else:
-        b = (tsb.Panel()
-             .line_width(1).fill_opacity(10)
-             .legend(cb.VizLegendOptions().display_mode(cm.LegendDisplayMode.TABLE)
-                     .placement(cm.LegendPlacement.BOTTOM).show_legend(True).calcs(["lastNotNull", "max"])))
+        b = (
+            tsb.Panel()
+            .line_width(1)
+            .fill_opacity(10)
+            .legend(
+                cb.VizLegendOptions()
+                .display_mode(cm.LegendDisplayMode.TABLE)
+                .placement(cm.LegendPlacement.BOTTOM)
+                .show_legend(True)
+                .calcs(["lastNotNull", "max"])
+            )
+        )
         if p.threshold_style:
             b = b.thresholds_style(cb.GraphThresholdsStyleConfig().mode(cm.GraphThresholdsStyleMode(p.threshold_style)))
         for ref in p.reference_refs:
-            b = b.override_by_query(ref, [
-                dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": "red"}),
-                dm.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
-                dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0),
-                dm.DynamicConfigValue(id_val="custom.lineWidth", value=2),
-            ])
-    b = (b.title(p.title).description(" ".join(p.description.split())).datasource(DS)
-         .unit(p.unit).span(p.width).height(8)
-         .thresholds(db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE)
-                     .steps([dm.Threshold(value=v, color=c) for v, c in p.thresholds])))
+            b = b.override_by_query(
+                ref,
+                [
+                    dm.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": "red"}),
+                    dm.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
+                    dm.DynamicConfigValue(id_val="custom.fillOpacity", value=0),
+                    dm.DynamicConfigValue(id_val="custom.lineWidth", value=2),
+                ],
+            )
+    b = (
+        b.title(p.title)
+        .description(" ".join(p.description.split()))
+        .datasource(DS)
+        .unit(p.unit)
+        .span(p.width)
+        .height(8)
+        .thresholds(
+            db.ThresholdsConfig()
+            .mode(dm.ThresholdsMode.ABSOLUTE)
+            .steps([dm.Threshold(value=v, color=c) for v, c in p.thresholds])
+        )
+    )
     if p.min is not None:
         b = b.min(p.min)
     for i, q in enumerate(p.queries):
@@ -104,30 +127,56 @@ def _panel(p: P):
 
 
 def _var(name: str, label: str, query: str, description: str):
-    return (db.QueryVariable(name).label(label).description(description).datasource(DS).query(query)
-            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(dm.VariableSort.ALPHABETICAL_ASC)
-            .multi(True).include_all(True).all_value(".*")
-            .current(dm.VariableOption(selected=True, text="All", value="$__all")))
+    return (
+        db.QueryVariable(name)
+        .label(label)
+        .description(description)
+        .datasource(DS)
+        .query(query)
+        .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .current(dm.VariableOption(selected=True, text="All", value="$__all"))
+    )
 
 
 def _datasource_var():
-    return (db.DatasourceVariable("datasource").label("Data source").type("prometheus")
-            .description("The Prometheus that scrapes syncwatch."))
+    return (
+        db.DatasourceVariable("datasource")
+        .label("Data source")
+        .type("prometheus")
+        .description("The Prometheus that scrapes syncwatch.")
+    )
 
 
 def _job_var():
-    return _var("job", "Job", "label_values(syncwatch_build_info, job)",
-                "Prometheus job of the syncwatch sidecar(s).")
+    return _var("job", "Job", "label_values(syncwatch_build_info, job)", "Prometheus job of the syncwatch sidecar(s).")
 
 
 def _dashboard(uid: str, title: str, description: str, variables: list, rows: list[tuple[str, list[P]]]):
-    d = (db.Dashboard(title).uid(uid).description(description).tags(["syncwatch"])
-         .editable().tooltip(dm.DashboardCursorSync.CROSSHAIR).refresh("30s").time("now-6h", "now")
-         .timezone("browser"))
+    d = (
+        db.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(["syncwatch"])
+        .editable()
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .refresh("30s")
+        .time("now-6h", "now")
+        .timezone("browser")
+    )
     for v in variables:
         d = d.with_variable(v)
-    d = d.link(db.DashboardLink("syncwatch dashboards").type(dm.DashboardLinkType.DASHBOARDS)
-               .tags(["syncwatch"]).as_dropdown(True).include_vars(True).keep_time(True))
+    d = d.link(
+        db.DashboardLink("syncwatch dashboards")
+        .type(dm.DashboardLinkType.DASHBOARDS)
+        .tags(["syncwatch"])
+        .as_dropdown(True)
+        .include_vars(True)
+        .keep_time(True)
+    )
     next_id = 1  # stable ids, in layout order
     for title_, panels in rows:
         d = d.with_row(db.Row(title_).id(next_id))
@@ -146,271 +195,575 @@ def erp_health():
     lag_p95 = _hq(0.95, "syncwatch_sync_lag_seconds", "flow, destination", FLOW)
     deadline = f"max by (flow) (syncwatch_flow_deadline_seconds{{{FLOW}}})"
     rows = [
-        ("Silent loss: sent and never confirmed, applied twice", [
-            P("Overdue transactions",
-              """Records sent and not confirmed within their flow's deadline, now. Anything above 0
+        (
+            "Silent loss: sent and never confirmed, applied twice",
+            [
+                P(
+                    "Overdue transactions",
+                    """Records sent and not confirmed within their flow's deadline, now. Anything above 0
               is a record the destination may never have received (SyncwatchTransactionsOverdue pages).
               Next: the 'Overdue by flow' panel, then GET /api/v1/transactions?state=overdue&flow=...""",
-              [Q(f"sum(syncwatch_transactions_overdue{{{FLOW}}}) or vector(0)")], kind="stat", width=4,
-              thresholds=[(None, "green"), (1, "red")]),
-            P("Overdue by flow",
-              """Open transactions past the deadline, per flow and destination. A line that keeps
+                    [Q(f"sum(syncwatch_transactions_overdue{{{FLOW}}}) or vector(0)")],
+                    kind="stat",
+                    width=4,
+                    thresholds=[(None, "green"), (1, "red")],
+                ),
+                P(
+                    "Overdue by flow",
+                    """Open transactions past the deadline, per flow and destination. A line that keeps
               rising means confirmations stopped for that route: check its queue and DLQ rows and
               open a few with GET /api/v1/transactions/{correlation_id}.""",
-              [Q(f"sum by (flow, source, destination) (syncwatch_transactions_overdue{{{FLOW}}})",
-                 "{{flow}} {{source}} → {{destination}}")],
-              width=10, thresholds=[(None, "green"), (1, "red")], threshold_style="line"),
-            P("Pending (open, within deadline or not)",
-              """Transactions waiting for their confirmation. Normal: a small number that follows
+                    [
+                        Q(
+                            f"sum by (flow, source, destination) (syncwatch_transactions_overdue{{{FLOW}}})",
+                            "{{flow}} {{source}} → {{destination}}",
+                        )
+                    ],
+                    width=10,
+                    thresholds=[(None, "green"), (1, "red")],
+                    threshold_style="line",
+                ),
+                P(
+                    "Pending (open, within deadline or not)",
+                    """Transactions waiting for their confirmation. Normal: a small number that follows
               traffic. Bad: growing while traffic is flat — confirmations are late or lost; compare
               with 'Overdue by flow' and the sync lag row.""",
-              [Q(f"sum by (flow, destination) (syncwatch_transactions_pending{{{FLOW}}})",
-                 "{{flow}} → {{destination}}")], width=10),
-            P("Duplicate applies",
-              """Operations confirmed a second time with an idempotency key already applied (stock
+                    [
+                        Q(
+                            f"sum by (flow, destination) (syncwatch_transactions_pending{{{FLOW}}})",
+                            "{{flow}} → {{destination}}",
+                        )
+                    ],
+                    width=10,
+                ),
+                P(
+                    "Duplicate applies",
+                    """Operations confirmed a second time with an idempotency key already applied (stock
               adjusted twice, duplicate orders). Anything above 0 is bad: check whether a retry after
               a timeout re-sent it, and whether the destination honours idempotency keys.""",
-              [Q(f"sum by (flow, destination) (increase(syncwatch_duplicate_applies_total{{{FLOW}}}[$__rate_interval]))",
-                 "{{flow}} → {{destination}}")],
-              width=12, thresholds=[(None, "green"), (1, "red")], threshold_style="line"),
-            P("Outcomes",
-              """Finished transactions per second by outcome. `failed` means the integration gave up
+                    [
+                        Q(
+                            f"sum by (flow, destination) (increase(syncwatch_duplicate_applies_total{{{FLOW}}}[$__rate_interval]))",
+                            "{{flow}} → {{destination}}",
+                        )
+                    ],
+                    width=12,
+                    thresholds=[(None, "green"), (1, "red")],
+                    threshold_style="line",
+                ),
+                P(
+                    "Outcomes",
+                    """Finished transactions per second by outcome. `failed` means the integration gave up
               (retries exhausted, dead-lettered); `expired` means never confirmed at all. Both should
               be 0: open them with GET /api/v1/transactions?state=failed.""",
-              [Q(f"sum by (flow, outcome) (rate(syncwatch_transactions_total{{{FLOW}}}[$__rate_interval]))",
-                 "{{flow}} {{outcome}}")], unit="ops", width=12),
-        ]),
-        ("1. Correlation coverage", [
-            P("Spans carrying a correlation ID",
-              """Share of received spans that carry a correlation ID. Below 95% the uncorrelated part
+                    [
+                        Q(
+                            f"sum by (flow, outcome) (rate(syncwatch_transactions_total{{{FLOW}}}[$__rate_interval]))",
+                            "{{flow}} {{outcome}}",
+                        )
+                    ],
+                    unit="ops",
+                    width=12,
+                ),
+            ],
+        ),
+        (
+            "1. Correlation coverage",
+            [
+                P(
+                    "Spans carrying a correlation ID",
+                    """Share of received spans that carry a correlation ID. Below 95% the uncorrelated part
               of the traffic cannot be followed from source to destination, so losses there go
               unseen. Next: find the emitter without `messaging.message.conversation_id` or add its
               attribute name to correlation.keys.""",
-              [Q(f'sum(rate(syncwatch_spans_total{{{JOB}, result="correlated"}}[$__rate_interval])) / sum(rate(syncwatch_spans_total{{{JOB}}}[$__rate_interval]))',
-                 "correlated")],
-              unit="percentunit", width=12, thresholds=[(None, "red"), (0.95, "green")],
-              threshold_style="line+area", min=None),
-            P("Spans by correlation result",
-              """Spans per second: correlated, uncorrelated (no correlation ID) and rejected
+                    [
+                        Q(
+                            f'sum(rate(syncwatch_spans_total{{{JOB}, result="correlated"}}[$__rate_interval])) / sum(rate(syncwatch_spans_total{{{JOB}}}[$__rate_interval]))',
+                            "correlated",
+                        )
+                    ],
+                    unit="percentunit",
+                    width=12,
+                    thresholds=[(None, "red"), (0.95, "green")],
+                    threshold_style="line+area",
+                    min=None,
+                ),
+                P(
+                    "Spans by correlation result",
+                    """Spans per second: correlated, uncorrelated (no correlation ID) and rejected
               (malformed; also counted as dropped). Rejected above 0 means an emitter sends bad
               data: see the syncwatch health dashboard.""",
-              [Q(f"sum by (result) (rate(syncwatch_spans_total{{{JOB}}}[$__rate_interval]))", "{{result}}")],
-              unit="ops", width=12),
-        ]),
-        ("2. Queue depth", [
-            P("Queue depth",
-              """Visible / ready messages per queue, sampled every 60s (10s in high traffic). A
+                    [Q(f"sum by (result) (rate(syncwatch_spans_total{{{JOB}}}[$__rate_interval]))", "{{result}}")],
+                    unit="ops",
+                    width=12,
+                ),
+            ],
+        ),
+        (
+            "2. Queue depth",
+            [
+                P(
+                    "Queue depth",
+                    """Visible / ready messages per queue, sampled every 60s (10s in high traffic). A
               depth that rises and does not come back down within 5 minutes is a bottleneck
               (SyncwatchQueueNotDraining): check consumers and the retry row.""",
-              [Q(f"syncwatch_queue_messages{{{QUEUE}}}", "{{broker}} {{namespace}} {{queue}}")], width=12),
-            P("In flight and delayed",
-              """In flight: received but not yet acknowledged; stuck at the consumer's prefetch limit
+                    [Q(f"syncwatch_queue_messages{{{QUEUE}}}", "{{broker}} {{namespace}} {{queue}}")],
+                    width=12,
+                ),
+                P(
+                    "In flight and delayed",
+                    """In flight: received but not yet acknowledged; stuck at the consumer's prefetch limit
               means the consumer hangs on slow destination calls. Delayed: scheduled for later
               (often retries with a delay).""",
-              [Q(f"syncwatch_queue_messages_in_flight{{{QUEUE}}}", "in flight {{queue}}"),
-               Q(f"syncwatch_queue_messages_delayed{{{QUEUE}}}", "delayed {{queue}}")], width=12),
-            P("Oldest message age",
-              """Age of the oldest message, where the broker reports it. Above the flow's deadline
+                    [
+                        Q(f"syncwatch_queue_messages_in_flight{{{QUEUE}}}", "in flight {{queue}}"),
+                        Q(f"syncwatch_queue_messages_delayed{{{QUEUE}}}", "delayed {{queue}}"),
+                    ],
+                    width=12,
+                ),
+                P(
+                    "Oldest message age",
+                    """Age of the oldest message, where the broker reports it. Above the flow's deadline
               means records will be overdue even if they are eventually processed.""",
-              [Q(f"syncwatch_queue_oldest_message_age_seconds{{{QUEUE}}}", "{{queue}}")], unit="s", width=12),
-            P("Sampling interval in force",
-              """Seconds between queue samples per collector: 60 normally, 10 in high-traffic mode.
+                    [Q(f"syncwatch_queue_oldest_message_age_seconds{{{QUEUE}}}", "{{queue}}")],
+                    unit="s",
+                    width=12,
+                ),
+                P(
+                    "Sampling interval in force",
+                    """Seconds between queue samples per collector: 60 normally, 10 in high-traffic mode.
               A value other than these means the sampling settings were changed.""",
-              [Q(f"syncwatch_collector_interval_seconds{{{JOB}}}", "{{collector}}")], unit="s", width=12),
-        ]),
-        ("3. Retry state", [
-            P("Attempts by response code",
-              """Delivery attempts per second by response code. Rising 429 or 503 means the
+                    [Q(f"syncwatch_collector_interval_seconds{{{JOB}}}", "{{collector}}")],
+                    unit="s",
+                    width=12,
+                ),
+            ],
+        ),
+        (
+            "3. Retry state",
+            [
+                P(
+                    "Attempts by response code",
+                    """Delivery attempts per second by response code. Rising 429 or 503 means the
               destination rate-limits or is overloaded: retries must back off with jitter. 4xx other
               than 429 will never succeed by retrying: fix the data.""",
-              [Q(f"sum by (status_code) (rate(syncwatch_attempts_total{{{FLOW}}}[$__rate_interval]))", "{{status_code}}")],
-              unit="ops", width=8),
-            P("Retries",
-              """Attempts after the first, per second. A rise with 429/5xx is back-pressure from the
+                    [
+                        Q(
+                            f"sum by (status_code) (rate(syncwatch_attempts_total{{{FLOW}}}[$__rate_interval]))",
+                            "{{status_code}}",
+                        )
+                    ],
+                    unit="ops",
+                    width=8,
+                ),
+                P(
+                    "Retries",
+                    """Attempts after the first, per second. A rise with 429/5xx is back-pressure from the
               destination; a steady high level is a flow that needs more than one try for most
               records.""",
-              [Q(f"sum by (flow, destination) (rate(syncwatch_retries_total{{{FLOW}}}[$__rate_interval]))",
-                 "{{flow}} → {{destination}}")], unit="ops", width=8),
-            P("Attempts per finished transaction (p95)",
-              """95th percentile of delivery attempts per finished transaction. Above 3 means most
+                    [
+                        Q(
+                            f"sum by (flow, destination) (rate(syncwatch_retries_total{{{FLOW}}}[$__rate_interval]))",
+                            "{{flow}} → {{destination}}",
+                        )
+                    ],
+                    unit="ops",
+                    width=8,
+                ),
+                P(
+                    "Attempts per finished transaction (p95)",
+                    """95th percentile of delivery attempts per finished transaction. Above 3 means most
               records need retries: look at the response codes.""",
-              [Q(_hq(0.95, "syncwatch_delivery_attempts", "flow, destination", FLOW), "{{flow}} → {{destination}}")],
-              width=8, thresholds=[(None, "green"), (3, "orange")], threshold_style="dashed"),
-            P("Backoff between attempts",
-              """Time between the end of one attempt and the start of the next: p50 and p95. p50 and
+                    [
+                        Q(
+                            _hq(0.95, "syncwatch_delivery_attempts", "flow, destination", FLOW),
+                            "{{flow}} → {{destination}}",
+                        )
+                    ],
+                    width=8,
+                    thresholds=[(None, "green"), (3, "orange")],
+                    threshold_style="dashed",
+                ),
+                P(
+                    "Backoff between attempts",
+                    """Time between the end of one attempt and the start of the next: p50 and p95. p50 and
               p95 equal means fixed-interval retries (see the jitter ratio).""",
-              [Q(_hq(0.5, "syncwatch_retry_backoff_seconds", "flow, destination", FLOW), "p50 {{flow}} → {{destination}}"),
-               Q(_hq(0.95, "syncwatch_retry_backoff_seconds", "flow, destination", FLOW), "p95 {{flow}} → {{destination}}")],
-              unit="s", width=12),
-            P("Retry jitter ratio",
-              """Coefficient of variation of recent backoffs at the same attempt number. Near 0 (below
+                    [
+                        Q(
+                            _hq(0.5, "syncwatch_retry_backoff_seconds", "flow, destination", FLOW),
+                            "p50 {{flow}} → {{destination}}",
+                        ),
+                        Q(
+                            _hq(0.95, "syncwatch_retry_backoff_seconds", "flow, destination", FLOW),
+                            "p95 {{flow}} → {{destination}}",
+                        ),
+                    ],
+                    unit="s",
+                    width=12,
+                ),
+                P(
+                    "Retry jitter ratio",
+                    """Coefficient of variation of recent backoffs at the same attempt number. Near 0 (below
               the red line at 0.1) means every client retries in lockstep: the retry-storm pattern
               against a rate-limited ERP (SyncwatchRetryStormRisk). Fix: exponential backoff with
               full jitter.""",
-              [Q(f"syncwatch_retry_jitter_ratio{{{FLOW}}}", "{{flow}} → {{destination}}")],
-              width=12, thresholds=[(None, "red"), (0.1, "green")], threshold_style="line+area"),
-        ]),
-        ("4. Dead-letter queues", [
-            P("Messages in dead-letter queues",
-              """All messages in dead-letter queues now. Anything above 0 pages
+                    [Q(f"syncwatch_retry_jitter_ratio{{{FLOW}}}", "{{flow}} → {{destination}}")],
+                    width=12,
+                    thresholds=[(None, "red"), (0.1, "green")],
+                    threshold_style="line+area",
+                ),
+            ],
+        ),
+        (
+            "4. Dead-letter queues",
+            [
+                P(
+                    "Messages in dead-letter queues",
+                    """All messages in dead-letter queues now. Anything above 0 pages
               (SyncwatchDeadLetterQueueNotEmpty): each is a record nobody will retry. Next: read the
               dead-letter reason in the broker, then the transaction's timeline.""",
-              [Q(f'sum(syncwatch_dlq_messages{{{JOB}, broker=~"$broker"}}) or vector(0)')], kind="stat", width=4,
-              thresholds=[(None, "green"), (1, "red")]),
-            P("DLQ depth by queue",
-              """Depth of each dead-letter queue, labelled with the queue(s) whose failures land
+                    [Q(f'sum(syncwatch_dlq_messages{{{JOB}, broker=~"$broker"}}) or vector(0)')],
+                    kind="stat",
+                    width=4,
+                    thresholds=[(None, "green"), (1, "red")],
+                ),
+                P(
+                    "DLQ depth by queue",
+                    """Depth of each dead-letter queue, labelled with the queue(s) whose failures land
               there. Above the red line (1) is a page. Replay only after fixing the cause, and only
               with idempotency keys.""",
-              [Q(f'syncwatch_dlq_messages{{{JOB}, broker=~"$broker", queue=~"$queue"}} or syncwatch_dlq_messages{{{JOB}, broker=~"$broker", source_queue=~"$queue"}}',
-                 "{{queue}} ← {{source_queue}}")],
-              width=20, thresholds=[(None, "green"), (1, "red")], threshold_style="line"),
-        ]),
-        ("5. Payload snapshots", [
-            P("Snapshots stored and dropped",
-              """Request and response bodies stored per second. `dropped` above 0 means some
+                    [
+                        Q(
+                            f'syncwatch_dlq_messages{{{JOB}, broker=~"$broker", queue=~"$queue"}} or syncwatch_dlq_messages{{{JOB}, broker=~"$broker", source_queue=~"$queue"}}',
+                            "{{queue}} ← {{source_queue}}",
+                        )
+                    ],
+                    width=20,
+                    thresholds=[(None, "green"), (1, "red")],
+                    threshold_style="line",
+                ),
+            ],
+        ),
+        (
+            "5. Payload snapshots",
+            [
+                P(
+                    "Snapshots stored and dropped",
+                    """Request and response bodies stored per second. `dropped` above 0 means some
               attempts will have no payload to inspect (SyncwatchSnapshotStoreFailing): check the
               store on the syncwatch health dashboard.""",
-              [Q(f"sum by (direction, result) (rate(syncwatch_snapshots_total{{{JOB}}}[$__rate_interval]))",
-                 "{{direction}} {{result}}")], unit="ops", width=8),
-            P("Oldest snapshot against retention",
-              """Age of the oldest stored snapshot and the retention (red dashed, at least 72h).
+                    [
+                        Q(
+                            f"sum by (direction, result) (rate(syncwatch_snapshots_total{{{JOB}}}[$__rate_interval]))",
+                            "{{direction}} {{result}}",
+                        )
+                    ],
+                    unit="ops",
+                    width=8,
+                ),
+                P(
+                    "Oldest snapshot against retention",
+                    """Age of the oldest stored snapshot and the retention (red dashed, at least 72h).
               Oldest far above retention: the sweeper is behind and the store grows. Oldest well
               below 72h on a sidecar running longer than that: snapshots are lost early.""",
-              [Q(f"max(syncwatch_snapshot_oldest_age_seconds{{{JOB}}})", "oldest"),
-               Q(f"max(syncwatch_snapshot_retention_seconds{{{JOB}}})", "retention")],
-              unit="s", width=8, reference_refs=("B",)),
-            P("Redactions by kind",
-              """Values masked in stored payloads, per second, by kind (card numbers, e-mails,
+                    [
+                        Q(f"max(syncwatch_snapshot_oldest_age_seconds{{{JOB}}})", "oldest"),
+                        Q(f"max(syncwatch_snapshot_retention_seconds{{{JOB}}})", "retention"),
+                    ],
+                    unit="s",
+                    width=8,
+                    reference_refs=("B",),
+                ),
+                P(
+                    "Redactions by kind",
+                    """Values masked in stored payloads, per second, by kind (card numbers, e-mails,
               IBANs, secrets, configured keys). A drop to 0 while snapshots are stored can mean the
               payload format changed and personal data is no longer caught.""",
-              [Q(f"sum by (kind) (rate(syncwatch_snapshot_redactions_total{{{JOB}}}[$__rate_interval]))", "{{kind}}")],
-              unit="ops", width=8),
-        ]),
-        ("6. Sync lag", [
-            P("Sync lag against the deadline",
-              """Time from the change at the source to its confirmation at the destination (p50,
+                    [
+                        Q(
+                            f"sum by (kind) (rate(syncwatch_snapshot_redactions_total{{{JOB}}}[$__rate_interval]))",
+                            "{{kind}}",
+                        )
+                    ],
+                    unit="ops",
+                    width=8,
+                ),
+            ],
+        ),
+        (
+            "6. Sync lag",
+            [
+                P(
+                    "Sync lag against the deadline",
+                    """Time from the change at the source to its confirmation at the destination (p50,
               p95) with the flow's deadline as a red dashed line. p95 above the line means records
               arrive too late (SyncwatchSyncLagAboveDeadline): check queue depth, then retries.""",
-              [Q(_hq(0.5, "syncwatch_sync_lag_seconds", "flow, destination", FLOW), "p50 {{flow}} → {{destination}}"),
-               Q(lag_p95, "p95 {{flow}} → {{destination}}"),
-               Q(deadline, "deadline {{flow}}")],
-              unit="s", width=12, reference_refs=("C",)),
-            P("p95 sync lag as a share of the deadline",
-              """p95 lag divided by the flow's deadline. Above 100% (the red area) the flow misses
+                    [
+                        Q(
+                            _hq(0.5, "syncwatch_sync_lag_seconds", "flow, destination", FLOW),
+                            "p50 {{flow}} → {{destination}}",
+                        ),
+                        Q(lag_p95, "p95 {{flow}} → {{destination}}"),
+                        Q(deadline, "deadline {{flow}}"),
+                    ],
+                    unit="s",
+                    width=12,
+                    reference_refs=("C",),
+                ),
+                P(
+                    "p95 sync lag as a share of the deadline",
+                    """p95 lag divided by the flow's deadline. Above 100% (the red area) the flow misses
               its deadline; a line creeping towards it over days is SyncwatchSyncLagGrowing.""",
-              [Q(f"{lag_p95} / on (flow) group_left () {deadline}", "{{flow}} → {{destination}}")],
-              unit="percentunit", width=12, thresholds=[(None, "green"), (0.8, "orange"), (1, "red")],
-              threshold_style="line+area"),
-            P("Hourly p95 sync lag (trend)",
-              """p95 over a sliding hour: view it over 7 days to see lag creeping up before it
+                    [Q(f"{lag_p95} / on (flow) group_left () {deadline}", "{{flow}} → {{destination}}")],
+                    unit="percentunit",
+                    width=12,
+                    thresholds=[(None, "green"), (0.8, "orange"), (1, "red")],
+                    threshold_style="line+area",
+                ),
+                P(
+                    "Hourly p95 sync lag (trend)",
+                    """p95 over a sliding hour: view it over 7 days to see lag creeping up before it
               crosses the deadline. Steps that line up with deploys point at the change.""",
-              [Q(_hq(0.95, "syncwatch_sync_lag_seconds", "flow, destination", FLOW, "1h"), "{{flow}} → {{destination}}")],
-              unit="s", width=24),
-        ]),
+                    [
+                        Q(
+                            _hq(0.95, "syncwatch_sync_lag_seconds", "flow, destination", FLOW, "1h"),
+                            "{{flow}} → {{destination}}",
+                        )
+                    ],
+                    unit="s",
+                    width=24,
+                ),
+            ],
+        ),
     ]
     variables = [
-        _datasource_var(), _job_var(),
-        _var("flow", "Flow", f"label_values(syncwatch_flow_deadline_seconds{{{JOB}}}, flow)", "Data flow (orders, inventory, ...)."),
+        _datasource_var(),
+        _job_var(),
+        _var(
+            "flow",
+            "Flow",
+            f"label_values(syncwatch_flow_deadline_seconds{{{JOB}}}, flow)",
+            "Data flow (orders, inventory, ...).",
+        ),
         _var("broker", "Broker", f"label_values(syncwatch_queue_messages{{{JOB}}}, broker)", "Message broker type."),
-        _var("queue", "Queue", f'label_values(syncwatch_queue_messages{{{JOB}, broker=~"$broker"}}, queue)', "Queue (or the source queue of a DLQ)."),
+        _var(
+            "queue",
+            "Queue",
+            f'label_values(syncwatch_queue_messages{{{JOB}, broker=~"$broker"}}, queue)',
+            "Queue (or the source queue of a DLQ).",
+        ),
     ]
     return _dashboard(
-        ERP_UID, "ERP integration health",
+        ERP_UID,
+        "ERP integration health",
         "syncwatch: the six signals of a storefront / WMS / ERP integration and its silent losses.",
-        variables, rows)
+        variables,
+        rows,
+    )
 
 
 def self_health():
     rows = [
-        ("Collectors", [
-            P("Collector up",
-              """1 when the collector's last broker sample succeeded. 0 means queue and DLQ depths
+        (
+            "Collectors",
+            [
+                P(
+                    "Collector up",
+                    """1 when the collector's last broker sample succeeded. 0 means queue and DLQ depths
               from that broker are stale and the DLQ page cannot fire (SyncwatchCollectorDown):
               check the error reasons next to it.""",
-              [Q(f"syncwatch_collector_up{{{COLLECTOR}}}", "{{collector}}")],
-              width=8, thresholds=[(None, "red"), (1, "green")], threshold_style="line", min=None),
-            P("Collector errors by reason",
-              """Failed broker API calls per second. `unauthorized`: credentials; `unreachable` /
+                    [Q(f"syncwatch_collector_up{{{COLLECTOR}}}", "{{collector}}")],
+                    width=8,
+                    thresholds=[(None, "red"), (1, "green")],
+                    threshold_style="line",
+                    min=None,
+                ),
+                P(
+                    "Collector errors by reason",
+                    """Failed broker API calls per second. `unauthorized`: credentials; `unreachable` /
               `timeout`: network; `throttled`: the broker API's rate limit (raise the interval);
               `not_found`: the queue selection.""",
-              [Q(f"sum by (collector, reason) (rate(syncwatch_collector_errors_total{{{COLLECTOR}}}[$__rate_interval]))",
-                 "{{collector}} {{reason}}")], unit="ops", width=8),
-            P("Seconds since last successful sample",
-              """Should stay below the sampling interval. Above 3 intervals the collector counts as
+                    [
+                        Q(
+                            f"sum by (collector, reason) (rate(syncwatch_collector_errors_total{{{COLLECTOR}}}[$__rate_interval]))",
+                            "{{collector}} {{reason}}",
+                        )
+                    ],
+                    unit="ops",
+                    width=8,
+                ),
+                P(
+                    "Seconds since last successful sample",
+                    """Should stay below the sampling interval. Above 3 intervals the collector counts as
               down even if it still says up.""",
-              [Q(f"time() - syncwatch_collector_last_success_timestamp_seconds{{{COLLECTOR}}}", "{{collector}}"),
-               Q(f"3 * syncwatch_collector_interval_seconds{{{COLLECTOR}}}", "3 intervals {{collector}}")],
-              unit="s", width=8, reference_refs=("B",)),
-            P("Sample duration",
-              """Time one sample of all selected queues took. Approaching the interval means the
+                    [
+                        Q(
+                            f"time() - syncwatch_collector_last_success_timestamp_seconds{{{COLLECTOR}}}",
+                            "{{collector}}",
+                        ),
+                        Q(f"3 * syncwatch_collector_interval_seconds{{{COLLECTOR}}}", "3 intervals {{collector}}"),
+                    ],
+                    unit="s",
+                    width=8,
+                    reference_refs=("B",),
+                ),
+                P(
+                    "Sample duration",
+                    """Time one sample of all selected queues took. Approaching the interval means the
               collector cannot keep up: select fewer queues or raise the interval.""",
-              [Q(f"syncwatch_collector_sample_duration_seconds{{{COLLECTOR}}}", "{{collector}}")], unit="s", width=12),
-            P("Sampling interval",
-              """Interval in force: 60s normally, 10s in high-traffic mode. Stuck at 10s outside busy
+                    [Q(f"syncwatch_collector_sample_duration_seconds{{{COLLECTOR}}}", "{{collector}}")],
+                    unit="s",
+                    width=12,
+                ),
+                P(
+                    "Sampling interval",
+                    """Interval in force: 60s normally, 10s in high-traffic mode. Stuck at 10s outside busy
               hours means the fast-mode trigger is too sensitive and the broker API is called 6x as often.""",
-              [Q(f"syncwatch_collector_interval_seconds{{{COLLECTOR}}}", "{{collector}}")], unit="s", width=12),
-        ]),
-        ("OTLP intake", [
-            P("OTLP requests by answer",
-              """Export requests per second by signal and answer code. 400: malformed data from an
+                    [Q(f"syncwatch_collector_interval_seconds{{{COLLECTOR}}}", "{{collector}}")],
+                    unit="s",
+                    width=12,
+                ),
+            ],
+        ),
+        (
+            "OTLP intake",
+            [
+                P(
+                    "OTLP requests by answer",
+                    """Export requests per second by signal and answer code. 400: malformed data from an
               emitter; 413: batch above the size limit; 415: unknown content type; 429/503:
               backpressure (emitters retry).""",
-              [Q(f"sum by (signal, code) (rate(syncwatch_otlp_requests_total{{{JOB}}}[$__rate_interval]))", "{{signal}} {{code}}")],
-              unit="reqps", width=12),
-            P("Rejected OTLP requests",
-              """Share of export requests not answered with success. Any steady share means data is
+                    [
+                        Q(
+                            f"sum by (signal, code) (rate(syncwatch_otlp_requests_total{{{JOB}}}[$__rate_interval]))",
+                            "{{signal}} {{code}}",
+                        )
+                    ],
+                    unit="reqps",
+                    width=12,
+                ),
+                P(
+                    "Rejected OTLP requests",
+                    """Share of export requests not answered with success. Any steady share means data is
               refused: the code says why (see the panel beside).""",
-              [Q(f'(sum by (signal) (rate(syncwatch_otlp_requests_total{{{JOB}, code!~"2.."}}[$__rate_interval])) or 0 * sum by (signal) (rate(syncwatch_otlp_requests_total{{{JOB}}}[$__rate_interval]))) / sum by (signal) (rate(syncwatch_otlp_requests_total{{{JOB}}}[$__rate_interval]))',
-                 "{{signal}}")],
-              unit="percentunit", width=12, thresholds=[(None, "green"), (0.01, "red")], threshold_style="line"),
-        ]),
-        ("Drops", [
-            P("Items dropped (time range)",
-              """Everything syncwatch itself lost or refused in the selected range. Anything above
+                    [
+                        Q(
+                            f'(sum by (signal) (rate(syncwatch_otlp_requests_total{{{JOB}, code!~"2.."}}[$__rate_interval])) or 0 * sum by (signal) (rate(syncwatch_otlp_requests_total{{{JOB}}}[$__rate_interval]))) / sum by (signal) (rate(syncwatch_otlp_requests_total{{{JOB}}}[$__rate_interval]))',
+                            "{{signal}}",
+                        )
+                    ],
+                    unit="percentunit",
+                    width=12,
+                    thresholds=[(None, "green"), (0.01, "red")],
+                    threshold_style="line",
+                ),
+            ],
+        ),
+        (
+            "Drops",
+            [
+                P(
+                    "Items dropped (time range)",
+                    """Everything syncwatch itself lost or refused in the selected range. Anything above
               0 pages (SyncwatchDroppingData): its view of the integration has holes.""",
-              [Q(f"sum(increase(syncwatch_dropped_total{{{JOB}}}[$__range])) or vector(0)")], kind="stat", width=6,
-              thresholds=[(None, "green"), (1, "red")]),
-            P("Drops by reason",
-              """Items dropped per second by reason. Read the reason, then the sidecar's log for the
+                    [Q(f"sum(increase(syncwatch_dropped_total{{{JOB}}}[$__range])) or vector(0)")],
+                    kind="stat",
+                    width=6,
+                    thresholds=[(None, "green"), (1, "red")],
+                ),
+                P(
+                    "Drops by reason",
+                    """Items dropped per second by reason. Read the reason, then the sidecar's log for the
               matching error; backpressure drops mean it needs more CPU or disk.""",
-              [Q(f"sum by (reason) (rate(syncwatch_dropped_total{{{JOB}}}[$__rate_interval]))", "{{reason}}")],
-              unit="ops", width=18),
-        ]),
-        ("Snapshot store", [
-            P("Snapshot store size",
-              """Bytes of stored payload snapshots. Steady growth past the retention period means the
+                    [Q(f"sum by (reason) (rate(syncwatch_dropped_total{{{JOB}}}[$__rate_interval]))", "{{reason}}")],
+                    unit="ops",
+                    width=18,
+                ),
+            ],
+        ),
+        (
+            "Snapshot store",
+            [
+                P(
+                    "Snapshot store size",
+                    """Bytes of stored payload snapshots. Steady growth past the retention period means the
               sweeper is not deleting: check the oldest-snapshot age.""",
-              [Q(f"sum by (instance) (syncwatch_snapshot_store_bytes{{{JOB}}})", "{{instance}}")], unit="bytes", width=8),
-            P("Oldest snapshot against retention",
-              """Age of the oldest snapshot with the retention as a red dashed line.""",
-              [Q(f"max by (instance) (syncwatch_snapshot_oldest_age_seconds{{{JOB}}})", "oldest {{instance}}"),
-               Q(f"max by (instance) (syncwatch_snapshot_retention_seconds{{{JOB}}})", "retention {{instance}}")],
-              unit="s", width=8, reference_refs=("B",)),
-            P("Snapshots dropped",
-              """Snapshots that could not be stored, per second. Above 0: disk full or S3 errors,
+                    [Q(f"sum by (instance) (syncwatch_snapshot_store_bytes{{{JOB}}})", "{{instance}}")],
+                    unit="bytes",
+                    width=8,
+                ),
+                P(
+                    "Oldest snapshot against retention",
+                    """Age of the oldest snapshot with the retention as a red dashed line.""",
+                    [
+                        Q(f"max by (instance) (syncwatch_snapshot_oldest_age_seconds{{{JOB}}})", "oldest {{instance}}"),
+                        Q(
+                            f"max by (instance) (syncwatch_snapshot_retention_seconds{{{JOB}}})",
+                            "retention {{instance}}",
+                        ),
+                    ],
+                    unit="s",
+                    width=8,
+                    reference_refs=("B",),
+                ),
+                P(
+                    "Snapshots dropped",
+                    """Snapshots that could not be stored, per second. Above 0: disk full or S3 errors,
               see the sidecar's log.""",
-              [Q(f'sum by (direction) (rate(syncwatch_snapshots_total{{{JOB}, result="dropped"}}[$__rate_interval]))', "{{direction}}")],
-              unit="ops", width=8, thresholds=[(None, "green"), (0.001, "red")], threshold_style="line"),
-        ]),
-        ("Sidecar", [
-            P("Scrape up",
-              """1 when Prometheus can scrape the sidecar. 0: it is down or unreachable and no
+                    [
+                        Q(
+                            f'sum by (direction) (rate(syncwatch_snapshots_total{{{JOB}, result="dropped"}}[$__rate_interval]))',
+                            "{{direction}}",
+                        )
+                    ],
+                    unit="ops",
+                    width=8,
+                    thresholds=[(None, "green"), (0.001, "red")],
+                    threshold_style="line",
+                ),
+            ],
+        ),
+        (
+            "Sidecar",
+            [
+                P(
+                    "Scrape up",
+                    """1 when Prometheus can scrape the sidecar. 0: it is down or unreachable and no
               integration alert can fire (SyncwatchDown).""",
-              [Q(f"up{{{JOB}}}", "{{instance}}")], width=12, thresholds=[(None, "red"), (1, "green")],
-              threshold_style="line", min=None),
-            P("Version",
-              """Running syncwatch version per instance; two versions at once mean a rollout is in
+                    [Q(f"up{{{JOB}}}", "{{instance}}")],
+                    width=12,
+                    thresholds=[(None, "red"), (1, "green")],
+                    threshold_style="line",
+                    min=None,
+                ),
+                P(
+                    "Version",
+                    """Running syncwatch version per instance; two versions at once mean a rollout is in
               progress or stuck.""",
-              [Q(f"count by (version) (syncwatch_build_info{{{JOB}}})", "{{version}}")], kind="stat", width=12),
-        ]),
+                    [Q(f"count by (version) (syncwatch_build_info{{{JOB}}})", "{{version}}")],
+                    kind="stat",
+                    width=12,
+                ),
+            ],
+        ),
     ]
     variables = [
-        _datasource_var(), _job_var(),
-        _var("collector", "Collector", f"label_values(syncwatch_collector_up{{{JOB}}}, collector)", "Broker collector by name."),
+        _datasource_var(),
+        _job_var(),
+        _var(
+            "collector",
+            "Collector",
+            f"label_values(syncwatch_collector_up{{{JOB}}}, collector)",
+            "Broker collector by name.",
+        ),
     ]
-    return _dashboard(SELF_UID, "syncwatch health",
-                      "syncwatch's own health: collectors, OTLP intake and rejections, drops, snapshot store.",
-                      variables, rows)
+    return _dashboard(
+        SELF_UID,
+        "syncwatch health",
+        "syncwatch's own health: collectors, OTLP intake and rejections, drops, snapshot store.",
+        variables,
+        rows,
+    )
 
 
 DASHBOARDS = {

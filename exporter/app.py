@@ -12,17 +12,17 @@ import time
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from . import __version__
-from .config import Config
-from .intake import LedgerWriter
-from .ledger import Ledger
-from .metrics import Metrics
-from .otlp_body import BodyDecoder
-from .otlp_grpc import build_server as build_grpc_server
-from .otlp_http import RUNNER_OPTIONS as OTLP_HTTP_RUNNER_OPTIONS
-from .otlp_http import build_app as build_otlp_http_app
-from .otlp_service import OtlpService
-from .span_extract import SpanExtractor
+from syncwatch import __version__
+from syncwatch.config.models import Config
+from syncwatch.intake.body import BodyDecoder
+from syncwatch.intake.extract import SpanExtractor
+from syncwatch.intake.grpc import build_server as build_grpc_server
+from syncwatch.intake.http import RUNNER_OPTIONS as OTLP_HTTP_RUNNER_OPTIONS
+from syncwatch.intake.http import build_app as build_otlp_http_app
+from syncwatch.intake.service import OtlpService
+from syncwatch.intake.writer import LedgerWriter
+from syncwatch.ledger.transitions import Ledger
+from syncwatch.metrics.registry import Metrics
 
 log = logging.getLogger("syncwatch")
 
@@ -38,7 +38,7 @@ def _tune_gc() -> None:
 
 def _split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 -- ":4318" asks for every interface
 
 
 class App:
@@ -47,11 +47,18 @@ class App:
         self.clock = clock
         self.metrics = Metrics()
         self.ledger = Ledger(config, self.metrics, clock)
-        self.writer = LedgerWriter(self.ledger, SpanExtractor(config.correlation.keys, config.limits.max_correlation_id_length), self.metrics,
-                                   config.intake.max_queued_spans, config.intake.max_batch_spans, clock)
+        self.writer = LedgerWriter(
+            self.ledger,
+            SpanExtractor(config.correlation.keys, config.limits.max_correlation_id_length),
+            self.metrics,
+            config.intake.max_queued_spans,
+            config.intake.max_batch_spans,
+            clock,
+        )
         self.snapshots = self._make_snapshots()
-        self.service = OtlpService(self.writer, self.metrics, snapshots=self.snapshots,
-                                   retry_after=config.intake.retry_after, clock=clock)
+        self.service = OtlpService(
+            self.writer, self.metrics, snapshots=self.snapshots, retry_after=config.intake.retry_after, clock=clock
+        )
         # Both OTLP receivers share one budget of request-body bytes and one decode pool.
         self.bodies = BodyDecoder(config.intake.max_body_bytes)
         self.collectors = self._make_collectors()
@@ -63,14 +70,14 @@ class App:
     def _make_snapshots(self):
         if not self.config.snapshots.enabled:
             return None
-        from .snapshots import SnapshotIntake
+        from syncwatch.snapshots import SnapshotIntake
 
         return SnapshotIntake(self.config, self.metrics, clock=self.clock)
 
     def _make_collectors(self):
         if not self.config.collectors:
             return None
-        from collectors.manager import CollectorManager
+        from syncwatch.collectors.manager import CollectorManager
 
         return CollectorManager(self.config.collectors, self.config.sampling, self.metrics.registry, clock=self.clock)
 
@@ -80,7 +87,7 @@ class App:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/", self._index)
-        from .api import setup_api
+        from syncwatch.api.routes import setup_api
 
         setup_api(app, config=self.config, snapshots=self.snapshots, clock=self.clock)
         return app
@@ -90,22 +97,32 @@ class App:
         loaded = await asyncio.to_thread(self.ledger.load)
         self.ledger.tick()
         _tune_gc()
-        log.info("ledger %s: %d open transactions reloaded in %.2fs", self.config.storage.ledger_path, loaded,
-                 time.perf_counter() - started)
+        log.info(
+            "ledger %s: %d open transactions reloaded in %.2fs",
+            self.config.storage.ledger_path,
+            loaded,
+            time.perf_counter() - started,
+        )
         self.writer.start()
         if self.snapshots is not None:
             await self.snapshots.start()
         listen = self.config.listen
         self.ports["http"] = await self._serve(self._http_app(), listen.http)
-        self.ports["otlp_http"] = await self._serve(build_otlp_http_app(self.service, self.bodies), listen.otlp_http,
-                                                    **OTLP_HTTP_RUNNER_OPTIONS)
+        self.ports["otlp_http"] = await self._serve(
+            build_otlp_http_app(self.service, self.bodies), listen.otlp_http, **OTLP_HTTP_RUNNER_OPTIONS
+        )
         self._grpc, self.ports["otlp_grpc"] = build_grpc_server(self.service, listen.otlp_grpc, self.bodies)
         await self._grpc.start()
         if self.collectors is not None:
             await self.collectors.start()
         self.ready = True
-        log.info("syncwatch %s ready: OTLP/gRPC %s, OTLP/HTTP %s, HTTP (metrics, API) %s", __version__,
-                 listen.otlp_grpc, listen.otlp_http, listen.http)
+        log.info(
+            "syncwatch %s ready: OTLP/gRPC %s, OTLP/HTTP %s, HTTP (metrics, API) %s",
+            __version__,
+            listen.otlp_grpc,
+            listen.otlp_http,
+            listen.http,
+        )
 
     async def _serve(self, app: web.Application, address: str, **runner_options) -> int:
         runner = web.AppRunner(app, access_log=None, **runner_options)

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (ExportTraceServiceRequest,
-                                                                      ExportTraceServiceResponse)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from prometheus_client.parser import text_string_to_metric_families
-
 from otlp_raw import post
+from prometheus_client.parser import text_string_to_metric_families
 
 TOKEN = "faults-suite-token-0123456789"
 STATES = ("overdue", "pending", "failed", "expired", "duplicate")
@@ -66,6 +67,7 @@ def fill_disk(directory: Path, name: str = "filler") -> Path:
 class Exchange:
     """Every answer one request got, in order: (status, Retry-After header or None, body), status
     -1 for no answer (connection refused, reset or timed out); `times`: when each came (monotonic)."""
+
     answers: list = field(default_factory=list)
     times: list = field(default_factory=list)
 
@@ -74,8 +76,14 @@ class Exchange:
         return self.answers[-1][0] if self.answers else None
 
 
-def export_with_retries(url: str, body: bytes, budget: float = 60.0, stop: threading.Event | None = None,
-                        timeout: float = 20.0, ex: Exchange | None = None) -> Exchange:
+def export_with_retries(
+    url: str,
+    body: bytes,
+    budget: float = 60.0,
+    stop: threading.Event | None = None,
+    timeout: float = 20.0,
+    ex: Exchange | None = None,
+) -> Exchange:
     """POST the same bytes until an answer other than 503/429, sleeping Retry-After between tries
     (at most `budget` seconds in all), as OTel's OTLP exporters do. Answers go into `ex` as they come."""
     ex = Exchange() if ex is None else ex
@@ -89,8 +97,11 @@ def export_with_retries(url: str, body: bytes, budget: float = 60.0, stop: threa
         else:
             ex.answers.append((status, headers.get("Retry-After"), answer))
         ex.times.append(time.monotonic())
-        if status not in (-1, 429, 503) or time.monotonic() >= give_up or (stop is not None and stop.is_set()
-                                                                              and status == -1):
+        if (
+            status not in (-1, 429, 503)
+            or time.monotonic() >= give_up
+            or (stop is not None and stop.is_set() and status == -1)
+        ):
             return ex
         wait = 1.0
         if status != -1:
@@ -107,7 +118,7 @@ def bad_answers(exchanges) -> list:
     bad = []
     for ex in exchanges:
         for status, retry_after, body in ex.answers:
-            if status == -1 or status >= 500 and status != 503 or status == 503 and not retry_after:
+            if status == -1 or (status >= 500 and status != 503) or (status == 503 and not retry_after):
                 bad.append((status, retry_after, body[:200]))
     return bad
 
@@ -126,7 +137,7 @@ class HealthProbe:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "HealthProbe":
+    def __enter__(self) -> HealthProbe:
         self._thread.start()
         return self
 
@@ -181,7 +192,12 @@ class Api:
         """Every item of a reconciliation list, all pages."""
         items, cursor = [], None
         while True:
-            q = {"state": state, "limit": "1000", **({"flow": flow} if flow else {}), **({"cursor": cursor} if cursor else {})}
+            q = {
+                "state": state,
+                "limit": "1000",
+                **({"flow": flow} if flow else {}),
+                **({"cursor": cursor} if cursor else {}),
+            }
             status, page = self.get("/api/v1/transactions?" + urllib.parse.urlencode(q))
             assert status == 200, (state, status, page)
             items.extend(page["items"])
@@ -245,20 +261,40 @@ def typed_request(*clients: list[dict]) -> ExportTraceServiceRequest:
 
 def source(corr, flow="orders", at=None, **extra) -> dict:
     at = time.time() if at is None else at
-    return {"_start": at, "syncwatch.stage": "source", "syncwatch.flow": flow, "syncwatch.source": "storefront",
-            "syncwatch.correlation_id": corr, **extra}
+    return {
+        "_start": at,
+        "syncwatch.stage": "source",
+        "syncwatch.flow": flow,
+        "syncwatch.source": "storefront",
+        "syncwatch.correlation_id": corr,
+        **extra,
+    }
 
 
 def attempt(corr, flow="orders", dest="erp", at=None, **extra) -> dict:
     at = time.time() if at is None else at
-    return {"_start": at - 0.2, "_end": at, "syncwatch.stage": "attempt", "syncwatch.flow": flow,
-            "syncwatch.destination": dest, "syncwatch.correlation_id": corr, **extra}
+    return {
+        "_start": at - 0.2,
+        "_end": at,
+        "syncwatch.stage": "attempt",
+        "syncwatch.flow": flow,
+        "syncwatch.destination": dest,
+        "syncwatch.correlation_id": corr,
+        **extra,
+    }
 
 
 def confirm(corr, flow="orders", dest="erp", at=None, **extra) -> dict:
     at = time.time() if at is None else at
-    return {"_start": at - 0.1, "_end": at, "syncwatch.stage": "confirm", "syncwatch.flow": flow,
-            "syncwatch.destination": dest, "syncwatch.correlation_id": corr, **extra}
+    return {
+        "_start": at - 0.1,
+        "_end": at,
+        "syncwatch.stage": "confirm",
+        "syncwatch.flow": flow,
+        "syncwatch.destination": dest,
+        "syncwatch.correlation_id": corr,
+        **extra,
+    }
 
 
 def export_response(body: bytes) -> ExportTraceServiceResponse:

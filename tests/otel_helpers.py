@@ -31,21 +31,57 @@ class Integration:
         span.end(end_time=int((end if end is not None else start) * NS))
 
     def source(self, corr, flow, start, source="storefront", **extra):
-        self.span("source", start, start, syncwatch__stage="source", syncwatch__flow=flow, syncwatch__source=source,
-                  syncwatch__correlation_id=corr, **extra)
+        self.span(
+            "source",
+            start,
+            start,
+            syncwatch__stage="source",
+            syncwatch__flow=flow,
+            syncwatch__source=source,
+            syncwatch__correlation_id=corr,
+            **extra,
+        )
 
     def attempt(self, corr, flow, dest, start, end, code=None, resend=None, error=None, **extra):
-        self.span("attempt", start, end, syncwatch__stage="attempt", syncwatch__flow=flow, syncwatch__destination=dest,
-                  syncwatch__correlation_id=corr, http__response__status_code=code, http__request__resend_count=resend,
-                  error__type=error, **extra)
+        self.span(
+            "attempt",
+            start,
+            end,
+            syncwatch__stage="attempt",
+            syncwatch__flow=flow,
+            syncwatch__destination=dest,
+            syncwatch__correlation_id=corr,
+            http__response__status_code=code,
+            http__request__resend_count=resend,
+            error__type=error,
+            **extra,
+        )
 
     def confirm(self, corr, flow, dest, start, end, idem=None, **extra):
-        self.span("confirm", start, end, syncwatch__stage="confirm", syncwatch__flow=flow, syncwatch__destination=dest,
-                  syncwatch__correlation_id=corr, syncwatch__idempotency_key=idem, **extra)
+        self.span(
+            "confirm",
+            start,
+            end,
+            syncwatch__stage="confirm",
+            syncwatch__flow=flow,
+            syncwatch__destination=dest,
+            syncwatch__correlation_id=corr,
+            syncwatch__idempotency_key=idem,
+            **extra,
+        )
 
     def fail(self, corr, flow, dest, start, **extra):
-        self.span("fail", start, start, syncwatch__stage="fail", syncwatch__flow=flow, syncwatch__destination=dest,
-                  syncwatch__correlation_id=corr, error__type="retries_exhausted", **extra)
+        self.span(
+            "fail",
+            start,
+            start,
+            syncwatch__stage="fail",
+            syncwatch__flow=flow,
+            syncwatch__destination=dest,
+            syncwatch__correlation_id=corr,
+            error__type="retries_exhausted",
+            **extra,
+        )
 
     def close(self):
         self.provider.shutdown()

@@ -37,8 +37,13 @@ def add_attributes(span, attrs: dict) -> None:
             kv.value.string_value = str(v)
 
 
-def post(url: str, body: bytes, content_type: str = "application/x-protobuf", headers: dict | None = None,
-         timeout: float = 10) -> tuple[int, dict, bytes]:
+def post(
+    url: str,
+    body: bytes,
+    content_type: str = "application/x-protobuf",
+    headers: dict | None = None,
+    timeout: float = 10,
+) -> tuple[int, dict, bytes]:
     req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type, **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:

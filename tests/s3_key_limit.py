@@ -9,8 +9,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 KEY_LIMIT = 1024
-_TOO_LONG = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>KeyTooLongError</Code>'
-             b"<Message>Your key is too long</Message></Error>")
+_TOO_LONG = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>KeyTooLongError</Code>'
+    b"<Message>Your key is too long</Message></Error>"
+)
 
 
 class KeyLimitProxy:
@@ -57,7 +59,7 @@ class KeyLimitProxy:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def start(self) -> "KeyLimitProxy":
+    def start(self) -> KeyLimitProxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 

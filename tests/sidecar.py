@@ -33,8 +33,12 @@ class Sidecar:
         self.http_port, self.otlp_http_port, self.otlp_grpc_port = free_port(), free_port(), free_port()
         cfg = dict(config or {})
         cfg.setdefault("listen", {})
-        cfg["listen"] = {"http": f"127.0.0.1:{self.http_port}", "otlp_http": f"127.0.0.1:{self.otlp_http_port}",
-                         "otlp_grpc": f"127.0.0.1:{self.otlp_grpc_port}", **cfg["listen"]}
+        cfg["listen"] = {
+            "http": f"127.0.0.1:{self.http_port}",
+            "otlp_http": f"127.0.0.1:{self.otlp_http_port}",
+            "otlp_grpc": f"127.0.0.1:{self.otlp_grpc_port}",
+            **cfg["listen"],
+        }
         cfg.setdefault("storage", {}).setdefault("data_dir", str(self.workdir / "data"))
         self.config = cfg
         self.config_path = self.workdir / "syncwatch.yaml"
@@ -56,10 +60,15 @@ class Sidecar:
     def otlp_grpc(self) -> str:
         return f"127.0.0.1:{self.otlp_grpc_port}"
 
-    def start(self, timeout: float = 30) -> "Sidecar":
+    def start(self, timeout: float = 30) -> Sidecar:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "exporter.cli", "run", "--config", str(self.config_path)],
-                                     cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "syncwatch", "run", "--config", str(self.config_path)],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

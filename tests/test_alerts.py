@@ -25,18 +25,36 @@ SPEC = ROOT.parent / "shared" / "SPEC.md"
 
 # SPEC.md's "Alert names" section.
 SPEC_ALERTS = {
-    "SyncwatchDeadLetterQueueNotEmpty", "SyncwatchQueueNotDraining", "SyncwatchTransactionsOverdue",
-    "SyncwatchSyncLagAboveDeadline", "SyncwatchSyncLagGrowing", "SyncwatchRetriesExhausted",
-    "SyncwatchRetryStormRisk", "SyncwatchDuplicateApplies", "SyncwatchCorrelationCoverageLow",
-    "SyncwatchCollectorDown", "SyncwatchSnapshotStoreFailing", "SyncwatchDroppingData", "SyncwatchDown",
+    "SyncwatchDeadLetterQueueNotEmpty",
+    "SyncwatchQueueNotDraining",
+    "SyncwatchTransactionsOverdue",
+    "SyncwatchSyncLagAboveDeadline",
+    "SyncwatchSyncLagGrowing",
+    "SyncwatchRetriesExhausted",
+    "SyncwatchRetryStormRisk",
+    "SyncwatchDuplicateApplies",
+    "SyncwatchCorrelationCoverageLow",
+    "SyncwatchCollectorDown",
+    "SyncwatchSnapshotStoreFailing",
+    "SyncwatchDroppingData",
+    "SyncwatchDown",
 }
-SPEC_CRITICAL = {"SyncwatchDeadLetterQueueNotEmpty", "SyncwatchTransactionsOverdue", "SyncwatchCollectorDown",
-                 "SyncwatchDroppingData", "SyncwatchDown"}
+SPEC_CRITICAL = {
+    "SyncwatchDeadLetterQueueNotEmpty",
+    "SyncwatchTransactionsOverdue",
+    "SyncwatchCollectorDown",
+    "SyncwatchDroppingData",
+    "SyncwatchDown",
+}
 
 promtool = shutil.which("promtool")
 amtool = shutil.which("amtool")
-needs_promtool = pytest.mark.skipif(promtool is None, reason="promtool missing: run scripts/system-deps.sh (Debian package prometheus)")
-needs_amtool = pytest.mark.skipif(amtool is None, reason="amtool missing: run scripts/system-deps.sh (Debian package prometheus-alertmanager)")
+needs_promtool = pytest.mark.skipif(
+    promtool is None, reason="promtool missing: run scripts/system-deps.sh (Debian package prometheus)"
+)
+needs_amtool = pytest.mark.skipif(
+    amtool is None, reason="amtool missing: run scripts/system-deps.sh (Debian package prometheus-alertmanager)"
+)
 
 
 def _rules() -> dict:
@@ -63,7 +81,8 @@ def test_rule_file_has_exactly_the_spec_alerts():
 def test_every_alert_has_severity_annotations_and_working_links():
     runbook_anchors = {
         re.sub(r"[^a-z0-9 -]", "", line[3:].strip().lower()).replace(" ", "-")
-        for line in RUNBOOKS.read_text().splitlines() if line.startswith("## ")
+        for line in RUNBOOKS.read_text().splitlines()
+        if line.startswith("## ")
     }
     for rule in _alert_rules():
         name = rule["alert"]
@@ -72,8 +91,12 @@ def test_every_alert_has_severity_annotations_and_working_links():
         assert set(ann) == {"summary", "description", "runbook_url", "dashboard_url"}, name
         assert all(v.strip() for v in ann.values()), name
         url, _, anchor = ann["runbook_url"].partition("#")
-        assert url.endswith("docs/runbooks.md") and anchor in runbook_anchors, f"{name}: no runbook heading for #{anchor}"
-        assert re.match(r"https://grafana\.example/d/(syncwatch-erp-health|syncwatch-self)\b", ann["dashboard_url"]), name
+        assert url.endswith("docs/runbooks.md") and anchor in runbook_anchors, (
+            f"{name}: no runbook heading for #{anchor}"
+        )
+        assert re.match(r"https://grafana\.example/d/(syncwatch-erp-health|syncwatch-self)\b", ann["dashboard_url"]), (
+            name
+        )
 
 
 def test_dead_letter_alert_pages_at_any_depth_with_queue_labels():
@@ -108,7 +131,9 @@ def test_rule_expressions_use_only_exported_metrics_and_defined_recordings():
     for rule in rules:
         for name in _series_names(rule["expr"]):
             used.add(name)
-            assert name in exported or name in recorded, f"{rule.get('alert') or rule.get('record')}: {name} is not exported by syncwatch"
+            assert name in exported or name in recorded, (
+                f"{rule.get('alert') or rule.get('record')}: {name} is not exported by syncwatch"
+            )
     assert recorded <= used, f"recording rules nobody uses: {recorded - used}"
 
 
@@ -138,14 +163,21 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test_case():
                 (fires if case["exp_alerts"] else quiet).add(case["alertname"])
                 for alert in case["exp_alerts"]:
                     # the rendered annotations are part of what is tested
-                    assert set(alert.get("exp_annotations", {})) == {"summary", "description", "runbook_url", "dashboard_url"}
+                    assert set(alert.get("exp_annotations", {})) == {
+                        "summary",
+                        "description",
+                        "runbook_url",
+                        "dashboard_url",
+                    }
     assert SPEC_ALERTS - fires == set(), "alerts without a firing case"
     assert SPEC_ALERTS - quiet == set(), "alerts without a must-not-fire case"
 
 
 @needs_promtool
 def test_example_prometheus_config_loads_the_rules():
-    out = subprocess.run([promtool, "check", "config", str(ALERTS / "prometheus.example.yml")], capture_output=True, text=True)
+    out = subprocess.run(
+        [promtool, "check", "config", str(ALERTS / "prometheus.example.yml")], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -157,15 +189,17 @@ def test_amtool_check_config():
 
 
 def _route(*labels: str) -> str:
-    out = subprocess.run([amtool, "config", "routes", "test", f"--config.file={AM_CONFIG}", *labels],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [amtool, "config", "routes", "test", f"--config.file={AM_CONFIG}", *labels], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout.strip()
 
 
 @needs_amtool
-@pytest.mark.parametrize("rule", [r for r in yaml.safe_load(RULES.read_text())["groups"][1:] for r in r["rules"]],
-                         ids=lambda r: r["alert"])
+@pytest.mark.parametrize(
+    "rule", [r for r in yaml.safe_load(RULES.read_text())["groups"][1:] for r in r["rules"]], ids=lambda r: r["alert"]
+)
 def test_each_alert_routes_by_its_severity(rule):
     want = "pager" if rule["labels"]["severity"] == "critical" else "ticket"
     assert _route(f"alertname={rule['alert']}", *(f"{k}={v}" for k, v in rule["labels"].items())) == want
@@ -173,6 +207,15 @@ def test_each_alert_routes_by_its_severity(rule):
 
 @needs_amtool
 def test_dlq_page_reaches_the_pager_and_unlabelled_alerts_a_ticket():
-    assert _route("alertname=SyncwatchDeadLetterQueueNotEmpty", "severity=critical", "broker=rabbitmq",
-                  "namespace=/", "queue=orders.dlq", "source_queue=orders") == "pager"
+    assert (
+        _route(
+            "alertname=SyncwatchDeadLetterQueueNotEmpty",
+            "severity=critical",
+            "broker=rabbitmq",
+            "namespace=/",
+            "queue=orders.dlq",
+            "source_queue=orders",
+        )
+        == "pager"
+    )
     assert _route("alertname=SomethingElse") == "ticket"

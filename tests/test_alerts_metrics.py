@@ -34,35 +34,47 @@ def test_metrics_beyond_the_spec_are_listed_in_the_readme():
     beyond = set(exported_metrics.BEYOND_SPEC)
     assert beyond, "BEYOND_SPEC is empty"
     assert beyond <= exported_metrics.base_names(), "BEYOND_SPEC names must also be in COUNTERS/GAUGES/HISTOGRAMS"
-    assert beyond <= _readme_beyond_spec(), f"not in README's 'Metrics beyond the SPEC's list': {beyond - _readme_beyond_spec()}"
+    assert beyond <= _readme_beyond_spec(), (
+        f"not in README's 'Metrics beyond the SPEC's list': {beyond - _readme_beyond_spec()}"
+    )
     assert exported_metrics.spec_base_names() == exported_metrics.base_names() - beyond
     if SPEC.exists():
         section = SPEC.read_text().split("## Metrics", 1)[1].split("\n## ", 1)[0]
-        assert not beyond & set(re.findall(r"`(syncwatch_[a-z_]+)(?:\{|`)", section)), "now in SPEC.md: drop it from BEYOND_SPEC"
+        assert not beyond & set(re.findall(r"`(syncwatch_[a-z_]+)(?:\{|`)", section)), (
+            "now in SPEC.md: drop it from BEYOND_SPEC"
+        )
 
 
 def test_metrics_beyond_the_spec_are_registered_with_their_listed_type(tmp_path):
     from prometheus_client import CollectorRegistry
 
-    from exporter.config import Config
-    from exporter.metrics import Metrics
-    from exporter.snapshots import SnapshotIntake
+    from syncwatch.config.models import Config
+    from syncwatch.metrics.registry import Metrics
+    from syncwatch.snapshots import SnapshotIntake
 
     registry = CollectorRegistry()
     cfg = Config.model_validate({"storage": {"data_dir": str(tmp_path / "data")}})
     SnapshotIntake(cfg, Metrics(registry))
     types = {family.name + ("_total" if family.type == "counter" else ""): family.type for family in registry.collect()}
-    kinds = {"counter": exported_metrics.COUNTERS, "gauge": exported_metrics.GAUGES, "histogram": exported_metrics.HISTOGRAMS}
+    kinds = {
+        "counter": exported_metrics.COUNTERS,
+        "gauge": exported_metrics.GAUGES,
+        "histogram": exported_metrics.HISTOGRAMS,
+    }
     for name in exported_metrics.BEYOND_SPEC:
         listed = next(kind for kind, names in kinds.items() if name in names)
         assert types.get(name) == listed, f"{name}: registered as {types.get(name)}, listed as {listed}"
 
 
 def test_snapshot_store_alert_keys_on_the_store_not_on_integration_drops():
-    from exporter.snapshots import store
+    from syncwatch.snapshots import store
 
-    rule = next(r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]
-                if r.get("alert") == "SyncwatchSnapshotStoreFailing")
+    rule = next(
+        r
+        for g in yaml.safe_load(RULES.read_text())["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "SyncwatchSnapshotStoreFailing"
+    )
     expr = rule["expr"]
     assert "syncwatch_snapshot_store_up" in expr
     assert "syncwatch_snapshots_total" not in expr  # counts integration-side drops too

@@ -12,13 +12,14 @@ import sqlite3
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-
-from exporter.api import setup_api
-from exporter.config import Config, load_config
-from exporter.ledger_schema import DDL, STAGE_CONFIRM, STAGE_FAIL, corr_hash
-from exporter.metrics import Metrics
-from exporter.snapshots import SnapshotIntake
 from test_snapshots_store import T0, Clock, make_request, order_body
+
+from syncwatch.api.routes import setup_api
+from syncwatch.config.models import Config
+from syncwatch.ledger.schema import DDL, STAGE_CONFIRM, STAGE_FAIL, corr_hash
+from syncwatch.metrics.registry import Metrics
+from syncwatch.settings import load_config
+from syncwatch.snapshots import SnapshotIntake
 
 TOKEN = "s3cr3t-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -34,37 +35,86 @@ def build_ledger(path):
     conn = sqlite3.connect(path)
     conn.executescript(DDL)
     # ord-1 -> erp: two 503s, then 201, confirmed; lag 42 s.
-    timeline = {"attempts": [[TRACE, span(1), T0 + 1, T0 + 2, 1, "503", "http_503"],
-                             [TRACE, span(2), T0 + 4, T0 + 5, 2, "503", "http_503"],
-                             [TRACE, span(3), T0 + 13, T0 + 14, 3, "201", None]],
-                "close": [STAGE_CONFIRM, TRACE, span(4), T0 + 40, T0 + 42, None, "ord-1:erp"]}
-    conn.execute("INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, opened_at, deadline, closed_at, lag, "
-                 "source_trace, source_span, attempts, timeline, corr_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                 ("ord-1", "erp", "orders", "storefront", "confirmed", T0, T0, T0 + 300, T0 + 42, 42.0,
-                  bytes.fromhex(TRACE), bytes.fromhex(span(9)), 3, json.dumps(timeline), corr_hash("ord-1")))
+    timeline = {
+        "attempts": [
+            [TRACE, span(1), T0 + 1, T0 + 2, 1, "503", "http_503"],
+            [TRACE, span(2), T0 + 4, T0 + 5, 2, "503", "http_503"],
+            [TRACE, span(3), T0 + 13, T0 + 14, 3, "201", None],
+        ],
+        "close": [STAGE_CONFIRM, TRACE, span(4), T0 + 40, T0 + 42, None, "ord-1:erp"],
+    }
+    conn.execute(
+        "INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, opened_at, deadline, closed_at, lag, "
+        "source_trace, source_span, attempts, timeline, corr_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            "ord-1",
+            "erp",
+            "orders",
+            "storefront",
+            "confirmed",
+            T0,
+            T0,
+            T0 + 300,
+            T0 + 42,
+            42.0,
+            bytes.fromhex(TRACE),
+            bytes.fromhex(span(9)),
+            3,
+            json.dumps(timeline),
+            corr_hash("ord-1"),
+        ),
+    )
     # 25 overdue orders (deadline passed), 3 pending ones, a failed one and an inventory duplicate.
     for i in range(25):
         tl = {"attempts": [[TRACE, span(100 + i), T0 + i, T0 + i + 1, 1, "429", "http_429"]]}
-        conn.execute("INSERT INTO open_tx (corr, dest, flow, source, changed_at, opened_at, deadline, attempts, timeline) "
-                     "VALUES (?,?,?,?,?,?,?,?,?)",
-                     (f"late-{i:02d}", "erp", "orders", "storefront", T0 + i, T0 + i, T0 + 300 + i, 1, json.dumps(tl)))
+        conn.execute(
+            "INSERT INTO open_tx (corr, dest, flow, source, changed_at, opened_at, deadline, attempts, timeline) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            (f"late-{i:02d}", "erp", "orders", "storefront", T0 + i, T0 + i, T0 + 300 + i, 1, json.dumps(tl)),
+        )
     for i in range(3):
-        conn.execute("INSERT INTO open_tx (corr, dest, flow, source, changed_at, opened_at, deadline, attempts) VALUES (?,?,?,?,?,?,?,0)",
-                     (f"fresh-{i}", "erp", "orders", "storefront", NOW - 10, NOW - 10, NOW + 290))
-    conn.execute("INSERT INTO open_tx (corr, dest, flow, source, changed_at, opened_at, deadline, attempts) VALUES (?,?,?,?,?,?,?,0)",
-                 ("cust-1", "storefront", "customers", "erp", T0, T0, T0 + 10))
-    failed_tl = {"attempts": [[TRACE, span(200), T0, T0 + 1, 1, "500", "http_500"]],
-                 "close": [STAGE_FAIL, TRACE, span(201), T0 + 60, T0 + 60, "retries_exhausted", None]}
-    conn.execute("INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, closed_at, attempts, timeline, corr_hash) "
-                 "VALUES (?,?,?,?,?,?,?,?,?,?)",
-                 ("ord-9", "erp", "orders", "storefront", "failed", T0, T0 + 60, 1, json.dumps(failed_tl), corr_hash("ord-9")))
-    dup_tl = {"close": [STAGE_CONFIRM, TRACE, span(300), T0 + 5, T0 + 6, None, "adj-7"],
-              "duplicates": [[TRACE, span(301), T0 + 20, T0 + 21, "adj-7"]]}
-    conn.execute("INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, closed_at, lag, attempts, timeline, "
-                 "corr_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                 ("inv-7", "storefront", "inventory", "wms", "confirmed", T0, T0 + 6, 6.0, 0, json.dumps(dup_tl), corr_hash("inv-7")))
-    conn.execute("INSERT INTO applies (idem, corr, dest, flow, first_at, last_at, applies) VALUES (?,?,?,?,?,?,?)",
-                 ("adj-7", "inv-7", "storefront", "inventory", T0 + 6, T0 + 21, 2))
+        conn.execute(
+            "INSERT INTO open_tx (corr, dest, flow, source, changed_at, opened_at, deadline, attempts) VALUES (?,?,?,?,?,?,?,0)",
+            (f"fresh-{i}", "erp", "orders", "storefront", NOW - 10, NOW - 10, NOW + 290),
+        )
+    conn.execute(
+        "INSERT INTO open_tx (corr, dest, flow, source, changed_at, opened_at, deadline, attempts) VALUES (?,?,?,?,?,?,?,0)",
+        ("cust-1", "storefront", "customers", "erp", T0, T0, T0 + 10),
+    )
+    failed_tl = {
+        "attempts": [[TRACE, span(200), T0, T0 + 1, 1, "500", "http_500"]],
+        "close": [STAGE_FAIL, TRACE, span(201), T0 + 60, T0 + 60, "retries_exhausted", None],
+    }
+    conn.execute(
+        "INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, closed_at, attempts, timeline, corr_hash) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?)",
+        ("ord-9", "erp", "orders", "storefront", "failed", T0, T0 + 60, 1, json.dumps(failed_tl), corr_hash("ord-9")),
+    )
+    dup_tl = {
+        "close": [STAGE_CONFIRM, TRACE, span(300), T0 + 5, T0 + 6, None, "adj-7"],
+        "duplicates": [[TRACE, span(301), T0 + 20, T0 + 21, "adj-7"]],
+    }
+    conn.execute(
+        "INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, closed_at, lag, attempts, timeline, "
+        "corr_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            "inv-7",
+            "storefront",
+            "inventory",
+            "wms",
+            "confirmed",
+            T0,
+            T0 + 6,
+            6.0,
+            0,
+            json.dumps(dup_tl),
+            corr_hash("inv-7"),
+        ),
+    )
+    conn.execute(
+        "INSERT INTO applies (idem, corr, dest, flow, first_at, last_at, applies) VALUES (?,?,?,?,?,?,?)",
+        ("adj-7", "inv-7", "storefront", "inventory", T0 + 6, T0 + 21, 2),
+    )
     conn.commit()
     conn.close()
 
@@ -79,13 +129,33 @@ def serve(tmp_path, config, scenario):
     async def go():
         intake = SnapshotIntake(config, Metrics(), clock=Clock(NOW))
         await intake.start()
-        await intake.export_logs(make_request(
-            {"corr": "ord-1", "direction": "request", "body": order_body(), "trace_id": bytes.fromhex(TRACE), "span_id": bytes.fromhex(span(3))},
-            {"corr": "ord-1", "direction": "response", "body": '{"doc":"4711"}', "trace_id": bytes.fromhex(TRACE), "span_id": bytes.fromhex(span(3))},
-            {"corr": "ord-1", "direction": "request", "body": "first try", "trace_id": bytes.fromhex(TRACE), "span_id": bytes.fromhex(span(1))},
-            {"corr": "ord-1", "direction": "request", "body": "from an untraced worker", "span_id": b""},
-            {"corr": "only-snap", "direction": "request", "body": "x"},
-        ))
+        await intake.export_logs(
+            make_request(
+                {
+                    "corr": "ord-1",
+                    "direction": "request",
+                    "body": order_body(),
+                    "trace_id": bytes.fromhex(TRACE),
+                    "span_id": bytes.fromhex(span(3)),
+                },
+                {
+                    "corr": "ord-1",
+                    "direction": "response",
+                    "body": '{"doc":"4711"}',
+                    "trace_id": bytes.fromhex(TRACE),
+                    "span_id": bytes.fromhex(span(3)),
+                },
+                {
+                    "corr": "ord-1",
+                    "direction": "request",
+                    "body": "first try",
+                    "trace_id": bytes.fromhex(TRACE),
+                    "span_id": bytes.fromhex(span(1)),
+                },
+                {"corr": "ord-1", "direction": "request", "body": "from an untraced worker", "span_id": b""},
+                {"corr": "only-snap", "direction": "request", "body": "x"},
+            )
+        )
         app = web.Application()
         setup_api(app, config=config, snapshots=intake, clock=Clock(NOW))
         async with TestClient(TestServer(app)) as client:
@@ -107,8 +177,12 @@ def config(tmp_path):
 def test_401_without_or_with_a_wrong_token(tmp_path, config):
     async def scenario(client):
         codes = []
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
-                        {"Authorization": f"Bearer {TOKEN}x"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": f"Basic {TOKEN}"},
+            {"Authorization": f"Bearer {TOKEN}x"},
+        ):
             for path in ("/api/v1/transactions/ord-1", "/api/v1/transactions?state=overdue"):
                 r = await client.get(path, headers=headers)
                 codes.append((r.status, r.headers.get("WWW-Authenticate"), "token" in (await r.json())["error"]))
@@ -156,21 +230,44 @@ def test_timeline_per_destination_with_backoff_lag_and_linked_snapshots(tmp_path
         status, body = serve(tmp_path, config, scenario)
     assert status == 200
     (erp,) = body["destinations"]
-    assert (erp["destination"], erp["flow"], erp["source"], erp["state"], erp["lag_seconds"]) == ("erp", "orders", "storefront", "confirmed", 42.0)
-    assert [(a["attempt"], a["code"], a["backoff_seconds"]) for a in erp["attempts"]] == [(1, "503", None), (2, "503", 2.0), (3, "201", 8.0)]
+    assert (erp["destination"], erp["flow"], erp["source"], erp["state"], erp["lag_seconds"]) == (
+        "erp",
+        "orders",
+        "storefront",
+        "confirmed",
+        42.0,
+    )
+    assert [(a["attempt"], a["code"], a["backoff_seconds"]) for a in erp["attempts"]] == [
+        (1, "503", None),
+        (2, "503", 2.0),
+        (3, "201", 8.0),
+    ]
     assert erp["attempts"][0]["start"] == "2027-01-15T08:00:01.000Z"
     assert [s["body"] for s in erp["attempts"][0]["snapshots"]] == ["first try"]
     third = erp["attempts"][2]["snapshots"]
     assert [s["direction"] for s in third] == ["request", "response"]
     assert third[0]["body"]["customer"]["password"].startswith("[REDACTED:password:")
     assert third[1]["body"] == {"doc": "4711"} and third[1]["body_encoding"] == "json"
-    assert erp["confirmations"] == [{"trace_id": TRACE, "span_id": span(4), "start": "2027-01-15T08:00:40.000Z",
-                                     "end": "2027-01-15T08:00:42.000Z", "idempotency_key": "ord-1:erp", "duplicate": False,
-                                     "snapshots": []}]
+    assert erp["confirmations"] == [
+        {
+            "trace_id": TRACE,
+            "span_id": span(4),
+            "start": "2027-01-15T08:00:40.000Z",
+            "end": "2027-01-15T08:00:42.000Z",
+            "idempotency_key": "ord-1:erp",
+            "duplicate": False,
+            "snapshots": [],
+        }
+    ]
     assert [s["body"] for s in body["unlinked_snapshots"]] == ["from an untraced worker"]
     # The read is logged with the correlation ID, never the payload.
     reads = [r.getMessage() for r in caplog.records if "payload snapshots read" in r.getMessage()]
-    assert len(reads) == 1 and "correlation_id=ord-1" in reads[0] and "REDACTED" not in caplog.text and "first try" not in caplog.text
+    assert (
+        len(reads) == 1
+        and "correlation_id=ord-1" in reads[0]
+        and "REDACTED" not in caplog.text
+        and "first try" not in caplog.text
+    )
 
 
 def test_duplicate_and_failed_transactions_in_the_timeline(tmp_path, config):
@@ -191,8 +288,15 @@ def test_duplicate_and_failed_transactions_in_the_timeline(tmp_path, config):
 def test_reconciliation_lists_by_state_and_flow(tmp_path, config):
     async def scenario(client):
         out = {}
-        for query in ("state=overdue", "state=overdue&flow=customers", "state=pending&flow=orders", "state=failed",
-                      "state=duplicate", "state=expired", "state=overdue&flow=prices"):
+        for query in (
+            "state=overdue",
+            "state=overdue&flow=customers",
+            "state=pending&flow=orders",
+            "state=failed",
+            "state=duplicate",
+            "state=expired",
+            "state=overdue&flow=prices",
+        ):
             r = await client.get(f"/api/v1/transactions?{query}&limit=1000", headers=AUTH)
             out[query] = await r.json()
         return out
@@ -222,8 +326,10 @@ def test_pagination_walks_every_row_once(tmp_path, config):
             cursor = body["next_cursor"]
             if not cursor:
                 break
-        bad = [(await client.get(f"/api/v1/transactions?{q}", headers=AUTH)).status
-               for q in ("state=overdue&cursor=garbage", "state=lost", "state=overdue&limit=0", "state=overdue&limit=x")]
+        bad = [
+            (await client.get(f"/api/v1/transactions?{q}", headers=AUTH)).status
+            for q in ("state=overdue&cursor=garbage", "state=lost", "state=overdue&limit=0", "state=overdue&limit=x")
+        ]
         return seen, pages, bad
 
     seen, pages, bad = serve(tmp_path, config, scenario)

@@ -17,13 +17,13 @@ import urllib.parse
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-
-from exporter.api import setup_api
-from exporter.cli_transactions import render_list, render_timeline
-from exporter.config import Config
-from exporter.ledger_schema import DDL, STAGE_CONFIRM, corr_hash
 from otlp_raw import post
 from test_snapshots_store import make_request
+
+from syncwatch.api.routes import setup_api
+from syncwatch.cli.transactions import render_list, render_timeline
+from syncwatch.config.models import Config
+from syncwatch.ledger.schema import DDL, STAGE_CONFIRM, corr_hash
 
 TOKEN = "hostile-api-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -35,6 +35,7 @@ NOW = 1_800_000_000.0
 def _strict_json(text):
     def refuse(name):
         raise ValueError(f"not JSON: {name}")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -61,16 +62,28 @@ def test_payload_bodies_are_shown_as_stored(api_sidecar):
     bodies = {
         "big": {"start": 1e300, "status": "ok"},
         "negative": {"deadline": -1e14, "time": 12},
-        "plain": {"start": 1800000000, "end": 1800000001.5, "changed_at": "2027-01-01", "received": [1, 2],
-                  "nested": {"closed_at": 1800000000}},
+        "plain": {
+            "start": 1800000000,
+            "end": 1800000001.5,
+            "changed_at": "2027-01-01",
+            "received": [1, 2],
+            "nested": {"closed_at": 1800000000},
+        },
         "deep": json.loads(deep),
     }
     sent_at = time.time() - 5
-    _send_snapshots(sc, *({"corr": f"pay-{name}", "direction": "request", "body": json.dumps(body), "time": sent_at}
-                          for name, body in bodies.items()))
+    _send_snapshots(
+        sc,
+        *(
+            {"corr": f"pay-{name}", "direction": "request", "body": json.dumps(body), "time": sent_at}
+            for name, body in bodies.items()
+        ),
+    )
     # What strict JSON cannot carry is shown as the stored text.
     texts = {"nan": '{"start": NaN}', "huge": '{"start": 1e400}'}
-    _send_snapshots(sc, *({"corr": f"pay-{name}", "direction": "request", "body": text} for name, text in texts.items()))
+    _send_snapshots(
+        sc, *({"corr": f"pay-{name}", "direction": "request", "body": text} for name, text in texts.items())
+    )
     for name, text in texts.items():
         status, record = _get_json(sc, f"/api/v1/transactions/pay-{name}")
         assert status == 200, (name, record)
@@ -97,21 +110,36 @@ def test_a_correlation_id_cannot_forge_a_log_line(api_sidecar):
     reads = [line for line in sc.log().splitlines() if "payload snapshots read" in line]
     assert len(reads) == 1
     assert "forged line" in reads[0] and "ord-7\\n2026" in reads[0]  # escaped, on the same line
-    assert not any(line.startswith("2026-01-01 00:00:00,000 INFO syncwatch.api: forged") for line in sc.log().splitlines())
+    assert not any(
+        line.startswith("2026-01-01 00:00:00,000 INFO syncwatch.api: forged") for line in sc.log().splitlines()
+    )
 
 
 def _raw_get(port: int, path: str, auth: bytes) -> int:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth
-                  + b"\r\nConnection: close\r\n\r\n")
+        s.sendall(
+            b"GET "
+            + path.encode()
+            + b" HTTP/1.1\r\nHost: x\r\nAuthorization: "
+            + auth
+            + b"\r\nConnection: close\r\n\r\n"
+        )
         answer = b""
         while chunk := s.recv(65536):
             answer += chunk
     return int(answer.split(b" ", 2)[1])
 
 
-@pytest.mark.parametrize("auth", [b"Bearer \xff\xfe", b"Bearer " + TOKEN.encode() + b"\xc3",
-                                  "Bearer tökén".encode(), b"\xff\xfe " + TOKEN.encode(), b"Bearer"])
+@pytest.mark.parametrize(
+    "auth",
+    [
+        b"Bearer \xff\xfe",
+        b"Bearer " + TOKEN.encode() + b"\xc3",
+        "Bearer tökén".encode(),
+        b"\xff\xfe " + TOKEN.encode(),
+        b"Bearer",
+    ],
+)
 def test_a_non_ascii_or_malformed_authorization_header_is_401(api_sidecar, auth):
     sc = api_sidecar
     for path in ("/api/v1/transactions/ord-1", "/api/v1/transactions?state=pending"):
@@ -123,11 +151,23 @@ def _cursor(raw: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-@pytest.mark.parametrize("raw", [
-    '[[1], "a", "b", "c"]', '[{"x": 1}, "a", "b", "c"]', '[18446744073709551616, "a", "b", "c"]',
-    '[1, 2, 3, 4]', '[true, "a", "b", "c"]', '[1.5, "a", null, "c"]', '[1.5, "a", "b", ["c"]]',
-    "[" * 3000 + "]" * 3000, '"a string"', "12", '{"a": 1}', "[1, 2]",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '[[1], "a", "b", "c"]',
+        '[{"x": 1}, "a", "b", "c"]',
+        '[18446744073709551616, "a", "b", "c"]',
+        "[1, 2, 3, 4]",
+        '[true, "a", "b", "c"]',
+        '[1.5, "a", null, "c"]',
+        '[1.5, "a", "b", ["c"]]',
+        "[" * 3000 + "]" * 3000,
+        '"a string"',
+        "12",
+        '{"a": 1}',
+        "[1, 2]",
+    ],
+)
 def test_forged_cursors_are_400(api_sidecar, raw):
     sc = api_sidecar
     for state in ("pending", "failed", "duplicate"):
@@ -137,33 +177,63 @@ def test_forged_cursors_are_400(api_sidecar, raw):
 
 # ---- times out of range, as older versions accepted them into the ledger --------------------------
 
+
 def _build_ledger(path):
     conn = sqlite3.connect(path)
     conn.executescript(DDL)
-    timeline = {"attempts": [[TRACE, "01" * 8, 1e300, 1e300, 1, "503", "http_503"],
-                             [TRACE, "02" * 8, YEAR_1, -1e11, 2, "201", None],
-                             [TRACE, "03" * 8, None, "x", None, None, None],
-                             [TRACE, "06" * 8, float("nan"), 5.0, float("nan"), "500", None]]}
+    timeline = {
+        "attempts": [
+            [TRACE, "01" * 8, 1e300, 1e300, 1, "503", "http_503"],
+            [TRACE, "02" * 8, YEAR_1, -1e11, 2, "201", None],
+            [TRACE, "03" * 8, None, "x", None, None, None],
+            [TRACE, "06" * 8, float("nan"), 5.0, float("nan"), "500", None],
+        ]
+    }
     rows = [  # corr, changed_at, opened_at, deadline
-        ("far-past", -1e11, YEAR_1, -1e14), ("year-1", YEAR_1, YEAR_1, YEAR_1 + 300),
-        ("far-future", 1e300, NOW, 1e300), ("infinite", float("-inf"), NOW, float("inf")),
+        ("far-past", -1e11, YEAR_1, -1e14),
+        ("year-1", YEAR_1, YEAR_1, YEAR_1 + 300),
+        ("far-future", 1e300, NOW, 1e300),
+        ("infinite", float("-inf"), NOW, float("inf")),
     ]
     for corr, changed, opened, deadline in rows:
-        conn.execute("INSERT INTO open_tx (corr, dest, flow, source, changed_at, opened_at, deadline, attempts, timeline) "
-                     "VALUES (?,?,?,?,?,?,?,?,?)", (corr, "erp", "orders", "storefront", changed, opened, deadline, 3,
-                                                    json.dumps(timeline)))
-    closed = {"attempts": timeline["attempts"],
-              "close": [STAGE_CONFIRM, TRACE, "04" * 8, -1e11, YEAR_1, None, "k-1"],
-              "duplicates": [[TRACE, "05" * 8, 1e300, float("inf"), "k-1"]]}
-    for corr, outcome, changed, closed_at, lag in (("exp-past", "expired", -1e11, YEAR_1, None),
-                                                   ("fail-future", "failed", 1e300, 1e300, None),
-                                                   ("conf-odd", "confirmed", YEAR_1, -1e11, float("inf"))):
-        conn.execute("INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, opened_at, deadline, closed_at, "
-                     "lag, attempts, timeline, corr_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                     (corr, "erp", "orders", "storefront", outcome, changed, YEAR_1, -1e14, closed_at, lag, 3,
-                      json.dumps(closed), corr_hash(corr)))
-    conn.execute("INSERT INTO applies (idem, corr, dest, flow, first_at, last_at, applies) VALUES (?,?,?,?,?,?,?)",
-                 ("k-1", "conf-odd", "erp", "orders", -1e11, 1e300, 2))
+        conn.execute(
+            "INSERT INTO open_tx (corr, dest, flow, source, changed_at, opened_at, deadline, attempts, timeline) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            (corr, "erp", "orders", "storefront", changed, opened, deadline, 3, json.dumps(timeline)),
+        )
+    closed = {
+        "attempts": timeline["attempts"],
+        "close": [STAGE_CONFIRM, TRACE, "04" * 8, -1e11, YEAR_1, None, "k-1"],
+        "duplicates": [[TRACE, "05" * 8, 1e300, float("inf"), "k-1"]],
+    }
+    for corr, outcome, changed, closed_at, lag in (
+        ("exp-past", "expired", -1e11, YEAR_1, None),
+        ("fail-future", "failed", 1e300, 1e300, None),
+        ("conf-odd", "confirmed", YEAR_1, -1e11, float("inf")),
+    ):
+        conn.execute(
+            "INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, opened_at, deadline, closed_at, "
+            "lag, attempts, timeline, corr_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                corr,
+                "erp",
+                "orders",
+                "storefront",
+                outcome,
+                changed,
+                YEAR_1,
+                -1e14,
+                closed_at,
+                lag,
+                3,
+                json.dumps(closed),
+                corr_hash(corr),
+            ),
+        )
+    conn.execute(
+        "INSERT INTO applies (idem, corr, dest, flow, first_at, last_at, applies) VALUES (?,?,?,?,?,?,?)",
+        ("k-1", "conf-odd", "erp", "orders", -1e11, 1e300, 2),
+    )
     conn.commit()
     conn.close()
 
@@ -185,9 +255,10 @@ def _serve_api(tmp_path, scenario):
 def test_out_of_range_times_in_the_ledger_render(tmp_path):
     async def scenario(client):
         out = {}
-        for path in ["/api/v1/transactions/" + c for c in ("far-past", "year-1", "far-future", "infinite",
-                                                           "exp-past", "fail-future", "conf-odd")] + \
-                    [f"/api/v1/transactions?state={s}" for s in ("pending", "overdue", "expired", "failed", "duplicate")]:
+        for path in [
+            "/api/v1/transactions/" + c
+            for c in ("far-past", "year-1", "far-future", "infinite", "exp-past", "fail-future", "conf-odd")
+        ] + [f"/api/v1/transactions?state={s}" for s in ("pending", "overdue", "expired", "failed", "duplicate")]:
             r = await client.get(path, headers=AUTH)
             out[path] = (r.status, _strict_json(await r.text()))  # valid JSON: no NaN or Infinity
         return out

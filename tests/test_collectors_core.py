@@ -12,19 +12,19 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from collectors_fakes.harness import run, value  # noqa: F401  (run is a fixture)
 from prometheus_client import CollectorRegistry
 
-from collectors.cli import collectors_test
-from collectors.config import validate_collectors_section
-from collectors.manager import CollectorManager
-from collectors.plugins import available_types
-from collectors_fakes.harness import run, value  # noqa: F401  (run is a fixture)
-from exporter.config import load_config
-from exporter.errors import ConfigError
+from syncwatch.cli.collectors import collectors_test
+from syncwatch.collectors.config import validate_collectors_section
+from syncwatch.collectors.manager import CollectorManager
+from syncwatch.collectors.plugins import available_types
+from syncwatch.config.errors import ConfigError
+from syncwatch.settings import load_config
 
-PLUGIN = '''
+PLUGIN = """
 import asyncio
-from collectors.base import Collector, CollectorError, CollectorSettings, DlqDepth, QueueDepth, Sample
+from syncwatch.collectors.base import Collector, CollectorError, CollectorSettings, DlqDepth, QueueDepth, Sample
 
 SCRIPT = {}  # collector name -> {"depth": {queue: n}, "dlq": n, "fail": reason or None, "sleep": s}
 
@@ -50,7 +50,7 @@ class FakeCollector(Collector):
             s.queues = [QueueDepth(*args) for args in plan["raw"]]
         plan["count"] = plan.get("count", 0) + 1
         return s
-'''
+"""
 
 
 @pytest.fixture
@@ -77,33 +77,45 @@ def test_builtins_and_an_installed_plugin_share_one_mechanism(plugin, run):
     run.managers.append(manager)
     run(manager.sample_once())
     assert value(reg, "syncwatch_queue_messages", broker="fakebroker", namespace="eu", queue="work") == 4
-    assert value(reg, "syncwatch_dlq_messages", broker="fakebroker", namespace="eu", queue="work-dlq", source_queue="work") == 1
+    assert (
+        value(reg, "syncwatch_dlq_messages", broker="fakebroker", namespace="eu", queue="work-dlq", source_queue="work")
+        == 1
+    )
     # The plug-in's own settings model validates its keys.
     with pytest.raises(ConfigError) as err:
         validate_collectors_section([{"type": "fakebroker", "name": "p", "regoin": "eu"}], {})
     assert err.value.key == "collectors[0].regoin"
 
 
-@pytest.mark.parametrize("collectors, sampling, key", [
-    ([{"type": "kafka", "name": "k"}], {}, "collectors[0].type"),
-    ([{"name": "k"}], {}, "collectors[0].type"),
-    ([{"type": "sqs", "name": "a"}, {"type": "sqs", "name": "a"}], {}, "collectors[1].name"),
-    ([{"type": "sqs", "name": "a", "queus": ["x"]}], {}, "collectors[0].queus"),
-    ([{"type": "sqs", "name": "a", "queues": []}], {}, "collectors[0].queues"),
-    ([{"type": "rabbitmq", "name": "r", "page_size": 900}], {}, "collectors[0].page_size"),
-    ([{"type": "rabbitmq", "name": "r", "url": "localhost:15672"}], {}, "collectors[0].url"),
-    ([{"type": "rabbitmq", "name": "r", "url": "http://admin:pw@rabbit:15672"}], {}, "collectors[0].url"),
-    ([{"type": "servicebus", "name": "s"}], {}, "collectors[0].connection_string"),
-    ([{"type": "rabbitmq", "name": "r", "timeout": "10s"}], {}, "collectors[0].timeout"),
-    ([], {"interval": "5s", "fast_interval": "10s"}, "sampling.fast_interval"),
-    ([], {"interval": "fast"}, "sampling.interval"),
-    ([], {"calm": "5m"}, "sampling.calm"),
-    ([], {"high_traffic_windows": [{"days": ["sat"], "start": "09:00", "end": "21:00", "timezone": "Mars/Olympus"}]},
-     "sampling.high_traffic_windows[0].timezone"),
-    ([], {"high_traffic_windows": [{"days": ["caturday"], "start": "09:00", "end": "21:00"}]},
-     "sampling.high_traffic_windows[0].days"),
-    ([], {"high_traffic_windows": [{"start": "25:00", "end": "21:00"}]}, "sampling.high_traffic_windows[0].start"),
-])
+@pytest.mark.parametrize(
+    "collectors, sampling, key",
+    [
+        ([{"type": "kafka", "name": "k"}], {}, "collectors[0].type"),
+        ([{"name": "k"}], {}, "collectors[0].type"),
+        ([{"type": "sqs", "name": "a"}, {"type": "sqs", "name": "a"}], {}, "collectors[1].name"),
+        ([{"type": "sqs", "name": "a", "queus": ["x"]}], {}, "collectors[0].queus"),
+        ([{"type": "sqs", "name": "a", "queues": []}], {}, "collectors[0].queues"),
+        ([{"type": "rabbitmq", "name": "r", "page_size": 900}], {}, "collectors[0].page_size"),
+        ([{"type": "rabbitmq", "name": "r", "url": "localhost:15672"}], {}, "collectors[0].url"),
+        ([{"type": "rabbitmq", "name": "r", "url": "http://admin:pw@rabbit:15672"}], {}, "collectors[0].url"),
+        ([{"type": "servicebus", "name": "s"}], {}, "collectors[0].connection_string"),
+        ([{"type": "rabbitmq", "name": "r", "timeout": "10s"}], {}, "collectors[0].timeout"),
+        ([], {"interval": "5s", "fast_interval": "10s"}, "sampling.fast_interval"),
+        ([], {"interval": "fast"}, "sampling.interval"),
+        ([], {"calm": "5m"}, "sampling.calm"),
+        (
+            [],
+            {"high_traffic_windows": [{"days": ["sat"], "start": "09:00", "end": "21:00", "timezone": "Mars/Olympus"}]},
+            "sampling.high_traffic_windows[0].timezone",
+        ),
+        (
+            [],
+            {"high_traffic_windows": [{"days": ["caturday"], "start": "09:00", "end": "21:00"}]},
+            "sampling.high_traffic_windows[0].days",
+        ),
+        ([], {"high_traffic_windows": [{"start": "25:00", "end": "21:00"}]}, "sampling.high_traffic_windows[0].start"),
+    ],
+)
 def test_bad_settings_name_the_key(collectors, sampling, key):
     with pytest.raises(ConfigError) as err:
         validate_collectors_section(collectors, sampling)
@@ -113,16 +125,19 @@ def test_bad_settings_name_the_key(collectors, sampling, key):
 
 def test_config_file_errors_name_the_key_and_hide_secrets(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         collectors:
           - type: rabbitmq
             name: r
             password: [hunter2]
-    """))
+    """)
+    )
     with pytest.raises(ConfigError) as err:
         load_config(path, environ={})
     assert err.value.key == "collectors[0].password" and "hunter2" not in str(err.value)
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         collectors:
           - {type: rabbitmq, name: r, vhosts: [shop], queues: ["orders-*"]}
           - {type: sqs, name: aws, region: eu-west-1, queues: ["orders-*.fifo"], dead_letter_queues: [legacy-dlq]}
@@ -131,7 +146,8 @@ def test_config_file_errors_name_the_key_and_hide_secrets(tmp_path):
           fast_interval: 10s
           high_traffic_windows:
             - {name: weekend-flash-sale, days: [weekend], start: "09:00", end: "23:00", timezone: Europe/Berlin}
-    """))
+    """)
+    )
     load_config(path, environ={})
 
 
@@ -178,13 +194,31 @@ def test_fast_while_growing_and_back_after_five_calm_minutes(plugin, run):
 
 
 def test_high_traffic_windows_in_their_time_zone(plugin, run):
-    windows = [{"name": "weekend-flash-sale", "days": ["sat", "sun"], "start": "09:00", "end": "21:00", "timezone": "Europe/Berlin"},
-               {"name": "friday-night-batch", "days": ["fri"], "start": "22:00", "end": "02:00", "timezone": "America/New_York"}]
+    windows = [
+        {
+            "name": "weekend-flash-sale",
+            "days": ["sat", "sun"],
+            "start": "09:00",
+            "end": "21:00",
+            "timezone": "Europe/Berlin",
+        },
+        {
+            "name": "friday-night-batch",
+            "days": ["fri"],
+            "start": "22:00",
+            "end": "02:00",
+            "timezone": "America/New_York",
+        },
+    ]
     clock = Clock(0)
     plugin["p"] = {"depth": {"work": 5}, "dlq": 0}
     reg = CollectorRegistry()
-    manager = CollectorManager([{"type": "fakebroker", "name": "p"}],
-                               {"high_traffic_windows": windows, "interval": "2m", "fast_interval": "15s"}, reg, clock=clock)
+    manager = CollectorManager(
+        [{"type": "fakebroker", "name": "p"}],
+        {"high_traffic_windows": windows, "interval": "2m", "fast_interval": "15s"},
+        reg,
+        clock=clock,
+    )
     run.managers.append(manager)
     cases = [
         (at("2026-11-28T08:59:00"), 120),  # Saturday in Berlin, before the sale
@@ -207,8 +241,12 @@ def test_growth_trigger_can_be_switched_off(plugin, run):
     clock = Clock(at("2026-11-25T12:00:00"))
     plugin["p"] = {"depth": {"work": 1}, "dlq": 3}
     reg = CollectorRegistry()
-    manager = CollectorManager([{"type": "fakebroker", "name": "p"}],
-                               {"fast_when_depth_growing": False, "fast_when_dlq_not_empty": False}, reg, clock=clock)
+    manager = CollectorManager(
+        [{"type": "fakebroker", "name": "p"}],
+        {"fast_when_depth_growing": False, "fast_when_dlq_not_empty": False},
+        reg,
+        clock=clock,
+    )
     run.managers.append(manager)
     for depth in (1, 50, 500):
         plugin["p"]["depth"]["work"] = depth
@@ -222,8 +260,11 @@ def test_loops_run_independently_a_stuck_broker_delays_nobody(plugin, run):
     plugin["stuck"] = {"depth": {}, "dlq": 0, "sleep": 30}
     plugin["broken"] = {"depth": {}, "dlq": 0, "fail": "throttled"}
     reg = CollectorRegistry()
-    manager = CollectorManager([{"type": "fakebroker", "name": n, "timeout": "0.5s"} for n in ("quick", "stuck", "broken")],
-                               {"interval": "1s", "fast_interval": "1s"}, reg)
+    manager = CollectorManager(
+        [{"type": "fakebroker", "name": n, "timeout": "0.5s"} for n in ("quick", "stuck", "broken")],
+        {"interval": "1s", "fast_interval": "1s"},
+        reg,
+    )
 
     async def scenario():
         await manager.start()
@@ -241,14 +282,17 @@ def test_loops_run_independently_a_stuck_broker_delays_nobody(plugin, run):
     assert stop_took < 1.0
 
 
-@pytest.mark.parametrize("raw", [
-    [(5, "work", 1)],  # a numeric namespace
-    [("lab", None, 1)],
-    [("lab", "work", float("nan"))],
-    [("lab", "work", -1)],
-    [("lab", "work", "7")],
-    [("lab", "\ud800", 1)],  # not encodable as UTF-8
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [(5, "work", 1)],  # a numeric namespace
+        [("lab", None, 1)],
+        [("lab", "work", float("nan"))],
+        [("lab", "work", -1)],
+        [("lab", "work", "7")],
+        [("lab", "\ud800", 1)],  # not encodable as UTF-8
+    ],
+)
 def test_a_plugins_odd_sample_fails_that_collector_only(plugin, run, raw):
     """Every plug-in's sample is checked before it is exported: an odd one is that collector's
     bad_response, and /metrics keeps rendering for everything else."""

@@ -12,12 +12,12 @@ from urllib.parse import quote
 import pika
 import pytest
 import requests
-from prometheus_client import CollectorRegistry
-
-from collectors.manager import CollectorManager
-from exporter.errors import ConfigError
 from collectors_fakes.harness import free_port, run, sample_until, value  # noqa: F401  (run is a fixture)
 from collectors_fakes.tcp_proxy import TcpProxy
+from prometheus_client import CollectorRegistry
+
+from syncwatch.collectors.manager import CollectorManager
+from syncwatch.config.errors import ConfigError
 
 MGMT = "http://127.0.0.1:15672"
 AUTH = ("guest", "guest")
@@ -40,7 +40,9 @@ def vhost():
 
 
 def amqp(vhost: str) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672, vhost, pika.PlainCredentials("guest", "guest")))
+    return pika.BlockingConnection(
+        pika.ConnectionParameters("127.0.0.1", 5672, vhost, pika.PlainCredentials("guest", "guest"))
+    )
 
 
 def build_topology(vhost: str, conn: pika.BlockingConnection):
@@ -51,10 +53,15 @@ def build_topology(vhost: str, conn: pika.BlockingConnection):
     ch.queue_bind("orders.dlq", "orders.dlx", "orders")
     ch.queue_declare("audit")
     ch.queue_bind("audit", "orders.dlx", "something-else")
-    ch.queue_declare("orders", arguments={"x-dead-letter-exchange": "orders.dlx", "x-dead-letter-routing-key": "orders"})
+    ch.queue_declare(
+        "orders", arguments={"x-dead-letter-exchange": "orders.dlx", "x-dead-letter-routing-key": "orders"}
+    )
     # DLX by policy, on a quorum queue, into a fanout exchange.
-    api("PUT", f"/api/policies/{quote(vhost, safe='')}/payments-dlx",
-        {"pattern": "^payments$", "apply-to": "queues", "definition": {"dead-letter-exchange": "payments.dlx"}})
+    api(
+        "PUT",
+        f"/api/policies/{quote(vhost, safe='')}/payments-dlx",
+        {"pattern": "^payments$", "apply-to": "queues", "definition": {"dead-letter-exchange": "payments.dlx"}},
+    )
     ch.exchange_declare("payments.dlx", "fanout")
     ch.queue_declare("payments.dlq")
     ch.queue_bind("payments.dlq", "payments.dlx")
@@ -83,12 +90,19 @@ def test_depths_dead_letters_by_argument_and_policy(vhost, run):
 
     reg = CollectorRegistry()
     manager = CollectorManager(
-        [{"type": "rabbitmq", "name": "rabbit", "vhosts": [vhost], "queues": ["orders", "pay*"]}], {}, reg)
+        [{"type": "rabbitmq", "name": "rabbit", "vhosts": [vhost], "queues": ["orders", "pay*"]}], {}, reg
+    )
     q = dict(broker="rabbitmq", namespace=vhost)
-    sample_until(run, manager, lambda: value(reg, "syncwatch_queue_messages_in_flight", queue="orders", **q) == 1
-                 and value(reg, "syncwatch_dlq_messages", queue="orders.dlq", source_queue="orders", **q) == 2
-                 and value(reg, "syncwatch_queue_messages", queue="payments", **q) == 2
-                 and value(reg, "syncwatch_dlq_messages", queue="payments.dlq", source_queue="payments", **q) == 1)
+    sample_until(
+        run,
+        manager,
+        lambda: (
+            value(reg, "syncwatch_queue_messages_in_flight", queue="orders", **q) == 1
+            and value(reg, "syncwatch_dlq_messages", queue="orders.dlq", source_queue="orders", **q) == 2
+            and value(reg, "syncwatch_queue_messages", queue="payments", **q) == 2
+            and value(reg, "syncwatch_dlq_messages", queue="payments.dlq", source_queue="payments", **q) == 1
+        ),
+    )
 
     assert value(reg, "syncwatch_collector_up", collector="rabbit") == 1
     assert value(reg, "syncwatch_queue_messages", queue="orders", **q) == 2
@@ -120,8 +134,11 @@ def test_paging_and_missing_named_queue(vhost, run):
     ch.basic_publish("", "bulk-007", b"x")
     reg = CollectorRegistry()
     # page_size 5: three pages for twelve queues.
-    manager = CollectorManager([{"type": "rabbitmq", "name": "r", "vhosts": [vhost], "page_size": 5,
-                                 "queues": ["bulk-*", "does-not-exist"]}], {}, reg)
+    manager = CollectorManager(
+        [{"type": "rabbitmq", "name": "r", "vhosts": [vhost], "page_size": 5, "queues": ["bulk-*", "does-not-exist"]}],
+        {},
+        reg,
+    )
     q = dict(broker="rabbitmq", namespace=vhost)
     result = sample_until(run, manager, lambda: value(reg, "syncwatch_queue_messages", queue="bulk-007", **q) == 1)
     sample = result["r"]
@@ -148,12 +165,22 @@ def test_faults_are_reported_and_do_not_affect_other_collectors(vhost, run):
     conn.channel().queue_declare("steady")
     proxy = TcpProxy("127.0.0.1", 15672).start()
     reg = CollectorRegistry()
-    manager = CollectorManager([
-        {"type": "rabbitmq", "name": "good", "vhosts": [vhost]},
-        {"type": "rabbitmq", "name": "proxied", "vhosts": [vhost], "url": f"http://127.0.0.1:{proxy.port}", "timeout": "1s"},
-        {"type": "rabbitmq", "name": "badauth", "vhosts": [vhost], "password": "wrong"},
-        {"type": "rabbitmq", "name": "nohost", "vhosts": [vhost], "url": f"http://127.0.0.1:{free_port()}"},
-    ], {}, reg)
+    manager = CollectorManager(
+        [
+            {"type": "rabbitmq", "name": "good", "vhosts": [vhost]},
+            {
+                "type": "rabbitmq",
+                "name": "proxied",
+                "vhosts": [vhost],
+                "url": f"http://127.0.0.1:{proxy.port}",
+                "timeout": "1s",
+            },
+            {"type": "rabbitmq", "name": "badauth", "vhosts": [vhost], "password": "wrong"},
+            {"type": "rabbitmq", "name": "nohost", "vhosts": [vhost], "url": f"http://127.0.0.1:{free_port()}"},
+        ],
+        {},
+        reg,
+    )
 
     def up(name):
         return value(reg, "syncwatch_collector_up", collector=name)
@@ -161,7 +188,11 @@ def test_faults_are_reported_and_do_not_affect_other_collectors(vhost, run):
     def errors(name, reason):
         return value(reg, "syncwatch_collector_errors_total", collector=name, reason=reason)
 
-    sample_until(run, manager, lambda: value(reg, "syncwatch_queue_messages", broker="rabbitmq", namespace=vhost, queue="steady") == 0)
+    sample_until(
+        run,
+        manager,
+        lambda: value(reg, "syncwatch_queue_messages", broker="rabbitmq", namespace=vhost, queue="steady") == 0,
+    )
     assert (up("good"), up("proxied"), up("badauth"), up("nohost")) == (1, 1, 0, 0)
     assert errors("badauth", "unauthorized") >= 1 and errors("nohost", "unreachable") >= 1
 
@@ -199,15 +230,23 @@ def test_dead_letters_through_topic_exchange_and_exchange_binding(vhost, run):
     ch.queue_bind("order-failures", "dlx.topic", "orders.*")
     ch.queue_declare("price-failures")
     ch.queue_bind("price-failures", "dlx.topic", "prices.*")
-    ch.queue_declare("orders", arguments={"x-dead-letter-exchange": "dlx.topic", "x-dead-letter-routing-key": "orders.failed"})
+    ch.queue_declare(
+        "orders", arguments={"x-dead-letter-exchange": "dlx.topic", "x-dead-letter-routing-key": "orders.failed"}
+    )
     ch.basic_publish("", "orders", b"x")
     method, _, _ = ch.basic_get("orders")
     ch.basic_reject(method.delivery_tag, requeue=False)
     reg = CollectorRegistry()
     manager = CollectorManager([{"type": "rabbitmq", "name": "r", "vhosts": [vhost], "queues": ["orders"]}], {}, reg)
     q = dict(broker="rabbitmq", namespace=vhost, source_queue="orders")
-    sample_until(run, manager, lambda: value(reg, "syncwatch_dlq_messages", queue="all-failures", **q) == 1
-                 and value(reg, "syncwatch_dlq_messages", queue="order-failures", **q) == 1)
+    sample_until(
+        run,
+        manager,
+        lambda: (
+            value(reg, "syncwatch_dlq_messages", queue="all-failures", **q) == 1
+            and value(reg, "syncwatch_dlq_messages", queue="order-failures", **q) == 1
+        ),
+    )
     assert value(reg, "syncwatch_dlq_messages", queue="all-failures", **q) == 1
     assert value(reg, "syncwatch_dlq_messages", queue="order-failures", **q) == 1
     assert value(reg, "syncwatch_dlq_messages", queue="price-failures", **q) is None
@@ -222,11 +261,15 @@ def test_password_from_environment_variable(vhost, run, monkeypatch):
     monkeypatch.setenv("SW_TEST_RABBITMQ_PASSWORD", "guest")
     monkeypatch.setenv("SW_TEST_RABBITMQ_WRONG", "not-the-password")
     reg = CollectorRegistry()
-    manager = CollectorManager([
-        {"type": "rabbitmq", "name": "envpw", "vhosts": [vhost], "password_env": "SW_TEST_RABBITMQ_PASSWORD"},
-        # The variable's value is what is sent, not the `guest` default.
-        {"type": "rabbitmq", "name": "envwrong", "vhosts": [vhost], "password_env": "SW_TEST_RABBITMQ_WRONG"},
-    ], {}, reg)
+    manager = CollectorManager(
+        [
+            {"type": "rabbitmq", "name": "envpw", "vhosts": [vhost], "password_env": "SW_TEST_RABBITMQ_PASSWORD"},
+            # The variable's value is what is sent, not the `guest` default.
+            {"type": "rabbitmq", "name": "envwrong", "vhosts": [vhost], "password_env": "SW_TEST_RABBITMQ_WRONG"},
+        ],
+        {},
+        reg,
+    )
     assert manager.runner("envpw").collector.settings.password.get_secret_value() == "guest"
     q = dict(broker="rabbitmq", namespace=vhost, queue="from-env")
     sample_until(run, manager, lambda: value(reg, "syncwatch_queue_messages", **q) == 1)
@@ -250,8 +293,11 @@ def test_password_env_missing_empty_or_with_password_is_a_config_error(monkeypat
     ]
     for extra, message in cases:
         with pytest.raises(ConfigError) as info:
-            CollectorManager([{**base, "name": "ok", "password_env": "SW_TEST_RABBITMQ_SECRET"}, {**base, **extra}],
-                             {}, CollectorRegistry())
+            CollectorManager(
+                [{**base, "name": "ok", "password_env": "SW_TEST_RABBITMQ_SECRET"}, {**base, **extra}],
+                {},
+                CollectorRegistry(),
+            )
         assert info.value.key == "collectors[1].password_env", extra
         assert message in info.value.message, (extra, info.value.message)
         assert "s3cr3t-value" not in str(info.value) and "inline-value" not in str(info.value)
@@ -260,19 +306,44 @@ def test_password_env_missing_empty_or_with_password_is_a_config_error(monkeypat
     path = tmp_path / "config.yaml"
     path.write_text("collectors:\n  - {type: rabbitmq, name: main, password_env: SW_TEST_RABBITMQ_PASSWORD}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCWATCH_", "SW_TEST_"))}
-    check = [sys.executable, "-m", "exporter.cli", "check-config", str(path)]
+    check = [sys.executable, "-m", "syncwatch", "check-config", str(path)]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run(check, cwd=root, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "collectors[0].password_env: environment variable SW_TEST_RABBITMQ_PASSWORD is not set" in result.stderr
-    result = subprocess.run(check, cwd=root, env={**env, "SW_TEST_RABBITMQ_PASSWORD": "s3cr3t-value"},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        check,
+        cwd=root,
+        env={**env, "SW_TEST_RABBITMQ_PASSWORD": "s3cr3t-value"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "s3cr3t-value" not in result.stdout + result.stderr
 
 
-TOPIC_PATTERNS = ["", "#", "*", "a", "a.*", "a.#", "#.a", "*.a", "a.*.#", "#.*", "*.#", "#.#.a", "a..b", "a.#.b",
-                  "#.b.#", "*.*", ".", "a.#.#.b", "#.#"]
+TOPIC_PATTERNS = [
+    "",
+    "#",
+    "*",
+    "a",
+    "a.*",
+    "a.#",
+    "#.a",
+    "*.a",
+    "a.*.#",
+    "#.*",
+    "*.#",
+    "#.#.a",
+    "a..b",
+    "a.#.b",
+    "#.b.#",
+    "*.*",
+    ".",
+    "a.#.#.b",
+    "#.#",
+]
 TOPIC_KEYS = ["", "a", "b", "a.b", "a.a", "b.a", "a..b", "a.b.c.b", ".", "a.", ".a", "a.x.b", "a.x.y.b"]
 
 
@@ -297,8 +368,11 @@ def test_dead_letter_links_follow_the_brokers_own_topic_routing(vhost, run):
     reg = CollectorRegistry()
     manager = CollectorManager([{"type": "rabbitmq", "name": "r", "vhosts": [vhost], "queues": ["src-*"]}], {}, reg)
     expected = len(TOPIC_KEYS) + len(truth)
-    result = sample_until(run, manager, lambda: (s := manager.runner("r").last_sample) is not None
-                          and len(s.queues) + len(s.dlqs) == expected)
+    result = sample_until(
+        run,
+        manager,
+        lambda: (s := manager.runner("r").last_sample) is not None and len(s.queues) + len(s.dlqs) == expected,
+    )
     linked = {d.queue: d.source_queues for d in result["r"].dlqs}
     assert linked == truth
     conn.close()
@@ -316,9 +390,13 @@ def test_pathological_topic_binding_neither_stalls_nor_misleads(vhost, run):
     ch.queue_bind("never", "dlx", "#.#.#.#.#.#.#.#.#.nomatch")
     ch.queue_declare("dead")
     ch.queue_bind("dead", "dlx", "#.#.#.#.#.#.#.#.#.a")
-    ch.queue_declare("orders", arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": ".".join(["a"] * 24)})
+    ch.queue_declare(
+        "orders", arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": ".".join(["a"] * 24)}
+    )
     # A dead-letter key and a binding key over 255 bytes (the broker takes both; AMQP clients cannot send them).
-    ch.queue_declare("orders-long", arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "a." * 150 + "a"})
+    ch.queue_declare(
+        "orders-long", arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "a." * 150 + "a"}
+    )
     api("POST", f"/api/bindings/{quote(vhost, safe='')}/e/dlx/q/never", {"routing_key": "#." + "b." * 150 + "b"})
     reg = CollectorRegistry()
     manager = CollectorManager([{"type": "rabbitmq", "name": "r", "vhosts": [vhost], "queues": ["orders*"]}], {}, reg)
@@ -334,7 +412,7 @@ def test_pathological_topic_binding_neither_stalls_nor_misleads(vhost, run):
         result, worst = run(watched())
         sample = result["r"]
         assert worst < 0.5
-        if sample is not None and len(sample.queues) == 2 and sample.dlqs or time.monotonic() > deadline:
+        if (sample is not None and len(sample.queues) == 2 and sample.dlqs) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert value(reg, "syncwatch_collector_sample_duration_seconds", collector="r") < 1.0
@@ -342,7 +420,9 @@ def test_pathological_topic_binding_neither_stalls_nor_misleads(vhost, run):
     refused = sorted(e.message for e in sample.errors)
     assert len(refused) == 2 and all(e.reason == "too_large" for e in sample.errors)
     assert refused[0].endswith("'dlx': a binding key of 303 bytes (over 255) is not matched")
-    assert refused[1].endswith("'orders-long': dead-letter routing key of 301 bytes (over 255) is not matched against topic bindings")
+    assert refused[1].endswith(
+        "'orders-long': dead-letter routing key of 301 bytes (over 255) is not matched against topic bindings"
+    )
     # orders-long's dead letters may well reach a queue: no "routes to no queue" guess for it.
     assert not any("orders-long" in w for w in sample.warnings)
     assert value(reg, "syncwatch_collector_up", collector="r") == 1

@@ -6,26 +6,35 @@ from __future__ import annotations
 import re
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-
-from collectors.manager import CollectorManager
-from exporter.errors import ConfigError
 from collectors_fakes.harness import free_port, run, sample_until, value  # noqa: F401  (run is a fixture)
 from collectors_fakes.servicebus_fake import Counts, FakeServiceBus
+from prometheus_client import CollectorRegistry, generate_latest
+
+from syncwatch.collectors.manager import CollectorManager
+from syncwatch.config.errors import ConfigError
 
 
 @pytest.fixture
 def fake(tmp_path):
-    f = FakeServiceBus(tmp_path, keys={
-        "RootManageSharedAccessKey": ("bWFuYWdlLWtleQ==", {"Manage", "Listen", "Send"}),
-        "listen-only": ("bGlzdGVuLWtleQ==", {"Listen"}),
-    })
+    f = FakeServiceBus(
+        tmp_path,
+        keys={
+            "RootManageSharedAccessKey": ("bWFuYWdlLWtleQ==", {"Manage", "Listen", "Send"}),
+            "listen-only": ("bGlzdGVuLWtleQ==", {"Listen"}),
+        },
+    )
     yield f
     f.close()
 
 
 def entry(fake, name="sb", **extra):
-    return {"type": "servicebus", "name": name, "connection_string": fake.connection_string(), "ca_file": str(fake.cert), **extra}
+    return {
+        "type": "servicebus",
+        "name": name,
+        "connection_string": fake.connection_string(),
+        "ca_file": str(fake.cert),
+        **extra,
+    }
 
 
 def test_queues_subscriptions_and_their_dead_letter_queues(fake, run):
@@ -44,9 +53,18 @@ def test_queues_subscriptions_and_their_dead_letter_queues(fake, run):
     assert len([x for x in result["sb"].queues if x.queue.startswith("orders-")]) == 130
     assert value(reg, "syncwatch_queue_messages", queue="orders-007", **q) == 12
     assert value(reg, "syncwatch_queue_messages_delayed", queue="orders-007", **q) == 4
-    assert value(reg, "syncwatch_dlq_messages", queue="orders-007/$DeadLetterQueue", source_queue="orders-007", **q) == 3
-    assert value(reg, "syncwatch_dlq_messages", queue="orders-007/$Transfer/$DeadLetterQueue", source_queue="orders-007", **q) == 2
-    assert value(reg, "syncwatch_dlq_messages", queue="orders-129/$DeadLetterQueue", source_queue="orders-129", **q) == 0
+    assert (
+        value(reg, "syncwatch_dlq_messages", queue="orders-007/$DeadLetterQueue", source_queue="orders-007", **q) == 3
+    )
+    assert (
+        value(
+            reg, "syncwatch_dlq_messages", queue="orders-007/$Transfer/$DeadLetterQueue", source_queue="orders-007", **q
+        )
+        == 2
+    )
+    assert (
+        value(reg, "syncwatch_dlq_messages", queue="orders-129/$DeadLetterQueue", source_queue="orders-129", **q) == 0
+    )
     sub = "inventory-events/Subscriptions/wms"
     assert value(reg, "syncwatch_queue_messages", queue=sub, **q) == 5
     assert value(reg, "syncwatch_dlq_messages", queue=sub + "/$DeadLetterQueue", source_queue=sub, **q) == 7
@@ -57,8 +75,12 @@ def test_queues_subscriptions_and_their_dead_letter_queues(fake, run):
     assert value(reg, "syncwatch_queue_messages", queue="unwatched/Subscriptions/x", **q) is None
     # 2 queue pages + 1 topic page + 1 subscription page of the selected topic.
     assert result["sb"].api_calls == 4
-    assert [p.split("?")[0] for p in fake.requests] == ["/$Resources/queues", "/$Resources/queues", "/$Resources/topics",
-                                                         "/inventory-events/subscriptions"]
+    assert [p.split("?")[0] for p in fake.requests] == [
+        "/$Resources/queues",
+        "/$Resources/queues",
+        "/$Resources/topics",
+        "/inventory-events/subscriptions",
+    ]
 
 
 def test_named_queues_and_a_missing_one(fake, run):
@@ -76,11 +98,15 @@ def test_named_queues_and_a_missing_one(fake, run):
 def test_wrong_key_and_missing_manage_right_are_unauthorized(fake, run):
     fake.queues["q"] = Counts(active=1)
     reg = CollectorRegistry()
-    manager = CollectorManager([
-        entry(fake, "good"),
-        {**entry(fake, "wrongkey"), "connection_string": fake.connection_string(key="d3Jvbmc=")},
-        {**entry(fake, "listen"), "connection_string": fake.connection_string("listen-only")},
-    ], {}, reg)
+    manager = CollectorManager(
+        [
+            entry(fake, "good"),
+            {**entry(fake, "wrongkey"), "connection_string": fake.connection_string(key="d3Jvbmc=")},
+            {**entry(fake, "listen"), "connection_string": fake.connection_string("listen-only")},
+        ],
+        {},
+        reg,
+    )
     result = sample_until(run, manager, lambda: True)
     assert value(reg, "syncwatch_collector_up", collector="good") == 1
     for name in ("wrongkey", "listen"):
@@ -96,10 +122,19 @@ def test_wrong_key_and_missing_manage_right_are_unauthorized(fake, run):
 def test_slow_and_stopped_namespace_then_recovery(fake, run, tmp_path):
     fake.queues["q"] = Counts(active=1)
     reg = CollectorRegistry()
-    manager = CollectorManager([entry(fake, timeout="1s", subscriptions=[]),
-                                {"type": "servicebus", "name": "nohost", "ca_file": str(fake.cert),
-                                 "connection_string": f"Endpoint=sb://127.0.0.1:{free_port()}/;SharedAccessKeyName=k;SharedAccessKey=a2V5"}],
-                               {}, reg)
+    manager = CollectorManager(
+        [
+            entry(fake, timeout="1s", subscriptions=[]),
+            {
+                "type": "servicebus",
+                "name": "nohost",
+                "ca_file": str(fake.cert),
+                "connection_string": f"Endpoint=sb://127.0.0.1:{free_port()}/;SharedAccessKeyName=k;SharedAccessKey=a2V5",
+            },
+        ],
+        {},
+        reg,
+    )
     sample_until(run, manager, lambda: True)
     assert value(reg, "syncwatch_collector_up", collector="sb") == 1
     assert value(reg, "syncwatch_collector_up", collector="nohost") == 0
@@ -136,7 +171,10 @@ def test_connection_string_from_environment_variable(fake, run, monkeypatch):
     env_entry["connection_string_env"] = "SW_TEST_SERVICEBUS_CONNECTION_STRING"
     reg = CollectorRegistry()
     manager = CollectorManager([env_entry], {}, reg)
-    assert manager.runner("sb").collector.describe()["auth"] == "connection string from $SW_TEST_SERVICEBUS_CONNECTION_STRING"
+    assert (
+        manager.runner("sb").collector.describe()["auth"]
+        == "connection string from $SW_TEST_SERVICEBUS_CONNECTION_STRING"
+    )
     sample_until(run, manager, lambda: True)
     q = dict(broker="servicebus", namespace=fake.host)
     assert value(reg, "syncwatch_collector_up", collector="sb") == 1
@@ -149,8 +187,14 @@ def test_connection_string_from_environment_variable(fake, run, monkeypatch):
     monkeypatch.delenv("SW_TEST_SERVICEBUS_UNSET", raising=False)
     monkeypatch.setenv("SW_TEST_SERVICEBUS_EMPTY", "")
     for extra, message in [
-        ({"connection_string_env": "SW_TEST_SERVICEBUS_UNSET"}, "environment variable SW_TEST_SERVICEBUS_UNSET is not set"),
-        ({"connection_string_env": "SW_TEST_SERVICEBUS_EMPTY"}, "environment variable SW_TEST_SERVICEBUS_EMPTY is empty"),
+        (
+            {"connection_string_env": "SW_TEST_SERVICEBUS_UNSET"},
+            "environment variable SW_TEST_SERVICEBUS_UNSET is not set",
+        ),
+        (
+            {"connection_string_env": "SW_TEST_SERVICEBUS_EMPTY"},
+            "environment variable SW_TEST_SERVICEBUS_EMPTY is empty",
+        ),
         ({"connection_string": secret}, "not both"),
         ({"namespace": "myns.servicebus.windows.net"}, "connection_string_env or namespace"),
     ]:
@@ -174,7 +218,9 @@ def test_fake_answers_401_as_azure_does(fake):
 
     def sas(key_name: str, key: str, expiry: int) -> str:
         resource = quote_plus(f"https://{fake.host}/$Resources/queues")
-        sig = base64.b64encode(hmac.new(key.encode(), f"{resource}\n{expiry}".encode(), hashlib.sha256).digest()).decode()
+        sig = base64.b64encode(
+            hmac.new(key.encode(), f"{resource}\n{expiry}".encode(), hashlib.sha256).digest()
+        ).decode()
         return f"SharedAccessSignature sr={resource}&sig={quote_plus(sig)}&se={expiry}&skn={key_name}"
 
     fake.queues["q"] = Counts()
@@ -190,8 +236,12 @@ def test_fake_answers_401_as_azure_does(fake):
     for header, detail in cases:
         r = requests.get(url, headers=header, verify=str(fake.cert), timeout=10)
         assert (r.status_code, detail in r.text) == (401, True), (detail, r.status_code, r.text)
-    r = requests.get(url, headers={"Authorization": sas("RootManageSharedAccessKey", "bWFuYWdlLWtleQ==", later)},
-                     verify=str(fake.cert), timeout=10)
+    r = requests.get(
+        url,
+        headers={"Authorization": sas("RootManageSharedAccessKey", "bWFuYWdlLWtleQ==", later)},
+        verify=str(fake.cert),
+        timeout=10,
+    )
     assert r.status_code == 200
 
 
@@ -210,18 +260,25 @@ def sample_watched(run, manager):
 
 
 def error_counts(reg, name):
-    from collectors.base import REASONS
+    from syncwatch.collectors.base import REASONS
 
     return {r: v for r in REASONS if (v := value(reg, "syncwatch_collector_errors_total", collector=name, reason=r))}
 
 
-@pytest.mark.parametrize("mangle", [
-    pytest.param(lambda x: re.sub(r"ActiveMessageCount>\d+<", "ActiveMessageCount>-5<", x), id="negative-count"),
-    pytest.param(lambda x: re.sub(r"ActiveMessageCount>\d+<", "ActiveMessageCount>many<", x), id="count-not-a-number"),
-    pytest.param(lambda x: re.sub(r'<title type="text">[^<]*</title>', '<title type="text"></title>', x), id="empty-name"),
-    pytest.param(lambda x: re.sub(r'<title type="text">[^<]*</title>', "", x), id="no-name"),
-    pytest.param(lambda x: x[: len(x) // 2], id="truncated-xml"),
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        pytest.param(lambda x: re.sub(r"ActiveMessageCount>\d+<", "ActiveMessageCount>-5<", x), id="negative-count"),
+        pytest.param(
+            lambda x: re.sub(r"ActiveMessageCount>\d+<", "ActiveMessageCount>many<", x), id="count-not-a-number"
+        ),
+        pytest.param(
+            lambda x: re.sub(r'<title type="text">[^<]*</title>', '<title type="text"></title>', x), id="empty-name"
+        ),
+        pytest.param(lambda x: re.sub(r'<title type="text">[^<]*</title>', "", x), id="no-name"),
+        pytest.param(lambda x: x[: len(x) // 2], id="truncated-xml"),
+    ],
+)
 def test_odd_entity_descriptions_are_a_bad_response(fake, run, mangle):
     fake.queues["orders"] = Counts(active=3)
     fake.mangle = mangle

@@ -12,7 +12,6 @@ import pika
 import pytest
 import requests
 import yaml
-
 from collectors_fakes.harness import free_port
 from sidecar import ROOT
 
@@ -24,8 +23,12 @@ def shop_vhost():
     name = f"sw-sidecar-{uuid.uuid4().hex[:8]}"
     v = quote(name, safe="")
     requests.put(f"{MGMT}/api/vhosts/{v}", auth=AUTH, timeout=10).raise_for_status()
-    requests.put(f"{MGMT}/api/permissions/{v}/guest", auth=AUTH, timeout=10,
-                 json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
+    requests.put(
+        f"{MGMT}/api/permissions/{v}/guest",
+        auth=AUTH,
+        timeout=10,
+        json={"configure": ".*", "write": ".*", "read": ".*"},
+    ).raise_for_status()
     conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672, name, pika.PlainCredentials(*AUTH)))
     ch = conn.channel()
     ch.exchange_declare("dlx", "fanout")
@@ -49,13 +52,15 @@ def shop_vhost():
 
 
 def test_sidecar_exports_queue_dlq_and_health_metrics(make_sidecar, shop_vhost):
-    sc = make_sidecar({
-        "collectors": [
-            {"type": "rabbitmq", "name": "wms", "vhosts": [shop_vhost]},
-            {"type": "rabbitmq", "name": "gone", "url": f"http://127.0.0.1:{free_port()}", "timeout": "1s"},
-        ],
-        "sampling": {"interval": "2s", "fast_interval": "2s"},
-    })
+    sc = make_sidecar(
+        {
+            "collectors": [
+                {"type": "rabbitmq", "name": "wms", "vhosts": [shop_vhost]},
+                {"type": "rabbitmq", "name": "gone", "url": f"http://127.0.0.1:{free_port()}", "timeout": "1s"},
+            ],
+            "sampling": {"interval": "2s", "fast_interval": "2s"},
+        }
+    )
     q = dict(broker="rabbitmq", namespace=shop_vhost)
     # Management stats lag a few seconds behind the broker; the 2 s cycle picks them up.
     assert sc.wait_for("syncwatch_dlq_messages", 1, timeout=30, queue="orders.dlq", source_queue="orders", **q) == 1
@@ -70,16 +75,32 @@ def test_sidecar_exports_queue_dlq_and_health_metrics(make_sidecar, shop_vhost):
 def test_cli_collectors_test_and_check_config(tmp_path, shop_vhost):
     cfg = tmp_path / "syncwatch.yaml"
     cfg.write_text(yaml.safe_dump({"collectors": [{"type": "rabbitmq", "name": "wms", "vhosts": [shop_vhost]}]}))
-    out = subprocess.run([sys.executable, "-m", "exporter.cli", "collectors", "test", "--config", str(cfg)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "syncwatch", "collectors", "test", "--config", str(cfg)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"{shop_vhost} orders.dlq: " in out.stdout and "(source: orders)" in out.stdout
     assert "1 of 1 collectors up" in out.stdout
 
-    cfg.write_text(yaml.safe_dump({"collectors": [{"type": "rabbitmq", "name": "wms", "page_size": 5000}],
-                                   "sampling": {"fast_interval": "2m"}}))
-    out = subprocess.run([sys.executable, "-m", "exporter.cli", "check-config", str(cfg)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "collectors": [{"type": "rabbitmq", "name": "wms", "page_size": 5000}],
+                "sampling": {"fast_interval": "2m"},
+            }
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "syncwatch", "check-config", str(cfg)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode != 0
     assert "sampling.fast_interval" in out.stdout + out.stderr
 
@@ -93,15 +114,17 @@ def test_hostile_management_apis_never_hold_up_the_sidecar(make_sidecar, shop_vh
     try:
         pages.queues, pages.page_count = [queue("orders")], 200_000
         odd.queues = [queue("orders", vhost=5)]
-        sc = make_sidecar({
-            "collectors": [
-                {"type": "rabbitmq", "name": "wms", "vhosts": [shop_vhost]},
-                {"type": "rabbitmq", "name": "pages", "url": pages.url},
-                {"type": "rabbitmq", "name": "odd", "url": odd.url},
-            ],
-            # One sample each within the test: exact counts.
-            "sampling": {"interval": "10m", "fast_interval": "5m"},
-        })
+        sc = make_sidecar(
+            {
+                "collectors": [
+                    {"type": "rabbitmq", "name": "wms", "vhosts": [shop_vhost]},
+                    {"type": "rabbitmq", "name": "pages", "url": pages.url},
+                    {"type": "rabbitmq", "name": "odd", "url": odd.url},
+                ],
+                # One sample each within the test: exact counts.
+                "sampling": {"interval": "10m", "fast_interval": "5m"},
+            }
+        )
         worst = 0.0
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -116,8 +139,11 @@ def test_hostile_management_apis_never_hold_up_the_sidecar(make_sidecar, shop_vh
         m = sc.metrics()
 
         def errors(name):
-            return {labels["reason"]: v for (n, ls), v in m.items() if n == "syncwatch_collector_errors_total"
-                    and (labels := dict(ls))["collector"] == name and v}
+            return {
+                labels["reason"]: v
+                for (n, ls), v in m.items()
+                if n == "syncwatch_collector_errors_total" and (labels := dict(ls))["collector"] == name and v
+            }
 
         assert errors("pages") == {"too_large": 1} and errors("odd") == {"bad_response": 1} and errors("wms") == {}
         assert m[("syncwatch_collector_up", frozenset({"collector": "pages"}.items()))] == 0

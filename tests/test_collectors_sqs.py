@@ -7,11 +7,11 @@ import uuid
 
 import boto3
 import pytest
-from prometheus_client import CollectorRegistry
-
-from collectors.manager import CollectorManager
 from collectors_fakes.harness import MotoServer, free_port, run, sample_until, value  # noqa: F401  (run is a fixture)
 from collectors_fakes.tcp_proxy import TcpProxy
+from prometheus_client import CollectorRegistry
+
+from syncwatch.collectors.manager import CollectorManager
 
 NS = "123456789012/us-east-1"  # moto's default account, and the region used here
 
@@ -82,8 +82,20 @@ def test_depths_redrive_fifo_and_configured_dlq(moto, run):
     make_queue(c, f"x{p}-unwatched")
 
     reg = CollectorRegistry()
-    manager = CollectorManager([{"type": "sqs", "name": "aws", "endpoint_url": moto.url, "region": "us-east-1",
-                                 "queues": [f"{p}-*"], "dead_letter_queues": [f"{p}-legacy-dlq"]}], {}, reg)
+    manager = CollectorManager(
+        [
+            {
+                "type": "sqs",
+                "name": "aws",
+                "endpoint_url": moto.url,
+                "region": "us-east-1",
+                "queues": [f"{p}-*"],
+                "dead_letter_queues": [f"{p}-legacy-dlq"],
+            }
+        ],
+        {},
+        reg,
+    )
     result = sample_until(run, manager, lambda: True)
     q = dict(broker="sqs", namespace=NS)
     assert value(reg, "syncwatch_collector_up", collector="aws") == 1
@@ -114,9 +126,14 @@ def test_dlq_outside_selection_is_found_from_redrive_policy(moto, run):
     c.send_message(QueueUrl=src, MessageBody="x")
     fail_until_dead_lettered(c, src)
     reg = CollectorRegistry()
-    manager = CollectorManager([{"type": "sqs", "name": "aws", "endpoint_url": moto.url, "queues": [f"{p}-src"]}], {}, reg)
+    manager = CollectorManager(
+        [{"type": "sqs", "name": "aws", "endpoint_url": moto.url, "queues": [f"{p}-src"]}], {}, reg
+    )
     sample_until(run, manager, lambda: True)
-    assert value(reg, "syncwatch_dlq_messages", broker="sqs", namespace=NS, queue=f"dead-{p}", source_queue=f"{p}-src") == 1
+    assert (
+        value(reg, "syncwatch_dlq_messages", broker="sqs", namespace=NS, queue=f"dead-{p}", source_queue=f"{p}-src")
+        == 1
+    )
     assert value(reg, "syncwatch_queue_messages", broker="sqs", namespace=NS, queue=f"{p}-src") == 0
 
 
@@ -130,8 +147,20 @@ def test_listing_is_paginated(moto, run):
     for i in range(12):
         make_queue(c, f"src{p}-{i:02d}", dlq_arn)
     reg = CollectorRegistry()
-    manager = CollectorManager([{"type": "sqs", "name": "aws", "endpoint_url": moto.url, "queues": [f"{p}-0*"],
-                                 "dead_letter_queues": [f"{p}-dlq"], "list_page_size": 10}], {}, reg)
+    manager = CollectorManager(
+        [
+            {
+                "type": "sqs",
+                "name": "aws",
+                "endpoint_url": moto.url,
+                "queues": [f"{p}-0*"],
+                "dead_letter_queues": [f"{p}-dlq"],
+                "list_page_size": 10,
+            }
+        ],
+        {},
+        reg,
+    )
     result = sample_until(run, manager, lambda: True)
     assert len(result["aws"].queues) == 25
     # 3 ListQueues pages of 10 + GetQueueUrl of the DLQ + ListDeadLetterSourceQueues + 26 GetQueueAttributes.
@@ -150,12 +179,23 @@ def test_profile_and_assumed_role(moto, run, tmp_path, monkeypatch):
     (tmp_path / "aws-credentials").write_text("[ops]\naws_access_key_id = AKIAOPS\naws_secret_access_key = opssecret\n")
     (tmp_path / "aws-config").write_text("[profile ops]\nregion = us-east-1\n")
     reg = CollectorRegistry()
-    manager = CollectorManager([
-        {"type": "sqs", "name": "profile", "profile": "ops", "endpoint_url": moto.url, "queues": [name]},
-        {"type": "sqs", "name": "role", "profile": "ops", "endpoint_url": moto.url, "sts_endpoint_url": moto.url,
-         "role_arn": "arn:aws:iam::123456789012:role/syncwatch-reader", "queues": [name]},
-        {"type": "sqs", "name": "noprofile", "profile": "missing", "endpoint_url": moto.url, "queues": [name]},
-    ], {}, reg)
+    manager = CollectorManager(
+        [
+            {"type": "sqs", "name": "profile", "profile": "ops", "endpoint_url": moto.url, "queues": [name]},
+            {
+                "type": "sqs",
+                "name": "role",
+                "profile": "ops",
+                "endpoint_url": moto.url,
+                "sts_endpoint_url": moto.url,
+                "role_arn": "arn:aws:iam::123456789012:role/syncwatch-reader",
+                "queues": [name],
+            },
+            {"type": "sqs", "name": "noprofile", "profile": "missing", "endpoint_url": moto.url, "queues": [name]},
+        ],
+        {},
+        reg,
+    )
     sample_until(run, manager, lambda: True)
     assert value(reg, "syncwatch_collector_up", collector="profile") == 1
     assert value(reg, "syncwatch_collector_up", collector="role") == 1
@@ -169,7 +209,9 @@ def test_wrong_credentials_are_unauthorized(run):
     strict = MotoServer({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
     try:
         reg = CollectorRegistry()
-        manager = CollectorManager([{"type": "sqs", "name": "aws", "endpoint_url": strict.url, "queues": ["q-*"]}], {}, reg)
+        manager = CollectorManager(
+            [{"type": "sqs", "name": "aws", "endpoint_url": strict.url, "queues": ["q-*"]}], {}, reg
+        )
         sample_until(run, manager, lambda: True)
         assert value(reg, "syncwatch_collector_up", collector="aws") == 0
         assert value(reg, "syncwatch_collector_errors_total", collector="aws", reason="unauthorized") == 1
@@ -184,11 +226,21 @@ def test_unreachable_slow_and_recovery(moto, run):
     c.send_message(QueueUrl=url, MessageBody="x")
     proxy = TcpProxy("127.0.0.1", moto.port).start()
     reg = CollectorRegistry()
-    manager = CollectorManager([
-        {"type": "sqs", "name": "proxied", "endpoint_url": f"http://127.0.0.1:{proxy.port}", "queues": [name], "timeout": "1s"},
-        {"type": "sqs", "name": "nohost", "endpoint_url": f"http://127.0.0.1:{free_port()}", "queues": [name]},
-        {"type": "rabbitmq", "name": "rabbit", "queues": ["none-such-queue-anywhere"]},
-    ], {}, reg)
+    manager = CollectorManager(
+        [
+            {
+                "type": "sqs",
+                "name": "proxied",
+                "endpoint_url": f"http://127.0.0.1:{proxy.port}",
+                "queues": [name],
+                "timeout": "1s",
+            },
+            {"type": "sqs", "name": "nohost", "endpoint_url": f"http://127.0.0.1:{free_port()}", "queues": [name]},
+            {"type": "rabbitmq", "name": "rabbit", "queues": ["none-such-queue-anywhere"]},
+        ],
+        {},
+        reg,
+    )
 
     def up(n):
         return value(reg, "syncwatch_collector_up", collector=n)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-
-from collectors.base import REASONS
-from collectors.manager import CollectorManager
 from collectors_fakes.harness import LoopWatch, run, value  # noqa: F401  (run is a fixture)
 from collectors_fakes.sqs_fake import ACCOUNT, REGION, FakeSqs, attributes
+from prometheus_client import CollectorRegistry, generate_latest
+
+from syncwatch.collectors.base import REASONS
+from syncwatch.collectors.manager import CollectorManager
 
 NS = f"{ACCOUNT}/{REGION}"
 
@@ -67,7 +67,9 @@ def test_odd_attributes_fail_that_queue_only(fake, run):
         "not-an-arn": attributes("not-an-arn", QueueArn="arn:aws:sqs:only-four"),
         # Counted and its dead letters not linked, but the queue itself is still reported.
         "odd-redrive": attributes("odd-redrive", visible="7", RedrivePolicy="{oops"),
-        "numeric-target": attributes("numeric-target", visible="8", RedrivePolicy=json.dumps({"deadLetterTargetArn": 5})),
+        "numeric-target": attributes(
+            "numeric-target", visible="8", RedrivePolicy=json.dumps({"deadLetterTargetArn": 5})
+        ),
     }
     reg, manager, sample, errors = sample_watched(run, fake)
     assert value(reg, "syncwatch_collector_up", collector="aws") == 1
@@ -88,11 +90,15 @@ def test_every_queue_odd_is_the_collectors_bad_response(fake, run):
     assert value(reg, "syncwatch_collector_up", collector="aws") == 0
 
 
-@pytest.mark.parametrize("answer", [
-    {"QueueUrls": [5]},
-    {"QueueUrls": "http://x/1/a"},
-    {"QueueUrls": [], "NextToken": 7},
-], ids=["numeric-url", "string-not-list", "numeric-token"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"QueueUrls": [5]},
+        {"QueueUrls": "http://x/1/a"},
+        {"QueueUrls": [], "NextToken": 7},
+    ],
+    ids=["numeric-url", "string-not-list", "numeric-token"],
+)
 def test_odd_listing_is_a_bad_response(fake, run, answer):
     fake.answers["ListQueues"] = lambda body: answer
     reg, manager, sample, errors = sample_watched(run, fake)

@@ -4,10 +4,10 @@ import subprocess
 import sys
 
 import pytest
-
-from exporter.config import load_config
-from exporter.errors import ConfigError
 from sidecar import ROOT
+
+from syncwatch.config.errors import ConfigError
+from syncwatch.settings import load_config
 
 
 def write(tmp_path, text):
@@ -29,7 +29,9 @@ def test_embedded_defaults_match_the_spec_table():
 
 
 def test_flows_in_a_file_adjust_the_defaults(tmp_path):
-    path = write(tmp_path, "flows:\n  orders: {deadline: 10m}\n  returns: {destinations: [erp], deadline: 1h}\n  prices: null\n")
+    path = write(
+        tmp_path, "flows:\n  orders: {deadline: 10m}\n  returns: {destinations: [erp], deadline: 1h}\n  prices: null\n"
+    )
     config = load_config(path, environ={})
     assert config.flows["orders"].deadline == 600 and config.flows["orders"].destinations == ["erp"]
     assert config.flows["returns"].deadline == 3600
@@ -38,26 +40,34 @@ def test_flows_in_a_file_adjust_the_defaults(tmp_path):
 
 def test_environment_overrides_the_file(tmp_path):
     path = write(tmp_path, "listen:\n  http: 127.0.0.1:9999\n")
-    config = load_config(path, environ={"SYNCWATCH_LISTEN__HTTP": "0.0.0.0:9873",
-                                        "SYNCWATCH_FLOWS__ORDERS__DEADLINE": "2m",
-                                        "SYNCWATCH_API__TOKEN": "12345",
-                                        "SYNCWATCH_CORRELATION__KEYS": "[order_id, correlation_id]"})
+    config = load_config(
+        path,
+        environ={
+            "SYNCWATCH_LISTEN__HTTP": "0.0.0.0:9873",
+            "SYNCWATCH_FLOWS__ORDERS__DEADLINE": "2m",
+            "SYNCWATCH_API__TOKEN": "12345",
+            "SYNCWATCH_CORRELATION__KEYS": "[order_id, correlation_id]",
+        },
+    )
     assert config.listen.http == "0.0.0.0:9873"
     assert config.flows["orders"].deadline == 120
     assert config.api.resolve_token() == "12345"
     assert config.correlation.keys == ["order_id", "correlation_id"]
 
 
-@pytest.mark.parametrize("text,key,words", [
-    ("flows:\n  orders:\n    deadline: soon\n", "flows.orders.deadline", "expected a duration"),
-    ("listen:\n  htp: 127.0.0.1:1\n", "listen.htp", "unknown key"),
-    ("listen:\n  http: localhost\n", "listen.http", "expected host:port"),
-    ("snapshots:\n  retention: 24h\n", "snapshots.retention", "at least 72h"),
-    ("snapshots:\n  backend: ftp://x\n", "snapshots.backend", "s3://bucket/prefix"),
-    ("intake:\n  max_body_bytes: -1\n", "intake.max_body_bytes", "greater than 0"),
-    ("flows:\n  orders:\n    deadline: 0s\n", "flows.orders.deadline", "above zero"),
-    ("correlation:\n  keys: []\n", "correlation.keys", "at least 1"),
-])
+@pytest.mark.parametrize(
+    "text,key,words",
+    [
+        ("flows:\n  orders:\n    deadline: soon\n", "flows.orders.deadline", "expected a duration"),
+        ("listen:\n  htp: 127.0.0.1:1\n", "listen.htp", "unknown key"),
+        ("listen:\n  http: localhost\n", "listen.http", "expected host:port"),
+        ("snapshots:\n  retention: 24h\n", "snapshots.retention", "at least 72h"),
+        ("snapshots:\n  backend: ftp://x\n", "snapshots.backend", "s3://bucket/prefix"),
+        ("intake:\n  max_body_bytes: -1\n", "intake.max_body_bytes", "greater than 0"),
+        ("flows:\n  orders:\n    deadline: 0s\n", "flows.orders.deadline", "above zero"),
+        ("correlation:\n  keys: []\n", "correlation.keys", "at least 1"),
+    ],
+)
 def test_bad_values_name_the_key(tmp_path, text, key, words):
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text), environ={})
@@ -78,8 +88,9 @@ def test_token_is_never_echoed_in_errors(tmp_path):
 
 
 def _syncwatch(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "exporter.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "syncwatch", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
+    )
 
 
 def test_check_config_command(tmp_path):

@@ -1,7 +1,6 @@
 """Scripted integration scenarios through the real OTel SDK; exact metric values from /metrics."""
 
 import pytest
-
 from otel_helpers import Integration, now
 
 
@@ -34,7 +33,9 @@ def test_orders_confirmed_after_429_retries(sidecar, transport):
     assert m[key("syncwatch_delivery_attempts_sum", flow="orders", destination="erp")] == 3
     # Backoffs: 3.5-1.5 = 2.0 and 6.0-4.0 = 2.0
     assert m[key("syncwatch_retry_backoff_seconds_count", flow="orders", destination="erp")] == 2
-    assert m[key("syncwatch_retry_backoff_seconds_sum", flow="orders", destination="erp")] == pytest.approx(4.0, abs=1e-3)
+    assert m[key("syncwatch_retry_backoff_seconds_sum", flow="orders", destination="erp")] == pytest.approx(
+        4.0, abs=1e-3
+    )
     assert m[key("syncwatch_spans_total", result="correlated")] == 5
     assert m[key("syncwatch_otlp_requests_total", signal="traces", code="200")] == 5
 
@@ -80,10 +81,19 @@ def test_inventory_adjustment_confirmed_twice_is_a_duplicate_apply(sidecar, tran
     m = sidecar.metrics
     assert sidecar.metric("syncwatch_duplicate_applies_total", flow="inventory", destination="storefront") == 1
     assert sidecar.metric("syncwatch_duplicate_applies_total", None, flow="customers", destination="erp") is None
-    assert sidecar.metric("syncwatch_transactions_total", flow="inventory", source="wms", destination="storefront",
-                          outcome="confirmed") == 1
-    assert sidecar.metric("syncwatch_sync_lag_seconds_sum", flow="inventory", source="wms",
-                          destination="storefront") == pytest.approx(0.3, abs=1e-3)
+    assert (
+        sidecar.metric(
+            "syncwatch_transactions_total",
+            flow="inventory",
+            source="wms",
+            destination="storefront",
+            outcome="confirmed",
+        )
+        == 1
+    )
+    assert sidecar.metric(
+        "syncwatch_sync_lag_seconds_sum", flow="inventory", source="wms", destination="storefront"
+    ) == pytest.approx(0.3, abs=1e-3)
     assert m  # metrics endpoint readable
 
 
@@ -97,7 +107,9 @@ def test_spans_without_correlation_id_are_counted_uncorrelated(sidecar, transpor
     it.close()
     assert sidecar.metric("syncwatch_spans_total", result="uncorrelated") == 4
     assert sidecar.metric("syncwatch_spans_total", result="correlated") == 1
-    assert sidecar.metric("syncwatch_transactions_pending", None, flow="orders", source="storefront", destination="erp") in (None, 0)
+    assert sidecar.metric(
+        "syncwatch_transactions_pending", None, flow="orders", source="storefront", destination="erp"
+    ) in (None, 0)
 
 
 def test_confirm_before_source_gives_the_right_lag(sidecar, transport):
@@ -143,7 +155,9 @@ def test_failed_transaction_and_fixed_interval_retries_show_zero_jitter(sidecar)
     assert sidecar.metric("syncwatch_transactions_total", outcome="failed", **tx) == 6
     assert sidecar.metric("syncwatch_transactions_pending", **tx) == 0
     assert sidecar.metric("syncwatch_retries_total", flow="orders", destination="erp") == 12
-    assert sidecar.metric("syncwatch_retry_jitter_ratio", flow="orders", destination="erp") == pytest.approx(0, abs=1e-6)
+    assert sidecar.metric("syncwatch_retry_jitter_ratio", flow="orders", destination="erp") == pytest.approx(
+        0, abs=1e-6
+    )
     assert sidecar.metric("syncwatch_delivery_attempts_count", flow="orders", destination="erp") == 6
 
 
@@ -161,7 +175,9 @@ def test_jittered_retries_show_a_high_jitter_ratio(sidecar):
     it.close()
     mean = sum(backoffs) / len(backoffs)
     cv = (sum((b - mean) ** 2 for b in backoffs) / len(backoffs)) ** 0.5 / mean
-    assert sidecar.metric("syncwatch_retry_jitter_ratio", flow="orders", destination="erp") == pytest.approx(cv, rel=1e-6)
+    assert sidecar.metric("syncwatch_retry_jitter_ratio", flow="orders", destination="erp") == pytest.approx(
+        cv, rel=1e-6
+    )
 
 
 def test_same_span_delivered_twice_counts_once(sidecar):
@@ -174,14 +190,22 @@ def test_same_span_delivered_twice_counts_once(sidecar):
     span = req.resource_spans.add().scope_spans.add().spans.add()
     span.trace_id, span.span_id, span.name = b"\x01" * 16, b"\x02" * 8, "confirm"
     span.start_time_unix_nano, span.end_time_unix_nano = int(t0 * 1e9), int((t0 + 1) * 1e9)
-    for k, v in {"syncwatch.stage": "confirm", "syncwatch.flow": "orders", "syncwatch.destination": "erp",
-                 "syncwatch.correlation_id": "order-dupdelivery", "syncwatch.source.changed_at": str(t0 - 1)}.items():
+    for k, v in {
+        "syncwatch.stage": "confirm",
+        "syncwatch.flow": "orders",
+        "syncwatch.destination": "erp",
+        "syncwatch.correlation_id": "order-dupdelivery",
+        "syncwatch.source.changed_at": str(t0 - 1),
+    }.items():
         kv = span.attributes.add()
         kv.key, kv.value.string_value = k, v
     body = req.SerializeToString()
     for _ in range(2):  # an exporter retry after a lost response
-        r = urllib.request.urlopen(urllib.request.Request(sidecar.otlp_http + "/v1/traces", data=body,
-                                                          headers={"Content-Type": "application/x-protobuf"}))
+        r = urllib.request.urlopen(
+            urllib.request.Request(
+                sidecar.otlp_http + "/v1/traces", data=body, headers={"Content-Type": "application/x-protobuf"}
+            )
+        )
         assert r.status == 200
     tx = dict(flow="orders", source="unknown", destination="erp")
     assert sidecar.metric("syncwatch_transactions_total", outcome="confirmed", **tx) == 1
@@ -194,14 +218,32 @@ def test_confirm_then_fail_in_one_batch_counts_one_outcome(sidecar):
     from otlp_raw import post, stage_request
 
     t0 = now() - 20
-    common = {"syncwatch.flow": "inventory", "syncwatch.source": "wms", "syncwatch.destination": "storefront",
-              "correlation_id": "adj-77"}
-    req = stage_request([
-        {"_start": t0, "syncwatch.stage": "source", **common},
-        {"_start": t0 + 1, "_end": t0 + 1.1, "syncwatch.stage": "attempt", "http.response.status_code": 200, **common},
-        {"_start": t0 + 1.1, "_end": t0 + 1.2, "syncwatch.stage": "confirm", **common},
-        {"_start": t0 + 1.3, "_end": t0 + 1.4, "syncwatch.stage": "fail", "error.type": "retries_exhausted", **common},
-    ])
+    common = {
+        "syncwatch.flow": "inventory",
+        "syncwatch.source": "wms",
+        "syncwatch.destination": "storefront",
+        "correlation_id": "adj-77",
+    }
+    req = stage_request(
+        [
+            {"_start": t0, "syncwatch.stage": "source", **common},
+            {
+                "_start": t0 + 1,
+                "_end": t0 + 1.1,
+                "syncwatch.stage": "attempt",
+                "http.response.status_code": 200,
+                **common,
+            },
+            {"_start": t0 + 1.1, "_end": t0 + 1.2, "syncwatch.stage": "confirm", **common},
+            {
+                "_start": t0 + 1.3,
+                "_end": t0 + 1.4,
+                "syncwatch.stage": "fail",
+                "error.type": "retries_exhausted",
+                **common,
+            },
+        ]
+    )
     assert post(sidecar.otlp_http + "/v1/traces", req.SerializeToString())[0] == 200
     tx = dict(flow="inventory", source="wms", destination="storefront")
     assert sidecar.metric("syncwatch_transactions_total", outcome="confirmed", **tx) == 1
@@ -218,15 +260,19 @@ def test_a_confirm_after_a_fail_replaces_it(sidecar, one_request):
     from otlp_raw import post, stage_request
 
     t0 = now() - 60
-    common = {"syncwatch.flow": "orders", "syncwatch.source": "storefront", "syncwatch.destination": "erp",
-              "correlation_id": "SO-4711"}
+    common = {
+        "syncwatch.flow": "orders",
+        "syncwatch.source": "storefront",
+        "syncwatch.destination": "erp",
+        "correlation_id": "SO-4711",
+    }
     first = [
         {"_start": t0, "syncwatch.stage": "source", **common},
         {"_start": t0 + 1, "_end": t0 + 2, "syncwatch.stage": "attempt", "http.response.status_code": 500, **common},
         {"_start": t0 + 3, "_end": t0 + 3, "syncwatch.stage": "fail", "error.type": "retries_exhausted", **common},
     ]
     second = [{"_start": t0 + 30, "_end": t0 + 31, "syncwatch.stage": "confirm", **common}]
-    for spans in ([first + second] if one_request else [first, second]):
+    for spans in [first + second] if one_request else [first, second]:
         assert post(sidecar.otlp_http + "/v1/traces", stage_request(spans).SerializeToString())[0] == 200
     tx = dict(flow="orders", source="storefront", destination="erp")
     assert sidecar.metric("syncwatch_transactions_total", outcome="confirmed", **tx) == 1
@@ -238,8 +284,9 @@ def test_a_confirm_after_a_fail_replaces_it(sidecar, one_request):
 
 
 def test_overdue_transaction_is_expired_after_the_horizon(make_sidecar):
-    sc = make_sidecar({"flows": {"orders": {"destinations": ["erp"], "deadline": "1s"}},
-                       "storage": {"expire_after": "3s"}})
+    sc = make_sidecar(
+        {"flows": {"orders": {"destinations": ["erp"], "deadline": "1s"}}, "storage": {"expire_after": "3s"}}
+    )
     it = Integration(sc)
     it.source("order-forgotten", "orders", now())
     it.close()

@@ -42,9 +42,15 @@ def _exprs() -> list[tuple[str, str]]:
 
 # Grafana's variables replaced by values Prometheus accepts, to check the query itself.
 def substitute(expr: str) -> str:
-    return (expr.replace("$__rate_interval", "1m").replace("$__range", "1h")
-            .replace('"$job"', '".*"').replace('"$flow"', '".*"').replace('"$broker"', '".*"')
-            .replace('"$queue"', '".*"').replace('"$collector"', '".*"'))
+    return (
+        expr.replace("$__rate_interval", "1m")
+        .replace("$__range", "1h")
+        .replace('"$job"', '".*"')
+        .replace('"$flow"', '".*"')
+        .replace('"$broker"', '".*"')
+        .replace('"$queue"', '".*"')
+        .replace('"$collector"', '".*"')
+    )
 
 
 def test_committed_json_is_what_the_code_generates():
@@ -71,7 +77,11 @@ def test_sdk_is_pinned_exactly():
 
 def test_stable_uids_match_the_alert_links():
     uids = {_load(n)["uid"] for n in gen.DASHBOARDS}
-    assert uids == {alerts_gen.ERP_DASHBOARD_UID, alerts_gen.SELF_DASHBOARD_UID} == {"syncwatch-erp-health", "syncwatch-self"}
+    assert (
+        uids
+        == {alerts_gen.ERP_DASHBOARD_UID, alerts_gen.SELF_DASHBOARD_UID}
+        == {"syncwatch-erp-health", "syncwatch-self"}
+    )
     rules = yaml.safe_load((ROOT / "alerts" / "syncwatch-rules.yml").read_text())
     for g in rules["groups"]:
         for r in g["rules"]:
@@ -99,9 +109,19 @@ def test_erp_dashboard_has_a_row_per_signal_and_a_silent_loss_row():
     rows = [p["title"] for p in _load("erp-integration-health.json")["panels"] if p["type"] == "row"]
     assert rows[0].startswith("Silent loss")
     assert [r.split(" ", 1)[1] for r in rows[1:]] == [
-        "Correlation coverage", "Queue depth", "Retry state", "Dead-letter queues", "Payload snapshots", "Sync lag"]
+        "Correlation coverage",
+        "Queue depth",
+        "Retry state",
+        "Dead-letter queues",
+        "Payload snapshots",
+        "Sync lag",
+    ]
     silent = " ".join(t["expr"] for p in _panels(_load("erp-integration-health.json"))[:5] for t in p["targets"])
-    for metric in ("syncwatch_transactions_overdue", "syncwatch_duplicate_applies_total", "syncwatch_transactions_total"):
+    for metric in (
+        "syncwatch_transactions_overdue",
+        "syncwatch_duplicate_applies_total",
+        "syncwatch_transactions_total",
+    ):
         assert metric in silent
 
 
@@ -131,7 +151,9 @@ def test_deadlines_are_drawn_as_thresholds():
     panels = {p["title"]: p for p in _panels(_load("erp-integration-health.json"))}
     lag = panels["Sync lag against the deadline"]
     deadline_ref = next(t["refId"] for t in lag["targets"] if "syncwatch_flow_deadline_seconds" in t["expr"])
-    override = next(o for o in lag["fieldConfig"]["overrides"] if o["matcher"] == {"id": "byFrameRefID", "options": deadline_ref})
+    override = next(
+        o for o in lag["fieldConfig"]["overrides"] if o["matcher"] == {"id": "byFrameRefID", "options": deadline_ref}
+    )
     assert {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}} in override["properties"]
     share = panels["p95 sync lag as a share of the deadline"]
     assert {"color": "red", "value": 1} in share["fieldConfig"]["defaults"]["thresholds"]["steps"]
@@ -156,8 +178,14 @@ def test_queries_use_only_metrics_syncwatch_exports():
 def test_every_query_is_valid_promql(tmp_path):
     # promtool parses each expression of a rule file: feed it every panel query as a recording rule.
     exprs = _exprs()
-    rules = {"groups": [{"name": "dashboards", "rules": [
-        {"record": f"dashboard_query_{i}", "expr": substitute(e)} for i, (_, e) in enumerate(exprs)]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboards",
+                "rules": [{"record": f"dashboard_query_{i}", "expr": substitute(e)} for i, (_, e) in enumerate(exprs)],
+            }
+        ]
+    }
     path = tmp_path / "queries.yml"
     path.write_text(yaml.safe_dump(rules))
     out = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
@@ -177,17 +205,21 @@ def test_exported_metric_list_matches_spec_and_the_sidecar_registry():
     # Types as the sidecar registers them (the metrics that exist in the code so far).
     from prometheus_client import CollectorRegistry
 
-    from exporter.metrics import Metrics
+    from syncwatch.metrics.registry import Metrics
 
     registry = CollectorRegistry()
     Metrics(registry)
     try:
-        from collectors.metrics import CollectorMetrics
+        from syncwatch.collectors.metrics import CollectorMetrics
+
         CollectorMetrics(registry)
     except ImportError:
         pass
-    want = {"counter": exported_metrics.COUNTERS, "gauge": exported_metrics.GAUGES,
-            "histogram": exported_metrics.HISTOGRAMS}
+    want = {
+        "counter": exported_metrics.COUNTERS,
+        "gauge": exported_metrics.GAUGES,
+        "histogram": exported_metrics.HISTOGRAMS,
+    }
     checked = 0
     for family in registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")

@@ -15,9 +15,9 @@ import time
 import uuid
 from pathlib import Path
 
-from exporter.demo.report import matches
-from exporter.demo.runner import run_demo
-from exporter.demo.scenario import DemoSettings
+from syncwatch.demo.report import matches
+from syncwatch.demo.runner import run_demo
+from syncwatch.demo.scenario import DemoSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,8 +56,13 @@ def test_short_demo_on_sqs_finds_exactly_the_ground_truth(tmp_path):
     assert f"syncwatch transactions show {example}" in report
     # Following the report: restart the sidecar on the demo's ledger and run the printed command.
     assert f"syncwatch run --config {result.config_path}" in report
-    sidecar = subprocess.Popen([sys.executable, "-m", "exporter.cli", "run", "--config", str(result.config_path)],
-                               cwd=ROOT, env=_clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sidecar = subprocess.Popen(
+        [sys.executable, "-m", "syncwatch", "run", "--config", str(result.config_path)],
+        cwd=ROOT,
+        env=_clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         shown = _retry_show(example, result.api_url, result.config_path.parent / "api-token")
     finally:
@@ -79,9 +84,28 @@ def _clean_env() -> dict:
 def _retry_show(corr: str, url: str, token_file: Path) -> dict:
     deadline = time.monotonic() + 30
     while True:
-        proc = subprocess.run([sys.executable, "-m", "exporter.cli", "transactions", "show", corr, "--url", url,
-                               "--token-file", str(token_file), "--json", "--timeout", "20"],
-                              cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "syncwatch",
+                "transactions",
+                "show",
+                corr,
+                "--url",
+                url,
+                "--token-file",
+                str(token_file),
+                "--json",
+                "--timeout",
+                "20",
+            ],
+            cwd=ROOT,
+            env=_clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if proc.returncode == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.5)
@@ -100,19 +124,51 @@ def test_demo_command_on_rabbitmq(tmp_path):
     vhost = f"syncwatch-demo-{uuid.uuid4().hex[:8]}"
     mgmt = ["curl", "-sf", "-u", "guest:guest", "-H", "content-type: application/json"]
     subprocess.run(mgmt + ["-X", "PUT", f"http://127.0.0.1:15672/api/vhosts/{vhost}"], check=True)
-    subprocess.run(mgmt + ["-X", "PUT", "-d", '{"configure":".*","write":".*","read":".*"}',
-                           f"http://127.0.0.1:15672/api/permissions/{vhost}/guest"], check=True)
+    subprocess.run(
+        mgmt
+        + [
+            "-X",
+            "PUT",
+            "-d",
+            '{"configure":".*","write":".*","read":".*"}',
+            f"http://127.0.0.1:15672/api/permissions/{vhost}/guest",
+        ],
+        check=True,
+    )
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "exporter.cli", "demo", "--short", "--quiet", "--free-ports",
-             "--data-dir", str(tmp_path / "d"), "--rabbitmq", f"amqp://guest:guest@127.0.0.1:5672/{vhost}"],
-            cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=180)
+            [
+                sys.executable,
+                "-m",
+                "syncwatch",
+                "demo",
+                "--short",
+                "--quiet",
+                "--free-ports",
+                "--data-dir",
+                str(tmp_path / "d"),
+                "--rabbitmq",
+                f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+            ],
+            cwd=ROOT,
+            env=_clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
     finally:
         subprocess.run(mgmt + ["-X", "DELETE", f"http://127.0.0.1:15672/api/vhosts/{vhost}"], check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = {line.split("  ")[1].strip(): line.split() for line in proc.stdout.splitlines()
-            if line.startswith("  ") and line.rstrip().endswith(("ok", "MISMATCH"))}
-    assert set(rows) >= {"sent, never confirmed (overdue)", "dead-lettered (failed)", "applied twice (duplicate)",
-                         "DLQ depth (sampled from the queue)"}, proc.stdout
+    rows = {
+        line.split("  ")[1].strip(): line.split()
+        for line in proc.stdout.splitlines()
+        if line.startswith("  ") and line.rstrip().endswith(("ok", "MISMATCH"))
+    }
+    assert set(rows) >= {
+        "sent, never confirmed (overdue)",
+        "dead-lettered (failed)",
+        "applied twice (duplicate)",
+        "DLQ depth (sampled from the queue)",
+    }, proc.stdout
     for name, cols in rows.items():
         assert cols[-1] == "ok" and int(cols[-3]) == int(cols[-2]) > 0, (name, proc.stdout)

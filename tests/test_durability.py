@@ -2,12 +2,12 @@
 
 import sqlite3
 import threading
-import uuid
 import time
+import uuid
 
 import pytest
-from otlp_raw import post, stage_request
 from otel_helpers import Integration
+from otlp_raw import post, stage_request
 
 
 def test_kill9_mid_stream_loses_no_acknowledged_transaction(make_sidecar):
@@ -23,8 +23,18 @@ def test_kill9_mid_stream_loses_no_acknowledged_transaction(make_sidecar):
             # Even batches changed long ago (overdue at once), odd batches fresh (overdue after 4 s).
             changed = t_start - 60 if i % 2 == 0 else time.time()
             ids = [f"order-{i}-{j}" for j in range(50)]
-            req = stage_request([{"_start": changed, "syncwatch.stage": "source", "syncwatch.flow": "orders",
-                                  "syncwatch.source": "storefront", "correlation_id": c} for c in ids])
+            req = stage_request(
+                [
+                    {
+                        "_start": changed,
+                        "syncwatch.stage": "source",
+                        "syncwatch.flow": "orders",
+                        "syncwatch.source": "storefront",
+                        "correlation_id": c,
+                    }
+                    for c in ids
+                ]
+            )
             try:
                 status, _, _ = post(sc.otlp_http + "/v1/traces", req.SerializeToString(), timeout=5)
             except OSError:
@@ -66,16 +76,25 @@ def test_kill9_mid_stream_loses_no_acknowledged_transaction(make_sidecar):
 def test_ledger_file_is_checkpointed_while_intake_runs(make_sidecar):
     """The WAL is copied into ledger.db by the checkpoint thread, long before the writer's own
     backstop (ledger.WAL_AUTOCHECKPOINT_PAGES) would, so the writer never stalls on it."""
-    from exporter.ledger import WAL_AUTOCHECKPOINT_PAGES
+    from syncwatch.ledger.transitions import WAL_AUTOCHECKPOINT_PAGES
 
     sc = make_sidecar({"flows": {"orders": {"destinations": ["erp"], "deadline": "1h"}}}, name="sc")
     db_file = sc.workdir / "data" / "ledger.db"
     empty_size = db_file.stat().st_size
     now = time.time()
     for i in range(20):
-        req = stage_request([{"_start": now, "syncwatch.stage": "source", "syncwatch.flow": "orders",
-                              "syncwatch.source": "storefront", "correlation_id": f"{uuid.uuid4()}"}
-                             for _ in range(250)])
+        req = stage_request(
+            [
+                {
+                    "_start": now,
+                    "syncwatch.stage": "source",
+                    "syncwatch.flow": "orders",
+                    "syncwatch.source": "storefront",
+                    "correlation_id": f"{uuid.uuid4()}",
+                }
+                for _ in range(250)
+            ]
+        )
         assert post(sc.otlp_http + "/v1/traces", req.SerializeToString())[0] == 200
     wal_pages = (sc.workdir / "data" / "ledger.db-wal").stat().st_size // 4096
     assert wal_pages < WAL_AUTOCHECKPOINT_PAGES  # the backstop cannot have run
@@ -89,23 +108,34 @@ def test_ledger_file_is_checkpointed_while_intake_runs(make_sidecar):
 def test_a_schema_3_ledger_is_migrated_and_its_closed_transactions_still_found(make_sidecar):
     """A ledger written by the previous release (schema 3: closed_tx indexed by its text key) is
     migrated at start; a confirm recorded before the upgrade still gets its lag from a late source."""
-    from exporter.ledger_schema import DDL
+    from syncwatch.ledger.schema import DDL
 
     sc = make_sidecar(name="sc", start=False)
     data = sc.workdir / "data"
     data.mkdir(parents=True)
-    v3 = (DDL.replace("    timeline     TEXT,\n    corr_hash    INTEGER NOT NULL  -- corr_hash(corr)\n", "    timeline     TEXT\n")
-          .replace("CREATE INDEX IF NOT EXISTS closed_tx_by_hash ON closed_tx(corr_hash);",
-                   "CREATE UNIQUE INDEX IF NOT EXISTS closed_tx_by_key ON closed_tx(corr, dest, flow);")
-          .replace("CREATE INDEX IF NOT EXISTS closed_tx_problems ON closed_tx(outcome, closed_at) WHERE outcome <> 'confirmed';",
-                   "CREATE INDEX IF NOT EXISTS closed_tx_by_outcome ON closed_tx(outcome, closed_at);"))
+    v3 = (
+        DDL.replace(
+            "    timeline     TEXT,\n    corr_hash    INTEGER NOT NULL  -- corr_hash(corr)\n", "    timeline     TEXT\n"
+        )
+        .replace(
+            "CREATE INDEX IF NOT EXISTS closed_tx_by_hash ON closed_tx(corr_hash);",
+            "CREATE UNIQUE INDEX IF NOT EXISTS closed_tx_by_key ON closed_tx(corr, dest, flow);",
+        )
+        .replace(
+            "CREATE INDEX IF NOT EXISTS closed_tx_problems ON closed_tx(outcome, closed_at) WHERE outcome <> 'confirmed';",
+            "CREATE INDEX IF NOT EXISTS closed_tx_by_outcome ON closed_tx(outcome, closed_at);",
+        )
+    )
     assert "corr_hash    INTEGER" not in v3 and "closed_tx_by_key" in v3 and "closed_tx_by_outcome" in v3
     t0 = time.time() - 30
     db = sqlite3.connect(data / "ledger.db")
     db.executescript(v3)
     db.execute("INSERT INTO meta VALUES ('schema_version', '3')")
-    db.execute("INSERT INTO closed_tx (corr, dest, flow, outcome, closed_at, close_span, attempts, timeline) "
-               "VALUES ('order-77', 'erp', 'orders', 'confirmed', ?, ?, 0, NULL)", (t0 + 8, b"\x01" * 8))
+    db.execute(
+        "INSERT INTO closed_tx (corr, dest, flow, outcome, closed_at, close_span, attempts, timeline) "
+        "VALUES ('order-77', 'erp', 'orders', 'confirmed', ?, ?, 0, NULL)",
+        (t0 + 8, b"\x01" * 8),
+    )
     db.commit()
     db.close()
 

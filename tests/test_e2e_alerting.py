@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -47,13 +46,14 @@ def _missing() -> str | None:
         return "prometheus / prometheus-alertmanager binaries missing: run scripts/system-deps.sh"
     try:
         import pika  # noqa: F401
-        import requests  # noqa: F401
+        import requests
     except ImportError as exc:
         return f"{exc.name} missing: pip install -e '.[test]'"
     try:
         import requests
+
         requests.get(MGMT + "/api/overview", auth=AUTH, timeout=3).raise_for_status()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f"RabbitMQ management API not reachable on {MGMT} ({exc}): run scripts/system-deps.sh"
     return None
 
@@ -62,6 +62,7 @@ pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
 
 
 # --- the webhook Alertmanager posts to -------------------------------------------------------
+
 
 class Webhook:
     """aiohttp server in its own thread; records (monotonic time, receiver path, payload)."""
@@ -99,7 +100,7 @@ class Webhook:
         self._loop.run_until_complete(main())
         self._loop.run_forever()
 
-    def start(self) -> "Webhook":
+    def start(self) -> Webhook:
         self._thread.start()
         assert self._ready.wait(10)
         return self
@@ -107,6 +108,7 @@ class Webhook:
     def stop(self):
         async def cleanup():
             await self._runner.cleanup()
+
         asyncio.run_coroutine_threadsafe(cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
@@ -114,8 +116,13 @@ class Webhook:
     def alerts(self, receiver: str | None = None) -> list[tuple[float, str, dict]]:
         """(arrival, receiver, alert) for every firing alert received so far."""
         with self._cond:
-            return [(t, r, a) for t, r, p in self.received if receiver in (None, r)
-                    for a in p["alerts"] if a["status"] == "firing"]
+            return [
+                (t, r, a)
+                for t, r, p in self.received
+                if receiver in (None, r)
+                for a in p["alerts"]
+                if a["status"] == "firing"
+            ]
 
     def wait_for(self, match, timeout: float) -> tuple[float, str, dict]:
         deadline = time.monotonic() + timeout
@@ -127,11 +134,14 @@ class Webhook:
                             return t, r, a
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"no matching alert within {timeout}s; received: {json.dumps(self.received)[:3000]}")
+                    raise AssertionError(
+                        f"no matching alert within {timeout}s; received: {json.dumps(self.received)[:3000]}"
+                    )
                 self._cond.wait(left)
 
 
 # --- real Prometheus and Alertmanager --------------------------------------------------------
+
 
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 30):
     deadline = time.monotonic() + timeout
@@ -183,10 +193,18 @@ def start_alertmanager(workdir: Path, webhook: Webhook, **kw) -> tuple[Service, 
     (workdir / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(webhook, **kw)))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    svc = Service("alertmanager", [
-        ALERTMANAGER, f"--config.file={workdir / 'alertmanager.yml'}", f"--storage.path={workdir / 'am-data'}",
-        f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
-    ], workdir, url + "/-/ready")
+    svc = Service(
+        "alertmanager",
+        [
+            ALERTMANAGER,
+            f"--config.file={workdir / 'alertmanager.yml'}",
+            f"--storage.path={workdir / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        workdir,
+        url + "/-/ready",
+    )
     return svc, url
 
 
@@ -200,10 +218,17 @@ def start_prometheus(workdir: Path, sidecar_port: int, alertmanager_url: str) ->
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(cfg))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    svc = Service("prometheus", [
-        PROMETHEUS, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ], workdir, url + "/-/ready")
+    svc = Service(
+        "prometheus",
+        [
+            PROMETHEUS,
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        workdir,
+        url + "/-/ready",
+    )
     return svc, url
 
 
@@ -226,8 +251,10 @@ def wait_query(prom_url: str, expr: str, timeout: float) -> list[dict]:
 
 # --- RabbitMQ topology -----------------------------------------------------------------------
 
+
 def rabbit_api(method: str, path: str, body=None):
     import requests
+
     r = requests.request(method, MGMT + path, auth=AUTH, json=body, timeout=10)
     assert r.status_code < 400, (method, path, r.status_code, r.text)
 
@@ -237,19 +264,28 @@ class Rabbit:
 
     def __init__(self):
         import pika
+
         self.vhost = f"syncwatch-e2e-{uuid.uuid4().hex[:8]}"
         rabbit_api("PUT", f"/api/vhosts/{quote(self.vhost, safe='')}")
-        rabbit_api("PUT", f"/api/permissions/{quote(self.vhost, safe='')}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
-        self.conn = pika.BlockingConnection(pika.ConnectionParameters(
-            "127.0.0.1", 5672, self.vhost, pika.PlainCredentials(*AUTH)))
+        rabbit_api(
+            "PUT",
+            f"/api/permissions/{quote(self.vhost, safe='')}/guest",
+            {"configure": ".*", "write": ".*", "read": ".*"},
+        )
+        self.conn = pika.BlockingConnection(
+            pika.ConnectionParameters("127.0.0.1", 5672, self.vhost, pika.PlainCredentials(*AUTH))
+        )
         self.ch = self.conn.channel()
         self.ch.exchange_declare("orders.dlx", "direct")
         self.ch.queue_declare("orders.dlq")
         self.ch.queue_bind("orders.dlq", "orders.dlx", "orders")
-        self.ch.queue_declare("orders", arguments={"x-dead-letter-exchange": "orders.dlx", "x-dead-letter-routing-key": "orders"})
+        self.ch.queue_declare(
+            "orders", arguments={"x-dead-letter-exchange": "orders.dlx", "x-dead-letter-routing-key": "orders"}
+        )
 
     def publish(self, body: bytes, n: int = 1):
         import pika
+
         for _ in range(n):
             self.ch.basic_publish("", "orders", body, pika.BasicProperties(timestamp=int(time.time())))
 
@@ -270,6 +306,7 @@ class Rabbit:
             self.conn.close()
         finally:
             import requests
+
             requests.delete(f"{MGMT}/api/vhosts/{quote(self.vhost, safe='')}", auth=AUTH, timeout=10)
 
 
@@ -309,15 +346,21 @@ class Stack:
         """Until Prometheus has scraped a successful collector sample that includes the DLQ at 0."""
         sel = f'syncwatch_dlq_messages{{namespace="{self.rabbit.vhost}", queue="orders.dlq"}} == 0'
         if not wait_query(self.prom_url, sel, timeout):
-            dlq = [line for line in self.sidecar.get("/metrics")[1].decode().splitlines() if "dlq" in line or "collector_up" in line]
-            raise AssertionError(f"the DLQ at depth 0 never reached Prometheus; sidecar /metrics: {dlq}\n"
-                                 f"sidecar log: {self.sidecar.log()[-2000:]}")
+            dlq = [
+                line
+                for line in self.sidecar.get("/metrics")[1].decode().splitlines()
+                if "dlq" in line or "collector_up" in line
+            ]
+            raise AssertionError(
+                f"the DLQ at depth 0 never reached Prometheus; sidecar /metrics: {dlq}\n"
+                f"sidecar log: {self.sidecar.log()[-2000:]}"
+            )
 
     def close(self):
         while self._stop:
             try:
                 self._stop.pop()()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 print(f"teardown: {exc!r}", file=sys.stderr)
 
 
@@ -328,12 +371,18 @@ def measure_dlq_page(stack: Stack, timeout: float = 120) -> tuple[float, dict]:
     t0 = time.monotonic()
     stack.rabbit.dead_letter()
     arrived, _, alert = stack.webhook.wait_for(
-        lambda receiver, a: receiver == "pager" and a["labels"].get("alertname") == "SyncwatchDeadLetterQueueNotEmpty"
-        and a["labels"].get("namespace") == vhost, timeout)
+        lambda receiver, a: (
+            receiver == "pager"
+            and a["labels"].get("alertname") == "SyncwatchDeadLetterQueueNotEmpty"
+            and a["labels"].get("namespace") == vhost
+        ),
+        timeout,
+    )
     return arrived - t0, alert
 
 
 # --- the scripted scenario for the dashboards ------------------------------------------------
+
 
 def run_scenario(stack: Stack):
     """Traffic that touches every signal: retries with 429s at fixed intervals, confirms (lag),
@@ -363,22 +412,35 @@ def run_scenario(stack: Stack):
     it.span("no-correlation-id", t0, t0 + 1, syncwatch__stage="attempt", syncwatch__flow="orders")
     it.close()
     # A malformed export: answered 400 and counted.
-    req = urllib.request.Request(sc.otlp_http + "/v1/traces", data=b"\x0a\xff not protobuf",
-                                 headers={"Content-Type": "application/x-protobuf"}, method="POST")
+    req = urllib.request.Request(
+        sc.otlp_http + "/v1/traces",
+        data=b"\x0a\xff not protobuf",
+        headers={"Content-Type": "application/x-protobuf"},
+        method="POST",
+    )
     try:
         urllib.request.urlopen(req, timeout=5)
     except urllib.error.HTTPError as exc:
         assert exc.code == 400
     # Payload snapshots: request and response bodies of an attempt, as OTLP log records.
     trace_id, span_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
-    records = [{
-        "timeUnixNano": str(int(time.time() * 1e9)), "traceId": trace_id, "spanId": span_id,
-        "body": {"stringValue": json.dumps({"order": "order-0", "customer": {"email": "jane@example.com"}})},
-        "attributes": [{"key": "syncwatch.correlation_id", "value": {"stringValue": "order-0"}},
-                       {"key": "syncwatch.payload.direction", "value": {"stringValue": d}}],
-    } for d in ("request", "response")]
+    records = [
+        {
+            "timeUnixNano": str(int(time.time() * 1e9)),
+            "traceId": trace_id,
+            "spanId": span_id,
+            "body": {"stringValue": json.dumps({"order": "order-0", "customer": {"email": "jane@example.com"}})},
+            "attributes": [
+                {"key": "syncwatch.correlation_id", "value": {"stringValue": "order-0"}},
+                {"key": "syncwatch.payload.direction", "value": {"stringValue": d}},
+            ],
+        }
+        for d in ("request", "response")
+    ]
     body = json.dumps({"resourceLogs": [{"resource": {}, "scopeLogs": [{"logRecords": records}]}]}).encode()
-    req = urllib.request.Request(sc.otlp_http + "/v1/logs", data=body, headers={"Content-Type": "application/json"}, method="POST")
+    req = urllib.request.Request(
+        sc.otlp_http + "/v1/logs", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
     urllib.request.urlopen(req, timeout=5).read()
     # Queue depth and a message held unacknowledged.
     stack.rabbit.publish(b'{"order": "backlog"}', n=3)
@@ -389,6 +451,8 @@ def run_scenario(stack: Stack):
 NOT_PRODUCED_HERE = {
     "syncwatch_queue_messages_delayed": "RabbitMQ reports no delayed count (SQS and Service Bus do)",
 }
+
+
 def strip_zero_fallbacks(expr: str) -> str:
     """Drop the `or vector(0)` / `or 0 * ...` that make panels show 0 instead of "No data", so
     the data has to come from syncwatch's own series."""
@@ -411,6 +475,7 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 # --- tests ------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     s = Stack(tmp_path_factory.mktemp("e2e-alerting"))
@@ -424,8 +489,10 @@ def stack(tmp_path_factory):
 
 def test_dead_lettered_message_pages_the_pager_with_queue_labels(stack):
     seconds, alert = measure_dlq_page(stack)
-    print(f"\nDLQ page: {seconds:.1f}s from dead-lettering in RabbitMQ to the pager webhook "
-          f"(target 30s with 10s sampling and scrape, 5s queue-rule evaluation)")
+    print(
+        f"\nDLQ page: {seconds:.1f}s from dead-lettering in RabbitMQ to the pager webhook "
+        f"(target 30s with 10s sampling and scrape, 5s queue-rule evaluation)"
+    )
     labels = alert["labels"]
     assert labels["severity"] == "critical"
     assert labels["queue"] == "orders.dlq"
@@ -440,7 +507,8 @@ def test_dead_lettered_message_pages_the_pager_with_queue_labels(stack):
 def test_overdue_order_pages_too(stack):
     # order-lost was never confirmed; its 2s deadline passed during setup.
     _, _, alert = stack.webhook.wait_for(
-        lambda r, a: r == "pager" and a["labels"].get("alertname") == "SyncwatchTransactionsOverdue", 60)
+        lambda r, a: r == "pager" and a["labels"].get("alertname") == "SyncwatchTransactionsOverdue", 60
+    )
     assert alert["labels"]["flow"] == "orders" and alert["labels"]["destination"] == "erp"
 
 
@@ -467,28 +535,58 @@ def test_critical_inhibits_warnings_for_the_same_queue_or_flow(tmp_path):
         am, url = start_alertmanager(tmp_path, webhook, ticket_group_wait="1s")
         q = {"broker": "rabbitmq", "namespace": "/"}
         alerts = [
-            {"alertname": "SyncwatchDeadLetterQueueNotEmpty", "severity": "critical", "queue": "orders.dlq", "source_queue": "orders", **q},
+            {
+                "alertname": "SyncwatchDeadLetterQueueNotEmpty",
+                "severity": "critical",
+                "queue": "orders.dlq",
+                "source_queue": "orders",
+                **q,
+            },
             {"alertname": "SyncwatchQueueNotDraining", "severity": "warning", "queue": "orders.dlq", **q},  # inhibited
-            {"alertname": "SyncwatchQueueNotDraining", "severity": "warning", "queue": "payments", **q},    # other queue
-            {"alertname": "SyncwatchTransactionsOverdue", "severity": "critical", "flow": "orders", "destination": "erp"},
-            {"alertname": "SyncwatchSyncLagAboveDeadline", "severity": "warning", "flow": "orders", "destination": "erp"},  # inhibited
-            {"alertname": "SyncwatchSyncLagAboveDeadline", "severity": "warning", "flow": "prices", "destination": "erp"},  # other flow
+            {"alertname": "SyncwatchQueueNotDraining", "severity": "warning", "queue": "payments", **q},  # other queue
+            {
+                "alertname": "SyncwatchTransactionsOverdue",
+                "severity": "critical",
+                "flow": "orders",
+                "destination": "erp",
+            },
+            {
+                "alertname": "SyncwatchSyncLagAboveDeadline",
+                "severity": "warning",
+                "flow": "orders",
+                "destination": "erp",
+            },  # inhibited
+            {
+                "alertname": "SyncwatchSyncLagAboveDeadline",
+                "severity": "warning",
+                "flow": "prices",
+                "destination": "erp",
+            },  # other flow
             {"alertname": "SyncwatchDown", "severity": "critical", "job": "syncwatch"},
             # no queue/flow label: must not be silenced by SyncwatchDown
             {"alertname": "SyncwatchCorrelationCoverageLow", "severity": "warning", "job": "syncwatch"},
         ]
         body = json.dumps([{"labels": a, "annotations": {"summary": a["alertname"]}} for a in alerts]).encode()
-        req = urllib.request.Request(url + "/api/v2/alerts", data=body, headers={"Content-Type": "application/json"}, method="POST")
+        req = urllib.request.Request(
+            url + "/api/v2/alerts", data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
         urllib.request.urlopen(req, timeout=5).read()
-        webhook.wait_for(lambda r, a: r == "ticket" and a["labels"]["alertname"] == "SyncwatchCorrelationCoverageLow", 30)
+        webhook.wait_for(
+            lambda r, a: r == "ticket" and a["labels"]["alertname"] == "SyncwatchCorrelationCoverageLow", 30
+        )
         webhook.wait_for(lambda r, a: r == "ticket" and a["labels"].get("queue") == "payments", 30)
         webhook.wait_for(lambda r, a: r == "ticket" and a["labels"].get("flow") == "prices", 30)
         time.sleep(3)  # give the inhibited ones every chance to (wrongly) arrive
-        tickets = {(a["labels"]["alertname"], a["labels"].get("queue") or a["labels"].get("flow") or "")
-                   for _, _, a in webhook.alerts("ticket")}
+        tickets = {
+            (a["labels"]["alertname"], a["labels"].get("queue") or a["labels"].get("flow") or "")
+            for _, _, a in webhook.alerts("ticket")
+        }
         pages = {a["labels"]["alertname"] for _, _, a in webhook.alerts("pager")}
-        assert tickets == {("SyncwatchQueueNotDraining", "payments"), ("SyncwatchSyncLagAboveDeadline", "prices"),
-                           ("SyncwatchCorrelationCoverageLow", "")}
+        assert tickets == {
+            ("SyncwatchQueueNotDraining", "payments"),
+            ("SyncwatchSyncLagAboveDeadline", "prices"),
+            ("SyncwatchCorrelationCoverageLow", ""),
+        }
         assert pages == {"SyncwatchDeadLetterQueueNotEmpty", "SyncwatchTransactionsOverdue", "SyncwatchDown"}
     finally:
         if am is not None:

@@ -12,16 +12,37 @@ import time
 import uuid
 
 import pytest
-from faults_support import (STATES, TOKEN, Api, Exchange, HealthProbe, attempt, bad_answers, confirm, export_response,
-                            export_with_retries, fill_disk, nan_samples, scrape, source, tmpfs, total,
-                            typed_request, wait_equal, wait_until)
+from faults_support import (
+    STATES,
+    TOKEN,
+    Api,
+    Exchange,
+    HealthProbe,
+    attempt,
+    bad_answers,
+    confirm,
+    export_response,
+    export_with_retries,
+    fill_disk,
+    nan_samples,
+    scrape,
+    source,
+    tmpfs,
+    total,
+    typed_request,
+    wait_equal,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
 
 def faults_config(data_dir, **flows) -> dict:
-    return {"storage": {"data_dir": str(data_dir)}, "api": {"token": TOKEN},
-            "flows": {"orders": {"destinations": ["erp"], "deadline": "1h"}, **flows}}
+    return {
+        "storage": {"data_dir": str(data_dir)},
+        "api": {"token": TOKEN},
+        "flows": {"orders": {"destinations": ["erp"], "deadline": "1h"}, **flows},
+    }
 
 
 class Exporters:
@@ -39,7 +60,7 @@ class Exporters:
         self.stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)]
 
-    def __enter__(self) -> "Exporters":
+    def __enter__(self) -> Exporters:
         for t in self._threads:
             t.start()
         return self
@@ -84,7 +105,9 @@ def assert_all_recorded(api: Api, exporters: Exporters, flow: str = "orders", sa
     acked = [c for corrs in exporters.acked() for c in corrs]
     pending = {item["correlation_id"] for item in api.listing("pending", flow)}
     missing = [c for c in acked if c not in pending]
-    assert not missing, f"{len(missing)} of {len(acked)} acknowledged transactions are not in the ledger, e.g. {missing[:3]}"
+    assert not missing, (
+        f"{len(missing)} of {len(acked)} acknowledged transactions are not in the ledger, e.g. {missing[:3]}"
+    )
     retried = [c for corrs, ex, _ in exporters.done if ex.final == 200 and len(ex.answers) > 1 for c in corrs]
     for corr in retried[:sample] + random.sample(acked, min(sample, len(acked))):
         status, record = api.transaction(corr)
@@ -101,14 +124,19 @@ def test_full_disk_answers_503_and_loses_no_acknowledged_span(tmp_path, make_sid
         api = Api(sc)
         try:
             with HealthProbe(sc) as probe, Exporters(sc) as exporters:
-                wait_until(lambda: exporters.count() >= 10, 30, message="10 requests acknowledged before the disk fills")
+                wait_until(
+                    lambda: exporters.count() >= 10, 30, message="10 requests acknowledged before the disk fills"
+                )
                 filler = fill_disk(disk)
                 wait_until(lambda: exporters.saw(503), 60, message="a 503 once the disk is full")
                 time.sleep(6)  # retries and new requests against the full disk
                 filler.unlink()
                 freed = time.monotonic()
-                wait_until(lambda: exporters.count(since=freed) >= 3 * exporters.n, 60,
-                           message="requests sent after the disk was freed acknowledged")
+                wait_until(
+                    lambda: exporters.count(since=freed) >= 3 * exporters.n,
+                    60,
+                    message="requests sent after the disk was freed acknowledged",
+                )
             probe.check()
             assert bad_answers(ex for _, ex, _ in exporters.done) == []
             unfinished = [(corrs[0], ex.answers[-1][:2]) for corrs, ex, _ in exporters.done if ex.final != 200]
@@ -144,8 +172,11 @@ def truncate_wal(ledger_path) -> None:
     """Copy the WAL into the database and truncate it, so that the next commit has to grow it."""
     db = sqlite3.connect(ledger_path, timeout=10)
     try:
-        wait_until(lambda: db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0, 10,
-                   message="WAL checkpoint(TRUNCATE)")
+        wait_until(
+            lambda: db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0,
+            10,
+            message="WAL checkpoint(TRUNCATE)",
+        )
     finally:
         db.close()
 
@@ -155,8 +186,13 @@ def test_expiry_on_a_full_disk_is_counted_only_when_written(tmp_path, make_sidec
     agree), expire once space is freed without a restart, and are not expired twice after kill -9."""
     n = 300
     with tmpfs(tmp_path / "disk", "8m") as disk:
-        sc = make_sidecar({**faults_config(disk / "data", exp={"destinations": ["erp"], "deadline": "2s"}),
-                           "storage": {"data_dir": str(disk / "data"), "expire_after": "3s"}}, name="sc")
+        sc = make_sidecar(
+            {
+                **faults_config(disk / "data", exp={"destinations": ["erp"], "deadline": "2s"}),
+                "storage": {"data_dir": str(disk / "data"), "expire_after": "3s"},
+            },
+            name="sc",
+        )
         api = Api(sc)
         try:
             with HealthProbe(sc) as probe:
@@ -169,8 +205,12 @@ def test_expiry_on_a_full_disk_is_counted_only_when_written(tmp_path, make_sidec
                     expired_agree(api, sc, "exp")
                     time.sleep(0.5)
                 filler.unlink()
-                wait_equal(lambda: expired_agree(api, sc, "exp"), (n, n), 20,
-                           message="(expired by the metric, expired rows) once the disk has space again")
+                wait_equal(
+                    lambda: expired_agree(api, sc, "exp"),
+                    (n, n),
+                    20,
+                    message="(expired by the metric, expired rows) once the disk has space again",
+                )
             probe.check()
             tx = dict(flow="exp", source="storefront", destination="erp")
             assert sc.metric("syncwatch_transactions_pending", None, **tx) in (None, 0)
@@ -205,8 +245,13 @@ def test_held_write_lock_delays_but_never_loses_intake_or_expiry(tmp_path, make_
     soon as it is released (no restart needed), and spans sent meanwhile are answered 503 and
     recorded on retry, or 200 and durable."""
     n = 200
-    sc = make_sidecar({**faults_config(tmp_path / "data", exp={"destinations": ["erp"], "deadline": "1s"}),
-                       "storage": {"data_dir": str(tmp_path / "data"), "expire_after": "2s"}}, name="sc")
+    sc = make_sidecar(
+        {
+            **faults_config(tmp_path / "data", exp={"destinations": ["erp"], "deadline": "1s"}),
+            "storage": {"data_dir": str(tmp_path / "data"), "expire_after": "2s"},
+        },
+        name="sc",
+    )
     api = Api(sc)
     with HealthProbe(sc) as probe:
         send_sources(sc, [f"lock-exp-{i}" for i in range(n)], "exp")
@@ -218,8 +263,12 @@ def test_held_write_lock_delays_but_never_loses_intake_or_expiry(tmp_path, make_
                     expired_agree(api, sc, "exp")
                     time.sleep(0.5)
             released = time.monotonic()
-            wait_equal(lambda: expired_agree(api, sc, "exp"), (n, n), 15,
-                       message="(expired by the metric, expired rows) after the lock was released")
+            wait_equal(
+                lambda: expired_agree(api, sc, "exp"),
+                (n, n),
+                15,
+                message="(expired by the metric, expired rows) after the lock was released",
+            )
             wait_until(lambda: exporters.count(since=released) >= 3, 30, message="intake after the lock")
         probe.check()
     assert bad_answers(ex for _, ex, _ in exporters.done) == []
@@ -236,8 +285,12 @@ def test_held_write_lock_delays_but_never_loses_intake_or_expiry(tmp_path, make_
     assert expired_agree(api, sc, "exp") == (0, n)
 
 
-CHANGED_AT, RESEND, HTTP_CODE, CORR = ("syncwatch.source.changed_at", "http.request.resend_count",
-                                       "http.response.status_code", "syncwatch.correlation_id")
+CHANGED_AT, RESEND, HTTP_CODE, CORR = (
+    "syncwatch.source.changed_at",
+    "http.request.resend_count",
+    "http.response.status_code",
+    "syncwatch.correlation_id",
+)
 # (id, attribute, value, the stage of the span carrying it, what syncwatch must do with that span):
 # "reject" it in partial_success naming the attribute; or, where rejecting and folding the value
 # into its valid range are both sound (issue 11, item 7), "reject or fold" with no harm done.
@@ -249,11 +302,11 @@ HOSTILE = [
     ("changed_at=-1e11", CHANGED_AT, -1e11, "source", "reject"),
     ("changed_at=year 1", CHANGED_AT, "0001-01-01T00:00:00Z", "source", "reject"),
     ("changed_at=1e300", CHANGED_AT, 1e300, "source", "reject"),
-    ("resend_count=2**70 (string)", RESEND, str(2 ** 70), "attempt", "reject"),
-    ("resend_count=2**70 (double)", RESEND, float(2 ** 70), "attempt", "reject"),
+    ("resend_count=2**70 (string)", RESEND, str(2**70), "attempt", "reject"),
+    ("resend_count=2**70 (double)", RESEND, float(2**70), "attempt", "reject"),
     ("resend_count=inf", RESEND, math.inf, "attempt", "reject"),
     ("resend_count=-5", RESEND, -5, "attempt", "reject"),
-    ("resend_count=2**63-1", RESEND, 2 ** 63 - 1, "attempt", "reject or fold"),
+    ("resend_count=2**63-1", RESEND, 2**63 - 1, "attempt", "reject or fold"),
     ("status_code=99999", HTTP_CODE, 99999, "attempt", "reject or fold"),
     ("status_code=-1", HTTP_CODE, -1, "attempt", "reject or fold"),
     ("status_code='abc'", HTTP_CODE, "abc", "attempt", "reject or fold"),
@@ -283,8 +336,11 @@ def test_a_hostile_attribute_is_rejected_alone(make_sidecar, tmp_path, name, att
         if attribute != CORR:
             bad_client.append(confirm(bad_corr, at=now))
     else:
-        bad_client = [source(bad_corr, at=now - 2), attempt(bad_corr, at=now - 1, **{attribute: value}),
-                      confirm(bad_corr, at=now)]
+        bad_client = [
+            source(bad_corr, at=now - 2),
+            attempt(bad_corr, at=now - 1, **{attribute: value}),
+            confirm(bad_corr, at=now),
+        ]
     good = [f"good-{i}-{uuid.uuid4().hex[:8]}" for i in range(5)]
     requests = [typed_request(bad_client, good_transaction(good[0], now))]
     requests += [typed_request(good_transaction(c, now)) for c in good[1:]]
@@ -300,13 +356,17 @@ def test_a_hostile_attribute_is_rejected_alone(make_sidecar, tmp_path, name, att
         named = "correlation" if attribute == CORR else attribute
         assert named in mixed.error_message.lower(), mixed.error_message
     after = scrape(sc)
-    assert total(after, "syncwatch_spans_total", result="rejected") - total(before, "syncwatch_spans_total", result="rejected") \
+    assert (
+        total(after, "syncwatch_spans_total", result="rejected")
+        - total(before, "syncwatch_spans_total", result="rejected")
         == mixed.rejected_spans
+    )
     assert total(after, "syncwatch_dropped_total") - total(before, "syncwatch_dropped_total") >= mixed.rejected_spans
     assert nan_samples(after) == []
     if not mixed.rejected_spans and attribute == HTTP_CODE:  # folded: the raw value is no label
-        assert total(after, "syncwatch_attempts_total", status_code=str(value)) == 0, \
+        assert total(after, "syncwatch_attempts_total", status_code=str(value)) == 0, (
             f"http.response.status_code {value!r} became a status_code label of its own"
+        )
 
     for corr in good:
         status, record = api.transaction(corr)

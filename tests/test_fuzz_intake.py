@@ -8,13 +8,11 @@ import math
 import time
 
 import pytest
+from faults_support import STATES, TOKEN, Api, add_resource_spans, export_response, nan_samples, scrape, set_any, total
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-
-from faults_support import (STATES, TOKEN, Api, add_resource_spans, export_response, nan_samples, scrape, set_any,
-                            total)
 from otlp_raw import post
 from sidecar import Sidecar
 
@@ -25,8 +23,16 @@ NOW = time.time()
 
 @pytest.fixture(scope="module")
 def fuzz_sidecar(tmp_path_factory):
-    sc = Sidecar(tmp_path_factory.mktemp("fuzz"), {"api": {"token": TOKEN}, "flows": {
-        "orders": {"destinations": ["erp"], "deadline": "2s"}, "prices": {"destinations": ["erp", "shop"]}}})
+    sc = Sidecar(
+        tmp_path_factory.mktemp("fuzz"),
+        {
+            "api": {"token": TOKEN},
+            "flows": {
+                "orders": {"destinations": ["erp"], "deadline": "2s"},
+                "prices": {"destinations": ["erp", "shop"]},
+            },
+        },
+    )
     sc.start()
     yield sc
     sc.stop()
@@ -34,6 +40,7 @@ def fuzz_sidecar(tmp_path_factory):
 
 def any_value_of(scalars) -> st.SearchStrategy:
     """AnyValue messages: a scalar of any kind, or an array/kvlist of them (read as text)."""
+
     def array(values):
         v = AnyValue()
         for x in values:
@@ -48,32 +55,76 @@ def any_value_of(scalars) -> st.SearchStrategy:
             set_any(kv.value, x)
         return v
 
-    return st.one_of(scalars, st.lists(scalars, max_size=3).map(array),
-                     st.dictionaries(st.text(max_size=5), scalars, max_size=2).map(kvlist), st.just(AnyValue()))
+    return st.one_of(
+        scalars,
+        st.lists(scalars, max_size=3).map(array),
+        st.dictionaries(st.text(max_size=5), scalars, max_size=2).map(kvlist),
+        st.just(AnyValue()),
+    )
 
 
-INT64 = st.integers(-(2 ** 63), 2 ** 63 - 1)
+INT64 = st.integers(-(2**63), 2**63 - 1)
 FLOATS = st.floats(allow_nan=True, allow_infinity=True)
-NUMBERS = st.one_of(INT64, FLOATS, st.sampled_from([0, -1, 1, 2 ** 31, 2 ** 53 + 1, 10 ** 18, -(10 ** 11)]))
+NUMBERS = st.one_of(INT64, FLOATS, st.sampled_from([0, -1, 1, 2**31, 2**53 + 1, 10**18, -(10**11)]))
 TEXT = st.text(max_size=40)
 SCALARS = st.one_of(
-    TEXT, NUMBERS, st.booleans(), st.binary(max_size=16),
+    TEXT,
+    NUMBERS,
+    st.booleans(),
+    st.binary(max_size=16),
     NUMBERS.map(str),  # numbers spelled as strings, as many SDKs send them
     st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
     st.sampled_from(["", " ", "NaN", "-inf", "1e400", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "\n", "\x00"]),
 )
 # Values that have broken syncwatch before (issue 11), or sit on a boundary of what it reads.
-EDGES = st.sampled_from([math.nan, math.inf, -math.inf, 1e300, -1e11, -1.0, 0.0, 2.0 ** 70, 2 ** 63 - 1, -(2 ** 63),
-                         -5, 99999, "NaN", "inf", "-1e11", "1e300", str(2 ** 70), "0001-01-01T00:00:00Z",
-                         "9999-12-31T23:59:59Z", "abc", "", "x" * 5000, "a\nb"])
+EDGES = st.sampled_from(
+    [
+        math.nan,
+        math.inf,
+        -math.inf,
+        1e300,
+        -1e11,
+        -1.0,
+        0.0,
+        2.0**70,
+        2**63 - 1,
+        -(2**63),
+        -5,
+        99999,
+        "NaN",
+        "inf",
+        "-1e11",
+        "1e300",
+        str(2**70),
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59Z",
+        "abc",
+        "",
+        "x" * 5000,
+        "a\nb",
+    ]
+)
 VALUES = st.one_of(EDGES, EDGES, any_value_of(SCALARS))
-TIMES = st.one_of(st.floats(NOW - 86400, NOW + 86400).map(lambda t: int(t * 1e9)), st.integers(0, 2 ** 64 - 1))
+TIMES = st.one_of(st.floats(NOW - 86400, NOW + 86400).map(lambda t: int(t * 1e9)), st.integers(0, 2**64 - 1))
 
 
-READ = ("syncwatch.stage", "syncwatch.flow", "syncwatch.source", "syncwatch.destination", "peer.service",
-        "server.address", "syncwatch.source.changed_at", "http.request.resend_count", "http.response.status_code",
-        "syncwatch.response_code", "error.type", "syncwatch.idempotency_key", "syncwatch.correlation_id",
-        "messaging.message.conversation_id", "correlation_id")
+READ = (
+    "syncwatch.stage",
+    "syncwatch.flow",
+    "syncwatch.source",
+    "syncwatch.destination",
+    "peer.service",
+    "server.address",
+    "syncwatch.source.changed_at",
+    "http.request.resend_count",
+    "http.response.status_code",
+    "syncwatch.response_code",
+    "error.type",
+    "syncwatch.idempotency_key",
+    "syncwatch.correlation_id",
+    "messaging.message.conversation_id",
+    "correlation_id",
+)
 CORRS = [f"fz-{i}" for i in range(8)]  # shared by all examples: stages of one transaction meet across requests
 
 
@@ -82,8 +133,12 @@ def spans(draw):
     """A well-formed stage span of a configured flow, with up to three of the attributes syncwatch
     reads set to arbitrary values (or removed), so the odd value gets as far as the ledger."""
     stage = draw(st.sampled_from(["source", "attempt", "confirm", "fail"]))
-    attrs = {"syncwatch.stage": stage, "syncwatch.correlation_id": draw(st.sampled_from(CORRS)),
-             "syncwatch.flow": draw(st.sampled_from(["orders", "prices"])), "syncwatch.source": "storefront"}
+    attrs = {
+        "syncwatch.stage": stage,
+        "syncwatch.correlation_id": draw(st.sampled_from(CORRS)),
+        "syncwatch.flow": draw(st.sampled_from(["orders", "prices"])),
+        "syncwatch.source": "storefront",
+    }
     if stage != "source":
         attrs["syncwatch.destination"] = draw(st.sampled_from(["erp", "shop"]))
     if stage == "attempt":
@@ -101,7 +156,7 @@ def spans(draw):
             attrs[key] = value
     start = draw(st.one_of(st.floats(NOW - 600, NOW + 60).map(lambda t: int(t * 1e9)), TIMES))
     attrs["_start_ns"] = start
-    attrs["_end_ns"] = draw(st.one_of(st.just(start), st.integers(start, min(start + 10 ** 10, 2 ** 64 - 1)), TIMES))
+    attrs["_end_ns"] = draw(st.one_of(st.just(start), st.integers(start, min(start + 10**10, 2**64 - 1)), TIMES))
     return attrs
 
 
@@ -112,14 +167,21 @@ def requests(draw):
     for _ in range(draw(st.integers(1, 2))):
         client = draw(st.lists(spans(), min_size=1, max_size=4))
         n += len(client)
-        add_resource_spans(req, client, draw(st.fixed_dictionaries({}, optional={
-            "service.name": TEXT, "syncwatch.flow": VALUES, "syncwatch.source.changed_at": VALUES})))
+        add_resource_spans(
+            req,
+            client,
+            draw(
+                st.fixed_dictionaries(
+                    {}, optional={"service.name": TEXT, "syncwatch.flow": VALUES, "syncwatch.source.changed_at": VALUES}
+                )
+            ),
+        )
     return req, n
 
 
 def corr_texts(req: ExportTraceServiceRequest) -> set[str]:
     """The correlation values in a request, as text (what a user would look up)."""
-    from exporter.span_extract import any_value
+    from syncwatch.intake.extract import any_value
 
     out = set()
     for rs in req.resource_spans:

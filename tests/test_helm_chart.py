@@ -24,7 +24,8 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as promop
 
-from exporter.config import ListenConfig, load_config
+from syncwatch.config.models import ListenConfig
+from syncwatch.settings import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "syncwatch"
@@ -32,7 +33,11 @@ EXAMPLE = CHART / "examples" / "integration"
 RELEASE, NAMESPACE = "shop", "integrations"
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schema shipped.
 KUBE_VERSIONS = ("1.25", kubernetes_validate.utils.latest_version())
-CRD_MODELS = {"ServiceMonitor": promop.ServiceMonitor, "PodMonitor": promop.PodMonitor, "PrometheusRule": promop.PrometheusRule}
+CRD_MODELS = {
+    "ServiceMonitor": promop.ServiceMonitor,
+    "PodMonitor": promop.PodMonitor,
+    "PrometheusRule": promop.PrometheusRule,
+}
 
 
 def _load_sync_script():
@@ -50,28 +55,46 @@ MONITORING_ON = {
     "serviceMonitor": {"enabled": True, "additionalLabels": {"release": "kube-prometheus-stack"}},
     "podMonitor": {"enabled": True, "additionalLabels": {"release": "kube-prometheus-stack"}},
     "prometheusRule": {"enabled": bool(RULE_SOURCES), "additionalLabels": {"release": "kube-prometheus-stack"}},
-    "dashboards": {"enabled": bool(DASHBOARD_SOURCES), "additionalLabels": {"team": "integrations"},
-                   "annotations": {"grafana_folder": "Integrations"}},
+    "dashboards": {
+        "enabled": bool(DASHBOARD_SOURCES),
+        "additionalLabels": {"team": "integrations"},
+        "annotations": {"grafana_folder": "Integrations"},
+    },
 }
 EXISTING_SECRETS = {
     "apiToken": {"existingSecret": "syncwatch-api", "key": "bearer"},
     "credentials": {
         "rabbitmqPassword": {"existingSecret": "rabbitmq-monitoring", "key": "password", "env": "RABBITMQ_PASSWORD"},
-        "serviceBusConnectionString": {"existingSecret": "servicebus", "key": "cs", "env": "SERVICEBUS_CONNECTION_STRING"},
+        "serviceBusConnectionString": {
+            "existingSecret": "servicebus",
+            "key": "cs",
+            "env": "SERVICEBUS_CONNECTION_STRING",
+        },
     },
-    "serviceAccount": {"awsRoleArn": "arn:aws:iam::123456789012:role/syncwatch",
-                       "azureClientId": "0b5e6a4c-1f2d-4c3b-9a8e-7d6c5b4a3f21"},
+    "serviceAccount": {
+        "awsRoleArn": "arn:aws:iam::123456789012:role/syncwatch",
+        "azureClientId": "0b5e6a4c-1f2d-4c3b-9a8e-7d6c5b4a3f21",
+    },
 }
 SCENARIOS = {
     "default": {},
     "persistence-off": {"persistence": {"enabled": False}},
     "monitoring-on": MONITORING_ON,
     "existing-secrets": EXISTING_SECRETS,
-    "network-policy": {"networkPolicy": {"enabled": True, "httpFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
-                                         "egress": [{"ports": [{"port": 15672, "protocol": "TCP"}]}]}},
-    "flows-and-collectors": {"config": {"flows": {"orders": {"destinations": ["erp"], "deadline": "10m"}},
-                                        "collectors": [{"type": "rabbitmq", "name": "main", "url": "http://rabbitmq:15672", "username": "monitor"}],
-                                        "sampling": {"interval": "60s", "fast_interval": "10s"}}},
+    "network-policy": {
+        "networkPolicy": {
+            "enabled": True,
+            "httpFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+            "egress": [{"ports": [{"port": 15672, "protocol": "TCP"}]}],
+        }
+    },
+    "flows-and-collectors": {
+        "config": {
+            "flows": {"orders": {"destinations": ["erp"], "deadline": "10m"}},
+            "collectors": [{"type": "rabbitmq", "name": "main", "url": "http://rabbitmq:15672", "username": "monitor"}],
+            "sampling": {"interval": "60s", "fast_interval": "10s"},
+        }
+    },
 }
 
 
@@ -136,7 +159,9 @@ def validate_manifest(obj: dict, versions: tuple[str, ...] = KUBE_VERSIONS) -> N
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             where = ".".join(str(p) for p in exc.path)
-            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} invalid for Kubernetes {version} at {where}: {exc.message}")
+            pytest.fail(
+                f"{obj['kind']}/{obj['metadata']['name']} invalid for Kubernetes {version} at {where}: {exc.message}"
+            )
 
 
 def rendered_config(objects: list[dict]) -> tuple[str, dict]:
@@ -213,7 +238,13 @@ def test_syncwatch_accepts_the_rendered_config(scenario, tmp_path):
 
 def test_default_release_objects():
     objects = render()
-    assert sorted(o["kind"] for o in objects) == ["ConfigMap", "Deployment", "PersistentVolumeClaim", "Service", "ServiceAccount"]
+    assert sorted(o["kind"] for o in objects) == [
+        "ConfigMap",
+        "Deployment",
+        "PersistentVolumeClaim",
+        "Service",
+        "ServiceAccount",
+    ]
     deployment = one(objects, "Deployment")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"]["type"] == "Recreate"  # one SQLite writer at a time
@@ -232,7 +263,9 @@ def test_default_release_objects():
     assert mounts["syncwatch-data"]["mountPath"] == rendered_config(objects)[1]["storage"]["data_dir"]
     # The config checksum rolls the pod when the config changes.
     annotation = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/syncwatch-config"]
-    changed = one(render({"config": {"log_level": "debug"}}), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    changed = one(render({"config": {"log_level": "debug"}}), "Deployment")["spec"]["template"]["metadata"][
+        "annotations"
+    ]
     assert annotation != changed["checksum/syncwatch-config"]
 
 
@@ -264,12 +297,20 @@ def test_ports_agree_between_config_container_service_and_probes():
     service = one(objects, "Service")
     by_name = {p["name"]: p for p in service["spec"]["ports"]}
     assert {n: (p["port"], ports[p["targetPort"]]) for n, p in by_name.items()} == {
-        "http": (19873, 19873), "otlp-grpc": (14317, 14317), "otlp-http": (14318, 14318)}
+        "http": (19873, 19873),
+        "otlp-grpc": (14317, 14317),
+        "otlp-http": (14318, 14318),
+    }
     assert by_name["otlp-grpc"]["appProtocol"] == "grpc"
     c = container(objects)
     assert (c["livenessProbe"]["httpGet"], c["readinessProbe"]["httpGet"]) == (
-        {"path": "/healthz", "port": "sw-http"}, {"path": "/readyz", "port": "sw-http"})
-    assert service["spec"]["selector"].items() <= one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+        {"path": "/healthz", "port": "sw-http"},
+        {"path": "/readyz", "port": "sw-http"},
+    )
+    assert (
+        service["spec"]["selector"].items()
+        <= one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    )
 
 
 def test_default_ports_are_syncwatchs_own_defaults():
@@ -284,9 +325,13 @@ def test_rendered_config_runs_syncwatch_and_answers_the_probes(tmp_path):
     """The chart's config starts the real sidecar; the probe and scrape paths answer on its HTTP port."""
     from sidecar import Sidecar
 
-    values = {"config": {"flows": {"orders": {"destinations": ["erp"], "deadline": "10m"}},
-                         # The local RabbitMQ's management API (guest): the collector list reaches the collectors.
-                         "collectors": [{"type": "rabbitmq", "name": "chart-test", "url": "http://127.0.0.1:15672"}]}}
+    values = {
+        "config": {
+            "flows": {"orders": {"destinations": ["erp"], "deadline": "10m"}},
+            # The local RabbitMQ's management API (guest): the collector list reaches the collectors.
+            "collectors": [{"type": "rabbitmq", "name": "chart-test", "url": "http://127.0.0.1:15672"}],
+        }
+    }
     _, cfg = rendered_config(render(values))
     # Same config, but on free loopback ports and a tmp data dir (the pod has its own network and volume).
     cfg.pop("listen")
@@ -317,7 +362,9 @@ def test_existing_claim_is_used_and_none_created():
     objects = render({"persistence": {"existingClaim": "ledger"}})
     assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
-    assert next(v for v in pod["volumes"] if v["name"] == "syncwatch-data")["persistentVolumeClaim"] == {"claimName": "ledger"}
+    assert next(v for v in pod["volumes"] if v["name"] == "syncwatch-data")["persistentVolumeClaim"] == {
+        "claimName": "ledger"
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,8 +392,10 @@ def test_existing_secrets_are_referenced_never_copied():
     assert not [n for n in env if n.startswith("SYNCWATCH_")]
     # Workload identities.
     sa = one(objects, "ServiceAccount")
-    assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/syncwatch",
-                                             "azure.workload.identity/client-id": "0b5e6a4c-1f2d-4c3b-9a8e-7d6c5b4a3f21"}
+    assert sa["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/syncwatch",
+        "azure.workload.identity/client-id": "0b5e6a4c-1f2d-4c3b-9a8e-7d6c5b4a3f21",
+    }
     assert one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"] == "true"
 
 
@@ -467,7 +516,10 @@ def test_stale_check_notices_changed_added_and_removed_files(tmp_path):
     (repo / "alerts" / "prometheus.example.yml").write_text("rule_files: [a.rules.yml]\n")
     (repo / "dashboards" / "d.json").write_text('{"title": "d"}\n')
     files = tmp_path / "chart-files"
-    assert sorted(sync_assets.stale(repo, files)) == ["missing: files/alerts/a.rules.yml", "missing: files/dashboards/d.json"]
+    assert sorted(sync_assets.stale(repo, files)) == [
+        "missing: files/alerts/a.rules.yml",
+        "missing: files/dashboards/d.json",
+    ]
     sync_assets.sync(repo, files)
     assert sync_assets.stale(repo, files) == []
     assert sorted(p.name for p in (files / "alerts").iterdir()) == ["a.rules.yml"]  # tests and configs are not rules
@@ -475,7 +527,10 @@ def test_stale_check_notices_changed_added_and_removed_files(tmp_path):
     (repo / "dashboards" / "e.json").write_text("{}\n")
     (repo / "alerts" / "a.rules.yml").unlink()
     assert sorted(sync_assets.stale(repo, files)) == [
-        "missing: files/dashboards/e.json", "no longer in alerts/: files/alerts/a.rules.yml", "out of date: files/dashboards/d.json"]
+        "missing: files/dashboards/e.json",
+        "no longer in alerts/: files/alerts/a.rules.yml",
+        "out of date: files/dashboards/d.json",
+    ]
     sync_assets.sync(repo, files)
     assert sync_assets.stale(repo, files) == []
     assert not (files / "alerts" / "a.rules.yml").exists()
@@ -500,7 +555,10 @@ BAD_VALUES = [
     ({"config": {"snapshots": {"backend": "ftp://x"}}}, "/config/snapshots/backend"),
     ({"config": {"snapshots": {"redact": {"hash_key": "k"}}}}, "/config/snapshots/redact/hash_key"),
     ({"config": {"collectors": [{"type": "rabbitmq", "name": "m", "password": "p"}]}}, "/config/collectors/0/password"),
-    ({"config": {"collectors": [{"type": "servicebus", "name": "sb", "connection_string": "Endpoint=sb://x"}]}}, "/config/collectors/0/connection_string"),
+    (
+        {"config": {"collectors": [{"type": "servicebus", "name": "sb", "connection_string": "Endpoint=sb://x"}]}},
+        "/config/collectors/0/connection_string",
+    ),
     ({"config": {"collectors": [{"name": "nameless-type"}]}}, "/config/collectors/0"),
     ({"config": {"log_level": "verbose"}}, "/config/log_level"),
     ({"apiToken": {"token": "plain"}}, "'token' not allowed"),
@@ -532,15 +590,20 @@ def test_schema_accepts_the_documented_values():
 
 
 def test_schema_config_section_follows_syncwatchs_config_models():
-    """A key the chart's schema allows must exist in exporter/config.py, and every config key
+    """A key the chart's schema allows must exist in exporter/config/models.py, and every config key
     syncwatch has must be either allowed or owned by the chart (so the schema cannot drift)."""
-    from exporter import config as cfgmod
+    from syncwatch.config import models as cfgmod
 
     schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]["properties"]
     chart_owned = {"listen", "api"}
     assert set(schema) == set(cfgmod.Config.model_fields)
-    sections = {"storage": cfgmod.StorageConfig, "intake": cfgmod.IntakeConfig, "correlation": cfgmod.CorrelationConfig,
-                "snapshots": cfgmod.SnapshotsConfig, "limits": cfgmod.LimitsConfig}
+    sections = {
+        "storage": cfgmod.StorageConfig,
+        "intake": cfgmod.IntakeConfig,
+        "correlation": cfgmod.CorrelationConfig,
+        "snapshots": cfgmod.SnapshotsConfig,
+        "limits": cfgmod.LimitsConfig,
+    }
     for name, model in sections.items():
         assert set(schema[name]["properties"]) == set(model.model_fields), name
     assert set(schema["snapshots"]["properties"]["redact"]["properties"]) == set(cfgmod.RedactConfig.model_fields)
@@ -573,7 +636,10 @@ def test_sidecar_example_chart(tmp_path):
     # Config: the subchart's ConfigMap, OTLP on the pod's loopback, metrics on all interfaces for the PodMonitor.
     config_map = one(objects, "ConfigMap")
     text, cfg = rendered_config(objects)
-    assert next(v for v in pod["volumes"] if v["name"] == "syncwatch-config")["configMap"]["name"] == config_map["metadata"]["name"]
+    assert (
+        next(v for v in pod["volumes"] if v["name"] == "syncwatch-config")["configMap"]["name"]
+        == config_map["metadata"]["name"]
+    )
     assert cfg["listen"] == {"http": "0.0.0.0:9873", "otlp_grpc": "127.0.0.1:4317", "otlp_http": "127.0.0.1:4318"}
     assert cfg["flows"]["orders"] == {"destinations": ["erp"], "deadline": "5m"}
     app_env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
@@ -587,7 +653,10 @@ def test_sidecar_example_chart(tmp_path):
     # A sidecar's readiness must not gate the integration's pod; liveness still restarts it.
     assert "readinessProbe" not in sidecar and sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
     # The checksum annotation is the hash of exactly the config the ConfigMap carries.
-    assert template["metadata"]["annotations"]["checksum/syncwatch-config"] == hashlib.sha256(text.rstrip("\n").encode()).hexdigest()
+    assert (
+        template["metadata"]["annotations"]["checksum/syncwatch-config"]
+        == hashlib.sha256(text.rstrip("\n").encode()).hexdigest()
+    )
     # The PodMonitor finds the integration's pods and scrapes the sidecar's port.
     pm = one(objects, "PodMonitor")
     assert pm["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
@@ -635,7 +704,9 @@ def test_sidecar_secret_is_readable_without_the_integrations_fsgroup(tmp_path):
     volume = next(v for v in pod["volumes"] if v["name"] == "syncwatch-api-token")
     assert volume["secret"]["defaultMode"] == 0o444
     standalone = one(render(EXISTING_SECRETS), "Deployment")["spec"]["template"]["spec"]
-    assert next(v for v in standalone["volumes"] if v["name"] == "syncwatch-api-token")["secret"]["defaultMode"] == 0o440
+    assert (
+        next(v for v in standalone["volumes"] if v["name"] == "syncwatch-api-token")["secret"]["defaultMode"] == 0o440
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -649,7 +720,10 @@ def test_network_policy_allows_the_named_ports_only():
     port_names = {p["name"] for p in container(objects)["ports"]}
     ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
     assert ingress_ports == port_names
-    assert policy["spec"]["podSelector"]["matchLabels"].items() <= one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"].items()
+        <= one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    )
     http_rule = next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == "sw-http")
     assert http_rule["from"] == values["networkPolicy"]["httpFrom"]
     otlp_rule = next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == "sw-otlp-grpc")
@@ -660,27 +734,42 @@ def test_network_policy_allows_the_named_ports_only():
 
 
 def _collector_reads_env(collector_type: str, field: str) -> bool:
-    from collectors.plugins import load_collector_class
+    from syncwatch.collectors.plugins import load_collector_class
 
     return field in load_collector_class(collector_type).Settings.model_fields
 
 
-@pytest.mark.parametrize("collector,secret_field,entry", [
-    ("rabbitmq", "password_env", {"type": "rabbitmq", "name": "main", "url": "http://rabbitmq:15672", "username": "monitor"}),
-    ("servicebus", "connection_string_env", {"type": "servicebus", "name": "sb"}),
-])
+@pytest.mark.parametrize(
+    "collector,secret_field,entry",
+    [
+        (
+            "rabbitmq",
+            "password_env",
+            {"type": "rabbitmq", "name": "main", "url": "http://rabbitmq:15672", "username": "monitor"},
+        ),
+        ("servicebus", "connection_string_env", {"type": "servicebus", "name": "sb"}),
+    ],
+)
 def test_collector_credentials_from_secrets_reach_the_collector(collector, secret_field, entry, tmp_path):
     """The chart puts broker credentials in env vars (from Secrets); the collector config names the variable."""
     if not _collector_reads_env(collector, secret_field):
-        pytest.skip(f"collectors/{collector}.py has no `{secret_field}` yet: a chart user cannot pass its secret except inline")
-    env_name = EXISTING_SECRETS["credentials"]["rabbitmqPassword" if collector == "rabbitmq" else "serviceBusConnectionString"]["env"]
+        pytest.skip(
+            f"collectors/{collector}.py has no `{secret_field}` yet: a chart user cannot pass its secret except inline"
+        )
+    env_name = EXISTING_SECRETS["credentials"][
+        "rabbitmqPassword" if collector == "rabbitmq" else "serviceBusConnectionString"
+    ]["env"]
     objects = render(EXISTING_SECRETS | {"config": {"collectors": [entry | {secret_field: env_name}]}})
     assert env_name in {e["name"] for e in container(objects)["env"]}
     text, _ = rendered_config(objects)
     text = text.replace("/var/run/secrets/syncwatch/api-token/bearer", str(tmp_path / "token"))
     (tmp_path / "token").write_text("t")
     (tmp_path / "config.yaml").write_text(text)
-    secret = "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=v" if collector == "servicebus" else "pw"
+    secret = (
+        "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=v"
+        if collector == "servicebus"
+        else "pw"
+    )
     load_config(tmp_path / "config.yaml", environ={env_name: secret})
 
 
@@ -713,15 +802,22 @@ def test_packaged_chart_carries_rules_and_dashboards_but_not_the_example(tmp_pat
     assert not [n for n in names if "/examples/" in n]
     # The archive renders like the directory does.
     with helm.Chart.load(archive) as packaged, helm.Chart.load(CHART) as directory:
-        assert packaged.render(MONITORING_ON, name=RELEASE, namespace=NAMESPACE) == \
-            directory.render(MONITORING_ON, name=RELEASE, namespace=NAMESPACE)
+        assert packaged.render(MONITORING_ON, name=RELEASE, namespace=NAMESPACE) == directory.render(
+            MONITORING_ON, name=RELEASE, namespace=NAMESPACE
+        )
 
 
 def test_values_keep_their_types_through_the_template(tmp_path):
     """Helm turns numbers into floats; large integers and fractional durations must survive toYaml."""
-    objects = render({"config": {"snapshots": {"max_bytes": 2097152, "retention": "96h"},
-                                 "intake": {"max_queued_spans": 50000000, "retry_after": 1.5},
-                                 "correlation": {"keys": ["order.id"]}}})
+    objects = render(
+        {
+            "config": {
+                "snapshots": {"max_bytes": 2097152, "retention": "96h"},
+                "intake": {"max_queued_spans": 50000000, "retry_after": 1.5},
+                "correlation": {"keys": ["order.id"]},
+            }
+        }
+    )
     (tmp_path / "config.yaml").write_text(rendered_config(objects)[0])
     config = load_config(tmp_path / "config.yaml", environ={})
     assert (config.snapshots.max_bytes, config.snapshots.retention) == (2097152, 96 * 3600)
@@ -732,8 +828,14 @@ def test_values_keep_their_types_through_the_template(tmp_path):
 def _check_config(tmp_path, values) -> subprocess.CompletedProcess:
     (tmp_path / "config.yaml").write_text(rendered_config(render(values))[0])
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCWATCH_")}
-    return subprocess.run([sys.executable, "-m", "exporter.cli", "check-config", str(tmp_path / "config.yaml")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "syncwatch", "check-config", str(tmp_path / "config.yaml")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_syncwatch_check_config_accepts_the_default_release(tmp_path):
@@ -750,10 +852,20 @@ def test_check_config_names_what_the_schema_cannot_see(tmp_path):
 
 
 def test_extra_volumes_mount_a_private_ca_for_a_collector(tmp_path):
-    values = {"extraVolumes": [{"name": "broker-ca", "configMap": {"name": "corp-ca"}}],
-              "extraVolumeMounts": [{"name": "broker-ca", "mountPath": "/etc/ssl/broker", "readOnly": True}],
-              "config": {"collectors": [{"type": "rabbitmq", "name": "main", "url": "https://rabbitmq:15671",
-                                         "ca_file": "/etc/ssl/broker/ca.crt"}]}}
+    values = {
+        "extraVolumes": [{"name": "broker-ca", "configMap": {"name": "corp-ca"}}],
+        "extraVolumeMounts": [{"name": "broker-ca", "mountPath": "/etc/ssl/broker", "readOnly": True}],
+        "config": {
+            "collectors": [
+                {
+                    "type": "rabbitmq",
+                    "name": "main",
+                    "url": "https://rabbitmq:15671",
+                    "ca_file": "/etc/ssl/broker/ca.crt",
+                }
+            ]
+        },
+    }
     objects = render(values)
     for obj in objects:
         validate_manifest(obj)

@@ -15,12 +15,15 @@ import dockerfile
 import pytest
 import yaml
 
-from exporter.config import ListenConfig, load_config
+from syncwatch.config.models import ListenConfig
+from syncwatch.settings import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART_VALUES = yaml.safe_load((ROOT / "helm" / "syncwatch" / "values.yaml").read_text())
 # Compilers and -dev packages belong in a builder stage, never in the image that runs.
-BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|clang|make|build-essential|[a-z0-9.+-]+-dev|pip3? install|python3? -m pip install|apt-get install|apk add)\b")
+BUILD_TOOLS = re.compile(
+    r"\b(gcc|g\+\+|clang|make|build-essential|[a-z0-9.+-]+-dev|pip3? install|python3? -m pip install|apt-get install|apk add)\b"
+)
 
 
 def stages() -> list[list[dockerfile.Command]]:
@@ -53,10 +56,14 @@ def test_multi_stage_and_the_final_stage_only_copies_the_built_virtualenv():
     for cmd in final:
         if cmd.cmd == "RUN":
             text = " ".join(cmd.value)
-            assert not BUILD_TOOLS.search(text.replace("pip uninstall", "")), f"build tooling in the final stage: {text}"
-    # The project is installed in the builder stage, with pip, from the repository.
+            assert not BUILD_TOOLS.search(text.replace("pip uninstall", "")), (
+                f"build tooling in the final stage: {text}"
+            )
+    # The project is installed in the builder stage, with pip: dependencies from the hashed lock
+    # file, then the project without resolving again.
     build_runs = " ".join(" ".join(c.value) for c in all_stages[0] if c.cmd == "RUN")
-    assert "pip install ." in build_runs
+    assert "pip install --require-hashes -r requirements.lock" in build_runs
+    assert "pip install --no-deps ." in build_runs
 
 
 def test_slim_base_image():
@@ -131,14 +138,19 @@ def in_build_context(relpath: str) -> bool:
 
 
 def build_context() -> list[str]:
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return [f for f in files if (ROOT / f).is_file() and in_build_context(f)]
 
 
 def test_dockerignore_keeps_the_context_to_what_the_build_reads():
     context = build_context()
-    assert "pyproject.toml" in context and "exporter/cli.py" in context
+    assert "pyproject.toml" in context and "exporter/cli/main.py" in context and "requirements.lock" in context
     assert not [f for f in context if f.startswith(("tests/", ".git/", ".venv/", "helm/", "dashboards/", "alerts/"))]
     assert not [f for f in context if f.endswith((".db", ".pyc"))]
     # Every file the build stage COPYs is in the context.
@@ -158,25 +170,46 @@ def test_the_build_context_builds_a_wheel_with_the_whole_program(tmp_path):
             (context / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, context / rel)
     wheels = tmp_path / "wheels"
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(context)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(context)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (wheel,) = wheels.glob("syncwatch-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    for package in ("exporter", "collectors"):
-        for module in (ROOT / package).rglob("*.py"):
+    # Every tracked module is in the wheel under the one import name: exporter/ is syncwatch/,
+    # collectors/ is syncwatch/collectors/, and nothing is installed as `exporter` or `collectors`.
+    for folder, package in (("exporter", "syncwatch"), ("collectors", "syncwatch/collectors")):
+        for module in (ROOT / folder).rglob("*.py"):
             rel = module.relative_to(ROOT).as_posix()
-            if subprocess.run(["git", "ls-files", "--error-unmatch", rel], cwd=ROOT, capture_output=True).returncode == 0:
-                assert rel in names, f"{rel} is not in the image's wheel"
-    assert re.search(r"^syncwatch\s*=\s*exporter\.cli:main", entry_points, re.M)
+            if (
+                subprocess.run(["git", "ls-files", "--error-unmatch", rel], cwd=ROOT, capture_output=True).returncode
+                == 0
+            ):
+                installed = package + "/" + module.relative_to(ROOT / folder).as_posix()
+                assert installed in names, f"{rel} is not in the image's wheel as {installed}"
+    assert not any(n.startswith(("exporter/", "collectors/")) for n in names)
+    assert "syncwatch/py.typed" in names
+    assert re.search(r"^syncwatch\s*=\s*syncwatch\.cli\.main:main", entry_points, re.M)
 
 
-@pytest.mark.parametrize("path,expected", [
-    ("exporter/app.py", True), ("collectors/sqs.py", True), ("pyproject.toml", True), ("README.md", True),
-    ("tests/test_helm_chart.py", False), ("exporter/__pycache__/app.cpython-311.pyc", False), ("ledger.db", False),
-    ("helm/syncwatch/values.yaml", False), (".git/config", False),
-])
+@pytest.mark.parametrize(
+    "path,expected",
+    [
+        ("exporter/app.py", True),
+        ("collectors/sqs.py", True),
+        ("pyproject.toml", True),
+        ("README.md", True),
+        ("tests/test_helm_chart.py", False),
+        ("exporter/__pycache__/app.cpython-311.pyc", False),
+        ("ledger.db", False),
+        ("helm/syncwatch/values.yaml", False),
+        (".git/config", False),
+    ],
+)
 def test_dockerignore_matcher(path, expected):
     assert in_build_context(path) is expected

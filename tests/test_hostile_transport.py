@@ -14,7 +14,6 @@ import zlib
 import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-
 from otlp_raw import post, stage_request
 
 PB, JS = "application/x-protobuf", "application/json"
@@ -23,8 +22,18 @@ MIB = 1024 * 1024
 
 def _source_spans(n, prefix="h", t0=None):
     t0 = t0 or time.time() - 10
-    return stage_request([{"_start": t0, "syncwatch.stage": "source", "syncwatch.flow": "orders",
-                           "syncwatch.source": "storefront", "correlation_id": f"{prefix}-{i}"} for i in range(n)])
+    return stage_request(
+        [
+            {
+                "_start": t0,
+                "syncwatch.stage": "source",
+                "syncwatch.flow": "orders",
+                "syncwatch.source": "storefront",
+                "correlation_id": f"{prefix}-{i}",
+            }
+            for i in range(n)
+        ]
+    )
 
 
 class HealthWatch:
@@ -93,8 +102,11 @@ def test_concurrent_gzip_bombs_at_the_default_limit_are_bounded_and_healthz_stay
             answers.append((kind, *result))
 
     with HealthWatch(sidecar) as health:
-        senders = [threading.Thread(target=send, args=(bomb, kind)) for _ in range(8)
-                   for bomb, kind in ((under, "under"), (over, "over"))]
+        senders = [
+            threading.Thread(target=send, args=(bomb, kind))
+            for _ in range(8)
+            for bomb, kind in ((under, "under"), (over, "over"))
+        ]
         for t in senders:
             t.start()
         for t in senders:
@@ -106,14 +118,19 @@ def test_concurrent_gzip_bombs_at_the_default_limit_are_bounded_and_healthz_stay
     assert all(headers.get("Retry-After") == "1" for _, status, headers, _ in answers if status == 503)
     statuses = [status for _, status, _, _ in answers]
     for status, reason in ((400, "bad_request"), (413, "too_large"), (503, "body_memory")):
-        assert sidecar.metric("syncwatch_otlp_requests_total", signal="traces", code=str(status)) == statuses.count(status)
+        assert sidecar.metric("syncwatch_otlp_requests_total", signal="traces", code=str(status)) == statuses.count(
+            status
+        )
         assert sidecar.metric("syncwatch_dropped_total", reason=reason) == statuses.count(status)
     # Memory does not grow with the number of bombs: 16 x 64 MiB decompressed is never held at once.
     grown = _peak_rss_mib(sidecar) - baseline
     assert grown < 300, f"peak RSS grew {grown:.0f} MiB"
     # And the receiver still works.
-    status, _, _ = post(sidecar.otlp_http + "/v1/traces", gzip.compress(_source_spans(3).SerializeToString()),
-                        headers={"Content-Encoding": "gzip"})
+    status, _, _ = post(
+        sidecar.otlp_http + "/v1/traces",
+        gzip.compress(_source_spans(3).SerializeToString()),
+        headers={"Content-Encoding": "gzip"},
+    )
     assert status == 200
     assert sidecar.metric("syncwatch_spans_total", result="correlated") == 3
 
@@ -121,27 +138,52 @@ def test_concurrent_gzip_bombs_at_the_default_limit_are_bounded_and_healthz_stay
 def _otlp_json(n_spans: int) -> bytes:
     """An OTLP/JSON trace export as SDKs write it (hex IDs, attribute lists), n source spans."""
     t0 = int((time.time() - 10) * 1e9)
-    filler = [{"key": k, "value": {"stringValue": v}} for k, v in (
-        ("http.request.method", "POST"), ("url.full", "https://erp.example/api/orders/submit?tenant=eu-central-1"),
-        ("server.address", "erp.example"), ("network.protocol.version", "1.1"),
-        ("user_agent.original", "order-sync/1.4.2 (python-requests/2.32; linux x86_64)"),
-        ("messaging.system", "rabbitmq"), ("messaging.destination.name", "orders.outbound.erp"))]
+    filler = [
+        {"key": k, "value": {"stringValue": v}}
+        for k, v in (
+            ("http.request.method", "POST"),
+            ("url.full", "https://erp.example/api/orders/submit?tenant=eu-central-1"),
+            ("server.address", "erp.example"),
+            ("network.protocol.version", "1.1"),
+            ("user_agent.original", "order-sync/1.4.2 (python-requests/2.32; linux x86_64)"),
+            ("messaging.system", "rabbitmq"),
+            ("messaging.destination.name", "orders.outbound.erp"),
+        )
+    ]
     spans = []
     for i in range(n_spans):
-        attrs = [{"key": "syncwatch.stage", "value": {"stringValue": "source"}},
-                 {"key": "syncwatch.flow", "value": {"stringValue": "orders"}},
-                 {"key": "syncwatch.source", "value": {"stringValue": "storefront"}},
-                 {"key": "correlation_id", "value": {"stringValue": f"json-{i:07d}"}},
-                 {"key": "http.response.status_code", "value": {"intValue": "200"}}] + filler
-        spans.append({"traceId": os.urandom(16).hex(), "spanId": os.urandom(8).hex(), "name": "order.changed",
-                      "kind": 1, "startTimeUnixNano": str(t0 + i), "endTimeUnixNano": str(t0 + i + 1000),
-                      "attributes": attrs, "status": {}})
-    doc = {"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "order-sync"}}]},
-                              "scopeSpans": [{"scope": {"name": "syncwatch-instrument"}, "spans": spans}]}]}
+        attrs = [
+            {"key": "syncwatch.stage", "value": {"stringValue": "source"}},
+            {"key": "syncwatch.flow", "value": {"stringValue": "orders"}},
+            {"key": "syncwatch.source", "value": {"stringValue": "storefront"}},
+            {"key": "correlation_id", "value": {"stringValue": f"json-{i:07d}"}},
+            {"key": "http.response.status_code", "value": {"intValue": "200"}},
+        ] + filler
+        spans.append(
+            {
+                "traceId": os.urandom(16).hex(),
+                "spanId": os.urandom(8).hex(),
+                "name": "order.changed",
+                "kind": 1,
+                "startTimeUnixNano": str(t0 + i),
+                "endTimeUnixNano": str(t0 + i + 1000),
+                "attributes": attrs,
+                "status": {},
+            }
+        )
+    doc = {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "order-sync"}}]},
+                "scopeSpans": [{"scope": {"name": "syncwatch-instrument"}, "spans": spans}],
+            }
+        ]
+    }
     return json.dumps(doc).encode()
 
 
-def test_a_27_mb_otlp_json_body_is_parsed_off_the_event_loop(sidecar):
+def test_a_27_mb_otlp_json_body_is_parsed_off_the_event_loop(make_sidecar):
+    sidecar = make_sidecar({"intake": {"max_body_bytes": 64 * 1024 * 1024}})  # over the 16 MiB default
     n = 27_000
     body = _otlp_json(n)
     assert len(body) > 27_000_000
@@ -153,12 +195,19 @@ def test_a_27_mb_otlp_json_body_is_parsed_off_the_event_loop(sidecar):
     assert sidecar.metric("syncwatch_spans_total", result="correlated") == n
 
 
-@pytest.mark.parametrize("body", [
-    b'{"resourceSpans":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-    b"[" * 100_000 + b"]" * 100_000,
-    b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"attributes":[{"key":"k","value":'
-    + b'{"kvlistValue":{"values":[{"key":"k","value":' * 400 + b'{"intValue":"1"}' + b"}]}}" * 400 + b"}]}]}]}]}",
-], ids=["nested-array", "top-level-array", "nested-kvlist"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"resourceSpans":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"attributes":[{"key":"k","value":'
+        + b'{"kvlistValue":{"values":[{"key":"k","value":' * 400
+        + b'{"intValue":"1"}'
+        + b"}]}}" * 400
+        + b"}]}]}]}]}",
+    ],
+    ids=["nested-array", "top-level-array", "nested-kvlist"],
+)
 def test_deeply_nested_json_is_400_and_counted(sidecar, body):
     status, _, resp = post(sidecar.otlp_http + "/v1/traces", body, JS)
     assert status == 400, resp[:300]
@@ -170,11 +219,15 @@ def test_deeply_nested_json_is_400_and_counted(sidecar, body):
     assert sidecar.metric("syncwatch_otlp_requests_total", signal="traces", code="500") == 0
 
 
-@pytest.mark.parametrize("signal,body", [
-    ("traces", b"\x0a\x00" * 20_000),  # 20,000 empty resource_spans
-    ("traces", b"\x0a\x84\xb8\x02" + b"\x12\x00" * 20_000),  # one resource with 20,000 empty scope_spans
-    ("logs", b"\x0a\x00" * 20_000),
-], ids=["empty-resources", "empty-scopes", "empty-log-resources"])
+@pytest.mark.parametrize(
+    "signal,body",
+    [
+        ("traces", b"\x0a\x00" * 20_000),  # 20,000 empty resource_spans
+        ("traces", b"\x0a\x84\xb8\x02" + b"\x12\x00" * 20_000),  # one resource with 20,000 empty scope_spans
+        ("logs", b"\x0a\x00" * 20_000),
+    ],
+    ids=["empty-resources", "empty-scopes", "empty-log-resources"],
+)
 def test_a_body_of_empty_containers_is_400_and_counted(sidecar, signal, body):
     """A few bytes each on the wire, a Python object each to walk: refused after a bounded walk."""
     status, _, resp = post(sidecar.otlp_http + f"/v1/{signal}", body)
@@ -189,7 +242,9 @@ def test_a_body_of_empty_containers_is_400_and_counted(sidecar, signal, body):
 
 @pytest.mark.parametrize("encoding", ["br", "zstd"])
 def test_unsupported_content_encodings_are_415_and_counted(sidecar, encoding):
-    status, _, resp = post(sidecar.otlp_http + "/v1/traces", b"\x1b\x00\x00\x00garbage", headers={"Content-Encoding": encoding})
+    status, _, resp = post(
+        sidecar.otlp_http + "/v1/traces", b"\x1b\x00\x00\x00garbage", headers={"Content-Encoding": encoding}
+    )
     assert status == 415, resp
     assert sidecar.metric("syncwatch_otlp_requests_total", signal="traces", code="415") == 1
     assert sidecar.metric("syncwatch_dropped_total", reason="unsupported_media_type") == 1
@@ -201,13 +256,18 @@ def test_gzip_and_deflate_bodies_including_chunked_uploads_are_accepted(sidecar)
     raw_deflate = zlib.compressobj(wbits=-15)
     deflate_raw = raw_deflate.compress(raw) + raw_deflate.flush()
     two_members = gzip.compress(raw[:10]) + gzip.compress(raw[10:])
-    for body, encoding in ((gzip.compress(raw), "gzip"), (deflate_zlib, "deflate"), (deflate_raw, "deflate"),
-                           (two_members, "gzip")):
+    for body, encoding in (
+        (gzip.compress(raw), "gzip"),
+        (deflate_zlib, "deflate"),
+        (deflate_raw, "deflate"),
+        (two_members, "gzip"),
+    ):
         status, _, resp = post(sidecar.otlp_http + "/v1/traces", body, headers={"Content-Encoding": encoding})
         assert status == 200, (encoding, resp)
     # A chunked upload (no Content-Length), as streaming clients send it.
-    req = urllib.request.Request(sidecar.otlp_http + "/v1/traces", data=iter([raw[:20], raw[20:]]),
-                                 headers={"Content-Type": PB})
+    req = urllib.request.Request(
+        sidecar.otlp_http + "/v1/traces", data=iter([raw[:20], raw[20:]]), headers={"Content-Type": PB}
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status == 200
     assert sidecar.metric("syncwatch_otlp_requests_total", signal="traces", code="200") == 5
@@ -225,8 +285,9 @@ def test_oversized_bodies_are_413_before_and_after_decompression_and_when_chunke
     assert status == 413
     status, _, _ = post(sc.otlp_http + "/v1/traces", gzip.compress(big), headers={"Content-Encoding": "gzip"})
     assert status == 413
-    req = urllib.request.Request(sc.otlp_http + "/v1/traces", data=iter([big[:100_000], big[100_000:]]),
-                                 headers={"Content-Type": PB})
+    req = urllib.request.Request(
+        sc.otlp_http + "/v1/traces", data=iter([big[:100_000], big[100_000:]]), headers={"Content-Type": PB}
+    )
     try:
         urllib.request.urlopen(req, timeout=10)
         status = 200
@@ -294,8 +355,10 @@ class SlowUpload:
     def __init__(self, sidecar, body: bytes):
         self.body = body
         self.sock = socket.create_connection(("127.0.0.1", sidecar.otlp_http_port), timeout=30)
-        head = (f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: {PB}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        head = (
+            f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: {PB}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
         self.sock.sendall(head + body[:-1024])
 
     def finish(self) -> int:
@@ -344,7 +407,9 @@ def test_concurrent_large_compressed_exports_all_get_through_with_retries(make_s
 
     def export(body):
         for _ in range(200):
-            status, headers, _ = post(sc.otlp_http + "/v1/traces", body, headers={"Content-Encoding": "gzip"}, timeout=60)
+            status, headers, _ = post(
+                sc.otlp_http + "/v1/traces", body, headers={"Content-Encoding": "gzip"}, timeout=60
+            )
             if status != 503:
                 break
             with lock:
@@ -367,8 +432,8 @@ def test_concurrent_large_compressed_exports_all_get_through_with_retries(make_s
 def test_the_request_holding_budget_longest_may_always_take_more():
     """Without this, two large bodies inflating side by side can each hold half the budget and
     both be refused, again on every retry."""
-    from exporter.otlp_body import FREE_PER_REQUEST, BodyBudget
-    from exporter.otlp_decode import OtlpError
+    from syncwatch.intake.body import FREE_PER_REQUEST, BodyBudget
+    from syncwatch.intake.decode import OtlpError
 
     budget = BodyBudget(4 * MIB)
     first, second = budget.lease(), budget.lease()
@@ -404,10 +469,10 @@ def test_a_stalled_upload_is_408_and_frees_its_share(monkeypatch):
 
     from aiohttp import web
 
-    from exporter import otlp_http
-    from exporter.metrics import Metrics
-    from exporter.otlp_body import BodyDecoder
-    from exporter.otlp_service import OtlpService
+    from syncwatch.intake import http as otlp_http
+    from syncwatch.intake.body import BodyDecoder
+    from syncwatch.intake.service import OtlpService
+    from syncwatch.metrics.registry import Metrics
 
     monkeypatch.setattr(otlp_http, "BODY_IDLE_TIMEOUT", 0.3)
     metrics = Metrics()
@@ -420,8 +485,10 @@ def test_a_stalled_upload_is_408_and_frees_its_share(monkeypatch):
         await site.start()
         port = runner.addresses[0][1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: {PB}\r\nContent-Length: {MIB}\r\n\r\n".encode()
-                     + b"\x00" * (600 * 1024))
+        writer.write(
+            f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: {PB}\r\nContent-Length: {MIB}\r\n\r\n".encode()
+            + b"\x00" * (600 * 1024)
+        )
         await writer.drain()
         await asyncio.sleep(0.1)
         held = bodies.budget.used

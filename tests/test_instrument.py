@@ -20,7 +20,6 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from syncwatch_instrument import SyncInstrument
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,9 +32,13 @@ class Exported:
     def __init__(self, sidecar):
         resource = Resource.create({"service.name": "middleware"})
         self.tracer_provider = TracerProvider(resource=resource)
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=sidecar.otlp_http + "/v1/traces")))
+        self.tracer_provider.add_span_processor(
+            SimpleSpanProcessor(OTLPSpanExporter(endpoint=sidecar.otlp_http + "/v1/traces"))
+        )
         self.logger_provider = LoggerProvider(resource=resource)
-        self.logger_provider.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=sidecar.otlp_http + "/v1/logs")))
+        self.logger_provider.add_log_record_processor(
+            SimpleLogRecordProcessor(OTLPLogExporter(endpoint=sidecar.otlp_http + "/v1/logs"))
+        )
 
     def instrument(self, **defaults) -> SyncInstrument:
         return SyncInstrument(tracer_provider=self.tracer_provider, logger_provider=self.logger_provider, **defaults)
@@ -47,8 +50,14 @@ class Exported:
 
 @pytest.fixture
 def exported(make_sidecar):
-    sidecar = make_sidecar({"flows": {"orders": {"destinations": ["erp"], "deadline": "1s"},
-                                      "inventory": {"destinations": ["erp"], "deadline": "60s"}}})
+    sidecar = make_sidecar(
+        {
+            "flows": {
+                "orders": {"destinations": ["erp"], "deadline": "1s"},
+                "inventory": {"destinations": ["erp"], "deadline": "60s"},
+            }
+        }
+    )
     exp = Exported(sidecar)
     yield sidecar, exp
     exp.close()
@@ -69,8 +78,24 @@ def test_confirmed_order_with_a_retry_gives_lag_attempts_retries_and_snapshots(e
 
     sidecar.wait_for("syncwatch_transactions_total", 1, outcome="confirmed", **TX)
     m = sidecar.metrics()
-    assert m[("syncwatch_attempts_total", frozenset({"flow": "orders", "destination": "erp", "status_code": "429"}.items()))] == 1
-    assert m[("syncwatch_attempts_total", frozenset({"flow": "orders", "destination": "erp", "status_code": "200"}.items()))] == 1
+    assert (
+        m[
+            (
+                "syncwatch_attempts_total",
+                frozenset({"flow": "orders", "destination": "erp", "status_code": "429"}.items()),
+            )
+        ]
+        == 1
+    )
+    assert (
+        m[
+            (
+                "syncwatch_attempts_total",
+                frozenset({"flow": "orders", "destination": "erp", "status_code": "200"}.items()),
+            )
+        ]
+        == 1
+    )
     assert sidecar.metric("syncwatch_retries_total", flow="orders", destination="erp") == 1
     assert sidecar.metric("syncwatch_sync_lag_seconds_count", **TX) == 1
     lag = sidecar.metric("syncwatch_sync_lag_seconds_sum", **TX)
@@ -114,7 +139,9 @@ def test_attributes_are_the_specs_and_snapshots_point_at_their_attempt():
     tp.add_span_processor(SimpleSpanProcessor(spans))
     lp = LoggerProvider()
     lp.add_log_record_processor(SimpleLogRecordProcessor(logs))
-    sw = SyncInstrument(flow="inventory", source="wms", destination="storefront", tracer_provider=tp, logger_provider=lp)
+    sw = SyncInstrument(
+        flow="inventory", source="wms", destination="storefront", tracer_provider=tp, logger_provider=lp
+    )
 
     sw.source_changed("ADJ-9", changed_at="2026-11-27T10:00:00Z")
     with sw.attempt("ADJ-9", resend_count=2) as a:
@@ -124,20 +151,34 @@ def test_attributes_are_the_specs_and_snapshots_point_at_their_attempt():
     sw.fail("ADJ-9", error_type="dead_lettered")
 
     src, att, conf, fail = spans.get_finished_spans()
-    common = {"syncwatch.correlation_id": "ADJ-9", "syncwatch.flow": "inventory", "syncwatch.source": "wms",
-              "syncwatch.destination": "storefront"}
-    assert dict(src.attributes) == {**common, "syncwatch.stage": "source",
-                                    "syncwatch.source.changed_at": "2026-11-27T10:00:00Z"}
-    assert dict(att.attributes) == {**common, "syncwatch.stage": "attempt", "http.request.resend_count": 2,
-                                    "syncwatch.response_code": "E42"}
+    common = {
+        "syncwatch.correlation_id": "ADJ-9",
+        "syncwatch.flow": "inventory",
+        "syncwatch.source": "wms",
+        "syncwatch.destination": "storefront",
+    }
+    assert dict(src.attributes) == {
+        **common,
+        "syncwatch.stage": "source",
+        "syncwatch.source.changed_at": "2026-11-27T10:00:00Z",
+    }
+    assert dict(att.attributes) == {
+        **common,
+        "syncwatch.stage": "attempt",
+        "http.request.resend_count": 2,
+        "syncwatch.response_code": "E42",
+    }
     assert dict(conf.attributes) == {**common, "syncwatch.stage": "confirm", "syncwatch.idempotency_key": "adj:9"}
     assert dict(fail.attributes) == {**common, "syncwatch.stage": "fail", "error.type": "dead_lettered"}
 
     (snap,) = logs.get_finished_logs()
     record = snap.log_record
     assert json.loads(record.body) == {"sku": "CAP", "delta": -1}
-    assert dict(record.attributes) == {"syncwatch.correlation_id": "ADJ-9", "syncwatch.payload.direction": "request",
-                                       "syncwatch.flow": "inventory"}
+    assert dict(record.attributes) == {
+        "syncwatch.correlation_id": "ADJ-9",
+        "syncwatch.payload.direction": "request",
+        "syncwatch.flow": "inventory",
+    }
     assert (record.trace_id, record.span_id) == (att.context.trace_id, att.context.span_id)
 
     with pytest.raises(ValueError, match="direction"):
@@ -154,10 +195,12 @@ def test_distribution_depends_only_on_the_api_and_shadows_nothing():
     src = ROOT / "instrumentation" / "src"
     assert sorted(p.name for p in src.iterdir() if not p.name.endswith(".egg-info")) == ["syncwatch_instrument"]
     # Importing it loads no SDK, exporter, web framework or sidecar code.
-    probe = ("import sys, syncwatch_instrument; "
-             "print('\\n'.join(m for m in sys.modules if m.split('.')[0] in "
-             "('exporter', 'collectors', 'aiohttp', 'grpc', 'google', 'prometheus_client', 'boto3', 'requests') "
-             "or m.startswith('opentelemetry.sdk') or m.startswith('opentelemetry.exporter')))")
+    probe = (
+        "import sys, syncwatch_instrument; "
+        "print('\\n'.join(m for m in sys.modules if m.split('.')[0] in "
+        "('exporter', 'collectors', 'aiohttp', 'grpc', 'google', 'prometheus_client', 'boto3', 'requests') "
+        "or m.startswith('opentelemetry.sdk') or m.startswith('opentelemetry.exporter')))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd="/")
     assert out.stdout.strip() == ""
 
@@ -165,13 +208,18 @@ def test_distribution_depends_only_on_the_api_and_shadows_nothing():
 def test_built_wheel_holds_only_the_helper_and_requires_only_the_api(tmp_path):
     import zipfile
 
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT / "instrumentation"),
-                    "-w", str(tmp_path)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(ROOT / "instrumentation"), "-w", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("syncwatch_instrument-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names if not n.startswith("syncwatch_instrument-")} == {"syncwatch_instrument"}
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("/METADATA"))).decode()
-    assert [line for line in meta.splitlines() if line.startswith("Requires-Dist")] == ["Requires-Dist: opentelemetry-api>=1.35"]
+    assert [line for line in meta.splitlines() if line.startswith("Requires-Dist")] == [
+        "Requires-Dist: opentelemetry-api>=1.35"
+    ]
 
 
 def test_module_level_calls_use_the_global_providers_set_after_import():

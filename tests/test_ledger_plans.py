@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from exporter import ledger
-from exporter.ledger_schema import DDL, corr_hash
+from syncwatch.ledger import transitions as ledger
+from syncwatch.ledger.schema import DDL, corr_hash
 
 
 def plan(sql: str, n_params: int) -> list[str]:
@@ -25,20 +25,23 @@ def test_closed_lookup_searches_the_hash_index(n_keys):
     assert not any(s.startswith("SCAN") for s in steps if "CONSTANT ROW" not in s and s != "SCAN k"), steps
 
 
-@pytest.mark.parametrize("sql", [
-    ledger._CLOSE_STORED,
-    ledger._UPSERT_OPEN,
-    "SELECT outcome, closed_at, lag, changed_at, close_span, timeline FROM closed_tx WHERE " + ledger._CLOSED_KEY,
-    "UPDATE closed_tx SET timeline=? WHERE " + ledger._CLOSED_KEY,
-    "DELETE FROM closed_tx WHERE " + ledger._CLOSED_KEY,
-    "DELETE FROM open_tx WHERE corr=? AND dest=? AND flow=?",
-    "SELECT first_span, last_span FROM applies WHERE idem=? AND dest=? AND flow=?",
-    # the query API: one correlation ID, duplicates with their source, failed/expired lists
-    "SELECT * FROM closed_tx WHERE corr_hash = ? AND corr = ?",
-    "SELECT t.*, (SELECT source FROM closed_tx c WHERE c.corr_hash = syncwatch_corr_hash(t.corr) AND c.corr = t.corr "
-    "AND c.dest = t.dest AND c.flow = t.flow) AS source FROM applies t WHERE t.applies > 1 ORDER BY t.last_at DESC LIMIT ?",
-    "SELECT t.* FROM closed_tx t WHERE t.outcome = ? AND t.outcome <> 'confirmed' ORDER BY t.closed_at DESC LIMIT ?",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        ledger._CLOSE_STORED,
+        ledger._UPSERT_OPEN,
+        "SELECT outcome, closed_at, lag, changed_at, close_span, timeline FROM closed_tx WHERE " + ledger._CLOSED_KEY,
+        "UPDATE closed_tx SET timeline=? WHERE " + ledger._CLOSED_KEY,
+        "DELETE FROM closed_tx WHERE " + ledger._CLOSED_KEY,
+        "DELETE FROM open_tx WHERE corr=? AND dest=? AND flow=?",
+        "SELECT first_span, last_span FROM applies WHERE idem=? AND dest=? AND flow=?",
+        # the query API: one correlation ID, duplicates with their source, failed/expired lists
+        "SELECT * FROM closed_tx WHERE corr_hash = ? AND corr = ?",
+        "SELECT t.*, (SELECT source FROM closed_tx c WHERE c.corr_hash = syncwatch_corr_hash(t.corr) AND c.corr = t.corr "
+        "AND c.dest = t.dest AND c.flow = t.flow) AS source FROM applies t WHERE t.applies > 1 ORDER BY t.last_at DESC LIMIT ?",
+        "SELECT t.* FROM closed_tx t WHERE t.outcome = ? AND t.outcome <> 'confirmed' ORDER BY t.closed_at DESC LIMIT ?",
+    ],
+)
 def test_statements_never_scan_a_table(sql):
     steps = plan(sql, sql.count("?"))
     assert not any(s.startswith("SCAN") and "USING" not in s for s in steps), steps
@@ -51,5 +54,7 @@ def test_the_sweep_looks_at_a_bounded_number_of_rows():
 
 def test_the_old_row_value_in_form_would_scan():
     """Guards the guard: the form the lookup must not use is planned as a scan on this SQLite."""
-    steps = plan("SELECT corr, outcome, timeline FROM closed_tx WHERE (corr, dest, flow) IN (VALUES (?,?,?),(?,?,?))", 6)
+    steps = plan(
+        "SELECT corr, outcome, timeline FROM closed_tx WHERE (corr, dest, flow) IN (VALUES (?,?,?),(?,?,?))", 6
+    )
     assert "SCAN closed_tx" in steps, steps

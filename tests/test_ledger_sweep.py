@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from exporter.config import Config
-from exporter.ledger import SWEEP_BATCH, Ledger
-from exporter.ledger_schema import STAGE_CONFIRM
-from exporter.metrics import Metrics
+from syncwatch.config.models import Config
+from syncwatch.ledger.schema import STAGE_CONFIRM
+from syncwatch.ledger.transitions import SWEEP_BATCH, Ledger
+from syncwatch.metrics.registry import Metrics
 
 DAY = 86400.0
 T0 = 1_790_000_000.0
@@ -18,8 +18,23 @@ T0 = 1_790_000_000.0
 
 def confirm(corr: str, at: float) -> tuple:
     # Field order of ledger.EVENT_COLUMNS.
-    return (os.urandom(16), os.urandom(8), corr, "orders", STAGE_CONFIRM, "storefront", "erp", at - 1, at, at - 5,
-            None, None, None, None, at)
+    return (
+        os.urandom(16),
+        os.urandom(8),
+        corr,
+        "orders",
+        STAGE_CONFIRM,
+        "storefront",
+        "erp",
+        at - 1,
+        at,
+        at - 5,
+        None,
+        None,
+        None,
+        None,
+        at,
+    )
 
 
 def test_sweep_forgets_only_what_is_past_the_horizon(tmp_path):
@@ -42,14 +57,31 @@ def test_sweep_forgets_only_what_is_past_the_horizon(tmp_path):
 
 
 def source(corr: str, at: float) -> tuple:
-    return (os.urandom(16), os.urandom(8), corr, "orders", 0, "storefront", None, at, at, at, None, None, None, None, at)
+    return (
+        os.urandom(16),
+        os.urandom(8),
+        corr,
+        "orders",
+        0,
+        "storefront",
+        None,
+        at,
+        at,
+        at,
+        None,
+        None,
+        None,
+        None,
+        at,
+    )
 
 
 def test_transactions_closed_within_a_batch_leave_no_deadline_behind(tmp_path):
     """At tens of thousands of transactions a second, deadlines of transactions that closed within
     their batch would otherwise pile up in memory for a whole deadline period."""
-    config = Config.model_validate({"storage": {"data_dir": str(tmp_path)},
-                                    "flows": {"orders": {"destinations": ["erp"], "deadline": "15m"}}})
+    config = Config.model_validate(
+        {"storage": {"data_dir": str(tmp_path)}, "flows": {"orders": {"destinations": ["erp"], "deadline": "15m"}}}
+    )
     ledger = Ledger(config, Metrics(), clock=lambda: T0)
     ledger.record([ev for i in range(1000) for ev in (source(f"o-{i}", T0), confirm(f"o-{i}", T0 + 2))])
     assert len(ledger.pending) == 0 and len(ledger._heap) == 0

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from exporter.metrics import LAG_BUCKETS, BatchHistogram
+from syncwatch.metrics.registry import LAG_BUCKETS, BatchHistogram
 
 
 def _lines(registry) -> list[str]:
@@ -15,9 +15,15 @@ def _lines(registry) -> list[str]:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["orders", "inventory"]),
-                          st.one_of(st.sampled_from(LAG_BUCKETS), st.floats(0, 200_000, allow_nan=False))),
-                max_size=40))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["orders", "inventory"]),
+            st.one_of(st.sampled_from(LAG_BUCKETS), st.floats(0, 200_000, allow_nan=False)),
+        ),
+        max_size=40,
+    )
+)
 def test_batch_histogram_exposes_what_histogram_does(observations):
     reference, batched = CollectorRegistry(), CollectorRegistry()
     h = Histogram("lag_seconds", "Lag.", ("flow",), buckets=LAG_BUCKETS, registry=reference)
@@ -28,5 +34,5 @@ def test_batch_histogram_exposes_what_histogram_does(observations):
         values = [v for f, v in observations if f == flow]
         if values:
             b.observe_many((flow,), values[: len(values) // 2])
-            b.observe_many((flow,), values[len(values) // 2:])
+            b.observe_many((flow,), values[len(values) // 2 :])
     assert _lines(batched) == _lines(reference)

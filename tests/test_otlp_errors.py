@@ -14,18 +14,28 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
-
-from exporter.otlp_decode import OtlpError, decode, decode_traces
-from exporter.span_extract import SpanExtractor
 from otlp_raw import post, stage_request
+
+from syncwatch.intake.decode import OtlpError, decode, decode_traces
+from syncwatch.intake.extract import SpanExtractor
 
 PB, JS = "application/x-protobuf", "application/json"
 
 
 def _valid_request(n=3, t0=None):
     t0 = t0 or time.time() - 10
-    return stage_request([{"_start": t0, "syncwatch.stage": "source", "syncwatch.flow": "orders",
-                           "syncwatch.source": "storefront", "correlation_id": f"order-e{i}"} for i in range(n)])
+    return stage_request(
+        [
+            {
+                "_start": t0,
+                "syncwatch.stage": "source",
+                "syncwatch.flow": "orders",
+                "syncwatch.source": "storefront",
+                "correlation_id": f"order-e{i}",
+            }
+            for i in range(n)
+        ]
+    )
 
 
 @pytest.fixture
@@ -40,14 +50,17 @@ def test_unknown_content_type_is_415(small):
     assert small.metric("syncwatch_dropped_total", reason="unsupported_media_type") == 1
 
 
-@pytest.mark.parametrize("content_type,body", [
-    (PB, b"\xff\xff\xff\xff garbage"),
-    (PB, _valid_request(5).SerializeToString()[:-7]),  # truncated
-    (JS, b"{not json"),
-    (JS, b'{"resourceSpans": "should be a list"}'),
-    (JS, b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz-not-hex"}]}]}]}'),
-    (JS, b"[1, 2, 3]"),
-])
+@pytest.mark.parametrize(
+    "content_type,body",
+    [
+        (PB, b"\xff\xff\xff\xff garbage"),
+        (PB, _valid_request(5).SerializeToString()[:-7]),  # truncated
+        (JS, b"{not json"),
+        (JS, b'{"resourceSpans": "should be a list"}'),
+        (JS, b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz-not-hex"}]}]}]}'),
+        (JS, b"[1, 2, 3]"),
+    ],
+)
 def test_malformed_truncated_and_wrongly_typed_bodies_are_400(small, content_type, body):
     status, _, resp = post(small.otlp_http + "/v1/traces", body, content_type)
     assert status == 400, resp
@@ -87,13 +100,31 @@ def test_gzip_protobuf_and_json_with_hex_ids_are_accepted(sidecar):
     body = gzip.compress(_valid_request(2).SerializeToString())
     status, headers, resp = post(sidecar.otlp_http + "/v1/traces", body, headers={"Content-Encoding": "gzip"})
     assert status == 200 and headers["Content-Type"].startswith(PB)
-    doc = {"resourceSpans": [{"scopeSpans": [{"spans": [{
-        "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "confirm",
-        "startTimeUnixNano": str(int((time.time() - 5) * 1e9)), "endTimeUnixNano": str(int((time.time() - 4) * 1e9)),
-        "attributes": [{"key": "syncwatch.stage", "value": {"stringValue": "confirm"}},
-                       {"key": "syncwatch.flow", "value": {"stringValue": "orders"}},
-                       {"key": "peer.service", "value": {"stringValue": "erp"}},
-                       {"key": "correlation_id", "value": {"stringValue": "order-e0"}}]}]}]}]}
+    doc = {
+        "resourceSpans": [
+            {
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {
+                                "traceId": "5b8efff798038103d269b633813fc60c",
+                                "spanId": "eee19b7ec3c1b174",
+                                "name": "confirm",
+                                "startTimeUnixNano": str(int((time.time() - 5) * 1e9)),
+                                "endTimeUnixNano": str(int((time.time() - 4) * 1e9)),
+                                "attributes": [
+                                    {"key": "syncwatch.stage", "value": {"stringValue": "confirm"}},
+                                    {"key": "syncwatch.flow", "value": {"stringValue": "orders"}},
+                                    {"key": "peer.service", "value": {"stringValue": "erp"}},
+                                    {"key": "correlation_id", "value": {"stringValue": "order-e0"}},
+                                ],
+                            }
+                        ]
+                    }
+                ]
+            }
+        ]
+    }
     status, headers, resp = post(sidecar.otlp_http + "/v1/traces", json.dumps(doc).encode(), JS)
     assert status == 200 and headers["Content-Type"].startswith(JS)
     tx = dict(flow="orders", source="storefront", destination="erp")
@@ -104,15 +135,27 @@ def test_gzip_protobuf_and_json_with_hex_ids_are_accepted(sidecar):
 
 def test_invalid_spans_are_rejected_with_partial_success(sidecar):
     t0 = time.time()
-    req = stage_request([
-        {"_start": t0, "syncwatch.stage": "sent", "syncwatch.flow": "orders", "correlation_id": "o1"},
-        {"_start": t0, "syncwatch.stage": "confirm", "correlation_id": "o2", "syncwatch.destination": "erp"},
-        {"_start": t0, "syncwatch.stage": "attempt", "syncwatch.flow": "orders", "correlation_id": "o3"},
-        {"_start": t0, "syncwatch.stage": "source", "syncwatch.flow": "orders", "correlation_id": "o4",
-         "syncwatch.source.changed_at": "yesterday"},
-        {"_start": t0, "syncwatch.stage": "source", "syncwatch.flow": "orders", "correlation_id": "o5",
-         "syncwatch.source.changed_at": "2026-11-27T10:00:00Z"},
-    ])
+    req = stage_request(
+        [
+            {"_start": t0, "syncwatch.stage": "sent", "syncwatch.flow": "orders", "correlation_id": "o1"},
+            {"_start": t0, "syncwatch.stage": "confirm", "correlation_id": "o2", "syncwatch.destination": "erp"},
+            {"_start": t0, "syncwatch.stage": "attempt", "syncwatch.flow": "orders", "correlation_id": "o3"},
+            {
+                "_start": t0,
+                "syncwatch.stage": "source",
+                "syncwatch.flow": "orders",
+                "correlation_id": "o4",
+                "syncwatch.source.changed_at": "yesterday",
+            },
+            {
+                "_start": t0,
+                "syncwatch.stage": "source",
+                "syncwatch.flow": "orders",
+                "correlation_id": "o5",
+                "syncwatch.source.changed_at": "2026-11-27T10:00:00Z",
+            },
+        ]
+    )
     status, _, body = post(sidecar.otlp_http + "/v1/traces", req.SerializeToString())
     assert status == 200
     resp = ExportTraceServiceResponse.FromString(body)
@@ -141,8 +184,11 @@ def test_backpressure_503_with_retry_after_and_ledger_failure_503(make_sidecar):
     db = sqlite3.connect(sc.workdir / "data" / "ledger.db", isolation_level=None)
     db.execute("BEGIN EXCLUSIVE")  # the ledger cannot write: its writer waits, the queue fills
     results = []
-    first = threading.Thread(target=lambda: results.append(post(sc.otlp_http + "/v1/traces",
-                                                                _valid_request(5).SerializeToString(), timeout=30)))
+    first = threading.Thread(
+        target=lambda: results.append(
+            post(sc.otlp_http + "/v1/traces", _valid_request(5).SerializeToString(), timeout=30)
+        )
+    )
     first.start()
     time.sleep(0.5)
     status, headers, _ = post(sc.otlp_http + "/v1/traces", _valid_request(5).SerializeToString())
@@ -180,11 +226,33 @@ def test_fuzz_protobuf_decoder(data):
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(
-        st.sampled_from(["resourceSpans", "scopeSpans", "spans", "traceId", "spanId", "attributes", "key", "value",
-                         "stringValue", "intValue", "startTimeUnixNano", "resourceLogs", "logRecords", "body"]),
-        children, max_size=4),
-    max_leaves=20)
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "resourceSpans",
+                    "scopeSpans",
+                    "spans",
+                    "traceId",
+                    "spanId",
+                    "attributes",
+                    "key",
+                    "value",
+                    "stringValue",
+                    "intValue",
+                    "startTimeUnixNano",
+                    "resourceLogs",
+                    "logRecords",
+                    "body",
+                ]
+            ),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
 
 
 @settings(max_examples=300, deadline=None)

@@ -13,12 +13,12 @@ import json
 
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
-
-from exporter.snapshots import body_bytes
 from otlp_raw import post
 from sidecar import Sidecar
 from test_snapshots_s3 import MotoServer, make_bucket
 from test_snapshots_store import make_request
+
+from syncwatch.snapshots import body_bytes
 
 TOKEN = "corpus-token-0123456789"
 VISA = "4111111111111111"
@@ -34,38 +34,75 @@ def _worst_case_digits() -> str:
 
 # (id, body, secrets): bodies are str unless noted (a dict is sent as an OTLP key-value map, bytes as bytes).
 CORPUS = [
-    ("json-in-string", json.dumps({"event": "order", "body": json.dumps({"password": "hunter2-a", "api_key": "ak-3391",
-                                                                            "Authorization": "Bearer eyJhbGciOi.x1"})}),
-     ["hunter2-a", "ak-3391", "eyJhbGciOi"]),
-    ("json-in-string-twice", json.dumps({"envelope": json.dumps({"message": json.dumps({"password": "hunter2-b", "cvv": "739"})})}),
-     ["hunter2-b", '"739"', "\\\"739\\\""]),
-    ("json-in-string-kvlist", {"request": json.dumps({"client_secret": "cs-ffa1", "token": {"value": "tv-5512"}})},
-     ["cs-ffa1", "tv-5512"]),
-    ("cookie-header", "GET /cart HTTP/1.1\r\nHost: shop\r\nCookie: theme=dark; session=sess-8f3a; csrf=csrf-11c2\r\n\r\n",
-     ["sess-8f3a", "csrf-11c2"]),
+    (
+        "json-in-string",
+        json.dumps(
+            {
+                "event": "order",
+                "body": json.dumps(
+                    {"password": "hunter2-a", "api_key": "ak-3391", "Authorization": "Bearer eyJhbGciOi.x1"}
+                ),
+            }
+        ),
+        ["hunter2-a", "ak-3391", "eyJhbGciOi"],
+    ),
+    (
+        "json-in-string-twice",
+        json.dumps({"envelope": json.dumps({"message": json.dumps({"password": "hunter2-b", "cvv": "739"})})}),
+        ["hunter2-b", '"739"', '\\"739\\"'],
+    ),
+    (
+        "json-in-string-kvlist",
+        {"request": json.dumps({"client_secret": "cs-ffa1", "token": {"value": "tv-5512"}})},
+        ["cs-ffa1", "tv-5512"],
+    ),
+    (
+        "cookie-header",
+        "GET /cart HTTP/1.1\r\nHost: shop\r\nCookie: theme=dark; session=sess-8f3a; csrf=csrf-11c2\r\n\r\n",
+        ["sess-8f3a", "csrf-11c2"],
+    ),
     ("cookie-in-json", json.dumps({"headers": {"x": "1"}, "raw": "Cookie: lang=de; session=sess-77aa"}), ["sess-77aa"]),
     ("set-cookie", "HTTP/1.1 200 OK\nSet-Cookie: sid=sid-4c1d; Path=/; HttpOnly\n\n{}", ["sid-4c1d"]),
-    ("digest-auth", 'POST /x HTTP/1.1\nAuthorization: Digest username="erp-user", realm="erp", nonce="dcd98b7102dd2f0e", '
-                    'uri="/x", response="6629fae49393a05397450978507c4ef1", cnonce="0a4f113b"\n\n',
-     ["erp-user", "dcd98b7102dd2f0e", "6629fae49393a05397450978507c4ef1", "0a4f113b"]),
+    (
+        "digest-auth",
+        'POST /x HTTP/1.1\nAuthorization: Digest username="erp-user", realm="erp", nonce="dcd98b7102dd2f0e", '
+        'uri="/x", response="6629fae49393a05397450978507c4ef1", cnonce="0a4f113b"\n\n',
+        ["erp-user", "dcd98b7102dd2f0e", "6629fae49393a05397450978507c4ef1", "0a4f113b"],
+    ),
     ("quoted-with-space", 'login ok, password="correct horse battery" user=bob', ["correct horse", "horse battery"]),
     ("quoted-with-space-json", json.dumps({"note": "cfg api_key='live key 42' set"}), ["live key 42", "key 42"]),
     ("card-double-spaces", "paid with " + "  ".join(VISA_GROUPS) + ", thanks", ["  ".join(VISA_GROUPS), VISA]),
     ("card-dots", "card " + ".".join(VISA_GROUPS) + " ok", [".".join(VISA_GROUPS)]),
     ("card-tabs", "card\t" + "\t".join(VISA_GROUPS) + "\tok", ["\t".join(VISA_GROUPS), "\\t".join(VISA_GROUPS)]),
-    ("card-nbsp", json.dumps({"note": "card " + "\u00a0".join(VISA_GROUPS)}, ensure_ascii=False),
-     ["\u00a0".join(VISA_GROUPS), "\\u00a0".join(VISA_GROUPS)]),
-    ("url-encoded-form", "email=jane.doe%40example.com&password=p%40ss+w0rd&card=" + "+".join(VISA_GROUPS)
-                         + "&next=%2Fcb%3Fapi_key%3Dak-9af0%26lang%3Dde",
-     ["jane.doe", "p%40ss", "ss+w0rd", "+".join(VISA_GROUPS), "ak-9af0"]),
+    (
+        "card-nbsp",
+        json.dumps({"note": "card " + "\u00a0".join(VISA_GROUPS)}, ensure_ascii=False),
+        ["\u00a0".join(VISA_GROUPS), "\\u00a0".join(VISA_GROUPS)],
+    ),
+    (
+        "url-encoded-form",
+        "email=jane.doe%40example.com&password=p%40ss+w0rd&card="
+        + "+".join(VISA_GROUPS)
+        + "&next=%2Fcb%3Fapi_key%3Dak-9af0%26lang%3Dde",
+        ["jane.doe", "p%40ss", "ss+w0rd", "+".join(VISA_GROUPS), "ak-9af0"],
+    ),
     ("url-encoded-card", "q=" + "%20".join(VISA_GROUPS), ["%20".join(VISA_GROUPS)]),
     ("xml-element", "<login><user>bob</user><password>hunter 2 c</password></login>", ["hunter 2 c", "hunter"]),
-    ("soap-wsse", '<soapenv:Envelope><soapenv:Header><wsse:Security><wsse:UsernameToken><wsse:Username>erp</wsse:Username>'
-                  '<wsse:Password Type="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0'
-                  '#PasswordText">Pw d0-55</wsse:Password></wsse:UsernameToken></wsse:Security></soapenv:Header>'
-                  "<soapenv:Body><ns:Order><ns:cardNumber>" + VISA + "</ns:cardNumber></ns:Order></soapenv:Body></soapenv:Envelope>",
-     ["Pw d0-55", VISA]),
-    ("iban-lower-spaced", json.dumps({"note": "refund to de89 3704 0044 0532 0130 00 please"}), ["de89 3704", "0532 0130"]),
+    (
+        "soap-wsse",
+        "<soapenv:Envelope><soapenv:Header><wsse:Security><wsse:UsernameToken><wsse:Username>erp</wsse:Username>"
+        '<wsse:Password Type="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0'
+        '#PasswordText">Pw d0-55</wsse:Password></wsse:UsernameToken></wsse:Security></soapenv:Header>'
+        "<soapenv:Body><ns:Order><ns:cardNumber>"
+        + VISA
+        + "</ns:cardNumber></ns:Order></soapenv:Body></soapenv:Envelope>",
+        ["Pw d0-55", VISA],
+    ),
+    (
+        "iban-lower-spaced",
+        json.dumps({"note": "refund to de89 3704 0044 0532 0130 00 please"}),
+        ["de89 3704", "0532 0130"],
+    ),
     ("iban-lower-compact", "refund de89370400440532013000 today", ["de89370400440532013000", "370400440532013000"]),
     ("iban-spaced-then-word", "IBAN BE68 5390 0754 7034 DANK", ["5390 0754 7034"]),
     ("cvv-hash", json.dumps({"order": "SO-77", "card_last4": "1111", "cvv": "739"}), ['"739"']),
@@ -103,10 +140,14 @@ def loaded(request, tmp_path_factory):
         for k, v in env.items():
             patch.setenv(k, v)  # for make_bucket's client in this process
         snapshots = {"backend": f"s3://{make_bucket(moto)}/corpus", "s3_endpoint_url": moto.url}
-    sc = Sidecar(tmp_path_factory.mktemp(f"corpus-{request.param}"), {"api": {"token": TOKEN}, "snapshots": snapshots}, env)
+    sc = Sidecar(
+        tmp_path_factory.mktemp(f"corpus-{request.param}"), {"api": {"token": TOKEN}, "snapshots": snapshots}, env
+    )
     try:
         sc.start()
-        req = make_request(*[{"corr": f"corpus-{case}", "direction": "request", "body": body} for case, body, _ in CORPUS])
+        req = make_request(
+            *[{"corr": f"corpus-{case}", "direction": "request", "body": body} for case, body, _ in CORPUS]
+        )
         status, _, raw = post(sc.otlp_http + "/v1/logs", req.SerializeToString(), timeout=60)
         resp = ExportLogsServiceResponse()
         resp.ParseFromString(raw)

@@ -12,7 +12,6 @@ from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
-
 from otel_helpers import NS, Integration
 from sidecar import ROOT, free_port
 
@@ -26,15 +25,22 @@ class PayloadIntegration(Integration):
 
     def __init__(self, sidecar, transport="http"):
         super().__init__(sidecar, transport)
-        exporter = GrpcLogExporter(endpoint=sidecar.otlp_grpc, insecure=True) if transport == "grpc" \
+        exporter = (
+            GrpcLogExporter(endpoint=sidecar.otlp_grpc, insecure=True)
+            if transport == "grpc"
             else HttpLogExporter(endpoint=sidecar.otlp_http + "/v1/logs")
+        )
         self.logs = LoggerProvider()
         self.logs.add_log_record_processor(SimpleLogRecordProcessor(exporter))
         self.logger = self.logs.get_logger("syncwatch-tests")
 
     def attempt_with_payloads(self, corr, flow, dest, start, end, request, response, code=None, resend=None):
-        attrs = {"syncwatch.stage": "attempt", "syncwatch.flow": flow, "syncwatch.destination": dest,
-                 "syncwatch.correlation_id": corr}
+        attrs = {
+            "syncwatch.stage": "attempt",
+            "syncwatch.flow": flow,
+            "syncwatch.destination": dest,
+            "syncwatch.correlation_id": corr,
+        }
         if code is not None:
             attrs["http.response.status_code"] = code
         if resend:
@@ -43,9 +49,17 @@ class PayloadIntegration(Integration):
         ctx = trace.set_span_in_context(span)
         for direction, body in (("request", request), ("response", response)):
             if body is not None:
-                self.logger.emit(body=body, context=ctx, timestamp=int(start * NS),
-                                 attributes={"syncwatch.correlation_id": corr, "syncwatch.payload.direction": direction,
-                                             "syncwatch.flow": flow, "syncwatch.destination": dest})
+                self.logger.emit(
+                    body=body,
+                    context=ctx,
+                    timestamp=int(start * NS),
+                    attributes={
+                        "syncwatch.correlation_id": corr,
+                        "syncwatch.payload.direction": direction,
+                        "syncwatch.flow": flow,
+                        "syncwatch.destination": dest,
+                    },
+                )
         span.end(end_time=int(end * NS))
         return format(span.get_span_context().span_id, "016x")
 
@@ -55,7 +69,7 @@ class PayloadIntegration(Integration):
 
 
 def cli(sidecar, *args, token=TOKEN):
-    cmd = [sys.executable, "-m", "exporter.cli", "transactions", *args, "--url", sidecar.url]
+    cmd = [sys.executable, "-m", "syncwatch", "transactions", *args, "--url", sidecar.url]
     if token:
         cmd += ["--token", token]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -72,10 +86,20 @@ def test_payloads_round_trip_redacted_and_linked_to_their_attempts(make_sidecar,
     t = time.time()
     order = {"order_id": "SO-1", "customer": {"email": EMAIL}, "payment": {"card_number": CARD, "cvv": "123"}}
     it.source("ord-1", "orders", t)
-    first = it.attempt_with_payloads("ord-1", "orders", "erp", t + 0.1, t + 0.2, json.dumps(order),
-                                     "Service Unavailable, retry later", code=503)
-    second = it.attempt_with_payloads("ord-1", "orders", "erp", t + 1.2, t + 1.3, order,  # a key-value map body
-                                      json.dumps({"erp_doc": "4711", "contact": EMAIL}), code=201, resend=1)
+    first = it.attempt_with_payloads(
+        "ord-1", "orders", "erp", t + 0.1, t + 0.2, json.dumps(order), "Service Unavailable, retry later", code=503
+    )
+    second = it.attempt_with_payloads(
+        "ord-1",
+        "orders",
+        "erp",
+        t + 1.2,
+        t + 1.3,
+        order,  # a key-value map body
+        json.dumps({"erp_doc": "4711", "contact": EMAIL}),
+        code=201,
+        resend=1,
+    )
     it.confirm("ord-1", "orders", "erp", t + 1.4, t + 1.5)
     it.source("ord-late", "orders", t)
     it.attempt_with_payloads("ord-late", "orders", "erp", t + 0.1, t + 0.2, b"\xff\x00raw bytes", None, code=429)
@@ -131,15 +155,22 @@ def test_payloads_round_trip_redacted_and_linked_to_their_attempts(make_sidecar,
 
 def test_a_failing_snapshot_store_does_not_touch_trace_intake(make_sidecar):
     # S3 backend on a port where nothing listens: every snapshot write fails.
-    sc = make_sidecar({"snapshots": {"backend": "s3://bucket/p", "s3_endpoint_url": f"http://127.0.0.1:{free_port()}"}},
-                      env={"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"})
+    sc = make_sidecar(
+        {"snapshots": {"backend": "s3://bucket/p", "s3_endpoint_url": f"http://127.0.0.1:{free_port()}"}},
+        env={"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"},
+    )
     it = PayloadIntegration(sc, "http")
     t = time.time()
     it.source("ord-2", "orders", t)
     it.attempt_with_payloads("ord-2", "orders", "erp", t + 0.1, t + 0.2, '{"a":1}', '{"b":2}', code=201)
     it.confirm("ord-2", "orders", "erp", t + 0.3, t + 0.4)
     it.close()
-    assert sc.metric("syncwatch_transactions_total", flow="orders", source="storefront", destination="erp", outcome="confirmed") == 1
+    assert (
+        sc.metric(
+            "syncwatch_transactions_total", flow="orders", source="storefront", destination="erp", outcome="confirmed"
+        )
+        == 1
+    )
     assert sc.metric("syncwatch_snapshots_total", direction="request", result="dropped") == 1
     assert sc.metric("syncwatch_snapshots_total", direction="response", result="dropped") == 1
     assert sc.metric("syncwatch_dropped_total", reason="snapshot_store_unavailable") == 2

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import boto3
 import pytest
-
-from exporter.config import Config
-from exporter.metrics import Metrics
-from exporter.snapshots import SnapshotIntake
 from test_snapshots_store import HOUR, SECRETS, T0, Clock, make_request, order_body, sample
+
+from syncwatch.config.models import Config
+from syncwatch.metrics.registry import Metrics
+from syncwatch.snapshots import SnapshotIntake
 
 
 def _free_port() -> int:
@@ -36,7 +36,9 @@ class MotoServer:
 
     def start(self):
         exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
-        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -61,7 +63,11 @@ def moto():
 
 @pytest.fixture(autouse=True)
 def aws_env(monkeypatch):
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
 
@@ -73,8 +79,12 @@ def make_bucket(moto) -> str:
 
 
 def intake_for(tmp_path, endpoint, backend, clock):
-    cfg = Config.model_validate({"storage": {"data_dir": str(tmp_path / "data")},
-                                 "snapshots": {"backend": backend, "s3_endpoint_url": endpoint}})
+    cfg = Config.model_validate(
+        {
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "snapshots": {"backend": backend, "s3_endpoint_url": endpoint},
+        }
+    )
     metrics = Metrics()
     return SnapshotIntake(cfg, metrics, clock=clock), metrics
 
@@ -95,10 +105,12 @@ def test_s3_round_trip_redacted_and_swept_at_the_retention_age(moto, tmp_path):
 
     async def go():
         await intake.start()
-        r = await intake.export_logs(make_request(
-            {"corr": "ord/1 ü", "direction": "request", "body": order_body(), "span_id": b"\x05" * 8},
-            {"corr": "ord/1 ü", "direction": "response", "body": '{"ok":true}', "span_id": b"\x05" * 8},
-        ))
+        r = await intake.export_logs(
+            make_request(
+                {"corr": "ord/1 ü", "direction": "request", "body": order_body(), "span_id": b"\x05" * 8},
+                {"corr": "ord/1 ü", "direction": "response", "body": '{"ok":true}', "span_id": b"\x05" * 8},
+            )
+        )
         assert r == (0, "")
         clock.t += HOUR
         await intake.export_logs(make_request({"corr": "ord-2", "direction": "request", "body": "later"}))
@@ -182,7 +194,6 @@ TOKEN = "s3-keys-token-0123"
 
 def _export(sc, *records) -> tuple[int, int, str]:
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
-
     from otlp_raw import post
 
     status, _, raw = post(sc.otlp_http + "/v1/logs", make_request(*records).SerializeToString())
@@ -206,12 +217,15 @@ def test_a_correlation_id_too_long_for_an_s3_key_refuses_that_snapshot_only(moto
     proxy = KeyLimitProxy(moto.url).start()
     bucket = make_bucket(moto)
     try:
-        sc = make_sidecar({"api": {"token": TOKEN},
-                           "snapshots": {"backend": f"s3://{bucket}/p", "s3_endpoint_url": proxy.url}},
-                          env={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+        sc = make_sidecar(
+            {"api": {"token": TOKEN}, "snapshots": {"backend": f"s3://{bucket}/p", "s3_endpoint_url": proxy.url}},
+            env={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+        )
         long_id = "Bestellung-" + "\u00fc" * 200  # 411 bytes, 1,211 percent-encoded
-        first = _export(sc, *[{"corr": c, "direction": "request", "body": f"body of {c[:12]}"}
-                              for c in (long_id, "ord-a", ".", "..")])
+        first = _export(
+            sc,
+            *[{"corr": c, "direction": "request", "body": f"body of {c[:12]}"} for c in (long_id, "ord-a", ".", "..")],
+        )
         second = _export(sc, {"corr": "ord-b", "direction": "request", "body": "body of ord-b"})
         keys = list(all_objects(moto, bucket))
         assert first[:2] == (200, 1) and "too long for an S3 object key" in first[2]

@@ -10,9 +10,9 @@ import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from exporter.config import Config
-from exporter.metrics import Metrics
-from exporter.snapshots import SnapshotIntake
+from syncwatch.config.models import Config
+from syncwatch.metrics.registry import Metrics
+from syncwatch.snapshots import SnapshotIntake
 
 HOUR = 3600.0
 T0 = 1_800_000_000.0
@@ -63,11 +63,15 @@ def make_request(*records: dict) -> ExportLogsServiceRequest:
 
 
 def order_body(i: int = 1) -> str:
-    return json.dumps({
-        "order_id": f"SO-{i}", "customer": {"email": "jane.doe@example.com", "password": "hunter2"},
-        "payment": {"card_number": "4111111111111111", "iban": "DE89370400440532013000"},
-        "note": "api key sk_live_abc123", "lines": [{"sku": "A-1", "qty": 2}],
-    })
+    return json.dumps(
+        {
+            "order_id": f"SO-{i}",
+            "customer": {"email": "jane.doe@example.com", "password": "hunter2"},
+            "payment": {"card_number": "4111111111111111", "iban": "DE89370400440532013000"},
+            "note": "api key sk_live_abc123",
+            "lines": [{"sku": "A-1", "qty": 2}],
+        }
+    )
 
 
 class Clock:
@@ -87,7 +91,9 @@ def make_intake(tmp_path):
     made = []
 
     def make(snapshots=None, clock=None, **top):
-        cfg = Config.model_validate({"storage": {"data_dir": str(tmp_path / "data")}, "snapshots": snapshots or {}, **top})
+        cfg = Config.model_validate(
+            {"storage": {"data_dir": str(tmp_path / "data")}, "snapshots": snapshots or {}, **top}
+        )
         metrics = Metrics()
         intake = SnapshotIntake(cfg, metrics, clock=clock or Clock())
         made.append(intake)
@@ -105,12 +111,23 @@ def test_payloads_are_stored_redacted_and_nothing_on_disk_holds_the_secrets(make
 
     async def go():
         await intake.start()
-        rejected, msg = await intake.export_logs(make_request(
-            {"corr": "ord-1", "direction": "request", "body": order_body(), "span_id": b"\x0a" * 8},
-            {"corr": "ord-1", "direction": "response", "body": b'{"status":"created","token":"sk_live_abc123"}', "span_id": b"\x0a" * 8},
-            {"corr": "ord-1", "direction": "response", "body": {"erp_doc": "4711", "email": "jane.doe@example.com"}},
-            {"body": "an ordinary log line, not a payload"},
-        ))
+        rejected, msg = await intake.export_logs(
+            make_request(
+                {"corr": "ord-1", "direction": "request", "body": order_body(), "span_id": b"\x0a" * 8},
+                {
+                    "corr": "ord-1",
+                    "direction": "response",
+                    "body": b'{"status":"created","token":"sk_live_abc123"}',
+                    "span_id": b"\x0a" * 8,
+                },
+                {
+                    "corr": "ord-1",
+                    "direction": "response",
+                    "body": {"erp_doc": "4711", "email": "jane.doe@example.com"},
+                },
+                {"body": "an ordinary log line, not a payload"},
+            )
+        )
         found = await intake.find("ord-1")
         await intake.stop()
         return rejected, msg, found
@@ -148,11 +165,13 @@ def test_payloads_without_correlation_id_or_with_a_bad_direction_are_rejected_an
 
     async def go():
         await intake.start()
-        out = await intake.export_logs(make_request(
-            {"direction": "request", "body": "no correlation id"},
-            {"corr": "c1", "direction": "sideways", "body": "?"},
-            {"corr": "c1", "direction": "request", "body": "fine"},
-        ))
+        out = await intake.export_logs(
+            make_request(
+                {"direction": "request", "body": "no correlation id"},
+                {"corr": "c1", "direction": "sideways", "body": "?"},
+                {"corr": "c1", "direction": "request", "body": "fine"},
+            )
+        )
         await intake.stop()
         return out
 
@@ -170,16 +189,20 @@ def test_a_correlation_id_over_the_limit_is_rejected_as_such(make_intake):
 
     async def go():
         await intake.start()
-        out = await intake.export_logs(make_request(
-            {"corr": "x" * 65, "direction": "response", "body": "too long an ID"},
-            {"corr": "y" * 64, "direction": "response", "body": "fine"},
-        ))
+        out = await intake.export_logs(
+            make_request(
+                {"corr": "x" * 65, "direction": "response", "body": "too long an ID"},
+                {"corr": "y" * 64, "direction": "response", "body": "fine"},
+            )
+        )
         found = await intake.find("y" * 64)
         await intake.stop()
         return out, found
 
     (rejected, message), found = run(go())
-    assert rejected == 1 and message == "1 x correlation ID longer than 64 characters (limits.max_correlation_id_length)"
+    assert (
+        rejected == 1 and message == "1 x correlation ID longer than 64 characters (limits.max_correlation_id_length)"
+    )
     assert sample(metrics, "syncwatch_dropped_total", reason="snapshot_correlation_id_too_long") == 1
     assert sample(metrics, "syncwatch_dropped_total", reason="snapshot_uncorrelated") == 0
     assert sample(metrics, "syncwatch_snapshots_total", direction="response", result="dropped") == 1
@@ -209,11 +232,14 @@ def test_a_huge_body_is_redacted_on_the_head_that_is_kept_only(make_intake):
     """Redaction work per payload is bounded by what is kept: a 12 MB body costs no more than
     max_bytes + the margin, and the kept head is redacted by the same rules (JSON key rules
     through its pairs, a bracketed value whole)."""
-    from exporter.snapshots import REDACT_MARGIN
+    from syncwatch.snapshots import REDACT_MARGIN
 
     intake, metrics = make_intake(snapshots={"max_bytes": 4096})
-    head = {"customer": {"password": "hunter 2", "api key": "k-77", "secret": {"pin": "9911"}},
-            "payment": {"card": "4111 1111 1111 1111", "iban": "de89 3704 0044 0532 0130 00"}, "note": "jane.doe@example.com"}
+    head = {
+        "customer": {"password": "hunter 2", "api key": "k-77", "secret": {"pin": "9911"}},
+        "payment": {"card": "4111 1111 1111 1111", "iban": "de89 3704 0044 0532 0130 00"},
+        "note": "jane.doe@example.com",
+    }
     body = json.dumps({**head, "lines": [{"sku": f"SKU-{i:07d}", "qty": 1} for i in range(400_000)]})
     assert len(body) > 12_000_000
     seen = []  # how much text each redaction call was given to work on
@@ -226,6 +252,7 @@ def test_a_huge_body_is_redacted_on_the_head_that_is_kept_only(make_intake):
     def spy_head(data, size):
         seen.append(min(len(data), size))
         return redact_head(data, size)
+
     intake.redactor.redact_body, intake.redactor.redact_head = spy_body, spy_head
 
     async def go():
@@ -278,7 +305,9 @@ def test_sweeps_in_batches_until_everything_expired_is_gone(make_intake):
     async def go():
         await intake.start()
         for i in range(5):
-            await intake.export_logs(make_request(*({"corr": f"b{i}", "direction": "request", "body": f"x{j}"} for j in range(10))))
+            await intake.export_logs(
+                make_request(*({"corr": f"b{i}", "direction": "request", "body": f"x{j}"} for j in range(10)))
+            )
         clock.t += 73 * HOUR
         assert await intake.sweep_now() == 50
         assert await intake.find("b3") == []
@@ -297,7 +326,9 @@ def test_a_full_store_drops_snapshots_with_a_reason_and_recovers_after_a_sweep(m
         await intake.start()
         results = []
         for i in range(30):
-            results.append(await intake.export_logs(make_request({"corr": f"f{i}", "direction": "request", "body": noise})))
+            results.append(
+                await intake.export_logs(make_request({"corr": f"f{i}", "direction": "request", "body": noise}))
+            )
             clock.t += 1
         assert sample(metrics, "syncwatch_snapshot_store_up") == 0
         # Expire what is there; after the failure back-off, writes succeed again.
@@ -312,7 +343,9 @@ def test_a_full_store_drops_snapshots_with_a_reason_and_recovers_after_a_sweep(m
     full = [r for r in results if r[0]]
     assert full and all(r == (1, full[0][1]) for r in full) and "full" in full[0][1]
     dropped = sample(metrics, "syncwatch_dropped_total", reason="snapshot_store_full")
-    assert dropped >= 1 and dropped + sample(metrics, "syncwatch_dropped_total", reason="snapshot_store_unavailable") == len(full)
+    assert dropped >= 1 and dropped + sample(
+        metrics, "syncwatch_dropped_total", reason="snapshot_store_unavailable"
+    ) == len(full)
     assert sample(metrics, "syncwatch_snapshots_total", direction="request", result="dropped") == len(full)
     assert ok == (0, "") and [s.body for s in found] == [b"small"]
     assert sample(metrics, "syncwatch_snapshot_store_up") == 1
@@ -349,17 +382,31 @@ def test_the_redaction_key_survives_restarts_so_markers_stay_comparable(make_int
 
 
 def test_snapshots_compress_with_a_trained_dictionary(make_intake, tmp_path):
-    from exporter.snapshots.store import Codec
+    from syncwatch.snapshots.store import Codec
 
     intake, metrics = make_intake()
-    bodies = [json.dumps({"order_id": f"SO-{i}", "lines": [{"sku": f"SKU-{i * j % 997:04d}", "qty": j} for j in range(30)],
-                          "shipping": {"method": "express", "carrier": "DHL", "city": ["Berlin", "Paris"][i % 2]}})
-              for i in range(Codec.TRAIN_SAMPLES + 200)]
+    bodies = [
+        json.dumps(
+            {
+                "order_id": f"SO-{i}",
+                "lines": [{"sku": f"SKU-{i * j % 997:04d}", "qty": j} for j in range(30)],
+                "shipping": {"method": "express", "carrier": "DHL", "city": ["Berlin", "Paris"][i % 2]},
+            }
+        )
+        for i in range(Codec.TRAIN_SAMPLES + 200)
+    ]
 
     async def go():
         await intake.start()
         for i in range(0, len(bodies), 100):
-            await intake.export_logs(make_request(*({"corr": f"z{i + j}", "direction": "request", "body": b} for j, b in enumerate(bodies[i:i + 100]))))
+            await intake.export_logs(
+                make_request(
+                    *(
+                        {"corr": f"z{i + j}", "direction": "request", "body": b}
+                        for j, b in enumerate(bodies[i : i + 100])
+                    )
+                )
+            )
         for _ in range(100):  # the dictionary trains in the background
             await intake.export_logs(make_request({"corr": "late", "direction": "request", "body": bodies[0]}))
             found = await intake.find("late")
@@ -388,7 +435,7 @@ def test_a_large_log_request_is_read_off_the_event_loop(make_intake, monkeypatch
     (every other request, and /healthz, would wait for it)."""
     import threading
 
-    import exporter.snapshots as snapshots_mod
+    import syncwatch.snapshots as snapshots_mod
 
     intake, _ = make_intake()
     threads = []
@@ -397,6 +444,7 @@ def test_a_large_log_request_is_read_off_the_event_loop(make_intake, monkeypatch
     def spy(*args):
         threads.append(threading.current_thread())
         return original(*args)
+
     monkeypatch.setattr(snapshots_mod, "payload_records", spy)
     big = {"lines": [{"sku": f"SKU-{i:06d}", "qty": i, "note": "x" * 40} for i in range(8_000)]}  # ~0.5 MB
 
@@ -422,16 +470,33 @@ def test_snapshots_stored_with_an_unkeyed_hash_never_show_it_after_the_upgrade(m
 
     import zstandard
 
-    from exporter.snapshots.sqlite_store import DDL
+    from syncwatch.snapshots.sqlite_store import DDL
 
     (tmp_path / "data").mkdir()
     conn = sqlite3.connect(tmp_path / "data" / "snapshots.db")
     conn.executescript(DDL)  # the schema as it was: no hash_keyed column
     old = b'{"cvv":"[REDACTED:cvv:00000000]"}'
-    conn.execute("INSERT INTO snapshots(corr, direction, received, time, trace_id, span_id, flow, dest, content_type, size, "
-                 "sha256, truncated, redactions, dict_id, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                 ("old-1", "request", T0, T0, b"\x01" * 16, b"\x02" * 8, None, None, "json", 13,
-                  hashlib.sha256(b'{"cvv":"739"}').digest(), 0, 1, 0, zstandard.ZstdCompressor().compress(old)))
+    conn.execute(
+        "INSERT INTO snapshots(corr, direction, received, time, trace_id, span_id, flow, dest, content_type, size, "
+        "sha256, truncated, redactions, dict_id, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            "old-1",
+            "request",
+            T0,
+            T0,
+            b"\x01" * 16,
+            b"\x02" * 8,
+            None,
+            None,
+            "json",
+            13,
+            hashlib.sha256(b'{"cvv":"739"}').digest(),
+            0,
+            1,
+            0,
+            zstandard.ZstdCompressor().compress(old),
+        ),
+    )
     conn.commit()
     conn.close()
     intake, _ = make_intake()

@@ -12,15 +12,31 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from exporter.otlp_decode import JSON, PROTOBUF, decode_traces
-from exporter.span_extract import SpanExtractor, any_value
-from exporter.trace_view import TraceView, span_count
+from syncwatch.intake.decode import JSON, PROTOBUF, decode_traces
+from syncwatch.intake.extract import SpanExtractor, any_value
+from syncwatch.intake.trace_view import TraceView, span_count
 
-_keys = st.sampled_from(["syncwatch.stage", "syncwatch.flow", "syncwatch.destination", "correlation_id",
-                         "http.response.status_code", "http.request.resend_count", "url.full", "ünïcode.key", ""])
-_values = st.one_of(st.text(max_size=30), st.integers(min_value=-2**63, max_value=2**63 - 1),
-                    st.floats(allow_nan=False), st.booleans(), st.binary(max_size=8),
-                    st.lists(st.text(max_size=5), max_size=3))
+_keys = st.sampled_from(
+    [
+        "syncwatch.stage",
+        "syncwatch.flow",
+        "syncwatch.destination",
+        "correlation_id",
+        "http.response.status_code",
+        "http.request.resend_count",
+        "url.full",
+        "ünïcode.key",
+        "",
+    ]
+)
+_values = st.one_of(
+    st.text(max_size=30),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.binary(max_size=8),
+    st.lists(st.text(max_size=5), max_size=3),
+)
 _attributes = st.lists(st.tuples(_keys, _values), max_size=8, unique_by=lambda kv: kv[0])
 
 
@@ -50,8 +66,14 @@ def _request(resource_attrs, spans) -> ExportTraceServiceRequest:
     ss = rs.scope_spans.add()
     ss.scope.name = "test"
     for i, (attrs, start) in enumerate(spans):
-        span = ss.spans.add(trace_id=bytes([i + 1]) * 16, span_id=bytes([i + 1]) * 8, name=f"span {i}", kind=3,
-                            start_time_unix_nano=start, end_time_unix_nano=start + 50_000_000)
+        span = ss.spans.add(
+            trace_id=bytes([i + 1]) * 16,
+            span_id=bytes([i + 1]) * 8,
+            name=f"span {i}",
+            kind=3,
+            start_time_unix_nano=start,
+            end_time_unix_nano=start + 50_000_000,
+        )
         span.events.add(name="exception", time_unix_nano=start)
         span.status.code = 2
         for key, value in attrs:
@@ -62,30 +84,48 @@ def _request(resource_attrs, spans) -> ExportTraceServiceRequest:
 
 
 @settings(max_examples=200, deadline=None)
-@given(_attributes, st.lists(st.tuples(_attributes, st.integers(min_value=0, max_value=2**64 - 1 - 50_000_000)), max_size=5))
+@given(
+    _attributes,
+    st.lists(st.tuples(_attributes, st.integers(min_value=0, max_value=2**64 - 1 - 50_000_000)), max_size=5),
+)
 def test_view_reads_what_opentelemetry_proto_reads(resource_attrs, spans):
     full = _request(resource_attrs, spans)
     view = TraceView.FromString(full.SerializeToString())
     assert span_count(view) == len(spans)
     for full_rs, view_rs in zip(full.resource_spans, view.resource_spans, strict=True):
-        assert {kv.key: any_value(kv.value) for kv in full_rs.resource.attributes} == \
-               {k: any_value(v) for k, v in view_rs.resource.attributes.items()}
+        assert {kv.key: any_value(kv.value) for kv in full_rs.resource.attributes} == {
+            k: any_value(v) for k, v in view_rs.resource.attributes.items()
+        }
         for full_span, view_span in zip(full_rs.scope_spans[0].spans, view_rs.scope_spans[0].spans, strict=True):
             assert (view_span.trace_id, view_span.span_id) == (full_span.trace_id, full_span.span_id)
-            assert (view_span.start_time_unix_nano, view_span.end_time_unix_nano) == \
-                   (full_span.start_time_unix_nano, full_span.end_time_unix_nano)
-            assert {kv.key: any_value(kv.value) for kv in full_span.attributes} == \
-                   {k: any_value(v) for k, v in view_span.attributes.items()}
+            assert (view_span.start_time_unix_nano, view_span.end_time_unix_nano) == (
+                full_span.start_time_unix_nano,
+                full_span.end_time_unix_nano,
+            )
+            assert {kv.key: any_value(kv.value) for kv in full_span.attributes} == {
+                k: any_value(v) for k, v in view_span.attributes.items()
+            }
 
 
 def test_json_and_protobuf_bodies_give_the_same_events():
     start = int(time.time() * 1e9)
-    full = _request([("syncwatch.flow", "orders")], [
-        ([("syncwatch.stage", "source"), ("correlation_id", "SO-1"), ("syncwatch.source", "storefront")], start),
-        ([("syncwatch.stage", "attempt"), ("correlation_id", "SO-1"), ("syncwatch.destination", "erp"),
-          ("http.response.status_code", 429), ("http.request.resend_count", 2)], start + 10),
-        ([("url.full", "https://erp.example/health")], start + 20),
-    ])
+    full = _request(
+        [("syncwatch.flow", "orders")],
+        [
+            ([("syncwatch.stage", "source"), ("correlation_id", "SO-1"), ("syncwatch.source", "storefront")], start),
+            (
+                [
+                    ("syncwatch.stage", "attempt"),
+                    ("correlation_id", "SO-1"),
+                    ("syncwatch.destination", "erp"),
+                    ("http.response.status_code", 429),
+                    ("http.request.resend_count", 2),
+                ],
+                start + 10,
+            ),
+            ([("url.full", "https://erp.example/health")], start + 20),
+        ],
+    )
     extractor = SpanExtractor(["correlation_id"])
     by_pb = extractor.extract(decode_traces(full.SerializeToString(), PROTOBUF), 1.0)
     otlp_json = json_format.MessageToDict(full)  # OTLP/JSON writes IDs as hex, not protobuf's base64
@@ -103,10 +143,13 @@ def test_json_and_protobuf_bodies_give_the_same_events():
 def test_the_correlation_key_of_highest_rank_wins_on_span_or_resource():
     start = int(time.time() * 1e9)
     stage = [("syncwatch.stage", "source"), ("syncwatch.flow", "orders")]
-    full = _request([("b", "from-resource")], [
-        (stage + [("a", "from-span")], start),  # ranks above the resource's key
-        (stage + [("c", "from-span")], start),  # ranks below it
-        (stage, start),
-    ])
+    full = _request(
+        [("b", "from-resource")],
+        [
+            (stage + [("a", "from-span")], start),  # ranks above the resource's key
+            (stage + [("c", "from-span")], start),  # ranks below it
+            (stage, start),
+        ],
+    )
     out = SpanExtractor(["a", "b", "c"]).extract(decode_traces(full.SerializeToString(), PROTOBUF), 1.0)
     assert [e[2] for e in out.events] == ["from-span", "from-resource", "from-resource"]

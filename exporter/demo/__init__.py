@@ -11,30 +11,44 @@ from pathlib import Path
 
 def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser(
-        "demo", help="run the flash-sale demo: a simulated integration fails silently, syncwatch catches it",
+        "demo",
+        help="run the flash-sale demo: a simulated integration fails silently, syncwatch catches it",
         description="Starts syncwatch on its embedded defaults plus a simulated storefront, queue (SQS via moto, "
-                    "or RabbitMQ), middleware and rate-limited ERP; prints a live view and a reconciliation of "
-                    "what syncwatch found against the simulator's ground truth.")
+        "or RabbitMQ), middleware and rate-limited ERP; prints a live view and a reconciliation of "
+        "what syncwatch found against the simulator's ground truth.",
+    )
     p.add_argument("--duration", type=float, default=None, help="target length of the run in seconds (default 60)")
-    p.add_argument("--orders", type=int, default=None, help="number of orders to produce (default: from rate and duration)")
+    p.add_argument(
+        "--orders", type=int, default=None, help="number of orders to produce (default: from rate and duration)"
+    )
     p.add_argument("--short", action="store_true", help="a short run (~25 s) with fewer records, for CI")
     p.add_argument("--orders-deadline", type=float, default=None, metavar="SECONDS", help="compressed orders deadline")
     p.add_argument("--inventory-deadline", type=float, default=None, metavar="SECONDS")
     p.add_argument("--customers-deadline", type=float, default=None, metavar="SECONDS")
-    p.add_argument("--rabbitmq", metavar="URL", default=None,
-                   help="use this RabbitMQ (amqp://user:pass@host:5672/vhost) instead of a local SQS (moto_server)")
-    p.add_argument("--keep-running", action="store_true",
-                   help="leave the sidecar up after the report (point Prometheus/Grafana at it)")
+    p.add_argument(
+        "--rabbitmq",
+        metavar="URL",
+        default=None,
+        help="use this RabbitMQ (amqp://user:pass@host:5672/vhost) instead of a local SQS (moto_server)",
+    )
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the sidecar up after the report (point Prometheus/Grafana at it)",
+    )
     p.add_argument("--data-dir", default=None, help="where the sidecar keeps its data (default: a temp dir)")
     p.add_argument("--seed", type=int, default=None, help="seed of the fault plan")
     p.add_argument("--quiet", action="store_true", help="no live view, only the report")
-    p.add_argument("--free-ports", action="store_true",
-                   help="listen on ports the OS picks instead of syncwatch's defaults (9873, 4317, 4318)")
+    p.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="listen on ports the OS picks instead of syncwatch's defaults (9873, 4317, 4318)",
+    )
     p.set_defaults(func=_cmd_demo)
 
 
 def settings_from_args(args: argparse.Namespace):
-    from .scenario import DemoSettings
+    from syncwatch.demo.scenario import DemoSettings
 
     settings = DemoSettings.short() if args.short else DemoSettings()
     if args.duration is not None:
@@ -60,26 +74,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from exporter.errors import ConfigError
-
-    from .report import matches
-    from .runner import run_demo
+    from syncwatch.config.errors import ConfigError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     missing = _missing_packages(args.rabbitmq is not None)
     if missing:
-        print(f"syncwatch demo needs {', '.join(missing)}: run `make demo` from a checkout, or "
-              "pip install 'syncwatch[demo]' ./instrumentation", file=sys.stderr)
+        print(
+            f"syncwatch demo needs {', '.join(missing)}: run `make demo` from a checkout, or "
+            "pip install 'syncwatch[demo]' ./instrumentation",
+            file=sys.stderr,
+        )
         return 2
+    # Only now: these import the demo's extra packages.
+    from syncwatch.demo.report import matches
+    from syncwatch.demo.runner import run_demo
+
     settings = settings_from_args(args)
     if args.data_dir and Path(args.data_dir).is_dir() and any(Path(args.data_dir).iterdir()):
-        print(f"syncwatch demo: --data-dir {args.data_dir} is not empty (an earlier run?): an earlier ledger "
-              "would show up as false positives; give an empty or new directory", file=sys.stderr)
+        print(
+            f"syncwatch demo: --data-dir {args.data_dir} is not empty (an earlier run?): an earlier ledger "
+            "would show up as false positives; give an empty or new directory",
+            file=sys.stderr,
+        )
         return 2
     try:
-        result = asyncio.run(run_demo(settings, rabbitmq_url=args.rabbitmq, data_dir=args.data_dir,
-                                      keep_running=args.keep_running, live=not args.quiet,
-                                      default_ports=not args.free_ports))
+        result = asyncio.run(
+            run_demo(
+                settings,
+                rabbitmq_url=args.rabbitmq,
+                data_dir=args.data_dir,
+                keep_running=args.keep_running,
+                live=not args.quiet,
+                default_ports=not args.free_ports,
+            )
+        )
     except KeyboardInterrupt:
         return 130
     except ConfigError as exc:

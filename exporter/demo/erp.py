@@ -12,7 +12,7 @@ from collections import Counter
 
 from aiohttp import web
 
-from .scenario import DemoSettings, FaultPlan
+from syncwatch.demo.scenario import DemoSettings, FaultPlan
 
 
 class TokenBucket:
@@ -80,8 +80,9 @@ class FakeErp:
         self.applies[record_id] += 1
         self.applied_flow[record_id] = flow
         prefix = {"orders": "SO", "inventory": "MM", "customers": "BP"}[flow]
-        return self._answer(200, {"status": "applied", "document": f"{prefix}-{4500000 + sum(self.applies.values())}",
-                                  "id": record_id})
+        return self._answer(
+            200, {"status": "applied", "document": f"{prefix}-{4500000 + sum(self.applies.values())}", "id": record_id}
+        )
 
     def _answer(self, status: int, payload: dict, headers: dict | None = None) -> web.Response:
         self.responses[status] += 1

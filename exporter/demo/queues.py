@@ -20,8 +20,9 @@ import sys
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass
@@ -54,8 +55,11 @@ class SqsQueue:
     async def start(self) -> None:
         port = _free_port()
         self.endpoint_url = f"http://127.0.0.1:{port}"
-        self._proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         await asyncio.to_thread(self._wait_ready)
         import boto3
 
@@ -82,8 +86,9 @@ class SqsQueue:
         self.dlq_url = c.create_queue(QueueName=self.dlq_name)["QueueUrl"]
         dlq_arn = c.get_queue_attributes(QueueUrl=self.dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(self.max_attempts)})
-        self.queue_url = c.create_queue(QueueName=self.queue_name, Attributes={
-            "RedrivePolicy": redrive, "VisibilityTimeout": "30"})["QueueUrl"]
+        self.queue_url = c.create_queue(
+            QueueName=self.queue_name, Attributes={"RedrivePolicy": redrive, "VisibilityTimeout": "30"}
+        )["QueueUrl"]
 
     async def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -94,8 +99,13 @@ class SqsQueue:
                 self._proc.kill()
 
     def collector_config(self) -> dict[str, Any]:
-        return {"type": "sqs", "name": "demo-sqs", "endpoint_url": self.endpoint_url, "region": self.region,
-                "queues": [self.queue_name, self.dlq_name]}
+        return {
+            "type": "sqs",
+            "name": "demo-sqs",
+            "endpoint_url": self.endpoint_url,
+            "region": self.region,
+            "queues": [self.queue_name, self.dlq_name],
+        }
 
     # -- producer and consumer side ---------------------------------------------------------
     async def send(self, body: dict[str, Any]) -> None:
@@ -103,10 +113,16 @@ class SqsQueue:
 
     async def receive(self, max_messages: int = 10) -> list[Delivery]:
         resp = await asyncio.to_thread(
-            self._client.receive_message, QueueUrl=self.queue_url, MaxNumberOfMessages=max_messages,
-            WaitTimeSeconds=0, MessageSystemAttributeNames=["ApproximateReceiveCount"])
-        return [Delivery(json.loads(m["Body"]), int(m["Attributes"]["ApproximateReceiveCount"]), m["ReceiptHandle"])
-                for m in resp.get("Messages", [])]
+            self._client.receive_message,
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=max_messages,
+            WaitTimeSeconds=0,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        return [
+            Delivery(json.loads(m["Body"]), int(m["Attributes"]["ApproximateReceiveCount"]), m["ReceiptHandle"])
+            for m in resp.get("Messages", [])
+        ]
 
     async def ack(self, d: Delivery) -> None:
         await asyncio.to_thread(self._client.delete_message, QueueUrl=self.queue_url, ReceiptHandle=d.handle)
@@ -124,19 +140,34 @@ class SqsQueue:
         await self._set_visibility(d, 0)
 
     async def _set_visibility(self, d: Delivery, seconds: int) -> None:
-        await asyncio.to_thread(self._client.change_message_visibility, QueueUrl=self.queue_url,
-                                ReceiptHandle=d.handle, VisibilityTimeout=seconds)
+        await asyncio.to_thread(
+            self._client.change_message_visibility,
+            QueueUrl=self.queue_url,
+            ReceiptHandle=d.handle,
+            VisibilityTimeout=seconds,
+        )
 
     async def backlog(self) -> int:
         """Messages still in the main queue: visible, in flight or delayed."""
-        attrs = (await asyncio.to_thread(self._client.get_queue_attributes, QueueUrl=self.queue_url, AttributeNames=[
-            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-            "ApproximateNumberOfMessagesDelayed"]))["Attributes"]
+        attrs = (
+            await asyncio.to_thread(
+                self._client.get_queue_attributes,
+                QueueUrl=self.queue_url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                    "ApproximateNumberOfMessagesDelayed",
+                ],
+            )
+        )["Attributes"]
         return sum(int(v) for v in attrs.values())
 
     async def dlq_depth(self) -> int:
-        attrs = (await asyncio.to_thread(self._client.get_queue_attributes, QueueUrl=self.dlq_url,
-                                         AttributeNames=["ApproximateNumberOfMessages"]))["Attributes"]
+        attrs = (
+            await asyncio.to_thread(
+                self._client.get_queue_attributes, QueueUrl=self.dlq_url, AttributeNames=["ApproximateNumberOfMessages"]
+            )
+        )["Attributes"]
         return int(attrs["ApproximateNumberOfMessages"])
 
     async def dlq_records(self) -> list[dict[str, Any]]:
@@ -146,16 +177,22 @@ class SqsQueue:
     def _dlq_records(self) -> list[dict[str, Any]]:
         bodies, handles = [], []
         while True:
-            msgs = self._client.receive_message(QueueUrl=self.dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=60,
-                                                WaitTimeSeconds=0).get("Messages", [])
+            msgs = self._client.receive_message(
+                QueueUrl=self.dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=60, WaitTimeSeconds=0
+            ).get("Messages", [])
             if not msgs:
                 break
             for m in msgs:
                 bodies.append(json.loads(m["Body"]))
                 handles.append(m["ReceiptHandle"])
         for i in range(0, len(handles), 10):
-            self._client.change_message_visibility_batch(QueueUrl=self.dlq_url, Entries=[
-                {"Id": str(j), "ReceiptHandle": h, "VisibilityTimeout": 0} for j, h in enumerate(handles[i:i + 10])])
+            self._client.change_message_visibility_batch(
+                QueueUrl=self.dlq_url,
+                Entries=[
+                    {"Id": str(j), "ReceiptHandle": h, "VisibilityTimeout": 0}
+                    for j, h in enumerate(handles[i : i + 10])
+                ],
+            )
         return bodies
 
 
@@ -189,7 +226,8 @@ class RabbitQueue:
         self._dlq = await self._channel.declare_queue(self.dlq_name, durable=False, auto_delete=False)
         await self._dlq.bind(dlx)
         self._queue = await self._channel.declare_queue(
-            self.queue_name, durable=False, arguments={"x-dead-letter-exchange": self.dlx_name})
+            self.queue_name, durable=False, arguments={"x-dead-letter-exchange": self.dlx_name}
+        )
         self._consumer_tag = await self._queue.consume(self._on_message)
 
     async def _on_message(self, message) -> None:
@@ -212,20 +250,28 @@ class RabbitQueue:
 
     def collector_config(self) -> dict[str, Any]:
         mgmt = f"http://{self.host}:15672"
-        return {"type": "rabbitmq", "name": "demo-rabbitmq", "url": mgmt, "username": self.user,
-                "password": self.password, "vhosts": [self.vhost], "queues": [self.queue_name, self.dlq_name]}
+        return {
+            "type": "rabbitmq",
+            "name": "demo-rabbitmq",
+            "url": mgmt,
+            "username": self.user,
+            "password": self.password,
+            "vhosts": [self.vhost],
+            "queues": [self.queue_name, self.dlq_name],
+        }
 
     async def send(self, body: dict[str, Any]) -> None:
         import aio_pika
 
-        await self._channel.default_exchange.publish(aio_pika.Message(json.dumps(body).encode()),
-                                                     routing_key=self.queue_name)
+        await self._channel.default_exchange.publish(
+            aio_pika.Message(json.dumps(body).encode()), routing_key=self.queue_name
+        )
 
     async def receive(self, max_messages: int = 10) -> list[Delivery]:
         out: list[Delivery] = []
         try:
             out.append(await asyncio.wait_for(self._inbox.get(), 0.2))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return out
         while len(out) < max_messages and not self._inbox.empty():
             out.append(self._inbox.get_nowait())

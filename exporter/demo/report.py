@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .live import MetricsView
-from .truth import Findings, GroundTruth
+from syncwatch.demo.live import MetricsView
+from syncwatch.demo.truth import Findings, GroundTruth
 
 
 def _ids(ids: set[str], limit: int = 6) -> str:
@@ -26,14 +26,27 @@ def compare(truth: GroundTruth, found: Findings) -> list[tuple[str, int, int, se
 
 
 def matches(truth: GroundTruth, found: Findings) -> bool:
-    return (all(not missed and not extra for _, _, _, missed, extra in compare(truth, found))
-            and not found.pending and found.dlq_depth == truth.dlq_depth)
+    return (
+        all(not missed and not extra for _, _, _, missed, extra in compare(truth, found))
+        and not found.pending
+        and found.dlq_depth == truth.dlq_depth
+    )
 
 
-def render_report(truth: GroundTruth, found: Findings, view: MetricsView, outcomes: dict[str, int],
-                  config_path: Path, api_url: str, token_file: Path, keep_running: bool = False) -> str:
-    lines = ["Reconciliation: what syncwatch found vs. the simulator's ground truth",
-             f"  {'':34s} {'syncwatch':>9s} {'truth':>7s}"]
+def render_report(
+    truth: GroundTruth,
+    found: Findings,
+    view: MetricsView,
+    outcomes: dict[str, int],
+    config_path: Path,
+    api_url: str,
+    token_file: Path,
+    keep_running: bool = False,
+) -> str:
+    lines = [
+        "Reconciliation: what syncwatch found vs. the simulator's ground truth",
+        f"  {'':34s} {'syncwatch':>9s} {'truth':>7s}",
+    ]
     for what, got, want, missed, extra in compare(truth, found):
         mark = "ok" if not missed and not extra else "MISMATCH"
         lines.append(f"  {what:34s} {got:9d} {want:7d}  {mark}")
@@ -42,14 +55,20 @@ def render_report(truth: GroundTruth, found: Findings, view: MetricsView, outcom
         if extra:
             lines.append(f"    false positives: {_ids(extra)}")
     dlq_mark = "ok" if found.dlq_depth == truth.dlq_depth else "MISMATCH"
-    lines.append(f"  {'DLQ depth (sampled from the queue)':34s} {int(found.dlq_depth):9d} {truth.dlq_depth:7d}  {dlq_mark}")
+    lines.append(
+        f"  {'DLQ depth (sampled from the queue)':34s} {int(found.dlq_depth):9d} {truth.dlq_depth:7d}  {dlq_mark}"
+    )
     if truth.dlq_depth > len(truth.dead_lettered):
-        lines.append(f"    ({truth.dlq_depth - len(truth.dead_lettered)} DLQ message(s) are redelivered copies of records "
-                     "already applied: confirmed, not failed)")
+        lines.append(
+            f"    ({truth.dlq_depth - len(truth.dead_lettered)} DLQ message(s) are redelivered copies of records "
+            "already applied: confirmed, not failed)"
+        )
     if found.pending:
         lines.append(f"  still pending within deadline: {_ids(found.pending)}")
-    lines.append(f"  records sent {len(truth.sent)}, applied at the ERP {truth.applied}; "
-                 f"worker: {', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))}")
+    lines.append(
+        f"  records sent {len(truth.sent)}, applied at the ERP {truth.applied}; "
+        f"worker: {', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))}"
+    )
 
     codes = ", ".join(f"{c}: {int(n)}" for c, n in sorted(found.attempts_by_code.items()) if n)
     lines.append("")
@@ -57,8 +76,11 @@ def render_report(truth: GroundTruth, found: Findings, view: MetricsView, outcom
     jitter = {f: r for f, r in found.jitter_ratio.items() if r is not None}
     if jitter:
         worst = min(jitter, key=jitter.get)
-        risk = "RETRY-STORM RISK: retries at fixed intervals hit the rate-limited ERP in lockstep" \
-            if jitter[worst] < 0.1 else "retries are spread out"
+        risk = (
+            "RETRY-STORM RISK: retries at fixed intervals hit the rate-limited ERP in lockstep"
+            if jitter[worst] < 0.1
+            else "retries are spread out"
+        )
         lines.append(f"  retry jitter ratio ({worst}) {jitter[worst]:.3f}: {risk}")
     lag_p95 = view.quantile("syncwatch_sync_lag_seconds", 0.95, flow="orders")
     if lag_p95 is not None:

@@ -5,6 +5,7 @@ middleware worker, a live view, and at the end the reconciliation against ground
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import socket
 import sys
@@ -17,17 +18,16 @@ from typing import Any, TextIO
 
 import aiohttp
 import yaml
-
 from syncwatch_instrument import SyncInstrument
 
-from .erp import FakeErp
-from .live import MetricsView, live_line, scrape
-from .queues import RabbitQueue, SqsQueue
-from .scenario import DemoSettings, FaultPlan
-from .storefront import Storefront, schedule
-from .telemetry import ServiceTelemetry
-from .truth import Findings, GroundTruth, fetch_findings
-from .worker import Worker
+from syncwatch.demo.erp import FakeErp
+from syncwatch.demo.live import MetricsView, live_line, scrape
+from syncwatch.demo.queues import RabbitQueue, SqsQueue
+from syncwatch.demo.scenario import DemoSettings, FaultPlan
+from syncwatch.demo.storefront import Storefront, schedule
+from syncwatch.demo.telemetry import ServiceTelemetry
+from syncwatch.demo.truth import Findings, GroundTruth, fetch_findings
+from syncwatch.demo.worker import Worker
 
 EXACTLY_ONCE = {"orders": True, "inventory": True, "customers": False}
 SAMPLE_FAST = 2.0  # sampling.fast_interval of the demo config
@@ -64,15 +64,22 @@ def listen_addresses(default_ports: bool) -> dict[str, str]:
     return {k: f"127.0.0.1:{p if use_defaults else 0}" for k, p in DEFAULT_LISTEN.items()}
 
 
-def demo_config(settings: DemoSettings, data_dir: Path, collector: dict[str, Any], token_file: Path,
-                listen: dict[str, str]) -> dict[str, Any]:
+def demo_config(
+    settings: DemoSettings, data_dir: Path, collector: dict[str, Any], token_file: Path, listen: dict[str, str]
+) -> dict[str, Any]:
     """The sidecar's configuration for the demo: embedded SQLite store, loopback ports,
     compressed deadlines, and a collector pointed at the demo's queue."""
     return {
         "listen": listen,
         "storage": {"data_dir": str(data_dir)},
-        "flows": {flow: {"destinations": ["erp"], "deadline": f"{settings.deadlines[flow]:g}s",
-                         "exactly_once": EXACTLY_ONCE[flow]} for flow in ("orders", "inventory", "customers")},
+        "flows": {
+            flow: {
+                "destinations": ["erp"],
+                "deadline": f"{settings.deadlines[flow]:g}s",
+                "exactly_once": EXACTLY_ONCE[flow],
+            }
+            for flow in ("orders", "inventory", "customers")
+        },
         "api": {"token_file": str(token_file)},
         "collectors": [{**collector, "timeout": "1500ms"}],
         # Compressed time: sample every 4 s, every 2 s while the DLQ is not empty or depth grows.
@@ -80,11 +87,18 @@ def demo_config(settings: DemoSettings, data_dir: Path, collector: dict[str, Any
     }
 
 
-async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, data_dir: Path | None = None,
-                   keep_running: bool = False, out: TextIO = sys.stdout, live: bool = True,
-                   default_ports: bool = False) -> DemoResult:
-    from exporter.app import App
-    from exporter.config import load_config
+async def run_demo(
+    settings: DemoSettings,
+    *,
+    rabbitmq_url: str | None = None,
+    data_dir: Path | None = None,
+    keep_running: bool = False,
+    out: TextIO = sys.stdout,
+    live: bool = True,
+    default_ports: bool = False,
+) -> DemoResult:
+    from syncwatch.app import App
+    from syncwatch.settings import load_config
 
     def say(text: str = "") -> None:
         print(text, file=out, flush=True)
@@ -96,26 +110,34 @@ async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, d
         # An earlier run's ledger would turn up in this run's reconciliation as false positives.
         raise ValueError(f"{data_dir} is not empty (an earlier run?): the demo needs an empty directory")
     records = schedule(settings)
-    plan = FaultPlan.draw(settings, [r.id for r in records if r.flow == "orders"],
-                          [r.id for r in records if r.flow == "inventory"])
-    queue = RabbitQueue(rabbitmq_url, settings.max_attempts, run_id) if rabbitmq_url else SqsQueue(settings.max_attempts, run_id)
+    plan = FaultPlan.draw(
+        settings, [r.id for r in records if r.flow == "orders"], [r.id for r in records if r.flow == "inventory"]
+    )
+    queue = (
+        RabbitQueue(rabbitmq_url, settings.max_attempts, run_id)
+        if rabbitmq_url
+        else SqsQueue(settings.max_attempts, run_id)
+    )
     erp = FakeErp(settings, plan)
     app = telemetry_sf = telemetry_mw = None
     worker_stop = asyncio.Event()
     tasks: list[asyncio.Task] = []
     token = secrets.token_urlsafe(24)
     try:
-        say(f"syncwatch demo: flash sale at {settings.sale_multiplier:g}x normal order volume, "
+        say(
+            f"syncwatch demo: flash sale at {settings.sale_multiplier:g}x normal order volume, "
             f"{len(records)} records over {settings.production_seconds:.0f}s "
-            f"(deadlines: {', '.join(f'{k} {v:g}s' for k, v in settings.deadlines.items())})")
+            f"(deadlines: {', '.join(f'{k} {v:g}s' for k, v in settings.deadlines.items())})"
+        )
         await queue.start()
         await erp.start()
         config_path = data_dir / "syncwatch-demo.yaml"
         token_file = data_dir / "api-token"
         token_file.touch(mode=0o600)
         token_file.write_text(token + "\n")
-        raw_config = demo_config(settings, data_dir, queue.collector_config(), token_file,
-                                 listen_addresses(default_ports))
+        raw_config = demo_config(
+            settings, data_dir, queue.collector_config(), token_file, listen_addresses(default_ports)
+        )
         config_path.write_text(yaml.safe_dump(raw_config, sort_keys=False))
         config = load_config(config_path, environ={})
         app = App(config)
@@ -131,12 +153,28 @@ async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, d
 
         telemetry_sf = ServiceTelemetry("storefront", otlp)
         telemetry_mw = ServiceTelemetry("middleware", otlp)
-        storefront = Storefront(records, queue, SyncInstrument(source="storefront", destination="erp",
-                                                              tracer_provider=telemetry_sf.tracer_provider,
-                                                              logger_provider=telemetry_sf.logger_provider))
-        worker = Worker(settings, queue, erp.url, plan, SyncInstrument(
-            source="storefront", destination="erp", tracer_provider=telemetry_mw.tracer_provider,
-            logger_provider=telemetry_mw.logger_provider))
+        storefront = Storefront(
+            records,
+            queue,
+            SyncInstrument(
+                source="storefront",
+                destination="erp",
+                tracer_provider=telemetry_sf.tracer_provider,
+                logger_provider=telemetry_sf.logger_provider,
+            ),
+        )
+        worker = Worker(
+            settings,
+            queue,
+            erp.url,
+            plan,
+            SyncInstrument(
+                source="storefront",
+                destination="erp",
+                tracer_provider=telemetry_mw.tracer_provider,
+                logger_provider=telemetry_mw.logger_provider,
+            ),
+        )
         started = time.monotonic()
         tasks.append(asyncio.create_task(storefront.run()))
         tasks.append(asyncio.create_task(worker.run(worker_stop)))
@@ -169,12 +207,15 @@ async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, d
             # Everything the integration emitted reaches syncwatch (an export returns once it is recorded).
             exported = [await asyncio.to_thread(t.flush) for t in (telemetry_sf, telemetry_mw)]
             if not all(exported):
-                say("WARNING: the simulated services could not export all their telemetry to syncwatch; "
-                    "the reconciliation below will show what went missing")
+                say(
+                    "WARNING: the simulated services could not export all their telemetry to syncwatch; "
+                    "the reconciliation below will show what went missing"
+                )
             # Phase 3: wait out the deadlines of whatever is still open, and one more queue sample.
             open_ids = set(storefront.sent) - set(erp.applies)
-            last_deadline = max((storefront.changed_at[i] + settings.deadlines[storefront.sent[i]] for i in open_ids),
-                                default=0.0)
+            last_deadline = max(
+                (storefront.changed_at[i] + settings.deadlines[storefront.sent[i]] for i in open_ids), default=0.0
+            )
             settle_until = max(last_deadline + 1.0, time.time() + 2 * SAMPLE_FAST + 0.5)
             while time.time() < settle_until:
                 if time.monotonic() >= next_view:
@@ -187,8 +228,10 @@ async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, d
             catch_up = time.monotonic() + BROKER_STATS_LAG
             while (await scrape(session, base)).total("syncwatch_dlq_messages") != broker_dlq:
                 if time.monotonic() > catch_up:
-                    say(f"WARNING: syncwatch's DLQ sample still differs from the broker's count ({broker_dlq}) "
-                        f"after {BROKER_STATS_LAG:g}s")
+                    say(
+                        f"WARNING: syncwatch's DLQ sample still differs from the broker's count ({broker_dlq}) "
+                        f"after {BROKER_STATS_LAG:g}s"
+                    )
                     break
                 await asyncio.sleep(0.5)
             final = await show()
@@ -197,14 +240,13 @@ async def run_demo(settings: DemoSettings, *, rabbitmq_url: str | None = None, d
         finally:
             await session.close()
 
-        from .report import render_report
+        from syncwatch.demo.report import render_report
 
         say()
         say(render_report(truth, findings, final, worker.outcomes, config_path, base, token_file, keep_running))
         result = DemoResult(truth, findings, final, config_path, base, token, dict(worker.outcomes))
         if keep_running:
-            say(f"\nsyncwatch keeps running: point Prometheus at {base}/metrics "
-                f"(OTLP/HTTP {otlp}). Ctrl-C to stop.")
+            say(f"\nsyncwatch keeps running: point Prometheus at {base}/metrics (OTLP/HTTP {otlp}). Ctrl-C to stop.")
             await _wait_forever()
         return result
     finally:
@@ -226,8 +268,6 @@ async def _wait_forever() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
     await stop.wait()

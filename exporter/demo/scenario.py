@@ -38,11 +38,21 @@ class DemoSettings:
     live_interval: float = 2.0
 
     @classmethod
-    def short(cls, duration: float = 25.0) -> "DemoSettings":
+    def short(cls, duration: float = 25.0) -> DemoSettings:
         # For tests and CI: fewer records, tighter deadlines, same faults.
-        return cls(duration=duration, normal_order_rate=1.5, inventory_rate=1.5, customer_rate=0.5,
-                   deadlines={"orders": 6.0, "inventory": 4.0, "customers": 6.0}, erp_rate_limit=7.0, erp_burst=3.0,
-                   workers=6, lost_order_ratio=0.06, poisoned_order_ratio=0.05, duplicate_inventory_ratio=0.15)
+        return cls(
+            duration=duration,
+            normal_order_rate=1.5,
+            inventory_rate=1.5,
+            customer_rate=0.5,
+            deadlines={"orders": 6.0, "inventory": 4.0, "customers": 6.0},
+            erp_rate_limit=7.0,
+            erp_burst=3.0,
+            workers=6,
+            lost_order_ratio=0.06,
+            poisoned_order_ratio=0.05,
+            duplicate_inventory_ratio=0.15,
+        )
 
     @property
     def order_rate(self) -> float:
@@ -75,7 +85,7 @@ class FaultPlan:
     rng: random.Random
 
     @classmethod
-    def draw(cls, settings: DemoSettings, order_ids: list[str], adjustment_ids: list[str]) -> "FaultPlan":
+    def draw(cls, settings: DemoSettings, order_ids: list[str], adjustment_ids: list[str]) -> FaultPlan:
         """Which orders are lost or poisoned, how many adjustments get applied twice."""
         rng = random.Random(settings.seed)
         picks = list(order_ids)
@@ -85,5 +95,9 @@ class FaultPlan:
         # At least three, so every run has duplicate applies to find (a redelivered copy can still be
         # dead-lettered by 429s instead of applied again).
         n_dup = max(3, round(len(adjustment_ids) * settings.duplicate_inventory_ratio))
-        return cls(lose=set(picks[:n_lose]), poison=set(picks[n_lose:n_lose + n_poison]),
-                   duplicates=min(n_dup, len(adjustment_ids)), rng=rng)
+        return cls(
+            lose=set(picks[:n_lose]),
+            poison=set(picks[n_lose : n_lose + n_poison]),
+            duplicates=min(n_dup, len(adjustment_ids)),
+            rng=rng,
+        )

@@ -11,7 +11,7 @@ from typing import Any
 
 from syncwatch_instrument import SyncInstrument
 
-from .scenario import DemoSettings
+from syncwatch.demo.scenario import DemoSettings
 
 SKUS = ("TSHIRT-BLK-M", "TSHIRT-WHT-L", "HOODIE-GRY-S", "CAP-NAVY", "SNEAKER-42", "SOCKS-3PK", "TOTE-CANVAS")
 
@@ -33,20 +33,49 @@ def schedule(settings: DemoSettings) -> list[Record]:
     for i in range(n_orders):
         at = window * i / n_orders + rng.uniform(0, window / n_orders)
         order_id = f"SO-{100001 + i}"
-        lines = [{"sku": rng.choice(SKUS), "qty": rng.randint(1, 3), "unit_price": round(rng.uniform(9, 89), 2)}
-                 for _ in range(rng.randint(1, 3))]
-        records.append(Record(at, "orders", order_id, {
-            "id": order_id, "currency": "EUR", "lines": lines,
-            "total": round(sum(line["qty"] * line["unit_price"] for line in lines), 2),
-            "customer": {"id": f"C-{rng.randint(1000, 9999)}", "email": f"shopper{rng.randint(1, 99999)}@example.com"},
-            "promotion": "FLASH40",
-        }))
+        lines = [
+            {"sku": rng.choice(SKUS), "qty": rng.randint(1, 3), "unit_price": round(rng.uniform(9, 89), 2)}
+            for _ in range(rng.randint(1, 3))
+        ]
+        records.append(
+            Record(
+                at,
+                "orders",
+                order_id,
+                {
+                    "id": order_id,
+                    "currency": "EUR",
+                    "lines": lines,
+                    "total": round(sum(line["qty"] * line["unit_price"] for line in lines), 2),
+                    "customer": {
+                        "id": f"C-{rng.randint(1000, 9999)}",
+                        "email": f"shopper{rng.randint(1, 99999)}@example.com",
+                    },
+                    "promotion": "FLASH40",
+                },
+            )
+        )
     for kind, rate, make in (
-        ("inventory", settings.inventory_rate, lambda i: {
-            "id": f"ADJ-{200001 + i}", "sku": rng.choice(SKUS), "warehouse": "WH-EAST", "delta": -rng.randint(1, 5)}),
-        ("customers", settings.customer_rate, lambda i: {
-            "id": f"CU-{300001 + i}", "customer_id": f"C-{rng.randint(1000, 9999)}",
-            "email": f"shopper{rng.randint(1, 99999)}@example.com", "newsletter": rng.random() < 0.5}),
+        (
+            "inventory",
+            settings.inventory_rate,
+            lambda i: {
+                "id": f"ADJ-{200001 + i}",
+                "sku": rng.choice(SKUS),
+                "warehouse": "WH-EAST",
+                "delta": -rng.randint(1, 5),
+            },
+        ),
+        (
+            "customers",
+            settings.customer_rate,
+            lambda i: {
+                "id": f"CU-{300001 + i}",
+                "customer_id": f"C-{rng.randint(1000, 9999)}",
+                "email": f"shopper{rng.randint(1, 99999)}@example.com",
+                "newsletter": rng.random() < 0.5,
+            },
+        ),
     ):
         n = max(int(rate * window), 3)
         for i in range(n):
@@ -74,7 +103,9 @@ class Storefront:
                     await asyncio.sleep(delay)
                 changed_at = time.time()
                 self.sw.source_changed(rec.id, flow=rec.flow, changed_at=changed_at)
-                await self.queue.send({"flow": rec.flow, "id": rec.id, "changed_at": changed_at, "payload": rec.payload})
+                await self.queue.send(
+                    {"flow": rec.flow, "id": rec.id, "changed_at": changed_at, "payload": rec.payload}
+                )
                 self.sent[rec.id] = rec.flow
                 self.changed_at[rec.id] = changed_at
         finally:

@@ -20,13 +20,23 @@ class ServiceTelemetry:
     def __init__(self, service: str, otlp_http_url: str):
         resource = Resource.create({"service.name": service, "deployment.environment": "syncwatch-demo"})
         self.tracer_provider = TracerProvider(resource=resource)
-        self.tracer_provider.add_span_processor(BatchSpanProcessor(
-            OTLPSpanExporter(endpoint=f"{otlp_http_url}/v1/traces", timeout=10),
-            max_queue_size=_QUEUE, schedule_delay_millis=250, max_export_batch_size=512))
+        self.tracer_provider.add_span_processor(
+            BatchSpanProcessor(
+                OTLPSpanExporter(endpoint=f"{otlp_http_url}/v1/traces", timeout=10),
+                max_queue_size=_QUEUE,
+                schedule_delay_millis=250,
+                max_export_batch_size=512,
+            )
+        )
         self.logger_provider = LoggerProvider(resource=resource)
-        self.logger_provider.add_log_record_processor(BatchLogRecordProcessor(
-            OTLPLogExporter(endpoint=f"{otlp_http_url}/v1/logs", timeout=10),
-            max_queue_size=_QUEUE, schedule_delay_millis=250, max_export_batch_size=512))
+        self.logger_provider.add_log_record_processor(
+            BatchLogRecordProcessor(
+                OTLPLogExporter(endpoint=f"{otlp_http_url}/v1/logs", timeout=10),
+                max_queue_size=_QUEUE,
+                schedule_delay_millis=250,
+                max_export_batch_size=512,
+            )
+        )
 
     def flush(self) -> bool:
         spans = self.tracer_provider.force_flush(30_000)

@@ -3,12 +3,13 @@ syncwatch found, read through its query API and /metrics. The report compares th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import aiohttp
 
-from .live import MetricsView
+from syncwatch.demo.live import MetricsView
 
 
 @dataclass
@@ -21,8 +22,13 @@ class GroundTruth:
     applied: int
 
     @classmethod
-    def measure(cls, sent: Mapping[str, str], applies: Mapping[str, int], dlq_bodies: list[dict[str, Any]],
-                exactly_once: Mapping[str, bool]) -> "GroundTruth":
+    def measure(
+        cls,
+        sent: Mapping[str, str],
+        applies: Mapping[str, int],
+        dlq_bodies: list[dict[str, Any]],
+        exactly_once: Mapping[str, bool],
+    ) -> GroundTruth:
         in_dlq = {b["id"] for b in dlq_bodies}
         applied = {i for i, n in applies.items() if n > 0}
         return cls(

@@ -10,11 +10,10 @@ import logging
 from collections import Counter
 
 import aiohttp
-
 from syncwatch_instrument import SyncInstrument
 
-from .queues import Delivery
-from .scenario import DemoSettings, FaultPlan
+from syncwatch.demo.queues import Delivery
+from syncwatch.demo.scenario import DemoSettings, FaultPlan
 
 log = logging.getLogger("syncwatch.demo")
 
@@ -88,15 +87,19 @@ class Worker:
                     status = resp.status
                 attempt.response(status)
                 attempt.snapshot_response(text)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 attempt.error("timeout")
             except aiohttp.ClientError as exc:
                 attempt.error(type(exc).__name__)
         if status == 200:
             self.sw.confirm(record_id, flow=flow, idempotency_key=record_id)
             # The copy keeps the receive count, so only lose the delete while it has retries left.
-            if (flow == "inventory" and len(self.redelivered) < self.plan.duplicates
-                    and record_id not in self.redelivered and d.attempt <= s.max_attempts - 2):
+            if (
+                flow == "inventory"
+                and len(self.redelivered) < self.plan.duplicates
+                and record_id not in self.redelivered
+                and d.attempt <= s.max_attempts - 2
+            ):
                 self.redelivered.add(record_id)
                 self.outcomes["ack_lost"] += 1
                 await self._settle(self.queue.lose_ack(d))

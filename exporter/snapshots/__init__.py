@@ -14,24 +14,24 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 from prometheus_client import Counter, Gauge
 
-from ..config import Config
-from ..errors import ConfigError
-from ..metrics import Metrics
-from .otlp_logs import DIRECTIONS, PayloadRecord, payload_records
-from .redaction import Redactor
-from .sqlite_store import SqliteSnapshotStore
-from .store import STORE_UNAVAILABLE, Refused, Snapshot, StoreError, StoreStats
-from .sweeper import RetentionSweeper
+from syncwatch.config.errors import ConfigError
+from syncwatch.config.models import Config
+from syncwatch.metrics.registry import Metrics
+from syncwatch.snapshots.otlp_logs import DIRECTIONS, PayloadRecord, payload_records
+from syncwatch.snapshots.redaction import Redactor
+from syncwatch.snapshots.sqlite_store import SqliteSnapshotStore
+from syncwatch.snapshots.store import STORE_UNAVAILABLE, Refused, Snapshot, StoreError, StoreStats
+from syncwatch.snapshots.sweeper import RetentionSweeper
 
 log = logging.getLogger("syncwatch.snapshots")
 
-__all__ = ["SnapshotIntake", "Snapshot", "StoreError", "load_hash_key", "build_redactor", "build_store"]
+__all__ = ["Snapshot", "SnapshotIntake", "StoreError", "build_redactor", "build_store", "load_hash_key"]
 
 HASH_KEY_FILE = "snapshot-redaction.key"
 # After a store failure, snapshots are dropped at once for this long instead of every request
@@ -54,7 +54,9 @@ def load_hash_key(config: Config) -> bytes:
         try:
             key = redact.hash_key_file.read_bytes().strip()
         except OSError as exc:
-            raise ConfigError("snapshots.redact.hash_key_file", f"cannot read {redact.hash_key_file}: {exc.strerror}") from None
+            raise ConfigError(
+                "snapshots.redact.hash_key_file", f"cannot read {redact.hash_key_file}: {exc.strerror}"
+            ) from None
         if len(key) < 16:
             raise ConfigError("snapshots.redact.hash_key_file", "the key must be at least 16 bytes")
         return key
@@ -83,7 +85,7 @@ def build_redactor(config: Config, hash_key: bytes | None = None) -> Redactor:
 def build_store(config: Config):
     s = config.snapshots
     if s.backend.startswith("s3://"):
-        from .s3_store import S3SnapshotStore
+        from syncwatch.snapshots.s3_store import S3SnapshotStore
 
         return S3SnapshotStore(s.backend, endpoint_url=s.s3_endpoint_url, region=s.s3_region)
     return SqliteSnapshotStore(Path(config.storage.data_dir) / "snapshots.db", max_bytes=s.max_store_bytes)
@@ -127,25 +129,49 @@ class SnapshotIntake:
         self._oldest: float | None = None
         self._register_metrics(metrics.registry)
         self.sweeper = RetentionSweeper(
-            run=self._run, sweep_batch=self._sweep_batch, retention=self.settings.retention,
-            interval=self.settings.sweep_interval, clock=clock, after_sweep=self._refresh_stats,
-            batch=self.settings.sweep_batch, compact=self._compact,
+            run=self._run,
+            sweep_batch=self._sweep_batch,
+            retention=self.settings.retention,
+            interval=self.settings.sweep_interval,
+            clock=clock,
+            after_sweep=self._refresh_stats,
+            batch=self.settings.sweep_batch,
+            compact=self._compact,
         )
 
     def _register_metrics(self, r) -> None:
-        self.m_snapshots = Counter("syncwatch_snapshots", "Payload snapshots by direction and result (stored, dropped).", ("direction", "result"), registry=r)
+        self.m_snapshots = Counter(
+            "syncwatch_snapshots",
+            "Payload snapshots by direction and result (stored, dropped).",
+            ("direction", "result"),
+            registry=r,
+        )
         for d in DIRECTIONS:
             for result in ("stored", "dropped"):
                 self.m_snapshots.labels(d, result)
         self.m_bytes = Gauge("syncwatch_snapshot_store_bytes", "Bytes used by the payload snapshot store.", registry=r)
-        self.m_oldest = Gauge("syncwatch_snapshot_oldest_age_seconds", "Age of the oldest stored payload snapshot (0 when empty).", registry=r)
+        self.m_oldest = Gauge(
+            "syncwatch_snapshot_oldest_age_seconds",
+            "Age of the oldest stored payload snapshot (0 when empty).",
+            registry=r,
+        )
         self.m_oldest.set_function(lambda: max(0.0, self.clock() - self._oldest) if self._oldest is not None else 0.0)
-        self.m_retention = Gauge("syncwatch_snapshot_retention_seconds", "Configured payload snapshot retention.", registry=r)
+        self.m_retention = Gauge(
+            "syncwatch_snapshot_retention_seconds", "Configured payload snapshot retention.", registry=r
+        )
         self.m_retention.set(self.settings.retention)
-        self.m_redactions = Counter("syncwatch_snapshot_redactions", "Values redacted from payload snapshots, by kind.", ("kind",), registry=r)
-        self.m_store_up = Gauge("syncwatch_snapshot_store_up", "1 while the last write to the snapshot store succeeded, 0 after a failure.", registry=r)
+        self.m_redactions = Counter(
+            "syncwatch_snapshot_redactions", "Values redacted from payload snapshots, by kind.", ("kind",), registry=r
+        )
+        self.m_store_up = Gauge(
+            "syncwatch_snapshot_store_up",
+            "1 while the last write to the snapshot store succeeded, 0 after a failure.",
+            registry=r,
+        )
         self.m_store_up.set(1)
-        self.m_truncated = Counter("syncwatch_snapshot_truncated", "Payload snapshots cut at snapshots.max_bytes.", registry=r)
+        self.m_truncated = Counter(
+            "syncwatch_snapshot_truncated", "Payload snapshots cut at snapshots.max_bytes.", registry=r
+        )
         self.m_not_payload = self.metrics.log_records.labels("not_payload")
         self.m_payload = self.metrics.log_records.labels("payload")
 
@@ -153,8 +179,12 @@ class SnapshotIntake:
     async def start(self) -> None:
         await self._ensure_open()
         self.sweeper.start()
-        log.info("payload snapshots: %s backend, retention %.0fh, max %d bytes per payload",
-                 self.store.name, self.settings.retention / 3600, self.settings.max_bytes)
+        log.info(
+            "payload snapshots: %s backend, retention %.0fh, max %d bytes per payload",
+            self.store.name,
+            self.settings.retention / 3600,
+            self.settings.max_bytes,
+        )
 
     async def stop(self) -> None:
         await self.sweeper.stop()
@@ -168,7 +198,9 @@ class SnapshotIntake:
             await self._run(self.store.open)
         except StoreError as exc:
             self._failed(exc)
-            log.error("snapshot store unavailable (%s): %s; snapshots are dropped until it recovers", exc.reason, exc.message)
+            log.error(
+                "snapshot store unavailable (%s): %s; snapshots are dropped until it recovers", exc.reason, exc.message
+            )
             return False
         self._opened = True
         self.m_store_up.set(1)
@@ -217,8 +249,10 @@ class SnapshotIntake:
                 problems[problem] = problems.get(problem, 0) + 1
             elif rec.corr_too_long:
                 self._drop(rec.direction, "snapshot_correlation_id_too_long", 1)
-                problem = (f"correlation ID longer than {self.config.limits.max_correlation_id_length} characters "
-                           "(limits.max_correlation_id_length)")
+                problem = (
+                    f"correlation ID longer than {self.config.limits.max_correlation_id_length} characters "
+                    "(limits.max_correlation_id_length)"
+                )
                 problems[problem] = problems.get(problem, 0) + 1
             elif rec.corr is None:
                 self._drop(rec.direction, "snapshot_uncorrelated", 1)
@@ -238,7 +272,9 @@ class SnapshotIntake:
         except StoreError as exc:
             self._failed(exc)
             self._drop_payloads(payloads, exc.reason)
-            log.warning("snapshot store write failed (%s): %s; %d snapshots dropped", exc.reason, exc.message, len(payloads))
+            log.warning(
+                "snapshot store write failed (%s): %s; %d snapshots dropped", exc.reason, exc.message, len(payloads)
+            )
             return {f"snapshot store failing, snapshots not kept: {exc.message}": len(payloads)}
         self.m_store_up.set(1)
         # Items the store refused one by one (an S3 key too long): only they are dropped.
@@ -274,10 +310,20 @@ class SnapshotIntake:
             if truncated:
                 data = truncate(data, limit, result.content_type)
             snap = Snapshot(
-                corr=p.corr, direction=p.direction, received=received, time=p.time or received,
-                trace_id=p.trace_id, span_id=p.span_id, flow=p.flow, destination=p.destination,
-                content_type=result.content_type, size=len(raw), sha256=hmac.digest(self._hash_key, raw, "sha256"),
-                truncated=truncated, redactions=sum(result.counts.values()), body=data,
+                corr=p.corr,
+                direction=p.direction,
+                received=received,
+                time=p.time or received,
+                trace_id=p.trace_id,
+                span_id=p.span_id,
+                flow=p.flow,
+                destination=p.destination,
+                content_type=result.content_type,
+                size=len(raw),
+                sha256=hmac.digest(self._hash_key, raw, "sha256"),
+                truncated=truncated,
+                redactions=sum(result.counts.values()),
+                body=data,
             )
             snaps.append(snap)
             counted.append((snap, result.counts))

@@ -7,8 +7,9 @@ attributes carry the correlation ID (first present of the configured keys).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -51,8 +52,9 @@ def _scalar_attr(v: AnyValue) -> str | None:
     return None
 
 
-def payload_records(request: ExportLogsServiceRequest, correlation_keys: list[str],
-                    max_correlation_id: int = MAX_CORRELATION_ID) -> Iterator[PayloadRecord]:
+def payload_records(
+    request: ExportLogsServiceRequest, correlation_keys: list[str], max_correlation_id: int = MAX_CORRELATION_ID
+) -> Iterator[PayloadRecord]:
     wanted = set(correlation_keys) | {DIRECTION_ATTR, FLOW_ATTR, *DESTINATION_ATTRS}
     for rl in request.resource_logs:
         resource_attrs = {kv.key: kv.value for kv in rl.resource.attributes if kv.key in wanted}

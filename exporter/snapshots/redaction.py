@@ -22,9 +22,12 @@ import hashlib
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Any, Iterable
+from typing import Any
+
+from syncwatch.config.jsonpath import parse_json_path
 
 try:  # the parsed form of a regex, to tell which custom patterns the fast path may apply
     import re._constants as _re_constants
@@ -34,7 +37,15 @@ except ImportError:  # pragma: no cover - Python < 3.11
     import sre_parse as _re_parser  # type: ignore[no-redef]
 
 try:
-    from ahocorasick_rs import BytesAhoCorasick as _AhoCorasick, Implementation as _ACImplementation, MatchKind as _ACMatchKind
+    from ahocorasick_rs import (
+        BytesAhoCorasick as _AhoCorasick,
+    )
+    from ahocorasick_rs import (
+        Implementation as _ACImplementation,
+    )
+    from ahocorasick_rs import (
+        MatchKind as _ACMatchKind,
+    )
 except ImportError:  # pragma: no cover - the pure-Python search in _MultiFind takes over
     _AhoCorasick = None
 
@@ -58,7 +69,15 @@ _KEY_SUBSTRINGS = {
 }
 # Short key words matched only as a whole word of the key (`customer_ssn`, `cardCvv`), so that
 # `company` is not taken for `pan`.
-_KEY_WORDS = {"pwd": "password", "cvv": "cvv", "cvv2": "cvv", "cvc": "cvv", "csc": "cvv", "pan": "card_number", "ssn": "ssn"}
+_KEY_WORDS = {
+    "pwd": "password",
+    "cvv": "cvv",
+    "cvv2": "cvv",
+    "cvc": "cvv",
+    "csc": "cvv",
+    "pan": "card_number",
+    "ssn": "ssn",
+}
 # `Authorization: Digest a="1", b="2"` and `Cookie: a=1; b=2`: as header lines the whole rest of
 # the line is the secret, not only its first token.
 _LINE_KINDS = frozenset({"authorization", "cookie"})
@@ -103,16 +122,22 @@ _LUHN_PLAIN = bytes.maketrans(b"0123456789", bytes(range(10)))
 _LUHN_DOUBLED = bytes.maketrans(b"0123456789", bytes([0, 2, 4, 6, 8, 1, 3, 5, 7, 9]))
 # IBANs in either case, compact or in groups of four (one or two spaces or no-break spaces).
 # A match that fails mod-97 is tried again without its trailing groups (`... 7034 from`).
-_IBAN_B = re.compile(rb"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}(?:(?: |\xc2\xa0){0,2}[A-Za-z0-9]{4}){2,7}"
-                     rb"(?:(?: |\xc2\xa0){0,2}[A-Za-z0-9]{1,4})?(?![A-Za-z0-9])")
+_IBAN_B = re.compile(
+    rb"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}(?:(?: |\xc2\xa0){0,2}[A-Za-z0-9]{4}){2,7}"
+    rb"(?:(?: |\xc2\xa0){0,2}[A-Za-z0-9]{1,4})?(?![A-Za-z0-9])"
+)
 _IBAN_CLASSES = bytes(65 if chr(c).isascii() and chr(c).isalpha() else 48 if 48 <= c <= 57 else c for c in range(256))
 _IBAN_GAP = re.compile(r"[ \u00a0]+")
 # E-mail addresses, also with the @ URL-encoded (`jane%40example.com`): found from each @ by
 # walking back over at most 64 bytes of local part (RFC 5321's limit; on a class map, one
 # C-level rfind), then matched there once. Bytes >= 0x80 count as letters (any UTF-8 letter).
-_EMAIL_AT = re.compile(rb"[\w.%+\-\x80-\xff]{1,64}(?:@|%40)[\w\-\x80-\xff]{1,252}(?:\.[\w\-\x80-\xff]{1,252})*"
-                       rb"\.(?:[A-Za-z]|[\x80-\xff]){2,96}(?![\w\x80-\xff])")
-_LOCAL_PART = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.%+-" + bytes(range(0x80, 0x100)))
+_EMAIL_AT = re.compile(
+    rb"[\w.%+\-\x80-\xff]{1,64}(?:@|%40)[\w\-\x80-\xff]{1,252}(?:\.[\w\-\x80-\xff]{1,252})*"
+    rb"\.(?:[A-Za-z]|[\x80-\xff]){2,96}(?![\w\x80-\xff])"
+)
+_LOCAL_PART = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.%+-" + bytes(range(0x80, 0x100))
+)
 _LOCAL_CLASSES = bytes(76 if c in _LOCAL_PART else 32 for c in range(256))  # "L" or " "
 
 # `password=hunter2`, `Authorization: Bearer abc`, `?api_key=x`, `"pwd": "a b"`, `api_key%3Dx`:
@@ -196,7 +221,7 @@ def _iban_length(candidate: str) -> int:
     if best < 0:
         return 0
     pos = 4
-    for group in groups[:best + 1]:
+    for group in groups[: best + 1]:
         pos = candidate.find(group, pos) + len(group)
     return pos
 
@@ -307,12 +332,12 @@ def _decode_value(data: bytes, pos: int) -> tuple[Any, int]:
     """The JSON value starting at byte `pos` of text without backslashes, and the byte offset
     after it. Only the value's own bytes are decoded: a string is the bytes up to the next
     quote, an object or array ends where its brackets balance (strings skipped)."""
-    c = data[pos:pos + 1]
+    c = data[pos : pos + 1]
     if c == b'"':
         q = data.find(b'"', pos + 1)
         if q == -1:
             raise ValueError("unterminated string")
-        return data[pos + 1:q].decode("utf-8", "surrogatepass"), q + 1
+        return data[pos + 1 : q].decode("utf-8", "surrogatepass"), q + 1
     if c in (b"{", b"["):
         depth = 0
         for m in _NESTING.finditer(data, pos):
@@ -321,7 +346,7 @@ def _decode_value(data: bytes, pos: int) -> tuple[Any, int]:
                 continue
             depth += 1 if token in (b"{", b"[") else -1
             if depth == 0:
-                return json.loads(data[pos:m.end()]), m.end()
+                return json.loads(data[pos : m.end()]), m.end()
         raise ValueError("unbalanced brackets")
     m = _SCALAR.match(data, pos)
     if m is None:
@@ -330,33 +355,11 @@ def _decode_value(data: bytes, pos: int) -> tuple[Any, int]:
 
 
 class PathRule:
-    """A JSON path: `$`, then `.name`, `['name']`, `[n]`, `[*]` or `.*` steps."""
-
-    _STEP = re.compile(r"\.([A-Za-z0-9_$@-]+)|\.\*|\[\*\]|\[(\d+)\]|\['([^']*)'\]|\[\"([^\"]*)\"\]")
+    """A JSON path rule of `snapshots.redact.paths` (syntax: syncwatch.config.jsonpath)."""
 
     def __init__(self, text: str):
         self.text = text
-        if not text.startswith("$"):
-            raise ValueError(f"JSON path must start with $: {text!r}")
-        steps: list[Any] = []
-        pos = 1
-        while pos < len(text):
-            m = self._STEP.match(text, pos)
-            if not m:
-                raise ValueError(f"cannot parse JSON path {text!r} at position {pos}")
-            name, index, q1, q2 = m.groups()
-            if name is not None:
-                steps.append(name)
-            elif index is not None:
-                steps.append(int(index))
-            elif q1 is not None or q2 is not None:
-                steps.append(q1 if q1 is not None else q2)
-            else:
-                steps.append(None)  # wildcard
-            pos = m.end()
-        if not steps:
-            raise ValueError("JSON path $ alone would redact the whole body; name a field")
-        self.steps = steps
+        self.steps = parse_json_path(text)
 
 
 @dataclass
@@ -391,8 +394,19 @@ class Redactor:
         self._key_cache: dict[str, str | None] = {}
         self._safe_keys: set[str] = set()
         # Lower-case stems every sensitive key contains, for the fast path's text search.
-        stems = {"pass", "secret", "private", "token", "authoriz", "api", "card", "iban", "social", "cookie",
-                 *(w for w in _KEY_WORDS if w != "cvv2")}  # cvv2 contains cvv
+        stems = {
+            "pass",
+            "secret",
+            "private",
+            "token",
+            "authoriz",
+            "api",
+            "card",
+            "iban",
+            "social",
+            "cookie",
+            *(w for w in _KEY_WORDS if w != "cvv2"),
+        }  # cvv2 contains cvv
         for k in self._extra_keys_raw:
             parts = [x for x in re.split(r"[^a-z0-9]+", k.lower()) if x]
             if parts:
@@ -402,8 +416,12 @@ class Redactor:
         # The textual fast path: default rules, no JSON paths (they need the parsed structure),
         # custom patterns that match the same inside one string as in the whole text, and
         # extra keys that all contain a letter or digit (the stem the fast path looks for).
-        self._fast = (defaults and not self._paths and all(_context_free(rx) for _, rx in self._patterns)
-                      and all(self._extra_keys))
+        self._fast = (
+            defaults
+            and not self._paths
+            and all(_context_free(rx) for _, rx in self._patterns)
+            and all(self._extra_keys)
+        )
 
     def marker(self, kind: str, value: str) -> str:
         if kind in ("card", "card_number") and _CARD_LIKE.fullmatch(value):
@@ -457,7 +475,7 @@ class Redactor:
             if exc.start < len(head) - 3:
                 text = self._redact_text(head.decode("latin-1"), counts)
                 return RedactionResult(text.encode("latin-1", "replace"), "binary", counts)
-            text = head[:exc.start].decode("utf-8", "surrogatepass")  # cut inside a character
+            text = head[: exc.start].decode("utf-8", "surrogatepass")  # cut inside a character
         kind = "json" if text.lstrip()[:1] in ("{", "[") else "text"
         return RedactionResult(self._redact_text(text, counts).encode("utf-8", "surrogatepass"), kind, counts)
 
@@ -544,7 +562,7 @@ class Redactor:
             if q2 < 0:
                 return None
             done = q2 + 1
-            s = data[q1 + 1:q2].decode("utf-8", "surrogatepass")
+            s = data[q1 + 1 : q2].decode("utf-8", "surrogatepass")
             k = q2 + 1
             while k < n and data[k] in _JSON_WS:
                 k += 1
@@ -691,8 +709,17 @@ class Redactor:
                     # Inline cheap test (this loop runs for every value): a card number or IBAN
                     # needs 13+ characters; an e-mail, a pair, an element or a JSON document one
                     # of these characters.
-                    if (always_scan or len(v) >= 13 or "@" in v or "=" in v or ":" in v or "<" in v
-                            or "%" in v or "{" in v or "[" in v):
+                    if (
+                        always_scan
+                        or len(v) >= 13
+                        or "@" in v
+                        or "=" in v
+                        or ":" in v
+                        or "<" in v
+                        or "%" in v
+                        or "{" in v
+                        or "[" in v
+                    ):
                         if REDACTED_RE.fullmatch(v):
                             continue
                         new = scan_str(v, counts, depth)
@@ -736,11 +763,11 @@ class Redactor:
         to MAX_NESTED_JSON levels); otherwise the text rules and patterns apply."""
         if depth < MAX_NESTED_JSON:
             head = value[:1]
-            if head in ("{", "[") or (head.isspace() and value.lstrip()[:1] in ("{", "[")):
-                if value.rstrip()[-1:] in ("}", "]"):
-                    nested = self._structural(value, counts, depth + 1)
-                    if nested is not None:
-                        return nested
+            looks_like_json = head in ("{", "[") or (head.isspace() and value.lstrip()[:1] in ("{", "["))
+            if looks_like_json and value.rstrip()[-1:] in ("}", "]"):
+                nested = self._structural(value, counts, depth + 1)
+                if nested is not None:
+                    return nested
         new = value
         if self._text_keys:
             new = self._text_rules(new, counts)
@@ -1022,8 +1049,11 @@ class _MultiFind:
 
     def __init__(self, needles: list[bytes]):
         self._needles = needles
-        self._ac = (_AhoCorasick(needles, matchkind=_ACMatchKind.LeftmostFirst, implementation=_ACImplementation.DFA)
-                    if _AhoCorasick is not None and needles else None)
+        self._ac = (
+            _AhoCorasick(needles, matchkind=_ACMatchKind.LeftmostFirst, implementation=_ACImplementation.DFA)
+            if _AhoCorasick is not None and needles
+            else None
+        )
 
     def find(self, haystack: bytes) -> list[tuple[int, int, int]]:
         if self._ac is not None:

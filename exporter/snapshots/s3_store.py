@@ -26,7 +26,17 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from .store import KEY_TOO_LONG, STORE_ERROR, STORE_UNAVAILABLE, Codec, Refused, Snapshot, StoreError, StoreStats
+from syncwatch.config.errors import SyncwatchError
+from syncwatch.snapshots.store import (
+    KEY_TOO_LONG,
+    STORE_ERROR,
+    STORE_UNAVAILABLE,
+    Codec,
+    Refused,
+    Snapshot,
+    StoreError,
+    StoreStats,
+)
 
 _MAGIC = b"SWS1"
 MAX_KEY_BYTES = 1024  # S3's limit on an object key (UTF-8); ours are ASCII
@@ -34,7 +44,7 @@ MAX_KEY_BYTES = 1024  # S3's limit on an object key (UTF-8); ours are ASCII
 _KEY_ERRORS = frozenset({"KeyTooLongError", "XMinioInvalidObjectName"})
 
 
-class _KeyRefused(Exception):
+class _KeyRefused(SyncwatchError):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
@@ -49,7 +59,7 @@ def key_segment(corr: str) -> str:
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
-    rest = url[len("s3://"):]
+    rest = url[len("s3://") :]
     bucket, _, prefix = rest.partition("/")
     return bucket, prefix.strip("/")
 
@@ -57,8 +67,15 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 class S3SnapshotStore:
     name = "s3"
 
-    def __init__(self, url: str, *, endpoint_url: str | None = None, region: str | None = None,
-                 train_dictionary: bool = True, parallel: int = 8):
+    def __init__(
+        self,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        train_dictionary: bool = True,
+        parallel: int = 8,
+    ):
         self.bucket, prefix = parse_s3_url(url)
         self.prefix = prefix + "/" if prefix else ""
         self._client = boto3.client(
@@ -68,7 +85,9 @@ class S3SnapshotStore:
             # Fail fast: a store that is down must show up as dropped snapshots within seconds,
             # not hold intake requests for minutes.
             config=botocore.config.Config(
-                connect_timeout=2, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"},
+                connect_timeout=2,
+                read_timeout=10,
+                retries={"max_attempts": 2, "mode": "standard"},
                 max_pool_connections=parallel * 2,
             ),
         )
@@ -111,13 +130,19 @@ class S3SnapshotStore:
             data = self._object(s)
             data_key, marker_key = self._keys(s, len(data))
             if len(marker_key) > MAX_KEY_BYTES or len(data_key) > MAX_KEY_BYTES:
-                refused.append(Refused(s, KEY_TOO_LONG, f"correlation ID too long for an S3 object key ({len(s.corr.encode())} bytes, "
-                                                        f"{len(key_segment(s.corr))} encoded; keys are limited to {MAX_KEY_BYTES} bytes)"))
+                refused.append(
+                    Refused(
+                        s,
+                        KEY_TOO_LONG,
+                        f"correlation ID too long for an S3 object key ({len(s.corr.encode())} bytes, "
+                        f"{len(key_segment(s.corr))} encoded; keys are limited to {MAX_KEY_BYTES} bytes)",
+                    )
+                )
                 continue
             writes.append((s, data_key, marker_key, data))
         futures = [self._pool.submit(self._put_one, *w) for w in writes]
         failed = []
-        for w, f in zip(writes, futures):
+        for w, f in zip(writes, futures, strict=False):
             exc = f.exception()
             if isinstance(exc, _KeyRefused):
                 refused.append(Refused(w[0], KEY_TOO_LONG, exc.message))
@@ -128,12 +153,25 @@ class S3SnapshotStore:
         return refused
 
     def _object(self, s: Snapshot) -> bytes:
-        header = json.dumps({
-            "corr": s.corr, "direction": s.direction, "received": s.received, "time": s.time,
-            "trace_id": s.trace_id.hex(), "span_id": s.span_id.hex(), "flow": s.flow, "destination": s.destination,
-            "content_type": s.content_type, "size": s.size, "body_hmac": s.sha256.hex(), "truncated": s.truncated,
-            "redactions": s.redactions, "dict_id": s.dict_id,
-        }, separators=(",", ":")).encode()
+        header = json.dumps(
+            {
+                "corr": s.corr,
+                "direction": s.direction,
+                "received": s.received,
+                "time": s.time,
+                "trace_id": s.trace_id.hex(),
+                "span_id": s.span_id.hex(),
+                "flow": s.flow,
+                "destination": s.destination,
+                "content_type": s.content_type,
+                "size": s.size,
+                "body_hmac": s.sha256.hex(),
+                "truncated": s.truncated,
+                "redactions": s.redactions,
+                "dict_id": s.dict_id,
+            },
+            separators=(",", ":"),
+        ).encode()
         return _MAGIC + struct.pack(">I", len(header)) + header + s.blob
 
     def _keys(self, s: Snapshot, size: int) -> tuple[str, str]:
@@ -154,7 +192,9 @@ class S3SnapshotStore:
             except botocore.exceptions.ClientError as exc:
                 err = exc.response.get("Error", {})
                 if err.get("Code") in _KEY_ERRORS:
-                    raise _KeyRefused(f"S3 refused the object key of this correlation ID: {err.get('Code')} {err.get('Message')}") from None
+                    raise _KeyRefused(
+                        f"S3 refused the object key of this correlation ID: {err.get('Code')} {err.get('Message')}"
+                    ) from None
                 raise _store_error(exc, what) from None
             except Exception as exc:
                 raise _store_error(exc, what) from None
@@ -164,7 +204,10 @@ class S3SnapshotStore:
                 self._oldest = s.received
 
     def _save_dict(self, dict_id: int, data: bytes) -> None:
-        self._call(lambda: self._client.put_object(Bucket=self.bucket, Key=f"{self.prefix}dicts/{dict_id}.zdict", Body=data), "cannot store dictionary")
+        self._call(
+            lambda: self._client.put_object(Bucket=self.bucket, Key=f"{self.prefix}dicts/{dict_id}.zdict", Body=data),
+            "cannot store dictionary",
+        )
 
     # -- reads ---------------------------------------------------------------------------------
     def find(self, corr: str) -> list[Snapshot]:
@@ -172,26 +215,51 @@ class S3SnapshotStore:
         if len(prefix) >= MAX_KEY_BYTES:
             return []  # no snapshot can be stored under it
         keys = self._call(lambda: list(self._list_keys(prefix)), "cannot list snapshots")
-        bodies = list(self._pool.map(lambda k: self._call(lambda: self._client.get_object(Bucket=self.bucket, Key=k)["Body"].read(), "cannot read snapshot"), keys))
+        bodies = list(
+            self._pool.map(
+                lambda k: self._call(
+                    lambda: self._client.get_object(Bucket=self.bucket, Key=k)["Body"].read(), "cannot read snapshot"
+                ),
+                keys,
+            )
+        )
         out = []
         for data in bodies:
             if data[:4] != _MAGIC:
                 continue
             (n,) = struct.unpack(">I", data[4:8])
-            h = json.loads(data[8:8 + n])
-            blob = data[8 + n:]
+            h = json.loads(data[8 : 8 + n])
+            blob = data[8 + n :]
             dict_id = h.get("dict_id", 0)
             if dict_id and dict_id not in self.codec._decompressors:
-                raw = self._call(lambda: self._client.get_object(Bucket=self.bucket, Key=f"{self.prefix}dicts/{dict_id}.zdict")["Body"].read(), "cannot read dictionary")
+                raw = self._call(
+                    lambda dict_id=dict_id: self._client.get_object(
+                        Bucket=self.bucket, Key=f"{self.prefix}dicts/{dict_id}.zdict"
+                    )["Body"].read(),
+                    "cannot read dictionary",
+                )
                 self.codec.load(dict_id, raw)
-            out.append(Snapshot(
-                corr=h["corr"], direction=h["direction"], received=h["received"], time=h["time"],
-                trace_id=bytes.fromhex(h["trace_id"]), span_id=bytes.fromhex(h["span_id"]), flow=h["flow"],
-                destination=h["destination"], content_type=h["content_type"], size=h["size"],
-                # Objects written before the body hash was keyed carry an unkeyed "sha256": not shown.
-                sha256=bytes.fromhex(h.get("body_hmac", "")), truncated=h["truncated"], redactions=h["redactions"],
-                body=self.codec.decompress(dict_id, blob), stored_bytes=len(data), dict_id=dict_id,
-            ))
+            out.append(
+                Snapshot(
+                    corr=h["corr"],
+                    direction=h["direction"],
+                    received=h["received"],
+                    time=h["time"],
+                    trace_id=bytes.fromhex(h["trace_id"]),
+                    span_id=bytes.fromhex(h["span_id"]),
+                    flow=h["flow"],
+                    destination=h["destination"],
+                    content_type=h["content_type"],
+                    size=h["size"],
+                    # Objects written before the body hash was keyed carry an unkeyed "sha256": not shown.
+                    sha256=bytes.fromhex(h.get("body_hmac", "")),
+                    truncated=h["truncated"],
+                    redactions=h["redactions"],
+                    body=self.codec.decompress(dict_id, blob),
+                    stored_bytes=len(data),
+                    dict_id=dict_id,
+                )
+            )
         out.sort(key=lambda s: (s.time, s.received))
         return out
 
@@ -237,7 +305,9 @@ class S3SnapshotStore:
     def _delete(self, batch: list[tuple[str, str, int]]) -> int:
         # Snapshots first, markers after: an interrupted sweep leaves markers, found again next time.
         for keys in ([b[1] for b in batch], [b[0] for b in batch]):
-            resp = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True})
+            resp = self._client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
+            )
             if resp.get("Errors"):
                 err = resp["Errors"][0]
                 raise StoreError(STORE_ERROR, f"cannot delete {err.get('Key')}: {err.get('Code')} {err.get('Message')}")
@@ -291,8 +361,15 @@ def _parse_marker(key: str) -> tuple[int, str, int]:
 
 
 def _store_error(exc: BaseException, what: str) -> StoreError:
-    if isinstance(exc, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
-                        botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError)):
+    if isinstance(
+        exc,
+        (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectTimeoutError,
+            botocore.exceptions.ReadTimeoutError,
+            botocore.exceptions.ConnectionClosedError,
+        ),
+    ):
         return StoreError(STORE_UNAVAILABLE, f"{what}: S3 unreachable ({exc})")
     if isinstance(exc, botocore.exceptions.ClientError):
         err = exc.response.get("Error", {})

@@ -11,7 +11,16 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from .store import STORE_ERROR, STORE_FULL, STORE_UNAVAILABLE, Codec, Refused, Snapshot, StoreError, StoreStats
+from syncwatch.snapshots.store import (
+    STORE_ERROR,
+    STORE_FULL,
+    STORE_UNAVAILABLE,
+    Codec,
+    Refused,
+    Snapshot,
+    StoreError,
+    StoreStats,
+)
 
 DDL = """
 CREATE TABLE IF NOT EXISTS snapshots(
@@ -88,8 +97,24 @@ class SqliteSnapshotStore:
             if not s.blob and s.body:
                 self.codec.compress(s)
         rows = [
-            (s.corr, s.direction, s.received, s.time, s.trace_id, s.span_id, s.flow, s.destination, s.content_type,
-             s.size, s.sha256, int(s.truncated), s.redactions, s.dict_id, s.blob, 1)
+            (
+                s.corr,
+                s.direction,
+                s.received,
+                s.time,
+                s.trace_id,
+                s.span_id,
+                s.flow,
+                s.destination,
+                s.content_type,
+                s.size,
+                s.sha256,
+                int(s.truncated),
+                s.redactions,
+                s.dict_id,
+                s.blob,
+                1,
+            )
             for s in snaps
         ]
         try:
@@ -117,7 +142,9 @@ class SqliteSnapshotStore:
         try:
             conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
             try:
-                rows = conn.execute(f"SELECT {_COLUMNS} FROM snapshots WHERE corr = ? ORDER BY time, id", (corr,)).fetchall()
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM snapshots WHERE corr = ? ORDER BY time, id", (corr,)
+                ).fetchall()
                 for dict_id, data in conn.execute("SELECT id, data FROM zstd_dicts"):
                     if dict_id not in self.codec._decompressors:
                         self.codec.load(dict_id, data)
@@ -126,13 +153,46 @@ class SqliteSnapshotStore:
         except sqlite3.Error as exc:
             raise _store_error(exc, "cannot read snapshots") from None
         out = []
-        for (id_, corr_, direction, received, time_, trace_id, span_id, flow, dest, ctype, size, sha, trunc, nred, dict_id, blob, keyed) in rows:
-            out.append(Snapshot(
-                corr=corr_, direction=direction, received=received, time=time_, trace_id=trace_id or b"",
-                span_id=span_id or b"", flow=flow, destination=dest, content_type=ctype, size=size, sha256=sha if keyed else b"",
-                truncated=bool(trunc), redactions=nred, body=self.codec.decompress(dict_id, blob), id=id_,
-                stored_bytes=len(blob), dict_id=dict_id,
-            ))
+        for (
+            id_,
+            corr_,
+            direction,
+            received,
+            time_,
+            trace_id,
+            span_id,
+            flow,
+            dest,
+            ctype,
+            size,
+            sha,
+            trunc,
+            nred,
+            dict_id,
+            blob,
+            keyed,
+        ) in rows:
+            out.append(
+                Snapshot(
+                    corr=corr_,
+                    direction=direction,
+                    received=received,
+                    time=time_,
+                    trace_id=trace_id or b"",
+                    span_id=span_id or b"",
+                    flow=flow,
+                    destination=dest,
+                    content_type=ctype,
+                    size=size,
+                    sha256=sha if keyed else b"",
+                    truncated=bool(trunc),
+                    redactions=nred,
+                    body=self.codec.decompress(dict_id, blob),
+                    id=id_,
+                    stored_bytes=len(blob),
+                    dict_id=dict_id,
+                )
+            )
         return out
 
     # -- retention -----------------------------------------------------------------------------
@@ -179,6 +239,12 @@ def _store_error(exc: sqlite3.Error, what: str) -> StoreError:
     text = str(exc)
     if code == sqlite3.SQLITE_FULL or "full" in text:
         return StoreError(STORE_FULL, f"{what}: disk or size limit full ({text})")
-    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+    if code in (
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    ):
         return StoreError(STORE_UNAVAILABLE, f"{what}: {text}")
     return StoreError(STORE_ERROR, f"{what}: {text}")

@@ -9,23 +9,29 @@ and the trace/span of the attempt.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Final, Literal
 
 import zstandard
 
-# Reasons used in syncwatch_dropped_total{reason} when a store refuses a write.
-STORE_FULL = "snapshot_store_full"
-STORE_UNAVAILABLE = "snapshot_store_unavailable"
-STORE_ERROR = "snapshot_store_error"
-# One item refused, the store itself fine (not the store's fault: no `snapshot_store_` prefix).
-KEY_TOO_LONG = "snapshot_key_too_long"
+from syncwatch.config.errors import SyncwatchError
+
+# Reasons used in syncwatch_dropped_total{reason} when a store refuses a write. The last is one
+# item refused, the store itself fine (not the store's fault: no `snapshot_store_` prefix).
+StoreReason = Literal[
+    "snapshot_store_full", "snapshot_store_unavailable", "snapshot_store_error", "snapshot_key_too_long"
+]
+STORE_FULL: Final = "snapshot_store_full"
+STORE_UNAVAILABLE: Final = "snapshot_store_unavailable"
+STORE_ERROR: Final = "snapshot_store_error"
+KEY_TOO_LONG: Final = "snapshot_key_too_long"
 
 
-class StoreError(Exception):
+class StoreError(SyncwatchError):
     """A write or read the store could not do. `reason` is one of the constants above."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: StoreReason, message: str):
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -55,7 +61,6 @@ class Snapshot:
     # Filled by the codec before a write.
     dict_id: int = 0
     blob: bytes = field(default=b"", repr=False)
-
 
     @property
     def body_hmac(self) -> bytes:
@@ -128,7 +133,9 @@ class Codec:
             if len(self._samples) >= self.TRAIN_SAMPLES or self._sample_bytes >= self.TRAIN_MAX_BYTES:
                 self._train = False
                 samples, self._samples = self._samples, []
-                threading.Thread(target=self._train_dict, args=(samples,), name="snapshot-zstd-dict", daemon=True).start()
+                threading.Thread(
+                    target=self._train_dict, args=(samples,), name="snapshot-zstd-dict", daemon=True
+                ).start()
 
     def decompress(self, dict_id: int, blob: bytes) -> bytes:
         try:

@@ -7,19 +7,30 @@ sweep of a million expired snapshots delays a write by one batch, never by the w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
-from .store import StoreError
+from syncwatch.snapshots.store import StoreError
 
 log = logging.getLogger("syncwatch.snapshots")
 
 
 class RetentionSweeper:
-    def __init__(self, *, run: Callable[..., Awaitable], sweep_batch: Callable[[float, int], int],
-                 retention: float, interval: float, clock: Callable[[], float],
-                 after_sweep: Callable[[], Awaitable[None]], batch: int = 500,
-                 compact: Callable[[int], int] | None = None, compact_pages: int = 500, pause: float = 0.002):
+    def __init__(
+        self,
+        *,
+        run: Callable[..., Awaitable],
+        sweep_batch: Callable[[float, int], int],
+        retention: float,
+        interval: float,
+        clock: Callable[[], float],
+        after_sweep: Callable[[], Awaitable[None]],
+        batch: int = 500,
+        compact: Callable[[int], int] | None = None,
+        compact_pages: int = 500,
+        pause: float = 0.002,
+    ):
         self._run = run  # runs a blocking function on the store's thread
         self._sweep_batch = sweep_batch
         self.retention = retention
@@ -39,10 +50,8 @@ class RetentionSweeper:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # stopping: its error was logged
                 await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
             self._task = None
 
     async def sweep(self) -> int:

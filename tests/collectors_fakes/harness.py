@@ -11,7 +11,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from collectors.manager import CollectorManager
+from syncwatch.collectors.manager import CollectorManager
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ class LoopWatch:
             self.worst = max(self.worst, now - self._last - 0.01)
             self._last = now
 
-    async def __aenter__(self) -> "LoopWatch":
+    async def __aenter__(self) -> LoopWatch:
         self._last = time.monotonic()
         self._task = asyncio.create_task(self._tick())
         await asyncio.sleep(0)
@@ -88,8 +88,12 @@ class MotoServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

@@ -11,15 +11,25 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
 
 
 def queue(name: str, vhost: str = "shop", ready: Any = 0, **extra: Any) -> dict[str, Any]:
-    item = {"name": name, "vhost": vhost, "type": "classic", "messages_ready": ready, "messages_unacknowledged": 0,
-            "consumers": 0, "head_message_timestamp": None, "arguments": {}, "effective_policy_definition": {}}
+    item = {
+        "name": name,
+        "vhost": vhost,
+        "type": "classic",
+        "messages_ready": ready,
+        "messages_unacknowledged": 0,
+        "consumers": 0,
+        "head_message_timestamp": None,
+        "arguments": {},
+        "effective_policy_definition": {},
+    }
     item.update(extra)
     return item
 
@@ -27,8 +37,12 @@ def queue(name: str, vhost: str = "shop", ready: Any = 0, **extra: Any) -> dict[
 class Raw:
     """An answer given as is: bytes, or an async iterator of chunks (sent chunked, no Content-Length)."""
 
-    def __init__(self, body: bytes | Callable[[], AsyncIterator[bytes]], status: int = 200,
-                 content_type: str = "application/json"):
+    def __init__(
+        self,
+        body: bytes | Callable[[], AsyncIterator[bytes]],
+        status: int = 200,
+        content_type: str = "application/json",
+    ):
         self.body, self.status, self.content_type = body, status, content_type
 
 
@@ -92,14 +106,22 @@ class FakeManagementApi:
     def _default(self, path: str, query: dict[str, str]) -> Any:
         parts = path.strip("/").split("/")
         if parts[:2] == ["api", "queues"] and len(parts) <= 3:
-            items = sorted((q for q in self.queues if len(parts) == 2 or q.get("vhost") == parts[2]),
-                           key=lambda q: str(q.get("name")))
+            items = sorted(
+                (q for q in self.queues if len(parts) == 2 or q.get("vhost") == parts[2]),
+                key=lambda q: str(q.get("name")),
+            )
             size = int(query.get("page_size", 100))
             page = int(query.get("page", 1))
             count = self.page_count if self.page_count is not None else -(-len(items) // size)
-            return {"filtered_count": len(items), "item_count": len(items[(page - 1) * size:page * size]),
-                    "items": items[(page - 1) * size:page * size], "page": page, "page_count": count,
-                    "page_size": size, "total_count": len(items)}
+            return {
+                "filtered_count": len(items),
+                "item_count": len(items[(page - 1) * size : page * size]),
+                "items": items[(page - 1) * size : page * size],
+                "page": page,
+                "page_count": count,
+                "page_size": size,
+                "total_count": len(items),
+            }
         if parts[:2] == ["api", "exchanges"] and len(parts) == 3:
             return self.exchanges.get(parts[2], [{"name": "", "type": "direct"}])
         if parts[:2] == ["api", "bindings"] and len(parts) == 3:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -15,8 +16,12 @@ ACCOUNT, REGION = "123456789012", "us-east-1"
 
 
 def attributes(name: str, visible: Any = "0", hidden: Any = "0", delayed: Any = "0", **extra: Any) -> dict[str, Any]:
-    attrs = {"QueueArn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}", "ApproximateNumberOfMessages": visible,
-             "ApproximateNumberOfMessagesNotVisible": hidden, "ApproximateNumberOfMessagesDelayed": delayed}
+    attrs = {
+        "QueueArn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}",
+        "ApproximateNumberOfMessages": visible,
+        "ApproximateNumberOfMessagesNotVisible": hidden,
+        "ApproximateNumberOfMessagesDelayed": delayed,
+    }
     attrs.update(extra)
     return {k: v for k, v in attrs.items() if v is not None}
 
@@ -67,8 +72,16 @@ class FakeSqs:
             return {"QueueUrls": [self.queue_url(n) for n in sorted(self.queues) if n.startswith(prefix)]}
         if op == "GetQueueUrl":
             if body["QueueName"] not in self.queues:
-                return web.Response(status=400, headers={"Content-Type": "application/x-amz-json-1.0"}, body=json.dumps(
-                    {"__type": "com.amazonaws.sqs#QueueDoesNotExist", "message": "The specified queue does not exist."}).encode())
+                return web.Response(
+                    status=400,
+                    headers={"Content-Type": "application/x-amz-json-1.0"},
+                    body=json.dumps(
+                        {
+                            "__type": "com.amazonaws.sqs#QueueDoesNotExist",
+                            "message": "The specified queue does not exist.",
+                        }
+                    ).encode(),
+                )
             return {"QueueUrl": self.queue_url(body["QueueName"])}
         if op == "GetQueueAttributes":
             return {"Attributes": self.queues[body["QueueUrl"].rsplit("/", 1)[1]]}

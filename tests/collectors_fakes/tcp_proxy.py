@@ -56,7 +56,7 @@ class TcpProxy:
             w.close()
         self._conns.clear()
 
-    def start(self) -> "TcpProxy":
+    def start(self) -> TcpProxy:
         self._call(self._start())
         return self
 

@@ -64,7 +64,7 @@ app.kubernetes.io/part-of: syncwatch
 {{- define "syncwatch.apiTokenDir" -}}/var/run/secrets/syncwatch/api-token{{- end }}
 
 {{/*
-The syncwatch config file (exporter/config.py's shape). .Values.config is passed through;
+The syncwatch config file (exporter/config/models.py's shape). .Values.config is passed through;
 the keys that must agree with the pod spec (listen, storage paths, api token file) are set here.
 In sidecar mode OTLP binds to localhost only: the integration's SDK shares the pod's network.
 */}}

@@ -20,16 +20,17 @@ Module-level functions of the same names use the global tracer and logger provid
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Iterator, Mapping, Optional, Union
+from typing import Any, Union
 
 from opentelemetry import _logs, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import attributes as attr
 
-__all__ = ["SyncInstrument", "Attempt", "attr", "source_changed", "attempt", "confirm", "fail", "snapshot"]
+__all__ = ["Attempt", "SyncInstrument", "attempt", "attr", "confirm", "fail", "snapshot", "source_changed"]
 __version__ = "0.1.0"
 
 _SCOPE = "syncwatch_instrument"
@@ -44,7 +45,7 @@ def _payload_body(payload: Payload) -> Any:
     return payload
 
 
-def _changed_at_value(changed_at: ChangedAt) -> Union[float, str]:
+def _changed_at_value(changed_at: ChangedAt) -> float | str:
     if isinstance(changed_at, datetime):
         if changed_at.tzinfo is None:
             raise ValueError("changed_at: a naive datetime is ambiguous; give it a timezone")
@@ -59,7 +60,7 @@ def _changed_at_value(changed_at: ChangedAt) -> Union[float, str]:
 class Attempt:
     """One delivery attempt in progress: record its outcome and the payloads it carried."""
 
-    def __init__(self, owner: "SyncInstrument", span: Span, correlation_id: str, flow: str):
+    def __init__(self, owner: SyncInstrument, span: Span, correlation_id: str, flow: str):
         self._owner = owner
         self.span = span
         self.correlation_id = correlation_id
@@ -74,7 +75,7 @@ class Attempt:
             self.span.set_attribute(attr.ERROR_TYPE, str(int(status_code)))
             self.span.set_status(Status(StatusCode.ERROR))
 
-    def response_code(self, code: Union[str, int], ok: bool = True) -> None:
+    def response_code(self, code: str | int, ok: bool = True) -> None:
         """Response code of a non-HTTP destination (e.g. an ERP's BAPI return code)."""
         self.span.set_attribute(attr.RESPONSE_CODE, str(code))
         self.outcome_recorded = True
@@ -104,11 +105,11 @@ class SyncInstrument:
     def __init__(
         self,
         *,
-        flow: Optional[str] = None,
-        source: Optional[str] = None,
-        destination: Optional[str] = None,
-        tracer_provider: Optional[trace.TracerProvider] = None,
-        logger_provider: Optional[Any] = None,
+        flow: str | None = None,
+        source: str | None = None,
+        destination: str | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        logger_provider: Any | None = None,
         correlation_key: str = attr.CORRELATION_ID,
     ):
         self.flow = flow
@@ -124,11 +125,11 @@ class SyncInstrument:
         self,
         correlation_id: str,
         *,
-        flow: Optional[str] = None,
-        source: Optional[str] = None,
-        destination: Optional[str] = None,
+        flow: str | None = None,
+        source: str | None = None,
+        destination: str | None = None,
         changed_at: ChangedAt = None,
-        attributes: Optional[Mapping[str, Any]] = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> None:
         """The record changed at the source: opens one pending transaction per destination of
         the flow. `changed_at` defaults to now (the span's start)."""
@@ -143,10 +144,10 @@ class SyncInstrument:
         correlation_id: str,
         *,
         resend_count: int = 0,
-        flow: Optional[str] = None,
-        source: Optional[str] = None,
-        destination: Optional[str] = None,
-        attributes: Optional[Mapping[str, Any]] = None,
+        flow: str | None = None,
+        source: str | None = None,
+        destination: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> Iterator[Attempt]:
         """One delivery attempt; `resend_count` is 0 on the first try, n on the n-th retry.
         An exception escaping the block is recorded as the attempt's `error.type`."""
@@ -156,8 +157,11 @@ class SyncInstrument:
         attrs[attr.RESEND_COUNT] = int(resend_count)
         attrs.update(attributes or {})
         with self._tracer.start_as_current_span(
-            f"{flow_name} attempt", kind=SpanKind.CLIENT, attributes=attrs,
-            record_exception=False, set_status_on_exception=False,
+            f"{flow_name} attempt",
+            kind=SpanKind.CLIENT,
+            attributes=attrs,
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             current = Attempt(self, span, correlation_id, flow_name)
             try:
@@ -172,11 +176,11 @@ class SyncInstrument:
         self,
         correlation_id: str,
         *,
-        idempotency_key: Optional[str] = None,
-        flow: Optional[str] = None,
-        source: Optional[str] = None,
-        destination: Optional[str] = None,
-        attributes: Optional[Mapping[str, Any]] = None,
+        idempotency_key: str | None = None,
+        flow: str | None = None,
+        source: str | None = None,
+        destination: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> None:
         """The destination applied the change. A second confirm with the same idempotency key
         (default: correlation ID + destination) is what syncwatch counts as a duplicate apply."""
@@ -189,11 +193,11 @@ class SyncInstrument:
         self,
         correlation_id: str,
         *,
-        error_type: Optional[str] = None,
-        flow: Optional[str] = None,
-        source: Optional[str] = None,
-        destination: Optional[str] = None,
-        attributes: Optional[Mapping[str, Any]] = None,
+        error_type: str | None = None,
+        flow: str | None = None,
+        source: str | None = None,
+        destination: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> None:
         """The integration gave up on this transaction (retries exhausted, dead-lettered)."""
         extra = dict(attributes or {})
@@ -207,8 +211,8 @@ class SyncInstrument:
         payload: Payload,
         direction: str,
         *,
-        flow: Optional[str] = None,
-        span: Optional[Span] = None,
+        flow: str | None = None,
+        span: Span | None = None,
     ) -> None:
         """A payload snapshot as an OTLP log record: body = payload, attributes = correlation ID
         and direction (`request` | `response`), trace/span IDs of `span` (default: the current
@@ -225,7 +229,7 @@ class SyncInstrument:
     # -- internals ------------------------------------------------------------------------
 
     def _base(
-        self, stage: str, correlation_id: str, flow: Optional[str], source: Optional[str], destination: Optional[str]
+        self, stage: str, correlation_id: str, flow: str | None, source: str | None, destination: str | None
     ) -> tuple[str, dict[str, Any]]:
         flow_name = flow or self.flow
         if not flow_name:

@@ -8,24 +8,29 @@ import time
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from .intake import ExtractionFailed, IntakeFull, LedgerWriter
-from .metrics import Metrics
-from .otlp_decode import OtlpError
-from .trace_view import span_count
+from syncwatch.intake.decode import OtlpError
+from syncwatch.intake.trace_view import span_count
+from syncwatch.intake.writer import ExtractionFailed, IntakeFull, LedgerWriter
+from syncwatch.metrics.registry import Metrics
 
 log = logging.getLogger("syncwatch.otlp")
 
 
 class OtlpService:
-    def __init__(self, writer: LedgerWriter, metrics: Metrics, snapshots=None, retry_after: float = 1.0,
-                 clock=time.time):
+    def __init__(
+        self, writer: LedgerWriter, metrics: Metrics, snapshots=None, retry_after: float = 1.0, clock=time.time
+    ):
         self.writer = writer
         self.metrics = metrics
         self.snapshots = snapshots
         self.retry_after = max(1, round(retry_after))
         self.clock = clock
         m = metrics.spans
-        self._correlated, self._uncorrelated, self._rejected = m.labels("correlated"), m.labels("uncorrelated"), m.labels("rejected")
+        self._correlated, self._uncorrelated, self._rejected = (
+            m.labels("correlated"),
+            m.labels("uncorrelated"),
+            m.labels("rejected"),
+        )
 
     async def export_traces(self, request, total: int | None = None) -> ExportTraceServiceResponse:
         """Record the request's spans (a trace_view.TraceView; `total` its span count, as the
@@ -37,8 +42,13 @@ class OtlpService:
             return response
         if total > self.writer.max_queued:
             self.metrics.dropped.labels("too_large").inc(total)
-            raise OtlpError(413, f"{total} spans in one request, over intake.max_queued_spans "
-                                 f"({self.writer.max_queued}); send smaller batches", "too_large", counted=True)
+            raise OtlpError(
+                413,
+                f"{total} spans in one request, over intake.max_queued_spans "
+                f"({self.writer.max_queued}); send smaller batches",
+                "too_large",
+                counted=True,
+            )
         try:
             future = self.writer.submit(request, total)
         except IntakeFull:
@@ -48,10 +58,14 @@ class OtlpService:
             out = await future
         except ExtractionFailed as exc:
             self.metrics.dropped.labels("internal_error").inc(total)
-            raise OtlpError(500, f"syncwatch could not read this request ({exc}); please report it", "internal_error", counted=True) from None
+            raise OtlpError(
+                500, f"syncwatch could not read this request ({exc}); please report it", "internal_error", counted=True
+            ) from None
         except Exception as exc:
             self.metrics.dropped.labels("ledger_unavailable").inc(total)
-            raise OtlpError(503, f"ledger write failed ({type(exc).__name__}); retry later", "ledger_unavailable", counted=True) from None
+            raise OtlpError(
+                503, f"ledger write failed ({type(exc).__name__}); retry later", "ledger_unavailable", counted=True
+            ) from None
         if out.correlated:
             self._correlated.inc(out.correlated)
         if out.uncorrelated:
@@ -67,7 +81,11 @@ class OtlpService:
         response = ExportLogsServiceResponse()
         if self.snapshots is None:
             # No snapshot store configured (snapshots.enabled: false): records are counted, not kept.
-            n = total if total is not None else sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+            n = (
+                total
+                if total is not None
+                else sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+            )
             self.metrics.log_records.labels("not_stored").inc(n)
             return response
         rejected, message = await self.snapshots.export_logs(request)

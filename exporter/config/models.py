@@ -1,21 +1,14 @@
-"""syncwatch configuration: one YAML file, every key optional, `SYNCWATCH_…` env overrides.
-
-Env override syntax: `SYNCWATCH_` + the key path upper-cased, nested keys joined by `__`,
-e.g. `SYNCWATCH_LISTEN__HTTP=0.0.0.0:9873`, `SYNCWATCH_API__TOKEN=…`,
-`SYNCWATCH_FLOWS__ORDERS__DEADLINE=10m`. Values are parsed as YAML scalars/lists.
-"""
+"""The configuration's shape: one pydantic model per section, unknown keys refused."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .durations import Duration
-from .errors import ConfigError
+from syncwatch.config.durations import Duration
+from syncwatch.config.jsonpath import parse_json_path
 
 HOUR = 3600.0
 MIN_SNAPSHOT_RETENTION = 72 * HOUR
@@ -27,7 +20,7 @@ class _Model(BaseModel):
 
 
 def _check_host_port(value: str) -> str:
-    host, sep, port = value.rpartition(":")
+    _host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected host:port, e.g. 127.0.0.1:4317, got {value!r}")
     return value
@@ -136,10 +129,8 @@ class RedactConfig(_Model):
     @field_validator("paths")
     @classmethod
     def _parse_paths(cls, v: list[str]) -> list[str]:
-        from .snapshots.redaction import PathRule
-
         for path in v:
-            PathRule(path)  # raises ValueError naming the path
+            parse_json_path(path)  # raises ValueError naming the path
         return v
 
     @model_validator(mode="before")
@@ -151,7 +142,7 @@ class RedactConfig(_Model):
         return data
 
     @model_validator(mode="after")
-    def _key_length(self) -> "RedactConfig":
+    def _key_length(self) -> RedactConfig:
         # A model-level check, so the error message never repeats the (secret) key itself.
         if self.hash_key is not None and len(self.hash_key.encode()) < 16:
             raise ValueError("hash_key must be at least 16 bytes")
@@ -214,97 +205,7 @@ class Config(_Model):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
-    def _token_file_exists(self) -> "Config":
+    def _token_file_exists(self) -> Config:
         if self.api.token_file is not None and not self.api.token_file.is_file():
             raise ValueError(f"api.token_file: {self.api.token_file} does not exist")
         return self
-
-
-def _env_overrides(raw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
-    for name, value in sorted(environ.items()):
-        if not name.startswith("SYNCWATCH_") or name in ("SYNCWATCH_CONFIG",):
-            continue
-        path = [p.lower() for p in name[len("SYNCWATCH_"):].split("__") if p]
-        if not path:
-            continue
-        node = raw
-        for part in path[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        try:
-            parsed = yaml.safe_load(value) if value != "" else ""
-        except yaml.YAMLError:
-            parsed = value
-        # Keep strings as strings where YAML would guess otherwise (tokens that look like numbers).
-        node[path[-1]] = value if isinstance(parsed, (int, float)) and path[-1] in ("token", "hash_key") else parsed
-    return raw
-
-
-def _merge_default_flows(raw: dict[str, Any]) -> dict[str, Any]:
-    """`flows:` in a config adds to and adjusts the default flows instead of replacing them:
-    `flows: {orders: {deadline: 10m}}` keeps orders' destinations and the other three flows.
-    A flow set to null (`flows: {prices: null}`) is dropped."""
-    flows = raw.get("flows")
-    if flows is None:
-        return raw
-    if not isinstance(flows, dict):
-        return raw  # let validation name the key
-    merged: dict[str, Any] = {name: flow.model_dump() for name, flow in default_flows().items()}
-    for name, value in flows.items():
-        if value is None:
-            merged.pop(name, None)
-        elif isinstance(value, dict) and isinstance(merged.get(name), dict):
-            merged[name] = {**merged[name], **value}
-        else:
-            merged[name] = value
-    return {**raw, "flows": merged}
-
-
-def _format_validation_error(exc: ValidationError) -> ConfigError:
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling; see README's configuration section)"
-    elif "input" in err and err["type"] not in ("missing",):
-        shown = err["input"]
-        if not isinstance(shown, (dict, list)) and "token" not in key:
-            msg = f"{msg} (got {shown!r})"
-    more = len(exc.errors()) - 1
-    if more:
-        msg += f" [and {more} more problem(s)]"
-    return ConfigError(key, msg)
-
-
-def load_config(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Config:
-    """Read YAML (if given), apply env overrides, validate. Raises ConfigError naming the key."""
-    environ = dict(os.environ if environ is None else environ)
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError("", f"{path}: expected a mapping of keys at the top level")
-        raw = loaded
-    raw = _env_overrides(raw, environ)
-    raw = _merge_default_flows(raw)
-    try:
-        config = Config.model_validate(raw)
-    except ValidationError as exc:
-        raise _format_validation_error(exc) from None
-    # Collector and sampling settings belong to the collectors package.
-    from collectors.config import validate_collectors_section
-
-    validate_collectors_section(config.collectors, config.sampling, environ)
-    return config

@@ -10,10 +10,9 @@ from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry
 
-from exporter.errors import ConfigError
-
-from .base import Sample
-from .manager import CollectorManager
+from syncwatch.collectors.base import Sample
+from syncwatch.collectors.manager import CollectorManager
+from syncwatch.config.errors import ConfigError
 
 
 def _fmt(v: float | None) -> str:
@@ -29,15 +28,19 @@ def _print_sample(out: TextIO, sample: Sample) -> None:
         out.write(f"    {'namespace queue':<{width}}  {'depth':>8} {'in-flight':>9} {'delayed':>8} {'oldest':>8}\n")
         for q in sorted(sample.queues, key=lambda q: (q.namespace, q.queue)):
             age = "-" if q.oldest_message_age_seconds is None else f"{q.oldest_message_age_seconds:.0f}s"
-            out.write(f"    {q.namespace + ' ' + q.queue:<{width}}  {_fmt(q.messages):>8} {_fmt(q.in_flight):>9} "
-                      f"{_fmt(q.delayed):>8} {age:>8}\n")
+            out.write(
+                f"    {q.namespace + ' ' + q.queue:<{width}}  {_fmt(q.messages):>8} {_fmt(q.in_flight):>9} "
+                f"{_fmt(q.delayed):>8} {age:>8}\n"
+            )
     else:
         out.write("  queues: none matched the selection\n")
     if sample.dlqs:
         out.write(f"  dead-letter queues ({len(sample.dlqs)}):\n")
         for d in sorted(sample.dlqs, key=lambda d: (d.namespace, d.queue)):
             flag = "  <-- not empty" if d.messages > 0 else ""
-            out.write(f"    {d.namespace} {d.queue}: {_fmt(d.messages)} (source: {', '.join(sorted(d.source_queues)) or '?'}){flag}\n")
+            out.write(
+                f"    {d.namespace} {d.queue}: {_fmt(d.messages)} (source: {', '.join(sorted(d.source_queues)) or '?'}){flag}\n"
+            )
     else:
         out.write("  dead-letter queues: none linked\n")
     for e in sample.errors:
@@ -76,9 +79,11 @@ def collectors_test(collectors: list[dict], sampling: dict, out: TextIO | None =
             out.write(f"{head}: DOWN — {runner.last_error}\n\n")
             continue
         duration = runner.last_duration
-        out.write(f"{head}: up, {sample.api_calls} API calls in {duration:.2f}s; "
-                  f"would sample every {runner.schedule.interval():g}s"
-                  f"{' (' + '; '.join(runner.schedule.reasons) + ')' if runner.schedule.reasons else ''}\n")
+        out.write(
+            f"{head}: up, {sample.api_calls} API calls in {duration:.2f}s; "
+            f"would sample every {runner.schedule.interval():g}s"
+            f"{' (' + '; '.join(runner.schedule.reasons) + ')' if runner.schedule.reasons else ''}\n"
+        )
         _print_sample(out, sample)
         out.write("\n")
     out.write(f"{len(manager.runners) - failed} of {len(manager.runners)} collectors up\n")
@@ -86,7 +91,7 @@ def collectors_test(collectors: list[dict], sampling: dict, out: TextIO | None =
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    from exporter.config import load_config
+    from syncwatch.settings import load_config
 
     try:
         config = load_config(args.config)
@@ -97,17 +102,20 @@ def _cmd_test(args: argparse.Namespace) -> int:
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    """`syncwatch collectors test --config FILE` (called by exporter/cli.py's parser)."""
+    """`syncwatch collectors test --config FILE` (called by exporter/cli/main.py's parser)."""
     collectors = sub.add_parser("collectors", help="broker queue and DLQ collectors")
     inner = collectors.add_subparsers(dest="collectors_command", required=True)
-    test = inner.add_parser("test", help="sample every configured collector once and print what it found "
-                                         "(queues, DLQs and their source queues, errors)")
+    test = inner.add_parser(
+        "test",
+        help="sample every configured collector once and print what it found "
+        "(queues, DLQs and their source queues, errors)",
+    )
     test.add_argument("--config", "-c", help="YAML config file (default: SYNCWATCH_* env only)")
     test.set_defaults(func=_cmd_test)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry: python -m collectors.cli test --config FILE."""
+    """Standalone entry: python -m syncwatch.cli.collectors test --config FILE."""
     parser = argparse.ArgumentParser(prog="syncwatch")
     add_subcommands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["collectors", *(argv if argv is not None else sys.argv[1:])])

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .ledger_schema import STAGE_ATTEMPT, STAGE_NAMES, STAGE_SOURCE
+from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_NAMES, STAGE_SOURCE
 
 STAGE = "syncwatch.stage"
 FLOW = "syncwatch.flow"
@@ -73,10 +73,10 @@ def parse_timestamp(value) -> float:
             except ValueError:
                 raise ValueError(f"expected unix seconds or RFC 3339, got {text[:40]!r}") from None
             if parsed.tzinfo is None:
-                raise ValueError(f"RFC 3339 time needs a zone offset, got {text[:40]!r}")
+                raise ValueError(f"RFC 3339 time needs a zone offset, got {text[:40]!r}") from None
             ts = parsed.timestamp()
             if not 0 <= ts <= MAX_TIME:
-                raise ValueError(f"time out of range (1970 to 9999), got {text[:40]!r}")
+                raise ValueError(f"time out of range (1970 to 9999), got {text[:40]!r}") from None
             return ts
     if not math.isfinite(ts):
         raise ValueError(f"expected a finite time, got {ts}")
@@ -226,8 +226,10 @@ class SpanExtractor:
                         continue
                     text = corr if corr.__class__ is str else str(corr)
                     if len(text) > self._max_corr:
-                        out.reject(f"{_where(span)}: correlation ID longer than {self._max_corr} characters "
-                                   "(limits.max_correlation_id_length)")
+                        out.reject(
+                            f"{_where(span)}: correlation ID longer than {self._max_corr} characters "
+                            "(limits.max_correlation_id_length)"
+                        )
                         continue
                     if not text.isprintable() and _CONTROL.search(text):
                         out.reject(f"{_where(span)}: correlation ID contains control characters")
@@ -243,7 +245,9 @@ class SpanExtractor:
     def _event(span, get, resource_get, corr, stage_name, received, out: Extracted):
         stage = STAGE_NAMES.get(stage_name)
         if stage is None:
-            out.reject(f"{_where(span)}: syncwatch.stage must be source, attempt, confirm or fail, got {str(stage_name)[:40]!r}")
+            out.reject(
+                f"{_where(span)}: syncwatch.stage must be source, attempt, confirm or fail, got {str(stage_name)[:40]!r}"
+            )
             return None
         trace_id, span_id = span.trace_id, span.span_id
         if len(trace_id) != 16 or len(span_id) != 8:
@@ -263,8 +267,10 @@ class SpanExtractor:
         if not dest:
             dest = _read(get, resource_get, PEER) or _read(get, resource_get, SERVER)
         if not dest and stage != STAGE_SOURCE:
-            out.reject(f"{_where(span)}: no destination (syncwatch.destination, peer.service or server.address) "
-                       f"on a {stage_name} span")
+            out.reject(
+                f"{_where(span)}: no destination (syncwatch.destination, peer.service or server.address) "
+                f"on a {stage_name} span"
+            )
             return None
         if _too_long(dest, MAX_NAME_LENGTH):
             out.reject(f"{_where(span)}: destination name longer than {MAX_NAME_LENGTH} characters")
@@ -298,8 +304,10 @@ class SpanExtractor:
                     try:
                         attempt = _attempt_number(resend)
                     except (TypeError, ValueError, OverflowError):
-                        out.reject(f"{_where(span)}: http.request.resend_count must be a whole number from 0 to "
-                                   f"{MAX_ATTEMPT - 1}, got {str(resend)[:40]!r}")
+                        out.reject(
+                            f"{_where(span)}: http.request.resend_count must be a whole number from 0 to "
+                            f"{MAX_ATTEMPT - 1}, got {str(resend)[:40]!r}"
+                        )
                         return None
                 v = get(HTTP_CODE)
                 code = resource_get(HTTP_CODE) if v is None else _value(v)

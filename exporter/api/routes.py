@@ -17,18 +17,20 @@ import json
 import logging
 import math
 import time
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from aiohttp import web
 
-from .config import Config
-from .ledger_queries import MAX_PAGE, STATES, BadCursor, LedgerQueries
+from syncwatch.config.models import Config
+from syncwatch.ledger.queries import MAX_PAGE, STATES, BadCursor, LedgerQueries
 
 log = logging.getLogger("syncwatch.api")
 
-CLOSED_MESSAGE = ("the query API is closed: no token configured. Set api.token or api.token_file in the config "
-                  "file, or the SYNCWATCH_API__TOKEN environment variable, and restart syncwatch")
+CLOSED_MESSAGE = (
+    "the query API is closed: no token configured. Set api.token or api.token_file in the config "
+    "file, or the SYNCWATCH_API__TOKEN environment variable, and restart syncwatch"
+)
 # syncwatch's own time fields, per object of the answers; payload bodies are never touched.
 DESTINATION_TIMES = ("changed_at", "opened_at", "deadline", "closed_at")
 SPAN_TIMES = ("start", "end")
@@ -41,7 +43,7 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     try:
-        return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     except (ValueError, OverflowError, OSError, TypeError):
         return None
 
@@ -109,9 +111,18 @@ def _finite_float(text: str) -> float:
 
 def snapshot_json(s) -> dict:
     out = {
-        "direction": s.direction, "time": s.time, "received": s.received, "trace_id": s.trace_id.hex(),
-        "span_id": s.span_id.hex(), "flow": s.flow, "destination": s.destination, "content_type": s.content_type,
-        "size": s.size, "body_hmac_sha256": s.body_hmac.hex() or None, "truncated": s.truncated, "redactions": s.redactions,
+        "direction": s.direction,
+        "time": s.time,
+        "received": s.received,
+        "trace_id": s.trace_id.hex(),
+        "span_id": s.span_id.hex(),
+        "flow": s.flow,
+        "destination": s.destination,
+        "content_type": s.content_type,
+        "size": s.size,
+        "body_hmac_sha256": s.body_hmac.hex() or None,
+        "truncated": s.truncated,
+        "redactions": s.redactions,
     }
     _times_as_iso(out, ("time", "received"))
     if s.content_type == "binary":
@@ -186,8 +197,11 @@ def setup_api(app: web.Application, *, config: Config, snapshots=None, clock: Ca
         # simply a wrong token. compare_digest: the time taken does not tell how much of a guess was right.
         given_bytes = given.strip().encode("utf-8", "surrogateescape")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, expected):
-            return _error(401, "missing or wrong bearer token (Authorization: Bearer <api.token>)",
-                          **{"WWW-Authenticate": 'Bearer realm="syncwatch"'})
+            return _error(
+                401,
+                "missing or wrong bearer token (Authorization: Bearer <api.token>)",
+                **{"WWW-Authenticate": 'Bearer realm="syncwatch"'},
+            )
         return None
 
     async def list_transactions(request: web.Request) -> web.Response:
@@ -204,13 +218,21 @@ def setup_api(app: web.Application, *, config: Config, snapshots=None, clock: Ca
         except ValueError:
             return _error(400, f"limit must be a whole number from 1 to {MAX_PAGE}")
         try:
-            items, next_cursor = await asyncio.to_thread(queries.reconciliation, state, q.get("flow") or None, limit, q.get("cursor") or None)
+            items, next_cursor = await asyncio.to_thread(
+                queries.reconciliation, state, q.get("flow") or None, limit, q.get("cursor") or None
+            )
         except BadCursor as exc:
             return _error(400, str(exc))
-        return web.json_response({
-            "state": state, "flow": q.get("flow") or None, "count": len(items), "items": _format_items(items),
-            "next_cursor": next_cursor,
-        }, dumps=_strict_dumps)
+        return web.json_response(
+            {
+                "state": state,
+                "flow": q.get("flow") or None,
+                "count": len(items),
+                "items": _format_items(items),
+                "next_cursor": next_cursor,
+            },
+            dumps=_strict_dumps,
+        )
 
     async def show_transaction(request: web.Request) -> web.Response:
         if (denied := authorize(request)) is not None:
@@ -225,12 +247,18 @@ def setup_api(app: web.Application, *, config: Config, snapshots=None, clock: Ca
                 snapshot_error = getattr(exc, "message", None) or f"{type(exc).__name__}"
         if record is None and not snaps:
             if snapshot_error:
-                return _error(503, f"no ledger record for this correlation ID, and the snapshot store failed: {snapshot_error}")
+                return _error(
+                    503, f"no ledger record for this correlation ID, and the snapshot store failed: {snapshot_error}"
+                )
             return _error(404, f"no transaction with correlation ID {corr!r} (or it was swept after its retention)")
         if snaps:
             # Logged: who read which transaction's payloads. Never the payload itself.
-            log.info("payload snapshots read: correlation_id=%s snapshots=%d client=%s", _log_text(corr), len(snaps),
-                     request.remote)
+            log.info(
+                "payload snapshots read: correlation_id=%s snapshots=%d client=%s",
+                _log_text(corr),
+                len(snaps),
+                request.remote,
+            )
         record = record or {"correlation_id": corr, "destinations": []}
 
         def render() -> str:  # payload bodies are data: parsed and encoded off the loop
@@ -263,7 +291,15 @@ def _attach_snapshots(record: dict, snaps: list[dict]) -> None:
         if target is not None:
             target["snapshots"].append(snap)
             continue
-        dest = next((d for d in record["destinations"] if snap["destination"] and d["destination"] == snap["destination"]
-                     and (not snap["flow"] or d["flow"] == snap["flow"])), None)
+        dest = next(
+            (
+                d
+                for d in record["destinations"]
+                if snap["destination"]
+                and d["destination"] == snap["destination"]
+                and (not snap["flow"] or d["flow"] == snap["flow"])
+            ),
+            None,
+        )
         (dest["snapshots"] if dest is not None else unlinked).append(snap)
     record["unlinked_snapshots"] = unlinked

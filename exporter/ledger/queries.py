@@ -12,10 +12,11 @@ import json
 import math
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .ledger_schema import STAGE_CONFIRM, STAGE_FAIL, corr_hash
+from syncwatch.ledger.schema import STAGE_CONFIRM, STAGE_FAIL, corr_hash
 
 STATES = ("overdue", "pending", "failed", "expired", "duplicate")
 MAX_PAGE = 1000
@@ -101,8 +102,9 @@ class LedgerQueries:
             return None
         try:
             open_rows = conn.execute("SELECT * FROM open_tx WHERE corr = ?", (corr,)).fetchall()
-            closed_rows = conn.execute("SELECT * FROM closed_tx WHERE corr_hash = ? AND corr = ?",
-                                       (corr_hash(corr), corr)).fetchall()
+            closed_rows = conn.execute(
+                "SELECT * FROM closed_tx WHERE corr_hash = ? AND corr = ?", (corr_hash(corr), corr)
+            ).fetchall()
             applies = conn.execute("SELECT * FROM applies WHERE corr = ?", (corr,)).fetchall()
         finally:
             conn.close()
@@ -111,16 +113,25 @@ class LedgerQueries:
         now = self.clock()
         dests: dict[tuple[str, str], dict] = {}
         for r in list(open_rows) + list(closed_rows):
-            is_open = "outcome" not in r.keys()
+            is_open = "outcome" not in r.keys()  # noqa: SIM118 -- `in` on a sqlite3.Row tests its values
             e = {
-                "destination": r["dest"], "flow": r["flow"], "source": r["source"],
+                "destination": r["dest"],
+                "flow": r["flow"],
+                "source": r["source"],
                 "state": ("overdue" if _is_overdue(r["deadline"], now) else "pending") if is_open else r["outcome"],
                 "outcome": None if is_open else r["outcome"],
-                "changed_at": r["changed_at"], "opened_at": _col(r, "opened_at"), "deadline": _col(r, "deadline"),
-                "closed_at": None if is_open else r["closed_at"], "lag_seconds": None if is_open else r["lag"],
+                "changed_at": r["changed_at"],
+                "opened_at": _col(r, "opened_at"),
+                "deadline": _col(r, "deadline"),
+                "closed_at": None if is_open else r["closed_at"],
+                "lag_seconds": None if is_open else r["lag"],
                 "source_span": _span_ref(_col(r, "source_trace"), _col(r, "source_span")),
-                "attempt_count": r["attempts"], "applies": 0, "duplicate": False,
-                "attempts": [], "confirmations": [], "failures": [],
+                "attempt_count": r["attempts"],
+                "applies": 0,
+                "duplicate": False,
+                "attempts": [],
+                "confirmations": [],
+                "failures": [],
             }
             _fill_timeline(e, _col(r, "timeline"))
             dests[(r["dest"], r["flow"])] = e
@@ -129,11 +140,15 @@ class LedgerQueries:
             if e is not None:
                 e["applies"] += r["applies"]
                 e["duplicate"] = e["duplicate"] or r["applies"] > 1
-        return {"correlation_id": corr, "destinations": sorted(dests.values(), key=lambda e: (e["flow"], e["destination"]))}
+        return {
+            "correlation_id": corr,
+            "destinations": sorted(dests.values(), key=lambda e: (e["flow"], e["destination"])),
+        }
 
     # -- reconciliation lists ------------------------------------------------------------------
-    def reconciliation(self, state: str, flow: str | None = None, limit: int = 100,
-                       cursor: str | None = None) -> tuple[list[dict], str | None]:
+    def reconciliation(
+        self, state: str, flow: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[dict], str | None]:
         """One page of the list finance reconciles against, and the cursor of the next page."""
         if state not in STATES:
             raise ValueError(f"state must be one of {', '.join(STATES)}")
@@ -154,11 +169,15 @@ class LedgerQueries:
         elif state in ("failed", "expired"):
             sql = "SELECT t.* FROM closed_tx t"
             order_col, desc = "t.closed_at", True
-            where.append("t.outcome = ? AND t.outcome <> 'confirmed'")  # the second term lets SQLite use closed_tx_problems
+            where.append(
+                "t.outcome = ? AND t.outcome <> 'confirmed'"
+            )  # the second term lets SQLite use closed_tx_problems
             params.append(state)
         else:
-            sql = ("SELECT t.*, (SELECT source FROM closed_tx c WHERE c.corr_hash = syncwatch_corr_hash(t.corr) "
-                   "AND c.corr = t.corr AND c.dest = t.dest AND c.flow = t.flow) AS source FROM applies t")
+            sql = (
+                "SELECT t.*, (SELECT source FROM closed_tx c WHERE c.corr_hash = syncwatch_corr_hash(t.corr) "
+                "AND c.corr = t.corr AND c.dest = t.dest AND c.flow = t.flow) AS source FROM applies t"
+            )
             order_col, desc = "t.last_at", True
             where.append("t.applies > 1")
         if flow:
@@ -182,8 +201,13 @@ class LedgerQueries:
         next_cursor = None
         if more and rows:
             r = rows[-1]
-            sort_value = {"overdue": "deadline", "pending": "deadline", "failed": "closed_at", "expired": "closed_at",
-                          "duplicate": "last_at"}[state]
+            sort_value = {
+                "overdue": "deadline",
+                "pending": "deadline",
+                "failed": "closed_at",
+                "expired": "closed_at",
+                "duplicate": "last_at",
+            }[state]
             next_cursor = encode_cursor([r[sort_value], r["corr"], r["dest"], r["flow"]])
         return items, next_cursor
 
@@ -191,20 +215,30 @@ class LedgerQueries:
     def _item(state: str, r: sqlite3.Row, now: float) -> dict:
         item = {"correlation_id": r["corr"], "flow": r["flow"], "source": r["source"], "destination": r["dest"]}
         if state in ("overdue", "pending"):
-            item.update(state="overdue" if _is_overdue(r["deadline"], now) else "pending", changed_at=r["changed_at"],
-                        opened_at=r["opened_at"], deadline=r["deadline"],
-                        overdue_seconds=_overdue_seconds(r["deadline"], now), attempts=r["attempts"],
-                        last_code=_last_code(_col(r, "timeline")))
+            item.update(
+                state="overdue" if _is_overdue(r["deadline"], now) else "pending",
+                changed_at=r["changed_at"],
+                opened_at=r["opened_at"],
+                deadline=r["deadline"],
+                overdue_seconds=_overdue_seconds(r["deadline"], now),
+                attempts=r["attempts"],
+                last_code=_last_code(_col(r, "timeline")),
+            )
         elif state in ("failed", "expired"):
-            item.update(state=r["outcome"], changed_at=r["changed_at"], closed_at=r["closed_at"],
-                        attempts=r["attempts"], last_code=_last_code(_col(r, "timeline")))
+            item.update(
+                state=r["outcome"],
+                changed_at=r["changed_at"],
+                closed_at=r["closed_at"],
+                attempts=r["attempts"],
+                last_code=_last_code(_col(r, "timeline")),
+            )
         else:
             item.update(state="duplicate", applies=r["applies"], first_at=r["first_at"], last_at=r["last_at"])
         return item
 
 
 def _col(row: sqlite3.Row, name: str) -> Any:
-    return row[name] if name in row.keys() else None
+    return row[name] if name in row.keys() else None  # noqa: SIM118 -- `in` on a sqlite3.Row tests values
 
 
 def _span_ref(trace_id: bytes | None, span_id: bytes | None) -> dict | None:
@@ -245,11 +279,21 @@ def _fill_timeline(e: dict, text: str | None) -> None:
     (layout in ledger_schema.py). Values are passed on as stored; the API formats them."""
     tl = _load_timeline(text)
     for trace_id, span_id, start, end, n, code, error in _entries(tl.get("attempts"), 7):
-        e["attempts"].append({"attempt": n, "trace_id": trace_id, "span_id": span_id, "start": start, "end": end,
-                              "code": code, "error": error, "backoff_seconds": None})
+        e["attempts"].append(
+            {
+                "attempt": n,
+                "trace_id": trace_id,
+                "span_id": span_id,
+                "start": start,
+                "end": end,
+                "code": code,
+                "error": error,
+                "backoff_seconds": None,
+            }
+        )
     # SPEC: backoff = start of attempt n - end of attempt n-1 of the same transaction.
     e["attempts"].sort(key=lambda a: (_sort_key(a["attempt"] or 0), _sort_key(a["start"])))
-    for prev, cur in zip(e["attempts"], e["attempts"][1:]):
+    for prev, cur in zip(e["attempts"], e["attempts"][1:], strict=False):
         cur["backoff_seconds"] = _backoff(cur["start"], prev["end"])
     e["attempt_count"] = max(e["attempt_count"] or 0, len(e["attempts"]))
     close = tl.get("close")
@@ -261,8 +305,16 @@ def _fill_timeline(e: dict, text: str | None) -> None:
         elif stage == STAGE_FAIL:
             e["failures"].append({**span, "error": error})
     for trace_id, span_id, start, end, idem in _entries(tl.get("duplicates"), 5):
-        e["confirmations"].append({"trace_id": trace_id, "span_id": span_id, "start": start, "end": end,
-                                   "idempotency_key": idem, "duplicate": True})
+        e["confirmations"].append(
+            {
+                "trace_id": trace_id,
+                "span_id": span_id,
+                "start": start,
+                "end": end,
+                "idempotency_key": idem,
+                "duplicate": True,
+            }
+        )
     if e["confirmations"] and any(c["duplicate"] for c in e["confirmations"]):
         e["duplicate"] = True
 

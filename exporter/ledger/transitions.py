@@ -1,7 +1,7 @@
 """The correlation ledger: transactions per (correlation ID, destination, flow), their attempts,
 confirmation, outcome and deadline; durable in SQLite, mirrored in memory for the hot path.
 
-Only the writer thread (exporter.intake) calls `record` and `tick`; both run inside one SQLite
+Only the writer thread (syncwatch.intake.writer) calls `record` and `tick`; both run inside one SQLite
 transaction each, and the in-memory state mirrors what that transaction writes. Reads for the
 query API use their own connections (WAL).
 """
@@ -19,20 +19,58 @@ from pathlib import Path
 
 import orjson
 
-from .config import Config
-from .errors import ConfigError
-from .labels import LabelSets
-from .ledger_schema import (DDL, MIGRATE_FROM_3, MIGRATE_FROM_4, SCHEMA_VERSION, STAGE_ATTEMPT, STAGE_CONFIRM,
-                            STAGE_SOURCE, corr_hash)
-from .metrics import Metrics
+from syncwatch.config.errors import ConfigError
+from syncwatch.config.models import Config
+from syncwatch.ledger.schema import (
+    DDL,
+    MIGRATE_FROM_3,
+    MIGRATE_FROM_4,
+    SCHEMA_VERSION,
+    STAGE_ATTEMPT,
+    STAGE_CONFIRM,
+    STAGE_SOURCE,
+    corr_hash,
+)
+from syncwatch.metrics.labels import LabelSets
+from syncwatch.metrics.registry import Metrics
 
 log = logging.getLogger("syncwatch.ledger")
 
 # Field order of an event tuple (built by span_extract.SpanExtractor._event).
-EVENT_COLUMNS = ("trace_id", "span_id", "corr", "flow", "stage", "source", "dest", "start", "end",
-                 "changed_at", "attempt", "code", "error", "idem", "received")
-(E_TRACE, E_SPAN, E_CORR, E_FLOW, E_STAGE, E_SOURCE, E_DEST, E_START, E_END,
- E_CHANGED, E_ATTEMPT, E_CODE, E_ERROR, E_IDEM, E_RECEIVED) = range(15)
+EVENT_COLUMNS = (
+    "trace_id",
+    "span_id",
+    "corr",
+    "flow",
+    "stage",
+    "source",
+    "dest",
+    "start",
+    "end",
+    "changed_at",
+    "attempt",
+    "code",
+    "error",
+    "idem",
+    "received",
+)
+(
+    E_TRACE,
+    E_SPAN,
+    E_CORR,
+    E_FLOW,
+    E_STAGE,
+    E_SOURCE,
+    E_DEST,
+    E_START,
+    E_END,
+    E_CHANGED,
+    E_ATTEMPT,
+    E_CODE,
+    E_ERROR,
+    E_IDEM,
+    E_RECEIVED,
+) = range(15)
 # Attempt entries in a timeline: [trace_id hex, span_id hex, start, end, n, code, error]
 A_SPAN, A_END, A_N = 1, 3, 4
 
@@ -53,14 +91,17 @@ _UPSERT_OPEN = (
     "attempts, timeline) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(corr, dest, flow) DO UPDATE SET "
     "source=excluded.source, changed_at=excluded.changed_at, deadline=excluded.deadline, attempts=excluded.attempts, "
     "timeline=excluded.timeline, source_trace=COALESCE(excluded.source_trace, source_trace), "
-    "source_span=COALESCE(excluded.source_span, source_span)")
+    "source_span=COALESCE(excluded.source_span, source_span)"
+)
 _CLOSE_STORED = (
     "INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, opened_at, deadline, closed_at, "
     "lag, source_trace, source_span, close_span, attempts, timeline, corr_hash) SELECT corr, dest, flow, ?, ?, ?, "
-    "opened_at, deadline, ?, ?, source_trace, source_span, ?, ?, ?, ? FROM open_tx WHERE corr=? AND dest=? AND flow=?")
+    "opened_at, deadline, ?, ?, source_trace, source_span, ?, ?, ?, ? FROM open_tx WHERE corr=? AND dest=? AND flow=?"
+)
 _CLOSE_NEW = (
     "INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, opened_at, deadline, closed_at, "
-    "lag, source_trace, source_span, close_span, attempts, timeline, corr_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+    "lag, source_trace, source_span, close_span, attempts, timeline, corr_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
 # closed_tx rows are found by corr_hash (indexed) and then the key; parameters: (corr_hash, corr, dest, flow).
 _CLOSED_KEY = "corr_hash=? AND corr=? AND dest=? AND flow=?"
 SWEEP_BATCH = 5000
@@ -71,9 +112,11 @@ def closed_lookup_sql(n: int) -> str:
     """SELECT the closed rows of n keys, given as (corr, dest, flow, corr_hash) parameters. A join
     from the VALUES list, not `(...) IN (VALUES ...)`: SQLite plans that row-value IN as a scan
     of closed_tx, whose cost grows with every transaction ever closed."""
-    return ("SELECT c.corr, c.dest, c.flow, outcome, closed_at, lag, changed_at, close_span, timeline "
-            "FROM (VALUES " + ",".join(["(?,?,?,?)"] * n) + ") AS k CROSS JOIN closed_tx AS c "
-            "ON c.corr_hash = k.column4 AND c.corr = k.column1 AND c.dest = k.column2 AND c.flow = k.column3")
+    return (
+        "SELECT c.corr, c.dest, c.flow, outcome, closed_at, lag, changed_at, close_span, timeline "
+        "FROM (VALUES " + ",".join(["(?,?,?,?)"] * n) + ") AS k CROSS JOIN closed_tx AS c "
+        "ON c.corr_hash = k.column4 AND c.corr = k.column1 AND c.dest = k.column2 AND c.flow = k.column3"
+    )
 
 
 def _closed_key(key) -> tuple:
@@ -111,7 +154,7 @@ def _to_json(doc) -> str:
 class Tx:
     """An open transaction. Slots keep a million of these well under 1 KiB each."""
 
-    __slots__ = ("labels", "changed_at", "opened_at", "deadline", "attempts", "overdue", "stored", "src")
+    __slots__ = ("attempts", "changed_at", "deadline", "labels", "opened_at", "overdue", "src", "stored")
 
     def __init__(self, labels, changed_at, opened_at, deadline, attempts=None, stored=False, src=None):
         self.labels = labels  # shared (flow, source, destination) tuple
@@ -138,7 +181,7 @@ class AttemptIndex:
     """Span IDs and attempt numbers of a transaction with many attempts (a retry storm), so each
     new attempt costs the same however many came before it."""
 
-    __slots__ = ("spans", "max_n", "end_of")
+    __slots__ = ("end_of", "max_n", "spans")
 
     def __init__(self, attempts):
         self.spans = {a[A_SPAN] for a in attempts}
@@ -147,8 +190,7 @@ class AttemptIndex:
 
     def add(self, entry):
         self.spans.add(entry[A_SPAN])
-        if entry[A_N] > self.max_n:
-            self.max_n = entry[A_N]
+        self.max_n = max(self.max_n, entry[A_N])
         end_of = self.end_of
         if len(end_of) > 4 * INDEX_ATTEMPTS and entry[A_N] not in end_of:
             end_of.clear()  # many distinct numbers: keep only recent ones (bounded memory)
@@ -182,14 +224,17 @@ class Ledger:
             self.conn.execute("PRAGMA user_version")  # touches the file: fails here if it cannot be opened
         except (OSError, sqlite3.Error) as exc:
             key = "storage.sqlite_path" if config.storage.sqlite_path else "storage.data_dir"
-            raise ConfigError(key, f"cannot open the ledger at {config.storage.ledger_path}: "
-                                   f"{getattr(exc, 'strerror', None) or exc}") from None
+            raise ConfigError(
+                key, f"cannot open the ledger at {config.storage.ledger_path}: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
         version = self._schema_version()
         if version in (3, 4):
             self._migrate(version)
         elif version not in (None, SCHEMA_VERSION):
-            raise RuntimeError(f"ledger {config.storage.ledger_path} has schema version {version}, this syncwatch "
-                               f"needs {SCHEMA_VERSION}: move the old file away (or set storage.sqlite_path)")
+            raise RuntimeError(
+                f"ledger {config.storage.ledger_path} has schema version {version}, this syncwatch "
+                f"needs {SCHEMA_VERSION}: move the old file away (or set storage.sqlite_path)"
+            )
         self.conn.executescript(DDL)
         self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self.pending: dict[tuple, Tx] = {}
@@ -219,13 +264,16 @@ class Ledger:
         self.conn.create_function("syncwatch_corr_hash", 1, corr_hash, deterministic=True)
         steps = (MIGRATE_FROM_3 if version == 3 else "") + MIGRATE_FROM_4
         try:
-            self.conn.executescript(f"BEGIN IMMEDIATE; {steps} UPDATE meta SET value='{SCHEMA_VERSION}' "
-                                    "WHERE key='schema_version'; COMMIT;")
+            self.conn.executescript(
+                f"BEGIN IMMEDIATE; {steps} UPDATE meta SET value='{SCHEMA_VERSION}' WHERE key='schema_version'; COMMIT;"
+            )
         except sqlite3.Error as exc:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")  # the file stays at its old schema, as it was
-            raise RuntimeError(f"ledger {self.config.storage.ledger_path}: migrating schema {version} -> "
-                               f"{SCHEMA_VERSION} failed, the file is unchanged: {exc}") from None
+            raise RuntimeError(
+                f"ledger {self.config.storage.ledger_path}: migrating schema {version} -> "
+                f"{SCHEMA_VERSION} failed, the file is unchanged: {exc}"
+            ) from None
 
     def _schema_version(self):
         try:
@@ -280,7 +328,7 @@ class Ledger:
             return folded
         names = getattr(metric, "_labelnames", None) or metric.labelnames
         sets, out, flow = self.label_sets, [], None
-        for name, value in zip(names, labels):
+        for name, value in zip(names, labels, strict=False):
             if name == "flow":
                 value = flow = sets.flow(value)
             elif name in ("source", "destination"):
@@ -292,7 +340,6 @@ class Ledger:
         if folded == labels:
             self._fold_cache[key] = folded
         return folded
-
 
     def _inc(self, metric, labels, n=1):
         # Metric updates wait for the commit: they then describe exactly what is durable, and a
@@ -335,7 +382,9 @@ class Ledger:
         counts: dict[tuple, int] = defaultdict(int)
         intern = sys.intern
         loads = orjson.loads
-        rows = self.conn.execute("SELECT corr, dest, flow, source, changed_at, opened_at, deadline, timeline FROM open_tx")
+        rows = self.conn.execute(
+            "SELECT corr, dest, flow, source, changed_at, opened_at, deadline, timeline FROM open_tx"
+        )
         while True:
             chunk = rows.fetchmany(50_000)
             if not chunk:
@@ -420,7 +469,7 @@ class Ledger:
             if not may_be_closed(corr_hash(ev[E_CORR])):
                 continue  # no transaction with this correlation ID ever closed
             cfg = self.flows.get(ev[E_FLOW])
-            for dest in (cfg.destinations if cfg else ()):
+            for dest in cfg.destinations if cfg else ():
                 key = (ev[E_CORR], dest, ev[E_FLOW])
                 if key not in pending:
                     keys.append(key)
@@ -428,7 +477,7 @@ class Ledger:
                 keys.append((ev[E_CORR], ev[E_DEST], ev[E_FLOW]))
         found = self._closed_cache = {}
         for i in range(0, len(keys), 300):
-            chunk = keys[i:i + 300]
+            chunk = keys[i : i + 300]
             params = [v for key in chunk for v in (*key, corr_hash(key[0]))]
             for row in self.conn.execute(closed_lookup_sql(len(chunk)), params):
                 found[row[:3]] = row[3:]
@@ -447,7 +496,8 @@ class Ledger:
             return None
         return self.conn.execute(
             "SELECT outcome, closed_at, lag, changed_at, close_span, timeline FROM closed_tx WHERE " + _CLOSED_KEY,
-            (h, *key)).fetchone()
+            (h, *key),
+        ).fetchone()
 
     def _on_source(self, ev):
         corr, flow, source = ev[E_CORR], ev[E_FLOW], ev[E_SOURCE]
@@ -478,12 +528,15 @@ class Ledger:
                     lag = self._observe_lag(flow, source, dest, closed_at - changed_at)
                 self.conn.execute(
                     "UPDATE closed_tx SET lag=?, changed_at=?, source=COALESCE(source, ?), source_trace=?, source_span=? "
-                    "WHERE " + _CLOSED_KEY, (lag, changed_at, source, ev[E_TRACE], ev[E_SPAN], *_closed_key(key)))
+                    "WHERE " + _CLOSED_KEY,
+                    (lag, changed_at, source, ev[E_TRACE], ev[E_SPAN], *_closed_key(key)),
+                )
                 if self._closed_cache is not None:
                     self._closed_cache[key] = (outcome, closed_at, lag, changed_at, row[4], row[5])
                 continue
-            self._dirty[key] = self._open(key, self._label_tuple(flow, source, dest), changed_at, ev[E_RECEIVED], flow,
-                                          (ev[E_TRACE], ev[E_SPAN]))
+            self._dirty[key] = self._open(
+                key, self._label_tuple(flow, source, dest), changed_at, ev[E_RECEIVED], flow, (ev[E_TRACE], ev[E_SPAN])
+            )
 
     def _on_attempt(self, ev):
         corr, flow, dest = ev[E_CORR], ev[E_FLOW], ev[E_DEST]
@@ -545,8 +598,10 @@ class Ledger:
         if len(attempts) > self.max_attempts:
             attempts.pop(TIMELINE_HEAD)
             doc["omitted"] = doc.get("omitted", 0) + 1
-        self.conn.execute("UPDATE closed_tx SET attempts=attempts+1, timeline=? WHERE " + _CLOSED_KEY,
-                          (_to_json(doc), *_closed_key(key)))
+        self.conn.execute(
+            "UPDATE closed_tx SET attempts=attempts+1, timeline=? WHERE " + _CLOSED_KEY,
+            (_to_json(doc), *_closed_key(key)),
+        )
         self._count_attempt(key[2], key[1], ev[E_CODE], n)
 
     def _count_attempt(self, flow, dest, code, n):
@@ -598,21 +653,26 @@ class Ledger:
         """Count one apply of an idempotency key; True when it had been applied before (a duplicate)."""
         corr, dest, flow = key
         span = ev[E_SPAN]
-        row = self.conn.execute("SELECT first_span, last_span FROM applies WHERE idem=? AND dest=? AND flow=?",
-                                (idem, dest, flow)).fetchone()
+        row = self.conn.execute(
+            "SELECT first_span, last_span FROM applies WHERE idem=? AND dest=? AND flow=?", (idem, dest, flow)
+        ).fetchone()
         if row is None:
             self.conn.execute(
                 "INSERT INTO applies (idem, corr, dest, flow, first_at, last_at, applies, first_span, last_span) "
-                "VALUES (?,?,?,?,?,?,?,?,?)", (idem, corr, dest, flow, ev[E_END], ev[E_END], first_count, span, span))
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                (idem, corr, dest, flow, ev[E_END], ev[E_END], first_count, span, span),
+            )
             return first_count > 1
         if span in row:
             return False  # a redelivery of a span already counted
-        self.conn.execute("UPDATE applies SET applies=applies+1, last_at=?, last_span=? WHERE idem=? AND dest=? AND flow=?",
-                          (ev[E_END], span, idem, dest, flow))
+        self.conn.execute(
+            "UPDATE applies SET applies=applies+1, last_at=?, last_span=? WHERE idem=? AND dest=? AND flow=?",
+            (ev[E_END], span, idem, dest, flow),
+        )
         return True
 
     def _record_duplicate(self, key, ev, row):
-        corr, dest, flow = key
+        _corr, dest, flow = key
         if self._exactly_once(flow):
             self._inc(self.metrics.duplicate_applies, (flow, dest))
         entry = [ev[E_TRACE].hex(), ev[E_SPAN].hex(), ev[E_START], ev[E_END], ev[E_IDEM]]
@@ -694,13 +754,37 @@ class Ledger:
             labels = tx.labels
             timeline = tx.timeline(close, omitted)
             if tx.stored:
-                self._close_stored[key] = (source, outcome, changed_at, closed_at, lag, close_span, attempts, timeline,
-                                           h, *key)
+                self._close_stored[key] = (
+                    source,
+                    outcome,
+                    changed_at,
+                    closed_at,
+                    lag,
+                    close_span,
+                    attempts,
+                    timeline,
+                    h,
+                    *key,
+                )
                 self._deletes.append(key)
             else:
                 src = tx.src or (None, None)
-                self._close_new[key] = (*key, source, outcome, changed_at, tx.opened_at, tx.deadline, closed_at, lag,
-                                        src[0], src[1], close_span, attempts, timeline, h)
+                self._close_new[key] = (
+                    *key,
+                    source,
+                    outcome,
+                    changed_at,
+                    tx.opened_at,
+                    tx.deadline,
+                    closed_at,
+                    lag,
+                    src[0],
+                    src[1],
+                    close_span,
+                    attempts,
+                    timeline,
+                    h,
+                )
         else:
             labels = self._label_tuple(flow, source, dest)
             if row is not None and row[5]:  # e.g. a confirm after a fail: keep the attempts already recorded
@@ -710,8 +794,22 @@ class Ledger:
                 timeline = _to_json(doc)
             else:
                 timeline = _to_json({"attempts": [], "close": close}) if close else None
-            self._close_new[key] = (*key, source, outcome, changed_at, None, None, closed_at, lag, None, None,
-                                    close_span, attempts, timeline, h)
+            self._close_new[key] = (
+                *key,
+                source,
+                outcome,
+                changed_at,
+                None,
+                None,
+                closed_at,
+                lag,
+                None,
+                None,
+                close_span,
+                attempts,
+                timeline,
+                h,
+            )
         self._batch_closed[key] = (outcome, closed_at, lag, changed_at, close_span, timeline)
         deltas, delta = self._deltas, (self.metrics.transactions, (*labels, outcome))
         deltas[delta] = deltas.get(delta, 0) + 1
@@ -757,9 +855,19 @@ class Ledger:
             for key, tx in self._dirty.items():
                 src = tx.src or (None, None)
                 n_omitted = omitted.get(key, 0) if omitted else 0
-                rows.append((*key, tx.labels[1] if tx.labels[1] != UNKNOWN else None, tx.changed_at, tx.opened_at,
-                             tx.deadline, src[0], src[1], (len(tx.attempts) if tx.attempts else 0) + n_omitted,
-                             tx.timeline(None, n_omitted)))
+                rows.append(
+                    (
+                        *key,
+                        tx.labels[1] if tx.labels[1] != UNKNOWN else None,
+                        tx.changed_at,
+                        tx.opened_at,
+                        tx.deadline,
+                        src[0],
+                        src[1],
+                        (len(tx.attempts) if tx.attempts else 0) + n_omitted,
+                        tx.timeline(None, n_omitted),
+                    )
+                )
                 tx.stored = True
                 tx.src = None  # written; memory need not keep it
             conn.executemany(_UPSERT_OPEN, rows)
@@ -828,7 +936,9 @@ class Ledger:
             self._new_batch()
             for key in keys:
                 tx = self.pending[key]
-                self._close(key, tx, "expired", None, tx.changed_at, None, tx.labels[1] if tx.labels[1] != UNKNOWN else None)
+                self._close(
+                    key, tx, "expired", None, tx.changed_at, None, tx.labels[1] if tx.labels[1] != UNKNOWN else None
+                )
             self._flush()
             self.conn.execute("COMMIT")
         except BaseException:

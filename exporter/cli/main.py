@@ -7,11 +7,11 @@ import asyncio
 import logging
 import sys
 
-from . import __version__
-from .cli_transactions import add_subcommands as add_transactions
-from .config import load_config
-from .demo import add_subcommand as add_demo
-from .errors import ConfigError
+from syncwatch import __version__
+from syncwatch.cli.transactions import add_subcommands as add_transactions
+from syncwatch.config.errors import ConfigError
+from syncwatch.demo import add_subcommand as add_demo
+from syncwatch.settings import load_config
 
 
 def _cmd_run(args) -> int:
@@ -19,7 +19,7 @@ def _cmd_run(args) -> int:
     if config is None:
         return 2
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .app import App
+    from syncwatch.app import App
 
     try:
         app = App(config)  # opens the ledger and the snapshot store: bad paths fail here, by key
@@ -55,7 +55,7 @@ def _cmd_collectors_test(args) -> int:
     if not config.collectors:
         print(f"{args.config}: no collectors configured (add a collectors: list)", file=sys.stderr)
         return 2
-    from collectors.cli import collectors_test
+    from syncwatch.cli.collectors import collectors_test
 
     return collectors_test(config.collectors, config.sampling)
 
@@ -69,7 +69,9 @@ def _load(path):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="syncwatch", description="Observability sidecar for storefront/WMS/ERP integrations.")
+    parser = argparse.ArgumentParser(
+        prog="syncwatch", description="Observability sidecar for storefront/WMS/ERP integrations."
+    )
     parser.add_argument("--version", action="version", version=f"syncwatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the sidecar")

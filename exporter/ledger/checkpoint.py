@@ -39,7 +39,7 @@ class WalCheckpointer:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        from .ledger import connect  # the same pragmas as the writer's connection
+        from syncwatch.ledger.transitions import connect  # the same pragmas as the writer's connection
 
         conn = connect(self.path)
         try:

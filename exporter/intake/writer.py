@@ -14,27 +14,35 @@ import threading
 import time
 from collections import deque
 
-from .ledger import Ledger
-from .ledger_checkpoint import WalCheckpointer
-from .metrics import Metrics
-from .span_extract import SpanExtractor
+from syncwatch.config.errors import SyncwatchError
+from syncwatch.intake.extract import SpanExtractor
+from syncwatch.ledger.checkpoint import WalCheckpointer
+from syncwatch.ledger.transitions import Ledger
+from syncwatch.metrics.registry import Metrics
 
 log = logging.getLogger("syncwatch.intake")
 
 TICK_SECONDS = 0.25  # overdue detection granularity (the promise is: visible within 2 s)
 
 
-class IntakeFull(Exception):
+class IntakeFull(SyncwatchError):
     pass
 
 
-class ExtractionFailed(Exception):
+class ExtractionFailed(SyncwatchError):
     """A bug in syncwatch, not in the request: answered 500 and counted, never retried as a 503."""
 
 
 class LedgerWriter:
-    def __init__(self, ledger: Ledger, extractor: SpanExtractor, metrics: Metrics, max_queued_spans: int,
-                 max_batch_spans: int, clock=time.time):
+    def __init__(
+        self,
+        ledger: Ledger,
+        extractor: SpanExtractor,
+        metrics: Metrics,
+        max_queued_spans: int,
+        max_batch_spans: int,
+        clock=time.time,
+    ):
         self.ledger = ledger
         self.extractor = extractor
         self.metrics = metrics
@@ -143,7 +151,7 @@ class LedgerWriter:
                 self.commit_ok, self.last_error = False, str(exc)
                 error = exc
             self.metrics.ledger_commit.observe(time.perf_counter() - started)
-        for (_, _, future, loop), result in zip(batch, results):
+        for (_, _, future, loop), result in zip(batch, results, strict=False):
             loop.call_soon_threadsafe(_resolve, future, error if error is not None else result)
 
 

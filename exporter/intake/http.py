@@ -12,9 +12,9 @@ import logging
 from aiohttp import web
 from google.rpc.status_pb2 import Status
 
-from .otlp_body import ENCODINGS, BodyDecoder, Lease
-from .otlp_decode import JSON, PROTOBUF, OtlpError, encode, parse_logs, parse_traces
-from .otlp_service import OtlpService
+from syncwatch.intake.body import ENCODINGS, BodyDecoder, Lease
+from syncwatch.intake.decode import JSON, PROTOBUF, OtlpError, encode, parse_logs, parse_traces
+from syncwatch.intake.service import OtlpService
 
 log = logging.getLogger("syncwatch.otlp.http")
 
@@ -54,15 +54,22 @@ class _Receiver:
         lease = self.bodies.budget.lease()
         try:
             if content_type not in (PROTOBUF, JSON):
-                raise OtlpError(415, f"unsupported content type {content_type!r}; use {PROTOBUF} or {JSON}",
-                                "unsupported_media_type")
+                raise OtlpError(
+                    415,
+                    f"unsupported content type {content_type!r}; use {PROTOBUF} or {JSON}",
+                    "unsupported_media_type",
+                )
             encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
             if encoding not in ENCODINGS and encoding != "":
-                raise OtlpError(415, f"unsupported Content-Encoding {encoding[:40]!r}; use gzip, deflate or none",
-                                "unsupported_media_type")
+                raise OtlpError(
+                    415,
+                    f"unsupported Content-Encoding {encoding[:40]!r}; use gzip, deflate or none",
+                    "unsupported_media_type",
+                )
             # The raw body is passed on, not kept here: the decoder drops it once decompressed.
-            message, items = await self.bodies.decode(await self._read(request, lease), encoding, content_type,
-                                                      parse, lease)
+            message, items = await self.bodies.decode(
+                await self._read(request, lease), encoding, content_type, parse, lease
+            )
             response = await export(message, items)
         except OtlpError as err:
             return self._error(signal, err, reply_type)
@@ -79,8 +86,9 @@ class _Receiver:
             if length > self.max_body_bytes:
                 raise OtlpError(413, f"request body over the {self.max_body_bytes}-byte limit", "too_large")
             if not lease.would_fit(length):
-                raise OtlpError(503, "syncwatch is holding as many large request bodies as it allows; retry later",
-                                "body_memory")
+                raise OtlpError(
+                    503, "syncwatch is holding as many large request bodies as it allows; retry later", "body_memory"
+                )
         body = bytearray()
         content = request.content
         try:
@@ -92,7 +100,9 @@ class _Receiver:
         except OtlpError:
             raise
         except TimeoutError:
-            raise OtlpError(408, f"request body stalled: nothing received for {BODY_IDLE_TIMEOUT:.0f}s", "bad_request") from None
+            raise OtlpError(
+                408, f"request body stalled: nothing received for {BODY_IDLE_TIMEOUT:.0f}s", "bad_request"
+            ) from None
         except Exception as exc:  # the client went away, or a malformed chunked encoding
             raise OtlpError(400, f"cannot read body: {type(exc).__name__}: {exc}", "bad_request") from None
         if length is not None and len(body) != length:
@@ -116,4 +126,6 @@ class _Receiver:
         if err.status in (429, 503):
             headers["Retry-After"] = str(self.service.retry_after)
         status = Status(code=_GRPC_CODE_FOR_HTTP.get(err.status, 2), message=err.message)
-        return web.Response(status=err.status, body=encode(status, reply_type), content_type=reply_type, headers=headers)
+        return web.Response(
+            status=err.status, body=encode(status, reply_type), content_type=reply_type, headers=headers
+        )

@@ -11,20 +11,26 @@ from __future__ import annotations
 
 import grpc
 
-from .otlp_body import FREE_PER_REQUEST, BodyDecoder
-from .otlp_decode import PROTOBUF, OtlpError, parse_logs, parse_traces
-from .otlp_service import OtlpService
+from syncwatch.intake.body import FREE_PER_REQUEST, BodyDecoder
+from syncwatch.intake.decode import PROTOBUF, OtlpError, parse_logs, parse_traces
+from syncwatch.intake.service import OtlpService
 
 # HTTP-equivalent status of each gRPC answer, so syncwatch_otlp_requests_total{code} reads the same for both transports.
-_GRPC_FOR_HTTP = {400: grpc.StatusCode.INVALID_ARGUMENT, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-                  415: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE}
+_GRPC_FOR_HTTP = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
 
 
 def build_server(service: OtlpService, address: str, bodies: BodyDecoder) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", bodies.max_body_bytes),
-        ("grpc.max_send_message_length", 16 * 1024 * 1024),
-    ])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", bodies.max_body_bytes),
+            ("grpc.max_send_message_length", 16 * 1024 * 1024),
+        ]
+    )
     handlers = {
         "opentelemetry.proto.collector.trace.v1.TraceService": {
             # Trace bodies parse into the intake's view of the message (see trace_view.py).

@@ -6,8 +6,8 @@ The values a span carries are kept in full in the ledger; only the metric label 
 
 from __future__ import annotations
 
-from .config import Config
-from .metrics import Metrics
+from syncwatch.config.models import Config
+from syncwatch.metrics.registry import Metrics
 
 OTHER = "other"
 INVALID = "invalid"

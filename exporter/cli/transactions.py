@@ -1,8 +1,8 @@
 """`syncwatch transactions list|show`: the query API from a terminal, against a running sidecar.
 
-  syncwatch transactions list --state overdue --flow orders
-  syncwatch transactions show <correlation-id>
-  ... --json for scripts; --url / SYNCWATCH_URL, --token / --token-file / SYNCWATCH_API__TOKEN.
+syncwatch transactions list --state overdue --flow orders
+syncwatch transactions show <correlation-id>
+... --json for scripts; --url / SYNCWATCH_URL, --token / --token-file / SYNCWATCH_API__TOKEN.
 """
 
 from __future__ import annotations
@@ -15,28 +15,36 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from .ledger_queries import STATES
+from syncwatch.config.errors import SyncwatchError
+from syncwatch.ledger.queries import STATES
 
 DEFAULT_URL = "http://127.0.0.1:9873"
 
 
-class CliError(Exception):
+class CliError(SyncwatchError):
     pass
 
 
 def add_subcommands(subparsers) -> None:
-    tx = subparsers.add_parser("transactions", help="query transactions of a running sidecar (reconciliation list, timeline)")
+    tx = subparsers.add_parser(
+        "transactions", help="query transactions of a running sidecar (reconciliation list, timeline)"
+    )
     tx_sub = tx.add_subparsers(dest="tx_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", default=os.environ.get("SYNCWATCH_URL", DEFAULT_URL),
-                       help=f"sidecar HTTP address (default: $SYNCWATCH_URL or {DEFAULT_URL})")
+        p.add_argument(
+            "--url",
+            default=os.environ.get("SYNCWATCH_URL", DEFAULT_URL),
+            help=f"sidecar HTTP address (default: $SYNCWATCH_URL or {DEFAULT_URL})",
+        )
         p.add_argument("--token", default=None, help="API bearer token (default: $SYNCWATCH_API__TOKEN)")
         p.add_argument("--token-file", default=None, help="file holding the API bearer token")
         p.add_argument("--json", action="store_true", help="print the API's JSON (for scripts)")
         p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the sidecar")
 
-    ls = tx_sub.add_parser("list", help="reconciliation list: overdue, pending, failed, expired or duplicate transactions")
+    ls = tx_sub.add_parser(
+        "list", help="reconciliation list: overdue, pending, failed, expired or duplicate transactions"
+    )
     ls.add_argument("--state", required=True, choices=STATES)
     ls.add_argument("--flow", default=None, help="only this flow, e.g. orders")
     ls.add_argument("--limit", type=int, default=100, help="rows per page (1-1000)")
@@ -64,6 +72,8 @@ def _token(args) -> str | None:
 
 
 def _get(args, path: str, params: dict | None = None) -> dict:
+    if not args.url.startswith(("http://", "https://")):
+        raise CliError(f"--url must be an http:// or https:// address, got {args.url!r}")
     url = args.url.rstrip("/") + path
     if params:
         url += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
@@ -72,7 +82,8 @@ def _get(args, path: str, params: dict | None = None) -> dict:
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=args.timeout) as r:
+        # S310: the URL is the user's --url, checked above to be http(s).
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=args.timeout) as r:  # noqa: S310
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         try:
@@ -107,14 +118,23 @@ def _list(args) -> int:
         raise CliError("--limit must be from 1 to 1000")
     items, cursor, pages = [], args.cursor, 0
     while True:
-        page = _get(args, "/api/v1/transactions", {"state": args.state, "flow": args.flow, "limit": args.limit, "cursor": cursor})
+        page = _get(
+            args,
+            "/api/v1/transactions",
+            {"state": args.state, "flow": args.flow, "limit": args.limit, "cursor": cursor},
+        )
         items.extend(page["items"])
         cursor = page.get("next_cursor")
         pages += 1
         if not (args.all and cursor):
             break
     if args.json:
-        print(json.dumps({"state": args.state, "flow": args.flow, "count": len(items), "items": items, "next_cursor": cursor}, indent=2))
+        print(
+            json.dumps(
+                {"state": args.state, "flow": args.flow, "count": len(items), "items": items, "next_cursor": cursor},
+                indent=2,
+            )
+        )
         return 0
     print(render_list(args.state, items))
     if cursor:
@@ -148,9 +168,9 @@ def _short_time(value: str | None) -> str:
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False))
     out = [line.rstrip(), "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
     return "\n".join(out)
 
 
@@ -168,20 +188,72 @@ def render_list(state: str, items: list[dict]) -> str:
     if not items:
         return f"no {state} transactions"
     if state in ("overdue", "pending"):
-        headers = ["CORRELATION ID", "FLOW", "SOURCE", "DESTINATION", "STATE", "CHANGED AT", "DEADLINE", "OVERDUE BY", "ATTEMPTS", "LAST CODE"]
-        rows = [[i["correlation_id"], i["flow"], i.get("source") or "-", i["destination"], i["state"],
-                 _when(i, "changed_at"), _when(i, "deadline"),
-                 _age(i.get("overdue_seconds")) if i.get("overdue_seconds") else "-", str(i.get("attempts", 0)),
-                 i.get("last_code") or "-"] for i in items]
+        headers = [
+            "CORRELATION ID",
+            "FLOW",
+            "SOURCE",
+            "DESTINATION",
+            "STATE",
+            "CHANGED AT",
+            "DEADLINE",
+            "OVERDUE BY",
+            "ATTEMPTS",
+            "LAST CODE",
+        ]
+        rows = [
+            [
+                i["correlation_id"],
+                i["flow"],
+                i.get("source") or "-",
+                i["destination"],
+                i["state"],
+                _when(i, "changed_at"),
+                _when(i, "deadline"),
+                _age(i.get("overdue_seconds")) if i.get("overdue_seconds") else "-",
+                str(i.get("attempts", 0)),
+                i.get("last_code") or "-",
+            ]
+            for i in items
+        ]
     elif state in ("failed", "expired"):
-        headers = ["CORRELATION ID", "FLOW", "SOURCE", "DESTINATION", "STATE", "CHANGED AT", "CLOSED AT", "ATTEMPTS", "LAST CODE"]
-        rows = [[i["correlation_id"], i["flow"], i.get("source") or "-", i["destination"], i["state"],
-                 _when(i, "changed_at"), _when(i, "closed_at"), str(i.get("attempts", 0)),
-                 i.get("last_code") or "-"] for i in items]
+        headers = [
+            "CORRELATION ID",
+            "FLOW",
+            "SOURCE",
+            "DESTINATION",
+            "STATE",
+            "CHANGED AT",
+            "CLOSED AT",
+            "ATTEMPTS",
+            "LAST CODE",
+        ]
+        rows = [
+            [
+                i["correlation_id"],
+                i["flow"],
+                i.get("source") or "-",
+                i["destination"],
+                i["state"],
+                _when(i, "changed_at"),
+                _when(i, "closed_at"),
+                str(i.get("attempts", 0)),
+                i.get("last_code") or "-",
+            ]
+            for i in items
+        ]
     else:
         headers = ["CORRELATION ID", "FLOW", "DESTINATION", "APPLIES", "FIRST APPLIED", "LAST APPLIED"]
-        rows = [[i["correlation_id"], i["flow"], i["destination"], str(i["applies"]), _when(i, "first_at"),
-                 _when(i, "last_at")] for i in items]
+        rows = [
+            [
+                i["correlation_id"],
+                i["flow"],
+                i["destination"],
+                str(i["applies"]),
+                _when(i, "first_at"),
+                _when(i, "last_at"),
+            ]
+            for i in items
+        ]
     return _table(headers, rows) + f"\n\n{len(items)} {state} transaction(s)"
 
 
@@ -203,8 +275,10 @@ def _snapshot_lines(snap: dict, indent: str) -> list[str]:
         facts.append(f"{snap['redactions']} redacted")
     if snap.get("truncated"):
         facts.append("TRUNCATED")
-    return [f"{indent}{snap['direction'].upper()} payload at {_when(snap, 'time')} ({', '.join(facts)})",
-            _pretty_body(snap, indent + "  ")]
+    return [
+        f"{indent}{snap['direction'].upper()} payload at {_when(snap, 'time')} ({', '.join(facts)})",
+        _pretty_body(snap, indent + "  "),
+    ]
 
 
 def render_timeline(record: dict) -> str:
@@ -241,7 +315,12 @@ def render_timeline(record: dict) -> str:
                 lines += _snapshot_lines(s, "      ")
             events.append((f.get("start") or "", lines))
         if d.get("state") in ("pending", "overdue") and (d.get("deadline") or d.get("deadline_raw") is not None):
-            events.append((d["deadline"] or "", [f"  {_when(d, 'deadline')}  deadline{' (MISSED)' if d['state'] == 'overdue' else ''}"]))
+            events.append(
+                (
+                    d["deadline"] or "",
+                    [f"  {_when(d, 'deadline')}  deadline{' (MISSED)' if d['state'] == 'overdue' else ''}"],
+                )
+            )
         for _, lines in sorted(events, key=lambda e: e[0]):
             out.extend(lines)
         for s in d.get("snapshots", []):

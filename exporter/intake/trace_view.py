@@ -25,18 +25,24 @@ _ANY_VALUE = "." + common_pb2.AnyValue.DESCRIPTOR.full_name
 # (message, [(number, name, type, repeated, message type or None)]) in opentelemetry-proto's numbering.
 _MESSAGES = [
     ("Resource", [(1, "attributes", _F.TYPE_MESSAGE, True, ".syncwatch.intake.Resource.AttributesEntry")]),
-    ("Span", [
-        (1, "trace_id", _F.TYPE_BYTES, False, None),
-        (2, "span_id", _F.TYPE_BYTES, False, None),
-        (7, "start_time_unix_nano", _F.TYPE_FIXED64, False, None),
-        (8, "end_time_unix_nano", _F.TYPE_FIXED64, False, None),
-        (9, "attributes", _F.TYPE_MESSAGE, True, ".syncwatch.intake.Span.AttributesEntry"),
-    ]),
+    (
+        "Span",
+        [
+            (1, "trace_id", _F.TYPE_BYTES, False, None),
+            (2, "span_id", _F.TYPE_BYTES, False, None),
+            (7, "start_time_unix_nano", _F.TYPE_FIXED64, False, None),
+            (8, "end_time_unix_nano", _F.TYPE_FIXED64, False, None),
+            (9, "attributes", _F.TYPE_MESSAGE, True, ".syncwatch.intake.Span.AttributesEntry"),
+        ],
+    ),
     ("ScopeSpans", [(2, "spans", _F.TYPE_MESSAGE, True, ".syncwatch.intake.Span")]),
-    ("ResourceSpans", [
-        (1, "resource", _F.TYPE_MESSAGE, False, ".syncwatch.intake.Resource"),
-        (2, "scope_spans", _F.TYPE_MESSAGE, True, ".syncwatch.intake.ScopeSpans"),
-    ]),
+    (
+        "ResourceSpans",
+        [
+            (1, "resource", _F.TYPE_MESSAGE, False, ".syncwatch.intake.Resource"),
+            (2, "scope_spans", _F.TYPE_MESSAGE, True, ".syncwatch.intake.ScopeSpans"),
+        ],
+    ),
     # Named as in OTLP, so parse errors name the message an integration sent.
     ("ExportTraceServiceRequest", [(1, "resource_spans", _F.TYPE_MESSAGE, True, ".syncwatch.intake.ResourceSpans")]),
 ]
@@ -44,21 +50,27 @@ _MESSAGES = [
 
 def _build():
     file = descriptor_pb2.FileDescriptorProto(
-        name="syncwatch/intake/trace_view.proto", package=_PACKAGE, syntax="proto3",
-        dependency=[common_pb2.DESCRIPTOR.name])
+        name="syncwatch/intake/trace_view.proto",
+        package=_PACKAGE,
+        syntax="proto3",
+        dependency=[common_pb2.DESCRIPTOR.name],
+    )
     for name, fields in _MESSAGES:
         message = file.message_type.add(name=name)
         for number, field_name, field_type, repeated, type_name in fields:
-            field = message.field.add(name=field_name, number=number, type=field_type,
-                                      label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
+            field = message.field.add(
+                name=field_name,
+                number=number,
+                type=field_type,
+                label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL,
+            )
             if type_name:
                 field.type_name = type_name
         if any(f[1] == "attributes" for f in fields):
             entry = message.nested_type.add(name="AttributesEntry")
             entry.options.map_entry = True
             entry.field.add(name="key", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
-            entry.field.add(name="value", number=2, type=_F.TYPE_MESSAGE, label=_F.LABEL_OPTIONAL,
-                            type_name=_ANY_VALUE)
+            entry.field.add(name="value", number=2, type=_F.TYPE_MESSAGE, label=_F.LABEL_OPTIONAL, type_name=_ANY_VALUE)
     pool = descriptor_pool.Default()
     pool.Add(file)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.ExportTraceServiceRequest"))
@@ -67,7 +79,7 @@ def _build():
 TraceView = _build()
 
 
-def view_of(request) -> "TraceView":
+def view_of(request) -> TraceView:
     """The view of a full ExportTraceServiceRequest (from OTLP/JSON, or built in-process)."""
     return TraceView.FromString(request.SerializeToString())
 

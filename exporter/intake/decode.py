@@ -5,22 +5,36 @@ from __future__ import annotations
 import base64
 import json
 import re
+from typing import Literal
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from .trace_view import TraceView, view_of
+from syncwatch.config.errors import SyncwatchError
+from syncwatch.intake.trace_view import TraceView, view_of
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 
 
-class OtlpError(Exception):
+# Why an OTLP request (or its items) was refused: the reason label of syncwatch_dropped_total.
+RefusalReason = Literal[
+    "backpressure",
+    "body_memory",
+    "ledger_unavailable",
+    "too_large",
+    "bad_request",
+    "unsupported_media_type",
+    "internal_error",
+]
+
+
+class OtlpError(SyncwatchError):
     """A request syncwatch refuses; `status` is the HTTP status to answer with."""
 
-    def __init__(self, status: int, message: str, reason: str, counted: bool = False):
+    def __init__(self, status: int, message: str, reason: RefusalReason, counted: bool = False):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -151,7 +165,9 @@ def decode(body, content_type: str, message_cls):
         try:
             return message_cls.FromString(body)
         except (DecodeError, ValueError, RuntimeError) as exc:
-            raise OtlpError(400, f"body is not a valid {message_cls.DESCRIPTOR.name} protobuf: {exc}", "bad_request") from None
+            raise OtlpError(
+                400, f"body is not a valid {message_cls.DESCRIPTOR.name} protobuf: {exc}", "bad_request"
+            ) from None
     if content_type == JSON:
         try:
             data = loads(body)
@@ -165,11 +181,16 @@ def decode(body, content_type: str, message_cls):
         try:
             return json_format.ParseDict(data, message_cls(), ignore_unknown_fields=True)
         except (json_format.ParseError, ValueError, TypeError, AttributeError) as exc:
-            raise OtlpError(400, f"body is not a valid OTLP/JSON {message_cls.DESCRIPTOR.name}: {exc}", "bad_request") from None
+            raise OtlpError(
+                400, f"body is not a valid OTLP/JSON {message_cls.DESCRIPTOR.name}: {exc}", "bad_request"
+            ) from None
         except RecursionError:
-            raise OtlpError(400, f"body is not a valid OTLP/JSON {message_cls.DESCRIPTOR.name}: nested too deeply",
-                            "bad_request") from None
-    raise OtlpError(415, f"unsupported content type {content_type!r}; use {PROTOBUF} or {JSON}", "unsupported_media_type")
+            raise OtlpError(
+                400, f"body is not a valid OTLP/JSON {message_cls.DESCRIPTOR.name}: nested too deeply", "bad_request"
+            ) from None
+    raise OtlpError(
+        415, f"unsupported content type {content_type!r}; use {PROTOBUF} or {JSON}", "unsupported_media_type"
+    )
 
 
 def decode_traces(body, content_type: str):
@@ -205,8 +226,12 @@ def count_items(message, signal: str) -> int:
             if seen > 2 * items + MAX_EXTRA_CONTAINERS:
                 break
         if seen > 2 * items + MAX_EXTRA_CONTAINERS:
-            raise OtlpError(400, f"more than {MAX_EXTRA_CONTAINERS} {resources_field}/{scopes_field} entries beyond "
-                                 f"two per {'span' if signal == 'traces' else 'log record'}", "bad_request")
+            raise OtlpError(
+                400,
+                f"more than {MAX_EXTRA_CONTAINERS} {resources_field}/{scopes_field} entries beyond "
+                f"two per {'span' if signal == 'traces' else 'log record'}",
+                "bad_request",
+            )
     return items
 
 

@@ -10,7 +10,7 @@ import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
-from .otlp_decode import JSON, OtlpError
+from syncwatch.intake.decode import JSON, OtlpError
 
 CHUNK = 1024 * 1024  # decompression step: output produced (and accounted) at a time
 IN_STEP = 64 * 1024  # compressed input fed to zlib at a time
@@ -26,8 +26,7 @@ ENCODINGS = ("identity", "gzip", "deflate")
 
 
 def _memory_refusal() -> OtlpError:
-    return OtlpError(503, "syncwatch is holding as many large request bodies as it allows; retry later",
-                     "body_memory")
+    return OtlpError(503, "syncwatch is holding as many large request bodies as it allows; retry later", "body_memory")
 
 
 class BodyBudget:
@@ -44,10 +43,10 @@ class BodyBudget:
         self._lock = threading.Lock()
         self._holders: dict[Lease, None] = {}  # leases holding counted bytes, oldest first
 
-    def lease(self) -> "Lease":
+    def lease(self) -> Lease:
         return Lease(self)
 
-    def _admits(self, lease: "Lease", extra: int) -> bool:
+    def _admits(self, lease: Lease, extra: int) -> bool:
         if self.used + extra <= self.limit:
             return True
         return not self._holders or next(iter(self._holders)) is lease
@@ -57,7 +56,7 @@ class Lease:
     """One request's share of the budget. take() raises OtlpError(503, "body_memory") when the
     budget is spent by other requests; release() returns it all."""
 
-    __slots__ = ("budget", "held", "counted")
+    __slots__ = ("budget", "counted", "held")
 
     def __init__(self, budget: BodyBudget):
         self.budget = budget
@@ -130,23 +129,27 @@ class _Inflater:
                         return False
                     room = min(room, until - len(out))
                 step = min(CHUNK, room)
-                piece = raw[self._pos:self._pos + IN_STEP]
+                piece = raw[self._pos : self._pos + IN_STEP]
                 self.lease.take(step)
                 chunk = self._d.decompress(piece, step)
                 self.lease.give_back(step - len(chunk))
                 self._pos += len(piece) - len(self._d.unconsumed_tail)
                 out += chunk
                 if len(out) > self.max_bytes:
-                    raise OtlpError(413, f"request body over the {self.max_bytes}-byte limit (decompressed)", "too_large")
+                    raise OtlpError(
+                        413, f"request body over the {self.max_bytes}-byte limit (decompressed)", "too_large"
+                    )
                 if self._d.eof:
-                    rest = self._d.unused_data + bytes(raw[self._pos:])
+                    rest = self._d.unused_data + bytes(raw[self._pos :])
                     if self.encoding == "gzip" and rest.strip(b"\x00"):
                         # Another gzip member follows: concatenated members are one stream.
                         self._d, self._pos, raw = zlib.decompressobj(16 + zlib.MAX_WBITS), 0, memoryview(rest)
                         self._raw = raw
                         continue
                     if rest and self.encoding != "gzip":
-                        raise OtlpError(400, "cannot read body: data after the end of the deflate stream", "bad_request")
+                        raise OtlpError(
+                            400, "cannot read body: data after the end of the deflate stream", "bad_request"
+                        )
                     self.done = True
                 elif not chunk and self._pos >= len(raw):
                     raise OtlpError(400, f"cannot read body: truncated {self.encoding} stream", "bad_request")

@@ -1,7 +1,11 @@
-"""Errors that carry the config key they are about, so messages can name it."""
+"""The base error of syncwatch, and the config error that names the key it is about."""
 
 
-class ConfigError(ValueError):
+class SyncwatchError(Exception):
+    """Base of the errors syncwatch raises on purpose (as opposed to bugs)."""
+
+
+class ConfigError(SyncwatchError, ValueError):
     """Bad configuration. `key` is the dotted path of the offending key (e.g. `flows.orders.deadline`)."""
 
     def __init__(self, key: str, message: str):

@@ -1,0 +1,18 @@
+"""The whole configuration: the core sections (syncwatch.config) plus the sections the plug-in
+hosts validate with their plug-ins' own models (`collectors:` and `sampling:`)."""
+
+from __future__ import annotations
+
+import os
+
+from syncwatch.collectors.config import validate_collectors_section
+from syncwatch.config import Config
+from syncwatch.config import load_config as load_core_config
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Read and validate everything; raises ConfigError naming the offending key."""
+    environ = dict(os.environ if environ is None else environ)
+    config = load_core_config(path, environ)
+    validate_collectors_section(config.collectors, config.sampling, environ)
+    return config
