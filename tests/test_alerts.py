@@ -137,6 +137,7 @@ def test_rule_expressions_use_only_exported_metrics_and_defined_recordings():
     assert recorded <= used, f"recording rules nobody uses: {recorded - used}"
 
 
+@pytest.mark.prometheus
 @needs_promtool
 def test_promtool_check_rules():
     out = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
@@ -144,6 +145,7 @@ def test_promtool_check_rules():
     assert f"SUCCESS: {len([r for g in _rules()['groups'] for r in g['rules']])} rules found" in out.stdout
 
 
+@pytest.mark.prometheus
 @needs_promtool
 def test_promtool_unit_tests_pass():
     files = sorted(str(p) for p in (ALERTS / "tests").glob("*.test.yml"))
@@ -173,6 +175,7 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test_case():
     assert SPEC_ALERTS - quiet == set(), "alerts without a must-not-fire case"
 
 
+@pytest.mark.prometheus
 @needs_promtool
 def test_example_prometheus_config_loads_the_rules():
     out = subprocess.run(
@@ -181,6 +184,7 @@ def test_example_prometheus_config_loads_the_rules():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.prometheus
 @needs_amtool
 def test_amtool_check_config():
     out = subprocess.run([amtool, "check-config", str(AM_CONFIG)], capture_output=True, text=True)
@@ -196,6 +200,7 @@ def _route(*labels: str) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.prometheus
 @needs_amtool
 @pytest.mark.parametrize(
     "rule", [r for r in yaml.safe_load(RULES.read_text())["groups"][1:] for r in r["rules"]], ids=lambda r: r["alert"]
@@ -205,6 +210,7 @@ def test_each_alert_routes_by_its_severity(rule):
     assert _route(f"alertname={rule['alert']}", *(f"{k}={v}" for k, v in rule["labels"].items())) == want
 
 
+@pytest.mark.prometheus
 @needs_amtool
 def test_dlq_page_reaches_the_pager_and_unlabelled_alerts_a_ticket():
     assert (

@@ -12,7 +12,7 @@ import sqlite3
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from test_snapshots_store import T0, Clock, make_request, order_body
+from snapshot_data import T0, Clock, make_request, order_body
 
 from syncwatch.api.routes import setup_api
 from syncwatch.config.models import Config

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from otlp_raw import post
-from test_snapshots_store import make_request
+from snapshot_data import make_request
 
 from syncwatch.api.routes import setup_api
 from syncwatch.cli.transactions import render_list, render_timeline

@@ -4,10 +4,15 @@ tables and timelines (the full round trip is in test_snapshots_roundtrip.py)."""
 import subprocess
 import sys
 
-from sidecar import ROOT, free_port
-from test_snapshots_roundtrip import TOKEN, cli
+from sidecar import ROOT, free_port, transactions_cli
 
 from syncwatch.cli.transactions import render_list, render_timeline
+
+TOKEN = "cli-token-0123456789"
+
+
+def cli(sidecar, *args, token=TOKEN):
+    return transactions_cli(sidecar, *args, token=token)
 
 
 def test_cli_errors_are_clear(make_sidecar):

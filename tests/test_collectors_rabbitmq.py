@@ -70,6 +70,7 @@ def build_topology(vhost: str, conn: pika.BlockingConnection):
     return ch
 
 
+@pytest.mark.rabbitmq
 def test_depths_dead_letters_by_argument_and_policy(vhost, run):
     conn = amqp(vhost)
     ch = build_topology(vhost, conn)
@@ -125,6 +126,7 @@ def test_depths_dead_letters_by_argument_and_policy(vhost, run):
     conn.close()
 
 
+@pytest.mark.rabbitmq
 def test_paging_and_missing_named_queue(vhost, run):
     conn = amqp(vhost)
     ch = conn.channel()
@@ -151,6 +153,7 @@ def test_paging_and_missing_named_queue(vhost, run):
     conn.close()
 
 
+@pytest.mark.rabbitmq
 def test_dead_letter_exchange_without_queue_is_a_warning(vhost, run):
     conn = amqp(vhost)
     conn.channel().queue_declare("lonely", arguments={"x-dead-letter-exchange": "nowhere"})
@@ -160,6 +163,7 @@ def test_dead_letter_exchange_without_queue_is_a_warning(vhost, run):
     conn.close()
 
 
+@pytest.mark.rabbitmq
 def test_faults_are_reported_and_do_not_affect_other_collectors(vhost, run):
     conn = amqp(vhost)
     conn.channel().queue_declare("steady")
@@ -218,6 +222,7 @@ def test_faults_are_reported_and_do_not_affect_other_collectors(vhost, run):
     conn.close()
 
 
+@pytest.mark.rabbitmq
 def test_dead_letters_through_topic_exchange_and_exchange_binding(vhost, run):
     conn = amqp(vhost)
     ch = conn.channel()
@@ -253,6 +258,7 @@ def test_dead_letters_through_topic_exchange_and_exchange_binding(vhost, run):
     conn.close()
 
 
+@pytest.mark.rabbitmq
 def test_password_from_environment_variable(vhost, run, monkeypatch):
     """`password_env` names the variable (the Helm chart fills it from a Secret); its value is the password."""
     conn = amqp(vhost)
@@ -347,6 +353,7 @@ TOPIC_PATTERNS = [
 TOPIC_KEYS = ["", "a", "b", "a.b", "a.a", "b.a", "a..b", "a.b.c.b", ".", "a.", ".a", "a.x.b", "a.x.y.b"]
 
 
+@pytest.mark.rabbitmq
 def test_dead_letter_links_follow_the_brokers_own_topic_routing(vhost, run):
     """For every (binding key, dead-letter key) pair the collector links exactly what RabbitMQ routes:
     the truth is read by publishing each key to the exchange and seeing which queues receive it."""
@@ -378,6 +385,7 @@ def test_dead_letter_links_follow_the_brokers_own_topic_routing(vhost, run):
     conn.close()
 
 
+@pytest.mark.rabbitmq
 def test_pathological_topic_binding_neither_stalls_nor_misleads(vhost, run):
     """`#.#.#.#.#.#.#.#.#.nomatch` against a 24-word dead-letter key took the old backtracking match
     seconds per sample on the event loop; keys over 255 bytes are refused, counted, never guessed."""

@@ -17,6 +17,8 @@ from sidecar import ROOT
 
 MGMT, AUTH = "http://127.0.0.1:15672", ("guest", "guest")
 
+pytestmark = pytest.mark.rabbitmq  # every test here runs against the real broker (the shop_vhost fixture)
+
 
 @pytest.fixture
 def shop_vhost():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +15,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from prom_runners import PROMTOOL, substitute  # noqa: E402  (the same substitution the end-to-end run uses)
+
 from alerts import generate as alerts_gen  # noqa: E402
 from dashboards import exported_metrics  # noqa: E402
 from dashboards import generate as gen  # noqa: E402
 
 SPEC = ROOT.parent / "shared" / "SPEC.md"
-promtool = shutil.which("promtool")
+promtool = PROMTOOL
 
 
 def _load(name: str) -> dict:
@@ -38,19 +39,6 @@ def _all_panels():
 
 def _exprs() -> list[tuple[str, str]]:
     return [(f"{name}: {p['title']}", t["expr"]) for name, p in _all_panels() for t in p["targets"]]
-
-
-# Grafana's variables replaced by values Prometheus accepts, to check the query itself.
-def substitute(expr: str) -> str:
-    return (
-        expr.replace("$__rate_interval", "1m")
-        .replace("$__range", "1h")
-        .replace('"$job"', '".*"')
-        .replace('"$flow"', '".*"')
-        .replace('"$broker"', '".*"')
-        .replace('"$queue"', '".*"')
-        .replace('"$collector"', '".*"')
-    )
 
 
 def test_committed_json_is_what_the_code_generates():
@@ -174,6 +162,7 @@ def test_queries_use_only_metrics_syncwatch_exports():
         assert re.match(r"label_values\((\w+)", q).group(1) in exported, q
 
 
+@pytest.mark.prometheus
 @pytest.mark.skipif(promtool is None, reason="promtool missing: run scripts/system-deps.sh (Debian package prometheus)")
 def test_every_query_is_valid_promql(tmp_path):
     # promtool parses each expression of a rule file: feed it every panel query as a recording rule.

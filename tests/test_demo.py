@@ -15,6 +15,8 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from syncwatch.demo.report import matches
 from syncwatch.demo.runner import run_demo
 from syncwatch.demo.scenario import DemoSettings
@@ -22,6 +24,7 @@ from syncwatch.demo.scenario import DemoSettings
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.e2e
 def test_short_demo_on_sqs_finds_exactly_the_ground_truth(tmp_path):
     out = io.StringIO()
     result = asyncio.run(run_demo(DemoSettings.short(), data_dir=tmp_path / "demo", out=out))
@@ -120,6 +123,8 @@ def _walk(node):
         yield from _walk(child)
 
 
+@pytest.mark.e2e
+@pytest.mark.rabbitmq
 def test_demo_command_on_rabbitmq(tmp_path):
     vhost = f"syncwatch-demo-{uuid.uuid4().hex[:8]}"
     mgmt = ["curl", "-sf", "-u", "guest:guest", "-H", "content-type: application/json"]

@@ -321,6 +321,7 @@ def test_default_ports_are_syncwatchs_own_defaults():
     assert cfg["listen"]["otlp_grpc"].endswith(":4317") and cfg["listen"]["otlp_http"].endswith(":4318")
 
 
+@pytest.mark.rabbitmq
 def test_rendered_config_runs_syncwatch_and_answers_the_probes(tmp_path):
     """The chart's config starts the real sidecar; the probe and scrape paths answer on its HTTP port."""
     from sidecar import Sidecar

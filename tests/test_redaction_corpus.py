@@ -12,11 +12,11 @@ import hmac
 import json
 
 import pytest
+from moto_launcher import MotoServer, make_bucket
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from otlp_raw import post
 from sidecar import Sidecar
-from test_snapshots_s3 import MotoServer, make_bucket
-from test_snapshots_store import make_request
+from snapshot_data import make_request
 
 from syncwatch.snapshots import body_bytes
 

@@ -2,8 +2,6 @@
 HTTP and gRPC); the API and the CLI give back redacted payloads linked to the right attempts."""
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
@@ -13,7 +11,7 @@ from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from otel_helpers import NS, Integration
-from sidecar import ROOT, free_port
+from sidecar import free_port, transactions_cli
 
 TOKEN = "roundtrip-token-0123"
 CARD = "4111111111111111"
@@ -69,10 +67,7 @@ class PayloadIntegration(Integration):
 
 
 def cli(sidecar, *args, token=TOKEN):
-    cmd = [sys.executable, "-m", "syncwatch", "transactions", *args, "--url", sidecar.url]
-    if token:
-        cmd += ["--token", token]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return transactions_cli(sidecar, *args, token=token)
 
 
 @pytest.fixture(params=["http", "grpc"])

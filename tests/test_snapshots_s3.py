@@ -2,56 +2,17 @@
 
 import asyncio
 import json
-import shutil
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import boto3
 import pytest
-from test_snapshots_store import HOUR, SECRETS, T0, Clock, make_request, order_body, sample
+from moto_launcher import MotoServer, make_bucket
+from snapshot_data import HOUR, SECRETS, T0, Clock, make_request, order_body, sample
 
 from syncwatch.config.models import Config
 from syncwatch.metrics.registry import Metrics
 from syncwatch.snapshots import SnapshotIntake
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MotoServer:
-    def __init__(self):
-        self.port = _free_port()
-        self.proc = None
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self):
-        exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
-        self.proc = subprocess.Popen(
-            [exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("moto_server did not start")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +31,6 @@ def aws_env(monkeypatch):
     }.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
-def make_bucket(moto) -> str:
-    name = f"sw-snap-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1").create_bucket(Bucket=name)
-    return name
 
 
 def intake_for(tmp_path, endpoint, backend, clock):

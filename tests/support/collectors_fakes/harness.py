@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
+from moto_launcher import MotoServer  # noqa: F401  (re-exported for the collector tests)
+from ports import free_port  # noqa: F401  (re-exported)
 from prometheus_client import CollectorRegistry
 
 from syncwatch.collectors.manager import CollectorManager
@@ -72,41 +71,3 @@ class LoopWatch:
         self.worst = max(self.worst, time.monotonic() - self._last - 0.01)
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MotoServer:
-    """moto's standalone server on a free loopback port: boto3 talks HTTP to it as to AWS."""
-
-    def __init__(self, env: dict | None = None):
-        import os
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("moto_server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()

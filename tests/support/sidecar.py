@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,12 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: tests/support/sidecar.py
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["ROOT", "Sidecar", "free_port", "transactions_cli"]
 
 
 class Sidecar:
@@ -129,3 +125,11 @@ class Sidecar:
                 return got
             time.sleep(0.1)
         raise AssertionError(f"{name}{labels} = {got}, expected {value} within {timeout}s")
+
+
+def transactions_cli(sidecar: Sidecar, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+    """`syncwatch transactions ...` against this sidecar, as a user runs it (a subprocess)."""
+    cmd = [sys.executable, "-m", "syncwatch", "transactions", *args, "--url", sidecar.url]
+    if token:
+        cmd += ["--token", token]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -1,4 +1,5 @@
-"""Export spans through the real OpenTelemetry SDK and its OTLP exporters, as an integration does."""
+"""Export spans through the real OpenTelemetry SDK and its OTLP exporters, as an integration does
+(or, given a ledger_harness.LedgerHarness, through the SDK's OTLP encoder into it, in-process)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ class Integration:
     """A tracer exporting synchronously (SimpleSpanProcessor), so a span is acknowledged when end() returns."""
 
     def __init__(self, sidecar, transport: str = "http", service: str = "middleware"):
-        if transport == "grpc":
+        """`sidecar`: a running Sidecar (spans go over OTLP/HTTP or gRPC), or a LedgerHarness (in-process)."""
+        if hasattr(sidecar, "span_exporter"):
+            exporter = sidecar.span_exporter()
+        elif transport == "grpc":
             exporter = GrpcSpanExporter(endpoint=sidecar.otlp_grpc, insecure=True)
         else:
             exporter = HttpSpanExporter(endpoint=sidecar.otlp_http + "/v1/traces")
