@@ -1,7 +1,16 @@
-"""Scripted integration scenarios through the real OTel SDK; exact metric values from /metrics."""
+"""Scripted integration scenarios through the real OTel SDK, with exact metric values.
+
+Most run in-process (the `ledger` fixture: the real decode, extraction, ledger and metrics, a fake
+clock, a fresh registry): they are about what the ledger makes of the spans. The first scenario over
+both transports, and the promise that overdue shows within two seconds of the deadline on the wall
+clock, run through a real sidecar subprocess."""
+
+import sqlite3
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from otel_helpers import Integration, now
+from otlp_raw import stage_request
 
 
 @pytest.fixture(params=["http", "grpc"])
@@ -40,18 +49,18 @@ def test_orders_confirmed_after_429_retries(sidecar, transport):
     assert m[key("syncwatch_otlp_requests_total", signal="traces", code="200")] == 5
 
 
-def test_order_never_confirmed_is_overdue_and_stays_overdue(sidecar, transport):
-    it = Integration(sidecar, transport)
+def test_order_never_confirmed_is_overdue_and_stays_overdue(ledger):
+    it = Integration(ledger)
     t0 = now()
     it.source("order-lost", "orders", t0 - 400)  # changed 400 s ago: past the 5 min deadline already
     it.attempt("order-lost", "orders", "erp", t0 - 399, t0 - 369, error="timeout")
     it.source("order-fresh", "orders", t0)  # within its deadline
     it.close()
     tx = dict(flow="orders", source="storefront", destination="erp")
-    sidecar.wait_for("syncwatch_transactions_overdue", 1, timeout=3, **tx)
-    assert sidecar.metric("syncwatch_transactions_pending", **tx) == 2
-    assert sidecar.metric("syncwatch_attempts_total", flow="orders", destination="erp", status_code="none") == 1
-    assert sidecar.metric("syncwatch_flow_deadline_seconds", flow="orders") == 300
+    ledger.wait_for("syncwatch_transactions_overdue", 1, timeout=3, **tx)
+    assert ledger.metric("syncwatch_transactions_pending", **tx) == 2
+    assert ledger.metric("syncwatch_attempts_total", flow="orders", destination="erp", status_code="none") == 1
+    assert ledger.metric("syncwatch_flow_deadline_seconds", flow="orders") == 300
 
 
 def test_overdue_within_two_seconds_of_the_deadline(make_sidecar):
@@ -66,8 +75,8 @@ def test_overdue_within_two_seconds_of_the_deadline(make_sidecar):
     sc.wait_for("syncwatch_transactions_overdue", 1, timeout=(t0 + 3 + 2) - now(), **tx)
 
 
-def test_inventory_adjustment_confirmed_twice_is_a_duplicate_apply(sidecar, transport):
-    it = Integration(sidecar, transport, service="wms")
+def test_inventory_adjustment_confirmed_twice_is_a_duplicate_apply(ledger):
+    it = Integration(ledger, service="wms")
     t0 = now() - 10
     it.source("adj-7", "inventory", t0, source="wms")
     it.attempt("adj-7", "inventory", "storefront", t0 + 0.1, t0 + 0.2, code=200)
@@ -78,11 +87,11 @@ def test_inventory_adjustment_confirmed_twice_is_a_duplicate_apply(sidecar, tran
     it.confirm("cust-1", "customers", "erp", t0 + 1, t0 + 2)
     it.confirm("cust-1", "customers", "erp", t0 + 3, t0 + 4)
     it.close()
-    m = sidecar.metrics
-    assert sidecar.metric("syncwatch_duplicate_applies_total", flow="inventory", destination="storefront") == 1
-    assert sidecar.metric("syncwatch_duplicate_applies_total", None, flow="customers", destination="erp") is None
+    m = ledger.metrics
+    assert ledger.metric("syncwatch_duplicate_applies_total", flow="inventory", destination="storefront") == 1
+    assert ledger.metric("syncwatch_duplicate_applies_total", None, flow="customers", destination="erp") is None
     assert (
-        sidecar.metric(
+        ledger.metric(
             "syncwatch_transactions_total",
             flow="inventory",
             source="wms",
@@ -91,57 +100,57 @@ def test_inventory_adjustment_confirmed_twice_is_a_duplicate_apply(sidecar, tran
         )
         == 1
     )
-    assert sidecar.metric(
+    assert ledger.metric(
         "syncwatch_sync_lag_seconds_sum", flow="inventory", source="wms", destination="storefront"
     ) == pytest.approx(0.3, abs=1e-3)
     assert m  # metrics endpoint readable
 
 
-def test_spans_without_correlation_id_are_counted_uncorrelated(sidecar, transport):
-    it = Integration(sidecar, transport)
+def test_spans_without_correlation_id_are_counted_uncorrelated(ledger):
+    it = Integration(ledger)
     t0 = now()
     for i in range(3):
         it.span(f"http GET /health {i}", t0, t0 + 0.01)
     it.span("attempt without id", t0, t0 + 0.01, syncwatch__stage="attempt", syncwatch__flow="orders")
     it.span("context span", t0, t0 + 0.01, messaging__message__conversation_id="order-9")
     it.close()
-    assert sidecar.metric("syncwatch_spans_total", result="uncorrelated") == 4
-    assert sidecar.metric("syncwatch_spans_total", result="correlated") == 1
-    assert sidecar.metric(
+    assert ledger.metric("syncwatch_spans_total", result="uncorrelated") == 4
+    assert ledger.metric("syncwatch_spans_total", result="correlated") == 1
+    assert ledger.metric(
         "syncwatch_transactions_pending", None, flow="orders", source="storefront", destination="erp"
     ) in (None, 0)
 
 
-def test_confirm_before_source_gives_the_right_lag(sidecar, transport):
-    erp_side = Integration(sidecar, transport, service="erp-adapter")
-    storefront = Integration(sidecar, transport, service="storefront")
+def test_confirm_before_source_gives_the_right_lag(ledger):
+    erp_side = Integration(ledger, service="erp-adapter")
+    storefront = Integration(ledger, service="storefront")
     t0 = now() - 30
     erp_side.confirm("order-2002", "orders", "erp", t0 + 7, t0 + 8)  # arrives first
     tx = dict(flow="orders", source="storefront", destination="erp")
-    assert sidecar.metric("syncwatch_transactions_pending", None, **tx) in (None, 0)
+    assert ledger.metric("syncwatch_transactions_pending", None, **tx) in (None, 0)
     storefront.source("order-2002", "orders", t0)
     erp_side.close()
     storefront.close()
-    assert sidecar.metric("syncwatch_sync_lag_seconds_count", **tx) == 1
-    assert sidecar.metric("syncwatch_sync_lag_seconds_sum", **tx) == pytest.approx(8.0, abs=1e-3)
-    assert sidecar.metric("syncwatch_transactions_pending", **tx) == 0
-    assert sidecar.metric("syncwatch_transactions_overdue", **tx) == 0
+    assert ledger.metric("syncwatch_sync_lag_seconds_count", **tx) == 1
+    assert ledger.metric("syncwatch_sync_lag_seconds_sum", **tx) == pytest.approx(8.0, abs=1e-3)
+    assert ledger.metric("syncwatch_transactions_pending", **tx) == 0
+    assert ledger.metric("syncwatch_transactions_overdue", **tx) == 0
 
 
-def test_negative_lag_from_clock_skew_is_clamped_and_counted(sidecar):
-    it = Integration(sidecar)
+def test_negative_lag_from_clock_skew_is_clamped_and_counted(ledger):
+    it = Integration(ledger)
     t0 = now()
     it.source("order-skew", "orders", t0)
     it.confirm("order-skew", "orders", "erp", t0 - 3, t0 - 2)  # destination clock runs 2+ s behind
     it.close()
     tx = dict(flow="orders", source="storefront", destination="erp")
-    assert sidecar.metric("syncwatch_sync_lag_seconds_sum", **tx) == 0
-    assert sidecar.metric("syncwatch_sync_lag_seconds_count", **tx) == 1
-    assert sidecar.metric("syncwatch_clock_skew_clamped_total", flow="orders") == 1
+    assert ledger.metric("syncwatch_sync_lag_seconds_sum", **tx) == 0
+    assert ledger.metric("syncwatch_sync_lag_seconds_count", **tx) == 1
+    assert ledger.metric("syncwatch_clock_skew_clamped_total", flow="orders") == 1
 
 
-def test_failed_transaction_and_fixed_interval_retries_show_zero_jitter(sidecar):
-    it = Integration(sidecar)
+def test_failed_transaction_and_fixed_interval_retries_show_zero_jitter(ledger):
+    it = Integration(ledger)
     t0 = now() - 100
     for i in range(6):
         corr = f"order-f{i}"
@@ -152,17 +161,15 @@ def test_failed_transaction_and_fixed_interval_retries_show_zero_jitter(sidecar)
         it.fail(corr, "orders", "erp", base + 5)
     it.close()
     tx = dict(flow="orders", source="storefront", destination="erp")
-    assert sidecar.metric("syncwatch_transactions_total", outcome="failed", **tx) == 6
-    assert sidecar.metric("syncwatch_transactions_pending", **tx) == 0
-    assert sidecar.metric("syncwatch_retries_total", flow="orders", destination="erp") == 12
-    assert sidecar.metric("syncwatch_retry_jitter_ratio", flow="orders", destination="erp") == pytest.approx(
-        0, abs=1e-6
-    )
-    assert sidecar.metric("syncwatch_delivery_attempts_count", flow="orders", destination="erp") == 6
+    assert ledger.metric("syncwatch_transactions_total", outcome="failed", **tx) == 6
+    assert ledger.metric("syncwatch_transactions_pending", **tx) == 0
+    assert ledger.metric("syncwatch_retries_total", flow="orders", destination="erp") == 12
+    assert ledger.metric("syncwatch_retry_jitter_ratio", flow="orders", destination="erp") == pytest.approx(0, abs=1e-6)
+    assert ledger.metric("syncwatch_delivery_attempts_count", flow="orders", destination="erp") == 6
 
 
-def test_jittered_retries_show_a_high_jitter_ratio(sidecar):
-    it = Integration(sidecar)
+def test_jittered_retries_show_a_high_jitter_ratio(ledger):
+    it = Integration(ledger)
     t0 = now() - 100
     backoffs = [0.5, 2.0, 1.0, 3.5, 0.2, 1.8]
     for i, b in enumerate(backoffs):
@@ -175,16 +182,12 @@ def test_jittered_retries_show_a_high_jitter_ratio(sidecar):
     it.close()
     mean = sum(backoffs) / len(backoffs)
     cv = (sum((b - mean) ** 2 for b in backoffs) / len(backoffs)) ** 0.5 / mean
-    assert sidecar.metric("syncwatch_retry_jitter_ratio", flow="orders", destination="erp") == pytest.approx(
+    assert ledger.metric("syncwatch_retry_jitter_ratio", flow="orders", destination="erp") == pytest.approx(
         cv, rel=1e-6
     )
 
 
-def test_same_span_delivered_twice_counts_once(sidecar):
-    import urllib.request
-
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
+def test_same_span_delivered_twice_counts_once(ledger):
     t0 = now() - 5
     req = ExportTraceServiceRequest()
     span = req.resource_spans.add().scope_spans.add().spans.add()
@@ -201,22 +204,15 @@ def test_same_span_delivered_twice_counts_once(sidecar):
         kv.key, kv.value.string_value = k, v
     body = req.SerializeToString()
     for _ in range(2):  # an exporter retry after a lost response
-        r = urllib.request.urlopen(
-            urllib.request.Request(
-                sidecar.otlp_http + "/v1/traces", data=body, headers={"Content-Type": "application/x-protobuf"}
-            )
-        )
-        assert r.status == 200
+        assert not ledger.export(body).HasField("partial_success")
     tx = dict(flow="orders", source="unknown", destination="erp")
-    assert sidecar.metric("syncwatch_transactions_total", outcome="confirmed", **tx) == 1
-    assert sidecar.metric("syncwatch_sync_lag_seconds_sum", **tx) == pytest.approx(2.0, abs=1e-3)
-    assert sidecar.metric("syncwatch_duplicate_applies_total", None, flow="orders", destination="erp") is None
+    assert ledger.metric("syncwatch_transactions_total", outcome="confirmed", **tx) == 1
+    assert ledger.metric("syncwatch_sync_lag_seconds_sum", **tx) == pytest.approx(2.0, abs=1e-3)
+    assert ledger.metric("syncwatch_duplicate_applies_total", None, flow="orders", destination="erp") is None
 
 
-def test_confirm_then_fail_in_one_batch_counts_one_outcome(sidecar):
+def test_confirm_then_fail_in_one_batch_counts_one_outcome(ledger):
     """A redelivered copy dead-lettered right after the original was applied: still one confirmed transaction."""
-    from otlp_raw import post, stage_request
-
     t0 = now() - 20
     common = {
         "syncwatch.flow": "inventory",
@@ -244,21 +240,17 @@ def test_confirm_then_fail_in_one_batch_counts_one_outcome(sidecar):
             },
         ]
     )
-    assert post(sidecar.otlp_http + "/v1/traces", req.SerializeToString())[0] == 200
+    assert not ledger.export(req).HasField("partial_success")
     tx = dict(flow="inventory", source="wms", destination="storefront")
-    assert sidecar.metric("syncwatch_transactions_total", outcome="confirmed", **tx) == 1
-    assert sidecar.metric("syncwatch_transactions_total", None, outcome="failed", **tx) is None
-    assert sidecar.metric("syncwatch_transactions_pending", **tx) == 0
+    assert ledger.metric("syncwatch_transactions_total", outcome="confirmed", **tx) == 1
+    assert ledger.metric("syncwatch_transactions_total", None, outcome="failed", **tx) is None
+    assert ledger.metric("syncwatch_transactions_pending", **tx) == 0
 
 
 @pytest.mark.parametrize("one_request", [True, False], ids=["one batch", "two batches"])
-def test_a_confirm_after_a_fail_replaces_it(sidecar, one_request):
+def test_a_confirm_after_a_fail_replaces_it(ledger, one_request):
     """A dead-lettered order replayed by hand and applied: the ledger keeps one row per transaction,
     now confirmed, with the attempts already recorded."""
-    import sqlite3
-
-    from otlp_raw import post, stage_request
-
     t0 = now() - 60
     common = {
         "syncwatch.flow": "orders",
@@ -273,18 +265,18 @@ def test_a_confirm_after_a_fail_replaces_it(sidecar, one_request):
     ]
     second = [{"_start": t0 + 30, "_end": t0 + 31, "syncwatch.stage": "confirm", **common}]
     for spans in [first + second] if one_request else [first, second]:
-        assert post(sidecar.otlp_http + "/v1/traces", stage_request(spans).SerializeToString())[0] == 200
+        assert not ledger.export(stage_request(spans)).HasField("partial_success")
     tx = dict(flow="orders", source="storefront", destination="erp")
-    assert sidecar.metric("syncwatch_transactions_total", outcome="confirmed", **tx) == 1
-    assert sidecar.metric("syncwatch_sync_lag_seconds_sum", **tx) == pytest.approx(31.0, abs=1e-3)
-    db = sqlite3.connect(sidecar.workdir / "data" / "ledger.db")
+    assert ledger.metric("syncwatch_transactions_total", outcome="confirmed", **tx) == 1
+    assert ledger.metric("syncwatch_sync_lag_seconds_sum", **tx) == pytest.approx(31.0, abs=1e-3)
+    db = sqlite3.connect(ledger.ledger_path)
     rows = db.execute("SELECT outcome, attempts FROM closed_tx WHERE corr = 'SO-4711'").fetchall()
     db.close()
     assert rows == [("confirmed", 1)]
 
 
-def test_overdue_transaction_is_expired_after_the_horizon(make_sidecar):
-    sc = make_sidecar(
+def test_overdue_transaction_is_expired_after_the_horizon(make_ledger):
+    sc = make_ledger(
         {"flows": {"orders": {"destinations": ["erp"], "deadline": "1s"}}, "storage": {"expire_after": "3s"}}
     )
     it = Integration(sc)
@@ -295,5 +287,4 @@ def test_overdue_transaction_is_expired_after_the_horizon(make_sidecar):
     sc.wait_for("syncwatch_transactions_total", 1, timeout=6, outcome="expired", **tx)
     assert sc.metric("syncwatch_transactions_pending", **tx) == 0
     assert sc.metric("syncwatch_transactions_overdue", **tx) == 0
-    status, body = sc.get("/readyz")
-    assert status == 200
+    assert sc.writer.healthy  # what /readyz answers from

@@ -33,6 +33,7 @@ from faults_support import (
     wait_equal,
     wait_until,
 )
+from sidecar import Sidecar
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -320,13 +321,23 @@ def good_transaction(corr: str, now: float) -> list[dict]:
     return [source(corr, at=now - 2), attempt(corr, at=now - 1, **{HTTP_CODE: 200}), confirm(corr, at=now)]
 
 
+@pytest.fixture(scope="module")
+def hostile_sidecar(tmp_path_factory):
+    """One sidecar for all the hostile cases: each compares metrics before and after its own requests
+    and uses correlation IDs of its own, so they need no fresh process each (a NaN left behind by one
+    still fails the ones after it)."""
+    sc = Sidecar(tmp_path_factory.mktemp("hostile"), faults_config(tmp_path_factory.mktemp("hostile-data")))
+    yield sc.start()
+    sc.stop()
+
+
 @pytest.mark.parametrize("name, attribute, value, stage, expect", HOSTILE, ids=[h[0] for h in HOSTILE])
-def test_a_hostile_attribute_is_rejected_alone(make_sidecar, tmp_path, name, attribute, value, stage, expect):
+def test_a_hostile_attribute_is_rejected_alone(hostile_sidecar, name, attribute, value, stage, expect):
     """The span carrying it is refused in partial_success; the good spans batched with it, in the
     same request and in concurrent ones, are recorded; nothing answers 5xx or turns a metric NaN."""
     from concurrent.futures import ThreadPoolExecutor
 
-    sc = make_sidecar(faults_config(tmp_path / "data"), name="sc")
+    sc = hostile_sidecar
     api = Api(sc)
     before = scrape(sc)
     now = time.time()
