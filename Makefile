@@ -37,7 +37,8 @@ format: setup
 test: setup system-deps
 	$(PY) -m pytest
 
-# Tests that need no system packages, no broker and no long end-to-end run (see tests/conftest.py markers).
+# Tests that need no system packages, no broker and no long end-to-end run (markers in pyproject.toml;
+# tests/conftest.py fails an unmarked test that reaches RabbitMQ).
 test-fast: setup
 	$(PY) -m pytest -m "not rabbitmq and not prometheus and not e2e"
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install and start what the test suite needs beyond Python packages. Idempotent.
+# Only the tests marked rabbitmq, prometheus or e2e need any of it: `make test-fast` runs without.
 set -euo pipefail
 need=()
 command -v promtool >/dev/null || need+=(prometheus)
 command -v amtool >/dev/null || need+=(prometheus-alertmanager)
+command -v rabbitmqctl >/dev/null || need+=(rabbitmq-server)  # tests marked rabbitmq (guest on 127.0.0.1)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
