@@ -210,6 +210,7 @@ DLX = {"arguments": {"x-dead-letter-exchange": "dlx"}}
         ),
     ],
 )
+@pytest.mark.rabbitmq  # the "good" collector beside the broken one is the real broker
 def test_wrong_types_fail_that_collector_only(fake, run, queues, answers):
     fake.queues = queues
     for path, answer in answers.items():

@@ -219,6 +219,7 @@ def test_wrong_credentials_are_unauthorized(run):
         strict.stop()
 
 
+@pytest.mark.rabbitmq  # one of the collectors is the real RabbitMQ, beside the SQS ones
 def test_unreachable_slow_and_recovery(moto, run):
     c = sqs(moto)
     name = f"t{uuid.uuid4().hex[:6]}-faults"

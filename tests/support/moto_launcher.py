@@ -4,13 +4,11 @@ The one launcher for the SQS collector tests, the S3 snapshot tests and the reda
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 from ports import free_port
 
@@ -23,10 +21,9 @@ class MotoServer:
     def __init__(self, env: dict | None = None, timeout: float = 30):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
-        cmd = [exe] if exe else [sys.executable, "-m", "moto.server"]
+        # The moto of the Python running the tests: a `moto_server` on PATH may belong to another environment.
         self.proc = subprocess.Popen(
-            [*cmd, "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
