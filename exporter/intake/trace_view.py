@@ -15,7 +15,10 @@ equivalence on generated requests). The AnyValue values are opentelemetry-proto'
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
 from opentelemetry.proto.common.v1 import common_pb2
 
 _PACKAGE = "syncwatch.intake"
@@ -23,7 +26,8 @@ _F = descriptor_pb2.FieldDescriptorProto
 _ANY_VALUE = "." + common_pb2.AnyValue.DESCRIPTOR.full_name
 
 # (message, [(number, name, type, repeated, message type or None)]) in opentelemetry-proto's numbering.
-_MESSAGES = [
+_Field = tuple[int, str, Any, bool, str | None]
+_MESSAGES: list[tuple[str, list[_Field]]] = [
     ("Resource", [(1, "attributes", _F.TYPE_MESSAGE, True, ".syncwatch.intake.Resource.AttributesEntry")]),
     (
         "Span",
@@ -48,7 +52,7 @@ _MESSAGES = [
 ]
 
 
-def _build():
+def _build() -> type[Message]:
     file = descriptor_pb2.FileDescriptorProto(
         name="syncwatch/intake/trace_view.proto",
         package=_PACKAGE,
@@ -76,13 +80,14 @@ def _build():
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.ExportTraceServiceRequest"))
 
 
-TraceView = _build()
+# A generated message class: its fields are known at run time only, so the type checker sees Any.
+TraceView: Any = _build()
 
 
-def view_of(request) -> TraceView:
+def view_of(request: Message) -> Any:
     """The view of a full ExportTraceServiceRequest (from OTLP/JSON, or built in-process)."""
     return TraceView.FromString(request.SerializeToString())
 
 
-def span_count(view) -> int:
+def span_count(view: Any) -> int:
     return sum(len(ss.spans) for rs in view.resource_spans for ss in rs.scope_spans)
