@@ -17,8 +17,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
-from prometheus_client import Counter, Gauge
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from syncwatch.config.errors import ConfigError
 from syncwatch.config.models import Config
@@ -26,12 +28,22 @@ from syncwatch.metrics.registry import Metrics
 from syncwatch.snapshots.otlp_logs import DIRECTIONS, PayloadRecord, payload_records
 from syncwatch.snapshots.redaction import Redactor
 from syncwatch.snapshots.sqlite_store import SqliteSnapshotStore
-from syncwatch.snapshots.store import STORE_UNAVAILABLE, Refused, Snapshot, StoreError, StoreStats
+from syncwatch.snapshots.store import STORE_UNAVAILABLE, Refused, Snapshot, SnapshotStore, StoreError, StoreReason
 from syncwatch.snapshots.sweeper import RetentionSweeper
 
 log = logging.getLogger("syncwatch.snapshots")
 
-__all__ = ["Snapshot", "SnapshotIntake", "StoreError", "build_redactor", "build_store", "load_hash_key"]
+__all__ = [
+    "Snapshot",
+    "SnapshotIntake",
+    "SnapshotStore",
+    "StoreError",
+    "build_redactor",
+    "build_store",
+    "load_hash_key",
+]
+
+_T = TypeVar("_T")
 
 HASH_KEY_FILE = "snapshot-redaction.key"
 # After a store failure, snapshots are dropped at once for this long instead of every request
@@ -82,7 +94,7 @@ def build_redactor(config: Config, hash_key: bytes | None = None) -> Redactor:
     return Redactor(key, defaults=r.defaults, extra_keys=r.keys, paths=r.paths, patterns=r.patterns)
 
 
-def build_store(config: Config):
+def build_store(config: Config) -> SnapshotStore:
     s = config.snapshots
     if s.backend.startswith("s3://"):
         from syncwatch.snapshots.s3_store import S3SnapshotStore
@@ -91,7 +103,7 @@ def build_store(config: Config):
     return SqliteSnapshotStore(Path(config.storage.data_dir) / "snapshots.db", max_bytes=s.max_store_bytes)
 
 
-def body_bytes(body) -> bytes:
+def body_bytes(body: Any) -> bytes:
     """The original body as bytes, for its size and keyed hash (what the sender's copy can be
     checked against, by whoever holds the key)."""
     if isinstance(body, bytes):
@@ -111,7 +123,7 @@ def truncate(data: bytes, limit: int, content_type: str) -> bytes:
 
 
 class SnapshotIntake:
-    def __init__(self, config: Config, metrics: Metrics, clock: Callable[[], float] = time.time):
+    def __init__(self, config: Config, metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.settings = config.snapshots
         self.metrics = metrics
@@ -120,12 +132,12 @@ class SnapshotIntake:
         # whose secret was redacted lets anyone test guesses for the secret against it.
         self._hash_key = load_hash_key(config)
         self.redactor = build_redactor(config, self._hash_key)
-        self.store = build_store(config)
+        self.store: SnapshotStore = build_store(config)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-store")
         self._opened = False
         self._down_until = 0.0
         self._last_error: str | None = None
-        self._last_reason = STORE_UNAVAILABLE
+        self._last_reason: StoreReason = STORE_UNAVAILABLE
         self._oldest: float | None = None
         self._register_metrics(metrics.registry)
         self.sweeper = RetentionSweeper(
@@ -139,7 +151,7 @@ class SnapshotIntake:
             compact=self._compact,
         )
 
-    def _register_metrics(self, r) -> None:
+    def _register_metrics(self, r: CollectorRegistry) -> None:
         self.m_snapshots = Counter(
             "syncwatch_snapshots",
             "Payload snapshots by direction and result (stored, dropped).",
@@ -207,11 +219,12 @@ class SnapshotIntake:
         await self._refresh_stats()
         return True
 
-    async def _run(self, fn, *args):
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a blocking store call on the store's single thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # -- intake --------------------------------------------------------------------------------
-    async def export_logs(self, request) -> tuple[int, str]:
+    async def export_logs(self, request: ExportLogsServiceRequest) -> tuple[int, str]:
         """Store the payload snapshots of an OTLP log request; returns (rejected, message) for
         OTLP partial_success. Returns after the stored snapshots are committed."""
         received = self.clock()
@@ -233,7 +246,7 @@ class SnapshotIntake:
         message = "; ".join(f"{n} x {text}" for text, n in problems.items())
         return rejected, message
 
-    def _sort_records(self, request) -> tuple[list[PayloadRecord], dict[str, int], int]:
+    def _sort_records(self, request: ExportLogsServiceRequest) -> tuple[list[PayloadRecord], dict[str, int], int]:
         """The request's payload records, the rejected ones' problems, and how many log records
         were no payload at all."""
         payloads: list[PayloadRecord] = []
@@ -300,6 +313,7 @@ class SnapshotIntake:
         counted: list[tuple[Snapshot, dict[str, int]]] = []
         limit = self.settings.max_bytes
         for p in payloads:
+            assert p.corr is not None and p.direction is not None  # sorted out by _sort_records
             raw = body_bytes(p.body)
             if len(raw) > limit + REDACT_MARGIN:
                 result = self.redactor.redact_head(raw, limit + REDACT_MARGIN)
@@ -345,12 +359,6 @@ class SnapshotIntake:
         self.m_bytes.inc(sum(s.stored_bytes for s in stored))
         return stored, refused
 
-    def _stats_or_none(self) -> StoreStats | None:
-        try:
-            return self.store.stats()
-        except StoreError:
-            return None
-
     def _failed(self, exc: StoreError) -> None:
         self._last_error = exc.message
         self._last_reason = exc.reason
@@ -363,6 +371,7 @@ class SnapshotIntake:
 
     def _drop_payloads(self, payloads: list[PayloadRecord], reason: str) -> None:
         for p in payloads:
+            assert p.direction is not None  # sorted out by _sort_records
             self._drop(p.direction, reason, 1)
 
     # -- retention -----------------------------------------------------------------------------

@@ -19,7 +19,10 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TypeVar
 from urllib.parse import quote
 
 import boto3
@@ -37,6 +40,8 @@ from syncwatch.snapshots.store import (
     StoreError,
     StoreStats,
 )
+
+_T = TypeVar("_T")
 
 _MAGIC = b"SWS1"
 MAX_KEY_BYTES = 1024  # S3's limit on an object key (UTF-8); ours are ASCII
@@ -231,13 +236,8 @@ class S3SnapshotStore:
             h = json.loads(data[8 : 8 + n])
             blob = data[8 + n :]
             dict_id = h.get("dict_id", 0)
-            if dict_id and dict_id not in self.codec._decompressors:
-                raw = self._call(
-                    lambda dict_id=dict_id: self._client.get_object(
-                        Bucket=self.bucket, Key=f"{self.prefix}dicts/{dict_id}.zdict"
-                    )["Body"].read(),
-                    "cannot read dictionary",
-                )
+            if dict_id and not self.codec.knows(dict_id):
+                raw = self._call(partial(self._get, f"{self.prefix}dicts/{dict_id}.zdict"), "cannot read dictionary")
                 self.codec.load(dict_id, raw)
             out.append(
                 Snapshot(
@@ -328,14 +328,18 @@ class S3SnapshotStore:
 
     def stats(self) -> StoreStats:
         with self._lock:
-            return StoreStats(bytes=self._bytes, oldest_received=self._oldest)
+            return StoreStats(bytes=self._bytes, oldest_received=self._oldest, dictionary_id=self.codec.current_id)
 
     # -- helpers -------------------------------------------------------------------------------
-    def _list_keys(self, prefix: str):
+    def _list_keys(self, prefix: str) -> Iterator[str]:
         paginator = self._client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for obj in page.get("Contents") or []:
                 yield obj["Key"]
+
+    def _get(self, key: str) -> bytes:
+        data: bytes = self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return data
 
     def _list_prefixes(self, prefix: str) -> list[str]:
         out: list[str] = []
@@ -344,7 +348,7 @@ class S3SnapshotStore:
             out.extend(p["Prefix"] for p in page.get("CommonPrefixes") or [])
         return sorted(out)
 
-    def _call(self, fn, what: str):
+    def _call(self, fn: Callable[[], _T], what: str) -> _T:
         try:
             return fn()
         except StoreError:
