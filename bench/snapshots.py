@@ -301,11 +301,15 @@ def worst(rounds: int) -> None:
         f"median of all medians {percentile([r[0] for r in rows], 50):.2f} ms"
     )
     big = json.dumps({"note": "1 " * 64, "lines": [json.loads(order_payload(i)) for i in range(4000)]})
-    t = time.perf_counter()
-    redactor.redact_head(big.encode(), 1024 * 1024 + REDACT_MARGIN)
-    head_ms = (time.perf_counter() - t) * 1000
+    head_wall, head_cpu = [], []
+    for _ in range(5):
+        t, c = time.perf_counter(), time.thread_time()
+        redactor.redact_head(big.encode(), 1024 * 1024 + REDACT_MARGIN)
+        head_cpu.append((time.thread_time() - c) * 1000)
+        head_wall.append((time.perf_counter() - t) * 1000)
     print(
-        f"   a {len(big) / 2**20:.0f} MiB JSON body at the default max_bytes (1 MiB): its head redacted in {head_ms:.0f} ms"
+        f"   a {len(big) / 2**20:.0f} MiB JSON body at the default max_bytes (1 MiB): its head redacted in "
+        f"{percentile(head_wall, 50):.0f} ms (CPU {percentile(head_cpu, 50):.0f} ms), median of 5"
     )
 
 
