@@ -113,6 +113,9 @@ def _globs(spec: str | list[str] | None) -> list[re.Pattern[str]] | None:
 
 
 class When:
+    """One set of conditions. Attribute conditions are interned by the engine (check_ids), so a
+    condition several rules share is evaluated once per span; the rest is `rest`."""
+
     def __init__(self, cfg: WhenConfig, key: str):
         kinds = cfg.kind if isinstance(cfg.kind, list) else [cfg.kind] if cfg.kind else None
         self.kinds = frozenset(KINDS[k] for k in kinds) if kinds else None
@@ -120,10 +123,14 @@ class When:
         self.name_rx = _re2(cfg.name_regex, f"{key}.name_regex") if cfg.name_regex else None
         self.services = _globs(cfg.service)
         self.status = STATUSES[cfg.status] if cfg.status else None
-        self.attrs = [(k, _Values(v)) for k, v in cfg.attributes.items()]
+        self.attrs = [(k, repr(v), _Values(v)) for k, v in cfg.attributes.items()]
         self.res = [(k, _Values(v)) for k, v in cfg.resource.items()]
+        self.check_ids: tuple[int, ...] = ()
+        simple = self.status is None and self.names is None and self.name_rx is None
+        self.rest_needed = not (simple and self.services is None and not self.res)
 
-    def __call__(self, span: Any, res_attrs: Any, service: str) -> bool:
+    def rest(self, span: Any, res_attrs: Any, service: str) -> bool:
+        """Every condition but the span attributes'."""
         if self.kinds is not None and span.kind not in self.kinds:
             return False
         if self.status is not None and span.status.code != self.status:
@@ -136,10 +143,6 @@ class When:
             return False
         if self.services is not None and not any(g.match(service) for g in self.services):
             return False
-        attrs = span.attributes
-        for k, match in self.attrs:
-            if not match(attr(attrs, k)):
-                return False
         return all(match(attr(res_attrs, k)) for k, match in self.res)
 
 
@@ -161,8 +164,14 @@ class Rule:
     fail: list[When]
     give_up_after: int | None
 
-    def matches(self, span: Any, res_attrs: Any, service: str) -> bool:
-        return all(w(span, res_attrs, service) for w in self.whens)
+    @property
+    def kinds(self) -> frozenset[int] | None:
+        """Span kinds this rule can match (None: any)."""
+        found: frozenset[int] | None = None
+        for w in self.whens:
+            if w.kinds is not None:
+                found = w.kinds if found is None else found & w.kinds
+        return found
 
     def correlation_id(self, attrs: Any) -> Any:
         for key, rx, group in self.correlation:
@@ -189,7 +198,8 @@ def compile_rule(name: str, cfg: RuleConfig) -> Rule:
     key = f"rules.map.{name}"
     preset = PRESETS[cfg.preset] if cfg.preset else {}
     merged = _merge(preset, cfg)
-    whens = _whens(preset.get("when"), f"{key}.preset") + [When(cfg.when, f"{key}.when")]
+    # The rule's own conditions first: they are the selective ones.
+    whens = [When(cfg.when, f"{key}.when"), *_whens(preset.get("when"), f"{key}.preset")]
     correlation: list[tuple[str, Any, int | str]] = []
     for i, src in enumerate(merged["correlation"] or ()):
         src = src if isinstance(src, CorrelationSource) else CorrelationSource.model_validate(src)
@@ -230,6 +240,22 @@ class Decision:
 
 
 _STAGE_TEXT = {v: k for k, v in STAGE_NAMES.items()}
+_UNSET = object()
+MAX_DECISIONS = 4096  # remembered rule decisions (per distinct set of values the conditions read)
+
+
+# Keys events read, first in every engine's key table (their index is fixed).
+_EVENT_KEYS = (
+    "http.response.status_code",
+    "error.type",
+    "http.request.resend_count",
+    "server.address",
+    "peer.service",
+    "url.full",
+    "messaging.destination.name",
+    "messaging.message.id",
+)
+_CODE, _ERROR, _RESEND, _SERVER, _PEER, _URL, _DEST_NAME, _MESSAGE_ID = range(len(_EVENT_KEYS))
 
 
 class RuleEngine:
@@ -243,6 +269,25 @@ class RuleEngine:
         explain: bool = False,
     ):
         self.rules = [compile_rule(name, rule) for name, rule in cfg.map.items()]
+        # Attribute keys and conditions, interned: each is read / evaluated at most once per span.
+        self._key_ids: dict[str, int] = {k: i for i, k in enumerate(_EVENT_KEYS)}
+        self._check_ids: dict[tuple[int, str], int] = {}
+        self._checks: list[tuple[int, _Values]] = []
+        for rule in self.rules:
+            for w in (*rule.whens, *rule.confirm, *rule.fail):
+                self._intern(w)
+        self._keys = list(self._key_ids)
+        whens = [w for r in self.rules for w in (*r.whens, *r.confirm, *r.fail)]
+        self._match_lookup = [
+            (ki, (self._keys[ki], *ALIASES.get(self._keys[ki], ()))) for ki in sorted({ki for ki, _ in self._checks})
+        ]
+        self._sig_name = any(w.names is not None or w.name_rx is not None for w in whens)
+        self._sig_status = any(w.status is not None for w in whens)
+        self._sig_service = any(w.services is not None for w in whens)
+        self._cacheable = not any(w.res for w in whens)
+        self._decisions: dict[tuple, tuple[Rule | None, tuple[int, ...]]] = {}
+        # Candidate rules per span kind (0-5), in configured order.
+        self._by_kind = [[r for r in self.rules if r.kinds is None or k in r.kinds] for k in range(6)]
         self.index = StitchIndex(cfg.stitch.max_entries, cfg.stitch.max_pending_spans, cfg.stitch.window)
         self.max_corr = max_correlation_id_length
         self.metrics = metrics
@@ -250,6 +295,17 @@ class RuleEngine:
         self._failed: OrderedDict[tuple[str, str, str], set[bytes]] = OrderedDict()
         self._max_failed = cfg.stitch.max_entries
         self.explain: dict[str, Decision] | None = {} if explain else None
+
+    def _intern(self, w: When) -> None:
+        ids = []
+        for key, spec, matcher in w.attrs:
+            ki = self._key_ids.setdefault(key, len(self._key_ids))
+            ci = self._check_ids.get((ki, spec))
+            if ci is None:
+                ci = self._check_ids[(ki, spec)] = len(self._checks)
+                self._checks.append((ki, matcher))
+            ids.append(ci)
+        w.check_ids = tuple(ids)
 
     # ---- per request --------------------------------------------------------------------------
     def begin(self, now: float) -> None:
@@ -289,11 +345,38 @@ class RuleEngine:
     # ---- per span -----------------------------------------------------------------------------
     def span(self, span: Any, res_attrs: Any, service: str, corr: Any, received: float, out: Any) -> None:
         """A span without syncwatch.stage: map it by the first rule that matches, or count it."""
-        rule = None
-        for r in self.rules:
-            if r.matches(span, res_attrs, service):
-                rule = r
-                break
+        attrs = span.attributes
+        vals: list[Any] = [_UNSET] * len(self._keys)
+        if self._cacheable:
+            # The decision depends only on the values the conditions read: remember it per value set.
+            get = attrs.get
+            parts = [span.kind]
+            for ki, names in self._match_lookup:  # attr(), inlined: this runs for every span
+                value = None
+                for n in names:
+                    v = get(n)
+                    if v is not None:
+                        value = v.string_value or _any_value(v)
+                        break
+                vals[ki] = value
+                parts.append(value[:MAX_VALUE_LENGTH] if value.__class__ is str else value)
+            if self._sig_name:
+                parts.append(span.name[:MAX_VALUE_LENGTH])
+            if self._sig_status:
+                parts.append(span.status.code)
+            if self._sig_service:
+                parts.append(service)
+            sig = tuple(parts)
+            cache = self._decisions
+            decided = cache.get(sig)
+            if decided is None:
+                decided = self._decide(span, attrs, vals, res_attrs, service)
+                if len(cache) >= MAX_DECISIONS:
+                    cache.clear()
+                cache[sig] = decided
+        else:
+            decided = self._decide(span, attrs, vals, res_attrs, service)
+        rule, stages = decided
         if rule is None:
             if corr is not None:
                 out.correlated += 1
@@ -302,15 +385,14 @@ class RuleEngine:
                 out.unrelated += 1
             return
         self._matches[rule.name] = self._matches.get(rule.name, 0) + 1
-        attrs = span.attributes
         own = rule.correlation_id(attrs)
         if own is None:
             own = corr
-        events = self._events(rule, span, attrs, res_attrs, service, received, out)
+        events = self._events(rule, stages, span, attrs, vals, service, received, out)
         if events is None:
             return
         keys: list[Hashable] = [span.trace_id]
-        msg = attr(attrs, "messaging.message.id")
+        msg = self._val(attrs, vals, _MESSAGE_ID)
         if msg is not None:
             keys.append(("m", text_of(msg)[:MAX_VALUE_LENGTH]))
         keys.extend(link.trace_id for link in span.links if link.trace_id)
@@ -335,6 +417,64 @@ class RuleEngine:
             decision.via = via
         self._emit(rule, events, text_of(own), out, decision)
         self._release(self.index.learn(tuple(keys), text_of(own), received), out)
+
+    def _destination(self, attrs: Any, vals: list[Any]) -> str | None:
+        for ki in (_SERVER, _PEER):
+            value = self._val(attrs, vals, ki)
+            if value is not None:
+                return text_of(value)
+        url = self._val(attrs, vals, _URL)
+        if url is not None:
+            try:
+                host = urlsplit(text_of(url)[:2048]).hostname
+            except ValueError:
+                host = None
+            if host:
+                return host
+        value = self._val(attrs, vals, _DEST_NAME)
+        return None if value is None else text_of(value)
+
+    def _decide(
+        self, span: Any, attrs: Any, vals: list[Any], res_attrs: Any, service: str
+    ) -> tuple[Rule | None, tuple[int, ...]]:
+        """The first rule whose conditions hold, and the stages the span becomes."""
+        results: list[bool | None] = [None] * len(self._checks)
+        holds = self._holds
+        kind = span.kind
+        for rule in self._by_kind[kind] if 0 <= kind < 6 else self.rules:
+            for w in rule.whens:
+                if not holds(w, span, attrs, vals, results, res_attrs, service):
+                    break
+            else:
+                stages: list[int] = [] if rule.stage is None else [rule.stage]
+                if rule.confirm and any(holds(w, span, attrs, vals, results, res_attrs, service) for w in rule.confirm):
+                    stages.append(STAGE_CONFIRM)
+                elif rule.fail and any(holds(w, span, attrs, vals, results, res_attrs, service) for w in rule.fail):
+                    stages.append(STAGE_FAIL)
+                return rule, tuple(stages)
+        return None, ()
+
+    def _holds(
+        self, w: When, span: Any, attrs: Any, vals: list[Any], results: list[bool | None], res_attrs: Any, service: str
+    ) -> bool:
+        checks, keys = self._checks, self._keys
+        for ci in w.check_ids:
+            r = results[ci]
+            if r is None:
+                ki, matcher = checks[ci]
+                v = vals[ki]
+                if v is _UNSET:
+                    v = vals[ki] = attr(attrs, keys[ki])
+                r = results[ci] = matcher(v)
+            if not r:
+                return False
+        return not w.rest_needed or w.rest(span, res_attrs, service)
+
+    def _val(self, attrs: Any, vals: list[Any], ki: int) -> Any:
+        v = vals[ki]
+        if v is _UNSET:
+            v = vals[ki] = attr(attrs, self._keys[ki])
+        return v
 
     def _release(self, released: Iterable[tuple[Pending, str]], out: Any) -> None:
         for p, corr in released:
@@ -381,41 +521,48 @@ class RuleEngine:
                 decision.stages.append("fail (give_up_after)")
 
     def _events(
-        self, rule: Rule, span: Any, attrs: Any, res_attrs: Any, service: str, received: float, out: Any
+        self,
+        rule: Rule,
+        stages: tuple[int, ...],
+        span: Any,
+        attrs: Any,
+        vals: list[Any],
+        service: str,
+        received: float,
+        out: Any,
     ) -> list[tuple] | None:
         """The events of a matched span, with the correlation ID still to fill in."""
         trace_id, span_id = span.trace_id, span.span_id
-        where = f"span {span_id.hex() or '?'} (rule {rule.name})"
         if len(trace_id) != 16 or len(span_id) != 8:
-            out.reject(f"{where}: trace_id must be 16 bytes and span_id 8 bytes")
+            out.reject(f"span {span_id.hex() or '?'} (rule {rule.name}): trace_id must be 16 bytes and span_id 8 bytes")
             return None
-        stages: list[int] = [] if rule.stage is None else [rule.stage]
-        if rule.confirm and any(w(span, res_attrs, service) for w in rule.confirm):
-            stages.append(STAGE_CONFIRM)
-        elif rule.fail and any(w(span, res_attrs, service) for w in rule.fail):
-            stages.append(STAGE_FAIL)
         if not stages:
             return []
         source = rule.source or service or None
         # A source span opens the flow's configured destinations (a queue is not a destination).
         closes = any(s != STAGE_SOURCE for s in stages)
-        dest = rule.destination or (_destination(attrs) if closes else None)
+        dest = rule.destination or (self._destination(attrs, vals) if closes else None)
         if dest is None and closes:
-            out.reject(f"{where}: no destination (set `destination` on the rule, or server.address on the span)")
+            out.reject(
+                f"span {span_id.hex()} (rule {rule.name}): no destination (set `destination` on the rule, or server.address on the span)"
+            )
             return None
         if (source is not None and len(source) > MAX_NAME_LENGTH) or (dest is not None and len(dest) > MAX_NAME_LENGTH):
-            out.reject(f"{where}: source or destination name longer than {MAX_NAME_LENGTH} characters")
+            out.reject(
+                f"span {span_id.hex()} (rule {rule.name}): source or destination name longer than {MAX_NAME_LENGTH} characters"
+            )
             return None
         start = span.start_time_unix_nano / 1e9
         end = span.end_time_unix_nano / 1e9 or start
-        code = attr(attrs, "http.response.status_code")
+        val = self._val
+        code = val(attrs, vals, _CODE)
         code_text = None if code is None else text_of(code)[:MAX_VALUE_LENGTH]
-        error = attr(attrs, "error.type")
+        error = val(attrs, vals, _ERROR)
         if error is None and span.status.code == 2:
             error = code_text or "error"  # an ERROR status without error.type (older conventions)
         error_text = None if error is None else text_of(error)[:MAX_VALUE_LENGTH]
         attempt = None
-        resend = attr(attrs, "http.request.resend_count")
+        resend = val(attrs, vals, _RESEND)
         if resend is not None and text_of(resend).isdigit() and int(text_of(resend)) < 1 << 31:
             attempt = int(text_of(resend)) + 1
         out_events = []
@@ -440,23 +587,6 @@ class RuleEngine:
                 )
             )
         return out_events
-
-
-def _destination(attrs: Any) -> str | None:
-    for key in ("server.address", "peer.service"):
-        value = attr(attrs, key)
-        if value is not None:
-            return text_of(value)
-    url = attr(attrs, "url.full")
-    if url is not None:
-        try:
-            host = urlsplit(text_of(url)[:2048]).hostname
-        except ValueError:
-            host = None
-        if host:
-            return host
-    value = attr(attrs, "messaging.destination.name")
-    return None if value is None else text_of(value)
 
 
 def build_engine(
