@@ -385,7 +385,7 @@ class RuleEngine:
                 out.unrelated += 1
             return
         self._matches[rule.name] = self._matches.get(rule.name, 0) + 1
-        own = rule.correlation_id(attrs)
+        own = rule.correlation_id(attrs) if rule.correlation else None
         if own is None:
             own = corr
         events = self._events(rule, stages, span, attrs, vals, service, received, out)
@@ -395,7 +395,8 @@ class RuleEngine:
         msg = self._val(attrs, vals, _MESSAGE_ID)
         if msg is not None:
             keys.append(("m", text_of(msg)[:MAX_VALUE_LENGTH]))
-        keys.extend(link.trace_id for link in span.links if link.trace_id)
+        if len(span.links):
+            keys.extend(link.trace_id for link in span.links if link.trace_id)
         explain = self.explain
         decision = None
         if explain is not None:
@@ -407,16 +408,19 @@ class RuleEngine:
                 [_STAGE_TEXT[e[4]] for e in events],
             )
         via = "attribute"
+        key_tuple = tuple(keys)
         if own is None:
-            own = self.index.lookup(tuple(keys))
+            own = self.index.lookup(key_tuple)
             via = "stitched"
         if own is None:
-            self.index.hold(Pending(tuple(keys), (rule, events, decision), received))
+            self.index.hold(Pending(key_tuple, (rule, events, decision), received))
             return
         if decision is not None:
             decision.via = via
-        self._emit(rule, events, text_of(own), out, decision)
-        self._release(self.index.learn(tuple(keys), text_of(own), received), out)
+        own = text_of(own)
+        self._emit(rule, events, own, out, decision)
+        if via == "attribute" or len(key_tuple) > 1:  # a span stitched by its trace alone teaches nothing new
+            self._release(self.index.learn(key_tuple, own, received), out)
 
     def _destination(self, attrs: Any, vals: list[Any]) -> str | None:
         for ki in (_SERVER, _PEER):
