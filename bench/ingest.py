@@ -168,6 +168,7 @@ def build_plain_request(batch: int, t0: float) -> bytes:
                 attrs = {
                     "http.method": what,
                     "http.url": f"https://{host}/api/orders",
+                    "user_agent.original": "python-requests/2.32.3",
                     "http.status_code": code,
                 }
             add_attributes(span, attrs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -26,6 +27,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 QUEUE = "orders"
+# SW_HELPER=1: the same apps also call syncwatch's helper (syncwatch_instrument), for comparison.
+HELPER = os.environ.get("SW_HELPER") == "1"
 MAX_ATTEMPTS = 3  # the worker's own retry policy: gives up after 3 attempts
 
 
@@ -78,8 +81,25 @@ def storefront(otlp_url: str, vhost: str, orders_json: str, spans_file: str | No
         # The order ID in a message property: pika's instrumentation records it (correlation_id).
         props = pika.BasicProperties(correlation_id=order["id"], content_type="application/json")
         ch.basic_publish("", QUEUE, json.dumps(order).encode(), props)
+        if HELPER:
+            helper().source_changed(order["id"])
     conn.close()
     provider.shutdown()
+
+
+def helper():
+    from syncwatch_instrument import SyncInstrument
+
+    return SyncInstrument(flow="orders", source="storefront", destination="erp")
+
+
+def post(sw, order: dict, n: int, erp_url: str):
+    if sw is None:
+        return requests.post(erp_url + "/orders", json=order, timeout=0.5)
+    with sw.attempt(order["id"], resend_count=n) as a:
+        r = requests.post(erp_url + "/orders", json=order, timeout=0.5)
+        a.response(r.status_code)
+        return r
 
 
 def worker(otlp_url: str, vhost: str, erp_url: str, count: str, spans_file: str | None = None) -> None:
@@ -93,15 +113,24 @@ def worker(otlp_url: str, vhost: str, erp_url: str, count: str, spans_file: str 
     def on_message(channel, method, properties, body) -> None:
         order = json.loads(body)
         if not order.get("skip"):  # the silent loss: acked, never posted
-            for _ in range(MAX_ATTEMPTS):
+            sw = helper() if HELPER else None
+            for n in range(MAX_ATTEMPTS):
+                r = None
                 try:
-                    r = requests.post(erp_url + "/orders", json=order, timeout=0.5)
+                    r = post(sw, order, n, erp_url)
                 except requests.RequestException:
                     time.sleep(0.05)
                     continue
                 if r.status_code < 300 or (r.status_code < 500 and r.status_code != 429):
                     break  # done, or a 4xx retrying will not fix
                 time.sleep(0.05)
+            if sw is not None:
+                if r is not None and r.status_code < 300:
+                    sw.confirm(order["id"])
+                else:
+                    sw.fail(
+                        order["id"], error_type="gave_up" if r is None or r.status_code >= 429 else str(r.status_code)
+                    )
         channel.basic_ack(method.delivery_tag)
         left[0] -= 1
         if left[0] == 0:

@@ -101,54 +101,82 @@ def vhost():
     requests.delete(f"{MGMT}/api/vhosts/{quote(name, safe='')}", auth=AUTH, timeout=10)
 
 
-def app(*args: str) -> None:
-    env_keep = {"PATH": "/usr/bin:/bin", "OTEL_BSP_SCHEDULE_DELAY": "200"}
-    subprocess.run([sys.executable, str(ROOT / "tests" / "rules_apps.py"), *args], check=True, timeout=60, env=env_keep)
+def app(*args: str, helper: bool = False) -> None:
+    env = {"PATH": "/usr/bin:/bin", "OTEL_BSP_SCHEDULE_DELAY": "200", "SW_HELPER": "1" if helper else "0"}
+    subprocess.run([sys.executable, str(ROOT / "tests" / "rules_apps.py"), *args], check=True, timeout=60, env=env)
+
+
+LABELS = {"flow": "orders", "source": "storefront", "destination": "erp"}
+FD = {"flow": "orders", "destination": "erp"}
+
+
+def scenario(make_sidecar, vhost: str, tmp_path: Path, helper: bool) -> tuple[Erp, dict, Path]:
+    """Run the storefront and the worker against a fresh sidecar; its metrics once the lost orders
+    are overdue. With `helper`, the apps also call syncwatch's helper and syncwatch has no rules."""
+    erp = Erp()
+    config = {"flows": {"orders": {"destinations": ["erp"], "deadline": "4s"}}, "snapshots": {"enabled": False}}
+    if not helper:
+        config["rules"] = RULES
+    sc = make_sidecar(config, name="helper" if helper else "rules")
+    orders = [{"id": oid, "skip": plan == "skip"} for oid, plan in PLAN.items()]
+    spans_file = tmp_path / f"spans-{helper}.jsonl"
+    app("storefront", sc.otlp_http, vhost, json.dumps(orders), str(spans_file), helper=helper)
+    app("worker", sc.otlp_http, vhost, erp.url, str(len(orders)), str(spans_file), helper=helper)
+    erp.server.shutdown()
+    sc.wait_for("syncwatch_transactions_overdue", 2, timeout=20, **LABELS)
+    m = sc.metrics()
+    return erp, {(name, tuple(sorted(labels))): value for (name, labels), value in m.items()}, spans_file
+
+
+def figures(m: dict) -> dict:
+    """What the ERP's log can be compared with."""
+
+    def v(name: str, **labels: str) -> float:
+        return m.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    return {
+        "confirmed": v("syncwatch_transactions_total", outcome="confirmed", **LABELS),
+        "failed": v("syncwatch_transactions_total", outcome="failed", **LABELS),
+        "overdue": v("syncwatch_transactions_overdue", **LABELS),
+        "lag_count": v("syncwatch_sync_lag_seconds_count", **LABELS),
+        "attempts": {
+            c: v("syncwatch_attempts_total", status_code=c, **FD) for c in ("201", "429", "500", "422", "none")
+        },
+        "retries": v("syncwatch_retries_total", **FD),
+        "correlated_spans": v("syncwatch_spans_total", result="correlated"),
+        "uncorrelated_spans": v("syncwatch_spans_total", result="uncorrelated"),
+        "unrelated_spans": v("syncwatch_spans_total", result="unrelated"),
+    }
 
 
 def test_stock_instrumentation_gives_the_erp_log_figures(make_sidecar, vhost, tmp_path):
-    erp = Erp()
-    sc = make_sidecar(
-        {
-            "flows": {"orders": {"destinations": ["erp"], "deadline": "4s"}},
-            "rules": RULES,
-            "snapshots": {"enabled": False},
-        }
-    )
-    orders = [{"id": oid, "skip": plan == "skip"} for oid, plan in PLAN.items()]
-    spans_file = tmp_path / "spans.jsonl"
-    app("storefront", sc.otlp_http, vhost, json.dumps(orders), str(spans_file))
-    app("worker", sc.otlp_http, vhost, erp.url, str(len(orders)), str(spans_file))
-    erp.server.shutdown()
+    erp, metrics, spans_file = scenario(make_sidecar, vhost, tmp_path, helper=False)
 
     # What the ERP's own log shows.
     answered = Counter(code for _, code in erp.log)
     assert answered == {"201": 4, "500": 4, "429": 1, "422": 1, "timeout": 1}
     posted = {oid for oid, _ in erp.log}
     confirmed = {oid for oid, code in erp.log if code == "201"}
-    retries = len(erp.log) - len(posted)
     lost = set(PLAN) - posted
-    failed = posted - confirmed
-
-    labels = {"flow": "orders", "source": "storefront", "destination": "erp"}
-    sc.wait_for("syncwatch_transactions_overdue", len(lost), timeout=20, **labels)
-    m = sc.metrics()
-
-    def v(name: str, **lab: str) -> float:
-        return m.get((name, frozenset(lab.items())), 0.0)
-
-    assert v("syncwatch_transactions_total", outcome="confirmed", **labels) == len(confirmed) == 4
-    assert v("syncwatch_transactions_total", outcome="failed", **labels) == len(failed) == 2
-    assert v("syncwatch_transactions_overdue", **labels) == len(lost) == 2
-    assert v("syncwatch_sync_lag_seconds_count", **labels) == len(confirmed)
-    fd = {"flow": "orders", "destination": "erp"}
-    by_code = {code: v("syncwatch_attempts_total", status_code=code, **fd) for code in ("201", "429", "500", "422")}
-    assert by_code == {code: answered[code] for code in ("201", "429", "500", "422")}
-    assert v("syncwatch_attempts_total", status_code="none", **fd) == answered["timeout"] == 1
-    assert v("syncwatch_retries_total", **fd) == retries == 5
-    # Coverage counts only the flow's spans: 8 publishes, 8 deliveries, 11 POSTs, every one correlated.
-    assert v("syncwatch_spans_total", result="correlated") == 8 + 8 + 11
-    assert v("syncwatch_spans_total", result="uncorrelated") == 0
-    assert v("syncwatch_spans_total", result="unrelated") == 1  # the worker's health check
+    got = figures(metrics)
+    assert got == {
+        "confirmed": len(confirmed),
+        "failed": len(posted - confirmed),
+        "overdue": len(lost),
+        "lag_count": len(confirmed),
+        "attempts": {"201": 4, "429": 1, "500": 4, "422": 1, "none": answered["timeout"]},
+        "retries": len(erp.log) - len(posted),
+        # Coverage counts only the flow's spans (8 publishes, 8 deliveries, 11 POSTs), all correlated;
+        # the worker's health check is unrelated.
+        "correlated_spans": 8 + 8 + 11,
+        "uncorrelated_spans": 0,
+        "unrelated_spans": 1,
+    }
+    assert (got["confirmed"], got["failed"], got["overdue"], got["retries"]) == (4, 2, 2, 5)
     if os.environ.get("RULES_E2E_DUMP"):  # regenerates tests/fixtures/rules_stock_spans.otlp.jsonl
         Path(os.environ["RULES_E2E_DUMP"]).write_bytes(spans_file.read_bytes())
+
+    # The same scenario marked with syncwatch's helper instead of rules: the same transaction figures.
+    _, helper_metrics, _ = scenario(make_sidecar, vhost, tmp_path, helper=True)
+    transaction_figures = ("confirmed", "failed", "overdue", "lag_count", "attempts", "retries")
+    assert {k: figures(helper_metrics)[k] for k in transaction_figures} == {k: got[k] for k in transaction_figures}
