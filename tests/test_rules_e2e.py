@@ -173,6 +173,9 @@ def test_stock_instrumentation_gives_the_erp_log_figures(make_sidecar, vhost, tm
         "unrelated_spans": 1,
     }
     assert (got["confirmed"], got["failed"], got["overdue"], got["retries"]) == (4, 2, 2, 5)
+    matches = {r: metrics.get(("syncwatch_rule_matches_total", (("rule", r),))) for r in RULES["map"]}
+    assert matches == {"order-published": 8, "order-consumed": 8, "erp-post": 11}
+    assert metrics[("syncwatch_stitch_entries", (("index", "pending"),))] == 0  # every span got its ID
     if os.environ.get("RULES_E2E_DUMP"):  # regenerates tests/fixtures/rules_stock_spans.otlp.jsonl
         Path(os.environ["RULES_E2E_DUMP"]).write_bytes(spans_file.read_bytes())
 
