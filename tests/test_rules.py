@@ -325,3 +325,39 @@ def test_bad_rules_fail_at_start_naming_rule_and_key(tmp_path, rule, key):
     with pytest.raises(ConfigError) as err:
         load_config(path, environ={})
     assert err.value.key.startswith(key), err.value
+
+
+def test_index_size_and_evictions_are_metrics():
+    from prometheus_client import CollectorRegistry
+
+    from syncwatch.rules.metrics import RulesMetrics
+
+    registry = CollectorRegistry()
+    engine = RuleEngine(
+        RulesConfig.model_validate({**RULES, "stitch": {"max_entries": 100, "max_pending_spans": 10}}),
+        256,
+        RulesMetrics(registry),
+    )
+    ex = SpanExtractor(["messaging.message.conversation_id"], 256, engine)
+    consumes = [
+        {
+            "trace": 1000 + i,
+            "span": 1,
+            "name": "orders receive",
+            "kind": "consumer",
+            "attrs": {"messaging.system": "rabbitmq", "messaging.conversation_id": f"SO-{i}"},
+        }
+        for i in range(150)
+    ]
+    out = ex.extract(view_of(request("worker", [*consumes, *(post(2000 + i, 1, 201) for i in range(12))])), T0)
+    assert (out.correlated, out.uncorrelated) == (150, 2)
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("syncwatch_stitch_entries", index="learned") == 100
+    assert value("syncwatch_stitch_entries", index="pending") == 10
+    assert value("syncwatch_stitch_evictions_total", index="learned", reason="size") == 50
+    assert value("syncwatch_stitch_evictions_total", index="pending", reason="size") == 2
+    assert value("syncwatch_rule_matches_total", rule="order-consumed") == 150
+    assert value("syncwatch_rule_matches_total", rule="erp-post") == 12
