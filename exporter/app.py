@@ -47,9 +47,15 @@ class App:
         self.clock = clock
         self.metrics = Metrics()
         self.ledger = Ledger(config, self.metrics, clock)
+        from syncwatch.rules.engine import build_engine
+        from syncwatch.rules.metrics import RulesMetrics
+
+        rules = build_engine(
+            config.rules, config.limits.max_correlation_id_length, RulesMetrics(self.metrics.registry)
+        )  # compiled once: a bad pattern fails here, naming the rule and key
         self.writer = LedgerWriter(
             self.ledger,
-            SpanExtractor(config.correlation.keys, config.limits.max_correlation_id_length),
+            SpanExtractor(config.correlation.keys, config.limits.max_correlation_id_length, rules),
             self.metrics,
             config.intake.max_queued_spans,
             config.intake.max_batch_spans,

@@ -21,6 +21,7 @@ from syncwatch.collectors.plugins import load_collector_class
 from syncwatch.config.models import Config
 from syncwatch.intake import extract
 from syncwatch.metrics.registry import Metrics
+from syncwatch.rules.metrics import RulesMetrics
 from syncwatch.snapshots import SnapshotIntake, otlp_logs
 
 BUILT_IN_COLLECTORS = ("sqs", "servicebus", "rabbitmq")
@@ -43,6 +44,7 @@ def metrics_table() -> list[str]:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     CollectorMetrics(registry)
+    RulesMetrics(registry)
     with tempfile.TemporaryDirectory() as tmp:
         config = Config.model_validate({"storage": {"data_dir": tmp}, "snapshots": {"enabled": True}})
         snapshots = SnapshotIntake(config, metrics)

@@ -41,6 +41,7 @@ class OtlpService:
             m.labels("uncorrelated"),
             m.labels("rejected"),
         )
+        self._unrelated = m.labels("unrelated")
 
     async def export_traces(self, request: Any, total: int | None = None) -> ExportTraceServiceResponse:
         """Record the request's spans (a trace_view.TraceView; `total` its span count, as the
@@ -80,6 +81,8 @@ class OtlpService:
             self._correlated.inc(out.correlated)
         if out.uncorrelated:
             self._uncorrelated.inc(out.uncorrelated)
+        if out.unrelated:
+            self._unrelated.inc(out.unrelated)
         if out.rejected:
             self._rejected.inc(out.rejected)
             self.metrics.dropped.labels("invalid_span").inc(out.rejected)
