@@ -125,6 +125,7 @@ class CollectorManager:
         self.metrics = CollectorMetrics(registry)
         self.runners = [CollectorRunner(cls(settings), self.sampling, self.metrics, clock) for cls, settings in parsed]
         self._tasks: list[asyncio.Task] = []
+        self.dead_letters: Any = None  # the DeadLetterBook, when a collector reads dead letters
 
     def runner(self, name: str) -> CollectorRunner:
         return next(r for r in self.runners if r.name == name)

@@ -62,6 +62,7 @@ class App:
         # Both OTLP receivers share one budget of request-body bytes and one decode pool.
         self.bodies = BodyDecoder(config.intake.max_body_bytes)
         self.collectors = self._make_collectors()
+        self.dead_letters = self.collectors.dead_letters if self.collectors is not None else None
         self.ready = False
         self._runners: list[web.AppRunner] = []
         self._grpc = None
@@ -90,6 +91,10 @@ class App:
         from syncwatch.api.routes import setup_api
 
         setup_api(app, config=self.config, snapshots=self.snapshots, clock=self.clock)
+        from syncwatch.ui import setup_ui
+
+        ui = dict(snapshots=self.snapshots, collectors=self.collectors, dead_letters=self.dead_letters)
+        setup_ui(app, config=self.config, clock=self.clock, **ui)
         return app
 
     async def start(self) -> None:
