@@ -78,9 +78,16 @@ class App:
     def _make_collectors(self):
         if not self.config.collectors:
             return None
+        from syncwatch.collectors.deadletters import book_for_config
         from syncwatch.collectors.manager import CollectorManager
 
-        return CollectorManager(self.config.collectors, self.config.sampling, self.metrics.registry, clock=self.clock)
+        return CollectorManager(
+            self.config.collectors,
+            self.config.sampling,
+            self.metrics.registry,
+            clock=self.clock,
+            dead_letters=lambda: book_for_config(self.config, self.clock),
+        )
 
     def _http_app(self) -> web.Application:
         app = web.Application()
