@@ -98,7 +98,10 @@ class App:
         from syncwatch.api.routes import setup_api
 
         setup_api(app, config=self.config, snapshots=self.snapshots, clock=self.clock)
+        from syncwatch.api.deadletters import setup_dead_letter_api
         from syncwatch.ui import setup_ui
+
+        setup_dead_letter_api(app, config=self.config, dead_letters=self.dead_letters)
 
         ui = dict(snapshots=self.snapshots, collectors=self.collectors, dead_letters=self.dead_letters)
         setup_ui(app, config=self.config, clock=self.clock, **ui)

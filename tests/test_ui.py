@@ -239,3 +239,28 @@ def test_closed_without_a_token(tmp_path):
 
     status, html = serve(cfg, scenario, token_login=False)
     assert status == 503 and "no token configured" in html
+
+
+def test_alerts_link_to_the_list_of_what_fired():
+    from test_alerts import alerts_gen as generate
+
+    plain = {r["alert"]: r for g in generate.build_rules()["groups"] for r in g["rules"] if "alert" in r}
+    assert all("ui_url" not in r["annotations"] for r in plain.values())  # the committed file stays as it was
+    linked = {
+        r["alert"]: r
+        for g in generate.build_rules(ui_url="https://sw.example/")["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
+    ann = {name: r["annotations"].get("ui_url") for name, r in linked.items()}
+    assert ann["SyncwatchTransactionsOverdue"] == (
+        "https://sw.example/ui/transactions?state=overdue&flow={{ $labels.flow | urlquery }}"
+    )
+    assert (
+        ann["SyncwatchRetriesExhausted"]
+        == "https://sw.example/ui/transactions?state=failed&flow={{ $labels.flow | urlquery }}"
+    )
+    assert (
+        ann["SyncwatchDeadLetterQueueNotEmpty"]
+        == "https://sw.example/ui/dead-letters?queue={{ $labels.queue | urlquery }}"
+    )
