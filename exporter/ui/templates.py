@@ -19,13 +19,13 @@ form.filters{display:flex;gap:.8em;align-items:end;margin:0 0 1em;flex-wrap:wrap
 input,select,button{font:inherit;padding:.25em .4em}.muted{color:#6b7480}.err{color:#b00020;font-weight:600}
 .badge{display:inline-block;padding:0 .45em;border-radius:3px;font-size:12px;background:#e3e6ea}
 .badge.overdue,.badge.failed,.badge.expired,.badge.dead-lettered{background:#fbd5d5;color:#8a1111}.badge.confirmed{background:#d6f2dc;color:#135c25}
-.badge.pending{background:#fff1c2}.badge.duplicate{background:#ffe0b8}
+.badge.pending{background:#fff1c2}.badge.code-ok{background:#d6f2dc}.badge.code-client{background:#ffe0b8}.badge.code-server{background:#fbd5d5}.badge.duplicate{background:#ffe0b8}
 .dest{background:#fff;border:1px solid #dde1e6;padding:.8em 1em;margin:0 0 1.2em}
-.axis{position:relative;height:54px;margin:1.6em 0 .4em;border-bottom:2px solid #9aa4af}
+.axis{position:relative;height:54px;margin:3em 0 .4em;border-bottom:2px solid #9aa4af}
 .axis .bar{position:absolute;bottom:4px;height:18px;border-radius:2px;min-width:3px}
 .bar.ok{background:#2e9d4f}.bar.client{background:#e08a00}.bar.server{background:#d3302f}.bar.other{background:#7d8793}
 .axis .mark{position:absolute;bottom:-6px;height:62px;border-left:2px dashed #4a6fa5}
-.axis .mark span{position:absolute;top:-1.3em;left:2px;font-size:11px;white-space:nowrap;color:#333}
+.axis .mark span{position:absolute;left:2px;font-size:11px;white-space:nowrap;color:#333}
 .axis .mark.deadline{border-left-color:#d3302f}.axis .mark.now{border-left-color:#111}
 .axisends{display:flex;justify-content:space-between;font-size:11px;color:#6b7480}
 .diff .add{background:#e6f7ea;color:#135c25}.diff .del{background:#fdeaea;color:#8a1111}.diff .hunk{color:#4a6fa5}
@@ -98,7 +98,7 @@ TX = """{% extends "base" %}{% block title %}{{ corr }}{% endblock %}{% block ma
 <p class="muted">source {{ d.source or '-' }} · changed {{ d.changed }} · opened {{ d.opened }} · deadline {{ d.deadline_at }}
 {% if d.overdue_by %} · <b>overdue by {{ d.overdue_by }}</b>{% endif %}{% if d.lag %} · lag {{ d.lag }}{% endif %}</p>
 <div class="axis" title="{{ d.axis.start }} … {{ d.axis.end }}">
-{% for m in d.axis.markers %}<div class="mark {{ m.label }}" style="left:{{ m.left }}%" title="{{ m.label }} {{ m.at }}"><span>{{ m.label }}</span></div>{% endfor %}
+{% for m in d.axis.markers %}<div class="mark {{ m.label }}" style="left:{{ m.left }}%" title="{{ m.label }} {{ m.at }}"><span style="top:{{ -1.3 - 1.2 * m.row }}em">{{ m.label }}</span></div>{% endfor %}
 {% for b in d.axis.bars %}<div class="bar {{ b.cls }}" style="left:{{ b.left }}%;width:{{ b.width }}%" title="{{ b.title }}"></div>{% endfor %}
 </div><div class="axisends"><span>{{ d.axis.start }}</span><span>{{ d.axis.span }}</span><span>{{ d.axis.end }}</span></div>
 {% if d.storm %}<p class="storm"><b>{{ d.storm }}</b></p>{% endif %}

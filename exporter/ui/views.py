@@ -105,9 +105,16 @@ def axis(dest: dict[str, Any], now: float) -> dict[str, Any]:
         return {"start": "-", "end": "-", "markers": [], "bars": []}
     start, end = min(times), max(times)
     span = (end - start) or 1.0
-    markers = [
-        {"label": label, "left": _pct(v, start, span), "at": when(v)} for label, v in sorted(points, key=lambda p: p[1])
-    ]
+    markers = []
+    last_left: list[float] = []  # per label row: where its last label starts
+    for label, v in sorted(points, key=lambda p: p[1]):
+        left = _pct(v, start, span)
+        # Labels of marks close together go on the next row up, so none hides another.
+        row = next((i for i, prev in enumerate(last_left) if left - prev >= 9), len(last_left))
+        if row == len(last_left):
+            last_left.append(left)
+        last_left[row] = left
+        markers.append({"label": label, "left": left, "at": when(v), "row": row})
     bars = []
     for a in dest.get("attempts", []):
         s0, s1 = _number(a.get("start")), _number(a.get("end"))
