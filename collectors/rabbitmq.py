@@ -305,7 +305,7 @@ class _Linker:
     _cache: dict[tuple[str, str, str | None], set[str]] = field(default_factory=dict)
     _refused_bindings: set[tuple[str, str, str]] = field(default_factory=set)
 
-    def _vhost(self, vhost: str):
+    def _vhost(self, vhost: str) -> Any:
         if vhost not in self._index:
             exchanges, bindings = self.routing.get(vhost, ([], []))
             types = {e.name: e.type for e in exchanges}
@@ -563,10 +563,12 @@ class RabbitMQCollector(Collector):
             }
             try:
                 body = await self._get(path, sample, post=request)
-                letters = await self._offload(parse_messages, body, d.queue, dl, time.time())
+                letters, skipped = await self._offload(parse_messages, body, d.queue, dl, time.time())
             except CollectorError as exc:
                 sample.errors.append(CollectorError(exc.reason, f"dead letters of {d.queue[:200]!r}: {exc.message}"))
                 continue
+            if skipped:
+                sample.errors.append(_unreadable(d.queue, skipped))
             reads.append(DeadLetterRead(d.namespace, d.queue, letters, complete=len(letters) >= d.messages))
         return reads
 
@@ -658,7 +660,7 @@ class RabbitMQCollector(Collector):
     ) -> dict[str, tuple[list[ExchangeItem], list[BindingItem]]]:
         """Per vhost: its exchanges (name, type) and all its bindings."""
 
-        async def one(vhost: str):
+        async def one(vhost: str) -> tuple[str, tuple[list[ExchangeItem], list[BindingItem]]]:
             v = quote(vhost, safe="")
             exchanges = await self._get_parsed(
                 f"/api/exchanges/{v}?columns=name,type", sample, parse_list, ExchangeItem
@@ -671,7 +673,11 @@ class RabbitMQCollector(Collector):
         return dict(await _all(one(v) for v in sorted(vhosts)))
 
 
-def parse_messages(body: bytes, queue: str, settings: DeadLetterSettings, now: float) -> list[DeadLetter]:
+def _unreadable(queue: str, n: int) -> CollectorError:
+    return CollectorError("bad_response", f"dead letters of {queue[:200]!r}: {n} message(s) unreadable, skipped")
+
+
+def parse_messages(body: bytes, queue: str, settings: DeadLetterSettings, now: float) -> tuple[list[DeadLetter], int]:
     """get-messages' answer as DeadLetters: the correlation ID from a header or property (or the
     body's JSON path), reason, source queue and time from the newest x-death entry. Runs in the
     collector's thread; a malformed message is skipped, a malformed answer is bad_response."""
@@ -679,18 +685,22 @@ def parse_messages(body: bytes, queue: str, settings: DeadLetterSettings, now: f
     if not isinstance(data, list):
         raise CollectorError("bad_response", "get-messages: the answer is not a list")
     letters = []
+    skipped = 0  # malformed messages: counted, reported as one bad_response per DLQ
     for m in data[: settings.max_per_queue]:
         if not isinstance(m, dict):
+            skipped += 1
             continue
         props: dict[str, Any] = m["properties"] if isinstance(m.get("properties"), dict) else {}
         headers: dict[str, Any] = props["headers"] if isinstance(props.get("headers"), dict) else {}
         payload = m.get("payload")
         if not isinstance(payload, str):
+            skipped += 1
             continue
         if m.get("payload_encoding") == "base64":
             try:
                 raw = base64.b64decode(payload, validate=True)
             except ValueError:
+                skipped += 1
                 continue
         else:
             raw = payload.encode("utf-8", "surrogatepass")
@@ -721,10 +731,10 @@ def parse_messages(body: bytes, queue: str, settings: DeadLetterSettings, now: f
                 truncated=size > len(raw),
             )
         )
-    return letters
+    return letters, skipped
 
 
-async def _all(coros) -> list:
+async def _all(coros: Any) -> list[Any]:
     """Like gather, but the first failure cancels the calls still running (no work for a lost sample)."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:

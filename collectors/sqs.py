@@ -184,7 +184,11 @@ def check_attributes(answer: Any) -> QueueAttributes:
             target = None
         if _split_arn(target) is None:
             target, problem = None, "RedrivePolicy without a readable deadLetterTargetArn"
-    return QueueAttributes(arn, *parts, *counts, dead_letter_arn=target, redrive_problem=problem)
+    region, account, name = parts
+    visible, hidden, delayed = counts
+    return QueueAttributes(
+        str(arn), region, account, name, visible, hidden, delayed, dead_letter_arn=target, redrive_problem=problem
+    )
 
 
 def check_urls(key: str, op: str) -> Callable[[Any], tuple[list[str], str | None]]:
@@ -389,7 +393,7 @@ class SqsCollector(Collector):
         rest still reported; only when every queue fails is the whole sample a failure."""
         failures: list[CollectorError] = []
 
-        async def one(url: str):
+        async def one(url: str) -> tuple[str, QueueAttributes | None]:
             try:
                 return url, await self._call(
                     sample, "get_queue_attributes", check_attributes, QueueUrl=url, AttributeNames=ATTRIBUTES
@@ -428,7 +432,10 @@ class SqsCollector(Collector):
         missing = sorted(set(redrive.values()) - sampled_arns)
         for arn in missing:
             if arn not in self._arn_urls:
-                _, account, name = _split_arn(arn)  # checked when its RedrivePolicy was read
+                split = _split_arn(arn)  # checked when its RedrivePolicy was read
+                if split is None:
+                    continue
+                _, account, name = split
                 try:
                     self._arn_urls[arn] = await self._call(
                         sample, "get_queue_url", check_url, QueueName=name, QueueOwnerAWSAccountId=account
@@ -477,7 +484,7 @@ class SqsCollector(Collector):
             if want <= 0:
                 break
             try:
-                messages = await self._call(
+                messages, skipped = await self._call(
                     sample,
                     "receive_message",
                     lambda answer: parse_messages(answer, dl),
@@ -485,15 +492,20 @@ class SqsCollector(Collector):
                     MaxNumberOfMessages=want,
                     VisibilityTimeout=0,
                     WaitTimeSeconds=0,
-                    AttributeNames=[
-                        "All"
-                    ],  # the older name of MessageSystemAttributeNames, which moto and AWS both read
+                    # AttributeNames: the older name of MessageSystemAttributeNames, which moto reads.
+                    AttributeNames=["All"],
                     MessageSystemAttributeNames=["All"],
                     MessageAttributeNames=["All"],
                 )
             except CollectorError as exc:
                 sample.errors.append(CollectorError(exc.reason, f"dead letters of {dlq.queue[:200]!r}: {exc.message}"))
                 return read
+            if skipped:
+                sample.errors.append(
+                    CollectorError(
+                        "bad_response", f"dead letters of {dlq.queue[:200]!r}: {skipped} message(s) unreadable, skipped"
+                    )
+                )
             new = [m for m in messages if m.key not in seen]
             seen.update((m.key, m) for m in new)
             if not new:
@@ -503,7 +515,7 @@ class SqsCollector(Collector):
         return read
 
 
-def parse_messages(answer: Any, settings: DeadLetterSettings) -> list[DeadLetter]:
+def parse_messages(answer: Any, settings: DeadLetterSettings) -> tuple[list[DeadLetter], int]:
     """ReceiveMessage's messages as DeadLetters (in the collector's thread): the correlation ID from
     a message attribute or the body's JSON path; reason from a DeadLetterReason attribute, else
     maxReceiveCount (SQS moves a message after that many receives); time from SentTimestamp."""
@@ -511,11 +523,13 @@ def parse_messages(answer: Any, settings: DeadLetterSettings) -> list[DeadLetter
     if not isinstance(messages, list):
         raise _bad("ReceiveMessage", "Messages is not a list")
     out = []
+    skipped = 0  # malformed messages: counted, reported as one bad_response per DLQ
     for m in messages:
         if not isinstance(m, dict) or not isinstance(m.get("MessageId"), str) or not isinstance(m.get("Body"), str):
+            skipped += 1
             continue
-        attrs = m.get("Attributes") if isinstance(m.get("Attributes"), dict) else {}
-        mattrs = m.get("MessageAttributes") if isinstance(m.get("MessageAttributes"), dict) else {}
+        attrs: dict[str, Any] = m["Attributes"] if isinstance(m.get("Attributes"), dict) else {}
+        mattrs: dict[str, Any] = m["MessageAttributes"] if isinstance(m.get("MessageAttributes"), dict) else {}
         values = {k: v.get("StringValue") for k, v in mattrs.items() if isinstance(v, dict)}
         raw_all = m["Body"].encode("utf-8", "surrogatepass")
         raw = raw_all[: settings.max_body_bytes]
@@ -535,7 +549,7 @@ def parse_messages(answer: Any, settings: DeadLetterSettings) -> list[DeadLetter
                 truncated=len(raw_all) > len(raw),
             )
         )
-    return out
+    return out, skipped
 
 
 def _int(value: Any) -> int | None:

@@ -61,6 +61,9 @@ def dead_letter_orders(vhost: str) -> pika.adapters.blocking_connection.Blocking
     for _ in range(4):
         method, _, _ = ch.basic_get("orders")
         ch.basic_reject(method.delivery_tag, requeue=False)
+    deadline = time.monotonic() + 10
+    while dlq_count(ch) < 4 and time.monotonic() < deadline:  # dead-lettering is asynchronous
+        time.sleep(0.05)
     return ch
 
 
@@ -159,3 +162,20 @@ def test_dead_letters_config_errors_name_the_key():
             CollectorRegistry(),
         )
     assert "collectors[0].dead_letters.correlation.json_path" in str(e.value)
+
+
+def test_malformed_messages_are_counted_and_overlong_ids_refused():
+    from syncwatch.collectors.deadletters import DeadLetterSettings
+    from syncwatch.collectors.rabbitmq import parse_messages
+
+    settings = DeadLetterSettings(enabled=True, correlation={"header": "x-order-id", "json_path": "$.order.id"})
+    answer = [
+        {"payload": '{"order": {"id": "SO-7"}}', "payload_encoding": "string", "payload_bytes": 25, "properties": {}},
+        {"payload": 42},  # not a body
+        {"payload": "!!!", "payload_encoding": "base64"},  # not base64
+        "not an object",
+        {"payload": "{}", "properties": {"headers": {"x-order-id": "X" * 257}}},  # over 256 characters
+    ]
+    letters, skipped = parse_messages(json.dumps(answer).encode(), "orders.dlq", settings, time.time())
+    assert skipped == 3
+    assert [x.correlation_id for x in letters] == ["SO-7", None]

@@ -255,13 +255,15 @@ def setup_ui(
             flag = {"true": True, "false": False}.get(linked or "")
             letters = await asyncio.to_thread(dead_letters.list, queue=queue, linked=flag)
         now = clock()
-        html = render(
-            "dead_letters",
-            **base("dead-letters"),
-            enabled=dead_letters is not None,
-            queue=queue,
-            linked=linked,
-            letters=_letters_view(letters, now),
+        html = await asyncio.to_thread(  # bodies are data: escaped off the loop
+            lambda: render(
+                "dead_letters",
+                **base("dead-letters"),
+                enabled=dead_letters is not None,
+                queue=queue,
+                linked=linked,
+                letters=_letters_view(letters, now),
+            )
         )
         return _page(html)
 
@@ -302,7 +304,7 @@ def setup_ui(
                     "letters": _letters_view(mine, now),
                 }
             )
-        return _page(render("queues", **base("queues"), collectors=shown))
+        return _page(await asyncio.to_thread(lambda: render("queues", **base("queues"), collectors=shown)))
 
     app.router.add_get("/ui", to_slash)
     app.router.add_get("/ui/", index)
