@@ -8,8 +8,11 @@ Every threshold and `for` duration lives in `Settings` below, so changing one is
     python alerts/generate.py --grafana-url https://grafana.acme.io \
         --runbook-url https://git.acme.io/ops/syncwatch/blob/main/docs/runbooks.md
     python alerts/generate.py --check                          # exit 1 if the committed file differs
+    python alerts/generate.py --ui-url https://syncwatch.acme.io   # add ui_url: the web view's list of what fired
 
 The tests fail when the committed file differs from what this code generates with the defaults.
+Over 400 lines on purpose: every rule with its expression, thresholds and annotations in one
+place, in the order of the rule file.
 """
 
 from __future__ import annotations
@@ -82,14 +85,29 @@ class Settings:
     down_for: str = "1m"
 
 
+# The web view's page for each alert (`--ui-url`): the list of exactly what fired. Label values
+# go through Go's urlquery, so a queue name cannot break out of the query string.
+UI_PATHS = {
+    "SyncwatchTransactionsOverdue": "/ui/transactions?state=overdue&flow={{ $labels.flow | urlquery }}",
+    "SyncwatchSyncLagAboveDeadline": "/ui/transactions?state=overdue&flow={{ $labels.flow | urlquery }}",
+    "SyncwatchSyncLagGrowing": "/ui/transactions?state=pending&flow={{ $labels.flow | urlquery }}",
+    "SyncwatchRetriesExhausted": "/ui/transactions?state=failed&flow={{ $labels.flow | urlquery }}",
+    "SyncwatchRetryStormRisk": "/ui/transactions?state=overdue&flow={{ $labels.flow | urlquery }}",
+    "SyncwatchDuplicateApplies": "/ui/transactions?state=duplicate&flow={{ $labels.flow | urlquery }}",
+    "SyncwatchDeadLetterQueueNotEmpty": "/ui/dead-letters?queue={{ $labels.queue | urlquery }}",
+    "SyncwatchQueueNotDraining": "/ui/queues",
+}
+
+
 def _anchor(alert: str) -> str:
     # GitHub/Markdown heading anchors: the runbook has one `## <AlertName>` heading per alert.
     return alert.lower()
 
 
 class _Rules:
-    def __init__(self, s: Settings, grafana_url: str, runbook_url: str):
+    def __init__(self, s: Settings, grafana_url: str, runbook_url: str, ui_url: str | None = None):
         self.s = s
+        self.ui_url = ui_url.rstrip("/") if ui_url else None
         self.grafana_url = grafana_url.rstrip("/")
         self.runbook_url = runbook_url
 
@@ -120,6 +138,8 @@ class _Rules:
             "runbook_url": f"{self.runbook_url}#{_anchor(name)}",
             "dashboard_url": dashboard_url,
         }
+        if self.ui_url and name in UI_PATHS:
+            rule["annotations"]["ui_url"] = self.ui_url + UI_PATHS[name]
         return rule
 
 
@@ -132,10 +152,13 @@ def _num(x: float) -> str:
 
 
 def build_rules(
-    s: Settings | None = None, grafana_url: str = DEFAULT_GRAFANA_URL, runbook_url: str = DEFAULT_RUNBOOK_URL
+    s: Settings | None = None,
+    grafana_url: str = DEFAULT_GRAFANA_URL,
+    runbook_url: str = DEFAULT_RUNBOOK_URL,
+    ui_url: str | None = None,
 ) -> dict:
     s = s or Settings()
-    r = _Rules(s, grafana_url, runbook_url)
+    r = _Rules(s, grafana_url, runbook_url, ui_url)
     erp = ERP_DASHBOARD_UID
     recording = [
         # p95 sync lag per flow/route; used by the lag alerts and the dashboard.
@@ -401,10 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a Settings field")
     p.add_argument("--grafana-url", default=DEFAULT_GRAFANA_URL)
     p.add_argument("--runbook-url", default=DEFAULT_RUNBOOK_URL)
+    p.add_argument("--ui-url", default=None, help="syncwatch's HTTP address: adds a ui_url annotation per alert")
     p.add_argument("--output", type=Path, default=RULES_FILE)
     p.add_argument("--check", action="store_true", help="exit 1 if --output differs from the generated rules")
     a = p.parse_args(argv)
-    text = render(build_rules(_parse_set(a.set), a.grafana_url, a.runbook_url))
+    text = render(build_rules(_parse_set(a.set), a.grafana_url, a.runbook_url, a.ui_url))
     if a.check:
         if not a.output.exists() or a.output.read_text() != text:
             print(f"{a.output} is out of date: run python alerts/generate.py", file=sys.stderr)

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo
 
+from syncwatch.collectors.deadletters import DeadLetterRead
 from syncwatch.config.durations import Duration
 from syncwatch.config.errors import SyncwatchError
 
@@ -107,6 +108,8 @@ class Sample:
     # Things a user should know that are not call failures (e.g. a DLX that routes nowhere).
     warnings: list[str] = field(default_factory=list)
     api_calls: int = 0
+    # Dead letters read this cycle (collectors with dead_letters.enabled); None when not reading.
+    dead_letters: list[DeadLetterRead] | None = None
 
 
 def _label_ok(value: Any) -> bool:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from syncwatch.collectors.base import Collector, CollectorError, Sample, check_sample
 from syncwatch.collectors.config import SamplingSettings, load_collectors_section
+from syncwatch.collectors.deadletters import DeadLetterBook, DeadLetterMetric
 from syncwatch.collectors.metrics import CollectorMetrics
 from syncwatch.collectors.sampling import AdaptiveSchedule
 
@@ -24,9 +25,15 @@ log = logging.getLogger("syncwatch.collectors")
 
 class CollectorRunner:
     def __init__(
-        self, collector: Collector, sampling: SamplingSettings, metrics: CollectorMetrics, clock: Callable[[], float]
+        self,
+        collector: Collector,
+        sampling: SamplingSettings,
+        metrics: CollectorMetrics,
+        clock: Callable[[], float],
+        dead_letters: DeadLetterBook | None = None,
     ):
         self.collector = collector
+        self.dead_letters = dead_letters
         self.metrics = metrics
         self.clock = clock
         self.schedule = AdaptiveSchedule(sampling, clock)
@@ -78,6 +85,8 @@ class CollectorRunner:
             if not self.up:
                 log.info("collector %s: up (%d queues, %d DLQs)", name, len(sample.queues), len(sample.dlqs))
             self._log_partial(sample)
+            if self.dead_letters is not None and sample.dead_letters is not None:
+                await self._record_dead_letters(sample)
             self.up, self.last_sample, self.last_error = True, sample, None
         else:
             assert error is not None
@@ -88,6 +97,17 @@ class CollectorRunner:
             self.up, self.last_error = False, error
         m.interval.labels(name).set(self.schedule.interval())
         return sample
+
+    async def _record_dead_letters(self, sample: Sample) -> None:
+        """Redact, link and store what was read (in a thread: redaction and SQLite are work)."""
+        book = self.dead_letters
+        assert book is not None and sample.dead_letters is not None
+        try:
+            await asyncio.to_thread(book.record, self.name, sample.dead_letters)
+            await asyncio.to_thread(book.forget_queues, self.name, {(d.namespace, d.queue) for d in sample.dlqs})
+        except Exception:  # the depths are still good; the book is retried next cycle
+            log.exception("collector %s: storing dead letters failed", self.name)
+            self.metrics.errors.labels(self.name, "other").inc()
 
     def _log_partial(self, sample: Sample) -> None:
         """Partial failures (a vanished queue, a refused oversized link table) are logged when they change,
@@ -120,10 +140,19 @@ class CollectorManager:
         sampling: dict,
         registry: CollectorRegistry,
         clock: Callable[[], float] = time.time,
+        dead_letters: Callable[[], DeadLetterBook] | None = None,
     ):
         parsed, self.sampling = load_collectors_section(collectors, sampling)
         self.metrics = CollectorMetrics(registry)
-        self.runners = [CollectorRunner(cls(settings), self.sampling, self.metrics, clock) for cls, settings in parsed]
+        # The book of dead letters, made only when some collector reads them (`dead_letters.enabled`).
+        reading = any(getattr(getattr(s, "dead_letters", None), "enabled", False) for _, s in parsed)
+        self.dead_letters: DeadLetterBook | None = dead_letters() if reading and dead_letters is not None else None
+        if self.dead_letters is not None:
+            DeadLetterMetric(self.dead_letters, registry)
+        self.runners = [
+            CollectorRunner(cls(settings), self.sampling, self.metrics, clock, self.dead_letters)
+            for cls, settings in parsed
+        ]
         self._tasks: list[asyncio.Task] = []
 
     def runner(self, name: str) -> CollectorRunner:

@@ -47,6 +47,7 @@ from syncwatch.collectors.base import (
     check_env_name,
     secret_from_env,
 )
+from syncwatch.collectors.deadletters import DeadLetter, DeadLetterRead, DeadLetterSettings, correlation_of, message_key
 from syncwatch.collectors.selection import Selector
 
 QUEUE_COLUMNS = ",".join(
@@ -92,6 +93,8 @@ class RabbitMQSettings(CollectorSettings):
     max_response_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
     ca_file: str | None = None  # private CA for an https management endpoint
     verify_tls: bool = True
+    # Read the DLQs' messages (get-messages with requeue: sets their redelivered flag); off by default.
+    dead_letters: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
 
     @field_validator("url")
     @classmethod
@@ -188,6 +191,7 @@ class _DeadLetterPolicy(_Model):
 class QueueItem(_Model):
     name: Text
     vhost: Text
+    type: Text | None = None  # classic | quorum | stream
     messages_ready: Count | None = None  # absent until the queue's first stats emission
     messages_unacknowledged: Count | None = None
     consumers: Count | None = None
@@ -301,7 +305,7 @@ class _Linker:
     _cache: dict[tuple[str, str, str | None], set[str]] = field(default_factory=dict)
     _refused_bindings: set[tuple[str, str, str]] = field(default_factory=set)
 
-    def _vhost(self, vhost: str):
+    def _vhost(self, vhost: str) -> Any:
         if vhost not in self._index:
             exchanges, bindings = self.routing.get(vhost, ([], []))
             types = {e.name: e.type for e in exchanges}
@@ -429,15 +433,16 @@ class RabbitMQCollector(Collector):
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    async def _get(self, path: str, sample: Sample) -> bytes:
-        """The body of one GET, at most max_response_bytes (decompressed); errors as CollectorError."""
+    async def _get(self, path: str, sample: Sample, post: dict[str, Any] | None = None) -> bytes:
+        """The body of one GET (or POST of `post` as JSON), at most max_response_bytes (decompressed);
+        errors as CollectorError."""
         sample.api_calls += 1
         url = self.settings.url + path
         where = path.split("?", maxsplit=1)[0]
         cap = self.settings.max_response_bytes
         too_large = CollectorError("too_large", f"{where}: the answer is over max_response_bytes ({cap} bytes)")
         try:
-            async with self._client().get(url) as resp:
+            async with self._client().request("GET" if post is None else "POST", url, json=post) as resp:
                 if resp.status in (401, 403):
                     raise CollectorError(
                         "unauthorized",
@@ -530,7 +535,42 @@ class RabbitMQCollector(Collector):
         plan = await self._offload(self._plan, queues, sample)
         routing = await self._routing(plan.dead_letter_vhosts, sample)
         await self._offload(self._finish, plan, routing, sample, time.time())
+        if self.settings.dead_letters.enabled:
+            sample.dead_letters = await self._read_dead_letters(plan, sample)
         return sample
+
+    async def _read_dead_letters(self, plan: _Plan, sample: Sample) -> list[DeadLetterRead]:
+        """At most max_per_queue messages of each non-empty classic DLQ, through get-messages with
+        ack_requeue_true: each goes back where it was, with its redelivered flag set."""
+        dl = self.settings.dead_letters
+        reads = []
+        for d in sample.dlqs:
+            item = plan.by_vhost.get(d.namespace, {}).get(d.queue)
+            if d.messages == 0:
+                reads.append(DeadLetterRead(d.namespace, d.queue, complete=True))
+                continue
+            if item is not None and item.type not in (None, "classic"):
+                # A quorum queue counts a requeue as a delivery (its delivery-limit could drop the
+                # message); a stream has no get. Neither is read.
+                sample.warnings.append(f"{d.namespace}/{d.queue}: a {item.type} queue: dead letters not read")
+                continue
+            path = f"/api/queues/{quote(d.namespace, safe='')}/{quote(d.queue, safe='')}/get"
+            request = {
+                "count": dl.max_per_queue,
+                "ackmode": "ack_requeue_true",
+                "encoding": "auto",
+                "truncate": dl.max_body_bytes,
+            }
+            try:
+                body = await self._get(path, sample, post=request)
+                letters, skipped = await self._offload(parse_messages, body, d.queue, dl, time.time())
+            except CollectorError as exc:
+                sample.errors.append(CollectorError(exc.reason, f"dead letters of {d.queue[:200]!r}: {exc.message}"))
+                continue
+            if skipped:
+                sample.errors.append(_unreadable(d.queue, skipped))
+            reads.append(DeadLetterRead(d.namespace, d.queue, letters, complete=len(letters) >= d.messages))
+        return reads
 
     def _plan(self, queues: list[QueueItem], sample: Sample) -> _Plan:
         plan = _Plan()
@@ -620,7 +660,7 @@ class RabbitMQCollector(Collector):
     ) -> dict[str, tuple[list[ExchangeItem], list[BindingItem]]]:
         """Per vhost: its exchanges (name, type) and all its bindings."""
 
-        async def one(vhost: str):
+        async def one(vhost: str) -> tuple[str, tuple[list[ExchangeItem], list[BindingItem]]]:
             v = quote(vhost, safe="")
             exchanges = await self._get_parsed(
                 f"/api/exchanges/{v}?columns=name,type", sample, parse_list, ExchangeItem
@@ -633,7 +673,68 @@ class RabbitMQCollector(Collector):
         return dict(await _all(one(v) for v in sorted(vhosts)))
 
 
-async def _all(coros) -> list:
+def _unreadable(queue: str, n: int) -> CollectorError:
+    return CollectorError("bad_response", f"dead letters of {queue[:200]!r}: {n} message(s) unreadable, skipped")
+
+
+def parse_messages(body: bytes, queue: str, settings: DeadLetterSettings, now: float) -> tuple[list[DeadLetter], int]:
+    """get-messages' answer as DeadLetters: the correlation ID from a header or property (or the
+    body's JSON path), reason, source queue and time from the newest x-death entry. Runs in the
+    collector's thread; a malformed message is skipped, a malformed answer is bad_response."""
+    data = _decode(body, f"/api/queues/.../{queue[:100]}/get", 100_000)
+    if not isinstance(data, list):
+        raise CollectorError("bad_response", "get-messages: the answer is not a list")
+    letters = []
+    skipped = 0  # malformed messages: counted, reported as one bad_response per DLQ
+    for m in data[: settings.max_per_queue]:
+        if not isinstance(m, dict):
+            skipped += 1
+            continue
+        props: dict[str, Any] = m["properties"] if isinstance(m.get("properties"), dict) else {}
+        headers: dict[str, Any] = props["headers"] if isinstance(props.get("headers"), dict) else {}
+        payload = m.get("payload")
+        if not isinstance(payload, str):
+            skipped += 1
+            continue
+        if m.get("payload_encoding") == "base64":
+            try:
+                raw = base64.b64decode(payload, validate=True)
+            except ValueError:
+                skipped += 1
+                continue
+        else:
+            raw = payload.encode("utf-8", "surrogatepass")
+        raw = raw[: settings.max_body_bytes]
+        size = m.get("payload_bytes")
+        size = size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else len(raw)
+        deaths = headers.get("x-death")
+        death: dict[str, Any] = deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
+        reason = death.get("reason") if isinstance(death.get("reason"), str) else headers.get("x-first-death-reason")
+        source = death.get("queue") if isinstance(death.get("queue"), str) else headers.get("x-first-death-queue")
+        at = death.get("time")
+        at = float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) and 0 < at < 1e11 else None
+        count = death.get("count")
+        lookup = {"correlation_id": props.get("correlation_id"), "message_id": props.get("message_id"), **headers}
+        mid = props.get("message_id")
+        letters.append(
+            DeadLetter(
+                key=mid[:200]
+                if isinstance(mid, str) and mid
+                else message_key(raw, at, reason, source, m.get("routing_key")),
+                correlation_id=correlation_of(settings.correlation, lookup, raw),
+                reason=reason[:200] if isinstance(reason, str) else None,
+                source_queue=source[:1024] if isinstance(source, str) else None,
+                dead_lettered_at=at,
+                deliveries=count if isinstance(count, int) and not isinstance(count, bool) else None,
+                body=raw,
+                body_size=size,
+                truncated=size > len(raw),
+            )
+        )
+    return letters, skipped
+
+
+async def _all(coros: Any) -> list[Any]:
     """Like gather, but the first failure cancels the calls still running (no work for a lost sample)."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:

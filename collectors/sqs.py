@@ -39,6 +39,7 @@ from botocore.session import get_session
 from pydantic import Field
 
 from syncwatch.collectors.base import Collector, CollectorError, CollectorSettings, DlqDepth, QueueDepth, Sample
+from syncwatch.collectors.deadletters import DeadLetter, DeadLetterRead, DeadLetterSettings, correlation_of
 from syncwatch.collectors.selection import Selector, literal_prefix
 from syncwatch.config.durations import Duration
 
@@ -90,6 +91,8 @@ class SqsSettings(CollectorSettings):
     # Queue URLs one listing may return. A longer listing (or one that keeps paging) is refused as
     # too_large: raise this, or select by a longer prefix.
     max_queues: int = Field(10_000, ge=1, le=1_000_000)
+    # Read the DLQs' messages (ReceiveMessage with VisibilityTimeout=0: raises their receive count); off by default.
+    dead_letters: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
 
 
 def classify(exc: BaseException) -> CollectorError:
@@ -181,7 +184,11 @@ def check_attributes(answer: Any) -> QueueAttributes:
             target = None
         if _split_arn(target) is None:
             target, problem = None, "RedrivePolicy without a readable deadLetterTargetArn"
-    return QueueAttributes(arn, *parts, *counts, dead_letter_arn=target, redrive_problem=problem)
+    region, account, name = parts
+    visible, hidden, delayed = counts
+    return QueueAttributes(
+        str(arn), region, account, name, visible, hidden, delayed, dead_letter_arn=target, redrive_problem=problem
+    )
 
 
 def check_urls(key: str, op: str) -> Callable[[Any], tuple[list[str], str | None]]:
@@ -386,7 +393,7 @@ class SqsCollector(Collector):
         rest still reported; only when every queue fails is the whole sample a failure."""
         failures: list[CollectorError] = []
 
-        async def one(url: str):
+        async def one(url: str) -> tuple[str, QueueAttributes | None]:
             try:
                 return url, await self._call(
                     sample, "get_queue_attributes", check_attributes, QueueUrl=url, AttributeNames=ATTRIBUTES
@@ -425,7 +432,10 @@ class SqsCollector(Collector):
         missing = sorted(set(redrive.values()) - sampled_arns)
         for arn in missing:
             if arn not in self._arn_urls:
-                _, account, name = _split_arn(arn)  # checked when its RedrivePolicy was read
+                split = _split_arn(arn)  # checked when its RedrivePolicy was read
+                if split is None:
+                    continue
+                _, account, name = split
                 try:
                     self._arn_urls[arn] = await self._call(
                         sample, "get_queue_url", check_url, QueueName=name, QueueOwnerAWSAccountId=account
@@ -452,4 +462,98 @@ class SqsCollector(Collector):
                 sample.dlqs.append(DlqDepth(namespace, a.name, a.visible + a.hidden, sources))
             else:
                 sample.queues.append(QueueDepth(namespace, a.name, a.visible, in_flight=a.hidden, delayed=a.delayed))
+        if self.settings.dead_letters.enabled:
+            dlq_urls = {(f"{a.account}/{a.region}", a.name): u for u, a in attrs.items()}
+            sample.dead_letters = [await self._read_dead_letters(sample, d, dlq_urls) for d in sample.dlqs]
         return sample
+
+    async def _read_dead_letters(
+        self, sample: Sample, dlq: DlqDepth, urls: dict[tuple[str, str], str]
+    ) -> DeadLetterRead:
+        """At most max_per_queue messages of one DLQ, received with VisibilityTimeout=0 so they stay
+        visible (each receive raises their ApproximateReceiveCount); never deleted."""
+        dl = self.settings.dead_letters
+        read = DeadLetterRead(dlq.namespace, dlq.queue, complete=dlq.messages == 0)
+        url = urls.get((dlq.namespace, dlq.queue))
+        if url is None or dlq.messages == 0:
+            return read
+        seen: dict[str, DeadLetter] = {}
+        # A receive returns up to 10 of the visible messages, some sampled again: a few calls more than needed.
+        for _ in range(-(-dl.max_per_queue // 10) + 2):
+            want = min(10, dl.max_per_queue - len(seen))
+            if want <= 0:
+                break
+            try:
+                messages, skipped = await self._call(
+                    sample,
+                    "receive_message",
+                    lambda answer: parse_messages(answer, dl),
+                    QueueUrl=url,
+                    MaxNumberOfMessages=want,
+                    VisibilityTimeout=0,
+                    WaitTimeSeconds=0,
+                    # AttributeNames: the older name of MessageSystemAttributeNames, which moto reads.
+                    AttributeNames=["All"],
+                    MessageSystemAttributeNames=["All"],
+                    MessageAttributeNames=["All"],
+                )
+            except CollectorError as exc:
+                sample.errors.append(CollectorError(exc.reason, f"dead letters of {dlq.queue[:200]!r}: {exc.message}"))
+                return read
+            if skipped:
+                sample.errors.append(
+                    CollectorError(
+                        "bad_response", f"dead letters of {dlq.queue[:200]!r}: {skipped} message(s) unreadable, skipped"
+                    )
+                )
+            new = [m for m in messages if m.key not in seen]
+            seen.update((m.key, m) for m in new)
+            if not new:
+                break
+        read.letters = list(seen.values())[: dl.max_per_queue]
+        read.complete = len(read.letters) >= dlq.messages
+        return read
+
+
+def parse_messages(answer: Any, settings: DeadLetterSettings) -> tuple[list[DeadLetter], int]:
+    """ReceiveMessage's messages as DeadLetters (in the collector's thread): the correlation ID from
+    a message attribute or the body's JSON path; reason from a DeadLetterReason attribute, else
+    maxReceiveCount (SQS moves a message after that many receives); time from SentTimestamp."""
+    messages = answer.get("Messages", []) if isinstance(answer, dict) else None
+    if not isinstance(messages, list):
+        raise _bad("ReceiveMessage", "Messages is not a list")
+    out = []
+    skipped = 0  # malformed messages: counted, reported as one bad_response per DLQ
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("MessageId"), str) or not isinstance(m.get("Body"), str):
+            skipped += 1
+            continue
+        attrs: dict[str, Any] = m["Attributes"] if isinstance(m.get("Attributes"), dict) else {}
+        mattrs: dict[str, Any] = m["MessageAttributes"] if isinstance(m.get("MessageAttributes"), dict) else {}
+        values = {k: v.get("StringValue") for k, v in mattrs.items() if isinstance(v, dict)}
+        raw_all = m["Body"].encode("utf-8", "surrogatepass")
+        raw = raw_all[: settings.max_body_bytes]
+        sent = _int(attrs.get("SentTimestamp"))
+        source = attrs.get("DeadLetterQueueSourceArn")
+        reason = values.get("DeadLetterReason")
+        out.append(
+            DeadLetter(
+                key=m["MessageId"][:200],
+                correlation_id=correlation_of(settings.correlation, values, raw_all[: 1024 * 1024]),
+                reason=reason[:200] if isinstance(reason, str) else "maxReceiveCount",
+                source_queue=_queue_name(source) if isinstance(source, str) else None,
+                dead_lettered_at=sent / 1000 if sent is not None else None,
+                deliveries=_int(attrs.get("ApproximateReceiveCount")),
+                body=raw,
+                body_size=len(raw_all),
+                truncated=len(raw_all) > len(raw),
+            )
+        )
+    return out, skipped
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if isinstance(value, str) and value.isdigit() and len(value) < 20 else None
+    except ValueError:
+        return None

@@ -9,6 +9,9 @@ Two dashboards, stable uids (alert rules link to them, see alerts/generate.py):
 
 Every query uses only metrics syncwatch exports (dashboards/exported_metrics.py; the tests check
 it) and every panel has a description saying what a bad value means and where to look next.
+
+Over 400 lines on purpose: one declarative list of panels, read top to bottom in the order the
+dashboards show them; split across modules, a row's queries and its descriptions would drift apart.
 """
 
 from __future__ import annotations
@@ -63,6 +66,17 @@ class P:
     # Query refIds drawn as a red dashed reference line (deadlines, retention).
     reference_refs: tuple[str, ...] = ()
     min: float | None = 0
+    # (title, url) links to syncwatch's web view: panel links, and data links per series (`${__field.labels.x}`).
+    links: list[tuple[str, str]] = field(default_factory=list)
+    data_links: list[tuple[str, str]] = field(default_factory=list)
+
+
+# The web view's address, a dashboard variable (set it once per Grafana, e.g. https://syncwatch.acme.io).
+UI = "${syncwatch_url}/ui"
+
+
+def _link(title: str, url: str):
+    return db.DashboardLink(title).type(dm.DashboardLinkType.LINK).url(url).target_blank(True)
 
 
 def _ref(i: int) -> str:
@@ -117,6 +131,10 @@ def _panel(p: P):
     )
     if p.min is not None:
         b = b.min(p.min)
+    if p.links:
+        b = b.links([_link(t, u) for t, u in p.links])
+    if p.data_links:
+        b = b.data_links([_link(t, u) for t, u in p.data_links])
     for i, q in enumerate(p.queries):
         t = pb.Dataquery().expr(q.expr).ref_id(_ref(i)).datasource(DS)
         if q.legend:
@@ -207,6 +225,7 @@ def erp_health():
                     kind="stat",
                     width=4,
                     thresholds=[(None, "green"), (1, "red")],
+                    links=[("Overdue transactions (web view)", f"{UI}/transactions?state=overdue")],
                 ),
                 P(
                     "Overdue by flow",
@@ -222,6 +241,12 @@ def erp_health():
                     width=10,
                     thresholds=[(None, "green"), (1, "red")],
                     threshold_style="line",
+                    data_links=[
+                        (
+                            "Overdue ${__field.labels.flow} transactions",
+                            f"{UI}/transactions?state=overdue&flow=${{__field.labels.flow:percentencode}}",
+                        )
+                    ],
                 ),
                 P(
                     "Pending (open, within deadline or not)",
@@ -426,6 +451,7 @@ def erp_health():
                     kind="stat",
                     width=4,
                     thresholds=[(None, "green"), (1, "red")],
+                    links=[("Dead letters by order (web view)", f"{UI}/dead-letters")],
                 ),
                 P(
                     "DLQ depth by queue",
@@ -441,6 +467,12 @@ def erp_health():
                     width=20,
                     thresholds=[(None, "green"), (1, "red")],
                     threshold_style="line",
+                    data_links=[
+                        (
+                            "Dead letters of ${__field.labels.queue}",
+                            f"{UI}/dead-letters?queue=${{__field.labels.queue:percentencode}}",
+                        )
+                    ],
                 ),
             ],
         ),
@@ -552,6 +584,10 @@ def erp_health():
             f'label_values(syncwatch_queue_messages{{{JOB}, broker=~"$broker"}}, queue)',
             "Queue (or the source queue of a DLQ).",
         ),
+        db.TextBoxVariable("syncwatch_url")
+        .label("syncwatch URL")
+        .description("Address of syncwatch's HTTP port, for the links to its web view (the stuck orders themselves).")
+        .default_value("http://syncwatch:9873"),
     ]
     return _dashboard(
         ERP_UID,

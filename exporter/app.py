@@ -47,9 +47,15 @@ class App:
         self.clock = clock
         self.metrics = Metrics()
         self.ledger = Ledger(config, self.metrics, clock)
+        from syncwatch.rules.engine import build_engine
+        from syncwatch.rules.metrics import RulesMetrics
+
+        rules = build_engine(
+            config.rules, config.limits.max_correlation_id_length, RulesMetrics(self.metrics.registry)
+        )  # compiled once: a bad pattern fails here, naming the rule and key
         self.writer = LedgerWriter(
             self.ledger,
-            SpanExtractor(config.correlation.keys, config.limits.max_correlation_id_length),
+            SpanExtractor(config.correlation.keys, config.limits.max_correlation_id_length, rules),
             self.metrics,
             config.intake.max_queued_spans,
             config.intake.max_batch_spans,
@@ -62,6 +68,7 @@ class App:
         # Both OTLP receivers share one budget of request-body bytes and one decode pool.
         self.bodies = BodyDecoder(config.intake.max_body_bytes)
         self.collectors = self._make_collectors()
+        self.dead_letters = self.collectors.dead_letters if self.collectors is not None else None
         self.ready = False
         self._runners: list[web.AppRunner] = []
         self._grpc = None
@@ -77,9 +84,16 @@ class App:
     def _make_collectors(self):
         if not self.config.collectors:
             return None
+        from syncwatch.collectors.deadletters import book_for_config
         from syncwatch.collectors.manager import CollectorManager
 
-        return CollectorManager(self.config.collectors, self.config.sampling, self.metrics.registry, clock=self.clock)
+        return CollectorManager(
+            self.config.collectors,
+            self.config.sampling,
+            self.metrics.registry,
+            clock=self.clock,
+            dead_letters=lambda: book_for_config(self.config, self.clock),
+        )
 
     def _http_app(self) -> web.Application:
         app = web.Application()
@@ -90,6 +104,13 @@ class App:
         from syncwatch.api.routes import setup_api
 
         setup_api(app, config=self.config, snapshots=self.snapshots, clock=self.clock)
+        from syncwatch.api.deadletters import setup_dead_letter_api
+        from syncwatch.ui import setup_ui
+
+        setup_dead_letter_api(app, config=self.config, dead_letters=self.dead_letters)
+
+        ui = dict(snapshots=self.snapshots, collectors=self.collectors, dead_letters=self.dead_letters)
+        setup_ui(app, config=self.config, clock=self.clock, **ui)
         return app
 
     async def start(self) -> None:

@@ -16,11 +16,13 @@ from pydantic import BaseModel
 
 from syncwatch.collectors.base import CollectorSettings
 from syncwatch.collectors.config import SamplingSettings
+from syncwatch.collectors.deadletters import DeadLetterBook, DeadLetterMetric
 from syncwatch.collectors.metrics import CollectorMetrics
 from syncwatch.collectors.plugins import load_collector_class
 from syncwatch.config.models import Config
 from syncwatch.intake import extract
 from syncwatch.metrics.registry import Metrics
+from syncwatch.rules.metrics import RulesMetrics
 from syncwatch.snapshots import SnapshotIntake, otlp_logs
 
 BUILT_IN_COLLECTORS = ("sqs", "servicebus", "rabbitmq")
@@ -43,9 +45,12 @@ def metrics_table() -> list[str]:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     CollectorMetrics(registry)
+    RulesMetrics(registry)
     with tempfile.TemporaryDirectory() as tmp:
         config = Config.model_validate({"storage": {"data_dir": tmp}, "snapshots": {"enabled": True}})
         snapshots = SnapshotIntake(config, metrics)
+        book = DeadLetterBook(Path(tmp) / "deadletters.db", lambda b, t: (b, "text", 0), lambda c: False)
+        DeadLetterMetric(book, registry)
         try:
             rows = _metric_rows(registry)
         finally:

@@ -15,4 +15,9 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
     environ = dict(os.environ if environ is None else environ)
     config = load_core_config(path, environ)
     validate_collectors_section(config.collectors, config.sampling, environ)
+    if config.rules.map:
+        from syncwatch.rules.engine import compile_rule
+
+        for name, rule in config.rules.map.items():
+            compile_rule(name, rule)  # regexes RE2 cannot run fail here, naming rules.map.<name>.<key>
     return config

@@ -6,6 +6,8 @@ need=()
 command -v promtool >/dev/null || need+=(prometheus)
 command -v amtool >/dev/null || need+=(prometheus-alertmanager)
 command -v rabbitmqctl >/dev/null || need+=(rabbitmq-server)  # tests marked rabbitmq (guest on 127.0.0.1)
+# The web view's browser tests drive Debian's Chromium (Playwright never downloads a browser here).
+command -v chromium >/dev/null || need+=(chromium chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

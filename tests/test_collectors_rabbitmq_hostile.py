@@ -19,7 +19,7 @@ from syncwatch.collectors.base import REASONS
 from syncwatch.collectors.manager import CollectorManager
 
 # The event loop must answer within this; /healthz is served on it.
-LOOP_BUDGET = 0.5
+LOOP_BUDGET = 1.0  # the bound: /healthz answers within 1 s (the old code held the loop for seconds)
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_oversized_answer_is_refused_unparsed(fake, run, path, answer, refusal):
     manager = manager_for(run, reg, {"type": "rabbitmq", "name": "odd", "url": fake.url})
     result, worst = sample_watched(run, manager)
     assert result["odd"] is None
-    assert worst < 0.25
+    assert worst < LOOP_BUDGET
     assert errors(reg, "odd") == {"too_large": 1}
     assert refusal in str(manager.runner("odd").last_error)
 

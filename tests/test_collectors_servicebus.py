@@ -255,7 +255,7 @@ def sample_watched(run, manager):
 
     run.managers.append(manager)
     result, worst = run(go())
-    assert worst < 0.5
+    assert worst < 1.0  # the bound: /healthz answers within 1 s
     return result
 
 

@@ -46,7 +46,7 @@ def sample_watched(run, fake, **extra):
         return result["aws"], watch.worst
 
     sample, worst = run(go())
-    assert worst < 0.5
+    assert worst < 1.0  # the bound: /healthz answers within 1 s
     generate_latest(reg)  # /metrics renders whatever the endpoint answered
     errors = {r: v for r in REASONS if (v := value(reg, "syncwatch_collector_errors_total", collector="aws", reason=r))}
     return reg, manager, sample, errors

@@ -84,13 +84,29 @@ def test_stable_uids_match_the_alert_links():
 
 def test_variables():
     erp = {v["name"]: v for v in _load("erp-integration-health.json")["templating"]["list"]}
-    assert list(erp) == ["datasource", "job", "flow", "broker", "queue"]
+    assert list(erp) == ["datasource", "job", "flow", "broker", "queue", "syncwatch_url"]
+    assert erp["syncwatch_url"]["type"] == "textbox"
     assert erp["datasource"]["type"] == "datasource" and erp["datasource"]["query"] == "prometheus"
     for name in ("job", "flow", "broker", "queue"):
         assert erp[name]["datasource"]["uid"] == "${datasource}"
         assert erp[name]["includeAll"] and erp[name]["allValue"] == ".*"
     own = {v["name"] for v in _load("syncwatch-health.json")["templating"]["list"]}
     assert own == {"datasource", "job", "collector"}
+
+
+def test_panels_link_to_the_web_view():
+    links = {
+        p["title"]: [link["url"] for link in p.get("links", [])]
+        + [link["url"] for link in p.get("fieldConfig", {}).get("defaults", {}).get("links", [])]
+        for p in _panels(_load("erp-integration-health.json"))
+    }
+    assert links["Overdue transactions"] == ["${syncwatch_url}/ui/transactions?state=overdue"]
+    assert links["Overdue by flow"] == [
+        "${syncwatch_url}/ui/transactions?state=overdue&flow=${__field.labels.flow:percentencode}"
+    ]
+    assert links["DLQ depth by queue"] == [
+        "${syncwatch_url}/ui/dead-letters?queue=${__field.labels.queue:percentencode}"
+    ]
 
 
 def test_erp_dashboard_has_a_row_per_signal_and_a_silent_loss_row():

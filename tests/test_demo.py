@@ -9,9 +9,12 @@ import asyncio
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -66,8 +69,17 @@ def test_short_demo_on_sqs_finds_exactly_the_ground_truth(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    ui_url = f"{result.api_url}/ui/transactions?state=overdue&flow=orders"
+    assert report.rstrip().splitlines()[-2] == f"The overdue orders in the web view: {ui_url}"
     try:
         shown = _retry_show(example, result.api_url, result.config_path.parent / "api-token")
+        # The report's last link, logged in with the demo's token: the lost orders, every one.
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        login = urllib.parse.urlencode({"token": result.token, "next": ui_url.split(result.api_url, 1)[1]}).encode()
+        with opener.open(result.api_url + "/ui/login", data=login, timeout=10) as r:
+            page = r.read().decode()
+        assert r.url == ui_url
+        assert set(re.findall(r'class="tx" href="/ui/transactions/([^"]+)"', page)) == truth.lost
     finally:
         sidecar.terminate()
         sidecar.wait(20)

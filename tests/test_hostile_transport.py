@@ -87,10 +87,13 @@ def _rss_mib(sidecar) -> float:
 
 
 def test_concurrent_gzip_bombs_at_the_default_limit_are_bounded_and_healthz_stays_fast(sidecar):
-    """16 concurrent bombs of about 64 KB each: 63 MiB of zeros (under the default 64 MiB limit
-    once decompressed, not protobuf: 400) and 65 MiB (over it: 413). Memory stays flat, /healthz
-    fast; a bomb that finds the body budget spent is answered 503 + Retry-After. All counted."""
-    under, over = gzip.compress(b"\x00" * (63 * MIB), 9), gzip.compress(b"\x00" * (65 * MIB), 9)
+    """16 concurrent small gzip bombs: zeros 1 MiB under the default limit once decompressed (not
+    protobuf: 400) and 1 MiB over it (413). Memory stays flat, /healthz fast; a bomb that finds the
+    body budget spent is answered 503 + Retry-After. All counted."""
+    from syncwatch.config.models import IntakeConfig
+
+    limit = IntakeConfig().max_body_bytes
+    under, over = gzip.compress(b"\x00" * (limit - MIB), 9), gzip.compress(b"\x00" * (limit + MIB), 9)
     assert len(under) < 100_000 and len(over) < 100_000
     baseline = _rss_mib(sidecar)
     answers = []
@@ -122,7 +125,7 @@ def test_concurrent_gzip_bombs_at_the_default_limit_are_bounded_and_healthz_stay
             status
         )
         assert sidecar.metric("syncwatch_dropped_total", reason=reason) == statuses.count(status)
-    # Memory does not grow with the number of bombs: 16 x 64 MiB decompressed is never held at once.
+    # Memory does not grow with the number of bombs: 16 bodies at the limit are never held at once.
     grown = _peak_rss_mib(sidecar) - baseline
     assert grown < 300, f"peak RSS grew {grown:.0f} MiB"
     # And the receiver still works.

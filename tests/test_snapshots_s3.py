@@ -195,3 +195,91 @@ def test_a_correlation_id_too_long_for_an_s3_key_refuses_that_snapshot_only(moto
         assert not any("/./" in k or "/../" in k or k.endswith(("/.", "/..")) for k in keys), keys
     finally:
         proxy.stop()
+
+
+# -- the store interface: both backends keep the same contract ---------------------------------
+
+
+def _snap(corr: str, received: float, time_: float, body: bytes, direction: str = "request"):
+    from syncwatch.snapshots.store import Snapshot
+
+    return Snapshot(
+        corr=corr,
+        direction=direction,
+        received=received,
+        time=time_,
+        trace_id=bytes(range(16)),
+        span_id=b"\x07" * 8,
+        flow="orders",
+        destination="erp",
+        content_type="json",
+        size=len(body) + 10,
+        sha256=b"\xab" * 32,
+        truncated=True,
+        redactions=3,
+        body=body,
+    )
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "s3"])
+def test_both_stores_keep_the_snapshot_store_contract(backend, tmp_path, request):
+    """What SnapshotIntake, the sweeper and the API rely on, through SnapshotStore's members
+    only: the same answers from the SQLite file and from S3 (moto_server)."""
+    from syncwatch.snapshots.s3_store import S3SnapshotStore
+    from syncwatch.snapshots.sqlite_store import SqliteSnapshotStore
+    from syncwatch.snapshots.store import SnapshotStore
+
+    store: SnapshotStore
+    if backend == "s3":
+        moto = request.getfixturevalue("moto")
+        store = S3SnapshotStore(f"s3://{make_bucket(moto)}/p", endpoint_url=moto.url, train_dictionary=False)
+    else:
+        store = SqliteSnapshotStore(tmp_path / "snapshots.db", train_dictionary=False)
+    assert isinstance(store, SnapshotStore) and store.name == backend
+
+    t = 1_790_000_000.0
+    store.open()
+    try:
+        late = _snap("ord-1", t + 10, t + 2, b'{"n":2}', "response")
+        early = _snap("ord-1", t + 10, t + 1, b'{"n":1}')
+        old = _snap("ord-0", t, t, b"x" * 5000)
+        assert store.put_many([late, early, old]) == []
+        assert all(s.stored_bytes > 0 and s.blob for s in (late, early, old))  # compressed by the store
+
+        found = store.find("ord-1")
+        assert [(s.time, s.direction, s.body) for s in found] == [
+            (t + 1, "request", b'{"n":1}'),
+            (t + 2, "response", b'{"n":2}'),
+        ]
+        got = found[0]
+        assert (got.corr, got.received, got.flow, got.destination, got.content_type) == (
+            "ord-1",
+            t + 10,
+            "orders",
+            "erp",
+            "json",
+        )
+        assert (got.trace_id, got.span_id, got.size, got.sha256, got.truncated, got.redactions) == (
+            bytes(range(16)),
+            b"\x07" * 8,
+            17,
+            b"\xab" * 32,
+            True,
+            3,
+        )
+        assert store.find("ord-404") == []
+        assert store.find("ord-0")[0].body == b"x" * 5000
+
+        stats = store.stats()
+        assert stats.oldest_received == t and stats.bytes > 0 and stats.dictionary_id == 0
+
+        assert store.sweep(t + 5, 100) == 1  # only ord-0 was received before the cutoff
+        assert store.find("ord-0") == []
+        assert len(store.find("ord-1")) == 2
+        assert store.stats().oldest_received == t + 10
+        assert store.compact(100) >= 0
+        assert store.sweep(t + 11, 1) == 1  # the limit holds
+        assert store.sweep(t + 11, 100) == 1
+        assert store.find("ord-1") == [] and store.stats().oldest_received is None
+    finally:
+        store.close()

@@ -8,6 +8,8 @@ import logging
 import sys
 
 from syncwatch import __version__
+from syncwatch.cli.deadletters import add_subcommands as add_dead_letters
+from syncwatch.cli.rules import add_subcommand as add_rules
 from syncwatch.cli.transactions import add_subcommands as add_transactions
 from syncwatch.config.errors import ConfigError
 from syncwatch.demo import add_subcommand as add_demo
@@ -86,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     ctest.add_argument("--config", "-c", required=True, help="YAML config file with a collectors: list")
     ctest.set_defaults(func=_cmd_collectors_test)
     add_transactions(sub)
+    add_rules(sub, _load)
+    add_dead_letters(sub)
     add_demo(sub)
     return parser
 

@@ -14,6 +14,8 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
+from typing import Any
 
 from syncwatch.config.errors import SyncwatchError
 from syncwatch.ledger.queries import STATES
@@ -25,7 +27,7 @@ class CliError(SyncwatchError):
     pass
 
 
-def add_subcommands(subparsers) -> None:
+def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tx = subparsers.add_parser(
         "transactions", help="query transactions of a running sidecar (reconciliation list, timeline)"
     )
@@ -59,7 +61,7 @@ def add_subcommands(subparsers) -> None:
     show.set_defaults(func=cmd_show)
 
 
-def _token(args) -> str | None:
+def _token(args: argparse.Namespace) -> str | None:
     if args.token:
         return args.token
     if args.token_file:
@@ -71,7 +73,7 @@ def _token(args) -> str | None:
     return os.environ.get("SYNCWATCH_API__TOKEN") or os.environ.get("SYNCWATCH_TOKEN")
 
 
-def _get(args, path: str, params: dict | None = None) -> dict:
+def _get(args: argparse.Namespace, path: str, params: dict[str, Any] | None = None) -> Any:
     if not args.url.startswith(("http://", "https://")):
         raise CliError(f"--url must be an http:// or https:// address, got {args.url!r}")
     url = args.url.rstrip("/") + path
@@ -97,7 +99,7 @@ def _get(args, path: str, params: dict | None = None) -> dict:
         raise CliError(f"cannot reach syncwatch at {args.url}: {reason}") from None
 
 
-def _run(fn, args) -> int:
+def _run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         return fn(args)
     except CliError as exc:
@@ -105,15 +107,15 @@ def _run(fn, args) -> int:
         return 1
 
 
-def cmd_list(args) -> int:
+def cmd_list(args: argparse.Namespace) -> int:
     return _run(_list, args)
 
 
-def cmd_show(args) -> int:
+def cmd_show(args: argparse.Namespace) -> int:
     return _run(_show, args)
 
 
-def _list(args) -> int:
+def _list(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= 1000:
         raise CliError("--limit must be from 1 to 1000")
     items, cursor, pages = [], args.cursor, 0
@@ -142,7 +144,7 @@ def _list(args) -> int:
     return 0
 
 
-def _show(args) -> int:
+def _show(args: argparse.Namespace) -> int:
     record = _get(args, "/api/v1/transactions/" + urllib.parse.quote(args.correlation_id, safe=""))
     if args.json:
         print(json.dumps(record, indent=2, ensure_ascii=False))
@@ -335,7 +337,7 @@ def render_timeline(record: dict) -> str:
     return "\n".join(out)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="syncwatch")
     add_subcommands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

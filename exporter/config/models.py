@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from syncwatch.config.durations import Duration
 from syncwatch.config.jsonpath import parse_json_path
+from syncwatch.rules.models import RulesConfig
 
 HOUR = 3600.0
 MIN_SNAPSHOT_RETENTION = 72 * HOUR
@@ -199,6 +200,8 @@ class Config(_Model):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    # Mapping rules: transactions from the spans stock instrumentations emit (syncwatch.rules).
+    rules: RulesConfig = Field(default_factory=RulesConfig)
     # Validated by the collectors package (each plug-in owns its own settings model).
     collectors: list[dict[str, Any]] = Field(default_factory=list)
     sampling: dict[str, Any] = Field(default_factory=dict)

@@ -103,4 +103,7 @@ def render_report(
             lines.append("and inspect one lost order (attempts, response codes, payload snapshots):")
             lines.append(f"  {show}")
         lines.append("(or run `syncwatch demo --keep-running`)")
+    lines.append("")
+    lines.append(f"The overdue orders in the web view: {api_url}/ui/transactions?state=overdue&flow=orders")
+    lines.append(f"  (log in with the API token in {token_file}{'' if keep_running else ', while the sidecar runs'})")
     return "\n".join(lines)

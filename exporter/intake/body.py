@@ -8,9 +8,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from syncwatch.intake.decode import JSON, OtlpError
+
+# A receiver's parse step: (message, item count) of a decompressed body of a content type.
+Parse = Callable[[bytes | bytearray, str], tuple[Any, int]]
 
 CHUNK = 1024 * 1024  # decompression step: output produced (and accounted) at a time
 IN_STEP = 64 * 1024  # compressed input fed to zlib at a time
@@ -103,7 +108,7 @@ class _Inflater:
     to the lease first, stopping past max_bytes (413). Resumable: a first step may run on the loop
     and the rest on the pool. Input goes in by slices, so zlib never copies the whole remainder."""
 
-    def __init__(self, raw, encoding: str, max_bytes: int, lease: Lease):
+    def __init__(self, raw: bytes | bytearray, encoding: str, max_bytes: int, lease: Lease):
         self.encoding = encoding
         if encoding == "gzip":
             wbits = 16 + zlib.MAX_WBITS
@@ -173,7 +178,7 @@ class BodyDecoder:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def decode(self, raw, encoding: str, content_type: str, parse, lease: Lease):
+    async def decode(self, raw: bytes | bytearray, encoding: str, content_type: str, parse: Parse, lease: Lease) -> Any:
         """The message parse(body, content_type) makes of a raw (possibly compressed) body.
         Small bodies parse here on the loop; decompression past the inline size and parsing of
         large bodies run on the pool."""
@@ -188,13 +193,17 @@ class BodyDecoder:
             return parse(inflater.out, content_type)
         return await self._offload(self._parse_large, inflater, None, parse, content_type)
 
-    async def _offload(self, fn, *args):
+    async def _offload(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    def _parse_large(self, inflater: _Inflater | None, raw, parse, content_type: str):
+    def _parse_large(
+        self, inflater: _Inflater | None, raw: bytes | bytearray | None, parse: Parse, content_type: str
+    ) -> Any:
         if inflater is not None:
             inflater.run()
             raw = inflater.out
+        if raw is None:
+            raise ValueError("_parse_large needs a body or an inflater")
         if content_type == JSON:
             return parse(raw, content_type)
         with self._protobuf_parse:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import re
-from typing import Literal
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, cast
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
@@ -53,7 +54,7 @@ _LEVELS = (
 _LINKS = ("links",)
 
 
-def _fix_ids(item) -> None:
+def _fix_ids(item: object) -> None:
     if not isinstance(item, dict):
         return
     for key in _ID_FIELDS:
@@ -65,7 +66,7 @@ def _fix_ids(item) -> None:
                 raise OtlpError(400, f"{key} must be hex-encoded, got {value[:40]!r}", "bad_request") from None
 
 
-def _items(node, keys):
+def _items(node: object, keys: frozenset[str] | tuple[str, ...]) -> Iterator[Any]:
     if isinstance(node, dict):
         for key in keys:
             child = node.get(key)
@@ -73,7 +74,7 @@ def _items(node, keys):
                 yield from child
 
 
-def _hex_ids_to_base64(data: dict) -> None:
+def _hex_ids_to_base64(data: dict[str, Any]) -> None:
     """Along the export's own structure only (resource > scope > span/log record > link), so
     the work is linear and nothing recurses on what a client nests."""
     for resource in _items(data, _LEVELS[0]):
@@ -84,64 +85,66 @@ def _hex_ids_to_base64(data: dict) -> None:
                     _fix_ids(link)
 
 
-_WS = re.compile(r"[ \t\n\r]*")
-_scan = json.JSONDecoder().scan_once  # the C scanner: one JSON value from an index
-_scanstring = json.decoder.scanstring
+# Whitespace (it always matches, possibly empty: typed so, as the C call stays inline).
+_ws = cast(Callable[[str, int], "re.Match[str]"], re.compile(r"[ \t\n\r]*").match)
+# The C scanner: one JSON value from an index; and the string scanner.
+_scan = cast(Callable[[str, int], tuple[Any, int]], getattr(json.JSONDecoder(), "scan_once"))  # noqa: B009 -- untyped attribute
+_scanstring = cast(Callable[[str, int], tuple[str, int]], getattr(json.decoder, "scanstring"))  # noqa: B009 -- untyped attribute
 
 
-def loads(body) -> object:
+def loads(body: bytes | bytearray | str) -> object:
     """json.loads, except that each element of the export's container arrays is parsed by a
     separate call of the C scanner, so a pool thread parsing a large body hands the GIL (and the
     event loop) a turn between spans instead of holding it for the whole document."""
-    text = body.decode(json.detect_encoding(body), "surrogatepass") if not isinstance(body, str) else body
-    idx = _WS.match(text, 0).end()
+    text = body if isinstance(body, str) else bytes(body).decode(json.detect_encoding(body), "surrogatepass")
+    idx = _ws(text, 0).end()
     if text.startswith("{", idx):
         value, idx = _object(text, idx, 0)
     else:
         value, idx = _value(text, idx)
-    idx = _WS.match(text, idx).end()
+    idx = _ws(text, idx).end()
     if idx != len(text):
         raise json.JSONDecodeError("Extra data", text, idx)
     return value
 
 
-def _value(text: str, idx: int):
+def _value(text: str, idx: int) -> tuple[Any, int]:
     try:
         return _scan(text, idx)
     except StopIteration as stop:
         raise json.JSONDecodeError("Expecting value", text, stop.value) from None
 
 
-def _object(text: str, idx: int, level: int):
-    obj: dict = {}
+def _object(text: str, idx: int, level: int) -> tuple[dict[str, Any], int]:
+    obj: dict[str, Any] = {}
     keys = _LEVELS[level]
-    idx = _WS.match(text, idx + 1).end()
+    idx = _ws(text, idx + 1).end()
     if text.startswith("}", idx):
         return obj, idx + 1
     while True:
         if not text.startswith('"', idx):
             raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, idx)
         key, idx = _scanstring(text, idx + 1)
-        idx = _WS.match(text, idx).end()
+        idx = _ws(text, idx).end()
         if not text.startswith(":", idx):
             raise json.JSONDecodeError("Expecting ':' delimiter", text, idx)
-        idx = _WS.match(text, idx + 1).end()
+        idx = _ws(text, idx + 1).end()
         if key in keys and text.startswith("[", idx):
             value, idx = _array(text, idx, level + 1)
         else:
             value, idx = _value(text, idx)
         obj[key] = value
-        idx = _WS.match(text, idx).end()
+        idx = _ws(text, idx).end()
         if text.startswith("}", idx):
             return obj, idx + 1
         if not text.startswith(",", idx):
             raise json.JSONDecodeError("Expecting ',' delimiter", text, idx)
-        idx = _WS.match(text, idx + 1).end()
+        idx = _ws(text, idx + 1).end()
 
 
-def _array(text: str, idx: int, level: int):
-    items: list = []
-    idx = _WS.match(text, idx + 1).end()
+def _array(text: str, idx: int, level: int) -> tuple[list[Any], int]:
+    items: list[Any] = []
+    idx = _ws(text, idx + 1).end()
     if text.startswith("]", idx):
         return items, idx + 1
     while True:
@@ -150,15 +153,15 @@ def _array(text: str, idx: int, level: int):
         else:
             value, idx = _value(text, idx)
         items.append(value)
-        idx = _WS.match(text, idx).end()
+        idx = _ws(text, idx).end()
         if text.startswith("]", idx):
             return items, idx + 1
         if not text.startswith(",", idx):
             raise json.JSONDecodeError("Expecting ',' delimiter", text, idx)
-        idx = _WS.match(text, idx + 1).end()
+        idx = _ws(text, idx + 1).end()
 
 
-def decode(body, content_type: str, message_cls):
+def decode(body: bytes | bytearray, content_type: str, message_cls: Any) -> Any:
     """Parse an OTLP/HTTP body (bytes or bytearray). Raises OtlpError(400) for bad data,
     OtlpError(415) for other types."""
     if content_type == PROTOBUF:
@@ -193,7 +196,7 @@ def decode(body, content_type: str, message_cls):
     )
 
 
-def decode_traces(body, content_type: str):
+def decode_traces(body: bytes | bytearray, content_type: str) -> Any:
     """Parse an OTLP/HTTP trace export into the intake's TraceView (see trace_view.py).
 
     Protobuf bodies parse straight into the view. OTLP/JSON goes through the full message (the
@@ -203,7 +206,7 @@ def decode_traces(body, content_type: str):
     return view_of(decode(body, content_type, ExportTraceServiceRequest))
 
 
-def decode_logs(body, content_type: str):
+def decode_logs(body: bytes | bytearray, content_type: str) -> ExportLogsServiceRequest:
     return decode(body, content_type, ExportLogsServiceRequest)
 
 
@@ -213,7 +216,7 @@ MAX_EXTRA_CONTAINERS = 10_000
 _SHAPES = {"traces": ("resource_spans", "scope_spans", "spans"), "logs": ("resource_logs", "scope_logs", "log_records")}
 
 
-def count_items(message, signal: str) -> int:
+def count_items(message: Any, signal: str) -> int:
     """Spans (or log records) of a parsed export. Raises OtlpError(400) for a message of mostly
     empty resource or scope entries, after walking at most MAX_EXTRA_CONTAINERS more than its items."""
     resources_field, scopes_field, items_field = _SHAPES[signal]
@@ -235,19 +238,19 @@ def count_items(message, signal: str) -> int:
     return items
 
 
-def parse_traces(body, content_type: str):
+def parse_traces(body: bytes | bytearray, content_type: str) -> tuple[Any, int]:
     """(TraceView, span count) of a trace export body: the receivers' parse step."""
     view = decode_traces(body, content_type)
     return view, count_items(view, "traces")
 
 
-def parse_logs(body, content_type: str):
+def parse_logs(body: bytes | bytearray, content_type: str) -> tuple[ExportLogsServiceRequest, int]:
     """(ExportLogsServiceRequest, log record count) of a logs export body."""
     message = decode_logs(body, content_type)
     return message, count_items(message, "logs")
 
 
-def encode(message, content_type: str) -> bytes:
+def encode(message: Any, content_type: str) -> bytes:
     if content_type == JSON:
         return json_format.MessageToJson(message, indent=None).encode()
-    return message.SerializeToString()
+    return cast(bytes, message.SerializeToString())

@@ -96,6 +96,7 @@ class Extracted:
     events: list = field(default_factory=list)  # tuples for the ledger (see ledger.EVENT_COLUMNS)
     correlated: int = 0
     uncorrelated: int = 0
+    unrelated: int = 0  # with mapping rules: spans of no flow (not counted for coverage)
     rejected: int = 0
     errors: list = field(default_factory=list)
 
@@ -172,9 +173,10 @@ def _too_long(value, limit: int) -> bool:
 
 
 class SpanExtractor:
-    def __init__(self, correlation_keys: list[str], max_correlation_id_length: int = 256):
+    def __init__(self, correlation_keys: list[str], max_correlation_id_length: int = 256, rules=None):
         self._corr_keys = tuple(correlation_keys)  # in order: the first one present wins
         self._max_corr = max_correlation_id_length
+        self._rules = rules  # a syncwatch.rules.engine.RuleEngine, or None: no mapping rules
 
     def _resource_values(self, attributes) -> dict:
         """The attributes syncwatch reads that a resource sets, as defaults for its spans."""
@@ -192,6 +194,8 @@ class SpanExtractor:
     def extract(self, view, received: float) -> Extracted:
         """`view` is a trace_view.TraceView: each span's attributes are a map, asked only for the
         keys syncwatch reads (asking is cheap; building a value is what costs)."""
+        if self._rules is not None:
+            return self._extract_with_rules(view, received)
         out = Extracted()
         events = out.events
         event = self._event
@@ -239,6 +243,59 @@ class SpanExtractor:
                         correlated += 1
                         events.append(ev)
         out.correlated, out.uncorrelated = correlated, uncorrelated
+        return out
+
+    def _extract_with_rules(self, view, received: float) -> Extracted:
+        """As extract, except that spans without syncwatch.stage go to the mapping rules, and
+        spans of no flow count as unrelated rather than uncorrelated."""
+        out = Extracted()
+        rules = self._rules
+        rules.begin(received)
+        corr_keys = self._corr_keys
+        for rs in view.resource_spans:
+            res_attrs = rs.resource.attributes
+            resource = self._resource_values(res_attrs)
+            resource_get = resource.get
+            rank = next((i for i, k in enumerate(corr_keys) if k in resource), len(corr_keys))
+            resource_corr = resource[corr_keys[rank]] if rank < len(corr_keys) else None
+            span_corr_keys = corr_keys[:rank]
+            service = res_attrs.get("service.name")
+            service = "" if service is None else str(_value(service) or "")
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    get = span.attributes.get
+                    corr = None
+                    for key in span_corr_keys:
+                        v = get(key)
+                        if v is not None:
+                            corr = v.string_value or _value(v)
+                            if corr is not None:
+                                break
+                    if corr is None:
+                        corr = resource_corr
+                    stage_name = _read(get, resource_get, STAGE)
+                    if stage_name is None:
+                        rules.span(span, res_attrs, service, corr, received, out)
+                        continue
+                    if corr is None:
+                        out.uncorrelated += 1  # explicit stage, no ID: the integration's own bug
+                        continue
+                    text = corr if corr.__class__ is str else str(corr)
+                    if len(text) > self._max_corr:
+                        out.reject(
+                            f"{_where(span)}: correlation ID longer than {self._max_corr} characters "
+                            "(limits.max_correlation_id_length)"
+                        )
+                        continue
+                    if not text.isprintable() and _CONTROL.search(text):
+                        out.reject(f"{_where(span)}: correlation ID contains control characters")
+                        continue
+                    ev = self._event(span, get, resource_get, corr, stage_name, received, out)
+                    if ev is not None:
+                        out.correlated += 1
+                        out.events.append(ev)
+                        rules.learn(span.trace_id, text, received, out)  # explicit attributes teach the trace
+        rules.end(out)
         return out
 
     @staticmethod

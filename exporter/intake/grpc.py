@@ -9,9 +9,12 @@ streaming handler learns of the call at all, so that it can count the refusal.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import grpc
 
-from syncwatch.intake.body import FREE_PER_REQUEST, BodyDecoder
+from syncwatch.intake.body import FREE_PER_REQUEST, BodyDecoder, Parse
 from syncwatch.intake.decode import PROTOBUF, OtlpError, parse_logs, parse_traces
 from syncwatch.intake.service import OtlpService
 
@@ -48,7 +51,9 @@ def build_server(service: OtlpService, address: str, bodies: BodyDecoder) -> tup
     return server, port
 
 
-def _handler(service: OtlpService, bodies: BodyDecoder, signal: str, parse, export):
+def _handler(
+    service: OtlpService, bodies: BodyDecoder, signal: str, parse: Parse, export: Callable[[Any, int], Awaitable[Any]]
+) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[bytes]]:
     requests = service.metrics.otlp_requests
     accepted = requests.labels(signal, "200")
 
@@ -57,7 +62,7 @@ def _handler(service: OtlpService, bodies: BodyDecoder, signal: str, parse, expo
         if not err.counted:  # refused before its items were known: one per request
             service.metrics.dropped.labels(err.reason).inc()
 
-    async def handle(request_iterator, context: grpc.aio.ServicerContext) -> bytes:
+    async def handle(request_iterator: Any, context: grpc.aio.ServicerContext) -> bytes:
         raw = await context.read()
         if raw is grpc.aio.EOF:
             # No message: either gRPC's core refused it as too large (and has already answered

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from google.rpc.status_pb2 import Status
 
-from syncwatch.intake.body import ENCODINGS, BodyDecoder, Lease
+from syncwatch.intake.body import ENCODINGS, BodyDecoder, Lease, Parse
 from syncwatch.intake.decode import JSON, PROTOBUF, OtlpError, encode, parse_logs, parse_traces
 from syncwatch.intake.service import OtlpService
 
@@ -48,7 +50,9 @@ class _Receiver:
     async def logs(self, request: web.Request) -> web.Response:
         return await self._handle(request, "logs", parse_logs, self.service.export_logs)
 
-    async def _handle(self, request: web.Request, signal: str, parse, export) -> web.Response:
+    async def _handle(
+        self, request: web.Request, signal: str, parse: Parse, export: Callable[[Any, int], Awaitable[Any]]
+    ) -> web.Response:
         content_type = request.content_type
         reply_type = JSON if content_type == JSON else PROTOBUF
         lease = self.bodies.budget.lease()
@@ -109,7 +113,7 @@ class _Receiver:
             raise OtlpError(400, "cannot read body: shorter than its Content-Length", "bad_request")
         return body
 
-    async def _drain(self, content, body: bytearray, lease: Lease, idle) -> None:
+    async def _drain(self, content: StreamReader, body: bytearray, lease: Lease, idle: asyncio.Timeout | None) -> None:
         while chunk := await content.readany():
             if len(body) + len(chunk) > self.max_body_bytes:
                 raise OtlpError(413, f"request body over the {self.max_body_bytes}-byte limit", "too_large")

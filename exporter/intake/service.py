@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
@@ -13,12 +15,20 @@ from syncwatch.intake.trace_view import span_count
 from syncwatch.intake.writer import ExtractionFailed, IntakeFull, LedgerWriter
 from syncwatch.metrics.registry import Metrics
 
+if TYPE_CHECKING:
+    from syncwatch.snapshots import SnapshotIntake
+
 log = logging.getLogger("syncwatch.otlp")
 
 
 class OtlpService:
     def __init__(
-        self, writer: LedgerWriter, metrics: Metrics, snapshots=None, retry_after: float = 1.0, clock=time.time
+        self,
+        writer: LedgerWriter,
+        metrics: Metrics,
+        snapshots: SnapshotIntake | None = None,
+        retry_after: float = 1.0,
+        clock: Callable[[], float] = time.time,
     ):
         self.writer = writer
         self.metrics = metrics
@@ -31,8 +41,9 @@ class OtlpService:
             m.labels("uncorrelated"),
             m.labels("rejected"),
         )
+        self._unrelated = m.labels("unrelated")
 
-    async def export_traces(self, request, total: int | None = None) -> ExportTraceServiceResponse:
+    async def export_traces(self, request: Any, total: int | None = None) -> ExportTraceServiceResponse:
         """Record the request's spans (a trace_view.TraceView; `total` its span count, as the
         receivers' parse step counted it off the loop); return once durable. Raises OtlpError for refusals."""
         response = ExportTraceServiceResponse()
@@ -70,6 +81,8 @@ class OtlpService:
             self._correlated.inc(out.correlated)
         if out.uncorrelated:
             self._uncorrelated.inc(out.uncorrelated)
+        if out.unrelated:
+            self._unrelated.inc(out.unrelated)
         if out.rejected:
             self._rejected.inc(out.rejected)
             self.metrics.dropped.labels("invalid_span").inc(out.rejected)
@@ -77,7 +90,7 @@ class OtlpService:
             response.partial_success.error_message = out.error_message
         return response
 
-    async def export_logs(self, request, total: int | None = None) -> ExportLogsServiceResponse:
+    async def export_logs(self, request: Any, total: int | None = None) -> ExportLogsServiceResponse:
         response = ExportLogsServiceResponse()
         if self.snapshots is None:
             # No snapshot store configured (snapshots.enabled: false): records are counted, not kept.

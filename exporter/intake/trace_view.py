@@ -2,7 +2,8 @@
 
 `TraceView` is a protobuf message class built from a projection of opentelemetry-proto's
 ExportTraceServiceRequest: the same field numbers and types for resource_spans > resource /
-scope_spans > spans > trace_id, span_id, start/end time and attributes, so any valid OTLP
+scope_spans > spans > trace_id, span_id, parent, name, kind, start/end time, attributes, links
+and status, so any valid OTLP
 protobuf body parses into it, and every other field is skipped by the parser.
 
 One difference in shape, none on the wire: `attributes` is declared `map<string, AnyValue>`
@@ -15,7 +16,10 @@ equivalence on generated requests). The AnyValue values are opentelemetry-proto'
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
 from opentelemetry.proto.common.v1 import common_pb2
 
 _PACKAGE = "syncwatch.intake"
@@ -23,16 +27,25 @@ _F = descriptor_pb2.FieldDescriptorProto
 _ANY_VALUE = "." + common_pb2.AnyValue.DESCRIPTOR.full_name
 
 # (message, [(number, name, type, repeated, message type or None)]) in opentelemetry-proto's numbering.
-_MESSAGES = [
+_Field = tuple[int, str, Any, bool, str | None]
+_MESSAGES: list[tuple[str, list[_Field]]] = [
+    ("Link", [(1, "trace_id", _F.TYPE_BYTES, False, None), (2, "span_id", _F.TYPE_BYTES, False, None)]),
+    ("Status", [(2, "message", _F.TYPE_STRING, False, None), (3, "code", _F.TYPE_INT32, False, None)]),
     ("Resource", [(1, "attributes", _F.TYPE_MESSAGE, True, ".syncwatch.intake.Resource.AttributesEntry")]),
     (
         "Span",
         [
             (1, "trace_id", _F.TYPE_BYTES, False, None),
             (2, "span_id", _F.TYPE_BYTES, False, None),
+            (4, "parent_span_id", _F.TYPE_BYTES, False, None),
+            (5, "name", _F.TYPE_STRING, False, None),
+            (6, "kind", _F.TYPE_INT32, False, None),  # the SpanKind enum's numbers
             (7, "start_time_unix_nano", _F.TYPE_FIXED64, False, None),
             (8, "end_time_unix_nano", _F.TYPE_FIXED64, False, None),
             (9, "attributes", _F.TYPE_MESSAGE, True, ".syncwatch.intake.Span.AttributesEntry"),
+            # For the mapping rules (syncwatch.rules): linked spans and the span status.
+            (13, "links", _F.TYPE_MESSAGE, True, ".syncwatch.intake.Link"),
+            (15, "status", _F.TYPE_MESSAGE, False, ".syncwatch.intake.Status"),
         ],
     ),
     ("ScopeSpans", [(2, "spans", _F.TYPE_MESSAGE, True, ".syncwatch.intake.Span")]),
@@ -48,7 +61,7 @@ _MESSAGES = [
 ]
 
 
-def _build():
+def _build() -> type[Message]:
     file = descriptor_pb2.FileDescriptorProto(
         name="syncwatch/intake/trace_view.proto",
         package=_PACKAGE,
@@ -76,13 +89,14 @@ def _build():
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.ExportTraceServiceRequest"))
 
 
-TraceView = _build()
+# A generated message class: its fields are known at run time only, so the type checker sees Any.
+TraceView: Any = _build()
 
 
-def view_of(request) -> TraceView:
+def view_of(request: Message) -> Any:
     """The view of a full ExportTraceServiceRequest (from OTLP/JSON, or built in-process)."""
     return TraceView.FromString(request.SerializeToString())
 
 
-def span_count(view) -> int:
+def span_count(view: Any) -> int:
     return sum(len(ss.spans) for rs in view.resource_spans for ss in rs.scope_spans)

@@ -122,7 +122,7 @@ class Metrics:
         )
         self.spans = Counter(
             "syncwatch_spans",
-            "Spans received by correlation result (correlated, uncorrelated, rejected).",
+            "Spans received by correlation result (correlated, uncorrelated, rejected; with mapping rules, unrelated: spans of no flow, not part of coverage).",
             ("result",),
             registry=r,
         )
@@ -162,5 +162,5 @@ class Metrics:
             "syncwatch_log_records", "OTLP log records received, by result.", ("result",), registry=r
         )
         # Pre-create the result series so a rate() sees them from the first scrape.
-        for result in ("correlated", "uncorrelated", "rejected"):
+        for result in ("correlated", "uncorrelated", "rejected", "unrelated"):
             self.spans.labels(result)

@@ -14,19 +14,29 @@ age; a bucket lifecycle rule on the prefix (README) is the backstop if syncwatch
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import quote
+from functools import partial
+from typing import TypeVar
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
 from syncwatch.config.errors import SyncwatchError
+from syncwatch.snapshots.s3_layout import (
+    MAX_KEY_BYTES,
+    decode_object,
+    encode_object,
+    key_segment,
+    object_keys,
+    parse_marker,
+    parse_s3_url,
+    snapshot_from,
+)
 from syncwatch.snapshots.store import (
     KEY_TOO_LONG,
     STORE_ERROR,
@@ -38,8 +48,8 @@ from syncwatch.snapshots.store import (
     StoreStats,
 )
 
-_MAGIC = b"SWS1"
-MAX_KEY_BYTES = 1024  # S3's limit on an object key (UTF-8); ours are ASCII
+_T = TypeVar("_T")
+
 # Answers that refuse one object's key, not the store: S3's, and MinIO's (255 bytes a segment).
 _KEY_ERRORS = frozenset({"KeyTooLongError", "XMinioInvalidObjectName"})
 
@@ -48,20 +58,6 @@ class _KeyRefused(SyncwatchError):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
-
-
-def key_segment(corr: str) -> str:
-    """A correlation ID as one key segment: percent-encoded, and never `.` or `..`."""
-    seg = quote(corr, safe="")
-    if seg in (".", ".."):
-        seg = seg.replace(".", "%2E")
-    return seg
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    rest = url[len("s3://") :]
-    bucket, _, prefix = rest.partition("/")
-    return bucket, prefix.strip("/")
 
 
 class S3SnapshotStore:
@@ -106,7 +102,7 @@ class S3SnapshotStore:
                 self.codec.load(dict_id, self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
             total, oldest = 0, None
             for key in self._list_keys(self.prefix + "t/"):
-                received_ms, _, size = _parse_marker(key)
+                received_ms, _, size = parse_marker(key)
                 total += size
                 if oldest is None or received_ms / 1000 < oldest:
                     oldest = received_ms / 1000
@@ -127,7 +123,7 @@ class S3SnapshotStore:
         for s in snaps:
             if not s.blob and s.body:
                 self.codec.compress(s)
-            data = self._object(s)
+            data = encode_object(s)
             data_key, marker_key = self._keys(s, len(data))
             if len(marker_key) > MAX_KEY_BYTES or len(data_key) > MAX_KEY_BYTES:
                 refused.append(
@@ -152,36 +148,11 @@ class S3SnapshotStore:
             raise failed[0] if isinstance(failed[0], StoreError) else _store_error(failed[0], "cannot store snapshots")
         return refused
 
-    def _object(self, s: Snapshot) -> bytes:
-        header = json.dumps(
-            {
-                "corr": s.corr,
-                "direction": s.direction,
-                "received": s.received,
-                "time": s.time,
-                "trace_id": s.trace_id.hex(),
-                "span_id": s.span_id.hex(),
-                "flow": s.flow,
-                "destination": s.destination,
-                "content_type": s.content_type,
-                "size": s.size,
-                "body_hmac": s.sha256.hex(),
-                "truncated": s.truncated,
-                "redactions": s.redactions,
-                "dict_id": s.dict_id,
-            },
-            separators=(",", ":"),
-        ).encode()
-        return _MAGIC + struct.pack(">I", len(header)) + header + s.blob
-
     def _keys(self, s: Snapshot, size: int) -> tuple[str, str]:
         with self._lock:
             self._seq += 1
             uid = f"{os.getpid():x}{self._seq:08x}"
-        corr = key_segment(s.corr)
-        name = f"{int(s.received * 1000):013d}-{uid}"
-        hour = time.strftime("%Y%m%d%H", time.gmtime(s.received))
-        return f"{self.prefix}c/{corr}/{name}.sws", f"{self.prefix}t/{hour}/{name}-{size}/{corr}"
+        return object_keys(self.prefix, s, uid, size)
 
     def _put_one(self, s: Snapshot, data_key: str, marker_key: str, data: bytes) -> None:
         # Data first, then its index marker: a crash in between leaves an object only the
@@ -223,43 +194,17 @@ class S3SnapshotStore:
                 keys,
             )
         )
-        out = []
+        out: list[Snapshot] = []
         for data in bodies:
-            if data[:4] != _MAGIC:
+            decoded = decode_object(data)
+            if decoded is None:
                 continue
-            (n,) = struct.unpack(">I", data[4:8])
-            h = json.loads(data[8 : 8 + n])
-            blob = data[8 + n :]
+            h, blob = decoded
             dict_id = h.get("dict_id", 0)
-            if dict_id and dict_id not in self.codec._decompressors:
-                raw = self._call(
-                    lambda dict_id=dict_id: self._client.get_object(
-                        Bucket=self.bucket, Key=f"{self.prefix}dicts/{dict_id}.zdict"
-                    )["Body"].read(),
-                    "cannot read dictionary",
-                )
+            if dict_id and not self.codec.knows(dict_id):
+                raw = self._call(partial(self._get, f"{self.prefix}dicts/{dict_id}.zdict"), "cannot read dictionary")
                 self.codec.load(dict_id, raw)
-            out.append(
-                Snapshot(
-                    corr=h["corr"],
-                    direction=h["direction"],
-                    received=h["received"],
-                    time=h["time"],
-                    trace_id=bytes.fromhex(h["trace_id"]),
-                    span_id=bytes.fromhex(h["span_id"]),
-                    flow=h["flow"],
-                    destination=h["destination"],
-                    content_type=h["content_type"],
-                    size=h["size"],
-                    # Objects written before the body hash was keyed carry an unkeyed "sha256": not shown.
-                    sha256=bytes.fromhex(h.get("body_hmac", "")),
-                    truncated=h["truncated"],
-                    redactions=h["redactions"],
-                    body=self.codec.decompress(dict_id, blob),
-                    stored_bytes=len(data),
-                    dict_id=dict_id,
-                )
-            )
+            out.append(snapshot_from(h, self.codec.decompress(dict_id, blob), len(data)))
         out.sort(key=lambda s: (s.time, s.received))
         return out
 
@@ -279,7 +224,7 @@ class S3SnapshotStore:
                 batch: list[tuple[str, str, int]] = []
                 done_with_hour = True
                 for key in self._list_keys(hour_prefix):
-                    received_ms, name, size = _parse_marker(key)
+                    received_ms, name, size = parse_marker(key)
                     if received_ms >= cutoff_ms:
                         done_with_hour = False
                         break
@@ -321,21 +266,25 @@ class S3SnapshotStore:
             resp = self._client.list_objects_v2(Bucket=self.bucket, Prefix=hour_prefix, MaxKeys=1)
             contents = resp.get("Contents") or []
             if contents:
-                oldest = _parse_marker(contents[0]["Key"])[0] / 1000
+                oldest = parse_marker(contents[0]["Key"])[0] / 1000
                 break
         with self._lock:
             self._oldest = oldest
 
     def stats(self) -> StoreStats:
         with self._lock:
-            return StoreStats(bytes=self._bytes, oldest_received=self._oldest)
+            return StoreStats(bytes=self._bytes, oldest_received=self._oldest, dictionary_id=self.codec.current_id)
 
     # -- helpers -------------------------------------------------------------------------------
-    def _list_keys(self, prefix: str):
+    def _list_keys(self, prefix: str) -> Iterator[str]:
         paginator = self._client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for obj in page.get("Contents") or []:
                 yield obj["Key"]
+
+    def _get(self, key: str) -> bytes:
+        data: bytes = self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return data
 
     def _list_prefixes(self, prefix: str) -> list[str]:
         out: list[str] = []
@@ -344,20 +293,13 @@ class S3SnapshotStore:
             out.extend(p["Prefix"] for p in page.get("CommonPrefixes") or [])
         return sorted(out)
 
-    def _call(self, fn, what: str):
+    def _call(self, fn: Callable[[], _T], what: str) -> _T:
         try:
             return fn()
         except StoreError:
             raise
         except Exception as exc:  # boto raises many unrelated classes; classify, never leak raw
             raise _store_error(exc, what) from None
-
-
-def _parse_marker(key: str) -> tuple[int, str, int]:
-    # .../t/<hour>/<received_ms>-<uid>-<bytes>/<corr>
-    part = key.rsplit("/", 2)[1]
-    received_ms, uid, size = part.split("-")
-    return int(received_ms), f"{received_ms}-{uid}", int(size)
 
 
 def _store_error(exc: BaseException, what: str) -> StoreError:

@@ -146,7 +146,7 @@ class SqliteSnapshotStore:
                     f"SELECT {_COLUMNS} FROM snapshots WHERE corr = ? ORDER BY time, id", (corr,)
                 ).fetchall()
                 for dict_id, data in conn.execute("SELECT id, data FROM zstd_dicts"):
-                    if dict_id not in self.codec._decompressors:
+                    if not self.codec.knows(dict_id):
                         self.codec.load(dict_id, data)
             finally:
                 conn.close()
@@ -226,7 +226,9 @@ class SqliteSnapshotStore:
             oldest = conn.execute("SELECT MIN(received) FROM snapshots").fetchone()[0]
         except sqlite3.Error as exc:
             raise _store_error(exc, "cannot read snapshot store statistics") from None
-        return StoreStats(bytes=(pages - free) * self._page_size, oldest_received=oldest)
+        return StoreStats(
+            bytes=(pages - free) * self._page_size, oldest_received=oldest, dictionary_id=self.codec.current_id
+        )
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -1,4 +1,5 @@
-"""What a stored snapshot is, how its body is compressed, and how stores report failure.
+"""What a stored snapshot is, what a snapshot store does, how its body is compressed, and how
+stores report failure.
 
 Both backends (SQLite, S3) store the same record: the redacted (and possibly truncated) body,
 zstd-compressed, plus the facts needed to prove what was sent: the original size and the
@@ -11,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, Protocol, runtime_checkable
 
 import zstandard
 
@@ -81,6 +82,46 @@ class StoreStats:
     bytes: int
     oldest_received: float | None
     count: int | None = None
+    dictionary_id: int = 0  # the zstd dictionary new snapshots are compressed with (0: none yet)
+
+
+@runtime_checkable
+class SnapshotStore(Protocol):
+    """The whole contract between a snapshot backend and its callers (SnapshotIntake, the
+    retention sweeper, the query API): they use these members only. Every method but `find` runs
+    on the intake's single store thread; `find` may run on any thread, beside writes. Failures
+    raise StoreError with a reason of StoreReason."""
+
+    name: str  # the backend, for logs: "sqlite", "s3"
+
+    def open(self) -> None:
+        """Connect, create what is missing and load the stored zstd dictionaries."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads; the store is not used again."""
+        ...
+
+    def put_many(self, snaps: list[Snapshot]) -> list[Refused]:
+        """Compress (filling `blob`, `dict_id`, `stored_bytes`) and store redacted snapshots.
+        Returns those refused one by one, the others stored; raises when the store failed."""
+        ...
+
+    def find(self, corr: str) -> list[Snapshot]:
+        """Every stored snapshot of one correlation ID, bodies decompressed, oldest first."""
+        ...
+
+    def sweep(self, cutoff: float, limit: int) -> int:
+        """Delete up to `limit` snapshots received before `cutoff`; returns how many."""
+        ...
+
+    def compact(self, pages: int) -> int:
+        """Give up to `pages` freed pages back to the file system; returns how many are left."""
+        ...
+
+    def stats(self) -> StoreStats:
+        """Bytes in use, the oldest snapshot's receipt time, the dictionary in use."""
+        ...
 
 
 class Codec:
@@ -112,6 +153,15 @@ class Codec:
         self._trained: tuple[int, bytes] | None = None
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
+
+    @property
+    def current_id(self) -> int:
+        """The dictionary new snapshots are compressed with (0: plain zstd)."""
+        return self._current_id
+
+    def knows(self, dict_id: int) -> bool:
+        """Whether blobs compressed with this dictionary can be decompressed already."""
+        return dict_id in self._decompressors
 
     def load(self, dict_id: int, data: bytes) -> None:
         d = zstandard.ZstdCompressionDict(data)
@@ -152,7 +202,7 @@ class Codec:
             # Fixed COVER parameters (segment k, d-mers of d): without them zstd tries dozens
             # of combinations, ~4x the CPU for a dictionary that compresses order payloads
             # within 1 % of the same size.
-            trained = zstandard.train_dictionary(self.DICT_SIZE, samples, k=self.DICT_K, d=self.DICT_D)
+            trained = zstandard.train_dictionary(self.DICT_SIZE, [*samples], k=self.DICT_K, d=self.DICT_D)
         except zstandard.ZstdError:
             return  # too few or too varied samples: keep plain zstd
         with self._lock:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from syncwatch.snapshots.store import StoreError
 
@@ -17,10 +18,12 @@ log = logging.getLogger("syncwatch.snapshots")
 
 
 class RetentionSweeper:
+    """Runs `sweep` every `interval` and on demand, one sweep at a time."""
+
     def __init__(
         self,
         *,
-        run: Callable[..., Awaitable],
+        run: Callable[..., Awaitable[Any]],
         sweep_batch: Callable[[float, int], int],
         retention: float,
         interval: float,
@@ -30,7 +33,7 @@ class RetentionSweeper:
         compact: Callable[[int], int] | None = None,
         compact_pages: int = 500,
         pause: float = 0.002,
-    ):
+    ) -> None:
         self._run = run  # runs a blocking function on the store's thread
         self._sweep_batch = sweep_batch
         self.retention = retention
@@ -41,7 +44,7 @@ class RetentionSweeper:
         self._compact = compact
         self.compact_pages = compact_pages
         self.pause = pause
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     def start(self) -> None:
