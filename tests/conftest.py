@@ -113,3 +113,34 @@ def _rabbitmq_only_when_marked(request, monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
     monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
+
+
+# ---- brokers ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def vhost():
+    """A RabbitMQ vhost of this test's own on the real broker, deleted afterwards (mark the test rabbitmq)."""
+    from rabbitmq_broker import create_vhost, delete_vhost
+
+    name = create_vhost()
+    yield name
+    delete_vhost(name)
+
+
+@pytest.fixture(scope="module")
+def moto():
+    """moto_server for the test module (SQS, S3); tests keep apart by unique queue and bucket names."""
+    from moto_launcher import MotoServer
+
+    server = MotoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path):
+    """AWS credentials from the environment only; no ~/.aws of the machine leaks in."""
+    from moto_launcher import aws_test_env
+
+    aws_test_env(monkeypatch, tmp_path)

@@ -6,43 +6,17 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from urllib.parse import quote
 
 import pika
 import pytest
-import requests
 from collectors_fakes.harness import free_port, run, sample_until, value  # noqa: F401  (run is a fixture)
 from collectors_fakes.tcp_proxy import TcpProxy
 from prometheus_client import CollectorRegistry
+from rabbitmq_broker import amqp, api
 
 from syncwatch.collectors.manager import CollectorManager
 from syncwatch.config.errors import ConfigError
-
-MGMT = "http://127.0.0.1:15672"
-AUTH = ("guest", "guest")
-
-
-def api(method: str, path: str, json=None):
-    r = requests.request(method, MGMT + path, auth=AUTH, json=json, timeout=10)
-    assert r.status_code < 400, (method, path, r.status_code, r.text)
-    return r
-
-
-@pytest.fixture
-def vhost():
-    # A slash in the name proves the vhost is URL-encoded on every call.
-    name = f"sw/test-{uuid.uuid4().hex[:8]}"
-    api("PUT", f"/api/vhosts/{quote(name, safe='')}")
-    api("PUT", f"/api/permissions/{quote(name, safe='')}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
-    yield name
-    requests.delete(f"{MGMT}/api/vhosts/{quote(name, safe='')}", auth=AUTH, timeout=10)
-
-
-def amqp(vhost: str) -> pika.BlockingConnection:
-    return pika.BlockingConnection(
-        pika.ConnectionParameters("127.0.0.1", 5672, vhost, pika.PlainCredentials("guest", "guest"))
-    )
 
 
 def build_topology(vhost: str, conn: pika.BlockingConnection):

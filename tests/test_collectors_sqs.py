@@ -2,58 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 
-import boto3
 import pytest
-from collectors_fakes.harness import MotoServer, free_port, run, sample_until, value  # noqa: F401  (run is a fixture)
+from collectors_fakes.harness import free_port, run, sample_until, value  # noqa: F401  (run is a fixture)
 from collectors_fakes.tcp_proxy import TcpProxy
+from moto_launcher import MotoServer
 from prometheus_client import CollectorRegistry
+from sqs_data import NS, fail_until_dead_lettered, make_queue, sqs
 
 from syncwatch.collectors.manager import CollectorManager
 
-NS = "123456789012/us-east-1"  # moto's default account, and the region used here
-
-
-@pytest.fixture(scope="module")
-def moto():
-    server = MotoServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch, tmp_path):
-    # The default credential chain, from the environment; no ~/.aws of the machine leaks in.
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def sqs(moto):
-    return boto3.client("sqs", endpoint_url=moto.url, region_name="us-east-1")
-
-
-def make_queue(client, name, dlq_arn=None, fifo=False, max_receive=2):
-    attrs = {"VisibilityTimeout": "0"}
-    if fifo:
-        attrs |= {"FifoQueue": "true", "ContentBasedDeduplication": "true"}
-    if dlq_arn:
-        attrs["RedrivePolicy"] = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive)})
-    url = client.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
-    arn = client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    return url, arn
-
-
-def fail_until_dead_lettered(client, url, times=3):
-    """Receive without deleting, past maxReceiveCount: SQS moves the messages to the DLQ."""
-    for _ in range(times):
-        client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0)
+pytestmark = pytest.mark.usefixtures("aws_env")
 
 
 def test_depths_redrive_fifo_and_configured_dlq(moto, run):

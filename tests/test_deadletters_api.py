@@ -7,8 +7,8 @@ import time
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from test_api import TOKEN, make_config
-from test_deadletters_rabbitmq import CARD, ledger_with
+from api_data import TOKEN, make_config
+from deadletter_data import CARD, ledger_with
 
 from syncwatch.api.deadletters import setup_dead_letter_api
 from syncwatch.cli import deadletters as cli

@@ -5,37 +5,21 @@ collector reads them through the management API with requeue, the book names exa
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 
 import pika
 import pytest
 from collectors_fakes.harness import run, sample_until, value  # noqa: F401  (run is a fixture)
+from deadletter_data import CARD, ledger_with
 from prometheus_client import CollectorRegistry
-from test_collectors_rabbitmq import amqp, vhost  # noqa: F401  (vhost is a fixture)
+from rabbitmq_broker import amqp
 
 from syncwatch.collectors.deadletters import book_for_config
 from syncwatch.collectors.manager import CollectorManager
 from syncwatch.config.errors import ConfigError
 from syncwatch.config.models import Config
-from syncwatch.ledger.schema import DDL
 
 pytestmark = pytest.mark.rabbitmq
-CARD = "4111111111111111"
-
-
-def ledger_with(config: Config, *corrs: str) -> None:
-    config.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(config.storage.ledger_path)
-    conn.executescript(DDL)
-    now = time.time()
-    for corr in corrs:
-        conn.execute(
-            "INSERT INTO open_tx (corr, dest, flow, source, changed_at, opened_at, deadline) VALUES (?,?,?,?,?,?,?)",
-            (corr, "erp", "orders", "storefront", now - 600, now - 600, now - 300),
-        )
-    conn.commit()
-    conn.close()
 
 
 def dead_letter_orders(vhost: str) -> pika.adapters.blocking_connection.BlockingChannel:

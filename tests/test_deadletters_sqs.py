@@ -8,21 +8,16 @@ import json
 import time
 
 import pytest
-from collectors_fakes.harness import MotoServer, run, sample_until, value  # noqa: F401  (run is a fixture)
+from collectors_fakes.harness import run, sample_until, value  # noqa: F401  (run is a fixture)
+from deadletter_data import CARD, ledger_with
 from prometheus_client import CollectorRegistry
-from test_collectors_sqs import NS, aws_env, fail_until_dead_lettered, make_queue, sqs  # noqa: F401  (fixture)
-from test_deadletters_rabbitmq import CARD, ledger_with
+from sqs_data import NS, fail_until_dead_lettered, make_queue, sqs
 
 from syncwatch.collectors.deadletters import book_for_config
 from syncwatch.collectors.manager import CollectorManager
 from syncwatch.config.models import Config
 
-
-@pytest.fixture(scope="module")
-def moto():
-    server = MotoServer()
-    yield server
-    server.stop()
+pytestmark = pytest.mark.usefixtures("aws_env")
 
 
 def dlq_count(client, url) -> int:

@@ -23,6 +23,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 MGMT = "http://127.0.0.1:15672"
 AUTH = ("guest", "guest")
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.e2e]
 HANG = "hang"
 # Per order, what the ERP answers to each POST in turn; "skip" orders are never posted.
 PLAN: dict[str, list] = {

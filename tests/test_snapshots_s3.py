@@ -15,13 +15,6 @@ from syncwatch.metrics.registry import Metrics
 from syncwatch.snapshots import SnapshotIntake
 
 
-@pytest.fixture(scope="module")
-def moto():
-    server = MotoServer().start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(autouse=True)
 def aws_env(monkeypatch):
     for k, v in {

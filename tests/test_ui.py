@@ -8,8 +8,8 @@ import re
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from test_api import NOW, TOKEN, TRACE, build_ledger, make_config, span
-from test_snapshots_store import Clock, make_request, order_body
+from api_data import NOW, TOKEN, TRACE, build_ledger, make_config, span
+from snapshot_data import Clock, make_request, order_body
 
 from syncwatch.api.routes import setup_api
 from syncwatch.metrics.registry import Metrics
@@ -242,7 +242,7 @@ def test_closed_without_a_token(tmp_path):
 
 
 def test_alerts_link_to_the_list_of_what_fired():
-    from test_alerts import alerts_gen as generate
+    from repo import alerts_gen as generate
 
     plain = {r["alert"]: r for g in generate.build_rules()["groups"] for r in g["rules"] if "alert" in r}
     assert all("ui_url" not in r["annotations"] for r in plain.values())  # the committed file stays as it was

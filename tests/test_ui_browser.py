@@ -17,11 +17,11 @@ import pika
 import pytest
 from otel_helpers import Integration, now
 from otlp_raw import post
-from test_alerts import alerts_gen
-from test_collectors_rabbitmq import amqp, vhost  # noqa: F401  (vhost is a fixture)
-from test_snapshots_store import make_request
+from rabbitmq_broker import amqp
+from repo import alerts_gen
+from snapshot_data import make_request
 
-pytestmark = pytest.mark.rabbitmq
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.e2e]  # a real browser (Debian's chromium) and broker
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
 TOKEN = "browser-test-token-42"
