@@ -62,6 +62,7 @@ class App:
         # Both OTLP receivers share one budget of request-body bytes and one decode pool.
         self.bodies = BodyDecoder(config.intake.max_body_bytes)
         self.collectors = self._make_collectors()
+        self.reconcilers = self._make_reconcilers()
         self.ready = False
         self._runners: list[web.AppRunner] = []
         self._grpc = None
@@ -80,6 +81,16 @@ class App:
         from syncwatch.collectors.manager import CollectorManager
 
         return CollectorManager(self.config.collectors, self.config.sampling, self.metrics.registry, clock=self.clock)
+
+    def _make_reconcilers(self):
+        if not self.config.reconcilers:
+            return None
+        from syncwatch.reconcile.manager import ReconcileManager
+
+        c = self.config
+        return ReconcileManager(
+            c.reconcilers, c.flows, c.storage.data_dir, c.storage.ledger_path, self.metrics.registry, clock=self.clock
+        )
 
     def _http_app(self) -> web.Application:
         app = web.Application()
@@ -115,6 +126,8 @@ class App:
         await self._grpc.start()
         if self.collectors is not None:
             await self.collectors.start()
+        if self.reconcilers is not None:
+            await self.reconcilers.start()
         self.ready = True
         log.info(
             "syncwatch %s ready: OTLP/gRPC %s, OTLP/HTTP %s, HTTP (metrics, API) %s",
@@ -137,6 +150,8 @@ class App:
         self.ready = False
         if self.collectors is not None:
             await self.collectors.stop()
+        if self.reconcilers is not None:
+            await self.reconcilers.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=2)
         for runner in reversed(self._runners):
