@@ -8,6 +8,7 @@ import logging
 import sys
 
 from syncwatch import __version__
+from syncwatch.cli.reconcile import add_subcommands as add_reconcile
 from syncwatch.cli.transactions import add_subcommands as add_transactions
 from syncwatch.config.errors import ConfigError
 from syncwatch.demo import add_subcommand as add_demo
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     ctest.add_argument("--config", "-c", required=True, help="YAML config file with a collectors: list")
     ctest.set_defaults(func=_cmd_collectors_test)
     add_transactions(sub)
+    add_reconcile(sub)
     add_demo(sub)
     return parser
 

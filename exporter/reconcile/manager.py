@@ -37,6 +37,7 @@ class FlowResult:
     destination_rows: int = 0
     pending: int = 0
     new_source_ids: int = 0
+    rechecked: int = 0  # open findings from before the window, looked up again
     found: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     examples: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in KINDS})
     window: tuple[float, float] = (0.0, 0.0)
@@ -182,11 +183,14 @@ class ReconcilerRunner:
         m = self.metrics
         new_total: dict[str, int] = dict.fromkeys(KINDS, 0)
 
-        async def check(page: list[SourceRow]) -> None:
+        async def check(page: list[SourceRow], recheck: bool = False) -> None:
             dest = await self.reconciler.destination_lookup(flow, [r.id for r in page])
             corrs = [template.replace("{id}", r.id) for r in page if r.changed_at <= judge_before]
             ledger = await asyncio.to_thread(self.ledger.states_of, flow, corrs)
-            result.source_rows += len(page)
+            if recheck:
+                result.rechecked += len(page)
+            else:
+                result.source_rows += len(page)
             result.destination_rows += len(dest)
             m.rows.labels(self.name, flow, "destination").inc(len(dest))
             found, cleared = await asyncio.to_thread(
@@ -223,7 +227,7 @@ class ReconcilerRunner:
             if not rows:
                 break
             after = rows[-1][0]
-            await check([SourceRow(source_id, changed) for _, source_id, changed in rows])
+            await check([SourceRow(source_id, changed) for _, source_id, changed in rows], recheck=True)
         if not dry_run:
             await asyncio.to_thread(self.store.set_window_end, self.name, flow, now)
             counts = await asyncio.to_thread(self.store.open_counts, self.name, flow)
