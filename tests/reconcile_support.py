@@ -130,7 +130,7 @@ class FlashSale:
         rnd = random.Random(seed)
         now = time.time()
         sale = cls(now=now)
-        start = now - 49 * HOUR
+        start = float(int(now - 49 * HOUR))  # whole seconds: DATETIME(3) keeps milliseconds only
         for i in range(n):
             sale.orders[100_000 + i] = start + i * (48 * HOUR / n)
         ids = list(sale.orders)
