@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import aiomysql
+import asyncmy
 import asyncpg
 
 PG = dict(host="127.0.0.1", port=5432, user="postgres")
@@ -32,7 +32,7 @@ async def pg_admin(sql: str) -> None:
 
 
 async def my_admin(sql: str, db: str | None = None) -> None:
-    conn = await aiomysql.connect(db=db, autocommit=True, **MY)
+    conn = await asyncmy.connect(database=db, autocommit=True, **MY)
     try:
         async with conn.cursor() as cur:
             await cur.execute(sql)
@@ -75,7 +75,7 @@ class Databases:
             await conn.close()
 
     async def my_exec(self, sql: str, rows: list[tuple] | None = None) -> None:
-        conn = await aiomysql.connect(db=self.my, autocommit=True, **MY)
+        conn = await asyncmy.connect(database=self.my, autocommit=True, **MY)
         try:
             async with conn.cursor() as cur:
                 if rows is None:

@@ -1,5 +1,5 @@
 """The built-in `sql` reconciler: read-only queries against PostgreSQL (asyncpg) and MySQL/MariaDB
-(aiomysql), one connection per database per run, inside a read-only repeatable-read transaction with
+(asyncmy), one connection per database per run, inside a read-only repeatable-read transaction with
 a statement timeout. The source side is keyset-paginated on the ID; the destination is looked up by
 the IDs of each source page, so neither side is ever read whole into memory.
 
@@ -249,7 +249,7 @@ def _positional(query: str, style: Literal["postgresql", "mysql"], first: int = 
     """`:window_start`/`:window_end` as the driver's placeholders; returns the SQL and the order of names."""
     order: list[str] = []
     if style == "mysql":
-        query = query.replace("%", "%%")  # PyMySQL formats the query with %: a LIKE 'a%' stays literal
+        query = query.replace("%", "%%")  # the driver formats the query with %: a LIKE 'a%' stays literal
 
     def sub(m: re.Match[str]) -> str:
         if style == "mysql":
@@ -386,17 +386,17 @@ class _MySQL(_Connection):
     conn: Any = None
 
     async def open(self, password: str | None) -> None:
-        import aiomysql
+        import asyncmy
 
         p = urlsplit(self.settings.url)
         try:
             self.conn = await asyncio.wait_for(
-                aiomysql.connect(
+                asyncmy.connect(
                     host=p.hostname or "",
                     port=p.port or 3306,
                     user=unquote(p.username or "") or None,
                     password=password or "",
-                    db=unquote(p.path.strip("/")),
+                    database=unquote(p.path.strip("/")),
                     connect_timeout=self.settings.connect_timeout,
                     autocommit=False,
                     charset="utf8mb4",
@@ -425,12 +425,12 @@ class _MySQL(_Connection):
                 conn.close()
 
     def translate(self, exc: BaseException) -> BaseException:
-        import pymysql
+        from asyncmy.errors import MySQLError
 
         if isinstance(exc, ReconcileError | asyncio.CancelledError):
             return exc
         where = self.where()
-        code = exc.args[0] if isinstance(exc, pymysql.err.MySQLError) and exc.args else None
+        code = exc.args[0] if isinstance(exc, MySQLError) and exc.args else None
         if code in (1969, 3024):  # MariaDB ER_STATEMENT_TIMEOUT, MySQL ER_QUERY_TIMEOUT
             return ReconcileError(
                 "timeout", f"{where}: query stopped after statement_timeout {self.statement_timeout:g}s"
@@ -441,7 +441,7 @@ class _MySQL(_Connection):
             return ReconcileError("unreachable", f"{where}: database does not exist")
         if isinstance(code, int) and 2000 <= code < 3000:  # client errors: cannot connect, lost connection
             return ReconcileError("unreachable", f"{where}: {_first_line(exc)}")
-        if isinstance(exc, pymysql.err.MySQLError):
+        if isinstance(exc, MySQLError):
             return ReconcileError("query_error", f"{where}: {_first_line(exc)}")
         if isinstance(exc, TimeoutError):
             return ReconcileError("timeout", f"{where}: no answer within {self.settings.connect_timeout:g}s")

@@ -99,35 +99,51 @@ class FindingStore:
         hold. Returns (new findings by kind, findings dropped at max_open by kind)."""
         new: dict[str, int] = dict.fromkeys(KINDS, 0)
         dropped: dict[str, int] = dict.fromkeys(KINDS, 0)
+        cleared = list(cleared)
+        ids = sorted({sid for _, sid in cleared} | {f.source_id for f in found})
         with self._lock, self._db:
             db = self._db
-            for kind, source_id in cleared:
-                db.execute(
-                    "UPDATE findings SET resolved_at = ? WHERE reconciler = ? AND flow = ? AND kind = ? "
-                    "AND source_id = ? AND resolved_at IS NULL",
-                    (now, reconciler, flow, kind, source_id),
-                )
+            # One read of what is already recorded for these IDs, then bulk writes by row ID: a page
+            # costs a handful of statements, not one per ID.
+            existing: dict[tuple[str, str], tuple[int, float | None]] = {}
+            marks = ",".join("?" * len(KINDS))
+            for i in range(0, len(ids), 5000):
+                rows = db.execute(
+                    f"SELECT kind, source_id, id, resolved_at FROM findings WHERE reconciler = ? AND flow = ? "
+                    f"AND kind IN ({marks}) AND source_id IN (SELECT value FROM json_each(?))",
+                    (reconciler, flow, *KINDS, json.dumps(ids[i : i + 5000])),
+                ).fetchall()
+                existing.update({(r[0], r[1]): (int(r[2]), r[3]) for r in rows})
+            resolve = [(now, existing[key][0]) for key in cleared if key in existing and existing[key][1] is None]
+            db.executemany("UPDATE findings SET resolved_at = ? WHERE id = ?", resolve)
             open_counts: dict[str, int] = {kind: self._open_count(reconciler, flow, kind) for kind in KINDS}
+            seen_again: list[tuple[Any, ...]] = []
+            inserts: list[tuple[Any, ...]] = []
             for f in found:
                 detail = json.dumps(f.detail, separators=(",", ":"), sort_keys=True)
-                cur = db.execute(
-                    "UPDATE findings SET last_seen = ?, detail = ?, changed_at = ?, "
-                    "resolved_at = NULL WHERE reconciler = ? AND flow = ? AND kind = ? AND source_id = ? "
-                    "RETURNING resolved_at",
-                    (now, detail, f.changed_at, reconciler, flow, f.kind, f.source_id),
-                )
-                if cur.fetchone() is not None:
+                row = existing.get((f.kind, f.source_id))
+                if row is not None:
+                    if row[0] >= 0:
+                        seen_again.append((now, detail, f.changed_at, row[0]))
+                        if row[1] is not None:
+                            open_counts[f.kind] += 1
                     continue
                 if open_counts[f.kind] >= max_open:
                     dropped[f.kind] += 1
                     continue
-                db.execute(
-                    "INSERT INTO findings(reconciler, flow, kind, source_id, changed_at, first_seen, last_seen, detail) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (reconciler, flow, f.kind, f.source_id, f.changed_at, now, now, detail),
-                )
+                existing[(f.kind, f.source_id)] = (-1, None)  # a repeat within the page is not new again
+                inserts.append((reconciler, flow, f.kind, f.source_id, f.changed_at, now, now, detail))
                 open_counts[f.kind] += 1
                 new[f.kind] += 1
+            db.executemany(
+                "UPDATE findings SET last_seen = ?, detail = ?, changed_at = ?, resolved_at = NULL WHERE id = ?",
+                seen_again,
+            )
+            db.executemany(
+                "INSERT INTO findings(reconciler, flow, kind, source_id, changed_at, first_seen, last_seen, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                inserts,
+            )
         return new, dropped
 
     def _open_count(self, reconciler: str, flow: str, kind: str) -> int:
