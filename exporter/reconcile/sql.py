@@ -481,6 +481,32 @@ def _first_line(exc: BaseException) -> str:
     return text[:300]
 
 
+def _source_rows(rows: list[tuple[Any, ...]], tz: ZoneInfo) -> list[SourceRow]:
+    page: list[SourceRow] = []
+    for row in rows:
+        if len(row) != 2:
+            raise ReconcileError("bad_result", "source query: expected the columns id and changed_at")
+        changed = _epoch(row[1], tz, "changed_at", "source")
+        assert changed is not None
+        page.append(SourceRow(_id_text(row[0], "id", "source"), changed))
+    return page
+
+
+def _destination_rows(rows: list[tuple[Any, ...]], tz: ZoneInfo) -> list[DestinationRow]:
+    out = []
+    for row in rows:
+        if len(row) != 3:
+            raise ReconcileError("bad_result", "destination query: expected the columns id, record_id and arrived_at")
+        out.append(
+            DestinationRow(
+                _id_text(row[0], "id", "destination"),
+                _id_text(row[1], "record_id", "destination"),
+                _epoch(row[2], tz, "arrived_at", "destination", nullable=True),
+            )
+        )
+    return out
+
+
 # ---- the plug-in -----------------------------------------------------------------------------
 
 
@@ -536,13 +562,7 @@ class SqlReconciler(Reconciler):
             if not first:
                 params.append(after)
             rows = await conn.fetch(sql, params)
-            page: list[SourceRow] = []
-            for row in rows:
-                if len(row) != 2:
-                    raise ReconcileError("bad_result", "source query: expected the columns id and changed_at")
-                changed = _epoch(row[1], conn.tz, "changed_at", "source")
-                assert changed is not None
-                page.append(SourceRow(_id_text(row[0], "id", "source"), changed))
+            page = await asyncio.to_thread(_source_rows, rows, conn.tz)  # a page of checks, off the loop
             if page:
                 yield page
             if len(rows) < limit:
@@ -553,20 +573,7 @@ class SqlReconciler(Reconciler):
         spec = self.settings.flows[flow].destination
         conn = self._conns[spec.database]
         rows = await conn.lookup(spec.query, ids, {})
-        out = []
-        for row in rows:
-            if len(row) != 3:
-                raise ReconcileError(
-                    "bad_result", "destination query: expected the columns id, record_id and arrived_at"
-                )
-            out.append(
-                DestinationRow(
-                    _id_text(row[0], "id", "destination"),
-                    _id_text(row[1], "record_id", "destination"),
-                    _epoch(row[2], conn.tz, "arrived_at", "destination", nullable=True),
-                )
-            )
-        return out
+        return await asyncio.to_thread(_destination_rows, rows, conn.tz)
 
     def describe(self) -> dict[str, Any]:
         return {
