@@ -328,3 +328,63 @@ def test_bad_config_names_the_key(tmp_path, change, key, message):
     if message is not None:
         assert exc.value.message == message
     assert "hunter2" not in str(exc.value)
+
+
+# ---- the quiet-flow inputs -----------------------------------------------------------------------------
+
+
+def test_source_rate_counts_each_new_record_once(tmp_path, dbs, sale):
+    """syncwatch_reconcile_source_ids_total: records changed since the previous window ended; the
+    overlap re-reads them, but counts them only once."""
+    from datetime import UTC, datetime
+
+    clock = Clock()
+    registry = CollectorRegistry()
+    m = manager(tmp_path, reconciler_config(dbs), clock=clock, registry=registry)
+    run(m)
+    t0 = clock.t
+    rows = [(900_100 + i, datetime.fromtimestamp(t0 + 5 + i, UTC)) for i in range(3)]
+    asyncio.run(dbs.pg_exec("INSERT INTO orders VALUES ($1, 'x@example.com', 1, $2, $2)", rows))
+    labels = {"reconciler": "shop-erp", "flow": "orders"}
+    clock.t = t0 + 60
+    run(m)
+    assert registry.get_sample_value("syncwatch_reconcile_source_ids_total", labels) == 3
+    clock.t = t0 + 120  # the next window starts 300 s back and re-reads them: not new again
+    run(m)
+    assert m.runners[0].last_results["orders"].source_rows == 3
+    assert registry.get_sample_value("syncwatch_reconcile_source_ids_total", labels) == 3
+
+
+def test_expected_rate_within_business_hours(tmp_path, dbs):
+    registry = CollectorRegistry()
+    monday_noon_berlin = datetime_utc(2026, 11, 30, 11, 0)  # 12:00 in Berlin
+    clock = Clock(monday_noon_berlin)
+    expected = [
+        {
+            "flow": "orders",
+            "min_per_hour": 20,
+            "days": "weekdays",
+            "start": "08:00",
+            "end": "20:00",
+            "timezone": "Europe/Berlin",
+        }
+    ]
+    m = manager(tmp_path, reconciler_config(dbs, expected=expected), clock=clock, registry=registry)
+    labels = {"reconciler": "shop-erp", "flow": "orders"}
+    assert registry.get_sample_value("syncwatch_reconcile_expected_source_ids_per_hour", labels) == 20
+    clock.t = datetime_utc(2026, 11, 30, 19, 30)  # 20:30 in Berlin: outside
+    m.runners[0].update_expected()
+    assert registry.get_sample_value("syncwatch_reconcile_expected_source_ids_per_hour", labels) == 0
+    clock.t = datetime_utc(2026, 12, 5, 11, 0)  # Saturday
+    m.runners[0].update_expected()
+    assert registry.get_sample_value("syncwatch_reconcile_expected_source_ids_per_hour", labels) == 0
+    bad = reconciler_config(dbs, expected=[{**expected[0], "flow": "refunds"}])
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, bad)
+    assert exc.value.key == "reconcilers[0].expected[0].flow"
+
+
+def datetime_utc(*parts: int) -> float:
+    from datetime import UTC, datetime
+
+    return datetime(*parts, tzinfo=UTC).timestamp()
