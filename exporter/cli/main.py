@@ -11,11 +11,12 @@ from syncwatch import __version__
 from syncwatch.cli.reconcile import add_subcommands as add_reconcile
 from syncwatch.cli.transactions import add_subcommands as add_transactions
 from syncwatch.config.errors import ConfigError
+from syncwatch.config.models import Config
 from syncwatch.demo import add_subcommand as add_demo
 from syncwatch.settings import load_config
 
 
-def _cmd_run(args) -> int:
+def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
@@ -35,7 +36,7 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _cmd_check_config(args) -> int:
+def _cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.file)
     if config is None:
         return 2
@@ -49,7 +50,7 @@ def _cmd_check_config(args) -> int:
     return 0
 
 
-def _cmd_collectors_test(args) -> int:
+def _cmd_collectors_test(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
@@ -61,7 +62,7 @@ def _cmd_collectors_test(args) -> int:
     return collectors_test(config.collectors, config.sampling)
 
 
-def _load(path):
+def _load(path: str | None) -> Config | None:
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.func(args)
 
