@@ -45,6 +45,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  flows: {flows}")
     print(f"  ledger: {config.storage.ledger_path}")
     print(f"  collectors: {len(config.collectors)}")
+    print(f"  reconcilers: {len(config.reconcilers)}")
     print(f"  snapshots: {config.snapshots.backend}, retention {config.snapshots.retention / 3600:g}h")
     print(f"  query API token: {'set' if config.api.resolve_token() else 'NOT SET (API closed)'}")
     return 0
