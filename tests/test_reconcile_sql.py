@@ -100,17 +100,32 @@ def test_flash_sale_exact_counts(tmp_path, dbs, sale):
     assert g("syncwatch_reconcile_source_ids_total", labels) == 0
 
 
-def test_small_pages_give_the_same_answer(tmp_path, dbs, sale):
-    """Keyset pagination: 320 pages of 10 IDs find exactly what one big page finds."""
+@pytest.mark.parametrize("source", ["postgresql", "mariadb"])
+def test_small_pages_give_the_same_answer(tmp_path, dbs, sale, source):
+    """Keyset pagination: 320 pages of 10 IDs find exactly what one big page finds, on either
+    kind of database (the source here in MariaDB too, next to the ERP's table)."""
+    cfg = reconciler_config(dbs, batch_size=10)
+    if source == "mariadb":
+        from datetime import UTC, datetime
+
+        asyncio.run(dbs.my_exec("CREATE TABLE orders(order_id bigint PRIMARY KEY, updated_at datetime(6) NOT NULL)"))
+        asyncio.run(
+            dbs.my_exec(
+                "INSERT INTO orders VALUES (%s, %s)",
+                [(oid, datetime.fromtimestamp(t, UTC).replace(tzinfo=None)) for oid, t in sale.orders.items()],
+            )
+        )
+        cfg["flows"]["orders"]["source"]["database"] = "erp"
     registry = CollectorRegistry()
-    m = manager(tmp_path, reconciler_config(dbs, batch_size=10), registry=registry)
-    assert run(m) == {"shop-erp": True}
+    m = manager(tmp_path, cfg, registry=registry)
+    assert run(m) == {"shop-erp": True}, m.runners[0].last_error
     assert m.store.open_counts("shop-erp", "orders") == {
         "missing": 140,
         "duplicated": 5,
         "never_traced": 3200,
         "late": 30,
     }
+    assert set(findings(tmp_path, "missing")) == {str(i) for i in sale.missing}
     assert (
         registry.get_sample_value(
             "syncwatch_reconciler_rows_read_total", {"reconciler": "shop-erp", "flow": "orders", "side": "source"}
@@ -388,3 +403,70 @@ def datetime_utc(*parts: int) -> float:
     from datetime import UTC, datetime
 
     return datetime(*parts, tzinfo=UTC).timestamp()
+
+
+# ---- SQLite files (the simulated ERP's kind of database) ------------------------------------------------
+
+
+def _sqlite_sale(tmp_path: Path, sale: FlashSale) -> tuple[Path, Path]:
+    import sqlite3
+    from datetime import UTC
+
+    shop, erp = tmp_path / "shop.db", tmp_path / "erp.db"
+    with sqlite3.connect(shop) as db:
+        db.execute("CREATE TABLE orders(order_id INTEGER PRIMARY KEY, updated_at REAL NOT NULL)")
+        db.executemany("INSERT INTO orders VALUES (?, ?)", sorted(sale.orders.items()))
+    with sqlite3.connect(erp) as db:
+        # Times as ISO text here, as many SQLite schemas keep them.
+        db.execute("CREATE TABLE sales_orders(record_id INTEGER PRIMARY KEY, external_order_id TEXT, created_at TEXT)")
+        db.execute("CREATE INDEX by_ext ON sales_orders(external_order_id)")
+        db.executemany(
+            "INSERT INTO sales_orders(external_order_id, created_at) VALUES (?, ?)",
+            [(oid, arrived.replace(tzinfo=UTC).isoformat()) for oid, arrived in sale.erp_rows()],
+        )
+    return shop, erp
+
+
+def _sqlite_config(shop: Path, erp: Path, **extra) -> dict:
+    return {
+        "type": "sql",
+        "name": "files",
+        "lookback": "50h",
+        "batch_size": 500,
+        "databases": {"shop": {"url": f"sqlite:///{shop}"}, "erp": {"url": f"sqlite:///{erp}"}},
+        "flows": {
+            "orders": {
+                "source": {"database": "shop", "query": SOURCE_QUERY},
+                "destination": {"database": "erp", "query": DEST_QUERY},
+            }
+        },
+        **extra,
+    }
+
+
+def test_sqlite_files_exact_counts_and_read_only(tmp_path):
+    sale = FlashSale.make()
+    shop, erp = _sqlite_sale(tmp_path, sale)
+    m = manager(tmp_path / "data", _sqlite_config(shop, erp))
+    assert run(m) == {"files": True}, m.runners[0].last_error
+    assert m.store.open_counts("files", "orders") == {"missing": 140, "duplicated": 5, "never_traced": 3200, "late": 30}
+    assert set(findings(tmp_path / "data", "missing")) == {str(i) for i in sale.missing}
+    # A query that writes is refused by the read-only connection.
+    cfg = _sqlite_config(shop, erp)
+    cfg["flows"]["orders"]["source"]["query"] = (
+        "WITH x AS (SELECT 1) SELECT order_id AS id, updated_at AS changed_at FROM orders "
+        "WHERE updated_at >= :window_start AND updated_at < :window_end AND (SELECT load_extension('x')) IS NULL"
+    )
+    err = _fault(tmp_path / "w", cfg, "query_error")
+    assert "database shop (" in err.message
+    # A missing file is unreachable; a runaway query hits the statement timeout.
+    _fault(tmp_path / "gone", _sqlite_config(tmp_path / "nope.db", erp), "unreachable")
+    slow = _sqlite_config(shop, erp, statement_timeout="200ms")
+    slow["flows"]["orders"]["source"]["query"] = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) "
+        "SELECT o.order_id AS id, o.updated_at AS changed_at FROM orders o, n "
+        "WHERE o.updated_at >= :window_start AND o.updated_at < :window_end"
+    )
+    started = time.monotonic()
+    err = _fault(tmp_path / "slow", slow, "timeout")
+    assert time.monotonic() - started < 5

@@ -1,5 +1,5 @@
-"""The built-in `sql` reconciler: read-only queries against PostgreSQL (asyncpg) and MySQL/MariaDB
-(asyncmy), one connection per database per run, inside a read-only repeatable-read transaction with
+"""The built-in `sql` reconciler: read-only queries against PostgreSQL (asyncpg), MySQL/MariaDB
+(asyncmy) and SQLite files (the standard library's sqlite3, in a thread), one connection per database per run, inside a read-only repeatable-read transaction with
 a statement timeout. The source side is keyset-paginated on the ID; the destination is looked up by
 the IDs of each source page, so neither side is ever read whole into memory.
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import json
 import math
 import re
 import socket
@@ -36,13 +37,20 @@ from syncwatch.reconcile.base import (
 
 MAX_ID_CHARS = 256
 _PARAM = re.compile(r"(?<![:\w]):(window_start|window_end)\b")
-_SCHEMES = {"postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+_SCHEMES = {
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "sqlite": "sqlite",
+}
 
 
 class DatabaseSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # postgresql://user@host:5432/dbname or mysql://user@host:3306/dbname (mariadb:// too).
+    # postgresql://user@host:5432/dbname or mysql://user@host:3306/dbname (mariadb:// too), or
+    # sqlite:////absolute/path.db (opened read-only; the window is passed as unix seconds).
     url: str
     # The password comes from an environment variable or a file (a mounted Kubernetes Secret),
     # never from the URL or the config file; the file is read again at each run.
@@ -57,7 +65,13 @@ class DatabaseSettings(BaseModel):
     def _url(cls, v: str) -> str:
         parts = urlsplit(v)
         if parts.scheme not in _SCHEMES:
-            raise ValueError("expected postgresql://user@host:port/database or mysql://user@host:port/database")
+            raise ValueError(
+                "expected postgresql://user@host:port/database, mysql://user@host:port/database or sqlite:////path.db"
+            )
+        if parts.scheme == "sqlite":
+            if parts.netloc or not parts.path.startswith("//") or len(parts.path) < 3:
+                raise ValueError("expected sqlite:////absolute/path.db (three slashes, then the absolute path)")
+            return v
         if parts.password is not None:
             raise ValueError("a password in the URL: use password_env or password_file (the value is not shown)")
         if not parts.hostname or not parts.path.strip("/"):
@@ -108,12 +122,15 @@ class DatabaseSettings(BaseModel):
         return self
 
     @property
-    def kind(self) -> Literal["postgresql", "mysql"]:
-        return "postgresql" if _SCHEMES[urlsplit(self.url).scheme] == "postgresql" else "mysql"
+    def kind(self) -> Literal["postgresql", "mysql", "sqlite"]:
+        kind = _SCHEMES[urlsplit(self.url).scheme]
+        return "postgresql" if kind == "postgresql" else "sqlite" if kind == "sqlite" else "mysql"
 
     def target(self) -> str:
         """host:port/database, for messages (the URL has no secret, but this is shorter)."""
         p = urlsplit(self.url)
+        if self.kind == "sqlite":
+            return p.path[1:]
         return f"{p.hostname}:{p.port or self.default_port}/{p.path.strip('/')}"
 
     @property
@@ -230,7 +247,16 @@ def _id_text(value: Any, column: str, side: str) -> str:
     )
 
 
-def _epoch(value: Any, tz: ZoneInfo, column: str, side: str, nullable: bool = False) -> float | None:
+def _epoch(
+    value: Any, tz: ZoneInfo, column: str, side: str, nullable: bool = False, text: bool = False
+) -> float | None:
+    if text and isinstance(value, str):  # SQLite keeps times as text (ISO 8601) as often as numbers
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ReconcileError(
+                "bad_result", f"{side} query: column {column} holds text that is not an ISO 8601 time"
+            ) from None
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=tz)
@@ -245,16 +271,16 @@ def _epoch(value: Any, tz: ZoneInfo, column: str, side: str, nullable: bool = Fa
     raise ReconcileError("bad_result", f"{side} query: column {column} returned {shown}, not a timestamp")
 
 
-def _positional(query: str, style: Literal["postgresql", "mysql"], first: int = 1) -> tuple[str, list[str]]:
+def _positional(query: str, style: Literal["postgresql", "mysql", "sqlite"], first: int = 1) -> tuple[str, list[str]]:
     """`:window_start`/`:window_end` as the driver's placeholders; returns the SQL and the order of names."""
     order: list[str] = []
     if style == "mysql":
         query = query.replace("%", "%%")  # the driver formats the query with %: a LIKE 'a%' stays literal
 
     def sub(m: re.Match[str]) -> str:
-        if style == "mysql":
+        if style != "postgresql":
             order.append(m.group(1))
-            return "%s"
+            return "%s" if style == "mysql" else "?"
         if m.group(1) not in order:
             order.append(m.group(1))
         return f"${first + order.index(m.group(1))}"
@@ -282,7 +308,9 @@ class _Connection(abc.ABC):
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]: ...
 
     @abc.abstractmethod
-    def source_sql(self, query: str, first_page: bool) -> tuple[str, list[str]]: ...
+    def source_sql(self, query: str, first_page: bool) -> tuple[str, list[str]]:
+        """The keyset-paginated page query, and the names of its parameters in the order the
+        driver takes them (window_start, window_end, limit, after)."""
 
     @abc.abstractmethod
     async def lookup(self, query: str, ids: list[str], window: dict[str, datetime]) -> list[tuple[Any, ...]]: ...
@@ -358,7 +386,12 @@ class _Postgres(_Connection):
         sql, order = _positional(query, "postgresql")
         n = len(order)
         after = "" if first_page else f" WHERE q.id > ${n + 2}"
-        return f"SELECT q.id, q.changed_at FROM ({sql}) AS q{after} ORDER BY q.id LIMIT ${n + 1}", order
+        # Numbered placeholders: the values go window first, then limit ($n+1), then after ($n+2).
+        return f"SELECT q.id, q.changed_at FROM ({sql}) AS q{after} ORDER BY q.id LIMIT ${n + 1}", [
+            *order,
+            "limit",
+            *([] if first_page else ["after"]),
+        ]
 
     async def lookup(self, query: str, ids: list[str], window: dict[str, datetime]) -> list[tuple[Any, ...]]:
         sql, order = _positional(query, "postgresql")
@@ -460,13 +493,96 @@ class _MySQL(_Connection):
     def source_sql(self, query: str, first_page: bool) -> tuple[str, list[str]]:
         sql, order = _positional(query, "mysql")
         after = "" if first_page else " WHERE q.id > %s"
-        return f"SELECT q.id, q.changed_at FROM ({sql}) AS q{after} ORDER BY q.id LIMIT %s", order
+        # Placeholders in order of appearance: the key before the limit.
+        return f"SELECT q.id, q.changed_at FROM ({sql}) AS q{after} ORDER BY q.id LIMIT %s", [
+            *order,
+            *([] if first_page else ["after"]),
+            "limit",
+        ]
 
     async def lookup(self, query: str, ids: list[str], window: dict[str, datetime]) -> list[tuple[Any, ...]]:
         sql, order = _positional(query, "mysql")
         marks = ",".join(["%s"] * len(ids))
         full = f"SELECT d.id, d.record_id, d.arrived_at FROM ({sql}) AS d WHERE d.id IN ({marks})"
         return await self.fetch(full, [window[name] for name in order] + list(ids))
+
+
+class _SQLite(_Connection):
+    """A SQLite file, read-only, in a worker thread; the statement timeout interrupts the query."""
+
+    conn: Any = None
+
+    async def open(self, password: str | None) -> None:
+        import sqlite3
+        from urllib.parse import quote
+
+        path = quote(self.settings.target())
+        try:
+            self.conn = await asyncio.to_thread(
+                sqlite3.connect,
+                f"file:{path}?mode=ro",
+                uri=True,
+                timeout=self.settings.connect_timeout,
+                check_same_thread=False,
+            )
+            await asyncio.to_thread(self.conn.execute, "BEGIN")  # one read snapshot for the run
+        except BaseException as exc:
+            await self.close()
+            raise self.translate(exc) from None
+
+    async def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            await asyncio.to_thread(conn.close)
+
+    def translate(self, exc: BaseException) -> BaseException:
+        import sqlite3
+
+        if isinstance(exc, ReconcileError | asyncio.CancelledError):
+            return exc
+        where = self.where()
+        text = _first_line(exc)
+        if isinstance(exc, sqlite3.OperationalError) and "interrupted" in text:
+            return ReconcileError(
+                "timeout", f"{where}: query stopped after statement_timeout {self.statement_timeout:g}s"
+            )
+        if isinstance(exc, sqlite3.OperationalError) and "unable to open" in text:
+            return ReconcileError("unreachable", f"{where}: {text}")
+        if isinstance(exc, sqlite3.DatabaseError):
+            return ReconcileError("query_error", f"{where}: {text}")
+        return ReconcileError("other", f"{where}: {type(exc).__name__}: {text}")
+
+    def _run(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        import time
+
+        deadline = time.monotonic() + self.statement_timeout
+        self.conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+        try:
+            return [tuple(r) for r in self.conn.execute(sql, tuple(params)).fetchall()]
+        finally:
+            self.conn.set_progress_handler(None, 0)
+
+    async def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        try:
+            return await asyncio.to_thread(self._run, sql, params)
+        except BaseException as exc:
+            raise self.translate(exc) from None
+
+    def source_sql(self, query: str, first_page: bool) -> tuple[str, list[str]]:
+        sql, order = _positional(query, "sqlite")
+        after = "" if first_page else " WHERE q.id > ?"
+        return f"SELECT q.id, q.changed_at FROM ({sql}) AS q{after} ORDER BY q.id LIMIT ?", [
+            *order,
+            *([] if first_page else ["after"]),
+            "limit",
+        ]
+
+    async def lookup(self, query: str, ids: list[str], window: dict[str, datetime]) -> list[tuple[Any, ...]]:
+        sql, _ = _positional(query, "sqlite")
+        full = (
+            f"SELECT d.id, d.record_id, d.arrived_at FROM ({sql}) AS d WHERE d.id IN (SELECT value FROM json_each(?))"
+        )
+        return await self.fetch(full, [json.dumps(ids)])
 
 
 def _uuid(text: str) -> uuid.UUID | None:
@@ -481,18 +597,18 @@ def _first_line(exc: BaseException) -> str:
     return text[:300]
 
 
-def _source_rows(rows: list[tuple[Any, ...]], tz: ZoneInfo) -> list[SourceRow]:
+def _source_rows(rows: list[tuple[Any, ...]], tz: ZoneInfo, text: bool = False) -> list[SourceRow]:
     page: list[SourceRow] = []
     for row in rows:
         if len(row) != 2:
             raise ReconcileError("bad_result", "source query: expected the columns id and changed_at")
-        changed = _epoch(row[1], tz, "changed_at", "source")
+        changed = _epoch(row[1], tz, "changed_at", "source", text=text)
         assert changed is not None
         page.append(SourceRow(_id_text(row[0], "id", "source"), changed))
     return page
 
 
-def _destination_rows(rows: list[tuple[Any, ...]], tz: ZoneInfo) -> list[DestinationRow]:
+def _destination_rows(rows: list[tuple[Any, ...]], tz: ZoneInfo, text: bool = False) -> list[DestinationRow]:
     out = []
     for row in rows:
         if len(row) != 3:
@@ -501,7 +617,7 @@ def _destination_rows(rows: list[tuple[Any, ...]], tz: ZoneInfo) -> list[Destina
             DestinationRow(
                 _id_text(row[0], "id", "destination"),
                 _id_text(row[1], "record_id", "destination"),
-                _epoch(row[2], tz, "arrived_at", "destination", nullable=True),
+                _epoch(row[2], tz, "arrived_at", "destination", nullable=True, text=text),
             )
         )
     return out
@@ -524,8 +640,12 @@ class SqlReconciler(Reconciler):
 
     def _connection(self, name: str) -> _Connection:
         db = self.settings.databases[name]
-        cls = _Postgres if db.kind == "postgresql" else _MySQL
-        return cls(name, db, self.settings.statement_timeout)
+        kinds: dict[str, type[_Postgres | _MySQL | _SQLite]] = {
+            "postgresql": _Postgres,
+            "mysql": _MySQL,
+            "sqlite": _SQLite,
+        }
+        return kinds[db.kind](name, db, self.settings.statement_timeout)
 
     async def open(self) -> None:
         await self.close()
@@ -541,7 +661,9 @@ class SqlReconciler(Reconciler):
             await conn.close()
 
     @staticmethod
-    def _window(conn: _Connection, start: float, end: float) -> dict[str, datetime]:
+    def _window(conn: _Connection, start: float, end: float) -> dict[str, Any]:
+        if isinstance(conn, _SQLite):  # SQLite has no time type: unix seconds
+            return {"window_start": start, "window_end": end}
         if isinstance(conn, _MySQL):  # MySQL has no zone on DATETIME: the database's own time zone, naive
             return {
                 "window_start": datetime.fromtimestamp(start, conn.tz).replace(tzinfo=None),
@@ -558,11 +680,11 @@ class SqlReconciler(Reconciler):
         first = True
         while True:
             sql, order = conn.source_sql(spec.query, first)
-            params: list[Any] = [window[n] for n in order] + [limit]
-            if not first:
-                params.append(after)
-            rows = await conn.fetch(sql, params)
-            page = await asyncio.to_thread(_source_rows, rows, conn.tz)  # a page of checks, off the loop
+            values = {**window, "limit": limit, "after": after}
+            rows = await conn.fetch(sql, [values[n] for n in order])
+            page = await asyncio.to_thread(
+                _source_rows, rows, conn.tz, isinstance(conn, _SQLite)
+            )  # a page of checks, off the loop
             if page:
                 yield page
             if len(rows) < limit:
@@ -573,7 +695,7 @@ class SqlReconciler(Reconciler):
         spec = self.settings.flows[flow].destination
         conn = self._conns[spec.database]
         rows = await conn.lookup(spec.query, ids, {})
-        return await asyncio.to_thread(_destination_rows, rows, conn.tz)
+        return await asyncio.to_thread(_destination_rows, rows, conn.tz, isinstance(conn, _SQLite))
 
     def describe(self) -> dict[str, Any]:
         return {
