@@ -80,6 +80,15 @@ class Settings:
     snapshot_for: str = "5m"
     dropping_window: str = "5m"
     dropping_for: str = "0s"
+    # Reconciliation (syncwatch.reconcile): any open missing or duplicated finding pages.
+    reconcile_missing_for: str = "0s"
+    reconcile_duplicated_for: str = "0s"
+    # A flow gone quiet: no new source records in `quiet_window` while the same hour last week had at
+    # least `quiet_last_week_min`, or fewer than the configured minimum within business hours.
+    quiet_window: str = "1h"
+    quiet_last_week_min: float = 10
+    quiet_for: str = "15m"
+    reconciler_down_for: str = "10m"
     # Prometheus job label of the sidecar's scrape config.
     syncwatch_job: str = "syncwatch"
     down_for: str = "1m"
@@ -371,12 +380,70 @@ absent(up{{job="{s.syncwatch_job}"}})""",
         ),
     ]
 
+    reconcile = [
+        r.alert(
+            "SyncwatchReconcileMissing",
+            """syncwatch_reconcile_findings{kind="missing"} > 0""",
+            s.reconcile_missing_for,
+            "critical",
+            "{{ $value }} {{ $labels.flow }} record(s) never reached the destination",
+            """Reconciler {{ $labels.reconciler }} found {{ $value }} {{ $labels.flow }} record(s) in the
+            source database, older than the flow's deadline, with no record at the destination: lost,
+            whether or not the integration traced them.""",
+            r.dashboard(erp, flow="flow"),
+        ),
+        r.alert(
+            "SyncwatchReconcileDuplicated",
+            """syncwatch_reconcile_findings{kind="duplicated"} > 0""",
+            s.reconcile_duplicated_for,
+            "critical",
+            "{{ $value }} {{ $labels.flow }} record(s) exist twice at the destination",
+            """Reconciler {{ $labels.reconciler }} found {{ $value }} {{ $labels.flow }} source ID(s) with
+            several destination records: the same external order ID under different internal record IDs.""",
+            r.dashboard(erp, flow="flow"),
+        ),
+        r.alert(
+            "SyncwatchFlowQuiet",
+            f"""
+(
+  sum by (job, reconciler, flow) (increase(syncwatch_reconcile_source_ids_total[{s.quiet_window}])) == 0
+  and
+  sum by (job, reconciler, flow) (increase(syncwatch_reconcile_source_ids_total[{s.quiet_window}] offset 1w)) >= {_num(s.quiet_last_week_min)}
+  or
+  sum by (job, reconciler, flow) (increase(syncwatch_reconcile_source_ids_total[{s.quiet_window}]))
+    < sum by (job, reconciler, flow) (syncwatch_reconcile_expected_source_ids_per_hour)
+)
+unless on (job, reconciler)
+max by (job, reconciler) (syncwatch_reconciler_up == 0)""",
+            s.quiet_for,
+            "critical",
+            "{{ $labels.flow }} has gone quiet at the source",
+            f"""Only {{{{ $value | printf "%.0f" }}}} new {{{{ $labels.flow }}}} record(s) appeared in the
+            source database in the last {s.quiet_window} (reconciler {{{{ $labels.reconciler }}}}), below
+            what is normal for this hour (the same hour last week, or the configured minimum). Nothing
+            is ever overdue when nothing is sent: a webhook that stopped firing looks like this.""",
+            r.dashboard(erp, flow="flow"),
+        ),
+        r.alert(
+            "SyncwatchReconcilerDown",
+            "syncwatch_reconciler_up == 0",
+            s.reconciler_down_for,
+            "warning",
+            "syncwatch reconciler {{ $labels.reconciler }} cannot read its databases",
+            """Reconciler {{ $labels.reconciler }} failed its last run (see
+            syncwatch_reconciler_errors_total by reason). Missing and duplicated records are not being
+            looked for, and the quiet-flow alert is held back for it.""",
+            r.dashboard(SELF_DASHBOARD_UID),
+        ),
+    ]
+
     return {
         "groups": [
             {"name": "syncwatch-recording", "rules": recording},
             {"name": "syncwatch-queues", "interval": s.queue_rules_interval, "rules": queues},
             {"name": "syncwatch-transactions", "rules": transactions},
             {"name": "syncwatch-itself", "rules": itself},
+            {"name": "syncwatch-reconcile", "rules": reconcile},
         ]
     }
 

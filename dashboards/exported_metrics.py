@@ -21,6 +21,11 @@ COUNTERS = (
     "syncwatch_otlp_requests_total",
     "syncwatch_dropped_total",
     "syncwatch_snapshot_truncated_total",
+    "syncwatch_reconciler_errors_total",
+    "syncwatch_reconciler_rows_read_total",
+    "syncwatch_reconcile_found_total",
+    "syncwatch_reconcile_findings_dropped_total",
+    "syncwatch_reconcile_source_ids_total",
 )
 
 GAUGES = (
@@ -42,6 +47,13 @@ GAUGES = (
     "syncwatch_snapshot_retention_seconds",
     "syncwatch_snapshot_store_up",
     "syncwatch_build_info",
+    "syncwatch_reconciler_up",
+    "syncwatch_reconciler_run_duration_seconds",
+    "syncwatch_reconciler_last_success_timestamp_seconds",
+    "syncwatch_reconcile_findings",
+    "syncwatch_reconcile_pending",
+    "syncwatch_reconcile_expected_source_ids_per_hour",
+    "syncwatch_reconcile_window_end_timestamp_seconds",
 )
 
 HISTOGRAMS = (
@@ -54,6 +66,19 @@ HISTOGRAMS = (
 BEYOND_SPEC = (
     "syncwatch_snapshot_store_up",
     "syncwatch_snapshot_truncated_total",
+    # Reconciliation against the systems of record (issue 14).
+    "syncwatch_reconciler_up",
+    "syncwatch_reconciler_errors_total",
+    "syncwatch_reconciler_run_duration_seconds",
+    "syncwatch_reconciler_last_success_timestamp_seconds",
+    "syncwatch_reconciler_rows_read_total",
+    "syncwatch_reconcile_findings",
+    "syncwatch_reconcile_found_total",
+    "syncwatch_reconcile_findings_dropped_total",
+    "syncwatch_reconcile_pending",
+    "syncwatch_reconcile_source_ids_total",
+    "syncwatch_reconcile_expected_source_ids_per_hour",
+    "syncwatch_reconcile_window_end_timestamp_seconds",
 )
 
 # Prometheus' own series about the scrape target.

@@ -567,6 +567,74 @@ def erp_health():
                 ),
             ],
         ),
+        (
+            "7. Reconciliation against the systems of record",
+            [
+                P(
+                    "Findings in the databases",
+                    """What the reconcilers found comparing the source's and the destination's own databases:
+              missing (past the deadline, not at the destination) and duplicated (one source ID, several
+              destination records) page; late and never traced are recorded. Any missing or duplicated
+              above 0 is SyncwatchReconcileMissing / SyncwatchReconcileDuplicated: `syncwatch reconcile
+              list --kind missing` gives the IDs.""",
+                    [Q(f"sum by (flow, kind) (syncwatch_reconcile_findings{{{FLOW}}})", "{{flow}} {{kind}}")],
+                    width=6,
+                    thresholds=[(None, "green"), (1, "red")],
+                ),
+                P(
+                    "Missing (databases) vs overdue (spans)",
+                    """The two views of loss side by side: missing found in the databases, overdue in the
+              ledger, and records never traced at all in the last hour. Missing well above overdue
+              means losses the spans cannot see (an instrumentation gap); overdue without missing
+              means the records arrived but the confirm span did not.""",
+                    [
+                        Q(
+                            f'sum by (flow) (syncwatch_reconcile_findings{{{FLOW}, kind="missing"}})',
+                            "missing {{flow}}",
+                        ),
+                        Q(f"sum by (flow) (syncwatch_transactions_overdue{{{FLOW}}})", "overdue {{flow}}"),
+                        Q(
+                            f'sum by (flow) (increase(syncwatch_reconcile_found_total{{{FLOW}, kind="never_traced"}}[1h]))',
+                            "never traced / h {{flow}}",
+                        ),
+                    ],
+                    width=6,
+                ),
+                P(
+                    "Source records per hour vs last week",
+                    """New records at the source per hour, the same hour last week, and the configured
+              business-hours minimum (red dashed). A line at 0 where last week was busy is a flow gone
+              quiet (SyncwatchFlowQuiet): a webhook that stopped firing, which no overdue count shows.""",
+                    [
+                        Q(f"sum by (flow) (increase(syncwatch_reconcile_source_ids_total{{{FLOW}}}[1h]))", "{{flow}}"),
+                        Q(
+                            f"sum by (flow) (increase(syncwatch_reconcile_source_ids_total{{{FLOW}}}[1h] offset 1w))",
+                            "{{flow}} last week",
+                        ),
+                        Q(
+                            f"sum by (flow) (syncwatch_reconcile_expected_source_ids_per_hour{{{FLOW}}})",
+                            "{{flow}} minimum",
+                        ),
+                    ],
+                    width=6,
+                    reference_refs=("C",),
+                ),
+                P(
+                    "Reconcilers up and errors",
+                    """1 when each reconciler's last run read both databases; errors per second by reason
+              (unreachable, unauthorized, timeout, query_error, bad_result). A reconciler at 0 looks
+              for nothing: SyncwatchReconcilerDown, and its log line names the cause.""",
+                    [
+                        Q(f"max by (reconciler) (syncwatch_reconciler_up{{{JOB}}})", "up {{reconciler}}"),
+                        Q(
+                            f"sum by (reconciler, reason) (rate(syncwatch_reconciler_errors_total{{{JOB}}}[$__rate_interval]))",
+                            "{{reconciler}} {{reason}}",
+                        ),
+                    ],
+                    width=6,
+                ),
+            ],
+        ),
     ]
     variables = [
         _datasource_var(),

@@ -69,6 +69,7 @@ class App:
         self.bodies = BodyDecoder(config.intake.max_body_bytes)
         self.collectors = self._make_collectors()
         self.dead_letters = self.collectors.dead_letters if self.collectors is not None else None
+        self.reconcilers = self._make_reconcilers()
         self.ready = False
         self._runners: list[web.AppRunner] = []
         self._grpc = None
@@ -93,6 +94,16 @@ class App:
             self.metrics.registry,
             clock=self.clock,
             dead_letters=lambda: book_for_config(self.config, self.clock),
+        )
+
+    def _make_reconcilers(self):
+        if not self.config.reconcilers:
+            return None
+        from syncwatch.reconcile.manager import ReconcileManager
+
+        c = self.config
+        return ReconcileManager(
+            c.reconcilers, c.flows, c.storage.data_dir, c.storage.ledger_path, self.metrics.registry, clock=self.clock
         )
 
     def _http_app(self) -> web.Application:
@@ -136,6 +147,8 @@ class App:
         await self._grpc.start()
         if self.collectors is not None:
             await self.collectors.start()
+        if self.reconcilers is not None:
+            await self.reconcilers.start()
         self.ready = True
         log.info(
             "syncwatch %s ready: OTLP/gRPC %s, OTLP/HTTP %s, HTTP (metrics, API) %s",
@@ -158,6 +171,8 @@ class App:
         self.ready = False
         if self.collectors is not None:
             await self.collectors.stop()
+        if self.reconcilers is not None:
+            await self.reconcilers.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=2)
         for runner in reversed(self._runners):

@@ -22,6 +22,9 @@ from syncwatch.collectors.plugins import load_collector_class
 from syncwatch.config.models import Config
 from syncwatch.intake import extract
 from syncwatch.metrics.registry import Metrics
+from syncwatch.reconcile.base import ReconcilerSettings
+from syncwatch.reconcile.metrics import ReconcileMetrics
+from syncwatch.reconcile.sql import DatabaseSettings, SqlFlowSettings, SqlSettings
 from syncwatch.rules.metrics import RulesMetrics
 from syncwatch.snapshots import SnapshotIntake, otlp_logs
 
@@ -46,6 +49,7 @@ def metrics_table() -> list[str]:
     metrics = Metrics(registry)
     CollectorMetrics(registry)
     RulesMetrics(registry)
+    ReconcileMetrics(registry)
     with tempfile.TemporaryDirectory() as tmp:
         config = Config.model_validate({"storage": {"data_dir": tmp}, "snapshots": {"enabled": True}})
         snapshots = SnapshotIntake(config, metrics)
@@ -140,7 +144,11 @@ def _config_rows(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, str
 
 def config_table() -> list[str]:
     out = ["| key | type | default |", "|---|---|---|"]
-    out += [f"| `{k}` | {t} | `{d}` |" for k, t, d in _config_rows(Config, "") if k not in ("collectors", "sampling")]
+    out += [
+        f"| `{k}` | {t} | `{d}` |"
+        for k, t, d in _config_rows(Config, "")
+        if k not in ("collectors", "sampling", "reconcilers")
+    ]
     out += [f"| `sampling.{k}` | {t} | `{d}` |" for k, t, d in _config_rows(SamplingSettings, "")]
     out += [f"| `collectors[].{k}` | {t} | `{d}` |" for k, t, d in _config_rows(CollectorSettings, "")]
     for type_name in BUILT_IN_COLLECTORS:
@@ -148,6 +156,19 @@ def config_table() -> list[str]:
         for k, t, d in _config_rows(settings, ""):
             if k not in CollectorSettings.model_fields:
                 out.append(f"| `collectors[type={type_name}].{k}` | {t} | `{d}` |")
+    out += [f"| `reconcilers[].{k}` | {t} | `{d}` |" for k, t, d in _config_rows(ReconcilerSettings, "")]
+    out += [
+        f"| `reconcilers[type=sql].{k}` | {t} | `{d}` |"
+        for k, t, d in _config_rows(SqlSettings, "")
+        if k not in ReconcilerSettings.model_fields
+    ]
+    out += [
+        f"| `reconcilers[type=sql].databases.<name>.{k}` | {t} | `{d}` |"
+        for k, t, d in _config_rows(DatabaseSettings, "")
+    ]
+    out += [
+        f"| `reconcilers[type=sql].flows.<flow>.{k}` | {t} | `{d}` |" for k, t, d in _config_rows(SqlFlowSettings, "")
+    ]
     return out
 
 

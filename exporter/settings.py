@@ -1,5 +1,5 @@
 """The whole configuration: the core sections (syncwatch.config) plus the sections the plug-in
-hosts validate with their plug-ins' own models (`collectors:` and `sampling:`)."""
+hosts validate with their plug-ins' own models (`collectors:`, `sampling:` and `reconcilers:`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 from syncwatch.collectors.config import validate_collectors_section
 from syncwatch.config import Config
 from syncwatch.config import load_config as load_core_config
+from syncwatch.reconcile.config import validate_reconcilers_section
 
 
 def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> Config:
@@ -15,6 +16,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: dict[str, s
     environ = dict(os.environ if environ is None else environ)
     config = load_core_config(path, environ)
     validate_collectors_section(config.collectors, config.sampling, environ)
+    validate_reconcilers_section(config.reconcilers, config.flows, environ)
     if config.rules.map:
         from syncwatch.rules.engine import compile_rule
 

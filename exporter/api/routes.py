@@ -272,6 +272,9 @@ def setup_api(app: web.Application, *, config: Config, snapshots=None, clock: Ca
 
     app.router.add_get("/api/v1/transactions", list_transactions)
     app.router.add_get("/api/v1/transactions/{correlation_id}", show_transaction)
+    from syncwatch.api.reconcile import setup_reconcile_routes  # reconciliation findings (issue 14)
+
+    setup_reconcile_routes(app, authorize, config)
 
 
 def _attach_snapshots(record: dict, snaps: list[dict]) -> None:

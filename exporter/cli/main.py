@@ -9,14 +9,16 @@ import sys
 
 from syncwatch import __version__
 from syncwatch.cli.deadletters import add_subcommands as add_dead_letters
+from syncwatch.cli.reconcile import add_subcommands as add_reconcile
 from syncwatch.cli.rules import add_subcommand as add_rules
 from syncwatch.cli.transactions import add_subcommands as add_transactions
 from syncwatch.config.errors import ConfigError
+from syncwatch.config.models import Config
 from syncwatch.demo import add_subcommand as add_demo
 from syncwatch.settings import load_config
 
 
-def _cmd_run(args) -> int:
+def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
@@ -36,7 +38,7 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _cmd_check_config(args) -> int:
+def _cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.file)
     if config is None:
         return 2
@@ -45,12 +47,13 @@ def _cmd_check_config(args) -> int:
     print(f"  flows: {flows}")
     print(f"  ledger: {config.storage.ledger_path}")
     print(f"  collectors: {len(config.collectors)}")
+    print(f"  reconcilers: {len(config.reconcilers)}")
     print(f"  snapshots: {config.snapshots.backend}, retention {config.snapshots.retention / 3600:g}h")
     print(f"  query API token: {'set' if config.api.resolve_token() else 'NOT SET (API closed)'}")
     return 0
 
 
-def _cmd_collectors_test(args) -> int:
+def _cmd_collectors_test(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
@@ -62,7 +65,7 @@ def _cmd_collectors_test(args) -> int:
     return collectors_test(config.collectors, config.sampling)
 
 
-def _load(path):
+def _load(path: str | None) -> Config | None:
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -90,11 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_transactions(sub)
     add_rules(sub, _load)
     add_dead_letters(sub)
+    add_reconcile(sub)
     add_demo(sub)
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -205,6 +205,8 @@ class Config(_Model):
     # Validated by the collectors package (each plug-in owns its own settings model).
     collectors: list[dict[str, Any]] = Field(default_factory=list)
     sampling: dict[str, Any] = Field(default_factory=dict)
+    # Validated by the reconcile package (each plug-in owns its own settings model).
+    reconcilers: list[dict[str, Any]] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")

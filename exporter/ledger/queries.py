@@ -145,6 +145,39 @@ class LedgerQueries:
             "destinations": sorted(dests.values(), key=lambda e: (e["flow"], e["destination"])),
         }
 
+    # -- cross-check for syncwatch.reconcile ----------------------------------------------------
+    def states_of(self, flow: str, corrs: list[str]) -> dict[str, str]:
+        """The ledger's state (pending, overdue, confirmed, failed, expired) of each of these correlation
+        IDs in `flow`; IDs it never saw are absent. Several destinations: the least settled state wins."""
+        conn = self._connect()
+        if conn is None or not corrs:
+            if conn is not None:
+                conn.close()
+            return {}
+        now = self.clock()
+        ids = json.dumps(corrs)
+        rank = {"overdue": 0, "pending": 1, "failed": 2, "expired": 3, "confirmed": 4}
+        out: dict[str, str] = {}
+        try:
+            rows = conn.execute(
+                "SELECT corr, deadline FROM open_tx WHERE corr IN (SELECT value FROM json_each(?)) AND flow = ?",
+                (ids, flow),
+            ).fetchall()
+            found = [(r[0], "overdue" if _is_overdue(r[1], now) else "pending") for r in rows]
+            rows = conn.execute(
+                "SELECT corr, outcome FROM closed_tx WHERE corr_hash IN (SELECT syncwatch_corr_hash(value) "
+                "FROM json_each(?)) AND flow = ?",
+                (ids, flow),
+            ).fetchall()
+            wanted = set(corrs)
+            found += [(r[0], r[1]) for r in rows if r[0] in wanted]
+        finally:
+            conn.close()
+        for corr, state in found:
+            if corr not in out or rank.get(state, 9) < rank.get(out[corr], 9):
+                out[corr] = state
+        return out
+
     # -- reconciliation lists ------------------------------------------------------------------
     def reconciliation(
         self, state: str, flow: str | None = None, limit: int = 100, cursor: str | None = None
