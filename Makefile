@@ -38,9 +38,9 @@ test: setup system-deps
 	$(PY) -m pytest
 
 # Tests that need no system packages, no broker and no long end-to-end run (markers in pyproject.toml;
-# tests/conftest.py fails an unmarked test that reaches RabbitMQ).
+# tests/conftest.py fails an unmarked test that reaches RabbitMQ, PostgreSQL or MariaDB).
 test-fast: setup
-	$(PY) -m pytest -m "not rabbitmq and not prometheus and not e2e"
+	$(PY) -m pytest -m "not rabbitmq and not databases and not prometheus and not e2e"
 
 # The runtime dependencies the image installs, pinned with hashes (Dockerfile).
 lock: setup

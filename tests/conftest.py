@@ -2,9 +2,10 @@
 modules import by their own names: `from sidecar import Sidecar`, `from otlp_raw import post`); no
 test module imports another.
 
-Markers (pyproject.toml): `rabbitmq`, `prometheus`, `e2e`. `make test-fast` deselects all three and
-must then run with no broker and no apt packages; the guard below fails a test loudly if it reaches
-RabbitMQ's ports without the `rabbitmq` marker."""
+Markers (pyproject.toml): `rabbitmq`, `databases`, `prometheus`, `e2e`. `make test-fast` deselects them
+all and must then run with no broker, no database server and no apt packages. A test that asks for the
+`vhost` or `dbs` fixture gets its marker by itself; the guard below fails a test loudly if it reaches
+RabbitMQ's, PostgreSQL's or MariaDB's port without the marker."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from sidecar import Sidecar
 
 from syncwatch.config.models import Config
 
-RABBITMQ_PORTS = frozenset({5672, 15672})
+# The services on this machine a fast test must not need, and the marker that admits each.
+GUARDED_PORTS = {5672: "rabbitmq", 15672: "rabbitmq", 5432: "databases", 3306: "databases"}
+# Fixtures that reach one of them: a test asking for one is marked for it.
+FIXTURE_MARKERS = {"vhost": "rabbitmq", "dbs": "databases"}
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"})
 
 # A fixed instant for in-process ledger tests, far from any real "now".
@@ -81,13 +85,22 @@ def ledger(make_ledger):
     return make_ledger()
 
 
-# ---- guards -------------------------------------------------------------------------------------
+# ---- markers and guards -------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, marker in FIXTURE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
 
 
 @pytest.fixture(autouse=True)
-def _rabbitmq_only_when_marked(request, monkeypatch):
-    """A test without the `rabbitmq` marker must not reach the broker: `make test-fast` runs where there is none."""
-    if request.node.get_closest_marker("rabbitmq") is not None:
+def _services_only_when_marked(request, monkeypatch):
+    """A test must not reach RabbitMQ, PostgreSQL or MariaDB without the marker that says so:
+    `make test-fast` runs where there are none."""
+    allowed = {port for port, marker in GUARDED_PORTS.items() if request.node.get_closest_marker(marker)}
+    if len(allowed) == len(GUARDED_PORTS):
         return
     connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
 
@@ -95,12 +108,13 @@ def _rabbitmq_only_when_marked(request, monkeypatch):
         if (
             isinstance(address, tuple)
             and len(address) >= 2
-            and address[1] in RABBITMQ_PORTS
+            and address[1] in GUARDED_PORTS
+            and address[1] not in allowed
             and str(address[0]) in _LOOPBACK
         ):
+            marker = GUARDED_PORTS[address[1]]
             raise AssertionError(
-                f"{request.node.nodeid} connects to RabbitMQ at {address[0]}:{address[1]} "
-                "but is not marked @pytest.mark.rabbitmq"
+                f"{request.node.nodeid} connects to {address[0]}:{address[1]} but is not marked @pytest.mark.{marker}"
             )
 
     def guarded_connect(self, address):
@@ -144,3 +158,13 @@ def aws_env(monkeypatch, tmp_path):
     from moto_launcher import aws_test_env
 
     aws_test_env(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def dbs():
+    """A PostgreSQL and a MariaDB database of this test's own, dropped afterwards (marks the test databases)."""
+    from reconcile_support import Databases
+
+    d = Databases().create()
+    yield d
+    d.drop()

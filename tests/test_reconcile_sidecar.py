@@ -11,7 +11,7 @@ import time
 
 import pytest
 from otel_helpers import Integration
-from reconcile_support import SOURCE_QUERY, Databases, FlashSale, my_admin, reconciler_config, unique
+from reconcile_support import SOURCE_QUERY, FlashSale, my_admin, reconciler_config, unique
 from sidecar import free_port
 
 from syncwatch.cli.main import main as cli_main
@@ -19,13 +19,6 @@ from syncwatch.cli.main import main as cli_main
 TOKEN = "reconcile-test-token-14"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PASSWORD = "wrong-Secret-14"
-
-
-@pytest.fixture
-def dbs():
-    d = Databases().create()
-    yield d
-    d.drop()
 
 
 @pytest.fixture

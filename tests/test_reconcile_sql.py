@@ -25,13 +25,6 @@ ENV = {"SHOP_DB_PASSWORD": "not-used-trust-auth"}
 
 
 @pytest.fixture
-def dbs():
-    d = Databases().create()
-    yield d
-    d.drop()
-
-
-@pytest.fixture
 def sale(dbs):
     s = FlashSale.make()
     asyncio.run(s.load(dbs))

@@ -1,4 +1,4 @@
-"""The suite's own guards and harness: a fast test cannot reach RabbitMQ unnoticed, and the in-process
+"""The suite's own guards and harness: a fast test cannot reach RabbitMQ or a database unnoticed, and the in-process
 ledger harness shows what the sidecar would (the fake clock decides when a deadline passes)."""
 
 from __future__ import annotations
@@ -13,10 +13,18 @@ from ports import free_port
 TX = dict(flow="orders", source="storefront", destination="erp")
 
 
-@pytest.mark.parametrize("port", [5672, 15672])
-def test_an_unmarked_test_that_reaches_rabbitmq_fails_loudly(port):
-    with pytest.raises(AssertionError, match=rf"127.0.0.1:{port} but is not marked @pytest.mark.rabbitmq"):
+@pytest.mark.parametrize(
+    "port, marker", [(5672, "rabbitmq"), (15672, "rabbitmq"), (5432, "databases"), (3306, "databases")]
+)
+def test_an_unmarked_test_that_reaches_a_service_fails_loudly(port, marker):
+    with pytest.raises(AssertionError, match=rf"127.0.0.1:{port} but is not marked @pytest.mark.{marker}"):
         socket.create_connection(("127.0.0.1", port), timeout=0.2)
+
+
+@pytest.mark.databases
+def test_the_databases_marker_admits_only_the_databases():
+    with pytest.raises(AssertionError, match="not marked @pytest.mark.rabbitmq"):
+        socket.create_connection(("127.0.0.1", 15672), timeout=0.2)
 
 
 def test_other_ports_are_not_guarded():
@@ -25,7 +33,8 @@ def test_other_ports_are_not_guarded():
 
 
 @pytest.mark.rabbitmq
-def test_a_marked_test_connects_unguarded():
+@pytest.mark.databases
+def test_a_test_marked_for_every_service_connects_unguarded():
     assert socket.socket.connect is _socket.socket.connect
 
 
