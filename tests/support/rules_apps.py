@@ -1,8 +1,8 @@
 """A storefront and an order worker instrumented only with stock OpenTelemetry packages (pika,
 requests): no syncwatch attribute anywhere. Run as processes by tests/test_rules_e2e.py:
 
-    python tests/rules_apps.py storefront OTLP_URL VHOST ORDERS_JSON [SPANS_FILE]
-    python tests/rules_apps.py worker OTLP_URL VHOST ERP_URL COUNT [SPANS_FILE]
+    python tests/support/rules_apps.py storefront OTLP_URL VHOST ORDERS_JSON [SPANS_FILE]
+    python tests/support/rules_apps.py worker OTLP_URL VHOST ERP_URL COUNT [SPANS_FILE]
 """
 
 from __future__ import annotations
