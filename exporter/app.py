@@ -96,6 +96,9 @@ class App:
         from syncwatch.api.routes import setup_api
 
         setup_api(app, config=self.config, snapshots=self.snapshots, clock=self.clock)
+        from syncwatch.api.audit import setup_audit_api
+
+        setup_audit_api(app, config=self.config, snapshots=self.snapshots, clock=self.clock)
         return app
 
     async def start(self) -> None:

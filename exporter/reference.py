@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
+from syncwatch.audit.metrics import AuditMetrics
 from syncwatch.collectors.base import CollectorSettings
 from syncwatch.collectors.config import SamplingSettings
 from syncwatch.collectors.metrics import CollectorMetrics
@@ -45,6 +46,7 @@ def metrics_table() -> list[str]:
     metrics = Metrics(registry)
     CollectorMetrics(registry)
     RulesMetrics(registry)
+    AuditMetrics(registry)
     with tempfile.TemporaryDirectory() as tmp:
         config = Config.model_validate({"storage": {"data_dir": tmp}, "snapshots": {"enabled": True}})
         snapshots = SnapshotIntake(config, metrics)
@@ -86,6 +88,13 @@ def attributes_table() -> list[str]:
         f"| `{k}` | log record | destination of a payload snapshot, first present wins |"
         for k in otlp_logs.DESTINATION_ATTRS
     ]
+    out.append(f"| `{otlp_logs.SOURCE_ATTR}` | log record | writer of a request payload (payload audits) |")
+    out.append(
+        f"| `{otlp_logs.IDEMPOTENCY_KEY_ATTR}` | log record | idempotency key of a request payload (key-reuse audit) |"
+    )
+    out.append(
+        f"| `{otlp_logs.RECORD_ID_ATTR}` | log record | destination record ID of a response (duplicate-record audit) |"
+    )
     return out
 
 

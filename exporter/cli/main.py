@@ -8,6 +8,7 @@ import logging
 import sys
 
 from syncwatch import __version__
+from syncwatch.cli.ownership import add_subcommand as add_ownership
 from syncwatch.cli.rules import add_subcommand as add_rules
 from syncwatch.cli.transactions import add_subcommands as add_transactions
 from syncwatch.config.errors import ConfigError
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_transactions(sub)
     add_rules(sub, _load)
     add_demo(sub)
+    add_ownership(sub)
     return parser
 
 
