@@ -84,6 +84,7 @@ def test_state_is_capped_and_swept_with_the_snapshot_retention(tmp_path):
         await intake.start()
         for i in range(5):
             await intake.export_logs(_req(f"c{i}", "storefront", {"id": i, "email": f"u{i}@example.com"}, T0))
+        intake.auditor.wait()
         assert intake.auditor.tracker.fields == 3
         assert sample(metrics, "syncwatch_audit_evicted_total") == 2
         # Past the retention the sweep forgets every field: a later ERP write finds nothing to conflict with.
@@ -92,6 +93,7 @@ def test_state_is_capped_and_swept_with_the_snapshot_retention(tmp_path):
         assert intake.auditor.tracker.fields == 0
         await intake.export_logs(_req("late", "erp", {"id": 4, "email": "x@example.com"}, clock.t))
         await intake.export_logs(_req("nokey", "erp", {"email": "x@example.com"}, clock.t))
+        intake.auditor.wait()
         await intake.stop()
 
     asyncio.run(go())

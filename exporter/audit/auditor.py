@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry
 
 from syncwatch.audit.metrics import AuditMetrics
 from syncwatch.audit.models import AuditConfig
-from syncwatch.audit.ownership import MISSING, FlowMap, ValueHasher, get_path, scalar_text
+from syncwatch.audit.ownership import MISSING, UNMAPPED, FlowMap, ValueHasher, get_path, scalar_text
 from syncwatch.audit.store import AuditStore, Counts, db_path
-from syncwatch.audit.tracker import CONFLICT, LatestByKey, Write, WriteTracker
+from syncwatch.audit.tracker import CONFLICT, LatestByKey, WriteTracker
 from syncwatch.snapshots.otlp_logs import PayloadRecord
 from syncwatch.snapshots.store import Snapshot
 
@@ -24,7 +27,8 @@ log = logging.getLogger("syncwatch.audit")
 
 OTHER = "other"
 MAX_TEXT = 200  # characters of a redacted value or ID kept in a finding
-FLUSH_EVERY = 2.0  # seconds between write-count flushes when no finding forces one
+FLUSH_EVERY = 2.0
+MAX_QUEUED = 20_000  # payloads handed to the audit thread and not yet audited  # seconds between write-count flushes when no finding forces one
 
 
 def _text(value: Any) -> str:
@@ -58,23 +62,62 @@ class Auditor:
         self._counts: Counts = {}
         self._last_flush = clock()
         self._evicted = 0
+        # One audit thread owns the tracker and audit.db; the store thread only hands batches over.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
+        self._lock = threading.Lock()
+        self._queued = 0
 
     def _writer_label(self, writer: str) -> str:
         return writer if writer in self.systems else OTHER
 
-    # -- intake (store thread) -----------------------------------------------------------------
+    # -- intake --------------------------------------------------------------------------------
+    def submit(self, stored: list[tuple[Snapshot, PayloadRecord]], lookup: Callable[[str], list[Snapshot]]) -> None:
+        """Called on the snapshot store thread: hands the batch to the audit thread and returns at
+        once, so audits never slow the intake; beyond MAX_QUEUED payloads waiting, a batch is
+        skipped (counted as `busy`)."""
+        n = sum(1 for s, _ in stored if s.flow in self.maps)
+        if not n:
+            return
+        with self._lock:
+            if self._queued + n > MAX_QUEUED:
+                self.m.skipped.labels("busy").inc(n)
+                return
+            self._queued += n
+        self._executor.submit(self._observe_queued, stored, lookup, n)
+
+    def _observe_queued(
+        self, stored: list[tuple[Snapshot, PayloadRecord]], lookup: Callable[[str], list[Snapshot]], n: int
+    ) -> None:
+        try:
+            self.observe(stored, lookup)
+        finally:
+            with self._lock:
+                self._queued -= n
+
+    def wait(self) -> None:
+        """Block until every batch handed over so far is audited."""
+        self._executor.submit(lambda: None).result()
+
     def observe(self, stored: list[tuple[Snapshot, PayloadRecord]], lookup: Callable[[str], list[Snapshot]]) -> None:
+        """Runs on the audit thread (tests may call it directly)."""
         events: list[dict[str, Any]] = []
-        labels: dict[tuple[str, str, str], list[int]] = {}
+        counts: dict[tuple[int, str, str, str, str], list[int]] = {}  # (day, flow, field, writer, label)
         for snap, rec in stored:
             fmap = self.maps.get(snap.flow or "")
             if fmap is None:
                 continue
             try:
-                self._one(fmap, snap, rec, events, labels)
+                self._one(fmap, snap, rec, events, counts)
             except Exception:  # one payload never stops the batch (or the store)
                 log.exception("audit of one payload failed (flow %s)", fmap.name)
                 self.m.skipped.labels("error").inc()
+        labels: dict[tuple[str, str, str], list[int]] = {}
+        for (day, flow, field, writer, label), n in counts.items():
+            total = self._counts.setdefault((day, flow, field, writer), [0, 0, 0])
+            lab = labels.setdefault((flow, label, self._writer_label(writer)), [0, 0, 0])
+            for i in range(3):
+                total[i] += n[i]
+                lab[i] += n[i]
         for (flow, field, writer), (w, c, v) in labels.items():
             self.m.writes.labels(flow, field, writer).inc(w)
             if c:
@@ -88,9 +131,13 @@ class Auditor:
             self.m.evicted.inc(evicted - self._evicted)
             self._evicted = evicted
         if events or self.clock() - self._last_flush >= FLUSH_EVERY:
-            self.flush(events)
+            self._flush(events)
 
-    def flush(self, events: list[dict[str, Any]] | None = None) -> None:
+    def flush(self) -> None:
+        """Write the counts held in memory now (before a report is read)."""
+        self._executor.submit(self._flush).result()
+
+    def _flush(self, events: list[dict[str, Any]] | None = None) -> None:
         counts, self._counts = self._counts, {}
         self._last_flush = self.clock()
         if events or counts:
@@ -102,13 +149,13 @@ class Auditor:
         snap: Snapshot,
         rec: PayloadRecord,
         events: list[dict[str, Any]],
-        labels: dict[tuple[str, str, str], list[int]],
+        counts: dict[tuple[int, str, str, str, str], list[int]],
     ) -> None:
         body: Any = MISSING
         if snap.content_type == "json" and not snap.truncated:
             try:
-                body = json.loads(snap.body)
-            except ValueError:
+                body = orjson.loads(snap.body)
+            except orjson.JSONDecodeError:
                 body = MISSING
         t = snap.time
         if snap.direction == "response":
@@ -149,37 +196,43 @@ class Auditor:
         if record is None:
             self.m.skipped.labels("no_record_key").inc()
             return
-        writer = rec.source
-        wlabel = self._writer_label(writer)
+        writer = rec.source[:MAX_TEXT]
+        values = list(fmap.values(body, t))
+        h = self.hash
+        found = self.tracker.observe_record(
+            fmap.name, record, writer, t, snap.corr, fmap.window, [(name, h(v), owner) for name, _, v, owner in values]
+        )
         day = int(t // 86400)
-        for name, label, value, owner in fmap.values(body, t):
-            w = Write(fmap.name, record, name, writer, t, self.hash(value), owner, snap.corr)
-            found = self.tracker.observe(w, fmap.window)
-            counts = self._counts.setdefault((day, fmap.name, name, writer[:MAX_TEXT]), [0, 0, 0])
-            lab = labels.setdefault((fmap.name, label, wlabel), [0, 0, 0])
-            counts[0] += 1
-            lab[0] += 1
-            for f in found:
-                i = 1 if f.kind == CONFLICT else 2
-                counts[i] += 1
-                lab[i] += 1
-                events.append(
-                    {
-                        "kind": f.kind,
-                        "flow": fmap.name,
-                        "field": name,
-                        "record": _text(record),
-                        "writer": writer,
-                        "owner": owner,
-                        "time": t,
-                        "corr": snap.corr,
-                        "value": _text(value),
-                        "prev_writer": f.prev[2],
-                        "prev_time": f.prev[0],
-                        "prev_corr": f.prev[3],
-                        "_path": name,
-                    }
-                )
+        for name, label, _v, _owner in values:
+            key = (day, fmap.name, name, writer, label)
+            c = counts.get(key)
+            if c is None:
+                c = counts[key] = [0, 0, 0]
+            c[0] += 1
+        if not found:
+            return
+        by_name = {name: (v, owner) for name, _, v, owner in values}
+        for name, kind, prev in found:
+            value, owner = by_name[name]
+            label = name if fmap.fields else UNMAPPED
+            counts[(day, fmap.name, name, writer, label)][1 if kind == CONFLICT else 2] += 1
+            events.append(
+                {
+                    "kind": kind,
+                    "flow": fmap.name,
+                    "field": name,
+                    "record": _text(record),
+                    "writer": writer,
+                    "owner": owner,
+                    "time": t,
+                    "corr": snap.corr,
+                    "value": _text(value),
+                    "prev_writer": prev[2],
+                    "prev_time": prev[0],
+                    "prev_corr": prev[3],
+                    "_path": name,
+                }
+            )
 
     def _record_id(self, fmap: FlowMap, snap: Snapshot, record_id: str, events: list[dict[str, Any]]) -> None:
         prev = self.record_ids.swap((fmap.name, snap.corr, snap.destination or ""), record_id, snap.corr, snap.time)
@@ -230,15 +283,22 @@ class Auditor:
         for e in events[100:]:
             e.pop("_path", None)
 
-    # -- retention (store thread) --------------------------------------------------------------
+    # -- retention -----------------------------------------------------------------------------
     def sweep(self, cutoff: float) -> None:
+        self._executor.submit(self._sweep, cutoff).result()
+
+    def _sweep(self, cutoff: float) -> None:
         self.tracker.sweep(cutoff)
         self.keys.sweep(cutoff)
         self.record_ids.sweep(cutoff)
         self.m.tracked.set(self.tracker.fields)
-        self.flush()
+        self._flush()
         self.store.sweep(cutoff, self.clock() - self.cfg.report_retention)
 
     def close(self) -> None:
-        self.flush()
-        self.store.close()
+        def last() -> None:
+            self._flush()
+            self.store.close()
+
+        self._executor.submit(last).result()
+        self._executor.shutdown(wait=True)

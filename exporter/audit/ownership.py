@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from syncwatch.audit.models import CORRELATION_ID, FieldOwnership, FlowAudit, OwnerRule
 from syncwatch.config.jsonpath import Step, parse_json_path
 
@@ -42,17 +44,17 @@ def scalar_text(value: Any) -> str | None:
 
 
 class ValueHasher:
-    """Keyed BLAKE2b (8 bytes) of a value's canonical JSON. Values are already redacted, and a
-    redaction marker carries the keyed hash of what it replaced: equal secrets compare equal."""
+    """A 64-bit hash of a value's canonical JSON, salted with a secret from the hash key. Values
+    are already redacted, and a redaction marker carries the keyed hash of what it replaced:
+    equal secrets compare equal. Kept in memory only, never shown: SipHash (Python's) suffices."""
 
     def __init__(self, hash_key: bytes) -> None:
-        self._h = hashlib.blake2b(digest_size=8, key=hashlib.sha256(b"audit:" + hash_key).digest())
+        self._salt = hashlib.sha256(b"audit:" + hash_key).digest()
 
     def __call__(self, value: Any) -> int:
-        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
-        h = self._h.copy()
-        h.update(text.encode("utf-8", "surrogatepass"))
-        return int.from_bytes(h.digest(), "big")
+        if isinstance(value, str):
+            return hash((self._salt, value))
+        return hash((self._salt, orjson.dumps(value, option=orjson.OPT_SORT_KEYS)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,18 +35,6 @@ class Finding:
     prev: State
 
 
-def judge(write: Write, prev: State | None, window: float) -> list[str]:
-    """The findings of `write` against the field's latest earlier write."""
-    if prev is None or prev[1] == write.value_hash:
-        return []  # nothing known to compare, or the value is unchanged: no change made
-    kinds = []
-    if prev[2] != write.writer and abs(write.time - prev[0]) <= window:
-        kinds.append(CONFLICT)
-    if write.owner is not None and write.writer != write.owner:
-        kinds.append(VIOLATION)
-    return kinds
-
-
 class WriteTracker:
     def __init__(self, max_fields: int) -> None:
         self.max_fields = max_fields
@@ -55,19 +43,52 @@ class WriteTracker:
         self.evicted = 0
 
     def observe(self, write: Write, window: float) -> list[Finding]:
-        key = (write.flow, write.record)
+        """One write (the property test's entry); the intake uses observe_record."""
+        found = self.observe_record(
+            write.flow,
+            write.record,
+            write.writer,
+            write.time,
+            write.corr,
+            window,
+            [(write.field, write.value_hash, write.owner)],
+        )
+        return [Finding(kind, write, prev) for _field, kind, prev in found]
+
+    def observe_record(
+        self,
+        flow: str,
+        record: str,
+        writer: str,
+        t: float,
+        corr: str,
+        window: float,
+        items: list[tuple[str, int, str | None]],
+    ) -> list[tuple[str, str, State]]:
+        """The fields (name, value hash, owner) one payload wrote to one record; returns the
+        findings as (field, kind, the earlier write)."""
+        key = (flow, record)
         rec = self._records.get(key)
         if rec is None:
             rec = self._records[key] = {}
         else:
             self._records.move_to_end(key)
-        prev = rec.get(write.field)
-        found = [Finding(k, write, prev) for k in judge(write, prev, window)] if prev is not None else []
-        if prev is None:
-            self.fields += 1
-        if prev is None or write.time >= prev[0]:
-            # The latest write in time stays the reference; a late-arriving older one does not replace it.
-            rec[write.field] = (write.time, write.value_hash, sys.intern(write.writer), write.corr)
+        writer = sys.intern(writer)
+        found: list[tuple[str, str, State]] = []
+        for field, h, owner in items:
+            prev = rec.get(field)
+            if prev is None:
+                self.fields += 1
+                rec[field] = (t, h, writer, corr)
+                continue
+            if prev[1] != h:
+                if prev[2] != writer and abs(t - prev[0]) <= window:
+                    found.append((field, CONFLICT, prev))
+                if owner is not None and writer != owner:
+                    found.append((field, VIOLATION, prev))
+            if t >= prev[0]:
+                # The latest write in time stays the reference; a late-arriving older one does not replace it.
+                rec[field] = (t, h, writer, corr)
         while self.fields > self.max_fields and self._records:
             _, gone = self._records.popitem(last=False)
             self.fields -= len(gone)

@@ -230,7 +230,7 @@ class SnapshotIntake:
             self.m.redactions.labels(kind).inc(n)
         if self.auditor is not None:  # field ownership and idempotency audits, on redacted bodies
             kept = [(s, p) for (s, _), p in zip(counted, payloads, strict=True) if id(s) not in gone]
-            self.auditor.observe(kept, self.store.find)
+            self.auditor.submit(kept, self.store.find)
         # Store size: exact after each sweep, estimated from the compressed sizes in between.
         self.m.bytes.inc(sum(s.stored_bytes for s in stored))
         return stored, refused
