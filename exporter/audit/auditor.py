@@ -204,10 +204,10 @@ class Auditor:
         )
         day = int(t // 86400)
         for name, label, _v, _owner in values:
-            key = (day, fmap.name, name, writer, label)
-            c = counts.get(key)
+            ckey = (day, fmap.name, name, writer, label)
+            c = counts.get(ckey)
             if c is None:
-                c = counts[key] = [0, 0, 0]
+                c = counts[ckey] = [0, 0, 0]
             c[0] += 1
         if not found:
             return
