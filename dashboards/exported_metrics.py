@@ -21,6 +21,11 @@ COUNTERS = (
     "syncwatch_otlp_requests_total",
     "syncwatch_dropped_total",
     "syncwatch_snapshot_truncated_total",
+    "syncwatch_audit_writes_total",
+    "syncwatch_audit_conflicts_total",
+    "syncwatch_audit_violations_total",
+    "syncwatch_audit_idempotency_key_reuse_total",
+    "syncwatch_audit_duplicate_records_total",
 )
 
 GAUGES = (
@@ -54,6 +59,11 @@ HISTOGRAMS = (
 BEYOND_SPEC = (
     "syncwatch_snapshot_store_up",
     "syncwatch_snapshot_truncated_total",
+    "syncwatch_audit_writes_total",
+    "syncwatch_audit_conflicts_total",
+    "syncwatch_audit_violations_total",
+    "syncwatch_audit_idempotency_key_reuse_total",
+    "syncwatch_audit_duplicate_records_total",
 )
 
 # Prometheus' own series about the scrape target.
