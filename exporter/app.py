@@ -62,6 +62,8 @@ class App:
             clock,
         )
         self.snapshots = self._make_snapshots()
+        if self.snapshots is not None and self.snapshots.auditor is not None:
+            self.writer.record_ids_sink = self.snapshots.auditor.submit_record_ids  # duplicate-record audit
         self.service = OtlpService(
             self.writer, self.metrics, snapshots=self.snapshots, retry_after=config.intake.retry_after, clock=clock
         )

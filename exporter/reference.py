@@ -82,6 +82,7 @@ def attributes_table() -> list[str]:
         extract.IDEMPOTENCY_KEY: "operation key of a confirm (duplicate applies)",
     }
     out += [f"| `{k}` | span (or its resource) | {meanings[k]} |" for k in extract._READ]
+    out.append(f"| `{extract.RECORD_ID}` | confirm span | destination record ID (duplicate-record audit) |")
     out.append(f"| `{otlp_logs.DIRECTION_ATTR}` | log record | payload snapshot direction: request or response |")
     out.append(f"| `{otlp_logs.FLOW_ATTR}` | log record | flow of a payload snapshot |")
     out += [

@@ -122,9 +122,15 @@ def test_conflicts_violations_key_reuse_and_duplicates_from_real_payloads(audite
     _send(shop_o, "O2", o2, response={"erp_id": "E-7"})
     _send(shop_o, "O2", o2, resend=1, response={"erp_id": "E-8"})
     shop_o.confirm("O2", idempotency_key="K-O2")
+    # O3: the record IDs arrive on the confirm spans only (no response payload).
+    o3 = {"order_id": "O3", "idempotency_key": "K-O3", "total": "75.00"}
+    _send(shop_o, "O3", o3)
+    shop_o.confirm("O3", idempotency_key="K-O3", attributes={"syncwatch.destination.record_id": "E-20"})
+    _send(shop_o, "O3", o3, resend=1)
+    shop_o.confirm("O3", idempotency_key="K-O3-retry", attributes={"syncwatch.destination.record_id": "E-21"})
 
     m = sidecar.metric
-    assert sidecar.wait_for("syncwatch_audit_duplicate_records_total", 1.0, flow="orders") == 1.0
+    assert sidecar.wait_for("syncwatch_audit_duplicate_records_total", 2.0, flow="orders") == 2.0
     assert m("syncwatch_audit_conflicts_total", flow="customers", field="shipping.address", writer="erp") == 1.0
     assert m("syncwatch_audit_violations_total", flow="customers", field="shipping.address", writer="erp") == 1.0
     assert m("syncwatch_audit_conflicts_total", flow="customers", field="email", writer="erp") == 1.0
@@ -134,7 +140,7 @@ def test_conflicts_violations_key_reuse_and_duplicates_from_real_payloads(audite
     assert m("syncwatch_audit_conflicts_total", flow="prices", field="price", writer="erp") == 1.0
     assert m("syncwatch_audit_writes_total", flow="prices", field="price", writer="erp") == 2.0
     assert m("syncwatch_audit_idempotency_key_reuse_total", flow="orders") == 1.0
-    assert m("syncwatch_audit_writes_total", flow="orders", field="unmapped", writer="storefront") == 12.0
+    assert m("syncwatch_audit_writes_total", flow="orders", field="unmapped", writer="storefront") == 18.0
 
     # The findings, both writes side by side; redacted values only (markers keyed by the hash key).
     ship = _findings(sidecar, flow="customers", kind="conflict")
@@ -154,7 +160,10 @@ def test_conflicts_violations_key_reuse_and_duplicates_from_real_payloads(audite
     reuse = _findings(sidecar, kind="key_reuse")
     assert [(r["record"], r["write"]["correlation_id"]) for r in reuse] == [("K-O1", "O1")]
     dup = _findings(sidecar, kind="duplicate_record")
-    assert [(d["record"], d["write"]["value"], d["previous"]["value"]) for d in dup] == [("O2", "E-8", "E-7")]
+    assert [(d["record"], d["write"]["value"], d["previous"]["value"]) for d in dup] == [
+        ("O3", "E-21", "E-20"),
+        ("O2", "E-8", "E-7"),
+    ]
     assert sidecar.get("/api/v1/audit/findings", {})[0] == 401
 
     # The ownership report, as the CLI prints it.
@@ -166,13 +175,13 @@ def test_conflicts_violations_key_reuse_and_duplicates_from_real_payloads(audite
         "customers,email,storefront,2,0,0",
         "customers,shipping.address,erp,2,1,1",
         "customers,shipping.address,storefront,2,0,0",
-        "orders,$.idempotency_key,storefront,4,0,0",
-        "orders,$.order_id,storefront,4,0,0",
-        "orders,$.total,storefront,4,0,0",
+        "orders,$.idempotency_key,storefront,6,0,0",
+        "orders,$.order_id,storefront,6,0,0",
+        "orders,$.total,storefront,6,0,0",
         "prices,price,erp,2,1,1",
         "prices,price,storefront,2,0,0",
     ]
     md = subprocess.run([*cli, "--since", "7d"], capture_output=True, text=True, check=True).stdout
     assert "| shipping.address | erp | 2 | 1 | 1 |" in md.splitlines()
-    assert "| orders | duplicate_record | 1 |" in md.splitlines()
+    assert "| orders | duplicate_record | 2 |" in md.splitlines()
     assert "| orders | key_reuse | 1 |" in md.splitlines()

@@ -85,6 +85,31 @@ class Auditor:
             self._queued += n
         self._executor.submit(self._observe_queued, stored, lookup, n)
 
+    def submit_record_ids(self, items: list[tuple[str, str, str | None, str, float]]) -> None:
+        """Destination record IDs of committed confirm spans (flow, correlation ID, destination,
+        record ID, time), from the span writer's thread; audited on the audit thread."""
+        mine = [i for i in items if i[0] in self.maps]
+        if not mine:
+            return
+        with self._lock:
+            if self._queued + len(mine) > MAX_QUEUED:
+                self.m.skipped.labels("busy").inc(len(mine))
+                return
+            self._queued += len(mine)
+
+        def run() -> None:
+            try:
+                events: list[dict[str, Any]] = []
+                for flow, corr, destination, record_id, t in mine:
+                    self._record_id_found(flow, corr, destination, record_id[:MAX_TEXT], t, events)
+                if events:
+                    self._flush(events)
+            finally:
+                with self._lock:
+                    self._queued -= len(mine)
+
+        self._executor.submit(run)
+
     def _observe_queued(
         self, stored: list[tuple[Snapshot, PayloadRecord]], lookup: Callable[[str], list[Snapshot]], n: int
     ) -> None:
@@ -235,18 +260,24 @@ class Auditor:
             )
 
     def _record_id(self, fmap: FlowMap, snap: Snapshot, record_id: str, events: list[dict[str, Any]]) -> None:
-        prev = self.record_ids.swap((fmap.name, snap.corr, snap.destination or ""), record_id, snap.corr, snap.time)
+        self._record_id_found(fmap.name, snap.corr, snap.destination, record_id, snap.time, events)
+
+    def _record_id_found(
+        self, flow: str, corr: str, destination: str | None, record_id: str, t: float, events: list[dict[str, Any]]
+    ) -> None:
+        # Per destination: a customers change lands in two systems, each with its own record ID.
+        prev = self.record_ids.swap((flow, corr, destination or ""), record_id, corr, t)
         if prev is None:
             return
-        self.m.duplicate_records.labels(fmap.name).inc()
+        self.m.duplicate_records.labels(flow).inc()
         events.append(
             {
                 "kind": "duplicate_record",
-                "flow": fmap.name,
-                "record": snap.corr,
-                "writer": snap.destination,
-                "time": snap.time,
-                "corr": snap.corr,
+                "flow": flow,
+                "record": corr,
+                "writer": destination,
+                "time": t,
+                "corr": corr,
                 "value": record_id,
                 "prev_time": prev[2],
                 "prev_corr": prev[1],
