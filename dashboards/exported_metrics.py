@@ -26,6 +26,11 @@ COUNTERS = (
     "syncwatch_reconcile_found_total",
     "syncwatch_reconcile_findings_dropped_total",
     "syncwatch_reconcile_source_ids_total",
+    "syncwatch_audit_writes_total",
+    "syncwatch_audit_conflicts_total",
+    "syncwatch_audit_violations_total",
+    "syncwatch_audit_idempotency_key_reuse_total",
+    "syncwatch_audit_duplicate_records_total",
 )
 
 GAUGES = (
@@ -79,6 +84,11 @@ BEYOND_SPEC = (
     "syncwatch_reconcile_source_ids_total",
     "syncwatch_reconcile_expected_source_ids_per_hour",
     "syncwatch_reconcile_window_end_timestamp_seconds",
+    "syncwatch_audit_writes_total",
+    "syncwatch_audit_conflicts_total",
+    "syncwatch_audit_violations_total",
+    "syncwatch_audit_idempotency_key_reuse_total",
+    "syncwatch_audit_duplicate_records_total",
 )
 
 # Prometheus' own series about the scrape target.

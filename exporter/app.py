@@ -62,6 +62,8 @@ class App:
             clock,
         )
         self.snapshots = self._make_snapshots()
+        if self.snapshots is not None and self.snapshots.auditor is not None:
+            self.writer.record_ids_sink = self.snapshots.auditor.submit_record_ids  # duplicate-record audit
         self.service = OtlpService(
             self.writer, self.metrics, snapshots=self.snapshots, retry_after=config.intake.retry_after, clock=clock
         )
@@ -122,6 +124,9 @@ class App:
 
         ui = dict(snapshots=self.snapshots, collectors=self.collectors, dead_letters=self.dead_letters)
         setup_ui(app, config=self.config, clock=self.clock, **ui)
+        from syncwatch.api.audit import setup_audit_api
+
+        setup_audit_api(app, config=self.config, snapshots=self.snapshots, clock=self.clock)
         return app
 
     async def start(self) -> None:

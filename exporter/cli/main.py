@@ -9,6 +9,7 @@ import sys
 
 from syncwatch import __version__
 from syncwatch.cli.deadletters import add_subcommands as add_dead_letters
+from syncwatch.cli.ownership import add_subcommand as add_ownership
 from syncwatch.cli.reconcile import add_subcommands as add_reconcile
 from syncwatch.cli.rules import add_subcommand as add_rules
 from syncwatch.cli.transactions import add_subcommands as add_transactions
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dead_letters(sub)
     add_reconcile(sub)
     add_demo(sub)
+    add_ownership(sub)
     return parser
 
 

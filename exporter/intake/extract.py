@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_NAMES, STAGE_SOURCE
+from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_NAMES, STAGE_SOURCE
 
 STAGE = "syncwatch.stage"
 FLOW = "syncwatch.flow"
@@ -27,6 +27,8 @@ HTTP_CODE = "http.response.status_code"
 CODE = "syncwatch.response_code"
 ERROR = "error.type"
 IDEMPOTENCY_KEY = "syncwatch.idempotency_key"
+# On confirm spans, for the duplicate-record audit (syncwatch.audit); not a ledger column.
+RECORD_ID = "syncwatch.destination.record_id"
 _READ = (STAGE, FLOW, SOURCE, DESTINATION, PEER, SERVER, CHANGED_AT, RESEND, HTTP_CODE, CODE, ERROR, IDEMPOTENCY_KEY)
 _MAX_ERRORS = 5  # error messages kept per request for partial_success
 # Times syncwatch accepts: from the epoch to the end of year 9999 (what a datetime can show).
@@ -99,6 +101,8 @@ class Extracted:
     unrelated: int = 0  # with mapping rules: spans of no flow (not counted for coverage)
     rejected: int = 0
     errors: list = field(default_factory=list)
+    # (flow, correlation ID, destination, record ID, time) of confirm spans naming the record created
+    record_ids: list = field(default_factory=list)
 
     def reject(self, message: str) -> None:
         self.rejected += 1
@@ -379,6 +383,10 @@ class SpanExtractor:
                 if idem is not None and len(str(idem)) > MAX_VALUE_LENGTH:
                     out.reject(f"{_where(span)}: syncwatch.idempotency_key longer than {MAX_VALUE_LENGTH} characters")
                     return None
+                if stage == STAGE_CONFIRM and (v := get(RECORD_ID)) is not None:
+                    rid = v.string_value or _value(v)
+                    if rid is not None and 0 < len(str(rid)) <= MAX_VALUE_LENGTH:
+                        out.record_ids.append((str(flow), str(corr), dest and str(dest), str(rid), end or received))
         return (
             trace_id,
             span_id,
