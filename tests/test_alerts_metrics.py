@@ -33,9 +33,7 @@ def test_metrics_beyond_the_spec_are_listed_in_the_readme():
     beyond = set(exported_metrics.BEYOND_SPEC)
     assert beyond, "BEYOND_SPEC is empty"
     assert beyond <= exported_metrics.base_names(), "BEYOND_SPEC names must also be in COUNTERS/GAUGES/HISTOGRAMS"
-    assert beyond <= _readme_beyond_spec(), (
-        f"not named in README: {beyond - _readme_beyond_spec()}"
-    )
+    assert beyond <= _readme_beyond_spec(), f"not named in README: {beyond - _readme_beyond_spec()}"
     assert exported_metrics.spec_base_names() == exported_metrics.base_names() - beyond
     if SPEC.exists():
         section = SPEC.read_text().split("## Metrics", 1)[1].split("\n## ", 1)[0]
