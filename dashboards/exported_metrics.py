@@ -1,5 +1,5 @@
 """The metric names syncwatch exports, as Prometheus serves them (from SPEC.md's Metrics section,
-plus the few in BEYOND_SPEC, which README.md lists under "Metrics beyond the SPEC's list").
+plus those in BEYOND_SPEC, which README.md names and docs/reference.md lists).
 
 Dashboards and alert rules may only query these; the tests check every expression against this
 list, this list minus BEYOND_SPEC against SPEC.md, and BEYOND_SPEC against README.md.
@@ -67,7 +67,7 @@ HISTOGRAMS = (
     "syncwatch_retry_backoff_seconds",
 )
 
-# Listed above but not in SPEC.md: documented in README.md's "Metrics beyond the SPEC's list".
+# Listed above but not in SPEC.md: named in README.md (and listed in docs/reference.md).
 BEYOND_SPEC = (
     "syncwatch_snapshot_store_up",
     "syncwatch_snapshot_truncated_total",

@@ -10,6 +10,7 @@ import signal
 import time
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client.exposition import choose_encoder
 
 from syncwatch import __version__
@@ -109,7 +110,7 @@ class App:
         )
 
     def _http_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._count_refusals])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -204,6 +205,15 @@ class App:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         body = await asyncio.to_thread(encoder, self.metrics.registry)  # collectors' callbacks stay off the loop
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+    @web.middleware
+    async def _count_refusals(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every request the API or the web view refuses for its token is counted: a guessing
+        client, or an integration with a rotated token, shows up on /metrics."""
+        response = await handler(request)
+        if response.status == 401:
+            self.metrics.auth_refusals.labels("ui" if request.path.startswith("/ui") else "api").inc()
+        return response
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

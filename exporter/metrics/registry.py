@@ -161,6 +161,14 @@ class Metrics:
         self.log_records = Counter(
             "syncwatch_log_records", "OTLP log records received, by result.", ("result",), registry=r
         )
+        self.auth_refusals = Counter(
+            "syncwatch_auth_refusals",
+            "Requests to the query API (surface api) or the web view (ui) refused for a missing or wrong token.",
+            ("surface",),
+            registry=r,
+        )
+        for surface in ("api", "ui"):
+            self.auth_refusals.labels(surface)
         # Pre-create the result series so a rate() sees them from the first scrape.
         for result in ("correlated", "uncorrelated", "rejected", "unrelated"):
             self.spans.labels(result)
