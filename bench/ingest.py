@@ -6,6 +6,7 @@
    increasing order numbers as correlation IDs (--rounds times, the median counts), again with
    random UUIDs, and again with each transaction's stages split over three consecutive requests;
    each between two measurements of the ceiling, to which it is compared;
+   and in this process, extraction + Ledger.record alone (no HTTP, no decode): the ledger's own cost;
 3. RSS per pending transaction with 1,000,000 pending;
 4. seconds to reload 1,000,000 pending transactions after a restart;
 5. with --sustained N: spans/s as one sidecar's ledger grows over N requests (UUID IDs).
@@ -192,6 +193,45 @@ def whole_path(bodies: list[bytes], workdir: Path, segments: int = 1) -> list[fl
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
 
 
+def _event_type():
+    """The ledger's event record (ledger/records.py), or a plain tuple on a layout before it."""
+    try:
+        from syncwatch.ledger.records import Event
+    except ImportError:
+        return lambda *fields: fields
+    return Event
+
+
+def in_process(bodies: list[bytes], workdir: Path, rounds: int = 3) -> float:
+    """spans/s of span extraction + Ledger.record in this process, 16 requests per batch as the
+    writer groups them; requests decoded beforehand (untimed). The median of `rounds` fresh ledgers."""
+    from syncwatch.config.models import Config
+    from syncwatch.intake.decode import PROTOBUF, decode_traces
+    from syncwatch.intake.extract import SpanExtractor
+    from syncwatch.ledger.transitions import Ledger
+    from syncwatch.metrics.registry import Metrics
+
+    rates = []
+    for r in range(rounds):
+        config = Config.model_validate({"storage": {"data_dir": str(workdir / f"in-process-{r}")}})
+        ledger = Ledger(config, Metrics())
+        extractor = SpanExtractor(config.correlation.keys, config.limits.max_correlation_id_length)
+        views = [decode_traces(body, PROTOBUF) for body in bodies]
+        received = time.time()
+        n = 0
+        started = time.perf_counter()
+        for i in range(0, len(views), 16):
+            events = []
+            for view in views[i : i + 16]:
+                out = extractor.extract(view, received)
+                n += out.correlated + out.uncorrelated
+                events.extend(out.events)
+            ledger.record(events)
+        rates.append(n / (time.perf_counter() - started))
+        ledger.close()
+    return sorted(rates)[len(rates) // 2]
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -204,13 +244,14 @@ def pending_memory_and_reload(n: int, workdir: Path) -> tuple[float, float, floa
 
     config = Config.model_validate({"storage": {"data_dir": str(workdir / "ledger")}})
     t0 = time.time()
+    event = _event_type()
 
     def fill():
         ledger = Ledger(config, Metrics())
         batch = 20_000
         for start in range(0, n, batch):
             events = [
-                (
+                event(
                     os.urandom(16),
                     os.urandom(8),
                     f"order-{i:09d}-7f3a9c",
@@ -278,6 +319,7 @@ def main() -> None:
         rounds = [paired(f"order-ids-{i}", bodies) for i in range(args.rounds)]
         uuid_round = paired("uuid-ids", uuid_bodies)
         split_round = paired("split-stages", split_stages(bodies))
+        ledger_alone = in_process(bodies, tmp)
         per_pending, reload_s, loaded = pending_memory_and_reload(args.pending, tmp)
         sustained = []
         if args.sustained:
@@ -303,6 +345,7 @@ def main() -> None:
         ("stages split across requests", split_round),
     ):
         print(f"whole path, {label + ':':36s}  {through:12,.0f} spans/s  = {through / ceil:.0%} of its ceiling")
+    print(f"in process, extraction + Ledger.record alone:    {ledger_alone:12,.0f} spans/s")
     print(f"RSS per pending transaction at {loaded:,} pending:      {per_pending:12,.0f} bytes   [target <= 1024]")
     print(f"reload {loaded:,} pending after restart:              {reload_s:12.1f} s       [target <= 30]")
     if sustained:

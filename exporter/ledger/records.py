@@ -1,0 +1,181 @@
+"""The ledger's record types, named and typed: the event extraction hands over, the timeline entries
+stored as JSON lists, and the rows the store reads and writes. NamedTuples (as prometheus_client's
+samples.py): tuples at run time, so the hot path keeps a tuple's cost and SQLite takes them as parameters.
+
+On the hot path they are built with `tuple.__new__(Type, values)`, not `Type(...)`: the generated
+`__new__` is a Python call, about three times the cost (bench/ingest.py, docs/performance.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, TypedDict
+
+import orjson
+
+# A transaction: (correlation ID, destination, flow). A plain tuple: one is built per event.
+TxKey = tuple[str, str, str]
+# A transaction's (flow, source, destination), one shared tuple per distinct value; source may be "unknown".
+TxLabels = tuple[str, str, str]
+
+
+class Event(NamedTuple):
+    """One stage span as the ledger records it (built by intake/extract.py, one per stage span)."""
+
+    trace_id: bytes
+    span_id: bytes
+    corr: str
+    flow: str
+    stage: int  # schema.STAGE_*
+    source: str | None
+    dest: str | None  # None only on a source span that names no destination
+    start: float
+    end: float
+    changed_at: float | None  # syncwatch.source.changed_at (a source span's start when unset)
+    attempt: int | None  # attempt number from http.request.resend_count (1 = first try), attempts only
+    code: str | None  # response code, attempts only
+    error: str | None  # error.type, attempts and closes
+    idem: str | None  # idempotency key, closes only
+    received: float  # when syncwatch received the request
+
+
+EVENT_COLUMNS = Event._fields
+
+
+class Attempt(NamedTuple):
+    """One delivery attempt in a timeline; stored as the JSON list [trace_id, span_id, start, end, n, code, error]."""
+
+    trace_id: str  # lowercase hex
+    span_id: str
+    start: float
+    end: float
+    n: int  # attempt number, 1 = first try
+    code: str | None
+    error: str | None
+
+
+class Close(NamedTuple):
+    """The span that closed a transaction; stored as [stage, trace_id, span_id, start, end, error, idem]."""
+
+    stage: int
+    trace_id: str
+    span_id: str
+    start: float
+    end: float
+    error: str | None
+    idem: str | None
+
+
+class Duplicate(NamedTuple):
+    """A second or later apply of a closed transaction; stored as [trace_id, span_id, start, end, idem]."""
+
+    trace_id: str
+    span_id: str
+    start: float
+    end: float
+    idem: str | None
+
+
+class Timeline(TypedDict, total=False):
+    """A transaction's timeline document (schema.py): entries are lists once read back from JSON."""
+
+    attempts: list[Any]  # Attempt, or its list form when read from the store
+    omitted: int  # attempts dropped from the middle of a capped timeline
+    close: Close | list[Any]
+    duplicates: list[Any]
+    duplicates_omitted: int
+
+
+class ClosedRow(NamedTuple):
+    """What the transitions need of a closed transaction."""
+
+    outcome: str  # confirmed | failed | expired
+    closed_at: float
+    lag: float | None
+    changed_at: float | None
+    close_span: bytes | None
+    timeline: str | None  # JSON
+
+
+class OpenRow(NamedTuple):
+    """An open transaction as the store gives it back at start (load)."""
+
+    corr: str
+    dest: str
+    flow: str
+    source: str | None
+    changed_at: float | None
+    opened_at: float
+    deadline: float
+    timeline: str | None
+
+
+class OpenTxRow(NamedTuple):
+    """An open transaction to insert or update (source and source span only fill what is unset)."""
+
+    corr: str
+    dest: str
+    flow: str
+    source: str | None
+    changed_at: float | None
+    opened_at: float
+    deadline: float
+    source_trace: bytes | None
+    source_span: bytes | None
+    attempts: int
+    timeline: str | None
+
+
+class ClosedTxRow(NamedTuple):
+    """A closed transaction that was never stored as open: the whole row."""
+
+    corr: str
+    dest: str
+    flow: str
+    source: str | None
+    outcome: str
+    changed_at: float | None
+    opened_at: float | None
+    deadline: float | None
+    closed_at: float
+    lag: float | None
+    source_trace: bytes | None
+    source_span: bytes | None
+    close_span: bytes | None
+    attempts: int
+    timeline: str | None
+    corr_hash: int
+
+
+class StoredClose(NamedTuple):
+    """A close of a transaction stored as open: its open row moves to the closed rows with these values."""
+
+    source: str | None
+    outcome: str
+    changed_at: float | None
+    closed_at: float
+    lag: float | None
+    close_span: bytes | None
+    attempts: int
+    timeline: str | None
+    corr_hash: int
+    corr: str
+    dest: str
+    flow: str
+
+
+def _as_list(value: object) -> list[Any]:
+    if isinstance(value, tuple):  # the NamedTuple entries above: stored in their list form
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def to_json(doc: Timeline) -> str:
+    """A timeline as stored. orjson: it is encoded on every close, on the hot path (~10x json);
+    it does not take tuple subclasses itself, so entries go through `default` as lists."""
+    return orjson.dumps(doc, default=_as_list).decode()
+
+
+def attempts_of(entries: list[Any]) -> list[Attempt]:
+    """Attempt entries read back from JSON (lists), as Attempts."""
+    new = tuple.__new__
+    return [new(Attempt, a) for a in entries]
