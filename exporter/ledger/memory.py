@@ -1,13 +1,11 @@
-"""The ledger's in-memory mirror of what is stored: open transactions (Tx), an index of a retry
-storm's attempts, and a bitmap of which correlation IDs may have closed. Slots and bit sets keep a
+"""The ledger's in-memory mirror of what is stored: open transactions (Tx) and a bitmap of which
+correlation IDs may have closed. Slots and bit sets keep a
 million open transactions well under 1 KiB each.
 """
 
 from __future__ import annotations
 
 from syncwatch.ledger.records import Attempt, Close, Timeline, TxLabels, to_json
-
-INDEX_ATTEMPTS = 32  # above this many attempts, a transaction's span IDs are found through a set
 
 
 class ClosedKeys:
@@ -22,6 +20,9 @@ class ClosedKeys:
     BITS = 1 << 27
 
     def __init__(self) -> None:
+        self.bits = bytearray(self.BITS >> 3)
+
+    def clear(self) -> None:
         self.bits = bytearray(self.BITS >> 3)
 
     def add(self, h: int) -> None:
@@ -67,23 +68,3 @@ class Tx:
         if close is not None:
             doc["close"] = close
         return to_json(doc)
-
-
-class AttemptIndex:
-    """Span IDs and attempt numbers of a transaction with many attempts (a retry storm), so each
-    new attempt costs the same however many came before it."""
-
-    __slots__ = ("end_of", "max_n", "spans")
-
-    def __init__(self, attempts: list[Attempt]):
-        self.spans = {a.span_id for a in attempts}
-        self.max_n = max(a.n for a in attempts)
-        self.end_of = {a.n: a.end for a in attempts}  # attempt number -> end of its latest span
-
-    def add(self, entry: Attempt) -> None:
-        self.spans.add(entry.span_id)
-        self.max_n = max(self.max_n, entry.n)
-        end_of = self.end_of
-        if len(end_of) > 4 * INDEX_ATTEMPTS and entry.n not in end_of:
-            end_of.clear()  # many distinct numbers: keep only recent ones (bounded memory)
-        end_of[entry.n] = entry.end

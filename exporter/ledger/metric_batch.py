@@ -89,6 +89,21 @@ class MetricBatch:
         else:
             values.append(value)
 
+    def attempt(self, flow: str, dest: str, code: str | None, n: int) -> None:
+        """Attempt number n of a transaction, with its response code."""
+        deltas, key = self.deltas, (self.metrics.attempts, (flow, dest, code))  # inc, inlined: once per attempt
+        deltas[key] = deltas.get(key, 0) + 1
+        if n > 1:
+            self.inc(self.metrics.retries, (flow, dest))
+
+    def lag(self, flow: str, source: str | None, dest: str, lag: float) -> float:
+        """A sync lag observed; a negative one (clocks that disagree) counts as skew and becomes 0."""
+        if lag < 0:
+            self.inc(self.metrics.clock_skew, (flow,))
+            lag = 0.0
+        self.observe(self.metrics.sync_lag, (flow, source or UNKNOWN, dest), lag)
+        return lag
+
     def backoff(self, flow: str, dest: str, n: int, backoff: float) -> None:
         """The time between attempt n-1 and attempt n: the backoff histogram and the jitter window."""
         if backoff < 0:

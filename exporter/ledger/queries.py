@@ -277,7 +277,7 @@ def _backoff(start: Any, prev_end: Any) -> float | None:
 
 def _fill_timeline(e: dict, text: str | None) -> None:
     """Attempts, confirmation/failure and duplicate applies from a transaction's timeline JSON
-    (layout in ledger_schema.py). Values are passed on as stored; the API formats them."""
+    (layout in schema.py, entries in records.py). Values are passed on as stored; the API formats them."""
     tl = _load_timeline(text)
     for trace_id, span_id, start, end, n, code, error in _entries(tl.get("attempts"), 7):
         e["attempts"].append(
