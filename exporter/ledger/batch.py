@@ -78,10 +78,7 @@ class Batch:
         """Write the batch: open transactions it changed, its closes; deadlines of what it opened."""
         # Only transactions still open get a deadline entry. Most open and close within a batch;
         # their entries would only sit in the heap, stale, until their deadline.
-        for key in self.opened:
-            tx = pending.get(key)
-            if tx is not None:
-                deadlines.schedule(key, tx.deadline)
+        deadlines.schedule_open(self.opened, pending)
         rows = self.writes.open_upserts
         for key, tx in self.dirty.items():
             src = tx.src or (None, None)

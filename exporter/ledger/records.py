@@ -2,8 +2,8 @@
 stored as JSON lists, and the rows the store reads and writes. NamedTuples (as prometheus_client's
 samples.py): tuples at run time, so the hot path keeps a tuple's cost and SQLite takes them as parameters.
 
-On the hot path they are built with `tuple.__new__(Type, values)`, not `Type(...)`: the generated
-`__new__` is a Python call, about three times the cost (bench/ingest.py, docs/performance.md).
+On the hot path they are built with `tuple.__new__(Type, values)`, a C call, not `Type(...)`, whose
+generated `__new__` is a Python function (docs/performance.md, "Ledger records").
 """
 
 from __future__ import annotations
@@ -163,16 +163,10 @@ class StoredClose(NamedTuple):
     flow: str
 
 
-def _as_list(value: object) -> list[Any]:
-    if isinstance(value, tuple):  # the NamedTuple entries above: stored in their list form
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 def to_json(doc: Timeline) -> str:
-    """A timeline as stored. orjson: it is encoded on every close, on the hot path (~10x json);
-    it does not take tuple subclasses itself, so entries go through `default` as lists."""
-    return orjson.dumps(doc, default=_as_list).decode()
+    """A timeline as stored. orjson: it is encoded on every close, on the hot path (~10x json).
+    It does not take tuple subclasses itself: the entries above go through `default` as lists."""
+    return orjson.dumps(doc, default=list).decode()
 
 
 def attempts_of(entries: list[Any]) -> list[Attempt]:
