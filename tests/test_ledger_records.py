@@ -13,7 +13,15 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from syncwatch.config.models import Config
-from syncwatch.ledger.records import ClosedRow, ClosedTxRow, Event, OpenRow, OpenTxRow, TxKey
+from syncwatch.ledger.records import (
+    CLOSED_TX_COLUMNS,
+    OPEN_TX_COLUMNS,
+    STORED_CLOSE_COLUMNS,
+    ClosedRow,
+    Event,
+    OpenRow,
+    TxKey,
+)
 from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_FAIL, STAGE_SOURCE, corr_hash
 from syncwatch.ledger.store import BatchWrites
 from syncwatch.ledger.transitions import Ledger
@@ -100,11 +108,12 @@ def test_a_timeline_capped_below_the_index_counts_every_attempt(tmp_path):
 
 
 class MemoryStore:
-    """store.LedgerStore on dicts: a second backend written only against the interface."""
+    """store.LedgerStore on dicts: a second backend written only against the interface. Rows are
+    dicts by column name (records.*_COLUMNS)."""
 
     def __init__(self) -> None:
-        self.open: dict[TxKey, OpenTxRow] = {}
-        self.closed: dict[TxKey, ClosedTxRow] = {}
+        self.open: dict[TxKey, dict] = {}
+        self.closed: dict[TxKey, dict] = {}
         self.applies: dict[tuple[str, str, str], list] = {}
         self._saved: tuple | None = None
 
@@ -121,34 +130,30 @@ class MemoryStore:
 
     def open_rows(self) -> Iterator[OpenRow]:
         for r in self.open.values():
-            yield OpenRow(r.corr, r.dest, r.flow, r.source, r.changed_at, r.opened_at, r.deadline, r.timeline)
+            yield OpenRow(*(r[c] for c in OpenRow._fields))
 
     def closed_hashes(self) -> Iterator[int]:
-        return iter([r.corr_hash for r in self.closed.values()])
+        return iter([r["corr_hash"] for r in self.closed.values()])
 
     def closed_rows(self, keys: Sequence[TxKey]) -> dict[TxKey, ClosedRow]:
         return {k: row for k in keys if (row := self.closed_row(k)) is not None}
 
     def closed_row(self, key: TxKey) -> ClosedRow | None:
         r = self.closed.get(key)
-        return None if r is None else ClosedRow(r.outcome, r.closed_at, r.lag, r.changed_at, r.close_span, r.timeline)
+        return None if r is None else ClosedRow(*(r[c] for c in ClosedRow._fields))
 
     def set_closed_source(self, key, lag, changed_at, source, source_trace, source_span) -> None:
         r = self.closed[key]
-        self.closed[key] = r._replace(
-            lag=lag,
-            changed_at=changed_at,
-            source=r.source if r.source is not None else source,
-            source_trace=source_trace,
-            source_span=source_span,
-        )
+        r.update(lag=lag, changed_at=changed_at, source_trace=source_trace, source_span=source_span)
+        if r["source"] is None:
+            r["source"] = source
 
     def add_closed_attempt(self, key: TxKey, timeline: str) -> None:
         r = self.closed[key]
-        self.closed[key] = r._replace(attempts=r.attempts + 1, timeline=timeline)
+        r.update(attempts=r["attempts"] + 1, timeline=timeline)
 
     def set_closed_timeline(self, key: TxKey, timeline: str) -> None:
-        self.closed[key] = self.closed[key]._replace(timeline=timeline)
+        self.closed[key]["timeline"] = timeline
 
     def apply_spans(self, idem, dest, flow):
         row = self.applies.get((idem, dest, flow))
@@ -165,29 +170,23 @@ class MemoryStore:
     def write_batch(self, writes: BatchWrites) -> None:
         for key in writes.closed_deletes:
             del self.closed[key]
-        for s in writes.stored_closes.values():
-            o = self.open[(s.corr, s.dest, s.flow)]
-            self.closed[(s.corr, s.dest, s.flow)] = ClosedTxRow(
-                o.corr, o.dest, o.flow, s.source, s.outcome, s.changed_at, o.opened_at, o.deadline, s.closed_at,
-                s.lag, o.source_trace, o.source_span, s.close_span, s.attempts, s.timeline, s.corr_hash,
-            )  # fmt: skip
+        for key, values in writes.stored_closes.items():
+            self.closed[key] = {**self.open[key], **dict(zip(STORED_CLOSE_COLUMNS, values, strict=True))}
         for key in writes.open_deletes:
             del self.open[key]
-        for row in writes.new_closes.values():
-            self.closed[(row.corr, row.dest, row.flow)] = row
-        for row in writes.open_upserts:
-            key = (row.corr, row.dest, row.flow)
-            old = self.open.get(key)
+        for key, values in writes.new_closes.items():
+            self.closed[key] = dict(zip(CLOSED_TX_COLUMNS, values, strict=True))
+        for values in writes.open_upserts:
+            row = dict(zip(OPEN_TX_COLUMNS, values, strict=True))
+            old = self.open.get(values[:3])
             if old is not None:
-                row = row._replace(
-                    opened_at=old.opened_at,
-                    source_trace=row.source_trace or old.source_trace,
-                    source_span=row.source_span or old.source_span,
-                )
-            self.open[key] = row
+                row["opened_at"] = old["opened_at"]
+                row["source_trace"] = row["source_trace"] or old["source_trace"]
+                row["source_span"] = row["source_span"] or old["source_span"]
+            self.open[values[:3]] = row
 
     def sweep(self, cutoff: float) -> None:
-        self.closed = {k: r for k, r in self.closed.items() if r.closed_at >= cutoff}
+        self.closed = {k: r for k, r in self.closed.items() if r["closed_at"] >= cutoff}
 
     def close(self) -> None:
         pass
@@ -236,7 +235,7 @@ def test_a_second_backend_gives_the_transitions_what_sqlite_gives_them(tmp_path)
             if store is None:
                 return closed(ledger.config.storage.ledger_path)
             return {
-                k: (r.outcome, r.lag, r.attempts, orjson.loads(r.timeline) if r.timeline else None)
+                k: (r["outcome"], r["lag"], r["attempts"], orjson.loads(r["timeline"]) if r["timeline"] else None)
                 for k, r in store.closed.items()
             }
 
@@ -272,6 +271,6 @@ def test_closed_rows_are_found_by_their_hash(tmp_path):
     now = [T0]
     ledger = Ledger(config(tmp_path), Metrics(CollectorRegistry()), clock=lambda: now[0], store=store)
     ledger.record([ev(STAGE_CONFIRM, "o-9", T0)])
-    assert [r.corr_hash for r in store.closed.values()] == [corr_hash("o-9")]
+    assert [r["corr_hash"] for r in store.closed.values()] == [corr_hash("o-9")]
     again = Ledger(config(tmp_path), Metrics(CollectorRegistry()), clock=lambda: now[0], store=store)
     assert again.load() == 0 and again.closed_keys.may_contain(corr_hash("o-9"))

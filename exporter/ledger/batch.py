@@ -69,10 +69,12 @@ class Batch:
             return
         writes = self.writes
         self.closed[key] = row._replace(timeline=timeline)
-        if key in writes.new_closes:
-            writes.new_closes[key] = writes.new_closes[key]._replace(timeline=timeline)
-        elif key in writes.stored_closes:
-            writes.stored_closes[key] = writes.stored_closes[key]._replace(timeline=timeline)
+        new = writes.new_closes.get(key)
+        if new is not None:  # timeline: records.CLOSED_TX_COLUMNS[14]
+            writes.new_closes[key] = (*new[:14], timeline, new[15])
+        stored = writes.stored_closes.get(key)
+        if stored is not None:  # timeline: records.STORED_CLOSE_COLUMNS[7]
+            writes.stored_closes[key] = (*stored[:7], timeline, *stored[8:])
 
     def write(self, pending: dict[TxKey, Tx], omitted: dict[TxKey, int], deadlines: Deadlines) -> None:
         """Write the batch: open transactions it changed, its closes; deadlines of what it opened."""
@@ -85,13 +87,10 @@ class Batch:
             n_omitted = omitted.get(key, 0) if omitted else 0
             source = tx.labels[1] if tx.labels[1] != UNKNOWN else None
             n_attempts = (len(tx.attempts) if tx.attempts else 0) + n_omitted
-            rows.append(
-                _new(
-                    OpenTxRow,
-                    (*key, source, tx.changed_at, tx.opened_at, tx.deadline, *src, n_attempts)
-                    + (tx.timeline(None, n_omitted),),
-                )
-            )
+            row: OpenTxRow = (
+                *key, source, tx.changed_at, tx.opened_at, tx.deadline, *src, n_attempts, tx.timeline(None, n_omitted)
+            )  # fmt: skip
+            rows.append(row)
             tx.stored = True
             tx.src = None  # written; memory need not keep it
         self.store.write_batch(self.writes)

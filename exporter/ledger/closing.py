@@ -192,17 +192,27 @@ class Closer:
             labels = tx.labels
             timeline = tx.timeline(close, omitted)
             if tx.stored:
-                writes.stored_closes[key] = _new(
-                    StoredClose, (source, outcome, changed_at, closed_at, lag, close_span, attempts, timeline, h, *key)
+                stored: StoredClose = (
+                    source,
+                    outcome,
+                    changed_at,
+                    closed_at,
+                    lag,
+                    close_span,
+                    attempts,
+                    timeline,
+                    h,
+                    *key,
                 )
+                writes.stored_closes[key] = stored
                 writes.open_deletes.append(key)
             else:
                 src = tx.src or (None, None)
-                writes.new_closes[key] = _new(
-                    ClosedTxRow,
-                    (*key, source, outcome, changed_at, tx.opened_at, tx.deadline, closed_at, lag, *src)
-                    + (close_span, attempts, timeline, h),
-                )
+                new: ClosedTxRow = (
+                    *key, source, outcome, changed_at, tx.opened_at, tx.deadline, closed_at, lag, *src,
+                    close_span, attempts, timeline, h,
+                )  # fmt: skip
+                writes.new_closes[key] = new
         else:
             labels = self.flows.labels(flow, source, dest)
             if row is not None and row.timeline:  # e.g. a confirm after a fail: keep the attempts already recorded
@@ -212,22 +222,9 @@ class Closer:
                 timeline = to_json(doc)
             else:
                 timeline = to_json({"attempts": [], "close": close}) if close else None
-            writes.new_closes[key] = ClosedTxRow(
-                *key,
-                source,
-                outcome,
-                changed_at,
-                None,
-                None,
-                closed_at,
-                lag,
-                None,
-                None,
-                close_span,
-                attempts,
-                timeline,
-                h,
-            )
+            writes.new_closes[key] = (
+                *key, source, outcome, changed_at, None, None, closed_at, lag, None, None, close_span, attempts, timeline, h
+            )  # fmt: skip
         batch.closed[key] = _new(ClosedRow, (outcome, closed_at, lag, changed_at, close_span, timeline))
         deltas, closed = self._deltas, (self.metrics.transactions, (*labels, outcome))
         deltas[closed] = deltas.get(closed, 0) + 1
