@@ -11,8 +11,6 @@ from syncwatch.ledger.records import ClosedRow, Event, OpenTxRow, TxKey
 from syncwatch.ledger.schema import corr_hash
 from syncwatch.ledger.store import BatchWrites, LedgerStore
 
-_new = tuple.__new__  # records without the Python-level NamedTuple __new__ (records.py)
-
 
 class Batch:
     def __init__(self, store: LedgerStore, closed_keys: ClosedKeys):

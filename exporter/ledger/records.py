@@ -1,9 +1,9 @@
-"""The ledger's record types, named and typed: the event extraction hands over, the timeline entries
-stored as JSON lists, and the rows the store reads and writes. NamedTuples (as prometheus_client's
-samples.py): tuples at run time, so the hot path keeps a tuple's cost and SQLite takes them as parameters.
+"""The ledger's record types: the event extraction hands over, the timeline entries (stored as JSON
+lists) and the rows the store gives back are NamedTuples (as prometheus_client's samples.py), read by
+name; the rows handed to the store to write are typed tuples in column order (see below).
 
 On the hot path they are built with `tuple.__new__(Type, values)`, a C call, not `Type(...)`, whose
-generated `__new__` is a Python function (docs/performance.md, "Ledger records").
+generated `__new__` is a Python function (docs/performance.md, "Ledger records and storage interface").
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ class OpenRow(NamedTuple):
 
 
 # Rows the transitions hand the store to write: plain tuples in column order, typed but not named.
-# One or two are built per transaction and bound to SQL parameters as they are; as NamedTuples
-# they cost ~0.35 µs per span more (docs/performance.md, "Ledger records and storage interface").
+# One or two are built per transaction and bound to SQL parameters as they are; NamedTuples cost
+# measurably more here (docs/performance.md, "Ledger records and storage interface").
 OPEN_TX_COLUMNS = (
     "corr", "dest", "flow", "source", "changed_at", "opened_at", "deadline", "source_trace", "source_span",
     "attempts", "timeline",
