@@ -76,7 +76,7 @@ def test_kill9_mid_stream_loses_no_acknowledged_transaction(make_sidecar):
 def test_ledger_file_is_checkpointed_while_intake_runs(make_sidecar):
     """The WAL is copied into ledger.db by the checkpoint thread, long before the writer's own
     backstop (ledger.WAL_AUTOCHECKPOINT_PAGES) would, so the writer never stalls on it."""
-    from syncwatch.ledger.transitions import WAL_AUTOCHECKPOINT_PAGES
+    from syncwatch.ledger.sqlite_store import WAL_AUTOCHECKPOINT_PAGES
 
     sc = make_sidecar({"flows": {"orders": {"destinations": ["erp"], "deadline": "1h"}}}, name="sc")
     db_file = sc.workdir / "data" / "ledger.db"

@@ -1,7 +1,7 @@
 """Turn an OTLP trace export (as a trace_view.TraceView) into ledger events.
 
 This is the hot path of span intake: it asks each span's attribute map for the keys syncwatch
-needs and builds one plain tuple per stage span, in the field order of ledger.EVENT_COLUMNS.
+needs and builds one ledger.records.Event per stage span.
 Everything else (correlated spans without a stage, uncorrelated spans) is only counted.
 """
 
@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from syncwatch.ledger.records import Event
 from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_NAMES, STAGE_SOURCE
 
 STAGE = "syncwatch.stage"
@@ -38,6 +39,7 @@ MAX_NAME_LENGTH = 128  # flow, source and destination names
 MAX_VALUE_LENGTH = 512  # idempotency keys, error types and response codes
 
 _intern = sys.intern
+_new = tuple.__new__  # an Event without the Python-level NamedTuple __new__ (ledger/records.py)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -95,7 +97,7 @@ def parse_timestamp(value) -> float:
 
 @dataclass
 class Extracted:
-    events: list = field(default_factory=list)  # tuples for the ledger (see ledger.EVENT_COLUMNS)
+    events: list[Event] = field(default_factory=list)
     correlated: int = 0
     uncorrelated: int = 0
     unrelated: int = 0  # with mapping rules: spans of no flow (not counted for coverage)
@@ -303,7 +305,7 @@ class SpanExtractor:
         return out
 
     @staticmethod
-    def _event(span, get, resource_get, corr, stage_name, received, out: Extracted):
+    def _event(span, get, resource_get, corr, stage_name, received, out: Extracted) -> Event | None:
         stage = STAGE_NAMES.get(stage_name)
         if stage is None:
             out.reject(
@@ -387,20 +389,23 @@ class SpanExtractor:
                     rid = v.string_value or _value(v)
                     if rid is not None and 0 < len(str(rid)) <= MAX_VALUE_LENGTH:
                         out.record_ids.append((str(flow), str(corr), dest and str(dest), str(rid), end or received))
-        return (
-            trace_id,
-            span_id,
-            corr if corr.__class__ is str else str(corr),
-            _intern(str(flow)),
-            stage,
-            _intern(str(source)) if source else None,
-            _intern(str(dest)) if dest else None,
-            start,
-            end,
-            changed_at,
-            attempt,
-            None if code is None else _code_text(code),
-            None if error is None else str(error)[:MAX_VALUE_LENGTH],
-            None if idem is None else str(idem),
-            received,
+        return _new(
+            Event,
+            (
+                trace_id,
+                span_id,
+                corr if corr.__class__ is str else str(corr),
+                _intern(str(flow)),
+                stage,
+                _intern(str(source)) if source else None,
+                _intern(str(dest)) if dest else None,
+                start,
+                end,
+                changed_at,
+                attempt,
+                None if code is None else _code_text(code),
+                None if error is None else str(error)[:MAX_VALUE_LENGTH],
+                None if idem is None else str(idem),
+                received,
+            ),
         )
