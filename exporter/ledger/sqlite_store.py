@@ -9,11 +9,16 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from syncwatch.config.errors import ConfigError
+from syncwatch.config.errors import ConfigError, SyncwatchError
 from syncwatch.config.models import Config
 from syncwatch.ledger.records import ClosedRow, OpenRow, TxKey
 from syncwatch.ledger.schema import DDL, MIGRATE_FROM_3, MIGRATE_FROM_4, SCHEMA_VERSION, corr_hash
 from syncwatch.ledger.store import BatchWrites
+
+
+class LedgerSchemaError(SyncwatchError):
+    """The ledger file has a schema this syncwatch cannot use, or migrating it failed (the file is unchanged)."""
+
 
 log = logging.getLogger("syncwatch.ledger")
 
@@ -114,7 +119,7 @@ class SqliteStore:
         if version in (3, 4):
             self._migrate(version)
         elif version not in (None, SCHEMA_VERSION):
-            raise RuntimeError(
+            raise LedgerSchemaError(
                 f"ledger {self.path} has schema version {version}, this syncwatch "
                 f"needs {SCHEMA_VERSION}: move the old file away (or set storage.sqlite_path)"
             )
@@ -132,7 +137,7 @@ class SqliteStore:
         except sqlite3.Error as exc:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")  # the file stays at its old schema, as it was
-            raise RuntimeError(
+            raise LedgerSchemaError(
                 f"ledger {self.path}: migrating schema {version} -> {SCHEMA_VERSION} failed, the file is unchanged: {exc}"
             ) from None
 
