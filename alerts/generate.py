@@ -437,6 +437,54 @@ max by (job, reconciler) (syncwatch_reconciler_up == 0)""",
         ),
     ]
 
+    # Payload audits (issue 15): what the seed's root causes look like while they happen.
+    audits = [
+        r.alert(
+            "SyncwatchFieldOwnershipViolation",
+            "sum by (job, instance, flow, field, writer) (increase(syncwatch_audit_violations_total[1h])) > 0",
+            "0m",
+            "warning",
+            "{{ $labels.writer }} changed {{ $labels.flow }} field {{ $labels.field }}, which it does not own",
+            """{{ $value | printf "%.0f" }} write(s) in the last hour by {{ $labels.writer }} changed the
+            {{ $labels.flow }} field {{ $labels.field }} while another system owns it (audit.flows
+            ownership map): the old-address-overwrites-the-new case.""",
+            r.dashboard(ERP_DASHBOARD_UID, flow="flow"),
+        ),
+        r.alert(
+            "SyncwatchWriteConflicts",
+            "sum by (job, instance, flow, field) (increase(syncwatch_audit_conflicts_total[1h])) > 0",
+            "0m",
+            "warning",
+            "Two systems changed {{ $labels.flow }} field {{ $labels.field }} within one sync window",
+            """{{ $value | printf "%.0f" }} conflict(s) in the last hour: two different systems changed
+            the {{ $labels.flow }} field {{ $labels.field }} of the same record within the flow's sync
+            window; one of the changes was lost.""",
+            r.dashboard(ERP_DASHBOARD_UID, flow="flow"),
+        ),
+        r.alert(
+            "SyncwatchIdempotencyKeyReuse",
+            "sum by (job, instance, flow) (increase(syncwatch_audit_idempotency_key_reuse_total[1h])) > 0",
+            "0m",
+            "warning",
+            "{{ $labels.flow }}: an idempotency key was reused with a different payload",
+            """{{ $value | printf "%.0f" }} request(s) in the last hour reused an idempotency key of the
+            {{ $labels.flow }} flow with a different body: a retry that is not a retry, which the
+            destination will either drop or apply twice.""",
+            r.dashboard(ERP_DASHBOARD_UID, flow="flow"),
+        ),
+        r.alert(
+            "SyncwatchDuplicateDestinationRecords",
+            "sum by (job, instance, flow) (increase(syncwatch_audit_duplicate_records_total[1h])) > 0",
+            "0m",
+            "critical",
+            "{{ $labels.flow }}: one change was confirmed into two destination records",
+            """{{ $value | printf "%.0f" }} correlation ID(s) of the {{ $labels.flow }} flow were
+            confirmed into a second, different destination record ID in the last hour: a duplicate
+            record (e.g. a duplicate order in the ERP).""",
+            r.dashboard(ERP_DASHBOARD_UID, flow="flow"),
+        ),
+    ]
+
     return {
         "groups": [
             {"name": "syncwatch-recording", "rules": recording},
@@ -444,6 +492,7 @@ max by (job, reconciler) (syncwatch_reconciler_up == 0)""",
             {"name": "syncwatch-transactions", "rules": transactions},
             {"name": "syncwatch-itself", "rules": itself},
             {"name": "syncwatch-reconcile", "rules": reconcile},
+            {"name": "syncwatch-audits", "rules": audits},
         ]
     }
 

@@ -6,6 +6,7 @@
    increasing order numbers as correlation IDs (--rounds times, the median counts), again with
    random UUIDs, and again with each transaction's stages split over three consecutive requests;
    each between two measurements of the ceiling, to which it is compared;
+   and in this process, extraction + Ledger.record alone (no HTTP, no decode): the ledger's own cost;
 3. RSS per pending transaction with 1,000,000 pending;
 4. seconds to reload 1,000,000 pending transactions after a restart;
 5. with --sustained N: spans/s as one sidecar's ledger grows over N requests (UUID IDs);
@@ -269,6 +270,48 @@ def whole_path(bodies: list[bytes], workdir: Path, segments: int = 1, rules: dic
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
 
 
+def _event_type():
+    """The ledger's event record (ledger/records.py), or a plain tuple on a layout before it."""
+    try:
+        from syncwatch.ledger.records import Event
+    except ImportError:
+        return lambda *fields: fields
+    return Event
+
+
+def in_process(bodies: list[bytes], workdir: Path, rounds: int = 3) -> tuple[float, float]:
+    """Span extraction + Ledger.record in this process, 16 requests per batch as the writer groups
+    them; requests decoded beforehand (untimed). spans/s and CPU µs per span (steadier than wall
+    time on a shared machine), medians of `rounds` fresh ledgers."""
+    from syncwatch.config.models import Config
+    from syncwatch.intake.decode import PROTOBUF, decode_traces
+    from syncwatch.intake.extract import SpanExtractor
+    from syncwatch.ledger.transitions import Ledger
+    from syncwatch.metrics.registry import Metrics
+
+    gc.set_threshold(50_000, 20, 10)  # as the sidecar sets it (app._tune_gc)
+    rates, cpu = [], []
+    for r in range(rounds):
+        config = Config.model_validate({"storage": {"data_dir": str(workdir / f"in-process-{r}")}})
+        ledger = Ledger(config, Metrics())
+        extractor = SpanExtractor(config.correlation.keys, config.limits.max_correlation_id_length)
+        views = [decode_traces(body, PROTOBUF) for body in bodies]
+        received = time.time()
+        n = 0
+        started, started_cpu = time.perf_counter(), time.process_time()
+        for i in range(0, len(views), 16):
+            events = []
+            for view in views[i : i + 16]:
+                out = extractor.extract(view, received)
+                n += out.correlated + out.uncorrelated
+                events.extend(out.events)
+            ledger.record(events)
+        rates.append(n / (time.perf_counter() - started))
+        cpu.append((time.process_time() - started_cpu) / n * 1e6)
+        ledger.close()
+    return sorted(rates)[len(rates) // 2], sorted(cpu)[len(cpu) // 2]
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -281,13 +324,14 @@ def pending_memory_and_reload(n: int, workdir: Path) -> tuple[float, float, floa
 
     config = Config.model_validate({"storage": {"data_dir": str(workdir / "ledger")}})
     t0 = time.time()
+    event = _event_type()
 
     def fill():
         ledger = Ledger(config, Metrics())
         batch = 20_000
         for start in range(0, n, batch):
             events = [
-                (
+                event(
                     os.urandom(16),
                     os.urandom(8),
                     f"order-{i:09d}-7f3a9c",
@@ -359,6 +403,7 @@ def main() -> None:
         rules_round = None
         if args.rules:
             rules_round = paired("rules", [build_plain_request(b, t0) for b in range(args.requests)], RULES_CONFIG)
+        ledger_alone = in_process(bodies, tmp)
         per_pending, reload_s, loaded = pending_memory_and_reload(args.pending, tmp)
         sustained = []
         if args.sustained:
@@ -390,6 +435,10 @@ def main() -> None:
             f"whole path, no syncwatch attributes, 10 rules:      {through:12,.0f} spans/s  "
             f"= {through / ceil:.0%} of its ceiling   [target >= 40%]"
         )
+    print(
+        f"in process, extraction + Ledger.record alone:    {ledger_alone[0]:12,.0f} spans/s  "
+        f"= {ledger_alone[1]:.2f} µs CPU per span"
+    )
     print(f"RSS per pending transaction at {loaded:,} pending:      {per_pending:12,.0f} bytes   [target <= 1024]")
     print(f"reload {loaded:,} pending after restart:              {reload_s:12.1f} s       [target <= 30]")
     if sustained:

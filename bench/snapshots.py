@@ -17,6 +17,9 @@ Prints:
      of which only max_bytes + 64 KiB is redacted.
 Targets (issue 4): >= 5,000 snapshots/s; <= 25 % of raw size; intake p99 < 50 ms during the sweep.
 Target (issue 11): every 4 KiB worst case redacted in under 10 ms.
+  5. (--only audit) 1. again with the payload audits on: a 20-field ownership map on the orders
+     flow, writers alternating storefront/erp; and the tracker's bytes per tracked field
+     (tracemalloc over 200,000 fields). Target (issue 15): still >= 5,000 snapshots/s.
 """
 
 from __future__ import annotations
@@ -131,6 +134,9 @@ def request_of(bodies: list[str], first_corr: int) -> ExportLogsServiceRequest:
                 KeyValue(key="syncwatch.payload.direction", value=AnyValue(string_value="request")),
                 KeyValue(key="syncwatch.flow", value=AnyValue(string_value="orders")),
                 KeyValue(key="syncwatch.destination", value=AnyValue(string_value="erp")),
+                KeyValue(
+                    key="syncwatch.source", value=AnyValue(string_value=("storefront", "erp")[(first_corr + j) % 2])
+                ),
             ]
         )
     return req
@@ -141,7 +147,45 @@ def percentile(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
-async def throughput(data_dir: Path, count: int, batch: int) -> None:
+AUDIT_FIELDS = [
+    "$.order_id", "$.external_id", "$.created_at", "$.channel", "$.status", "$.currency",
+    "$.customer.id", "$.customer.email", "$.customer.first_name", "$.customer.last_name", "$.customer.phone",
+    "$.billing_address.street", "$.billing_address.city", "$.billing_address.postal_code",
+    "$.billing_address.country", "$.shipping_address.street", "$.shipping_address.city",
+    "$.shipping_address.postal_code", "$.payment.method", "$.notes",
+]  # fmt: skip
+AUDIT = {
+    "flows": {
+        "orders": {
+            "record_key": "$.order_id",
+            "fields": {
+                p[2:]: {"path": p, "owner": "storefront" if i % 2 else "erp"} for i, p in enumerate(AUDIT_FIELDS)
+            },
+        }
+    }
+}
+
+
+def tracked_field_bytes(n: int = 200_000) -> float:
+    """Bytes of tracker state per tracked field: 10 fields per record, as the ownership map keeps them."""
+    import tracemalloc
+
+    from syncwatch.audit.tracker import Write, WriteTracker
+
+    names = [f"field{i}" for i in range(10)]
+    tracker = WriteTracker(n * 2)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for r in range(n // 10):
+        corr = f"SO-{r:010d}"
+        for name in names:
+            tracker.observe(Write("orders", f"R-{r:08d}", name, "erp", 1.8e9 + r, rnd.getrandbits(64), None, corr), 60)
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return used / tracker.fields
+
+
+async def throughput(data_dir: Path, count: int, batch: int, audit: bool = False) -> None:
     bodies = [order_payload(i) for i in range(2000)]
     raw_total = 0
     requests = []
@@ -149,7 +193,7 @@ async def throughput(data_dir: Path, count: int, batch: int) -> None:
         chunk = [bodies[(start + j) % len(bodies)] for j in range(min(batch, count - start))]
         raw_total += sum(len(b.encode()) for b in chunk)
         requests.append(request_of(chunk, start))
-    cfg = Config.model_validate({"storage": {"data_dir": str(data_dir)}})
+    cfg = Config.model_validate({"storage": {"data_dir": str(data_dir)}, "audit": AUDIT if audit else {}})
     intake = SnapshotIntake(cfg, Metrics())
     await intake.start()
     began = time.perf_counter()
@@ -157,14 +201,19 @@ async def throughput(data_dir: Path, count: int, batch: int) -> None:
     for req in requests:
         rejected, message = await intake.export_logs(req)
         assert not rejected, message
+    if intake.auditor is not None:  # counted until every payload is audited, not only stored
+        await asyncio.to_thread(intake.auditor.wait)
+        busy = intake.metrics.registry.get_sample_value("syncwatch_audit_skipped_total", {"reason": "busy"}) or 0
+        assert not busy, f"{busy:.0f} payloads not audited (audit thread behind)"
     elapsed = time.perf_counter() - began
     cpu = time.process_time() - cpu_began
     stats = await intake._run(intake.store.stats)
     dict_id = stats.dictionary_id
     await intake.stop()
     avg = raw_total / count
+    label = "5. with a 20-field ownership map:" if audit else "1."
     print(
-        f"1. stored {count} snapshots of {avg:.0f} B JSON in {elapsed:.2f}s: {count / elapsed:,.0f} snapshots/s "
+        f"{label} stored {count} snapshots of {avg:.0f} B JSON in {elapsed:.2f}s: {count / elapsed:,.0f} snapshots/s "
         f"({count / cpu:,.0f}/s per CPU-second of the process); dictionary in use: {'yes' if dict_id else 'no'}"
     )
     print(
@@ -319,7 +368,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="log records per OTLP request")
     parser.add_argument("--sweep-rows", type=int, default=1_000_000, help="expired snapshots to sweep")
     parser.add_argument("--worst-rounds", type=int, default=200, help="runs of each worst-case payload")
-    parser.add_argument("--only", choices=["throughput", "sweep", "worst"], help="run one part")
+    parser.add_argument("--only", choices=["throughput", "sweep", "worst", "audit"], help="run one part")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="syncwatch-bench-") as tmp:
         if args.only in (None, "throughput"):
@@ -328,6 +377,9 @@ def main() -> None:
             asyncio.run(sweep_latency(Path(tmp) / "b", args.sweep_rows))
         if args.only in (None, "worst"):
             worst(args.worst_rounds)
+        if args.only in (None, "audit"):
+            asyncio.run(throughput(Path(tmp) / "c", args.count, args.batch, audit=True))
+            print(f"   tracker state: {tracked_field_bytes():.0f} bytes per tracked field")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The metric names syncwatch exports, as Prometheus serves them (from SPEC.md's Metrics section,
-plus the few in BEYOND_SPEC, which README.md lists under "Metrics beyond the SPEC's list").
+plus those in BEYOND_SPEC, which README.md names and docs/reference.md lists).
 
 Dashboards and alert rules may only query these; the tests check every expression against this
 list, this list minus BEYOND_SPEC against SPEC.md, and BEYOND_SPEC against README.md.
@@ -26,6 +26,11 @@ COUNTERS = (
     "syncwatch_reconcile_found_total",
     "syncwatch_reconcile_findings_dropped_total",
     "syncwatch_reconcile_source_ids_total",
+    "syncwatch_audit_writes_total",
+    "syncwatch_audit_conflicts_total",
+    "syncwatch_audit_violations_total",
+    "syncwatch_audit_idempotency_key_reuse_total",
+    "syncwatch_audit_duplicate_records_total",
 )
 
 GAUGES = (
@@ -62,7 +67,7 @@ HISTOGRAMS = (
     "syncwatch_retry_backoff_seconds",
 )
 
-# Listed above but not in SPEC.md: documented in README.md's "Metrics beyond the SPEC's list".
+# Listed above but not in SPEC.md: named in README.md (and listed in docs/reference.md).
 BEYOND_SPEC = (
     "syncwatch_snapshot_store_up",
     "syncwatch_snapshot_truncated_total",
@@ -79,6 +84,11 @@ BEYOND_SPEC = (
     "syncwatch_reconcile_source_ids_total",
     "syncwatch_reconcile_expected_source_ids_per_hour",
     "syncwatch_reconcile_window_end_timestamp_seconds",
+    "syncwatch_audit_writes_total",
+    "syncwatch_audit_conflicts_total",
+    "syncwatch_audit_violations_total",
+    "syncwatch_audit_idempotency_key_reuse_total",
+    "syncwatch_audit_duplicate_records_total",
 )
 
 # Prometheus' own series about the scrape target.

@@ -635,6 +635,48 @@ def erp_health():
                 ),
             ],
         ),
+        (
+            "8. Data audits: field ownership and idempotency",
+            [
+                P(
+                    "Ownership violations by field and writer",
+                    """Writes changing a field the writer does not own (audit.flows ownership map),
+              per hour. Open /api/v1/audit/findings?kind=violation for both writes side by side.""",
+                    [
+                        Q(
+                            f"sum by (flow, field, writer) (increase(syncwatch_audit_violations_total{{{FLOW}}}[1h]))",
+                            "{{flow}} {{field}} by {{writer}}",
+                        )
+                    ],
+                ),
+                P(
+                    "Write conflicts by field",
+                    """Two systems changing the same field of the same record within the flow's sync
+              window, per hour: one of the two changes was lost.""",
+                    [
+                        Q(
+                            f"sum by (flow, field) (increase(syncwatch_audit_conflicts_total{{{FLOW}}}[1h]))",
+                            "{{flow}} {{field}}",
+                        )
+                    ],
+                ),
+                P(
+                    "Idempotency key reuse and duplicate records",
+                    """Retries that are not retries (same idempotency key, different body) and changes
+              confirmed into two destination records, per hour.""",
+                    [
+                        Q(
+                            f"sum by (flow) (increase(syncwatch_audit_idempotency_key_reuse_total{{{FLOW}}}[1h]))",
+                            "{{flow}} key reuse",
+                        ),
+                        Q(
+                            f"sum by (flow) (increase(syncwatch_audit_duplicate_records_total{{{FLOW}}}[1h]))",
+                            "{{flow}} duplicate records",
+                        ),
+                    ],
+                ),
+            ],
+        ),
     ]
     variables = [
         _datasource_var(),

@@ -10,6 +10,7 @@ import signal
 import time
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client.exposition import choose_encoder
 
 from syncwatch import __version__
@@ -62,6 +63,8 @@ class App:
             clock,
         )
         self.snapshots = self._make_snapshots()
+        if self.snapshots is not None and self.snapshots.auditor is not None:
+            self.writer.record_ids_sink = self.snapshots.auditor.submit_record_ids  # duplicate-record audit
         self.service = OtlpService(
             self.writer, self.metrics, snapshots=self.snapshots, retry_after=config.intake.retry_after, clock=clock
         )
@@ -107,7 +110,7 @@ class App:
         )
 
     def _http_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._count_refusals])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -122,6 +125,9 @@ class App:
 
         ui = dict(snapshots=self.snapshots, collectors=self.collectors, dead_letters=self.dead_letters)
         setup_ui(app, config=self.config, clock=self.clock, **ui)
+        from syncwatch.api.audit import setup_audit_api
+
+        setup_audit_api(app, config=self.config, snapshots=self.snapshots, clock=self.clock)
         return app
 
     async def start(self) -> None:
@@ -199,6 +205,15 @@ class App:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         body = await asyncio.to_thread(encoder, self.metrics.registry)  # collectors' callbacks stay off the loop
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+    @web.middleware
+    async def _count_refusals(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every request the API or the web view refuses for its token is counted: a guessing
+        client, or an integration with a rotated token, shows up on /metrics."""
+        response = await handler(request)
+        if response.status == 401:
+            self.metrics.auth_refusals.labels("ui" if request.path.startswith("/ui") else "api").inc()
+        return response
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
+from syncwatch.audit.metrics import AuditMetrics
 from syncwatch.collectors.base import CollectorSettings
 from syncwatch.collectors.config import SamplingSettings
 from syncwatch.collectors.deadletters import DeadLetterBook, DeadLetterMetric
@@ -50,6 +51,7 @@ def metrics_table() -> list[str]:
     CollectorMetrics(registry)
     RulesMetrics(registry)
     ReconcileMetrics(registry)
+    AuditMetrics(registry)
     with tempfile.TemporaryDirectory() as tmp:
         config = Config.model_validate({"storage": {"data_dir": tmp}, "snapshots": {"enabled": True}})
         snapshots = SnapshotIntake(config, metrics)
@@ -87,12 +89,20 @@ def attributes_table() -> list[str]:
         extract.IDEMPOTENCY_KEY: "operation key of a confirm (duplicate applies)",
     }
     out += [f"| `{k}` | span (or its resource) | {meanings[k]} |" for k in extract._READ]
+    out.append(f"| `{extract.RECORD_ID}` | confirm span | destination record ID (duplicate-record audit) |")
     out.append(f"| `{otlp_logs.DIRECTION_ATTR}` | log record | payload snapshot direction: request or response |")
     out.append(f"| `{otlp_logs.FLOW_ATTR}` | log record | flow of a payload snapshot |")
     out += [
         f"| `{k}` | log record | destination of a payload snapshot, first present wins |"
         for k in otlp_logs.DESTINATION_ATTRS
     ]
+    out.append(f"| `{otlp_logs.SOURCE_ATTR}` | log record | writer of a request payload (payload audits) |")
+    out.append(
+        f"| `{otlp_logs.IDEMPOTENCY_KEY_ATTR}` | log record | idempotency key of a request payload (key-reuse audit) |"
+    )
+    out.append(
+        f"| `{otlp_logs.RECORD_ID_ATTR}` | log record | destination record ID of a response (duplicate-record audit) |"
+    )
     return out
 
 

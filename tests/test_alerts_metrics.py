@@ -55,6 +55,9 @@ def test_metrics_beyond_the_spec_are_registered_with_their_listed_type(tmp_path)
     from syncwatch.reconcile.metrics import ReconcileMetrics
 
     ReconcileMetrics(registry)
+    from syncwatch.audit.metrics import AuditMetrics
+
+    AuditMetrics(registry)  # registered only when audit.flows is set
     types = {family.name + ("_total" if family.type == "counter" else ""): family.type for family in registry.collect()}
     kinds = {
         "counter": exported_metrics.COUNTERS,

@@ -231,3 +231,27 @@ def test_pagination_walks_every_row_once(tmp_path, config):
     seen, pages, bad = serve(tmp_path, config, scenario)
     assert seen == [f"late-{i:02d}" for i in range(25)] and pages == 3
     assert bad == [400, 400, 400, 400]
+
+
+def test_refused_tokens_are_counted_per_surface(make_sidecar):
+    """A guessing client or a rotated token shows on /metrics: every 401 of the API and the web view."""
+    import urllib.error
+    import urllib.request
+
+    sc = make_sidecar({"api": {"token": TOKEN}})
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}):
+        req = urllib.request.Request(sc.url + "/api/v1/transactions?state=overdue", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=10)
+        assert err.value.code == 401
+    req = urllib.request.Request(sc.url + "/ui/login", data=b"token=wrong&next=%2Fui%2F", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 401
+    ok = urllib.request.Request(
+        sc.url + "/api/v1/transactions?state=overdue", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    with urllib.request.urlopen(ok, timeout=10) as r:
+        assert r.status == 200
+    assert sc.metric("syncwatch_auth_refusals_total", surface="api") == 3
+    assert sc.metric("syncwatch_auth_refusals_total", surface="ui") == 1

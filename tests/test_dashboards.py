@@ -120,6 +120,7 @@ def test_erp_dashboard_has_a_row_per_signal_and_a_silent_loss_row():
         "Payload snapshots",
         "Sync lag",
         "Reconciliation against the systems of record",
+        "Data audits: field ownership and idempotency",
     ]
     silent = " ".join(t["expr"] for p in _panels(_load("erp-integration-health.json"))[:5] for t in p["targets"])
     for metric in (

@@ -76,7 +76,7 @@ def test_kill9_mid_stream_loses_no_acknowledged_transaction(make_sidecar):
 def test_ledger_file_is_checkpointed_while_intake_runs(make_sidecar):
     """The WAL is copied into ledger.db by the checkpoint thread, long before the writer's own
     backstop (ledger.WAL_AUTOCHECKPOINT_PAGES) would, so the writer never stalls on it."""
-    from syncwatch.ledger.transitions import WAL_AUTOCHECKPOINT_PAGES
+    from syncwatch.ledger.sqlite_store import WAL_AUTOCHECKPOINT_PAGES
 
     sc = make_sidecar({"flows": {"orders": {"destinations": ["erp"], "deadline": "1h"}}}, name="sc")
     db_file = sc.workdir / "data" / "ledger.db"
@@ -151,3 +151,27 @@ def test_a_schema_3_ledger_is_migrated_and_its_closed_transactions_still_found(m
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='closed_tx'")}
     assert indexes == {"closed_tx_by_hash", "closed_tx_problems"}
     db.close()
+
+
+def test_a_ledger_of_an_unknown_schema_refuses_to_start_with_a_message(make_sidecar):
+    """A ledger written by a newer syncwatch (or not a ledger) stops the start with one line, not a traceback."""
+    import subprocess
+    import sys
+
+    sc = make_sidecar(name="future", start=False)
+    data = sc.workdir / "data"
+    data.mkdir(parents=True)
+    db = sqlite3.connect(data / "ledger.db")
+    db.executescript(
+        "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT); INSERT INTO meta VALUES ('schema_version', '99');"
+    )
+    db.close()
+    out = subprocess.run(
+        [sys.executable, "-m", "syncwatch", "run", "--config", str(sc.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "cannot start" in out.stderr and "schema version 99" in out.stderr
+    assert "Traceback" not in out.stderr

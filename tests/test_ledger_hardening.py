@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from syncwatch.config.models import Config
 from syncwatch.intake.decode import PROTOBUF, decode_traces
 from syncwatch.intake.extract import SpanExtractor
+from syncwatch.ledger.records import Event
 from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_SOURCE
 from syncwatch.ledger.transitions import Ledger
 from syncwatch.metrics.registry import Metrics
@@ -27,8 +28,8 @@ T0 = 1_790_000_000.0
 def ev(
     stage, corr, at, flow="orders", source="storefront", dest="erp", attempt=None, code=None, idem=None, changed=None
 ):
-    """An event tuple in ledger.EVENT_COLUMNS order."""
-    return (
+    """An event, as extraction builds it."""
+    return Event(
         os.urandom(16),
         os.urandom(8),
         corr,

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from syncwatch.ledger import transitions as ledger
+from syncwatch.ledger import sqlite_store as ledger
 from syncwatch.ledger.schema import DDL, corr_hash
 
 

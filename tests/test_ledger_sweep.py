@@ -8,17 +8,18 @@ import os
 import sqlite3
 
 from syncwatch.config.models import Config
+from syncwatch.ledger.records import Event
 from syncwatch.ledger.schema import STAGE_CONFIRM
-from syncwatch.ledger.transitions import SWEEP_BATCH, Ledger
+from syncwatch.ledger.sqlite_store import SWEEP_BATCH
+from syncwatch.ledger.transitions import Ledger
 from syncwatch.metrics.registry import Metrics
 
 DAY = 86400.0
 T0 = 1_790_000_000.0
 
 
-def confirm(corr: str, at: float) -> tuple:
-    # Field order of ledger.EVENT_COLUMNS.
-    return (
+def confirm(corr: str, at: float) -> Event:
+    return Event(
         os.urandom(16),
         os.urandom(8),
         corr,
@@ -56,8 +57,8 @@ def test_sweep_forgets_only_what_is_past_the_horizon(tmp_path):
     assert left == ["recent", "skewed"]
 
 
-def source(corr: str, at: float) -> tuple:
-    return (
+def source(corr: str, at: float) -> Event:
+    return Event(
         os.urandom(16),
         os.urandom(8),
         corr,

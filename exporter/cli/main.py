@@ -9,10 +9,11 @@ import sys
 
 from syncwatch import __version__
 from syncwatch.cli.deadletters import add_subcommands as add_dead_letters
+from syncwatch.cli.ownership import add_subcommand as add_ownership
 from syncwatch.cli.reconcile import add_subcommands as add_reconcile
 from syncwatch.cli.rules import add_subcommand as add_rules
 from syncwatch.cli.transactions import add_subcommands as add_transactions
-from syncwatch.config.errors import ConfigError
+from syncwatch.config.errors import ConfigError, SyncwatchError
 from syncwatch.config.models import Config
 from syncwatch.demo import add_subcommand as add_demo
 from syncwatch.settings import load_config
@@ -30,6 +31,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"syncwatch: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    except SyncwatchError as exc:  # e.g. a ledger of a schema this version cannot use
+        print(f"syncwatch: cannot start: {exc}", file=sys.stderr)
+        return 1
     try:
         asyncio.run(app.run_forever())
     except OSError as exc:
@@ -95,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dead_letters(sub)
     add_reconcile(sub)
     add_demo(sub)
+    add_ownership(sub)
     return parser
 
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from syncwatch.audit.models import AuditConfig
 from syncwatch.config.durations import Duration
 from syncwatch.config.jsonpath import parse_json_path
 from syncwatch.rules.models import RulesConfig
@@ -202,6 +203,8 @@ class Config(_Model):
     api: ApiConfig = Field(default_factory=ApiConfig)
     # Mapping rules: transactions from the spans stock instrumentations emit (syncwatch.rules).
     rules: RulesConfig = Field(default_factory=RulesConfig)
+    # Payload audits: field ownership, write conflicts, idempotency misuse (syncwatch.audit).
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     # Validated by the collectors package (each plug-in owns its own settings model).
     collectors: list[dict[str, Any]] = Field(default_factory=list)
     sampling: dict[str, Any] = Field(default_factory=dict)

@@ -1,7 +1,7 @@
 """Turn an OTLP trace export (as a trace_view.TraceView) into ledger events.
 
 This is the hot path of span intake: it asks each span's attribute map for the keys syncwatch
-needs and builds one plain tuple per stage span, in the field order of ledger.EVENT_COLUMNS.
+needs and builds one ledger.records.Event per stage span.
 Everything else (correlated spans without a stage, uncorrelated spans) is only counted.
 """
 
@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_NAMES, STAGE_SOURCE
+from syncwatch.ledger.records import Event
+from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_NAMES, STAGE_SOURCE
 
 STAGE = "syncwatch.stage"
 FLOW = "syncwatch.flow"
@@ -27,6 +28,8 @@ HTTP_CODE = "http.response.status_code"
 CODE = "syncwatch.response_code"
 ERROR = "error.type"
 IDEMPOTENCY_KEY = "syncwatch.idempotency_key"
+# On confirm spans, for the duplicate-record audit (syncwatch.audit); not a ledger column.
+RECORD_ID = "syncwatch.destination.record_id"
 _READ = (STAGE, FLOW, SOURCE, DESTINATION, PEER, SERVER, CHANGED_AT, RESEND, HTTP_CODE, CODE, ERROR, IDEMPOTENCY_KEY)
 _MAX_ERRORS = 5  # error messages kept per request for partial_success
 # Times syncwatch accepts: from the epoch to the end of year 9999 (what a datetime can show).
@@ -36,6 +39,7 @@ MAX_NAME_LENGTH = 128  # flow, source and destination names
 MAX_VALUE_LENGTH = 512  # idempotency keys, error types and response codes
 
 _intern = sys.intern
+_new = tuple.__new__  # an Event without the Python-level NamedTuple __new__ (ledger/records.py)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -93,12 +97,14 @@ def parse_timestamp(value) -> float:
 
 @dataclass
 class Extracted:
-    events: list = field(default_factory=list)  # tuples for the ledger (see ledger.EVENT_COLUMNS)
+    events: list[Event] = field(default_factory=list)
     correlated: int = 0
     uncorrelated: int = 0
     unrelated: int = 0  # with mapping rules: spans of no flow (not counted for coverage)
     rejected: int = 0
     errors: list = field(default_factory=list)
+    # (flow, correlation ID, destination, record ID, time) of confirm spans naming the record created
+    record_ids: list = field(default_factory=list)
 
     def reject(self, message: str) -> None:
         self.rejected += 1
@@ -299,7 +305,7 @@ class SpanExtractor:
         return out
 
     @staticmethod
-    def _event(span, get, resource_get, corr, stage_name, received, out: Extracted):
+    def _event(span, get, resource_get, corr, stage_name, received, out: Extracted) -> Event | None:
         stage = STAGE_NAMES.get(stage_name)
         if stage is None:
             out.reject(
@@ -379,20 +385,27 @@ class SpanExtractor:
                 if idem is not None and len(str(idem)) > MAX_VALUE_LENGTH:
                     out.reject(f"{_where(span)}: syncwatch.idempotency_key longer than {MAX_VALUE_LENGTH} characters")
                     return None
-        return (
-            trace_id,
-            span_id,
-            corr if corr.__class__ is str else str(corr),
-            _intern(str(flow)),
-            stage,
-            _intern(str(source)) if source else None,
-            _intern(str(dest)) if dest else None,
-            start,
-            end,
-            changed_at,
-            attempt,
-            None if code is None else _code_text(code),
-            None if error is None else str(error)[:MAX_VALUE_LENGTH],
-            None if idem is None else str(idem),
-            received,
+                if stage == STAGE_CONFIRM and (v := get(RECORD_ID)) is not None:
+                    rid = v.string_value or _value(v)
+                    if rid is not None and 0 < len(str(rid)) <= MAX_VALUE_LENGTH:
+                        out.record_ids.append((str(flow), str(corr), dest and str(dest), str(rid), end or received))
+        return _new(
+            Event,
+            (
+                trace_id,
+                span_id,
+                corr if corr.__class__ is str else str(corr),
+                _intern(str(flow)),
+                stage,
+                _intern(str(source)) if source else None,
+                _intern(str(dest)) if dest else None,
+                start,
+                end,
+                changed_at,
+                attempt,
+                None if code is None else _code_text(code),
+                None if error is None else str(error)[:MAX_VALUE_LENGTH],
+                None if idem is None else str(idem),
+                received,
+            ),
         )

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from syncwatch.config.errors import SyncwatchError
 from syncwatch.intake.extract import SpanExtractor
@@ -55,6 +56,8 @@ class LedgerWriter:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._checkpointer = WalCheckpointer(ledger.config.storage.ledger_path)
+        # Destination record IDs of confirm spans, handed on once committed (the payload audits).
+        self.record_ids_sink: Callable[[list], None] | None = None
         self.commit_ok = True  # False while the last commit failed
         self.tick_ok = True  # False while marking overdue/expired fails
         self.last_error: str | None = None
@@ -129,7 +132,7 @@ class LedgerWriter:
                 return
 
     def _record(self, batch) -> None:
-        events, results = [], []
+        events, results, record_ids = [], [], []
         received = self.clock()
         for request, _, _, _ in batch:
             try:
@@ -140,6 +143,7 @@ class LedgerWriter:
                 continue
             events.extend(out.events)
             results.append(out)
+            record_ids.extend(out.record_ids)
         started = time.perf_counter()
         error = None
         if events:
@@ -151,6 +155,8 @@ class LedgerWriter:
                 self.commit_ok, self.last_error = False, str(exc)
                 error = exc
             self.metrics.ledger_commit.observe(time.perf_counter() - started)
+        if record_ids and error is None and self.record_ids_sink is not None:
+            self.record_ids_sink(record_ids)
         for (_, _, future, loop), result in zip(batch, results, strict=False):
             loop.call_soon_threadsafe(_resolve, future, error if error is not None else result)
 

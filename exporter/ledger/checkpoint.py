@@ -6,7 +6,7 @@ random order (UUIDs), every closed transaction dirties its own index page and ch
 often: in a sustained run with UUID IDs (bench/ingest.py --sustained), intake sank to ~52-58k
 spans/s as the ledger grew, the sidecar 12-17 % idle waiting for fsync. A PASSIVE checkpoint from another
 connection never blocks the writer; the writer keeps an automatic checkpoint only as a backstop
-(ledger.WAL_AUTOCHECKPOINT_PAGES) in case this thread falls behind or fails.
+(sqlite_store.WAL_AUTOCHECKPOINT_PAGES) in case this thread falls behind or fails.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class WalCheckpointer:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        from syncwatch.ledger.transitions import connect  # the same pragmas as the writer's connection
+        from syncwatch.ledger.sqlite_store import connect  # the same pragmas as the writer's connection
 
         conn = connect(self.path)
         try:

@@ -49,14 +49,14 @@ def decode_cursor(text: str, n: int) -> list[Any]:
     return values
 
 
-def _is_number(value) -> bool:
+def _is_number(value: Any) -> bool:
     """An int or float that is not a bool and not NaN (infinities compare; NaN does not)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return not (isinstance(value, float) and math.isnan(value))
 
 
-def _sort_key(value) -> float:
+def _sort_key(value: Any) -> float:
     """A number to order by; what is not one (None, text, NaN) sorts last."""
     if not _is_number(value):
         return math.inf
@@ -66,11 +66,11 @@ def _sort_key(value) -> float:
         return math.inf if value > 0 else -math.inf
 
 
-def _is_overdue(deadline, now: float) -> bool:
+def _is_overdue(deadline: Any, now: float) -> bool:
     return _is_number(deadline) and deadline < now
 
 
-def _overdue_seconds(deadline, now: float) -> float | None:
+def _overdue_seconds(deadline: Any, now: float) -> float | None:
     if not _is_number(deadline):
         return None
     try:
@@ -136,10 +136,10 @@ class LedgerQueries:
             _fill_timeline(e, _col(r, "timeline"))
             dests[(r["dest"], r["flow"])] = e
         for r in applies:
-            e = dests.get((r["dest"], r["flow"]))
-            if e is not None:
-                e["applies"] += r["applies"]
-                e["duplicate"] = e["duplicate"] or r["applies"] > 1
+            found = dests.get((r["dest"], r["flow"]))
+            if found is not None:
+                found["applies"] += r["applies"]
+                found["duplicate"] = found["duplicate"] or r["applies"] > 1
         return {
             "correlation_id": corr,
             "destinations": sorted(dests.values(), key=lambda e: (e["flow"], e["destination"])),
@@ -192,7 +192,8 @@ class LedgerQueries:
                 decode_cursor(cursor, 4)
             return [], None
         now = self.clock()
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if state in ("overdue", "pending"):
             sql = "SELECT t.* FROM open_tx t"
             order_col, desc = "t.deadline", False
@@ -290,14 +291,14 @@ def _load_timeline(text: str | None) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _entries(value, size: int) -> list:
+def _entries(value: Any, size: int) -> list[Any]:
     """The well-formed entries of a timeline list: lists of `size` fields (a malformed one is skipped)."""
     if not isinstance(value, list):
         return []
     return [v for v in value if isinstance(v, list) and len(v) == size]
 
 
-def _backoff(start, prev_end) -> float | None:
+def _backoff(start: Any, prev_end: Any) -> float | None:
     if not (_is_number(start) and _is_number(prev_end)):
         return None
     try:
@@ -309,7 +310,7 @@ def _backoff(start, prev_end) -> float | None:
 
 def _fill_timeline(e: dict, text: str | None) -> None:
     """Attempts, confirmation/failure and duplicate applies from a transaction's timeline JSON
-    (layout in ledger_schema.py). Values are passed on as stored; the API formats them."""
+    (layout in schema.py, entries in records.py). Values are passed on as stored; the API formats them."""
     tl = _load_timeline(text)
     for trace_id, span_id, start, end, n, code, error in _entries(tl.get("attempts"), 7):
         e["attempts"].append(

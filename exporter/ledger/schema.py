@@ -7,7 +7,7 @@ transaction survives `kill -9` of the process).
 One row per transaction (correlation ID, destination, flow), not per span: a transaction's attempts
 and closing span live in its `timeline` (JSON), so recording a span costs at most one row write and
 a transaction opened and closed within one batch costs exactly one. Duplicate OTLP deliveries are
-recognised by span ID against that state (see ledger.py).
+recognised by span ID against that state (see transitions.py).
 
 Times are unix seconds (REAL). Span and trace IDs in timelines are lowercase hex.
 timeline JSON: {"attempts": [[trace_id, span_id, start, end, n, code, error], ...],

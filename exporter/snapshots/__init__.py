@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
+from syncwatch.audit import make_auditor
 from syncwatch.config.models import Config
 from syncwatch.metrics.registry import Metrics
 from syncwatch.snapshots.capture import REDACT_MARGIN, body_bytes, capture
@@ -72,6 +73,7 @@ class SnapshotIntake:
         self.m = SnapshotMetrics(metrics.registry, retention=self.settings.retention, oldest_age=self._oldest_age)
         self.m_not_payload = metrics.log_records.labels("not_payload")
         self.m_payload = metrics.log_records.labels("payload")
+        self.auditor = make_auditor(config, metrics.registry, self._hash_key, clock)
         self.sweeper = RetentionSweeper(
             run=self._run,
             sweep_batch=self._sweep_batch,
@@ -99,6 +101,8 @@ class SnapshotIntake:
 
     async def stop(self) -> None:
         await self.sweeper.stop()
+        if self.auditor is not None:
+            await self._run(self.auditor.close)
         await self._run(self.store.close)
         self._executor.shutdown(wait=True)
 
@@ -224,6 +228,9 @@ class SnapshotIntake:
                 redactions[kind] = redactions.get(kind, 0) + n
         for kind, n in redactions.items():
             self.m.redactions.labels(kind).inc(n)
+        if self.auditor is not None:  # field ownership and idempotency audits, on redacted bodies
+            kept = [(s, p) for (s, _), p in zip(counted, payloads, strict=True) if id(s) not in gone]
+            self.auditor.submit(kept, self.store.find)
         # Store size: exact after each sweep, estimated from the compressed sizes in between.
         self.m.bytes.inc(sum(s.stored_bytes for s in stored))
         return stored, refused
@@ -247,6 +254,8 @@ class SnapshotIntake:
     def _sweep_batch(self, cutoff: float, limit: int) -> int:
         if not self._opened:
             return 0
+        if self.auditor is not None:
+            self.auditor.sweep(cutoff)
         return self.store.sweep(cutoff, limit)
 
     def _compact(self, pages: int) -> int:

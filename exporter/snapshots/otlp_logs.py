@@ -18,6 +18,9 @@ DIRECTION_ATTR = "syncwatch.payload.direction"
 DIRECTIONS = ("request", "response")
 FLOW_ATTR = "syncwatch.flow"
 DESTINATION_ATTRS = ("syncwatch.destination", "peer.service", "server.address")
+SOURCE_ATTR = "syncwatch.source"  # the writer, for the payload audits
+IDEMPOTENCY_KEY_ATTR = "syncwatch.idempotency_key"
+RECORD_ID_ATTR = "syncwatch.destination.record_id"
 MAX_CORRELATION_ID = 256  # characters; the sidecar passes limits.max_correlation_id_length
 
 
@@ -32,6 +35,12 @@ class PayloadRecord:
     flow: str | None
     destination: str | None
     corr_too_long: bool = False  # the ID attribute is there, longer than the limit (corr is None)
+    source: str | None = None
+    idempotency_key: str | None = None
+    record_id: str | None = None
+
+
+AUDIT_ATTRS = (SOURCE_ATTR, IDEMPOTENCY_KEY_ATTR, RECORD_ID_ATTR)
 
 
 def any_value(v: AnyValue) -> Any:
@@ -55,7 +64,7 @@ def _scalar_attr(v: AnyValue) -> str | None:
 def payload_records(
     request: ExportLogsServiceRequest, correlation_keys: list[str], max_correlation_id: int = MAX_CORRELATION_ID
 ) -> Iterator[PayloadRecord]:
-    wanted = set(correlation_keys) | {DIRECTION_ATTR, FLOW_ATTR, *DESTINATION_ATTRS}
+    wanted = set(correlation_keys) | {DIRECTION_ATTR, FLOW_ATTR, *DESTINATION_ATTRS, *AUDIT_ATTRS}
     for rl in request.resource_logs:
         resource_attrs = {kv.key: kv.value for kv in rl.resource.attributes if kv.key in wanted}
         for sl in rl.scope_logs:
@@ -102,4 +111,9 @@ def payload_records(
                     flow=_scalar_attr(attrs[FLOW_ATTR]) if FLOW_ATTR in attrs else None,
                     destination=destination,
                     corr_too_long=too_long,
+                    source=_scalar_attr(attrs[SOURCE_ATTR]) if SOURCE_ATTR in attrs else None,
+                    idempotency_key=_scalar_attr(attrs[IDEMPOTENCY_KEY_ATTR])
+                    if IDEMPOTENCY_KEY_ATTR in attrs
+                    else None,
+                    record_id=_scalar_attr(attrs[RECORD_ID_ATTR]) if RECORD_ID_ATTR in attrs else None,
                 )

@@ -60,11 +60,21 @@ def _changed_at_value(changed_at: ChangedAt) -> float | str:
 class Attempt:
     """One delivery attempt in progress: record its outcome and the payloads it carried."""
 
-    def __init__(self, owner: SyncInstrument, span: Span, correlation_id: str, flow: str):
+    def __init__(
+        self,
+        owner: SyncInstrument,
+        span: Span,
+        correlation_id: str,
+        flow: str,
+        source: str | None = None,
+        destination: str | None = None,
+    ):
         self._owner = owner
         self.span = span
         self.correlation_id = correlation_id
         self.flow = flow
+        self.source = source
+        self.destination = destination
         self.outcome_recorded = False
 
     def response(self, status_code: int) -> None:
@@ -88,11 +98,17 @@ class Attempt:
         self.span.set_status(Status(StatusCode.ERROR, error_type))
         self.outcome_recorded = True
 
-    def snapshot_request(self, payload: Payload) -> None:
-        self._owner.snapshot(self.correlation_id, payload, attr.DIRECTION_REQUEST, flow=self.flow, span=self.span)
+    def snapshot_request(self, payload: Payload, attributes: Mapping[str, Any] | None = None) -> None:
+        self._snapshot(payload, attr.DIRECTION_REQUEST, attributes)
 
-    def snapshot_response(self, payload: Payload) -> None:
-        self._owner.snapshot(self.correlation_id, payload, attr.DIRECTION_RESPONSE, flow=self.flow, span=self.span)
+    def snapshot_response(self, payload: Payload, attributes: Mapping[str, Any] | None = None) -> None:
+        self._snapshot(payload, attr.DIRECTION_RESPONSE, attributes)
+
+    def _snapshot(self, payload: Payload, direction: str, attributes: Mapping[str, Any] | None) -> None:
+        # Source and destination ride along: the payload audits name the writer of each field.
+        extra = {k: v for k, v in ((attr.SOURCE, self.source), (attr.DESTINATION, self.destination)) if v}
+        extra.update(attributes or {})
+        self._owner.snapshot(self.correlation_id, payload, direction, flow=self.flow, span=self.span, attributes=extra)
 
 
 class SyncInstrument:
@@ -163,7 +179,14 @@ class SyncInstrument:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            current = Attempt(self, span, correlation_id, flow_name)
+            current = Attempt(
+                self,
+                span,
+                correlation_id,
+                flow_name,
+                attrs.get(attr.SOURCE),
+                attrs.get(attr.DESTINATION),
+            )
             try:
                 yield current
             except BaseException as exc:
@@ -213,6 +236,7 @@ class SyncInstrument:
         *,
         flow: str | None = None,
         span: Span | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> None:
         """A payload snapshot as an OTLP log record: body = payload, attributes = correlation ID
         and direction (`request` | `response`), trace/span IDs of `span` (default: the current
@@ -223,6 +247,7 @@ class SyncInstrument:
         flow_name = flow or self.flow
         if flow_name:
             attrs[attr.FLOW] = flow_name
+        attrs.update(attributes or {})
         context = trace.set_span_in_context(span) if span is not None else None
         self._logger.emit(_logs.LogRecord(context=context, body=_payload_body(payload), attributes=attrs))
 

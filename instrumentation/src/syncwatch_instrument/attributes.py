@@ -16,6 +16,7 @@ RESPONSE_CODE = "syncwatch.response_code"  # non-HTTP response codes
 ERROR_TYPE = "error.type"
 IDEMPOTENCY_KEY = "syncwatch.idempotency_key"
 PAYLOAD_DIRECTION = "syncwatch.payload.direction"
+DESTINATION_RECORD_ID = "syncwatch.destination.record_id"  # the record the destination created
 
 STAGE_SOURCE = "source"
 STAGE_ATTEMPT = "attempt"

@@ -1,0 +1,141 @@
+"""Per (flow, record, field): the latest write seen (time, value hash, writer, correlation ID), and
+the findings a new write makes against it. Pure and single-threaded (it runs on the snapshot
+store thread); memory is bounded by a cap on tracked fields and the retention sweep."""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass
+
+CONFLICT = "conflict"
+VIOLATION = "violation"
+
+# One tracked field: (time, value hash, writer, correlation ID). Writer and correlation ID strings
+# are shared by every field of the same payload.
+State = tuple[float, int, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    flow: str
+    record: str
+    field: str
+    writer: str
+    time: float
+    value_hash: int
+    owner: str | None  # who owns the field for this write (None: nobody)
+    corr: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: str  # conflict | violation
+    write: Write
+    prev: State
+
+
+class WriteTracker:
+    def __init__(self, max_fields: int) -> None:
+        self.max_fields = max_fields
+        self._records: OrderedDict[tuple[str, str], dict[str, State]] = OrderedDict()
+        self.fields = 0
+        self.evicted = 0
+
+    def observe(self, write: Write, window: float) -> list[Finding]:
+        """One write (the property test's entry); the intake uses observe_record."""
+        found = self.observe_record(
+            write.flow,
+            write.record,
+            write.writer,
+            write.time,
+            write.corr,
+            window,
+            [(write.field, write.value_hash, write.owner)],
+        )
+        return [Finding(kind, write, prev) for _field, kind, prev in found]
+
+    def observe_record(
+        self,
+        flow: str,
+        record: str,
+        writer: str,
+        t: float,
+        corr: str,
+        window: float,
+        items: list[tuple[str, int, str | None]],
+    ) -> list[tuple[str, str, State]]:
+        """The fields (name, value hash, owner) one payload wrote to one record; returns the
+        findings as (field, kind, the earlier write)."""
+        key = (flow, record)
+        rec = self._records.get(key)
+        if rec is None:
+            rec = self._records[key] = {}
+        else:
+            self._records.move_to_end(key)
+        writer = sys.intern(writer)
+        found: list[tuple[str, str, State]] = []
+        for field, h, owner in items:
+            prev = rec.get(field)
+            if prev is None:
+                self.fields += 1
+                rec[field] = (t, h, writer, corr)
+                continue
+            if prev[1] != h:
+                if prev[2] != writer and abs(t - prev[0]) <= window:
+                    found.append((field, CONFLICT, prev))
+                if owner is not None and writer != owner:
+                    found.append((field, VIOLATION, prev))
+            if t >= prev[0]:
+                # The latest write in time stays the reference; a late-arriving older one does not replace it.
+                rec[field] = (t, h, writer, corr)
+        while self.fields > self.max_fields and self._records:
+            _, gone = self._records.popitem(last=False)
+            self.fields -= len(gone)
+            self.evicted += len(gone)
+        return found
+
+    def sweep(self, cutoff: float) -> int:
+        """Forget fields last written before `cutoff` (the snapshot retention's cutoff)."""
+        removed = 0
+        for key in list(self._records):
+            rec = self._records[key]
+            old = [f for f, st in rec.items() if st[0] < cutoff]
+            for f in old:
+                del rec[f]
+            removed += len(old)
+            if not rec:
+                del self._records[key]
+        self.fields -= removed
+        return removed
+
+
+class LatestByKey:
+    """A bounded map key -> (value, correlation ID, time): idempotency keys and record IDs."""
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[tuple[str, ...], tuple[str, str, float]] = OrderedDict()
+        self.evicted = 0
+
+    def swap(self, key: tuple[str, ...], value: str, corr: str, time: float) -> tuple[str, str, float] | None:
+        """Remember value for key; returns the earlier entry when its value differs."""
+        prev = self._items.get(key)
+        if prev is not None and prev[0] == value:
+            self._items.move_to_end(key)
+            return None
+        self._items[key] = (value, corr, time)
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+            self.evicted += 1
+        return prev
+
+    def sweep(self, cutoff: float) -> int:
+        old = [k for k, v in self._items.items() if v[2] < cutoff]
+        for k in old:
+            del self._items[k]
+        return len(old)
+
+    def __len__(self) -> int:
+        return len(self._items)

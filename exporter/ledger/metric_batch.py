@@ -1,0 +1,159 @@
+"""The ledger's metric updates, held per batch and applied after its commit: metrics then describe
+exactly what is durable, and a batch costs one update per series instead of one per span. Labels
+are folded into bounded sets here (metrics/labels.py), and the retry-jitter windows live here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict, deque
+from typing import Any, overload
+
+from prometheus_client import Counter, Gauge
+
+from syncwatch.config.models import Config
+from syncwatch.metrics.labels import UNKNOWN, LabelSets
+from syncwatch.metrics.registry import BatchHistogram, Metrics
+
+JITTER_WINDOW = 50  # recent backoffs kept per (flow, destination, attempt number)
+JITTER_MIN_SAMPLES = 5
+JITTER_MAX_N = 16  # attempt numbers above this share one jitter window
+
+Labels = tuple[Any, ...]  # span values in a metric's label order (a code may be None)
+Series = Counter | Gauge  # the metrics a batch counts into
+
+
+class MetricBatch:
+    """Counter and gauge deltas and histogram observations of one batch, keyed by span values."""
+
+    def __init__(self, config: Config, metrics: Metrics):
+        self.metrics = metrics
+        self.label_sets = LabelSets(config, metrics)
+        # (metric, span values) -> delta. Public: the ledger's hot path adds to it inline.
+        self.deltas: dict[tuple[Series, Labels], float] = {}
+        self._obs: dict[tuple[BatchHistogram, Labels], list[float]] = {}
+        self._fold_cache: dict[tuple[int, Labels], Labels] = {}
+        self._child_cache: dict[tuple[int, Labels], Series] = {}
+        self._jitter: defaultdict[tuple[str, str, int], deque[float]] = defaultdict(lambda: deque(maxlen=JITTER_WINDOW))
+        self._jitter_dirty: set[tuple[str, str]] = set()
+        self._backoffs: list[tuple[Labels, int, float]] = []  # added to the windows after commit
+
+    # ---- labels --------------------------------------------------------------------------------
+    @overload
+    def child(self, metric: Gauge, *labels: Any) -> Gauge: ...
+    @overload
+    def child(self, metric: Counter, *labels: Any) -> Counter: ...
+    @overload
+    def child(self, metric: Series, *labels: Any) -> Series: ...
+    def child(self, metric: Series, *labels: Any) -> Series:
+        """The metric's child for these span values, labels folded. prometheus-client's labels() is
+        the expensive part of an update: children are cached."""
+        folded = self.metric_labels(metric, labels)
+        key = (id(metric), folded)
+        child = self._child_cache.get(key)
+        if child is None:
+            child = self._child_cache[key] = metric.labels(*folded)
+        return child
+
+    def metric_labels(self, metric: Series | BatchHistogram, labels: Labels) -> Labels:
+        """Span values to metric labels from bounded sets (labels.LabelSets); cached only when
+        nothing was folded, so the cache is as bounded as the label sets."""
+        key = (id(metric), labels)
+        folded = self._fold_cache.get(key)
+        if folded is not None:
+            return folded
+        names = metric.labelnames if isinstance(metric, BatchHistogram) else metric._labelnames
+        sets, out, flow = self.label_sets, [], ""
+        for name, value in zip(names, labels, strict=False):
+            if name == "flow":
+                value = flow = sets.flow(value)
+            elif name in ("source", "destination"):
+                value = UNKNOWN if value == UNKNOWN else sets.system(flow, value)
+            elif name == "status_code":
+                value = sets.code(value)
+            out.append(value)
+        folded = tuple(out)
+        if folded == labels:
+            self._fold_cache[key] = folded
+        return folded
+
+    # ---- a batch -------------------------------------------------------------------------------
+    def inc(self, metric: Series, labels: Labels, n: float = 1) -> None:
+        key = (metric, labels)
+        self.deltas[key] = self.deltas.get(key, 0) + n
+
+    def observe(self, histogram: BatchHistogram, labels: Labels, value: float) -> None:
+        values = self._obs.get((histogram, labels))
+        if values is None:
+            self._obs[(histogram, labels)] = [value]
+        else:
+            values.append(value)
+
+    def attempt(self, flow: str, dest: str, code: str | None, n: int) -> None:
+        """Attempt number n of a transaction, with its response code."""
+        deltas, key = self.deltas, (self.metrics.attempts, (flow, dest, code))  # inc, inlined: once per attempt
+        deltas[key] = deltas.get(key, 0) + 1
+        if n > 1:
+            self.inc(self.metrics.retries, (flow, dest))
+
+    def lag(self, flow: str, source: str | None, dest: str, lag: float) -> float:
+        """A sync lag observed; a negative one (clocks that disagree) counts as skew and becomes 0."""
+        if lag < 0:
+            self.inc(self.metrics.clock_skew, (flow,))
+            lag = 0.0
+        self.observe(self.metrics.sync_lag, (flow, source or UNKNOWN, dest), lag)
+        return lag
+
+    def backoff(self, flow: str, dest: str, n: int, backoff: float) -> None:
+        """The time between attempt n-1 and attempt n: the backoff histogram and the jitter window."""
+        if backoff < 0:
+            return  # overlapping attempts (clock skew between hosts): no meaningful backoff
+        self.observe(self.metrics.retry_backoff, (flow, dest), backoff)
+        self._backoffs.append(((flow, dest), min(n, JITTER_MAX_N), backoff))
+
+    def apply(self) -> None:
+        """After a commit: the batch's updates go to the metrics."""
+        for (metric, labels), n in self.deltas.items():
+            if n:
+                self.child(metric, *labels).inc(n)
+        for (histogram, labels), values in self._obs.items():
+            histogram.observe_many(self.metric_labels(histogram, labels), values)
+        self.deltas.clear()
+        self._obs.clear()
+        if self._backoffs:
+            self._update_jitter()
+
+    def discard(self) -> None:
+        """After a rollback: the batch's updates describe nothing durable."""
+        self.deltas.clear()
+        self._obs.clear()
+        self._backoffs.clear()
+
+    def zero_open_gauges(self) -> None:
+        """Pending and overdue to 0, before memory is rebuilt from the store."""
+        m = self.metrics
+        for (metric_id, _), child in self._child_cache.items():
+            if metric_id in (id(m.pending), id(m.overdue)) and isinstance(child, Gauge):
+                child.set(0)
+
+    def _update_jitter(self) -> None:
+        gauge = self.metrics.retry_jitter
+        for fd, n, backoff in self._backoffs:
+            flow, dest = self.metric_labels(gauge, fd)  # windows per metric series, so they stay bounded
+            self._jitter[(flow, dest, n)].append(backoff)
+            self._jitter_dirty.add((flow, dest))
+        self._backoffs.clear()
+        for flow, dest in self._jitter_dirty:
+            total_w = total = 0.0
+            for (f, d, _n), window in self._jitter.items():
+                if f != flow or d != dest or len(window) < JITTER_MIN_SAMPLES:
+                    continue
+                mean = sum(window) / len(window)
+                if mean <= 0:
+                    continue
+                sd = math.sqrt(sum((b - mean) ** 2 for b in window) / len(window))
+                total += (sd / mean) * len(window)
+                total_w += len(window)
+            if total_w:
+                self.child(gauge, flow, dest).set(total / total_w)
+        self._jitter_dirty.clear()

@@ -1,0 +1,105 @@
+"""The attempts of each open transaction: a redelivered span is recognised by its span ID, an attempt
+without a resend count is numbered after the last, the backoff from the attempt before is found, and
+a retry storm's timeline is capped (the first attempts and the latest are kept, the rest counted).
+"""
+
+from __future__ import annotations
+
+from syncwatch.ledger.memory import Tx
+from syncwatch.ledger.records import Attempt, Event, Timeline, TxKey, attempts_of
+
+INDEX_ATTEMPTS = 32  # above this many attempts, a transaction's span IDs are found through a set
+TIMELINE_HEAD = 10  # attempts kept from the start of a capped timeline; the rest are the latest ones
+
+_new = tuple.__new__  # an Attempt without the Python-level NamedTuple __new__ (records.py)
+
+
+class AttemptIndex:
+    """Span IDs and attempt numbers of a transaction with many attempts (a retry storm), so each
+    new attempt costs the same however many came before it."""
+
+    __slots__ = ("end_of", "max_n", "spans")
+
+    def __init__(self, attempts: list[Attempt]):
+        self.spans = {a.span_id for a in attempts}
+        self.max_n = max(a.n for a in attempts)
+        self.end_of = {a.n: a.end for a in attempts}  # attempt number -> end of its latest span
+
+    def add(self, entry: Attempt) -> None:
+        self.spans.add(entry.span_id)
+        self.max_n = max(self.max_n, entry.n)
+        end_of = self.end_of
+        if len(end_of) > 4 * INDEX_ATTEMPTS and entry.n not in end_of:
+            end_of.clear()  # many distinct numbers: keep only recent ones (bounded memory)
+        end_of[entry.n] = entry.end
+
+
+class Timelines:
+    def __init__(self, max_attempts: int):
+        self.max_attempts = max_attempts
+        self.omitted: dict[TxKey, int] = {}  # key -> attempts dropped from the middle of its timeline
+        self._index: dict[TxKey, AttemptIndex] = {}  # key -> index of a transaction with many attempts
+
+    def add(self, key: TxKey, tx: Tx, ev: Event, span_hex: str) -> tuple[int, float | None] | None:
+        """Add an attempt span to an open transaction: (its number, the end of attempt n-1 if known),
+        or None when this span is already in the timeline (a redelivery)."""
+        attempts = tx.attempts
+        index = None
+        if attempts is None:
+            attempts = tx.attempts = []
+        elif len(attempts) <= INDEX_ATTEMPTS:
+            for a in attempts:
+                if a.span_id == span_hex:
+                    return None
+        else:
+            index = self._index.get(key)
+            if index is None:
+                index = self._index[key] = AttemptIndex(attempts)
+            if span_hex in index.spans:
+                return None
+        n = ev.attempt
+        if n is None:
+            n = (index.max_n if index is not None else max([a.n for a in attempts])) + 1 if attempts else 1
+        prev_end = None
+        if n > 1:
+            if index is not None:
+                prev_end = index.end_of.get(n - 1)
+            else:
+                prev_end = next((a.end for a in reversed(attempts) if a.n == n - 1), None)
+        entry: Attempt = _new(Attempt, (ev.trace_id.hex(), span_hex, ev.start, ev.end, n, ev.code, ev.error))
+        attempts.append(entry)
+        if index is not None:
+            index.add(entry)
+        if len(attempts) > self.max_attempts:
+            # A retry storm on one transaction: keep the first attempts and the latest, count the rest.
+            dropped = attempts.pop(TIMELINE_HEAD)
+            if index is not None:
+                index.spans.discard(dropped.span_id)
+            self.omitted[key] = self.omitted.get(key, 0) + 1
+        return n, prev_end
+
+    def add_late(self, doc: Timeline, ev: Event, span_hex: str) -> int | None:
+        """Add an attempt span to a closed transaction's timeline document: its number, or None
+        when the span is already in it."""
+        attempts = doc["attempts"] = attempts_of(doc.get("attempts", []))
+        if any(a.span_id == span_hex for a in attempts):
+            return None
+        n = ev.attempt or max((a.n for a in attempts), default=0) + 1
+        attempts.append(Attempt(ev.trace_id.hex(), span_hex, ev.start, ev.end, n, ev.code, ev.error))
+        if len(attempts) > self.max_attempts:
+            attempts.pop(TIMELINE_HEAD)
+            doc["omitted"] = doc.get("omitted", 0) + 1
+        return n
+
+    def closing(self, key: TxKey, tx: Tx) -> tuple[int, int]:
+        """A transaction closes: (its attempt count, the attempts omitted from its timeline); forgets it."""
+        attempts = len(tx.attempts) if tx.attempts else 0
+        if attempts > INDEX_ATTEMPTS:
+            self._index.pop(key, None)
+        # Timelines capped below INDEX_ATTEMPTS (limits.max_timeline_attempts >= 10) omit attempts too.
+        omitted = self.omitted.pop(key, 0) if self.omitted else 0
+        return attempts + omitted, omitted
+
+    def clear(self) -> None:
+        self.omitted.clear()
+        self._index.clear()

@@ -1,0 +1,195 @@
+"""Payload audits inside one SnapshotIntake (real SQLite store, real redactor): labels bounded by
+config, state bounded and swept with the snapshots, config mistakes named; and a property test
+holding the tracker's conflicts and violations to a brute-force recomputation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+from test_snapshots_store import Clock, make_request, sample
+
+from syncwatch.audit.models import FlowAudit
+from syncwatch.audit.ownership import FlowMap
+from syncwatch.audit.tracker import CONFLICT, VIOLATION, Write, WriteTracker
+from syncwatch.config.models import Config
+from syncwatch.metrics.registry import Metrics
+from syncwatch.snapshots import SnapshotIntake
+
+T0 = 1_800_000_000.0
+FLOWS = {"customers": {"destinations": ["storefront", "erp"], "deadline": "6h", "exactly_once": False}}
+AUDIT = {
+    "flows": {
+        "customers": {
+            "record_key": "$.id",
+            "sync_window": "1h",
+            "fields": {"email": {"path": "$.email", "owner": "storefront"}},
+        }
+    }
+}
+
+
+def _intake(tmp_path, audit=AUDIT, clock=None):
+    cfg = Config.model_validate({"storage": {"data_dir": str(tmp_path / "data")}, "flows": FLOWS, "audit": audit})
+    metrics = Metrics()
+    return SnapshotIntake(cfg, metrics, clock=clock or Clock(T0)), metrics
+
+
+def _req(corr: str, source: str, body: dict, t: float, flow: str = "customers"):
+    return make_request(
+        {
+            "corr": corr,
+            "direction": "request",
+            "body": json.dumps(body),
+            "time": t,
+            "attrs": {"syncwatch.flow": flow, "syncwatch.source": source},
+        }
+    )
+
+
+def test_writer_and_field_labels_come_from_config_only(tmp_path):
+    intake, metrics = _intake(tmp_path, {"flows": {"customers": {"record_key": "$.id"}}})
+
+    async def go():
+        await intake.start()
+        await intake.export_logs(_req("a", "storefront", {"id": 1, "x": "1"}, T0))
+        # A writer nobody configured, and a payload with a new field name: no new label values.
+        await intake.export_logs(_req("b", "evil\nwriter", {"id": 1, "x": "2", "brand_new_key": 7}, T0 + 1))
+        await intake.stop()
+
+    asyncio.run(go())
+    got = {
+        tuple(s.labels.values())
+        for fam in metrics.registry.collect()
+        if fam.name == "syncwatch_audit_conflicts"
+        for s in fam.samples
+        if s.name.endswith("_total")
+    }
+    assert got == {("customers", "unmapped", "other")}
+    assert sample(metrics, "syncwatch_audit_writes_total", flow="customers", field="unmapped", writer="other") == 3
+    assert sample(metrics, "syncwatch_audit_writes_total", flow="customers", field="unmapped", writer="storefront") == 2
+    assert sample(metrics, "syncwatch_audit_conflicts_total", flow="customers", field="unmapped", writer="other") == 1
+
+
+def test_state_is_capped_and_swept_with_the_snapshot_retention(tmp_path):
+    clock = Clock(T0)
+    intake, metrics = _intake(tmp_path, {**AUDIT, "max_tracked_fields": 3}, clock)
+
+    async def go():
+        await intake.start()
+        for i in range(5):
+            await intake.export_logs(_req(f"c{i}", "storefront", {"id": i, "email": f"u{i}@example.com"}, T0))
+        intake.auditor.wait()
+        assert intake.auditor.tracker.fields == 3
+        assert sample(metrics, "syncwatch_audit_evicted_total") == 2
+        # Past the retention the sweep forgets every field: a later ERP write finds nothing to conflict with.
+        clock.t = T0 + 73 * 3600
+        await intake.sweep_now()
+        assert intake.auditor.tracker.fields == 0
+        await intake.export_logs(_req("late", "erp", {"id": 4, "email": "x@example.com"}, clock.t))
+        await intake.export_logs(_req("nokey", "erp", {"email": "x@example.com"}, clock.t))
+        intake.auditor.wait()
+        await intake.stop()
+
+    asyncio.run(go())
+    assert sample(metrics, "syncwatch_audit_conflicts_total", flow="customers", field="email", writer="erp") == 0
+    assert sample(metrics, "syncwatch_audit_skipped_total", reason="no_record_key") == 1
+
+
+def test_an_unaudited_flow_costs_nothing(tmp_path):
+    intake, _ = _intake(tmp_path, {})
+    assert intake.auditor is None
+
+
+@pytest.mark.parametrize(
+    ("audit", "named"),
+    [
+        ({"flows": {"c": {"fields": {"a": {"path": "$.a[*]"}}}}}, "wildcard"),
+        ({"flows": {"c": {"fields": {"a": {"path": "$.a", "rules": [{"owner": "x"}]}}}}}, "needs a condition"),
+        (
+            {"flows": {"c": {"fields": {"a": {"path": "$.a", "rules": [{"owner": "x", "from": "2026-01-01T00:00"}]}}}}},
+            "timezone",
+        ),
+        ({"flows": {"c": {"fields": {"bad label!": {"path": "$.a"}}}}}, "metric label"),
+        ({"flows": {"c": {"record_key": "customer_id"}}}, "must start with $"),
+        ({"flows": {"c": {"fields": {"a": {"path": "$.a", "rules": [{"owner": "x", "path": "$.r"}]}}}}}, "go together"),
+    ],
+)
+def test_bad_audit_config_fails_naming_the_key(audit, named):
+    with pytest.raises(ValidationError) as exc:
+        Config.model_validate({"audit": audit})
+    text = str(exc.value)
+    assert "audit.flows.c" in text and named in text
+
+
+# -- property: the tracker against a brute-force recomputation --------------------------------------
+
+PROMO = (T0 + 30, T0 + 60)
+MAP = FlowAudit.model_validate(
+    {
+        "record_key": "$.id",
+        "sync_window": 20,
+        "fields": {
+            "price": {
+                "path": "$.price",
+                "owner": "erp",
+                "rules": [
+                    {
+                        "owner": "storefront",
+                        "from": datetime.fromtimestamp(PROMO[0], UTC).isoformat(),
+                        "until": datetime.fromtimestamp(PROMO[1], UTC).isoformat(),
+                    }
+                ],
+            },
+            "note": {"path": "$.note"},
+        },
+    }
+)
+
+writes_st = st.lists(
+    st.tuples(
+        st.sampled_from(["r1", "r2"]),
+        st.sampled_from(["price", "note"]),
+        st.sampled_from(["erp", "storefront", "wms"]),
+        st.integers(0, 100),
+        st.integers(0, 2),
+    ),
+    max_size=40,
+)
+
+
+def brute_force(writes: list[tuple[str, str, str, int, int]], window: float) -> list[tuple[int, str]]:
+    out = []
+    for i, (rec, field, writer, t, v) in enumerate(writes):
+        earlier = [(wt, j) for j, (r, f, _, wt, _) in enumerate(writes[:i]) if (r, f) == (rec, field)]
+        if not earlier:
+            continue
+        _, j = max(earlier)  # the latest in time; among equal times the last to arrive
+        _, _, pwriter, pt, pv = writes[j]
+        if pv == v:
+            continue
+        if pwriter != writer and abs(t - pt) <= window:
+            out.append((i, CONFLICT))
+        owner = ("storefront" if PROMO[0] <= T0 + t < PROMO[1] else "erp") if field == "price" else None
+        if owner is not None and writer != owner:
+            out.append((i, VIOLATION))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(writes_st)
+def test_conflicts_and_violations_equal_a_brute_force_recomputation(writes):
+    fmap = FlowMap("prices", MAP, 64)
+    tracker = WriteTracker(10_000)
+    got = []
+    for i, (rec, field, writer, t, v) in enumerate(writes):
+        body = {"id": rec, field: f"v{v}"}
+        for name, _label, value, owner in fmap.values(body, T0 + t):
+            w = Write("prices", rec, name, writer, T0 + t, hash(value), owner, f"c{i}")
+            got += [(i, f.kind) for f in tracker.observe(w, fmap.window)]
+    assert got == brute_force(writes, 20)
