@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from test_snapshots_store import Clock, make_request, sample
+from snapshot_data import Clock, make_request, sample
 
 from syncwatch.audit.models import FlowAudit
 from syncwatch.audit.ownership import FlowMap

@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from test_instrument import Exported
+from instrument_sdk import Exported
 
 from syncwatch.snapshots.redaction.markers import REDACTED_RE
 

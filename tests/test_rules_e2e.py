@@ -105,7 +105,9 @@ def vhost():
 
 def app(*args: str, helper: bool = False) -> None:
     env = {"PATH": "/usr/bin:/bin", "OTEL_BSP_SCHEDULE_DELAY": "200", "SW_HELPER": "1" if helper else "0"}
-    subprocess.run([sys.executable, str(ROOT / "tests" / "support" / "rules_apps.py"), *args], check=True, timeout=60, env=env)
+    subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "support" / "rules_apps.py"), *args], check=True, timeout=60, env=env
+    )
 
 
 LABELS = {"flow": "orders", "source": "storefront", "destination": "erp"}
