@@ -49,6 +49,7 @@ class DemoResult:
     api_url: str
     token: str
     worker_outcomes: dict[str, int] = field(default_factory=dict)
+    worker_attempts: dict[str, int] = field(default_factory=dict)  # per flow
 
 
 DEFAULT_LISTEN = {"http": 9873, "otlp_http": 4318, "otlp_grpc": 4317}
@@ -334,7 +335,9 @@ async def run_demo(
 
         say()
         say(render_report(truth, findings, final, worker.outcomes, config_path, base, token_file, keep_running))
-        result = DemoResult(truth, findings, final, config_path, base, token, dict(worker.outcomes))
+        result = DemoResult(
+            truth, findings, final, config_path, base, token, dict(worker.outcomes), dict(worker.attempts)
+        )
         if keep_running:
             say(f"\nsyncwatch keeps running: point Prometheus at {base}/metrics (OTLP/HTTP {otlp}). Ctrl-C to stop.")
             await _wait_forever()
