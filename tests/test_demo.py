@@ -249,3 +249,20 @@ def test_demo_command_on_rabbitmq(tmp_path):
     assert rows["write conflicts (customers)"][-3:] == ["1", "1", "ok"], proc.stdout
     for name, cols in rows.items():
         assert cols[-1] == "ok" and int(cols[-3]) == int(cols[-2]) > 0, (name, proc.stdout)
+
+
+def test_ground_truth_of_write_conflicts_from_the_address_book():
+    from syncwatch.demo.storefront import AddressWrite
+    from syncwatch.demo.truth import write_conflicts
+
+    writes = [
+        AddressWrite("C-1", "old", "storefront", 100.0),
+        AddressWrite("C-1", "new", "storefront", 101.0),  # the owner changing its own field: fine
+        AddressWrite("C-1", "old", "erp", 120.0),  # written back within 30 s: conflict and violation
+        AddressWrite("C-2", "a", "storefront", 100.0),
+        AddressWrite("C-2", "b", "erp", 131.0),  # 31 s later: outside the window, still a violation
+        AddressWrite("C-3", "x", "storefront", 100.0),
+        AddressWrite("C-3", "x", "erp", 101.0),  # the same value: no change, nothing to report
+    ]
+    assert write_conflicts(writes, 30.0, "storefront") == ({"C-1"}, {"C-1", "C-2"})
+    assert write_conflicts(reversed(writes), 30.0, "storefront") == ({"C-1"}, {"C-1", "C-2"})
