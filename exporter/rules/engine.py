@@ -11,6 +11,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from syncwatch.ledger.records import Event
 from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_FAIL, STAGE_NAMES
 from syncwatch.rules.conditions import (
     ALIASES,
@@ -27,6 +28,8 @@ from syncwatch.rules.events import EVENT_KEYS, MESSAGE_ID, span_events
 from syncwatch.rules.metrics import RulesMetrics
 from syncwatch.rules.models import RulesConfig
 from syncwatch.rules.stitch import Pending, StitchIndex
+
+_new = tuple.__new__  # records built without NamedTuple's keyword handling (the hot path's way, see ledger.records)
 
 # Re-exported: settings validates rules with compile_rule from here.
 __all__ = ["Decision", "RuleEngine", "build_engine", "compile_rule"]
@@ -279,7 +282,7 @@ class RuleEngine:
             decision.corr = corr
         append = out.events.append
         for ev in events:
-            append((*ev[:2], corr, *ev[3:]))
+            append(_new(Event, (*ev[:2], corr, *ev[3:])))
         if rule.give_up_after is not None and events:
             self._retry_policy(rule, events, corr, out, decision)
 
@@ -298,7 +301,9 @@ class RuleEngine:
         spans.add(last[1])
         if len(spans) >= (rule.give_up_after or 0):
             del self._failed[key]
-            out.events.append((*last[:2], corr, last[3], STAGE_FAIL, *last[5:12], last[12] or "gave_up", *last[13:]))
+            out.events.append(
+                _new(Event, (*last[:2], corr, last[3], STAGE_FAIL, *last[5:12], last[12] or "gave_up", *last[13:]))
+            )
             if decision is not None:
                 decision.stages.append("fail (give_up_after)")
 
