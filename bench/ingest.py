@@ -233,9 +233,12 @@ async def _send_all(url: str, bodies: list[bytes], concurrency: int) -> tuple[fl
         return time.perf_counter() - started, errors
 
 
-def whole_path(bodies: list[bytes], workdir: Path, segments: int = 1, rules: dict | None = None) -> list[float]:
+def whole_path(
+    bodies: list[bytes], workdir: Path, segments: int = 1, rules: dict | None = None, storage: dict | None = None
+) -> list[float]:
     """spans/s into a fresh sidecar, for each of `segments` consecutive slices of the requests."""
-    sc = Sidecar(workdir, {"snapshots": {"enabled": False}, **({"rules": rules} if rules else {})})
+    extra = {**({"rules": rules} if rules else {}), **({"storage": storage} if storage else {})}
+    sc = Sidecar(workdir, {"snapshots": {"enabled": False}, **extra})
     taskset = shutil.which("taskset")
     if taskset and os.cpu_count() and os.cpu_count() >= 2:
         # The sidecar gets core 0, this load generator runs on core 1.
@@ -382,7 +385,10 @@ def main() -> None:
         "--rounds", type=int, default=3, help="whole-path measurements with order-number IDs, each between two ceilings"
     )
     parser.add_argument("--rules", action="store_true", help="also spans without syncwatch attributes, 10 rules")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args()
+    if args.backend == "postgresql":
+        return postgres_main(args)
     t0 = time.time() - 3600
     bodies = [build_request(b, t0) for b in range(args.requests)]
     uuid_bodies = [build_request(b, t0, uuid_ids=True) for b in range(args.requests)]
@@ -447,6 +453,53 @@ def main() -> None:
             f"sustained, UUID IDs, {args.sustained} requests into one sidecar, spans/s per tenth as the ledger grows:"
         )
         print("  " + "  ".join(f"{(i + 1) * per_tenth / 1e6:.1f}M: {r:,.0f}" for i, r in enumerate(sustained)))
+
+
+def postgres_main(args: argparse.Namespace) -> None:
+    """--backend postgresql: spans/s into one sidecar whose ledger is on the machine's PostgreSQL
+    (127.0.0.1:5432, a scratch database), and PostgreSQL's own cost per ledger transaction from
+    pg_stat_database (rows written) and the WAL position (bytes; includes the server's other users)."""
+    import psycopg
+    from pg_support import dsn, scratch_database, storage_config
+
+    t0 = time.time() - 3600
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, scratch_database("syncwatch_bench") as db:
+        for name, uuid_ids in (("order-number IDs", False), ("random UUID IDs", True)):
+            bodies = [build_request(b, t0, uuid_ids) for b in range(args.requests)]
+            runs = []
+            for i in range(2):  # each into an empty ledger
+                with psycopg.connect(dsn("postgres"), autocommit=True) as admin:
+                    lsn0 = admin.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+                    rows0 = _pg_rows_written(admin, db)
+                    workdir = Path(tmp) / f"{name.split()[0]}-{i}"
+                    rate = whole_path(bodies, workdir, storage=storage_config(db, workdir))[0]
+                    time.sleep(1.5)  # the sidecar's backend flushes its statistics as it exits
+                    wal = admin.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn0,)).fetchone()[0]
+                    rows = _pg_rows_written(admin, db) - rows0
+                with psycopg.connect(dsn(db)) as conn:
+                    q = "SELECT (SELECT count(*) FROM open_tx) + (SELECT count(*) FROM closed_tx)"
+                    txs = conn.execute(q).fetchone()[0]
+                    conn.execute("TRUNCATE open_tx, closed_tx, applies")
+                runs.append((rate, float(wal) / txs, rows / txs, txs))
+            best = max(runs)
+            results.append((name, best[0], min(r[1] for r in runs), sum(r[2] for r in runs) / 2, best[3]))
+    print(
+        f"requests: {args.requests} x {SPANS_PER_REQUEST} spans (OTLP/HTTP protobuf) into one syncwatch run on one "
+        "core, ledger on PostgreSQL 127.0.0.1:5432 (each request committed before its answer); best of 2"
+    )
+    for name, rate, wal, rows, txs in results:
+        print(
+            f"  {name + ':':18s} {rate:10,.0f} spans/s   per ledger transaction: {rows:.2f} rows written, "
+            f"{wal:,.0f} WAL bytes  ({txs:,} transactions)   [target >= 20,000 spans/s]"
+        )
+
+
+def _pg_rows_written(admin, db: str) -> int:
+    row = admin.execute(
+        "SELECT tup_inserted + tup_updated + tup_deleted FROM pg_stat_database WHERE datname = %s", (db,)
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 if __name__ == "__main__":

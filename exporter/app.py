@@ -137,7 +137,7 @@ class App:
         _tune_gc()
         log.info(
             "ledger %s: %d open transactions reloaded in %.2fs",
-            self.config.storage.ledger_path,
+            "on PostgreSQL" if self.config.storage.backend == "postgresql" else self.config.storage.ledger_path,
             loaded,
             time.perf_counter() - started,
         )

@@ -1,7 +1,9 @@
 """`syncwatch demo` in short mode: syncwatch must find exactly the simulator's ground truth
 (measured at the ERP and in the DLQ, not taken from the fault plan): every lost order overdue,
 every dead-lettered record failed, every double-applied adjustment a duplicate, nothing else,
-and the DLQ depth as the collector sampled it from the queue."""
+and the DLQ depth as the collector sampled it from the queue; the reconciler finds every order in
+the storefront's database that is not in the ERP's, and the customers audit finds the one write
+conflict the ERP's nightly sync makes."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import pytest
 from syncwatch.demo.report import matches
 from syncwatch.demo.runner import run_demo
 from syncwatch.demo.scenario import DemoSettings
+from syncwatch.demo.storefront import schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,6 +55,37 @@ def test_short_demo_on_sqs_finds_exactly_the_ground_truth(tmp_path):
     assert found.duplicates_metric == len(truth.duplicates)
     assert matches(truth, found)
 
+    # Reconciliation against the two SQLite databases: every order never applied at the ERP (lost
+    # by the worker or dead-lettered), none of the applied ones.
+    unapplied_orders = {i for i in truth.lost | truth.dead_lettered if truth.sent[i] == "orders"}
+    assert unapplied_orders and truth.missing == unapplied_orders
+    assert found.missing == truth.missing, report
+    assert found.missing_metric == len(truth.missing)
+    n = len(truth.missing)
+    assert f"  {'missing at destination (orders)':34s} {n:9d} {n:7d}  ok" in report.splitlines()
+
+    # The ERP's nightly sync wrote one customer's old address back within the window: one conflict,
+    # and (the storefront owns the field) one violation, found from the redacted payloads.
+    (customer,) = truth.conflicts
+    assert truth.violations == {customer} and found.conflicts == {customer} and found.violations == {customer}
+    assert found.conflicts_metric == 1 and found.violations_metric == 1
+    for row in ("write conflicts (customers)", "ownership violations (customers)"):
+        assert f"  {row:34s} {1:9d} {1:7d}  ok" in report.splitlines(), report
+    (event,) = found.conflict_events
+    assert (event["field"], event["owner"], event["write"]["writer"], event["previous"]["writer"]) == (
+        "shipping.address",
+        "storefront",
+        "erp",
+        "storefront",
+    )
+    assert event["write"]["value"].startswith("[REDACTED:path:") and event["previous"]["value"].startswith(
+        "[REDACTED:path:"
+    )
+    assert event["write"]["value"] != event["previous"]["value"]
+    assert f"    conflict: customer {customer} shipping.address (owner storefront): storefront wrote " in report
+    addresses = [r.payload["shipping"]["address"] for r in schedule(DemoSettings.short()) if r.flow == "customers"]
+    assert not any(a in report for a in addresses)  # only the redaction markers are shown
+
     # Fixed-interval retries against the rate-limited ERP: the retry-storm signature.
     assert found.attempts_by_code.get("429", 0) > 0 and found.retries > 0
     assert min(found.jitter_ratio.values()) < 0.1, found.jitter_ratio
@@ -80,6 +114,20 @@ def test_short_demo_on_sqs_finds_exactly_the_ground_truth(tmp_path):
             page = r.read().decode()
         assert r.url == ui_url
         assert set(re.findall(r'class="tx" href="/ui/transactions/([^"]+)"', page)) == truth.lost
+        # The report's ownership command: every customers request payload the worker sent is a
+        # storefront write; the nightly sync's one write is the conflict and the violation.
+        token_file = result.config_path.parent / "api-token"
+        assert f"syncwatch ownership report --url {result.api_url} --token-file {token_file}" in report
+        csv_rows = _cli(
+            "ownership", "report", "--format", "csv", "--url", result.api_url, "--token-file", str(token_file)
+        )
+        assert csv_rows.splitlines() == [
+            "flow,field,writer,writes,conflicts,violations",
+            "customers,shipping.address,erp,1,1,1",
+            f"customers,shipping.address,storefront,{result.worker_attempts['customers']},0,0",
+        ]
+        markdown = _cli("ownership", "report", "--url", result.api_url, "--token-file", str(token_file))
+        assert "| shipping.address | erp | 1 | 1 | 1 |" in markdown.splitlines()
     finally:
         sidecar.terminate()
         sidecar.wait(20)
@@ -90,6 +138,19 @@ def test_short_demo_on_sqs_finds_exactly_the_ground_truth(tmp_path):
     snaps = [s for s in _walk(shown) if isinstance(s, dict) and s.get("direction") == "request"]
     assert snaps and all(example in json.dumps(s["body"]) for s in snaps)
     assert "@example.com" not in json.dumps(shown)  # the customer's e-mail was redacted before storing
+
+
+def _cli(*args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "syncwatch", *args],
+        cwd=ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
 
 
 def _clean_env() -> dict:
@@ -185,7 +246,28 @@ def test_demo_command_on_rabbitmq(tmp_path):
         "sent, never confirmed (overdue)",
         "dead-lettered (failed)",
         "applied twice (duplicate)",
+        "missing at destination (orders)",
+        "write conflicts (customers)",
+        "ownership violations (customers)",
         "DLQ depth (sampled from the queue)",
     }, proc.stdout
+    assert rows["write conflicts (customers)"][-3:] == ["1", "1", "ok"], proc.stdout
     for name, cols in rows.items():
         assert cols[-1] == "ok" and int(cols[-3]) == int(cols[-2]) > 0, (name, proc.stdout)
+
+
+def test_ground_truth_of_write_conflicts_from_the_address_book():
+    from syncwatch.demo.storefront import AddressWrite
+    from syncwatch.demo.truth import write_conflicts
+
+    writes = [
+        AddressWrite("C-1", "old", "storefront", 100.0),
+        AddressWrite("C-1", "new", "storefront", 101.0),  # the owner changing its own field: fine
+        AddressWrite("C-1", "old", "erp", 120.0),  # written back within 30 s: conflict and violation
+        AddressWrite("C-2", "a", "storefront", 100.0),
+        AddressWrite("C-2", "b", "erp", 131.0),  # 31 s later: outside the window, still a violation
+        AddressWrite("C-3", "x", "storefront", 100.0),
+        AddressWrite("C-3", "x", "erp", 101.0),  # the same value: no change, nothing to report
+    ]
+    assert write_conflicts(writes, 30.0, "storefront") == ({"C-1"}, {"C-1", "C-2"})
+    assert write_conflicts(reversed(writes), 30.0, "storefront") == ({"C-1"}, {"C-1", "C-2"})

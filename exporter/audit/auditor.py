@@ -4,7 +4,6 @@ counts findings and keeps them (with both writes, redacted) in audit.db."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -12,28 +11,22 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry
 
+from syncwatch.audit.findings import MAX_TEXT, PayloadAudit, fill_previous
 from syncwatch.audit.metrics import AuditMetrics
 from syncwatch.audit.models import AuditConfig
-from syncwatch.audit.ownership import MISSING, UNMAPPED, FlowMap, ValueHasher, get_path, scalar_text
+from syncwatch.audit.ownership import FlowMap, ValueHasher
 from syncwatch.audit.store import AuditStore, Counts, db_path
-from syncwatch.audit.tracker import CONFLICT, LatestByKey, WriteTracker
+from syncwatch.audit.tracker import LatestByKey, WriteTracker
 from syncwatch.snapshots.otlp_logs import PayloadRecord
 from syncwatch.snapshots.store import Snapshot
 
 log = logging.getLogger("syncwatch.audit")
 
 OTHER = "other"
-MAX_TEXT = 200  # characters of a redacted value or ID kept in a finding
-FLUSH_EVERY = 2.0
-MAX_QUEUED = 20_000  # payloads handed to the audit thread and not yet audited  # seconds between write-count flushes when no finding forces one
-
-
-def _text(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+FLUSH_EVERY = 2.0  # seconds between write-count flushes when no finding forces one
+MAX_QUEUED = 20_000  # payloads handed to the audit thread and not yet audited
 
 
 class Auditor:
@@ -57,6 +50,7 @@ class Auditor:
         self.keys = LatestByKey(cfg.max_tracked_fields)
         self.record_ids = LatestByKey(cfg.max_tracked_fields)
         self.m = AuditMetrics(registry)
+        self.payloads = PayloadAudit(self.hash, self.tracker, self.keys, self.record_ids, self.m)
         self.store = AuditStore(db_path(data_dir), cfg.max_events)
         self.clock = clock
         self._counts: Counts = {}
@@ -101,7 +95,7 @@ class Auditor:
             try:
                 events: list[dict[str, Any]] = []
                 for flow, corr, destination, record_id, t in mine:
-                    self._record_id_found(flow, corr, destination, record_id[:MAX_TEXT], t, events)
+                    self.payloads.record_id_found(flow, corr, destination, record_id[:MAX_TEXT], t, events)
                 if events:
                     self._flush(events)
             finally:
@@ -132,7 +126,7 @@ class Auditor:
             if fmap is None:
                 continue
             try:
-                self._one(fmap, snap, rec, events, counts)
+                self.payloads.one(fmap, snap, rec, events, counts)
             except Exception:  # one payload never stops the batch (or the store)
                 log.exception("audit of one payload failed (flow %s)", fmap.name)
                 self.m.skipped.labels("error").inc()
@@ -149,7 +143,7 @@ class Auditor:
                 self.m.conflicts.labels(flow, field, writer).inc(c)
             if v:
                 self.m.violations.labels(flow, field, writer).inc(v)
-        self._fill_previous(events, lookup)
+        fill_previous(events, lookup, self.maps)
         self.m.tracked.set(self.tracker.fields)
         evicted = self.tracker.evicted + self.keys.evicted + self.record_ids.evicted
         if evicted > self._evicted:
@@ -167,152 +161,6 @@ class Auditor:
         self._last_flush = self.clock()
         if events or counts:
             self.store.write(events or [], counts)
-
-    def _one(
-        self,
-        fmap: FlowMap,
-        snap: Snapshot,
-        rec: PayloadRecord,
-        events: list[dict[str, Any]],
-        counts: dict[tuple[int, str, str, str, str], list[int]],
-    ) -> None:
-        body: Any = MISSING
-        if snap.content_type == "json" and not snap.truncated:
-            try:
-                body = orjson.loads(snap.body)
-            except orjson.JSONDecodeError:
-                body = MISSING
-        t = snap.time
-        if snap.direction == "response":
-            record_id = rec.record_id
-            if record_id is None and fmap.record_id_steps is not None and body is not MISSING:
-                record_id = scalar_text(get_path(body, fmap.record_id_steps))
-            if record_id is not None:
-                self._record_id(fmap, snap, record_id[:MAX_TEXT], events)
-            return
-        if body is MISSING:
-            self.m.skipped.labels("truncated" if snap.truncated else "not_json").inc()
-            return
-        key = rec.idempotency_key
-        if key is None and fmap.key_steps is not None:
-            key = scalar_text(get_path(body, fmap.key_steps))
-        if key is not None:
-            prev_key = self.keys.swap((fmap.name, key), snap.sha256.hex()[:16], snap.corr, t)
-            if prev_key is not None:
-                self.m.key_reuse.labels(fmap.name).inc()
-                events.append(
-                    {
-                        "kind": "key_reuse",
-                        "flow": fmap.name,
-                        "record": _text(key),
-                        "writer": rec.source,
-                        "time": t,
-                        "corr": snap.corr,
-                        "value": snap.sha256.hex()[:16],
-                        "prev_time": prev_key[2],
-                        "prev_corr": prev_key[1],
-                        "prev_value": prev_key[0],
-                    }
-                )
-        if not rec.source:
-            self.m.skipped.labels("no_writer").inc()
-            return
-        record = fmap.record_key(body, snap.corr)
-        if record is None:
-            self.m.skipped.labels("no_record_key").inc()
-            return
-        writer = rec.source[:MAX_TEXT]
-        values = list(fmap.values(body, t))
-        h = self.hash
-        found = self.tracker.observe_record(
-            fmap.name, record, writer, t, snap.corr, fmap.window, [(name, h(v), owner) for name, _, v, owner in values]
-        )
-        day = int(t // 86400)
-        for name, label, _v, _owner in values:
-            ckey = (day, fmap.name, name, writer, label)
-            c = counts.get(ckey)
-            if c is None:
-                c = counts[ckey] = [0, 0, 0]
-            c[0] += 1
-        if not found:
-            return
-        by_name = {name: (v, owner) for name, _, v, owner in values}
-        for name, kind, prev in found:
-            value, owner = by_name[name]
-            label = name if fmap.fields else UNMAPPED
-            counts[(day, fmap.name, name, writer, label)][1 if kind == CONFLICT else 2] += 1
-            events.append(
-                {
-                    "kind": kind,
-                    "flow": fmap.name,
-                    "field": name,
-                    "record": _text(record),
-                    "writer": writer,
-                    "owner": owner,
-                    "time": t,
-                    "corr": snap.corr,
-                    "value": _text(value),
-                    "prev_writer": prev[2],
-                    "prev_time": prev[0],
-                    "prev_corr": prev[3],
-                    "_path": name,
-                }
-            )
-
-    def _record_id(self, fmap: FlowMap, snap: Snapshot, record_id: str, events: list[dict[str, Any]]) -> None:
-        self._record_id_found(fmap.name, snap.corr, snap.destination, record_id, snap.time, events)
-
-    def _record_id_found(
-        self, flow: str, corr: str, destination: str | None, record_id: str, t: float, events: list[dict[str, Any]]
-    ) -> None:
-        # Per destination: a customers change lands in two systems, each with its own record ID.
-        prev = self.record_ids.swap((flow, corr, destination or ""), record_id, corr, t)
-        if prev is None:
-            return
-        self.m.duplicate_records.labels(flow).inc()
-        events.append(
-            {
-                "kind": "duplicate_record",
-                "flow": flow,
-                "record": corr,
-                "writer": destination,
-                "time": t,
-                "corr": corr,
-                "value": record_id,
-                "prev_time": prev[2],
-                "prev_corr": prev[1],
-                "prev_value": prev[0],
-            }
-        )
-
-    def _fill_previous(self, events: list[dict[str, Any]], lookup: Callable[[str], list[Snapshot]]) -> None:
-        """The earlier write's redacted value, read back from its snapshot (findings are rare;
-        at most 100 look-ups per batch, the rest show only the correlation ID)."""
-        cache: dict[str, list[Snapshot]] = {}
-        for e in events[:100]:
-            path = e.pop("_path", None)
-            if path is None or not e.get("prev_corr"):
-                continue
-            fmap = self.maps[e["flow"]]
-            corr = e["prev_corr"]
-            if corr not in cache:
-                try:
-                    cache[corr] = lookup(corr)
-                except Exception:  # the snapshot store failing costs the side-by-side value only
-                    cache[corr] = []
-            for s in cache[corr]:
-                if s.direction != "request" or s.time != e["prev_time"] or s.content_type != "json":
-                    continue
-                try:
-                    body = json.loads(s.body)
-                except ValueError:
-                    continue
-                for name, _label, value, _owner in fmap.values(body, s.time):
-                    if name == path:
-                        e["prev_value"] = _text(value)
-                break
-        for e in events[100:]:
-            e.pop("_path", None)
 
     # -- retention -----------------------------------------------------------------------------
     def sweep(self, cutoff: float) -> None:

@@ -69,7 +69,7 @@ def _format_validation_error(exc: ValidationError) -> ConfigError:
         msg = "unknown key (check the spelling; see README's configuration section)"
     elif "input" in err and err["type"] not in ("missing",):
         shown = err["input"]
-        if not isinstance(shown, (dict, list)) and "token" not in key:
+        if not isinstance(shown, (dict, list)) and "token" not in key and not key.startswith("storage.backend"):
             msg = f"{msg} (got {shown!r})"
     more = len(exc.errors()) - 1
     if more:

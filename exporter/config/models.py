@@ -36,12 +36,46 @@ class ListenConfig(_Model):
     _hp = field_validator("otlp_grpc", "otlp_http", "http")(_check_host_port)
 
 
+class PostgresConfig(_Model):
+    # The DSN (postgresql://user:password@host/db) holds a password: it is read from a file (a
+    # mounted Secret) or an environment variable, never written in the config, never logged.
+    dsn_file: Path | None = None
+    dsn_env: str | None = None
+    connect_timeout: Duration = 5.0
+    # A batch that takes longer fails (503 + Retry-After) instead of holding the writer.
+    statement_timeout: Duration = 10.0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PostgresConfig:
+        if (self.dsn_file is None) == (self.dsn_env is None):
+            raise ValueError("set exactly one of dsn_file and dsn_env (the DSN is never written in the config)")
+        return self
+
+
 class StorageConfig(_Model):
     data_dir: Path = Path("syncwatch-data")
     # SQLite ledger file; default `<data_dir>/ledger.db`.
     sqlite_path: Path | None = None
     # An open transaction older than this is closed as `expired` (and its rows are swept after it).
     expire_after: Duration = 7 * 24 * HOUR
+    # Where the ledger lives: the embedded SQLite file, or PostgreSQL (storage.postgresql).
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
+    postgresql: PostgresConfig | None = None
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _no_dsn(cls, v: Any) -> Any:
+        if isinstance(v, str) and "://" in v:
+            raise ValueError(
+                "a DSN holds a password: set backend: postgresql and storage.postgresql.dsn_file or dsn_env"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _backend_settings(self) -> StorageConfig:
+        if self.backend == "postgresql" and self.postgresql is None:
+            raise ValueError("backend postgresql needs storage.postgresql.dsn_file or dsn_env")
+        return self
 
     @property
     def ledger_path(self) -> Path:

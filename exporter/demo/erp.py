@@ -1,7 +1,8 @@
 """A simulated ERP HTTP API (aiohttp): rate-limits with 429 above a set rate, sometimes hangs
 (the client times out), and applies every request it accepts: no idempotency, like many ERPs.
 
-What it applied is the ground truth for lost orders and duplicate applies."""
+What it applied is the ground truth for lost orders and duplicate applies; every applied request
+is also a row in its own database (`documents`), which syncwatch's reconciler reads."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections import Counter
 
 from aiohttp import web
 
+from syncwatch.demo.databases import ErpDb
 from syncwatch.demo.scenario import DemoSettings, FaultPlan
 
 
@@ -31,8 +33,9 @@ class TokenBucket:
 
 
 class FakeErp:
-    def __init__(self, settings: DemoSettings, plan: FaultPlan):
+    def __init__(self, settings: DemoSettings, plan: FaultPlan, db: ErpDb | None = None):
         self.settings = settings
+        self.db = db
         self.plan = plan
         self.bucket = TokenBucket(settings.erp_rate_limit, settings.erp_burst)
         self.rng = random.Random(settings.seed + 1)
@@ -80,9 +83,10 @@ class FakeErp:
         self.applies[record_id] += 1
         self.applied_flow[record_id] = flow
         prefix = {"orders": "SO", "inventory": "MM", "customers": "BP"}[flow]
-        return self._answer(
-            200, {"status": "applied", "document": f"{prefix}-{4500000 + sum(self.applies.values())}", "id": record_id}
-        )
+        document = f"{prefix}-{4500000 + sum(self.applies.values())}"
+        if self.db is not None:
+            self.db.add_document(document, record_id, flow, time.time())
+        return self._answer(200, {"status": "applied", "document": document, "id": record_id})
 
     def _answer(self, status: int, payload: dict, headers: dict | None = None) -> web.Response:
         self.responses[status] += 1

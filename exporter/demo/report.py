@@ -13,6 +13,16 @@ def _ids(ids: set[str], limit: int = 6) -> str:
     return ", ".join(shown) + (f" … (+{len(ids) - limit})" if len(ids) > limit else "")
 
 
+def _gap(earlier: str, later: str) -> str:
+    from datetime import datetime
+
+    try:
+        seconds = (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds()
+    except (TypeError, ValueError):
+        return "moments"
+    return f"{seconds:.1f}s"
+
+
 def compare(truth: GroundTruth, found: Findings) -> list[tuple[str, int, int, set[str], set[str]]]:
     """Rows (what, found, true, missed, false positives)."""
     rows = []
@@ -20,6 +30,11 @@ def compare(truth: GroundTruth, found: Findings) -> list[tuple[str, int, int, se
         ("sent, never confirmed (overdue)", found.overdue, truth.lost),
         ("dead-lettered (failed)", found.failed, truth.dead_lettered),
         ("applied twice (duplicate)", found.duplicates, truth.duplicates),
+        # From the storefront's and the ERP's own databases, not from the spans.
+        ("missing at destination (orders)", found.missing, truth.missing),
+        # From the payloads: the ERP's nightly sync writing an old shipping address back.
+        ("write conflicts (customers)", found.conflicts, truth.conflicts),
+        ("ownership violations (customers)", found.violations, truth.violations),
     ):
         rows.append((what, len(got), len(want), want - got, got - want))
     return rows
@@ -65,6 +80,13 @@ def render_report(
         )
     if found.pending:
         lines.append(f"  still pending within deadline: {_ids(found.pending)}")
+    for e in found.conflict_events:
+        new, old = e["write"], e["previous"]
+        lines.append(
+            f"    conflict: customer {e['record']} {e['field']} (owner {e['owner']}): "
+            f"{old['writer']} wrote {old['value']}, then {new['writer']} wrote {new['value']} "
+            f"{_gap(old['time'], new['time'])} later"
+        )
     lines.append(
         f"  records sent {len(truth.sent)}, applied at the ERP {truth.applied}; "
         f"worker: {', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))}"
@@ -103,6 +125,8 @@ def render_report(
             lines.append("and inspect one lost order (attempts, response codes, payload snapshots):")
             lines.append(f"  {show}")
         lines.append("(or run `syncwatch demo --keep-running`)")
+    lines.append("Who writes which customer field, and the conflicts seen (the ownership document's draft):")
+    lines.append(f"  syncwatch ownership report --url {api_url} --token-file {token_file}")
     lines.append("")
     lines.append(f"The overdue orders in the web view: {api_url}/ui/transactions?state=overdue&flow=orders")
     lines.append(f"  (log in with the API token in {token_file}{'' if keep_running else ', while the sidecar runs'})")

@@ -1,6 +1,7 @@
 """Runs the whole flash-sale demo on one asyncio loop: the syncwatch sidecar (in-process, on its
-embedded defaults: SQLite, loopback ports), the queue, the fake ERP, the storefront and the
-middleware worker, a live view, and at the end the reconciliation against ground truth."""
+embedded defaults: SQLite, loopback ports), the queue, the fake ERP and its nightly customer sync,
+the storefront and the middleware worker, a live view, and at the end the reconciliation against
+ground truth."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ import aiohttp
 import yaml
 from syncwatch_instrument import SyncInstrument
 
+from syncwatch.demo.databases import DESTINATION_QUERY, SOURCE_QUERY, ErpDb, StorefrontDb
 from syncwatch.demo.erp import FakeErp
 from syncwatch.demo.live import MetricsView, live_line, scrape
+from syncwatch.demo.nightly import NightlySync
 from syncwatch.demo.queues import RabbitQueue, SqsQueue
 from syncwatch.demo.scenario import DemoSettings, FaultPlan
 from syncwatch.demo.storefront import Storefront, schedule
@@ -32,6 +35,9 @@ from syncwatch.demo.worker import Worker
 EXACTLY_ONCE = {"orders": True, "inventory": True, "customers": False}
 SAMPLE_FAST = 2.0  # sampling.fast_interval of the demo config
 BROKER_STATS_LAG = 15.0  # RabbitMQ's management stats refresh every 5 s by default, plus a sampling cycle
+RECONCILE_INTERVAL = 2.0  # the demo's reconciler runs every 2 s (compressed from minutes)
+RECONCILE_LAG = 15.0  # how long the report waits for a reconciler run that covers every deadline
+SYNC_WINDOW = 30.0  # the customers flow's audit sync window, compressed from a night's 24 h
 
 
 @dataclass
@@ -43,6 +49,7 @@ class DemoResult:
     api_url: str
     token: str
     worker_outcomes: dict[str, int] = field(default_factory=dict)
+    worker_attempts: dict[str, int] = field(default_factory=dict)  # per flow
 
 
 DEFAULT_LISTEN = {"http": 9873, "otlp_http": 4318, "otlp_grpc": 4317}
@@ -65,11 +72,17 @@ def listen_addresses(default_ports: bool) -> dict[str, str]:
 
 
 def demo_config(
-    settings: DemoSettings, data_dir: Path, collector: dict[str, Any], token_file: Path, listen: dict[str, str]
+    settings: DemoSettings,
+    data_dir: Path,
+    collector: dict[str, Any],
+    token_file: Path,
+    listen: dict[str, str],
+    databases: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
     """The sidecar's configuration for the demo: embedded SQLite store, loopback ports,
-    compressed deadlines, and a collector pointed at the demo's queue."""
-    return {
+    compressed deadlines, a collector pointed at the demo's queue, a reconciler on the storefront's
+    and the ERP's databases, and the customers flow's field-ownership audit."""
+    config: dict[str, Any] = {
         "listen": listen,
         "storage": {"data_dir": str(data_dir)},
         "flows": {
@@ -84,7 +97,41 @@ def demo_config(
         "collectors": [{**collector, "timeout": "1500ms"}],
         # Compressed time: sample every 4 s, every 2 s while the DLQ is not empty or depth grows.
         "sampling": {"interval": "4s", "fast_interval": "2s"},
+        # A shipping address is customer data: redacted before storing; the audit compares the
+        # keyed hash of its marker, so the conflict is found without keeping the address.
+        "snapshots": {"redact": {"paths": ["$.shipping.address"]}},
+        # The seed's write conflict: the storefront owns the shipping address, the ERP's nightly sync
+        # writes it too.
+        "audit": {
+            "flows": {
+                "customers": {
+                    "record_key": "$.customer_id",
+                    "sync_window": f"{SYNC_WINDOW:g}s",
+                    "fields": {"shipping.address": {"path": "$.shipping.address", "owner": "storefront"}},
+                }
+            }
+        },
     }
+    if databases is not None:
+        storefront_db, erp_db = databases
+        config["reconcilers"] = [
+            {
+                "type": "sql",
+                "name": "storefront-erp",
+                "interval": f"{RECONCILE_INTERVAL:g}s",
+                "databases": {
+                    "storefront": {"url": f"sqlite:///{storefront_db.resolve()}"},
+                    "erp": {"url": f"sqlite:///{erp_db.resolve()}"},
+                },
+                "flows": {
+                    "orders": {
+                        "source": {"database": "storefront", "query": SOURCE_QUERY},
+                        "destination": {"database": "erp", "query": DESTINATION_QUERY},
+                    }
+                },
+            }
+        ]
+    return config
 
 
 async def run_demo(
@@ -118,8 +165,10 @@ async def run_demo(
         if rabbitmq_url
         else SqsQueue(settings.max_attempts, run_id)
     )
-    erp = FakeErp(settings, plan)
-    app = telemetry_sf = telemetry_mw = None
+    storefront_db = StorefrontDb(data_dir / "storefront.db")
+    erp_db = ErpDb(data_dir / "erp.db")
+    erp = FakeErp(settings, plan, erp_db)
+    app = telemetry_sf = telemetry_mw = telemetry_erp = None
     worker_stop = asyncio.Event()
     tasks: list[asyncio.Task] = []
     token = secrets.token_urlsafe(24)
@@ -136,7 +185,12 @@ async def run_demo(
         token_file.touch(mode=0o600)
         token_file.write_text(token + "\n")
         raw_config = demo_config(
-            settings, data_dir, queue.collector_config(), token_file, listen_addresses(default_ports)
+            settings,
+            data_dir,
+            queue.collector_config(),
+            token_file,
+            listen_addresses(default_ports),
+            (storefront_db.path, erp_db.path),
         )
         config_path.write_text(yaml.safe_dump(raw_config, sort_keys=False))
         config = load_config(config_path, environ={})
@@ -153,6 +207,7 @@ async def run_demo(
 
         telemetry_sf = ServiceTelemetry("storefront", otlp)
         telemetry_mw = ServiceTelemetry("middleware", otlp)
+        telemetry_erp = ServiceTelemetry("erp", otlp)
         storefront = Storefront(
             records,
             queue,
@@ -162,6 +217,7 @@ async def run_demo(
                 tracer_provider=telemetry_sf.tracer_provider,
                 logger_provider=telemetry_sf.logger_provider,
             ),
+            storefront_db,
         )
         worker = Worker(
             settings,
@@ -175,9 +231,22 @@ async def run_demo(
                 logger_provider=telemetry_mw.logger_provider,
             ),
         )
+        nightly = NightlySync(
+            erp,
+            storefront,
+            SyncInstrument(
+                source="erp",
+                destination="storefront",
+                tracer_provider=telemetry_erp.tracer_provider,
+                logger_provider=telemetry_erp.logger_provider,
+            ),
+            telemetry_mw.flush,
+            settings.seed,
+        )
         started = time.monotonic()
         tasks.append(asyncio.create_task(storefront.run()))
         tasks.append(asyncio.create_task(worker.run(worker_stop)))
+        tasks.append(asyncio.create_task(nightly.run(worker_stop)))
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
 
         async def show() -> MetricsView:
@@ -205,7 +274,7 @@ async def run_demo(
             worker_stop.set()
             await asyncio.gather(*tasks)
             # Everything the integration emitted reaches syncwatch (an export returns once it is recorded).
-            exported = [await asyncio.to_thread(t.flush) for t in (telemetry_sf, telemetry_mw)]
+            exported = [await asyncio.to_thread(t.flush) for t in (telemetry_sf, telemetry_mw, telemetry_erp)]
             if not all(exported):
                 say(
                     "WARNING: the simulated services could not export all their telemetry to syncwatch; "
@@ -234,8 +303,30 @@ async def run_demo(
                     )
                     break
                 await asyncio.sleep(0.5)
+            # The reconciler judges an order once its deadline has passed: wait for a run that began
+            # after the last unconfirmed order's deadline (its window end is set when it finishes).
+            unapplied = [i for i, f in storefront.sent.items() if f == "orders" and i not in erp.applies]
+            judged_after = max(
+                (storefront.changed_at[i] + settings.deadlines["orders"] for i in unapplied), default=0.0
+            )
+            reconciled_by = time.monotonic() + RECONCILE_LAG
+            while (await scrape(session, base)).total(
+                "syncwatch_reconcile_window_end_timestamp_seconds", flow="orders"
+            ) < judged_after:
+                if time.monotonic() > reconciled_by:
+                    say(f"WARNING: no reconciler run covered the last order's deadline within {RECONCILE_LAG:g}s")
+                    break
+                await asyncio.sleep(0.5)
             final = await show()
-            truth = GroundTruth.measure(storefront.sent, erp.applies, await queue.dlq_records(), EXACTLY_ONCE)
+            truth = GroundTruth.measure(
+                storefront.sent,
+                erp.applies,
+                await queue.dlq_records(),
+                EXACTLY_ONCE,
+                destination_orders=erp_db.external_ids("orders"),
+                address_writes=storefront.address_writes,
+                sync_window=SYNC_WINDOW,
+            )
             findings = await fetch_findings(session, base, token, final)
         finally:
             await session.close()
@@ -244,7 +335,9 @@ async def run_demo(
 
         say()
         say(render_report(truth, findings, final, worker.outcomes, config_path, base, token_file, keep_running))
-        result = DemoResult(truth, findings, final, config_path, base, token, dict(worker.outcomes))
+        result = DemoResult(
+            truth, findings, final, config_path, base, token, dict(worker.outcomes), dict(worker.attempts)
+        )
         if keep_running:
             say(f"\nsyncwatch keeps running: point Prometheus at {base}/metrics (OTLP/HTTP {otlp}). Ctrl-C to stop.")
             await _wait_forever()
@@ -253,13 +346,15 @@ async def run_demo(
         worker_stop.set()
         for t in tasks:
             t.cancel()
-        for tel in (telemetry_sf, telemetry_mw):
+        for tel in (telemetry_sf, telemetry_mw, telemetry_erp):
             if tel is not None:
                 await asyncio.to_thread(tel.shutdown)
         if app is not None:
             await app.stop()
         await erp.stop()
         await queue.stop()
+        storefront_db.close()
+        erp_db.close()
 
 
 async def _wait_forever() -> None:

@@ -1,5 +1,7 @@
 """The storefront side of the flash sale: orders at four times normal volume, inventory
-adjustments and customer updates, each marked as a source change and put on the queue."""
+adjustments and customer updates, each marked as a source change and put on the queue. Orders are
+also rows in the storefront's own database, and customers' shipping addresses are kept in an
+address book that records who wrote each value when (the ground truth of write conflicts)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,11 @@ from typing import Any
 
 from syncwatch_instrument import SyncInstrument
 
+from syncwatch.demo.databases import StorefrontDb
 from syncwatch.demo.scenario import DemoSettings
 
+STREETS = ("Harbour Road", "Linden Alley", "Mill Street", "Station Square", "Kings Way", "Elm Court")
+CITIES = ("Hamburg", "Leeds", "Lyon", "Utrecht", "Porto", "Graz")
 SKUS = ("TSHIRT-BLK-M", "TSHIRT-WHT-L", "HOODIE-GRY-S", "CAP-NAVY", "SNEAKER-42", "SOCKS-3PK", "TOTE-CANVAS")
 
 
@@ -22,6 +27,10 @@ class Record:
     flow: str
     id: str
     payload: dict[str, Any]
+
+
+def address(rng: random.Random) -> str:
+    return f"{rng.randint(1, 250)} {rng.choice(STREETS)}, {rng.choice(CITIES)}"
 
 
 def schedule(settings: DemoSettings) -> list[Record]:
@@ -71,9 +80,10 @@ def schedule(settings: DemoSettings) -> list[Record]:
             settings.customer_rate,
             lambda i: {
                 "id": f"CU-{300001 + i}",
-                "customer_id": f"C-{rng.randint(1000, 9999)}",
+                "customer_id": f"C-{7001 + i}",  # one update per customer: no storefront-only rewrites
                 "email": f"shopper{rng.randint(1, 99999)}@example.com",
                 "newsletter": rng.random() < 0.5,
+                "shipping": {"address": address(rng)},
             },
         ),
     ):
@@ -85,9 +95,20 @@ def schedule(settings: DemoSettings) -> list[Record]:
     return records
 
 
+@dataclass(frozen=True)
+class AddressWrite:
+    customer_id: str
+    address: str
+    writer: str  # the system that wrote it: the storefront, or the ERP's nightly sync
+    at: float  # unix seconds
+
+
 class Storefront:
-    def __init__(self, records: list[Record], queue, sw: SyncInstrument):
+    def __init__(self, records: list[Record], queue, sw: SyncInstrument, db: StorefrontDb | None = None):
         self.records = records
+        self.by_id = {r.id: r for r in records}
+        self.db = db
+        self.address_writes: list[AddressWrite] = []
         self.queue = queue
         self.sw = sw
         self.sent: dict[str, str] = {}  # record ID -> flow, in the order produced
@@ -102,6 +123,10 @@ class Storefront:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 changed_at = time.time()
+                if rec.flow == "orders" and self.db is not None:
+                    self.db.add_order(rec.id, changed_at)
+                elif rec.flow == "customers":
+                    self.write_address(rec.payload["customer_id"], rec.payload["shipping"]["address"], "storefront")
                 self.sw.source_changed(rec.id, flow=rec.flow, changed_at=changed_at)
                 await self.queue.send(
                     {"flow": rec.flow, "id": rec.id, "changed_at": changed_at, "payload": rec.payload}
@@ -110,3 +135,6 @@ class Storefront:
                 self.changed_at[rec.id] = changed_at
         finally:
             self.done.set()
+
+    def write_address(self, customer_id: str, value: str, writer: str) -> None:
+        self.address_writes.append(AddressWrite(customer_id, value, writer, time.time()))

@@ -1,15 +1,17 @@
-"""Ground truth, measured where it happened (the ERP's applies, the DLQ's contents), and what
-syncwatch found, read through its query API and /metrics. The report compares the two."""
+"""Ground truth, measured where it happened (the ERP's applies, the DLQ's contents, the storefront's
+address book), and what syncwatch found, read through its query API and /metrics. The report
+compares the two."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from syncwatch.demo.live import MetricsView
+from syncwatch.demo.storefront import AddressWrite
 
 
 @dataclass
@@ -20,6 +22,12 @@ class GroundTruth:
     duplicates: set[str]  # applied more than once on an exactly-once flow
     dlq_depth: int
     applied: int
+    # Orders in the storefront's database that never reached the ERP's (lost or dead-lettered).
+    missing: set[str] = field(default_factory=set)
+    # Customer IDs whose shipping address two systems changed within the sync window, and the ones
+    # a system other than its owner changed (from the storefront's address book).
+    conflicts: set[str] = field(default_factory=set)
+    violations: set[str] = field(default_factory=set)
 
     @classmethod
     def measure(
@@ -28,9 +36,15 @@ class GroundTruth:
         applies: Mapping[str, int],
         dlq_bodies: list[dict[str, Any]],
         exactly_once: Mapping[str, bool],
+        destination_orders: set[str] | None = None,
+        address_writes: Iterable[AddressWrite] = (),
+        sync_window: float = 0.0,
+        owner: str = "storefront",
     ) -> GroundTruth:
         in_dlq = {b["id"] for b in dlq_bodies}
         applied = {i for i, n in applies.items() if n > 0}
+        at_erp = applied if destination_orders is None else destination_orders
+        conflicts, violations = write_conflicts(address_writes, sync_window, owner)
         return cls(
             sent=dict(sent),
             lost={i for i in sent if i not in applied and i not in in_dlq},
@@ -38,7 +52,27 @@ class GroundTruth:
             duplicates={i for i, n in applies.items() if n > 1 and exactly_once.get(sent.get(i, ""), True)},
             dlq_depth=len(dlq_bodies),
             applied=len(applied),
+            missing={i for i, f in sent.items() if f == "orders" and i not in at_erp},
+            conflicts=conflicts,
+            violations=violations,
         )
+
+
+def write_conflicts(writes: Iterable[AddressWrite], window: float, owner: str) -> tuple[set[str], set[str]]:
+    """Brute force over every write in time order: a change by another system than the last writer
+    within `window` is a conflict; a change by anyone but `owner` is a violation."""
+    last: dict[str, AddressWrite] = {}
+    conflicts: set[str] = set()
+    violations: set[str] = set()
+    for w in sorted(writes, key=lambda w: w.at):
+        prev = last.get(w.customer_id)
+        if prev is not None and prev.address != w.address:
+            if prev.writer != w.writer and w.at - prev.at <= window:
+                conflicts.add(w.customer_id)
+            if w.writer != owner:
+                violations.add(w.customer_id)
+        last[w.customer_id] = w
+    return conflicts, violations
 
 
 @dataclass
@@ -54,6 +88,14 @@ class Findings:
     retries: float = 0.0
     attempts_by_code: dict[str, float] = field(default_factory=dict)
     jitter_ratio: dict[str, float] = field(default_factory=dict)
+    # From the reconciler (the storefront's and the ERP's databases) and the payload audits.
+    missing: set[str] = field(default_factory=set)
+    missing_metric: float = 0.0
+    conflicts: set[str] = field(default_factory=set)
+    violations: set[str] = field(default_factory=set)
+    conflicts_metric: float = 0.0
+    violations_metric: float = 0.0
+    conflict_events: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _items(doc: Any) -> list[dict[str, Any]]:
@@ -92,6 +134,35 @@ async def list_transactions(session: aiohttp.ClientSession, base: str, token: st
     return ids
 
 
+async def _get_json(session: aiohttp.ClientSession, url: str, token: str, params: dict[str, str]) -> Any:
+    async with session.get(url, params=params, headers={"Authorization": f"Bearer {token}"}) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"{url} answered {resp.status}: {(await resp.text())[:200]}")
+        return await resp.json()
+
+
+async def list_missing(session: aiohttp.ClientSession, base: str, token: str, flow: str) -> set[str]:
+    """Source IDs of open `missing` findings from GET /api/v1/reconciliation, following pages."""
+    ids: set[str] = set()
+    params = {"kind": "missing", "flow": flow, "state": "open", "limit": "1000"}
+    for _ in range(1000):
+        doc = await _get_json(session, f"{base}/api/v1/reconciliation", token, params)
+        ids.update(item["source_id"] for item in doc["items"])
+        if not doc.get("next_cursor"):
+            break
+        params["cursor"] = doc["next_cursor"]
+    return ids
+
+
+async def list_audit(
+    session: aiohttp.ClientSession, base: str, token: str, kind: str, flow: str
+) -> list[dict[str, Any]]:
+    doc = await _get_json(
+        session, f"{base}/api/v1/audit/findings", token, {"kind": kind, "flow": flow, "limit": "1000"}
+    )
+    return list(doc["items"])
+
+
 async def fetch_findings(session: aiohttp.ClientSession, base: str, token: str, view: MetricsView) -> Findings:
     f = Findings(
         dlq_depth=view.total("syncwatch_dlq_messages"),
@@ -107,4 +178,11 @@ async def fetch_findings(session: aiohttp.ClientSession, base: str, token: str, 
     f.pending = await list_transactions(session, base, token, "pending") - f.overdue
     f.failed = await list_transactions(session, base, token, "failed")
     f.duplicates = await list_transactions(session, base, token, "duplicate")
+    f.missing_metric = view.total("syncwatch_reconcile_findings", flow="orders", kind="missing")
+    f.missing = await list_missing(session, base, token, "orders")
+    f.conflicts_metric = view.total("syncwatch_audit_conflicts_total", flow="customers")
+    f.violations_metric = view.total("syncwatch_audit_violations_total", flow="customers")
+    f.conflict_events = await list_audit(session, base, token, "conflict", "customers")
+    f.conflicts = {e["record"] for e in f.conflict_events}
+    f.violations = {e["record"] for e in await list_audit(session, base, token, "violation", "customers")}
     return f

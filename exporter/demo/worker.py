@@ -27,6 +27,7 @@ class Worker:
         self.sw = sw
         self.busy = 0  # deliveries being worked on, including ones held for a retry (RabbitMQ)
         self.outcomes: Counter[str] = Counter()
+        self.attempts: Counter[str] = Counter()  # per flow: each attempt sends one request payload
         # Bookkeeping only: the ground truth is measured at the ERP and in the DLQ.
         self.dropped: set[str] = set()
         self.redelivered: set[str] = set()
@@ -79,6 +80,7 @@ class Worker:
         flow, record_id, payload = d.body["flow"], d.body["id"], d.body["payload"]
         s = self.settings
         status = None
+        self.attempts[flow] += 1
         with self.sw.attempt(record_id, flow=flow, resend_count=d.attempt - 1) as attempt:
             attempt.snapshot_request(payload)
             try:

@@ -55,7 +55,8 @@ class LedgerWriter:
         self._cv = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._checkpointer = WalCheckpointer(ledger.config.storage.ledger_path)
+        sqlite = ledger.config.storage.backend == "sqlite"  # PostgreSQL checkpoints itself
+        self._checkpointer = WalCheckpointer(ledger.config.storage.ledger_path) if sqlite else None
         # Destination record IDs of confirm spans, handed on once committed (the payload audits).
         self.record_ids_sink: Callable[[list], None] | None = None
         self.commit_ok = True  # False while the last commit failed
@@ -65,7 +66,8 @@ class LedgerWriter:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="syncwatch-ledger-writer", daemon=True)
         self._thread.start()
-        self._checkpointer.start()
+        if self._checkpointer is not None:
+            self._checkpointer.start()
 
     def stop(self) -> None:
         with self._cv:
@@ -73,7 +75,8 @@ class LedgerWriter:
             self._cv.notify()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        self._checkpointer.stop()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
 
     @property
     def healthy(self) -> bool:

@@ -49,7 +49,7 @@ class Ledger:
         self.config = config
         self.metrics = metrics
         self.clock = clock
-        self.store: LedgerStore = SqliteStore(config) if store is None else store
+        self.store: LedgerStore = open_store(config) if store is None else store
         self.flows = FlowRules(config)
         self.pending: dict[TxKey, Tx] = {}
         self.closed_keys = ClosedKeys()
@@ -285,6 +285,15 @@ class Ledger:
 
     def close(self) -> None:
         self.store.close()
+
+
+def open_store(config: Config) -> LedgerStore:
+    """The store storage.backend names; psycopg is imported only for PostgreSQL."""
+    if config.storage.backend == "postgresql":
+        from syncwatch.ledger.postgres_store import PostgresStore
+
+        return PostgresStore(config)
+    return SqliteStore(config)
 
 
 def _start_time(ev: Event) -> float:

@@ -1,0 +1,112 @@
+"""Ledger events from a span a rule matched: its stages, source, destination, code and error.
+
+Split from the engine so the per-span matching and the event layout read apart; `val` is the
+engine's cached attribute lookup (each key read at most once per span)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_SOURCE
+from syncwatch.rules.conditions import MAX_NAME_LENGTH, MAX_VALUE_LENGTH, Rule, text_of
+
+# Keys events read, first in every engine's key table (their index is fixed).
+EVENT_KEYS = (
+    "http.response.status_code",
+    "error.type",
+    "http.request.resend_count",
+    "server.address",
+    "peer.service",
+    "url.full",
+    "messaging.destination.name",
+    "messaging.message.id",
+)
+CODE, ERROR, RESEND, SERVER, PEER, URL, DEST_NAME, MESSAGE_ID = range(len(EVENT_KEYS))
+
+
+def destination(val: Callable[[Any, list[Any], int], Any], attrs: Any, vals: list[Any]) -> str | None:
+    """Where a matched span went: server.address, peer.service, the URL's host, or the destination name."""
+    for ki in (SERVER, PEER):
+        value = val(attrs, vals, ki)
+        if value is not None:
+            return text_of(value)
+    url = val(attrs, vals, URL)
+    if url is not None:
+        try:
+            host = urlsplit(text_of(url)[:2048]).hostname
+        except ValueError:
+            host = None
+        if host:
+            return host
+    value = val(attrs, vals, DEST_NAME)
+    return None if value is None else text_of(value)
+
+
+def span_events(
+    val: Callable[[Any, list[Any], int], Any],
+    rule: Rule,
+    stages: tuple[int, ...],
+    span: Any,
+    attrs: Any,
+    vals: list[Any],
+    service: str,
+    received: float,
+    out: Any,
+) -> list[tuple] | None:
+    """The events of a matched span, with the correlation ID still to fill in."""
+    trace_id, span_id = span.trace_id, span.span_id
+    if len(trace_id) != 16 or len(span_id) != 8:
+        out.reject(f"span {span_id.hex() or '?'} (rule {rule.name}): trace_id must be 16 bytes and span_id 8 bytes")
+        return None
+    if not stages:
+        return []
+    source = rule.source or service or None
+    # A source span opens the flow's configured destinations (a queue is not a destination).
+    closes = any(s != STAGE_SOURCE for s in stages)
+    dest = rule.destination or (destination(val, attrs, vals) if closes else None)
+    if dest is None and closes:
+        out.reject(
+            f"span {span_id.hex()} (rule {rule.name}): no destination (set `destination` on the rule, or server.address on the span)"
+        )
+        return None
+    if (source is not None and len(source) > MAX_NAME_LENGTH) or (dest is not None and len(dest) > MAX_NAME_LENGTH):
+        out.reject(
+            f"span {span_id.hex()} (rule {rule.name}): source or destination name longer than {MAX_NAME_LENGTH} characters"
+        )
+        return None
+    start = span.start_time_unix_nano / 1e9
+    end = span.end_time_unix_nano / 1e9 or start
+    code = val(attrs, vals, CODE)
+    code_text = None if code is None else text_of(code)[:MAX_VALUE_LENGTH]
+    error = val(attrs, vals, ERROR)
+    if error is None and span.status.code == 2:
+        error = code_text or "error"  # an ERROR status without error.type (older conventions)
+    error_text = None if error is None else text_of(error)[:MAX_VALUE_LENGTH]
+    attempt = None
+    resend = val(attrs, vals, RESEND)
+    if resend is not None and text_of(resend).isdigit() and int(text_of(resend)) < 1 << 31:
+        attempt = int(text_of(resend)) + 1
+    out_events = []
+    for stage in stages:
+        out_events.append(
+            (
+                trace_id,
+                span_id,
+                None,
+                rule.flow,
+                stage,
+                source,
+                dest,
+                start,
+                end,
+                start if stage == STAGE_SOURCE else None,
+                attempt if stage == STAGE_ATTEMPT else None,
+                code_text if stage == STAGE_ATTEMPT else None,
+                error_text if stage != STAGE_SOURCE else None,
+                None,
+                received,
+            )
+        )
+    return out_events

@@ -1,0 +1,174 @@
+"""The ledger's transitions on both backends, in-process against the real PostgreSQL: the same
+scenario gives the same rows and metrics on SQLite and on PostgreSQL; the schema is created and
+versioned by syncwatch; the DSN never appears in an error."""
+
+from __future__ import annotations
+
+import itertools
+
+import orjson
+import psycopg
+import pytest
+import test_ledger_records as records
+from pg_support import dsn, reset, scratch_database, storage_config
+from prometheus_client import CollectorRegistry
+from test_ledger_records import T0, closed, ev, run, samples
+
+from syncwatch.config.errors import ConfigError
+from syncwatch.config.load import load_config
+from syncwatch.config.models import Config
+from syncwatch.ledger.postgres_store import PG_SCHEMA_VERSION, PostgresStore
+from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_SOURCE
+from syncwatch.ledger.transitions import Ledger
+from syncwatch.metrics.registry import Metrics
+
+
+@pytest.fixture(scope="module")
+def pg_db():
+    with scratch_database("syncwatch_ledger") as name:
+        yield name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, pg_db, tmp_path):
+    """storage.* for one backend; PostgreSQL's tables are emptied before each test."""
+    if request.param == "sqlite":
+        return {"data_dir": str(tmp_path / "data")}
+    reset(pg_db)
+    return {"data_dir": str(tmp_path / "data"), **storage_config(pg_db, tmp_path)}
+
+
+def make_config(storage: dict, **cfg) -> Config:
+    return Config.model_validate(
+        {"storage": {**storage, "expire_after": "1h"}, "flows": {"orders": {"deadline": "60s"}}, **cfg}
+    )
+
+
+def closed_rows(ledger: Ledger, db: str) -> dict:
+    """closed_tx as (outcome, lag, attempts, timeline) per key, from whichever backend holds it."""
+    if ledger.config.storage.backend == "sqlite":
+        return closed(ledger.config.storage.ledger_path)
+    with psycopg.connect(dsn(db)) as conn:
+        rows = conn.execute("SELECT corr, dest, flow, outcome, lag, attempts, timeline FROM closed_tx").fetchall()
+    return {r[:3]: (r[3], r[4], r[5], orjson.loads(r[6]) if r[6] else None) for r in rows}
+
+
+def test_every_transition_gives_the_same_rows_and_metrics_on_both_backends(backend, pg_db):
+    records._ids = itertools.count(1)  # the same span IDs on both backends
+    now = [T0]
+    metrics = Metrics(CollectorRegistry())
+    ledger = Ledger(make_config(backend), metrics, clock=lambda: now[0])
+    run(ledger, now)
+    rows, overdue = closed_rows(ledger, pg_db), samples(metrics)
+    now[0] = T0 + 3700
+    ledger.tick(now[0])  # expires o-4 and o-5, then sweeps what closed before the horizon
+    after, final = closed_rows(ledger, pg_db), samples(metrics)
+    assert sorted(ledger.pending) == []
+    ledger.close()
+    assert {k[0]: v[0] for k, v in rows.items()} == {
+        "o-0": "confirmed",
+        "o-1": "confirmed",  # failed, then confirmed: the confirm replaces the fail
+        "o-2": "confirmed",
+        "o-3": "confirmed",
+        "early": "confirmed",
+    }
+    assert rows[("early", "erp", "orders")][1] == 12.0  # confirm before source: the lag once the source came
+    assert rows[("o-0", "erp", "orders")][1] == 6.0
+    assert rows[("o-2", "erp", "orders")][2] == 2  # the late attempt joined the timeline
+    assert len(rows[("o-3", "erp", "orders")][3]["duplicates"]) == 1  # the redelivered batch added none
+    tx = (("destination", "erp"), ("flow", "orders"), ("source", "storefront"))
+    assert overdue[("syncwatch_transactions_overdue", tx)] == 2
+    assert {k[0]: v[0] for k, v in after.items()} == {"o-4": "expired", "o-5": "expired"}
+    assert final[("syncwatch_duplicate_applies_total", tx[:2])] == 1
+    assert final[("syncwatch_transactions_total", (*tx[:2], ("outcome", "expired"), tx[2]))] == 2
+    assert final[("syncwatch_transactions_total", (*tx[:2], ("outcome", "confirmed"), tx[2]))] == 5
+    assert final[("syncwatch_transactions_overdue", tx)] == 0
+
+
+def test_open_transactions_survive_a_restart_on_both_backends(backend, pg_db):
+    now = [T0]
+    ledger = Ledger(make_config(backend), Metrics(CollectorRegistry()), clock=lambda: now[0])
+    ledger.record([ev(STAGE_SOURCE, "o-1", T0), ev(STAGE_ATTEMPT, "o-1", T0 + 1, attempt=1, code="503")])
+    ledger.record([ev(STAGE_SOURCE, "o-2", T0)])
+    ledger.record([ev(STAGE_CONFIRM, "o-2", T0 + 2)])
+    ledger.close()
+    metrics = Metrics(CollectorRegistry())
+    again = Ledger(make_config(backend), metrics, clock=lambda: now[0])
+    assert again.load() == 1
+    tx = {"flow": "orders", "source": "storefront", "destination": "erp"}
+    assert metrics.registry.get_sample_value("syncwatch_transactions_pending", tx) == 1
+    again.record([ev(STAGE_CONFIRM, "o-2", T0 + 3)])  # the same key confirmed again after the restart
+    again.record([ev(STAGE_ATTEMPT, "o-1", T0 + 4, attempt=2, code="200"), ev(STAGE_CONFIRM, "o-1", T0 + 5)])
+    rows = closed_rows(again, pg_db)
+    again.close()
+    assert rows[("o-1", "erp", "orders")][:3] == ("confirmed", 5.0, 2)
+    assert rows[("o-2", "erp", "orders")][:2] == ("confirmed", 2.0)  # the first confirm's lag stays
+
+
+def test_the_schema_is_created_once_and_versioned(pg_db, tmp_path):
+    reset(pg_db)
+    cfg = make_config(storage_config(pg_db, tmp_path))
+    PostgresStore(cfg).close()
+    PostgresStore(cfg).close()  # a second start finds the schema and keeps it
+    with psycopg.connect(dsn(pg_db)) as conn:
+        assert conn.execute("SELECT value FROM meta").fetchall() == [(str(PG_SCHEMA_VERSION),)]
+        conn.execute("UPDATE meta SET value='99'")
+    try:
+        with pytest.raises(RuntimeError, match="schema version 99, this syncwatch needs 1"):
+            PostgresStore(cfg)
+    finally:
+        with psycopg.connect(dsn(pg_db)) as conn:
+            conn.execute("UPDATE meta SET value=%s", (str(PG_SCHEMA_VERSION),))
+
+
+def test_a_second_writer_on_one_database_is_refused_per_batch(pg_db, tmp_path):
+    """Until replicas are elected (issue 16, part two), one writer at a time: the second one's
+    batch fails without changing anything, as a second process on one SQLite file does."""
+    reset(pg_db)
+    cfg = make_config(storage_config(pg_db, tmp_path))
+    first, second = PostgresStore(cfg), PostgresStore(cfg)
+    try:
+        first.begin()
+        with pytest.raises(Exception, match="writer lock"):
+            second.begin()
+        first.rollback()
+        second.begin()
+        second.rollback()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_bad_postgresql_settings_fail_at_start_naming_the_key(tmp_path, monkeypatch):
+    secret = "postgresql://syncwatch:hunter2@db.example:5432/ledger"
+    path = tmp_path / "c.yaml"
+    path.write_text(f"storage:\n  backend: '{secret}'\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert err.value.key == "storage.backend" and "hunter2" not in str(err.value)
+    path.write_text("storage:\n  backend: postgresql\n")
+    with pytest.raises(ConfigError, match="dsn_file or dsn_env") as err:
+        load_config(path, environ={})
+    assert err.value.key == "storage"
+    path.write_text("storage:\n  backend: postgresql\n  postgresql: {dsn_env: SW_TEST_DSN}\n")
+    monkeypatch.delenv("SW_TEST_DSN", raising=False)
+    with pytest.raises(ConfigError, match="SW_TEST_DSN is unset") as err:
+        PostgresStore(load_config(path, environ={}))
+    assert err.value.key == "storage.postgresql.dsn_env"
+    # A server that refuses: the message names the setting and the reason, not the password.
+    monkeypatch.setenv("SW_TEST_DSN", "postgresql://syncwatch:hunter2@127.0.0.1:1/ledger")
+    with pytest.raises(ConfigError, match="cannot connect to PostgreSQL") as err:
+        PostgresStore(load_config(path, environ={}))
+    assert err.value.key == "storage.postgresql" and "hunter2" not in str(err.value)
+
+
+def test_attempt_before_its_source_gets_the_right_deadline_on_postgresql(pg_db, tmp_path):
+    reset(pg_db)
+    now = [T0]
+    ledger = Ledger(make_config(storage_config(pg_db, tmp_path)), Metrics(CollectorRegistry()), clock=lambda: now[0])
+    ledger.record([ev(STAGE_ATTEMPT, "o-7", T0 + 5, attempt=1, code="500")])
+    ledger.record([ev(STAGE_SOURCE, "o-7", T0)])
+    ledger.close()
+    with psycopg.connect(dsn(pg_db)) as conn:
+        row = conn.execute("SELECT changed_at, deadline, attempts FROM open_tx WHERE corr='o-7'").fetchone()
+    assert row == (T0, T0 + 60, 1)
