@@ -20,7 +20,7 @@ from syncwatch.config.models import Config
 # The services on this machine a fast test must not need, and the marker that admits each.
 GUARDED_PORTS = {5672: "rabbitmq", 15672: "rabbitmq", 5432: "databases", 3306: "databases"}
 # Fixtures that reach one of them: a test asking for one is marked for it.
-FIXTURE_MARKERS = {"vhost": "rabbitmq", "dbs": "databases"}
+FIXTURE_MARKERS = {"vhost": "rabbitmq", "dbs": "databases", "pg_db": "databases"}
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"})
 
 # A fixed instant for in-process ledger tests, far from any real "now".

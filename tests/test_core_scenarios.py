@@ -18,6 +18,62 @@ def transport(request):
     return request.param
 
 
+# Every scenario on both ledger backends: SQLite (the default) and PostgreSQL (storage.backend), the
+# same exact figures from each.
+@pytest.fixture(scope="module")
+def pg_db():
+    from pg_support import scratch_database
+
+    with scratch_database("syncwatch_scenarios") as name:
+        yield name
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.databases)])
+def storage(request):
+    """storage.* for a workdir on this backend; PostgreSQL's tables are emptied first."""
+    if request.param == "sqlite":
+        return lambda workdir: {}
+    from pg_support import reset, storage_config
+
+    db = request.getfixturevalue("pg_db")
+    reset(db)
+    return lambda workdir: storage_config(db, workdir)
+
+
+@pytest.fixture
+def make_ledger(make_ledger, storage, tmp_path):
+    def make(config=None, **kw):
+        cfg = dict(config or {})
+        cfg["storage"] = {**storage(tmp_path / "pg"), **cfg.get("storage", {})}
+        return make_ledger(cfg, **kw)
+
+    return make
+
+
+@pytest.fixture
+def make_sidecar(make_sidecar, storage, tmp_path):
+    def make(config=None, env=None, name="sidecar", start=True):
+        cfg = dict(config or {})
+        cfg["storage"] = {**storage(tmp_path / name / "pg"), **cfg.get("storage", {})}
+        return make_sidecar(cfg, env, name, start)
+
+    return make
+
+
+def closed_rows(ledger, corr: str) -> list[tuple]:
+    """(outcome, attempts) of the closed rows of one correlation ID, from whichever backend holds them."""
+    if ledger.config.storage.backend == "sqlite":
+        db = sqlite3.connect(ledger.ledger_path)
+        try:
+            return db.execute("SELECT outcome, attempts FROM closed_tx WHERE corr = ?", (corr,)).fetchall()
+        finally:
+            db.close()
+    import psycopg
+
+    with psycopg.connect(ledger.config.storage.postgresql.dsn_file.read_text().strip()) as conn:
+        return [tuple(r) for r in conn.execute("SELECT outcome, attempts FROM closed_tx WHERE corr = %s", (corr,))]
+
+
 def test_orders_confirmed_after_429_retries(sidecar, transport):
     it = Integration(sidecar, transport)
     t0 = now() - 60
@@ -269,10 +325,7 @@ def test_a_confirm_after_a_fail_replaces_it(ledger, one_request):
     tx = dict(flow="orders", source="storefront", destination="erp")
     assert ledger.metric("syncwatch_transactions_total", outcome="confirmed", **tx) == 1
     assert ledger.metric("syncwatch_sync_lag_seconds_sum", **tx) == pytest.approx(31.0, abs=1e-3)
-    db = sqlite3.connect(ledger.ledger_path)
-    rows = db.execute("SELECT outcome, attempts FROM closed_tx WHERE corr = 'SO-4711'").fetchall()
-    db.close()
-    assert rows == [("confirmed", 1)]
+    assert closed_rows(ledger, "SO-4711") == [("confirmed", 1)]
 
 
 def test_overdue_transaction_is_expired_after_the_horizon(make_ledger):

@@ -4,15 +4,13 @@ versioned by syncwatch; the DSN never appears in an error."""
 
 from __future__ import annotations
 
-import itertools
-
+import ledger_events
 import orjson
 import psycopg
 import pytest
-import test_ledger_records as records
+from ledger_events import T0, closed, ev, run, samples
 from pg_support import dsn, reset, scratch_database, storage_config
 from prometheus_client import CollectorRegistry
-from test_ledger_records import T0, closed, ev, run, samples
 
 from syncwatch.config.errors import ConfigError
 from syncwatch.config.load import load_config
@@ -54,7 +52,7 @@ def closed_rows(ledger: Ledger, db: str) -> dict:
 
 
 def test_every_transition_gives_the_same_rows_and_metrics_on_both_backends(backend, pg_db):
-    records._ids = itertools.count(1)  # the same span IDs on both backends
+    ledger_events.reset_ids()  # the same span IDs on both backends
     now = [T0]
     metrics = Metrics(CollectorRegistry())
     ledger = Ledger(make_config(backend), metrics, clock=lambda: now[0])

@@ -1,6 +1,6 @@
-"""The core scenarios (tests/test_core_scenarios.py) through a real sidecar with storage.backend:
-postgresql, on a database of this module's own: the same exact figures as on SQLite. Then
-PostgreSQL cut off behind a TCP proxy: 503 + Retry-After, counted, and recovery without a restart."""
+"""PostgreSQL as the ledger's backend through a real sidecar (storage.backend: postgresql, a database
+of this module's own); the core scenarios run on it in tests/test_core_scenarios.py (the postgresql
+cases). PostgreSQL cut off behind a TCP proxy: 503 + Retry-After, counted, and recovery without a restart."""
 
 from __future__ import annotations
 
@@ -8,19 +8,11 @@ import time
 
 import psycopg
 import pytest
-import test_core_scenarios as core
 from collectors_fakes.tcp_proxy import TcpProxy
 from otel_helpers import now
 from otlp_raw import post, stage_request
 from pg_support import PG_HOST, PG_PORT, dsn, reset, scratch_database, storage_config
 from sidecar import Sidecar
-
-# The scenarios, collected here again with the fixtures below (the SQLite-reading one is redone below).
-SCENARIOS = [
-    name for name in dir(core) if name.startswith("test_") and name != "test_a_confirm_after_a_fail_replaces_it"
-]
-globals().update({name: getattr(core, name) for name in SCENARIOS})
-transport = core.transport
 
 
 @pytest.fixture(scope="module")
