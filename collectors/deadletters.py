@@ -365,22 +365,3 @@ class DeadLetterMetric:
         for collector, namespace, queue, linked, n in counts:
             g.add_metric([collector, namespace, queue, "true" if linked else "false"], n)
         yield g
-
-
-def book_for_config(config: Any, clock: Callable[[], float] = time.time) -> DeadLetterBook:
-    """The book as the sidecar runs it: bodies through the snapshot redactor (same rules and key,
-    so markers match the payload snapshots'), links through the ledger's read-only queries."""
-    from syncwatch.ledger.queries import LedgerQueries
-    from syncwatch.snapshots import build_redactor
-
-    redactor = build_redactor(config)
-    queries = LedgerQueries(config.storage.ledger_path, clock)
-
-    def redact(body: bytes, truncated: bool) -> tuple[bytes, str, int]:
-        result = redactor.redact_head(body, len(body)) if truncated else redactor.redact_body(body)
-        return result.data, result.content_type, sum(result.counts.values())
-
-    def link(corr: str) -> bool:
-        return queries.timeline(corr) is not None
-
-    return DeadLetterBook(Path(config.storage.data_dir) / "deadletters.db", redact, link, clock)

@@ -88,8 +88,8 @@ class App:
     def _make_collectors(self):
         if not self.config.collectors:
             return None
-        from syncwatch.collectors.deadletters import book_for_config
         from syncwatch.collectors.manager import CollectorManager
+        from syncwatch.dead_letters import book_for_config
 
         return CollectorManager(
             self.config.collectors,

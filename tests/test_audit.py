@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from snapshot_data import Clock, make_request, sample
 
-from syncwatch.audit.models import FlowAudit
 from syncwatch.audit.ownership import FlowMap
 from syncwatch.audit.tracker import CONFLICT, VIOLATION, Write, WriteTracker
+from syncwatch.config.audit import FlowAudit
 from syncwatch.config.models import Config
 from syncwatch.metrics.registry import Metrics
 from syncwatch.snapshots import SnapshotIntake

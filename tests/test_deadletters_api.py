@@ -12,7 +12,8 @@ from deadletter_data import CARD, ledger_with
 
 from syncwatch.api.deadletters import setup_dead_letter_api
 from syncwatch.cli import deadletters as cli
-from syncwatch.collectors.deadletters import DeadLetter, DeadLetterRead, book_for_config
+from syncwatch.collectors.deadletters import DeadLetter, DeadLetterRead
+from syncwatch.dead_letters import book_for_config
 from syncwatch.ui import setup_ui
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -14,10 +14,10 @@ from deadletter_data import CARD, ledger_with
 from prometheus_client import CollectorRegistry
 from rabbitmq_broker import amqp
 
-from syncwatch.collectors.deadletters import book_for_config
 from syncwatch.collectors.manager import CollectorManager
 from syncwatch.config.errors import ConfigError
 from syncwatch.config.models import Config
+from syncwatch.dead_letters import book_for_config
 
 pytestmark = pytest.mark.rabbitmq
 

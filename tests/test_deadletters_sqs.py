@@ -13,9 +13,9 @@ from deadletter_data import CARD, ledger_with
 from prometheus_client import CollectorRegistry
 from sqs_data import NS, fail_until_dead_lettered, make_queue, sqs
 
-from syncwatch.collectors.deadletters import book_for_config
 from syncwatch.collectors.manager import CollectorManager
 from syncwatch.config.models import Config
+from syncwatch.dead_letters import book_for_config
 
 pytestmark = pytest.mark.usefixtures("aws_env")
 

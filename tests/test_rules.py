@@ -8,11 +8,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from otlp_raw import add_attributes
 
 from syncwatch.config.errors import ConfigError
+from syncwatch.config.rules import RulesConfig
 from syncwatch.intake.extract import SpanExtractor
 from syncwatch.intake.trace_view import view_of
 from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_FAIL, STAGE_SOURCE
 from syncwatch.rules.engine import RuleEngine
-from syncwatch.rules.models import RulesConfig
 from syncwatch.settings import load_config
 
 T0 = 1_700_000_000.0

@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
-import syncwatch.config  # noqa: F401 -- the bottom layer first: its models import syncwatch.audit.models
-
 if TYPE_CHECKING:
     from syncwatch.audit.auditor import Auditor
     from syncwatch.config.models import Config

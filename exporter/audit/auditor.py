@@ -15,10 +15,10 @@ from prometheus_client import CollectorRegistry
 
 from syncwatch.audit.findings import MAX_TEXT, PayloadAudit, fill_previous
 from syncwatch.audit.metrics import AuditMetrics
-from syncwatch.audit.models import AuditConfig
 from syncwatch.audit.ownership import FlowMap, ValueHasher
 from syncwatch.audit.store import AuditStore, Counts, db_path
 from syncwatch.audit.tracker import LatestByKey, WriteTracker
+from syncwatch.config.audit import AuditConfig
 from syncwatch.snapshots.otlp_logs import PayloadRecord
 from syncwatch.snapshots.store import Snapshot
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from syncwatch.audit.models import CORRELATION_ID, FieldOwnership, FlowAudit, OwnerRule
+from syncwatch.config.audit import CORRELATION_ID, FieldOwnership, FlowAudit, OwnerRule
 from syncwatch.config.jsonpath import Step, parse_json_path
 
 MISSING: Any = object()

@@ -7,10 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from syncwatch.audit.models import AuditConfig
+from syncwatch.config.audit import AuditConfig
 from syncwatch.config.durations import Duration
 from syncwatch.config.jsonpath import parse_json_path
-from syncwatch.rules.models import RulesConfig
+from syncwatch.config.rules import RulesConfig
 
 HOUR = 3600.0
 MIN_SNAPSHOT_RETENTION = 72 * HOUR

@@ -13,8 +13,8 @@ from typing import Any
 import re2
 
 from syncwatch.config.errors import ConfigError
+from syncwatch.config.rules import CorrelationSource, RuleConfig, WhenConfig
 from syncwatch.ledger.schema import STAGE_NAMES
-from syncwatch.rules.models import CorrelationSource, RuleConfig, WhenConfig
 from syncwatch.rules.presets import PRESETS
 
 MAX_VALUE_LENGTH = 512

@@ -11,6 +11,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from syncwatch.config.rules import RulesConfig
 from syncwatch.ledger.records import Event
 from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_FAIL, STAGE_NAMES
 from syncwatch.rules.conditions import (
@@ -26,7 +27,6 @@ from syncwatch.rules.conditions import (
 )
 from syncwatch.rules.events import EVENT_KEYS, MESSAGE_ID, span_events
 from syncwatch.rules.metrics import RulesMetrics
-from syncwatch.rules.models import RulesConfig
 from syncwatch.rules.stitch import Pending, StitchIndex
 
 _new = tuple.__new__  # records built without NamedTuple's keyword handling (the hot path's way, see ledger.records)
