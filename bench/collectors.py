@@ -26,11 +26,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "support")]
 
-from prometheus_client import CollectorRegistry  # noqa: E402
+from prometheus_client import CollectorRegistry
 
-from syncwatch.collectors.manager import CollectorManager  # noqa: E402
+from syncwatch.collectors.manager import CollectorManager
 
 
 async def cycles(manager: CollectorManager, name: str, n: int) -> tuple[list[float], list[int], int, int, list[float]]:

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path.insert(0, str(TESTS))
+sys.path[:0] = [str(TESTS), str(TESTS / "support")]
 
-import test_e2e_alerting as e2e  # noqa: E402
+import test_e2e_alerting as e2e
 
 
 def main() -> int:

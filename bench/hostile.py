@@ -22,17 +22,17 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "support")]
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
-from otlp_raw import add_attributes, post  # noqa: E402
-from sidecar import Sidecar  # noqa: E402
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from otlp_raw import add_attributes, post
+from sidecar import Sidecar
 
-from syncwatch.config.models import Config  # noqa: E402
-from syncwatch.intake.extract import SpanExtractor  # noqa: E402
-from syncwatch.intake.trace_view import TraceView  # noqa: E402
-from syncwatch.ledger.transitions import Ledger  # noqa: E402
-from syncwatch.metrics.registry import Metrics  # noqa: E402
+from syncwatch.config.models import Config
+from syncwatch.intake.extract import SpanExtractor
+from syncwatch.intake.trace_view import TraceView
+from syncwatch.ledger.transitions import Ledger
+from syncwatch.metrics.registry import Metrics
 
 CORR = "order-hostile-1"
 FLOWS = {"orders": {"destinations": ["erp"], "deadline": "1h"}}

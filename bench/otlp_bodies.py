@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "support")]
 
-import aiohttp  # noqa: E402
-import grpc  # noqa: E402
-from otlp_raw import post, stage_request  # noqa: E402
-from sidecar import Sidecar  # noqa: E402
-from test_hostile_transport import MIB, HealthWatch, _otlp_json, _peak_rss_mib, _rss_mib  # noqa: E402
+import aiohttp
+import grpc
+from otlp_raw import post, stage_request
+from sidecar import Sidecar
+from test_hostile_transport import MIB, HealthWatch, _otlp_json, _peak_rss_mib, _rss_mib
 
 
 def concurrent(

@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "support")]
 
-from prometheus_client import CollectorRegistry  # noqa: E402
-from reconcile_support import DEST_QUERY, SOURCE_QUERY, Databases  # noqa: E402
+from prometheus_client import CollectorRegistry
+from reconcile_support import DEST_QUERY, SOURCE_QUERY, Databases
 
-from syncwatch.config.models import default_flows  # noqa: E402
-from syncwatch.reconcile.manager import ReconcileManager  # noqa: E402
+from syncwatch.config.models import default_flows
+from syncwatch.reconcile.manager import ReconcileManager
 
 
 def rss_mib() -> float:

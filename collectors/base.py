@@ -36,7 +36,7 @@ class CollectorSettings(BaseModel):
     name: str = Field(min_length=1)
     # Timeout of every single broker call; must stay below sampling.fast_interval.
     # Default: 5 s, or half of fast_interval when that is shorter (filled in by syncwatch.collectors.config).
-    timeout: Duration = None  # type: ignore[assignment]
+    timeout: Duration = None  # type: ignore[assignment]  # None until the config fills the default in
 
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -14,8 +14,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alerts import generate as alerts_gen  # noqa: E402
-from dashboards.exported_metrics import exported_series  # noqa: E402
+from alerts import generate as alerts_gen
+from dashboards.exported_metrics import exported_series
 
 ALERTS = ROOT / "alerts"
 RULES = ALERTS / "syncwatch-rules.yml"

@@ -17,7 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dashboards import exported_metrics  # noqa: E402
+from dashboards import exported_metrics
 
 README = ROOT / "README.md"
 RULES = ROOT / "alerts" / "syncwatch-rules.yml"

@@ -15,11 +15,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prom_runners import PROMTOOL, substitute  # noqa: E402  (the same substitution the end-to-end run uses)
+from prom_runners import PROMTOOL, substitute  # the same substitution the end-to-end run uses
 
-from alerts import generate as alerts_gen  # noqa: E402
-from dashboards import exported_metrics  # noqa: E402
-from dashboards import generate as gen  # noqa: E402
+from alerts import generate as alerts_gen
+from dashboards import exported_metrics
+from dashboards import generate as gen
 
 SPEC = ROOT.parent / "shared" / "SPEC.md"
 promtool = PROMTOOL

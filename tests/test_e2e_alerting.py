@@ -27,7 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prom_runners import (  # noqa: E402
+from prom_runners import (
     ALERTMANAGER,
     PROMETHEUS,
     Webhook,
@@ -37,7 +37,7 @@ from prom_runners import (  # noqa: E402
     substitute,
     wait_query,
 )
-from sidecar import Sidecar  # noqa: E402
+from sidecar import Sidecar
 
 MGMT = "http://127.0.0.1:15672"
 AUTH = ("guest", "guest")
@@ -47,7 +47,7 @@ def _missing() -> str | None:
     if PROMETHEUS is None or ALERTMANAGER is None:
         return "prometheus / prometheus-alertmanager binaries missing: run scripts/system-deps.sh"
     try:
-        import pika  # noqa: F401
+        import pika  # noqa: F401 -- only whether it imports
         import requests
     except ImportError as exc:
         return f"{exc.name} missing: pip install -e '.[test]'"

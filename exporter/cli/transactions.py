@@ -85,7 +85,7 @@ def _get(args: argparse.Namespace, path: str, params: dict[str, Any] | None = No
         headers["Authorization"] = f"Bearer {token}"
     try:
         # S310: the URL is the user's --url, checked above to be http(s).
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=args.timeout) as r:  # noqa: S310
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=args.timeout) as r:  # noqa: S310 -- --url is checked to be http(s) above
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         try:

@@ -136,9 +136,9 @@ class Ledger:
             closer = self.closer
             for ev in closes:  # extraction refuses a confirm or fail without a destination
                 if ev.stage == STAGE_CONFIRM:
-                    closer.confirm(ev, ev.dest)  # type: ignore[arg-type]
+                    closer.confirm(ev, ev.dest)  # type: ignore[arg-type]  # dest: set, see above
                 else:
-                    closer.fail(ev, ev.dest)  # type: ignore[arg-type]
+                    closer.fail(ev, ev.dest)  # type: ignore[arg-type]  # dest: set, see above
             self.batch.write(self.pending, self.timelines.omitted, self.deadlines)
             self.store.commit()
         except BaseException:

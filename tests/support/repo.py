@@ -10,6 +10,6 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from alerts import generate as alerts_gen  # noqa: E402
+from alerts import generate as alerts_gen
 
 __all__ = ["ROOT", "alerts_gen"]
