@@ -24,3 +24,12 @@ def test_the_reference_names_every_metric_the_alert_rules_use():
     used = set(re.findall(r"\b(syncwatch_[a-z_]+)", rules))
     bases = {re.sub(r"_(bucket|sum|count)$", "", m) for m in used}
     assert bases <= listed | {m + "_total" for m in listed} | {m.removesuffix("_total") for m in listed}, bases - listed
+
+
+def test_readme_names_every_metric():
+    import re
+
+    page = (ROOT / "docs" / "reference.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(m for m in re.findall(r"\| `(syncwatch_\w+)` \|", page) if f"`{m}`" not in readme)
+    assert not missing, f"README.md's metric list lacks {missing}"
