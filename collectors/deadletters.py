@@ -13,6 +13,7 @@ import builtins
 import contextlib
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -26,6 +27,8 @@ from prometheus_client.core import GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from syncwatch.config.jsonpath import Step, parse_json_path
+
+log = logging.getLogger("syncwatch.collectors.deadletters")
 
 # Longest correlation ID taken from a message (the ledger's default limit).
 MAX_CORRELATION_ID = 256
@@ -360,7 +363,8 @@ class DeadLetterMetric:
         )
         try:
             counts = self.book.counts()
-        except sqlite3.Error:
+        except sqlite3.Error as exc:  # the scrape goes on without this family; say why
+            log.warning("dead-letter book unreadable, syncwatch_dead_letters left out of this scrape: %s", exc)
             counts = []
         for collector, namespace, queue, linked, n in counts:
             g.add_metric([collector, namespace, queue, "true" if linked else "false"], n)

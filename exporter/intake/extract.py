@@ -12,11 +12,11 @@ follows one span from attribute map to Event here, and bench/ingest.py guards th
 from __future__ import annotations
 
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from syncwatch.intake.ids import correlation_problem
 from syncwatch.ledger.records import Event
 from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_NAMES, STAGE_SOURCE
 
@@ -44,7 +44,6 @@ MAX_VALUE_LENGTH = 512  # idempotency keys, error types and response codes
 
 _intern = sys.intern
 _new = tuple.__new__  # an Event without the Python-level NamedTuple __new__ (ledger/records.py)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def any_value(v):
@@ -239,14 +238,9 @@ class SpanExtractor:
                         correlated += 1  # context span of a transaction: counts for coverage only
                         continue
                     text = corr if corr.__class__ is str else str(corr)
-                    if len(text) > self._max_corr:
-                        out.reject(
-                            f"{_where(span)}: correlation ID longer than {self._max_corr} characters "
-                            "(limits.max_correlation_id_length)"
-                        )
-                        continue
-                    if not text.isprintable() and _CONTROL.search(text):
-                        out.reject(f"{_where(span)}: correlation ID contains control characters")
+                    problem = correlation_problem(text, self._max_corr)
+                    if problem is not None:
+                        out.reject(f"{_where(span)}: {problem}")
                         continue
                     ev = event(span, get, resource_get, corr, stage_name, received, out)
                     if ev is not None:
@@ -291,14 +285,9 @@ class SpanExtractor:
                         out.uncorrelated += 1  # explicit stage, no ID: the integration's own bug
                         continue
                     text = corr if corr.__class__ is str else str(corr)
-                    if len(text) > self._max_corr:
-                        out.reject(
-                            f"{_where(span)}: correlation ID longer than {self._max_corr} characters "
-                            "(limits.max_correlation_id_length)"
-                        )
-                        continue
-                    if not text.isprintable() and _CONTROL.search(text):
-                        out.reject(f"{_where(span)}: correlation ID contains control characters")
+                    problem = correlation_problem(text, self._max_corr)
+                    if problem is not None:
+                        out.reject(f"{_where(span)}: {problem}")
                         continue
                     ev = self._event(span, get, resource_get, corr, stage_name, received, out)
                     if ev is not None:

@@ -5,13 +5,13 @@ the events) and stitches spans that carry no correlation ID to the trace that ta
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from syncwatch.config.rules import RulesConfig
+from syncwatch.intake.ids import correlation_problem
 from syncwatch.ledger.records import Event
 from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_FAIL, STAGE_NAMES
 from syncwatch.rules.conditions import (
@@ -33,8 +33,6 @@ _new = tuple.__new__  # records built without NamedTuple's keyword handling (the
 
 # Re-exported: settings validates rules with compile_rule from here.
 __all__ = ["Decision", "RuleEngine", "build_engine", "compile_rule"]
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -269,13 +267,9 @@ class RuleEngine:
             self._emit(rule, events, corr, out, decision)
 
     def _emit(self, rule: Rule, events: list[tuple], corr: str, out: Any, decision: Decision | None) -> None:
-        if len(corr) > self.max_corr:
-            out.reject(
-                f"span {events[0][1].hex() if events else '?'}: correlation ID longer than {self.max_corr} characters"
-            )
-            return
-        if not corr.isprintable() and _CONTROL.search(corr):
-            out.reject(f"span {events[0][1].hex() if events else '?'}: correlation ID contains control characters")
+        problem = correlation_problem(corr, self.max_corr)
+        if problem is not None:
+            out.reject(f"span {events[0][1].hex() if events else '?'}: {problem}")
             return
         out.correlated += 1
         if decision is not None:
