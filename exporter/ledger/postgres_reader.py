@@ -54,6 +54,17 @@ _SOURCES = (
 )
 
 
+# Errors of the database, not of the query: connection lost or refused, a timeout, a server shutting
+# down or out of resources, a read-only or privilege refusal. Others (a syntax error, bad data) are
+# bugs and propagate as such.
+_UNAVAILABLE = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    psycopg.InternalError,
+    psycopg.errors.InsufficientPrivilege,
+)
+
+
 class PostgresQueries:
     def __init__(self, config: Config, clock: Callable[[], float] = time.time):
         pg = config.storage.postgresql
@@ -66,7 +77,7 @@ class PostgresQueries:
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[dict[str, Any]] | None]:
         """A read-only transaction on a connection of its own; None while the schema does not exist
-        yet (nothing recorded). Any database error raises LedgerUnavailable."""
+        yet (nothing recorded). A database that cannot answer raises LedgerUnavailable."""
         try:
             conn = psycopg.connect(
                 self.dsn,
@@ -76,7 +87,7 @@ class PostgresQueries:
                 tcp_user_timeout=self.statement_timeout_ms,  # a cut link fails the call instead of hanging
                 row_factory=dict_row,
             )
-        except psycopg.Error as exc:
+        except _UNAVAILABLE as exc:
             raise _unavailable(exc) from None
         # Sent with the BEGIN (no round trip of its own): BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY.
         conn.read_only = True
@@ -87,7 +98,7 @@ class PostgresQueries:
                     yield None
                 else:
                     yield conn
-        except psycopg.Error as exc:
+        except _UNAVAILABLE as exc:
             raise _unavailable(exc) from None
         finally:
             conn.close()
@@ -189,13 +200,13 @@ def _list_query(state: str, flow: str | None, n: int, after: list[Any] | None, n
         where.append(f"({col}, t.corr{_C}, t.dest{_C}, t.flow{_C}) {'<' if desc else '>'} (%s, %s, %s, %s)")
         params += [first, first, *after[1:]]
     direction = " DESC" if desc else ""
-    sql += " WHERE " + " AND ".join(where)
+    sql += (" WHERE " + " AND ".join(where)) if where else ""
     sql += f" ORDER BY {col}{direction}, t.corr{_C}{direction}, t.dest{_C}{direction}, t.flow{_C}{direction} LIMIT %s"
     params.append(n)
     return sql, params
 
 
-def _unavailable(exc: psycopg.Error) -> LedgerUnavailable:
+def _unavailable(exc: Exception) -> LedgerUnavailable:
     """The error a caller shows: its first line (psycopg names host and port, never the password)."""
     text = str(exc).strip()
     reason = text.splitlines()[0] if text else type(exc).__name__
