@@ -24,18 +24,20 @@ from otel_helpers import now
 from otlp_raw import post, stage_request
 from pg_support import PG_HOST, PG_PORT, dsn, reset, scratch_database, storage_config
 from prometheus_client import CollectorRegistry
+from reconcile_support import FlashSale, reconciler_config
 from sidecar import free_port
 from snapshot_data import T0
 
 from syncwatch.api.routes import setup_api
 from syncwatch.cli.main import main as cli_main
-from syncwatch.config.models import Config
+from syncwatch.config.models import Config, default_flows
 from syncwatch.ledger.postgres_reader import PostgresQueries
 from syncwatch.ledger.read_model import STATES
 from syncwatch.ledger.reader import LedgerUnavailable, open_queries
 from syncwatch.ledger.schema import corr_hash
 from syncwatch.ledger.transitions import Ledger
 from syncwatch.metrics.registry import Metrics
+from syncwatch.reconcile.manager import ReconcileManager
 from syncwatch.ui import setup_ui
 
 pytestmark = pytest.mark.databases
@@ -324,6 +326,34 @@ def test_before_the_schema_exists_the_ledger_reads_as_empty(tmp_path):
         assert reader.timeline("ord-1") is None
         assert reader.reconciliation("overdue") == ([], None)
         assert reader.states_of("orders", ["ord-1"]) == {}
+
+
+def test_a_reconciler_whose_ledger_is_unreachable_fails_its_run_as_unreachable(tmp_path, dbs, monkeypatch):
+    """The never-traced check asks the ledger which IDs it saw: without an answer the run fails,
+    counted, instead of reporting every source row as never traced."""
+    sale = FlashSale.make()
+    asyncio.run(sale.load(dbs))
+    monkeypatch.setenv("SHOP_DB_PASSWORD", "not-used-trust-auth")
+    registry = CollectorRegistry()
+    ledger = open_queries(pg_config("nowhere", tmp_path, port=free_port()))
+    manager = ReconcileManager([reconciler_config(dbs)], default_flows(), tmp_path, ledger, registry)
+    try:
+        assert asyncio.run(manager.run_once()) == {"shop-erp": False}
+    finally:
+        asyncio.run(manager.stop())
+    (runner,) = manager.runners
+    assert runner.last_error is not None and runner.last_error.reason == "unreachable"
+    assert str(runner.last_error).startswith("unreachable: the ledger cannot be read: PostgreSQL: ")
+    assert SECRET not in str(runner.last_error)
+    errors = {
+        r: registry.get_sample_value("syncwatch_reconciler_errors_total", {"reconciler": "shop-erp", "reason": r})
+        for r in ("unreachable", "other")
+    }
+    assert errors == {"unreachable": 1.0, "other": 0.0}
+    found = registry.get_sample_value(
+        "syncwatch_reconcile_findings", {"reconciler": "shop-erp", "flow": "orders", "kind": "never_traced"}
+    )
+    assert found in (None, 0.0)
 
 
 def test_check_config_names_where_the_ledger_is_never_the_dsn(tmp_path, capsys):
