@@ -8,6 +8,7 @@ the same process answers again once the database is back."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import time
@@ -232,6 +233,35 @@ def test_what_the_ledger_writer_records_reads_the_same_on_both_backends(tmp_path
     (o3,) = pg["o-3"][1]["destinations"]
     assert o3["state"] == "confirmed" and o3["duplicate"] and o3["source_span"]["span_id"]
     assert [i["correlation_id"] for _, p in pg["state=duplicate limit=1"] for i in p["items"]] == ["o-3"]
+
+
+def test_text_postgresql_cannot_hold_is_refused_or_unknown_alike_on_both_backends(tmp_path, pg_db):
+    """A NUL or a lone surrogate in a forged cursor is a 400 on both (PostgreSQL's text holds neither);
+    a correlation ID or flow with a NUL is simply unknown, not a database error."""
+    reset(pg_db)
+
+    def cursor(raw: str) -> str:
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    async def scenario(client):
+        out = []
+        for raw in ('[1.5, "a\\u0000b", "erp", "orders"]', '[1.5, "\\ud800", "erp", "orders"]'):
+            for state in ("pending", "failed", "duplicate"):
+                r = await client.get(f"/api/v1/transactions?state={state}&cursor={cursor(raw)}", headers=AUTH)
+                out.append((r.status, (await r.json())["error"]))
+        r = await client.get("/api/v1/transactions/ord%001", headers=AUTH)
+        out.append((r.status, None))
+        r = await client.get("/api/v1/transactions?state=pending&flow=ord%00ers", headers=AUTH)
+        out.append((r.status, (await r.json())["count"]))
+        return out
+
+    answers = []
+    for config in (sqlite_config(tmp_path), pg_config(pg_db, tmp_path)):
+        write_ledger(config)
+        answers.append(serve(config, scenario))
+        assert open_queries(config).states_of("orders", ["ord-1", "ord\x001"]) == {"ord-1": "confirmed"}
+    assert answers[0] == answers[1]
+    assert answers[0] == [(400, "cursor is not one this API returned")] * 6 + [(404, None), (200, 0)]
 
 
 def test_a_lost_database_is_a_503_and_reads_recover_without_a_restart(tmp_path, caplog):
