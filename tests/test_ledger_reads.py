@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -31,9 +32,12 @@ from snapshot_data import T0
 
 from syncwatch.api.routes import setup_api
 from syncwatch.cli.main import main as cli_main
+from syncwatch.collectors.deadletters import DeadLetter, DeadLetterRead
 from syncwatch.config.models import Config, default_flows
-from syncwatch.ledger.postgres_reader import PostgresQueries
-from syncwatch.ledger.read_model import STATES
+from syncwatch.dead_letters import book_for_config
+from syncwatch.ledger.postgres_reader import PostgresQueries, _list_query
+from syncwatch.ledger.postgres_store import PostgresStore
+from syncwatch.ledger.read_model import SORT_COLUMN, STATES
 from syncwatch.ledger.reader import LedgerUnavailable, open_queries
 from syncwatch.ledger.schema import corr_hash
 from syncwatch.ledger.transitions import Ledger
@@ -384,6 +388,53 @@ def test_a_reconciler_whose_ledger_is_unreachable_fails_its_run_as_unreachable(t
         "syncwatch_reconcile_findings", {"reconciler": "shop-erp", "flow": "orders", "kind": "never_traced"}
     )
     assert found in (None, 0.0)
+
+
+def test_dead_letters_link_to_transactions_in_the_postgresql_ledger(tmp_path, pg_db):
+    reset(pg_db)
+    config = pg_config(pg_db, tmp_path)
+    write_ledger(config)
+    book = book_for_config(config)
+
+    def letter(key: str, corr: str) -> DeadLetter:
+        return DeadLetter(key, corr, "rejected", "orders", NOW - 90, 1, b"{}", 2, False)
+
+    book.record(
+        "rabbit", [DeadLetterRead("/", "orders.dlq", [letter("m-1", "late-03"), letter("m-2", "SO-404")], True)]
+    )
+    assert {row["correlation_id"]: row["linked"] for row in book.list()} == {"late-03": True, "SO-404": False}
+
+
+def test_list_reads_are_index_scans_on_postgresql(tmp_path, pg_db):
+    """Like the SQLite plans in test_ledger_plans.py: a page costs the rows it returns, not the ledger."""
+    reset(pg_db)
+    PostgresStore(pg_config(pg_db, tmp_path)).close()  # the schema, as syncwatch makes it
+    with psycopg.connect(dsn(pg_db)) as conn:
+        with conn.cursor().copy("COPY open_tx (corr, dest, flow, opened_at, deadline) FROM STDIN") as copy:
+            for i in range(20_000):
+                copy.write_row((f"ORD-{i:06d}", "erp", "orders", T0 + i, T0 + 300 + i))
+        with conn.cursor().copy("COPY closed_tx (corr, dest, flow, outcome, closed_at, corr_hash) FROM STDIN") as copy:
+            for i in range(20_000):
+                outcome = "failed" if i % 100 == 0 else "confirmed"
+                copy.write_row((f"ORD-{i:06d}", "erp", "orders", outcome, T0 + i, corr_hash(f"ORD-{i:06d}")))
+        with conn.cursor().copy("COPY applies (idem, corr, dest, flow, first_at, last_at, applies) FROM STDIN") as copy:
+            for i in range(20_000):
+                copy.write_row((f"k-{i}", f"ORD-{i:06d}", "erp", "orders", T0 + i, T0 + i, 2 if i % 100 == 0 else 1))
+        conn.execute("ANALYZE")
+        after = [T0 + 10_300.0, "ORD-010000", "erp", "orders"]
+        for state, index in (
+            ("overdue", "open_tx_by_deadline"),
+            ("pending", "open_tx_by_deadline"),
+            ("failed", "closed_tx_problems"),
+            ("duplicate", "applies_duplicates"),
+        ):
+            for flow, cursor in ((None, None), ("orders", after)):
+                sql, params = _list_query(state, flow, 101, cursor, T0 + 40_000)
+                plan = json.dumps(conn.execute("EXPLAIN (FORMAT JSON) " + sql, params).fetchone()[0])
+                assert f'"Index Name": "{index}"' in plan and "Seq Scan" not in plan, (state, flow, plan)
+                if cursor:  # a deep page starts at the cursor in the index, not at the first row
+                    column = SORT_COLUMN[state]
+                    assert re.search(f'"Index Cond": "[^"]*{column} [<>]= ', plan), (state, plan)
 
 
 def test_check_config_names_where_the_ledger_is_never_the_dsn(tmp_path, capsys):

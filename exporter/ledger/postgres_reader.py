@@ -193,12 +193,11 @@ def _list_query(state: str, flow: str | None, n: int, after: list[Any] | None, n
         where.append("t.flow = %s")
         params.append(flow)
     if after is not None:
+        # PostgreSQL starts the index scan at the cursor's sort value (a row comparison's leading
+        # column is an index condition), so a deep page costs what a first one does.
         first = None if after[0] is None else float(after[0])
-        # The range on the sort column alone lets the index skip the pages already read; the row
-        # comparison then places the cursor exactly among equal values.
-        where.append(f"{col} {'<=' if desc else '>='} %s")
         where.append(f"({col}, t.corr{_C}, t.dest{_C}, t.flow{_C}) {'<' if desc else '>'} (%s, %s, %s, %s)")
-        params += [first, first, *after[1:]]
+        params += [first, *after[1:]]
     direction = " DESC" if desc else ""
     sql += (" WHERE " + " AND ".join(where)) if where else ""
     sql += f" ORDER BY {col}{direction}, t.corr{_C}{direction}, t.dest{_C}{direction}, t.flow{_C}{direction} LIMIT %s"
