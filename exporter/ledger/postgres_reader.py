@@ -14,7 +14,6 @@ the sort columns are NOT NULL, so NULL ordering never differs.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,8 +35,6 @@ from syncwatch.ledger.read_model import (
 )
 from syncwatch.ledger.reader import LedgerUnavailable
 from syncwatch.ledger.schema import corr_hash
-
-log = logging.getLogger("syncwatch.ledger")
 
 _OPEN_COLS = "corr, dest, flow, source, changed_at, opened_at, deadline, source_trace, source_span, attempts, timeline"
 _CLOSED_COLS = (
