@@ -27,7 +27,7 @@ from otlp_raw import post, stage_request
 from pg_support import PG_HOST, PG_PORT, dsn, reset, scratch_database, storage_config
 from prometheus_client import CollectorRegistry
 from reconcile_support import FlashSale, reconciler_config
-from sidecar import free_port
+from sidecar import free_port, transactions_cli
 from snapshot_data import T0
 
 from syncwatch.api.routes import setup_api
@@ -485,10 +485,14 @@ def test_a_sidecar_on_postgresql_lists_what_it_recorded_and_answers_503_while_th
         status, body = overdue()
         assert status == 503 and "the ledger cannot be read: PostgreSQL" in body["error"]
         assert sc.get("/healthz")[0] == 200  # the process is fine; its database is not
+        cli = transactions_cli(sc, "list", "--state", "overdue", token=TOKEN)
+        assert cli.returncode == 1 and "syncwatch: 503: the ledger cannot be read: PostgreSQL" in cli.stderr
         proxy.start()
         status, body = overdue()
         assert status == 200 and [i["correlation_id"] for i in body["items"]] == ["SO-1", "SO-2"]
         assert body["next_cursor"] == first["next_cursor"]
+        cli = transactions_cli(sc, "list", "--state", "overdue", "--all", "--limit", "3", token=TOKEN)
+        assert cli.returncode == 0 and "4 overdue transaction(s)" in cli.stdout, cli.stderr
         sc.stop()
         assert SECRET not in sc.log()
     finally:
