@@ -1164,6 +1164,30 @@ def test_database_secret_beside_a_password_key_fails():
     )
 
 
+def test_readmes_replicas_example_renders_valid_and_syncwatch_loads_it(tmp_path):
+    values = yaml.safe_load((CHART / "examples" / "replicas-postgresql.yaml").read_text())
+    objects = render(values)
+    for obj in objects:
+        validate_manifest(obj)
+    assert one(objects, "Deployment")["spec"]["replicas"] == 3
+    assert one(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    report = helm.lint(CHART, values, strict=False, namespace=NAMESPACE)
+    assert not [m for m in report["messages"] if m["severity"] >= 3] + report["errors"]
+    text, _ = rendered_config(objects)
+    secrets = tmp_path / "var/run/secrets/syncwatch"
+    for path, content in {"api-token/token": "t", "databases/shop-erp/shop/password": "pw"}.items():
+        (secrets / path).parent.mkdir(parents=True, exist_ok=True)
+        (secrets / path).write_text(content)
+    (tmp_path / "config.yaml").write_text(text.replace("/var/run/secrets/syncwatch", str(secrets)))
+    config = load_config(tmp_path / "config.yaml", environ={"ERP_DB_PASSWORD": "pw"})
+    assert config.storage.backend == "postgresql"
+    assert config.snapshots.backend == "s3://acme-syncwatch/snapshots"
+    # the READMEs point at it
+    for readme in (ROOT / "README.md", CHART / "README.md"):
+        assert "examples/replicas-postgresql.yaml" in readme.read_text(), readme
+
+
 def test_sidecar_pod_monitor_labels_each_sidecars_ledger():
     objects = render({"mode": "sidecar", "podMonitor": {"enabled": True}})
     endpoint = one(objects, "PodMonitor")["spec"]["podMetricsEndpoints"][0]
