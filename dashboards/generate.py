@@ -922,10 +922,10 @@ def self_health():
             [
                 P(
                     "Leaders",
-                    """Replicas holding the leader lease, per job: 1 is right (always 1 with SQLite). 0 for
+                    """Replicas holding the leader lease, per ledger: 1 is right (always 1 with SQLite). 0 for
               a minute means nothing marks transactions overdue or samples the brokers
               (SyncwatchNoLeader pages); 2 or more for minutes is SyncwatchSeveralLeaders.""",
-                    [Q(f"sum by (job) (syncwatch_leader{{{JOB}}})", "{{job}}")],
+                    [Q(f"sum without ({REPLICAS}) (syncwatch_leader{{{JOB}}})", "{{job}} {{ledger}}")],
                     kind="stat",
                     width=4,
                     thresholds=[(None, "red"), (1, "green"), (2, "orange")],

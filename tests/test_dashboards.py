@@ -207,7 +207,9 @@ def test_replicas_row():
     panels = {p["title"]: p for p in _panels(_load("syncwatch-health.json"))}
     rows = [p["title"] for p in _load("syncwatch-health.json")["panels"] if p["type"] == "row"]
     assert rows[-1] == "Replicas (ledger on PostgreSQL)"
-    assert [t["expr"] for t in panels["Leaders"]["targets"]] == ['sum by (job) (syncwatch_leader{job=~"$job"})']
+    assert [t["expr"] for t in panels["Leaders"]["targets"]] == [
+        'sum without (instance, pod) (syncwatch_leader{job=~"$job"})'
+    ]
     assert (
         panels["Leader per pod"]["targets"][0]["expr"] == 'max by (job, pod, instance) (syncwatch_leader{job=~"$job"})'
     )

@@ -119,7 +119,7 @@ DATABASE_SECRETS = {
 SCENARIOS = {
     "default": {},
     "replicas-postgresql": REPLICAS,
-    "replicas-pdb-max-unavailable": REPLICAS | {"podDisruptionBudget": {"minAvailable": None, "maxUnavailable": 1}},
+    "replicas-pdb-max-unavailable": REPLICAS | {"podDisruptionBudget": {"maxUnavailable": 1}},
     "postgresql-dsn-env": {
         "config": {"storage": {"backend": "postgresql"}},
         "postgresql": {"dsnSecret": {"name": "syncwatch-ledger", "key": "dsn", "env": "LEDGER_DSN"}},
@@ -1041,6 +1041,8 @@ def test_pdb_max_unavailable_instead_and_not_both():
     assert "minAvailable" not in one(objects, "PodDisruptionBudget")["spec"]
     pct = render(REPLICAS | {"podDisruptionBudget": {"minAvailable": "50%"}})
     assert one(pct, "PodDisruptionBudget")["spec"]["minAvailable"] == "50%"
+    two = one(render(REPLICAS | {"podDisruptionBudget": {"minAvailable": 2}}), "PodDisruptionBudget")["spec"]
+    assert (two["minAvailable"], "maxUnavailable" in two) == (2, False)
     assert "podDisruptionBudget: set minAvailable or maxUnavailable, not both" in _render_error(
         REPLICAS | {"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}
     )
