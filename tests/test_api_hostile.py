@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from api_data import write_ledger
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from otlp_raw import post
 from pg_support import reset, scratch_database, storage_config
 from snapshot_data import make_request
@@ -104,13 +105,16 @@ def test_payload_bodies_are_shown_as_stored(api_sidecar):
 def test_a_correlation_id_cannot_forge_a_log_line(api_sidecar):
     sc = api_sidecar
     corr = "ord-7\n2026-01-01 00:00:00,000 INFO syncwatch.api: forged line"
-    _send_snapshots(sc, {"corr": corr, "direction": "request", "body": "hello"})
-    status, record = _get_json(sc, "/api/v1/transactions/" + urllib.parse.quote(corr, safe=""))
-    assert status == 200 and record["correlation_id"] == corr
+    status, _, resp = post(
+        sc.otlp_http + "/v1/logs",
+        make_request({"corr": corr, "direction": "request", "body": "hello"}).SerializeToString(),
+    )
+    answer = ExportLogsServiceResponse.FromString(resp)
+    assert status == 200 and answer.partial_success.rejected_log_records == 1  # refused, as on spans
+    assert answer.partial_success.error_message == "1 x correlation ID contains control characters"
+    status, _ = _get_json(sc, "/api/v1/transactions/" + urllib.parse.quote(corr, safe=""))
+    assert status == 404
     sc.stop()
-    reads = [line for line in sc.log().splitlines() if "payload snapshots read" in line]
-    assert len(reads) == 1
-    assert "forged line" in reads[0] and "ord-7\\n2026" in reads[0]  # escaped, on the same line
     assert not any(
         line.startswith("2026-01-01 00:00:00,000 INFO syncwatch.api: forged") for line in sc.log().splitlines()
     )
