@@ -1,6 +1,12 @@
 """What SnapshotIntake calls once per stored batch, on its store thread: reads the redacted
 request/response bodies of audited flows, feeds the write tracker and the idempotency maps,
-counts findings and keeps them (with both writes, redacted) in audit.db."""
+counts findings and keeps them (with both writes, redacted) in audit.db.
+
+Each audited batch is one audit.db transaction: its findings, its write counts and the tracked
+records it changed. The metrics move after that commit, so a write counted in
+`syncwatch_audit_writes_total` is on disk and a restart (even kill -9) still compares later
+writes against it. The OTLP answer does not wait for the audit: what is lost to a kill -9 is the
+tracked state of payloads stored but still queued for the audit thread (at most MAX_QUEUED)."""
 
 from __future__ import annotations
 
@@ -25,7 +31,6 @@ from syncwatch.snapshots.store import Snapshot
 log = logging.getLogger("syncwatch.audit")
 
 OTHER = "other"
-FLUSH_EVERY = 2.0  # seconds between write-count flushes when no finding forces one
 MAX_QUEUED = 20_000  # payloads handed to the audit thread and not yet audited
 
 
@@ -54,12 +59,35 @@ class Auditor:
         self.store = AuditStore(db_path(data_dir), cfg.max_events)
         self.clock = clock
         self._counts: Counts = {}
-        self._last_flush = clock()
+        self._unwritten: list[dict[str, Any]] = []  # findings of batches audit.db refused, retried
         self._evicted = 0
         # One audit thread owns the tracker and audit.db; the store thread only hands batches over.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
         self._lock = threading.Lock()
         self._queued = 0
+        # The tracked state of earlier processes first: every batch queues behind it.
+        self._executor.submit(self._load)
+
+    def _load(self) -> None:
+        try:
+            rows = self.store.load_tracked()
+        except Exception:  # an unreadable audit.db costs the earlier state, not the audits
+            log.exception("audit: tracked state in %s not read; starting without it", self.store.path)
+            return
+        unreadable = 0
+        for flow, record, fields in rows:
+            if fields is None or flow not in self.maps:
+                # Unreadable, or a flow no longer audited: deleted from disk with the next batch.
+                unreadable += fields is None
+                self.tracker.forget(flow, record)
+                continue
+            self.tracker.load(flow, record, fields)
+        if unreadable:
+            log.warning("audit: %d tracked records in %s unreadable, dropped", unreadable, self.store.path)
+        self._write([])
+        self._update_gauges()
+        if self.tracker.fields:
+            log.info("audit: %d tracked fields read back from %s", self.tracker.fields, self.store.path)
 
     def _writer_label(self, writer: str) -> str:
         return writer if writer in self.systems else OTHER
@@ -97,7 +125,7 @@ class Auditor:
                 for flow, corr, destination, record_id, t in mine:
                     self.payloads.record_id_found(flow, corr, destination, record_id[:MAX_TEXT], t, events)
                 if events:
-                    self._flush(events)
+                    self._write(events)
             finally:
                 with self._lock:
                     self._queued -= len(mine)
@@ -137,30 +165,49 @@ class Auditor:
             for i in range(3):
                 total[i] += n[i]
                 lab[i] += n[i]
+        fill_previous(events, lookup, self.maps)
+        # Durable first (findings, counts and tracked state in one transaction), then counted.
+        self._write(events)
         for (flow, field, writer), (w, c, v) in labels.items():
             self.m.writes.labels(flow, field, writer).inc(w)
             if c:
                 self.m.conflicts.labels(flow, field, writer).inc(c)
             if v:
                 self.m.violations.labels(flow, field, writer).inc(v)
-        fill_previous(events, lookup, self.maps)
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
         self.m.tracked.set(self.tracker.fields)
         evicted = self.tracker.evicted + self.keys.evicted + self.record_ids.evicted
         if evicted > self._evicted:
             self.m.evicted.inc(evicted - self._evicted)
             self._evicted = evicted
-        if events or self.clock() - self._last_flush >= FLUSH_EVERY:
-            self._flush(events)
 
     def flush(self) -> None:
-        """Write the counts held in memory now (before a report is read)."""
-        self._executor.submit(self._flush).result()
+        """Wait until every batch handed over so far is written (before a report is read)."""
+        self.wait()
 
-    def _flush(self, events: list[dict[str, Any]] | None = None) -> None:
+    def _write(self, events: list[dict[str, Any]]) -> None:
+        events = self._unwritten + events
         counts, self._counts = self._counts, {}
-        self._last_flush = self.clock()
-        if events or counts:
-            self.store.write(events or [], counts)
+        changes = self.tracker.take_changes()
+        if not (events or counts or changes):
+            return
+        try:
+            self.store.write(events, counts, changes)
+        except Exception as exc:  # audit.db failing (disk full, locked): kept in memory, written with the next batch
+            if not self._unwritten:
+                log.error("audit: writing %s failed (%s); retried with the next batch", self.store.path, exc)
+            self._unwritten = events[-self.cfg.max_events :]
+            for key, n in counts.items():
+                total = self._counts.setdefault(key, [0, 0, 0])
+                for i in range(3):
+                    total[i] += n[i]
+            self.tracker.mark_changed((flow, record) for flow, record, _ in changes)
+            return
+        if self._unwritten:
+            log.info("audit: %s written again", self.store.path)
+            self._unwritten = []
 
     # -- retention -----------------------------------------------------------------------------
     def sweep(self, cutoff: float) -> None:
@@ -171,12 +218,12 @@ class Auditor:
         self.keys.sweep(cutoff)
         self.record_ids.sweep(cutoff)
         self.m.tracked.set(self.tracker.fields)
-        self._flush()
+        self._write([])
         self.store.sweep(cutoff, self.clock() - self.cfg.report_retention)
 
     def close(self) -> None:
         def last() -> None:
-            self._flush()
+            self._write([])
             self.store.close()
 
         self._executor.submit(last).result()

@@ -44,17 +44,23 @@ def scalar_text(value: Any) -> str | None:
 
 
 class ValueHasher:
-    """A 64-bit hash of a value's canonical JSON, salted with a secret from the hash key. Values
-    are already redacted, and a redaction marker carries the keyed hash of what it replaced:
-    equal secrets compare equal. Kept in memory only, never shown: SipHash (Python's) suffices."""
+    """A 64-bit keyed hash (BLAKE2b keyed with a secret derived from the hash key) of a value's
+    canonical JSON. Values are already redacted, and a redaction marker carries the keyed hash of
+    what it replaced: equal secrets compare equal. Stable across processes (Python's own `hash` is
+    salted per process), because the tracked hashes are persisted and compared after a restart."""
 
     def __init__(self, hash_key: bytes) -> None:
-        self._salt = hashlib.sha256(b"audit:" + hash_key).digest()
+        key = hashlib.sha256(b"audit:" + hash_key).digest()
+        self._base = hashlib.blake2b(digest_size=8, key=key)
 
     def __call__(self, value: Any) -> int:
-        if isinstance(value, str):
-            return hash((self._salt, value))
-        return hash((self._salt, orjson.dumps(value, option=orjson.OPT_SORT_KEYS)))
+        h = self._base.copy()
+        h.update(
+            value.encode("utf-8", "surrogatepass")
+            if isinstance(value, str)
+            else orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        )
+        return int.from_bytes(h.digest(), "little", signed=True)  # signed: fits SQLite's INTEGER
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
-"""Audit findings and daily write counts in `<data_dir>/audit.db`: the findings carry the redacted
-values side by side and are swept with the snapshots; the counts (no values) feed the ownership
-report for audit.report_retention."""
+"""Audit findings, daily write counts and the write tracker's state in `<data_dir>/audit.db`: the
+findings carry the redacted values side by side and are swept with the snapshots; the counts (no
+values) feed the ownership report for audit.report_retention; the tracked state (audit/state.py)
+is written in the same transaction as the findings it led to."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-SCHEMA = """
+from syncwatch.audit import state
+from syncwatch.audit.tracker import State
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     kind TEXT NOT NULL, flow TEXT NOT NULL, field TEXT, record TEXT,
@@ -22,6 +27,8 @@ CREATE TABLE IF NOT EXISTS writes (
     PRIMARY KEY (day, flow, field, writer)
 );
 """
+    + state.SCHEMA
+)
 
 EVENT_COLUMNS = (
     "kind",
@@ -74,10 +81,13 @@ class AuditStore:
             self._conn.close()
             self._conn = None
 
-    def write(self, events: list[dict[str, Any]], counts: Counts) -> None:
+    def write(self, events: list[dict[str, Any]], counts: Counts, changes: list[state.Change] | None = None) -> None:
+        """One batch in one transaction: its findings, its write counts and the tracked records it changed."""
         self.open()
         assert self._conn is not None
         with self._conn:
+            if changes:
+                state.save(self._conn, changes)
             if events:
                 cols = ", ".join(EVENT_COLUMNS)
                 marks = ", ".join("?" for _ in EVENT_COLUMNS)
@@ -96,6 +106,12 @@ class AuditStore:
                     "violations = violations + excluded.violations",
                     [(*k, *v) for k, v in counts.items()],
                 )
+
+    def load_tracked(self) -> list[tuple[str, str, dict[str, State] | None]]:
+        """The tracked records persisted by earlier processes, least recently written first."""
+        self.open()
+        assert self._conn is not None
+        return list(state.load(self._conn))
 
     def sweep(self, event_cutoff: float, count_cutoff: float) -> int:
         self.open()

@@ -1,11 +1,14 @@
 """Per (flow, record, field): the latest write seen (time, value hash, writer, correlation ID), and
-the findings a new write makes against it. Pure and single-threaded (it runs on the snapshot
-store thread); memory is bounded by a cap on tracked fields and the retention sweep."""
+the findings a new write makes against it. Pure and single-threaded (it runs on the audit thread);
+memory is bounded by a cap on tracked fields and the retention sweep. The records changed since
+the last `take_changes()` are remembered, so the Auditor can persist them in its next batch
+(audit/state.py) and a restart picks up where the last process stopped."""
 
 from __future__ import annotations
 
 import sys
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 CONFLICT = "conflict"
@@ -41,6 +44,8 @@ class WriteTracker:
         self._records: OrderedDict[tuple[str, str], dict[str, State]] = OrderedDict()
         self.fields = 0
         self.evicted = 0
+        # Records written, swept or evicted since the last take_changes(): persisted in the next batch.
+        self._changed: set[tuple[str, str]] = set()
 
     def observe(self, write: Write, window: float) -> list[Finding]:
         """One write (the property test's entry); the intake uses observe_record."""
@@ -68,6 +73,7 @@ class WriteTracker:
         """The fields (name, value hash, owner) one payload wrote to one record; returns the
         findings as (field, kind, the earlier write)."""
         key = (flow, record)
+        self._changed.add(key)
         rec = self._records.get(key)
         if rec is None:
             rec = self._records[key] = {}
@@ -89,11 +95,42 @@ class WriteTracker:
             if t >= prev[0]:
                 # The latest write in time stays the reference; a late-arriving older one does not replace it.
                 rec[field] = (t, h, writer, corr)
+        self._trim()
+        return found
+
+    def _trim(self) -> None:
         while self.fields > self.max_fields and self._records:
-            _, gone = self._records.popitem(last=False)
+            key, gone = self._records.popitem(last=False)
+            self._changed.add(key)
             self.fields -= len(gone)
             self.evicted += len(gone)
-        return found
+
+    def load(self, flow: str, record: str, fields: dict[str, State]) -> None:
+        """One record read back from disk at start (oldest first, so the order of eviction holds)."""
+        key = (flow, record)
+        old = self._records.pop(key, None)
+        if old is not None:
+            self.fields -= len(old)
+        self._records[key] = fields
+        self.fields += len(fields)
+        self._trim()
+
+    def forget(self, flow: str, record: str) -> None:
+        """Drop one record (and its row on disk with the next batch); not an eviction."""
+        gone = self._records.pop((flow, record), None)
+        if gone is not None:
+            self.fields -= len(gone)
+        self._changed.add((flow, record))
+
+    def take_changes(self) -> list[tuple[str, str, dict[str, State] | None]]:
+        """(flow, record, its fields now, or None when it is gone) for each record changed since the
+        last call; the caller persists them."""
+        changed, self._changed = self._changed, set()
+        return [(flow, record, self._records.get((flow, record))) for flow, record in changed]
+
+    def mark_changed(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Persist these records again with the next batch (the last write of them failed)."""
+        self._changed.update(keys)
 
     def sweep(self, cutoff: float) -> int:
         """Forget fields last written before `cutoff` (the snapshot retention's cutoff)."""
@@ -101,9 +138,12 @@ class WriteTracker:
         for key in list(self._records):
             rec = self._records[key]
             old = [f for f, st in rec.items() if st[0] < cutoff]
+            if not old:
+                continue
             for f in old:
                 del rec[f]
             removed += len(old)
+            self._changed.add(key)
             if not rec:
                 del self._records[key]
         self.fields -= removed
