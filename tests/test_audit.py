@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from datetime import UTC, datetime
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from snapshot_data import Clock, make_request, sample
 
+from syncwatch.audit import state
 from syncwatch.audit.ownership import FlowMap
 from syncwatch.audit.tracker import CONFLICT, VIOLATION, Write, WriteTracker
 from syncwatch.config.audit import FlowAudit
@@ -101,6 +103,76 @@ def test_state_is_capped_and_swept_with_the_snapshot_retention(tmp_path):
     assert sample(metrics, "syncwatch_audit_skipped_total", reason="no_record_key") == 1
 
 
+def _tracked_rows(tmp_path) -> list[tuple[str, str]]:
+    conn = sqlite3.connect(tmp_path / "data" / "audit.db")
+    try:
+        return conn.execute("SELECT flow, record FROM tracked ORDER BY record").fetchall()
+    finally:
+        conn.close()
+
+
+def test_state_on_disk_is_capped_and_swept_like_the_state_in_memory(tmp_path):
+    clock = Clock(T0)
+    intake, metrics = _intake(tmp_path, {**AUDIT, "max_tracked_fields": 3}, clock)
+
+    async def first():
+        await intake.start()
+        for i in range(5):
+            await intake.export_logs(_req(f"c{i}", "storefront", {"id": i, "email": f"u{i}@example.com"}, T0 + i))
+        intake.auditor.wait()
+        await intake.stop()
+
+    asyncio.run(first())
+    # The two least recently written records were evicted from memory and from disk.
+    assert _tracked_rows(tmp_path) == [("customers", "2"), ("customers", "3"), ("customers", "4")]
+    assert sample(metrics, "syncwatch_audit_evicted_total") == 2
+
+    # A new process reads them back; one is re-written by the ERP (a conflict), one more record
+    # pushes the oldest out.
+    clock.t = T0 + 3600
+    intake2, metrics2 = _intake(tmp_path, {**AUDIT, "max_tracked_fields": 3}, clock)
+
+    async def second():
+        await intake2.start()
+        intake2.auditor.wait()
+        assert intake2.auditor.tracker.fields == 3
+        await intake2.export_logs(_req("e3", "erp", {"id": 3, "email": "changed@example.com"}, T0 + 1800))
+        await intake2.export_logs(_req("c9", "storefront", {"id": 9, "email": "u9@example.com"}, T0 + 1801))
+        intake2.auditor.wait()
+        assert _tracked_rows(tmp_path) == [("customers", "3"), ("customers", "4"), ("customers", "9")]
+        # Past the retention (72 h) the sweep empties both.
+        clock.t = T0 + 1801 + 72 * 3600 + 1
+        await intake2.sweep_now()
+        assert intake2.auditor.tracker.fields == 0
+        assert _tracked_rows(tmp_path) == []
+        await intake2.stop()
+
+    asyncio.run(second())
+    assert sample(metrics2, "syncwatch_audit_conflicts_total", flow="customers", field="email", writer="erp") == 1
+    assert sample(metrics2, "syncwatch_audit_violations_total", flow="customers", field="email", writer="erp") == 1
+    assert sample(metrics2, "syncwatch_audit_evicted_total") == 1
+
+
+def test_state_of_a_flow_no_longer_audited_is_dropped_at_start(tmp_path):
+    intake, _ = _intake(tmp_path)
+
+    async def go(i):
+        await i.start()
+        await i.export_logs(_req("c1", "storefront", {"id": 1, "email": "a@example.com"}, T0))
+        i.auditor.wait()
+        await i.stop()
+
+    asyncio.run(go(intake))
+    assert _tracked_rows(tmp_path) == [("customers", "1")]
+    other = {"flows": {"orders": {"record_key": "$.id"}}}
+    intake2, _ = _intake(tmp_path, other)
+    asyncio.run(intake2.start())
+    intake2.auditor.wait()
+    assert intake2.auditor.tracker.fields == 0
+    asyncio.run(intake2.stop())
+    assert _tracked_rows(tmp_path) == []
+
+
 def test_an_unaudited_flow_costs_nothing(tmp_path):
     intake, _ = _intake(tmp_path, {})
     assert intake.auditor is None
@@ -182,12 +254,20 @@ def brute_force(writes: list[tuple[str, str, str, int, int]], window: float) -> 
 
 
 @settings(max_examples=300, deadline=None)
-@given(writes_st)
-def test_conflicts_and_violations_equal_a_brute_force_recomputation(writes):
+@given(writes_st, st.integers(0, 40))
+def test_conflicts_and_violations_equal_a_brute_force_recomputation(writes, restart_at):
+    """With a restart anywhere in the sequence: the tracker's state goes through its on-disk
+    encoding into a fresh tracker, and nothing changes."""
     fmap = FlowMap("prices", MAP, 64)
     tracker = WriteTracker(10_000)
     got = []
     for i, (rec, field, writer, t, v) in enumerate(writes):
+        if i == restart_at:
+            fresh = WriteTracker(10_000)
+            for flow, record, fields in tracker.take_changes():
+                if fields:
+                    fresh.load(flow, record, state.decode(state.encode(fields)))
+            tracker = fresh
         body = {"id": rec, field: f"v{v}"}
         for name, _label, value, owner in fmap.values(body, T0 + t):
             w = Write("prices", rec, name, writer, T0 + t, hash(value), owner, f"c{i}")
