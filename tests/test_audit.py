@@ -173,6 +173,50 @@ def test_state_of_a_flow_no_longer_audited_is_dropped_at_start(tmp_path):
     assert _tracked_rows(tmp_path) == []
 
 
+ORDERS = {"orders": {"destinations": ["erp"], "deadline": "5m"}}
+
+
+@pytest.mark.parametrize("ignore", [False, True])
+def test_a_retry_differing_only_in_ignored_fields_is_no_key_reuse(tmp_path, ignore):
+    flow = {"record_key": "$.order_id", "idempotency_key": "$.key"}
+    if ignore:
+        flow["idempotency_ignore_fields"] = ["$.sent_at", "$.meta.request_id", "$.lines[*].priced_at"]
+    cfg = Config.model_validate(
+        {"storage": {"data_dir": str(tmp_path / "data")}, "flows": ORDERS, "audit": {"flows": {"orders": flow}}}
+    )
+    metrics = Metrics()
+    intake = SnapshotIntake(cfg, metrics, clock=Clock(T0))
+
+    def order(sent_at: float, request_id: str, total: str) -> dict:
+        lines = [{"sku": "A", "priced_at": sent_at}, {"sku": "B", "priced_at": sent_at + 1}]
+        return {
+            "order_id": "O1",
+            "key": "K1",
+            "total": total,
+            "sent_at": sent_at,
+            "meta": {"request_id": request_id},
+            "lines": lines,
+        }
+
+    async def go():
+        await intake.start()
+        await intake.export_logs(_req("O1", "storefront", order(T0, "req-1", "10.00"), T0, "orders"))
+        # The retry: a new timestamp and request ID, the same order.
+        await intake.export_logs(_req("O1", "storefront", order(T0 + 5, "req-2", "10.00"), T0 + 5, "orders"))
+        intake.auditor.wait()
+        after_retry = sample(metrics, "syncwatch_audit_idempotency_key_reuse_total", flow="orders")
+        # Not a retry: the total changed under the same key.
+        await intake.export_logs(_req("O1", "storefront", order(T0 + 9, "req-3", "12.00"), T0 + 9, "orders"))
+        intake.auditor.wait()
+        await intake.stop()
+        return after_retry
+
+    after_retry = asyncio.run(go())
+    total = sample(metrics, "syncwatch_audit_idempotency_key_reuse_total", flow="orders")
+    # Without the list the retry is (wrongly) reuse; with it only the changed total is.
+    assert (after_retry, total) == ((0, 1) if ignore else (1, 2))
+
+
 def test_an_unaudited_flow_costs_nothing(tmp_path):
     intake, _ = _intake(tmp_path, {})
     assert intake.auditor is None
@@ -189,6 +233,7 @@ def test_an_unaudited_flow_costs_nothing(tmp_path):
         ),
         ({"flows": {"c": {"fields": {"bad label!": {"path": "$.a"}}}}}, "metric label"),
         ({"flows": {"c": {"record_key": "customer_id"}}}, "must start with $"),
+        ({"flows": {"c": {"idempotency_ignore_fields": ["$.sent_at", "request_id"]}}}, "idempotency_ignore_fields.1"),
         ({"flows": {"c": {"fields": {"a": {"path": "$.a", "rules": [{"owner": "x", "path": "$.r"}]}}}}}, "go together"),
     ],
 )

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from syncwatch.audit.metrics import AuditMetrics
-from syncwatch.audit.ownership import MISSING, UNMAPPED, FlowMap, ValueHasher, get_path, scalar_text
+from syncwatch.audit.ownership import MISSING, UNMAPPED, FlowMap, ValueHasher, get_path, scalar_text, without
 from syncwatch.audit.tracker import CONFLICT, LatestByKey, WriteTracker
 from syncwatch.snapshots.otlp_logs import PayloadRecord
 from syncwatch.snapshots.store import Snapshot
@@ -66,7 +66,14 @@ class PayloadAudit:
         if key is None and fmap.key_steps is not None:
             key = scalar_text(get_path(body, fmap.key_steps))
         if key is not None:
-            prev_key = self.keys.swap((fmap.name, key), snap.sha256.hex()[:16], snap.corr, t)
+            if fmap.key_ignore:  # the redacted body without its volatile fields, keyed-hashed
+                kept = body
+                for steps in fmap.key_ignore:
+                    kept = without(kept, steps)
+                digest = f"{self.hash(kept) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+            else:
+                digest = snap.sha256.hex()[:16]
+            prev_key = self.keys.swap((fmap.name, key), digest, snap.corr, t)
             if prev_key is not None:
                 self.m.key_reuse.labels(fmap.name).inc()
                 events.append(
@@ -77,7 +84,7 @@ class PayloadAudit:
                         "writer": rec.source,
                         "time": t,
                         "corr": snap.corr,
-                        "value": snap.sha256.hex()[:16],
+                        "value": digest,
                         "prev_time": prev_key[2],
                         "prev_corr": prev_key[1],
                         "prev_value": prev_key[0],

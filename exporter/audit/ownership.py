@@ -116,6 +116,7 @@ class FlowMap:
         self.record_steps = None if cfg.record_key == CORRELATION_ID else parse_json_path(cfg.record_key)
         self.fields = [_field(n, f) for n, f in cfg.fields.items()]
         self.key_steps = parse_json_path(cfg.idempotency_key) if cfg.idempotency_key else None
+        self.key_ignore = [parse_json_path(p) for p in cfg.idempotency_ignore_fields]
         self.record_id_steps = parse_json_path(cfg.record_id) if cfg.record_id else None
         self.max_unmapped = max_unmapped
         self.systems = {f.owner for f in self.fields if f.owner} | {r.owner for f in self.fields for r in f.rules}
@@ -137,6 +138,34 @@ class FlowMap:
             yield path, UNMAPPED, v, None
             if n >= self.max_unmapped:
                 return
+
+
+def without(node: Any, steps: list[Step]) -> Any:
+    """A copy of `node` without the value(s) at `steps` (a list item becomes null, so the other
+    indexes keep their places); only the containers along the path are copied."""
+    if not steps:
+        return node
+    step, rest = steps[0], steps[1:]
+    if isinstance(node, dict) and not isinstance(step, int):
+        keys = list(node) if step is None else [step] if step in node else []
+        if not keys:
+            return node
+        out = dict(node)
+        for k in keys:
+            if rest:
+                out[k] = without(node[k], rest)
+            else:
+                del out[k]
+        return out
+    if isinstance(node, list) and not isinstance(step, str):
+        idxs = range(len(node)) if step is None else [step] if step < len(node) else []
+        if not idxs:
+            return node
+        items = list(node)
+        for i in idxs:
+            items[i] = without(node[i], rest) if rest else None
+        return items
+    return node
 
 
 def leaves(node: Any, path: str, depth: int) -> Iterator[tuple[str, Any]]:

@@ -5,9 +5,9 @@ destination record IDs are found. Bottom layer: imported by syncwatch.config.mod
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from syncwatch.config.durations import Duration
 from syncwatch.config.jsonpath import parse_json_path
@@ -25,6 +25,14 @@ def _single_path(path: str) -> str:
     if any(s is None for s in steps):
         raise ValueError(f"{path!r}: a wildcard names many values; an audited path must name one")
     return path
+
+
+def _any_path(path: str) -> str:
+    parse_json_path(path)  # ValueError names the path
+    return path
+
+
+JsonPath = Annotated[str, AfterValidator(_any_path)]  # wildcards allowed; an error names the list item
 
 
 class OwnerRule(_Model):
@@ -92,6 +100,9 @@ class FlowAudit(_Model):
     fields: dict[str, FieldOwnership] = Field(default_factory=dict)
     # A JSON path into the request payload; the `syncwatch.idempotency_key` log attribute wins.
     idempotency_key: str | None = None
+    # JSON paths left out when two payloads with one idempotency key are compared: volatile fields
+    # a retry may change (a timestamp, a request ID). Wildcards allowed ($.lines[*].sent_at).
+    idempotency_ignore_fields: list[JsonPath] = Field(default_factory=list)
     # A JSON path into the response payload; the `syncwatch.destination.record_id` log attribute wins.
     record_id: str | None = None
 
