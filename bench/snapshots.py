@@ -18,8 +18,9 @@ Prints:
 Targets (issue 4): >= 5,000 snapshots/s; <= 25 % of raw size; intake p99 < 50 ms during the sweep.
 Target (issue 11): every 4 KiB worst case redacted in under 10 ms.
   5. (--only audit) 1. again with the payload audits on: a 20-field ownership map on the orders
-     flow, writers alternating storefront/erp; and the tracker's bytes per tracked field
-     (tracemalloc over 200,000 fields). Target (issue 15): still >= 5,000 snapshots/s.
+     flow, writers alternating storefront/erp; the tracker's bytes per tracked field in memory
+     (tracemalloc over 200,000 fields) and on disk (SQLite pages of audit.db's `tracked` table
+     after the run, per field it holds). Target (issue 15): still >= 5,000 snapshots/s.
 """
 
 from __future__ import annotations
@@ -185,6 +186,21 @@ def tracked_field_bytes(n: int = 200_000) -> float:
     return used / tracker.fields
 
 
+def tracked_disk_bytes(path: Path) -> str:
+    """Bytes of audit.db pages holding the `tracked` table, per tracked field."""
+    import sqlite3
+
+    from syncwatch.audit import state
+
+    conn = sqlite3.connect(path)
+    try:
+        pages = conn.execute("SELECT SUM(pgsize) FROM dbstat WHERE name = 'tracked'").fetchone()[0] or 0
+        fields = sum(len(f or {}) for _, _, f in state.load(conn))
+    finally:
+        conn.close()
+    return f"{pages / max(fields, 1):.0f} bytes per tracked field ({fields} fields, {pages / 1e6:.1f} MB of pages)"
+
+
 async def throughput(data_dir: Path, count: int, batch: int, audit: bool = False) -> None:
     bodies = [order_payload(i) for i in range(2000)]
     raw_total = 0
@@ -210,6 +226,8 @@ async def throughput(data_dir: Path, count: int, batch: int, audit: bool = False
     stats = await intake._run(intake.store.stats)
     dict_id = stats.dictionary_id
     await intake.stop()
+    if audit:
+        print(f"   tracked state on disk: {tracked_disk_bytes(data_dir / 'audit.db')}")
     avg = raw_total / count
     label = "5. with a 20-field ownership map:" if audit else "1."
     print(

@@ -14,13 +14,11 @@ if TYPE_CHECKING:
     from syncwatch.config.models import Config
 
 
-def make_auditor(
-    config: Config, registry: CollectorRegistry, hash_key: bytes, clock: Callable[[], float] = time.time
-) -> Auditor | None:
+def make_auditor(config: Config, registry: CollectorRegistry, clock: Callable[[], float] = time.time) -> Auditor | None:
     """The auditor for the configured flows, or None when audit.flows is empty (no cost at all)."""
     if not config.audit.flows:
         return None
     from syncwatch.audit.auditor import Auditor
 
     systems = {d for f in config.flows.values() for d in f.destinations}
-    return Auditor(config.audit, systems, registry, hash_key, config.storage.data_dir, clock)
+    return Auditor(config.audit, systems, registry, config.storage.data_dir, clock)

@@ -40,7 +40,6 @@ class Auditor:
         cfg: AuditConfig,
         systems: Iterable[str],
         registry: CollectorRegistry,
-        hash_key: bytes,
         data_dir: Any,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -50,7 +49,7 @@ class Auditor:
         for m in self.maps.values():
             known |= m.systems
         self.systems = frozenset(known)
-        self.hash = ValueHasher(hash_key)
+        self.hash = ValueHasher()
         self.tracker = WriteTracker(cfg.max_tracked_fields)
         self.keys = LatestByKey(cfg.max_tracked_fields)
         self.record_ids = LatestByKey(cfg.max_tracked_fields)

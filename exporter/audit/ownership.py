@@ -3,7 +3,6 @@ and the fields of one redacted payload read out as keyed value hashes."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,23 +43,19 @@ def scalar_text(value: Any) -> str | None:
 
 
 class ValueHasher:
-    """A 64-bit keyed hash (BLAKE2b keyed with a secret derived from the hash key) of a value's
-    canonical JSON. Values are already redacted, and a redaction marker carries the keyed hash of
-    what it replaced: equal secrets compare equal. Stable across processes (Python's own `hash` is
-    salted per process), because the tracked hashes are persisted and compared after a restart."""
-
-    def __init__(self, hash_key: bytes) -> None:
-        key = hashlib.sha256(b"audit:" + hash_key).digest()
-        self._base = hashlib.blake2b(digest_size=8, key=key)
+    """A 61-bit hash of a value's canonical JSON that is the same in every process (Python's `hash`
+    of a str is salted per process; the tracked hashes are persisted and compared after a
+    restart): the bytes read as one integer, hashed modulo the Mersenne prime 2**61 - 1 (Python's
+    own hash of an int, in C). Values are already redacted, and a redaction marker carries the
+    keyed hash of what it replaced, so equal secrets compare equal and none can be guessed from
+    the hash; other values are in the findings of the same file anyway. A trailing tag per kind of
+    value keeps "1" and 1 apart. Two different values of one field hash alike by accident with odds
+    of about 2**-61."""
 
     def __call__(self, value: Any) -> int:
-        h = self._base.copy()
-        h.update(
-            value.encode("utf-8", "surrogatepass")
-            if isinstance(value, str)
-            else orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-        )
-        return int.from_bytes(h.digest(), "little", signed=True)  # signed: fits SQLite's INTEGER
+        if isinstance(value, str):
+            return hash(int.from_bytes(value.encode("utf-8", "surrogatepass") + b"\x01", "little"))
+        return hash(int.from_bytes(orjson.dumps(value, option=orjson.OPT_SORT_KEYS) + b"\x02", "little"))
 
 
 @dataclass(frozen=True, slots=True)

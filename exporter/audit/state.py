@@ -4,7 +4,7 @@ counts of the batch that changed it, and read back at start. A conflict whose tw
 restart is found like any other.
 
 A row's `fields` is compact JSON grouping the fields by the write that set them (one payload sets
-most fields of a record at once): `[[time, writer, correlation ID, [field, hash, field, hash, ...]], ...]`.
+most fields of a record at once): `[[time, writer, correlation ID, [field, ...], [hash, ...]], ...]`.
 """
 
 from __future__ import annotations
@@ -30,22 +30,28 @@ Change = tuple[str, str, dict[str, State] | None]  # flow, record, its fields no
 
 
 def encode(fields: dict[str, State]) -> bytes:
-    groups: dict[tuple[float, str, str], list[str | int]] = {}
+    vals = fields.values()
+    t, _, writer, corr = next(iter(vals))
+    if all(st[0] == t and st[3] == corr and st[2] == writer for st in vals):
+        # The common case: one payload wrote every tracked field of the record.
+        return orjson.dumps([[t, writer, corr, list(fields), [st[1] for st in vals]]])
+    groups: dict[tuple[float, str, str], tuple[list[str], list[int]]] = {}
     for name, (t, h, writer, corr) in fields.items():
         g = groups.get((t, writer, corr))
         if g is None:
-            g = groups[(t, writer, corr)] = []
-        g.append(name)
-        g.append(h)
-    return orjson.dumps([[t, writer, corr, items] for (t, writer, corr), items in groups.items()])
+            g = groups[(t, writer, corr)] = ([], [])
+        g[0].append(name)
+        g[1].append(h)
+    return orjson.dumps([[t, writer, corr, names, hashes] for (t, writer, corr), (names, hashes) in groups.items()])
 
 
 def decode(blob: bytes) -> dict[str, State]:
     fields: dict[str, State] = {}
-    for t, writer, corr, items in orjson.loads(blob):
+    for t, writer, corr, names, hashes in orjson.loads(blob):
         writer = sys.intern(writer)
-        for i in range(0, len(items), 2):
-            fields[items[i]] = (float(t), int(items[i + 1]), writer, corr)
+        t = float(t)
+        for name, h in zip(names, hashes, strict=True):
+            fields[name] = (t, int(h), writer, corr)
     return fields
 
 

@@ -73,7 +73,7 @@ class SnapshotIntake:
         self.m = SnapshotMetrics(metrics.registry, retention=self.settings.retention, oldest_age=self._oldest_age)
         self.m_not_payload = metrics.log_records.labels("not_payload")
         self.m_payload = metrics.log_records.labels("payload")
-        self.auditor = make_auditor(config, metrics.registry, self._hash_key, clock)
+        self.auditor = make_auditor(config, metrics.registry, clock)
         self.sweeper = RetentionSweeper(
             run=self._run,
             sweep_batch=self._sweep_batch,
