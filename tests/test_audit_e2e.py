@@ -103,7 +103,9 @@ def test_conflicts_violations_key_reuse_and_duplicates_from_real_payloads(audite
     _send(shop_p, "p1-a", {"sku": "SKU-1", "price": "9.99"})
     _send(erp_p, "p1-b", {"sku": "SKU-1", "price": "19.99"})
     _send(shop_p, "p2-a", {"sku": "SKU-2", "price": "7.99"})
-    time.sleep(max(0.0, promo_end - time.time()) + 0.5)
+    p2_sent = time.time()
+    # Past the promotion and past the 2 s window after p2-a (a slow sidecar start must not shrink it).
+    time.sleep(max(0.0, promo_end - time.time(), p2_sent + 2.0 - time.time()) + 0.5)
     # After it the ERP owns it again (and the sync window of 2 s is over): fine.
     _send(erp_p, "p2-b", {"sku": "SKU-2", "price": "12.99"})
 
