@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ledger_harness import FakeClock, LedgerHarness
+from otel_helpers import Integration
 from prometheus_client import CollectorRegistry
 from reconcile_support import DEST_QUERY, HOUR, SOURCE_QUERY, Databases, FlashSale, my_admin, reconciler_config, unique
 from sidecar import free_port
 
 from syncwatch.config.errors import ConfigError
-from syncwatch.config.models import default_flows
+from syncwatch.config.models import Config, default_flows
 from syncwatch.ledger.queries import LedgerQueries
 from syncwatch.reconcile.manager import ReconcileManager
 from syncwatch.reconcile.store import list_findings, store_path
@@ -185,6 +187,75 @@ def test_restart_keeps_findings_and_a_late_arrival_resolves_missing(tmp_path, db
     assert set(resolved) == {str(arrived)}
     assert resolved[str(arrived)]["resolved_at"] == clock.t
     assert str(arrived) in findings(tmp_path, "late")
+
+
+def test_late_spans_and_late_orders_resolve_findings_outside_the_window(tmp_path, dbs, sale):
+    """A never-traced order whose span arrives long after the window moved past it (an exporter that
+    retried for an hour) is looked up in the ledger again each run, in keyset pages, and resolved;
+    so is a missing order that finally arrives. Counted, and the gauges move."""
+    clock = Clock()
+    registry = CollectorRegistry()
+    m = manager(tmp_path, reconciler_config(dbs, batch_size=1000), clock=clock, registry=registry)
+    run(m)
+    labels = {"reconciler": "shop-erp", "flow": "orders"}
+
+    def gauge(kind: str) -> float | None:
+        return registry.get_sample_value("syncwatch_reconcile_findings", {**labels, "kind": kind})
+
+    def resolved(kind: str) -> float | None:
+        return registry.get_sample_value("syncwatch_reconcile_resolved_total", {**labels, "kind": kind})
+
+    assert (gauge("never_traced"), gauge("missing")) == (3200, 140)
+    assert resolved("never_traced") == 0
+    # Delivered orders from the first, middle and last of the 1,000-row pages, all changed hours
+    # before the next window starts; and one lost order, traced late too.
+    delivered = sorted(set(sale.orders) - sale.missing - sale.duplicated)
+    lost = sorted(sale.missing)[0]
+    traced = [delivered[0], delivered[len(delivered) // 2], delivered[-1], lost]
+    harness = LedgerHarness(Config.model_validate({"storage": {"data_dir": str(tmp_path)}}), FakeClock())
+    integration = Integration(harness)
+    for oid in traced:
+        integration.source(str(oid), "orders", sale.orders[oid])
+    integration.close()
+    harness.close()
+    # And one lost order finally keyed in at the ERP.
+    arrived = sorted(sale.missing)[1]
+    asyncio.run(
+        dbs.my_exec(
+            "INSERT INTO sales_orders(external_order_id, created_at) VALUES (%s, UTC_TIMESTAMP(3))", [(str(arrived),)]
+        )
+    )
+    clock.t += 60
+    run(m)
+    assert m.runners[0].last_results["orders"].window[0] > max(sale.orders.values())  # all outside it
+    assert set(findings(tmp_path, "never_traced", state="resolved")) == {str(i) for i in traced}
+    assert set(findings(tmp_path, "missing", state="resolved")) == {str(arrived)}
+    assert (gauge("never_traced"), gauge("missing")) == (3196, 139)
+    assert (resolved("never_traced"), resolved("missing")) == (4, 1)
+    assert findings(tmp_path, "missing")[str(lost)]["ledger_state"] == "overdue"
+    # The next run finds nothing new to resolve: counted once.
+    clock.t += 60
+    run(m)
+    assert (gauge("never_traced"), gauge("missing")) == (3196, 139)
+    assert (resolved("never_traced"), resolved("missing")) == (4, 1)
+
+
+def test_the_never_traced_recheck_reads_pages_along_the_index(tmp_path):
+    """The keyset page is read along findings_open: no sort of every open finding per page."""
+    import sqlite3
+
+    from syncwatch.reconcile.store import OPEN_PAGE_SQL, FindingStore
+
+    FindingStore(store_path(tmp_path)).close()
+    conn = sqlite3.connect(store_path(tmp_path))
+    try:
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN " + OPEN_PAGE_SQL, ("r", "f", "never_traced", 1.0, 0.0, 0, 10)
+        ).fetchall()
+    finally:
+        conn.close()
+    details = " ".join(str(r[3]) for r in plan)
+    assert "USING INDEX findings_open" in details and "TEMP B-TREE" not in details
 
 
 # ---- faults: each a clear error and a counted reason --------------------------------------------------

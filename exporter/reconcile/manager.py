@@ -3,7 +3,10 @@ what the source and destination databases hold, cross-checks the ledger, and kee
 
 Each run reads one window per flow: from where the last run ended, less the flow's deadline (the
 overlap, so an order too young to judge last time is judged now), to now. A failed run keeps the
-window where it was, so the next one covers the gap.
+window where it was, so the next one covers the gap. Open findings older than the window are looked
+up again every run, in keyset batches: missing and duplicated ones at the destination (and in the
+ledger), never-traced ones in the ledger, so an order that arrives late, or a span an exporter
+delivered an hour late, resolves its finding.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class FlowResult:
     pending: int = 0
     new_source_ids: int = 0
     rechecked: int = 0  # open findings from before the window, looked up again
+    resolved: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     found: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     examples: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in KINDS})
     window: tuple[float, float] = (0.0, 0.0)
@@ -201,11 +205,15 @@ class ReconcilerRunner:
             )
             if dry_run:
                 return
-            new, dropped = await asyncio.to_thread(
+            await store(found, cleared)
+
+        async def store(found: list[Finding], cleared: list[tuple[str, str]]) -> None:
+            new, dropped, resolved = await asyncio.to_thread(
                 self.store.apply, self.name, flow, now, found, cleared, settings.max_findings
             )
             for kind in KINDS:
                 new_total[kind] += new[kind]
+                result.resolved[kind] += resolved[kind]
                 if dropped[kind]:
                     m.dropped.labels(self.name, flow, kind).inc(dropped[kind])
 
@@ -231,6 +239,24 @@ class ReconcilerRunner:
                 break
             after = rows[-1][0]
             await check([SourceRow(source_id, changed) for _, source_id, changed in rows], recheck=True)
+        # Open never-traced findings older than the window: the ledger only (the destination has
+        # nothing to say about them). Those cleared above are no longer open.
+        key: tuple[float, int] = (float("-inf"), 0)
+        while not dry_run:
+            rows = await asyncio.to_thread(
+                self.store.open_page, self.name, flow, "never_traced", start, key, settings_batch(settings)
+            )
+            if not rows:
+                break
+            key = (rows[-1][2], rows[-1][0])
+            by_corr = {template.replace("{id}", source_id): source_id for _, source_id, _ in rows}
+            try:
+                states = await asyncio.to_thread(self.ledger.states_of, flow, list(by_corr))
+            except LedgerUnavailable as exc:  # as in check(): the run fails, counted
+                raise ReconcileError("unreachable", str(exc)) from None
+            result.rechecked += len(rows)
+            if states:
+                await store([], [("never_traced", by_corr[corr]) for corr in states])
         if not dry_run:
             await asyncio.to_thread(self.store.set_window_end, self.name, flow, now)
             counts = await asyncio.to_thread(self.store.open_counts, self.name, flow)
@@ -239,6 +265,7 @@ class ReconcilerRunner:
             for kind in KINDS:
                 m.findings.labels(self.name, flow, kind).set(counts[kind])
                 m.found.labels(self.name, flow, kind).inc(new_total[kind])
+                m.resolved.labels(self.name, flow, kind).inc(result.resolved[kind])
             m.pending.labels(self.name, flow).set(result.pending)
             m.window_end.labels(self.name, flow).set(now)
         return result

@@ -36,13 +36,20 @@ class ReconcileMetrics:
         )
         self.findings = Gauge(
             "syncwatch_reconcile_findings",
-            "Reconciliation findings now: missing and duplicated while they hold; late and never_traced recorded within retention.",
+            "Reconciliation findings now: missing, duplicated and never_traced while they hold; late recorded within retention.",
             rf + ("kind",),
             registry=registry,
         )
         self.found = Counter(
             "syncwatch_reconcile_found",
             "New reconciliation findings by kind (missing, duplicated, never_traced, late).",
+            rf + ("kind",),
+            registry=registry,
+        )
+        self.resolved = Counter(
+            "syncwatch_reconcile_resolved",
+            "Open reconciliation findings that no longer hold (the order arrived, the duplicate was cleaned "
+            "up, a late span put the ID in the ledger), by kind.",
             rf + ("kind",),
             registry=registry,
         )
@@ -90,4 +97,5 @@ class ReconcileMetrics:
             for kind in KINDS:
                 self.findings.labels(reconciler, flow, kind).set(0)
                 self.found.labels(reconciler, flow, kind)
+                self.resolved.labels(reconciler, flow, kind)
                 self.dropped.labels(reconciler, flow, kind)

@@ -45,6 +45,12 @@ CREATE TABLE IF NOT EXISTS windows(
 ) WITHOUT ROWID;
 """
 
+# One keyset page of open findings of one kind (FindingStore.open_page); its plan is pinned in a test.
+OPEN_PAGE_SQL = (
+    "SELECT id, source_id, changed_at FROM findings WHERE reconciler = ? AND flow = ? AND kind = ? "
+    "AND resolved_at IS NULL AND changed_at < ? AND (changed_at, id) > (?, ?) ORDER BY changed_at, id LIMIT ?"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Finding:
@@ -94,11 +100,12 @@ class FindingStore:
         found: list[Finding],
         cleared: Iterable[tuple[str, str]],
         max_open: int,
-    ) -> tuple[dict[str, int], dict[str, int]]:
+    ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
         """Record findings (new or seen again) and resolve the (kind, source ID) pairs that no longer
-        hold. Returns (new findings by kind, findings dropped at max_open by kind)."""
+        hold. Returns (new findings, findings dropped at max_open, open findings resolved), by kind."""
         new: dict[str, int] = dict.fromkeys(KINDS, 0)
         dropped: dict[str, int] = dict.fromkeys(KINDS, 0)
+        resolved: dict[str, int] = dict.fromkeys(KINDS, 0)
         cleared = list(cleared)
         ids = sorted({sid for _, sid in cleared} | {f.source_id for f in found})
         with self._lock, self._db:
@@ -114,8 +121,14 @@ class FindingStore:
                     (reconciler, flow, *KINDS, json.dumps(ids[i : i + 5000])),
                 ).fetchall()
                 existing.update({(r[0], r[1]): (int(r[2]), r[3]) for r in rows})
-            resolve = [(now, existing[key][0]) for key in cleared if key in existing and existing[key][1] is None]
-            db.executemany("UPDATE findings SET resolved_at = ? WHERE id = ?", resolve)
+            resolve: dict[int, str] = {}  # finding id -> kind; a pair cleared twice in one page resolves once
+            for key in cleared:
+                row = existing.get(key)
+                if row is not None and row[1] is None:
+                    resolve[row[0]] = key[0]
+            db.executemany("UPDATE findings SET resolved_at = ? WHERE id = ?", [(now, i) for i in resolve])
+            for kind in resolve.values():
+                resolved[kind] += 1
             open_counts: dict[str, int] = {kind: self._open_count(reconciler, flow, kind) for kind in KINDS}
             seen_again: list[tuple[Any, ...]] = []
             inserts: list[tuple[Any, ...]] = []
@@ -144,7 +157,7 @@ class FindingStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 inserts,
             )
-        return new, dropped
+        return new, dropped, resolved
 
     def _open_count(self, reconciler: str, flow: str, kind: str) -> int:
         row = self._db.execute(
@@ -168,6 +181,18 @@ class FindingStore:
                 f"SELECT id, source_id, changed_at FROM findings WHERE reconciler = ? AND flow = ? "
                 f"AND kind IN ({marks}) AND resolved_at IS NULL AND changed_at < ? AND id > ? ORDER BY id LIMIT ?",
                 (reconciler, flow, *kinds, before, after_id, limit),
+            ).fetchall()
+        return [(int(r[0]), str(r[1]), float(r[2])) for r in rows]
+
+    def open_page(
+        self, reconciler: str, flow: str, kind: str, before: float, after: tuple[float, int], limit: int
+    ) -> list[tuple[int, str, float]]:
+        """One keyset page of the open findings of one kind whose source change is older than
+        `before`: (finding id, source ID, changed_at) after `after` = (changed_at, id), in that order;
+        read along the findings_open index, so a page costs its own rows only."""
+        with self._lock:
+            rows = self._db.execute(
+                OPEN_PAGE_SQL, (reconciler, flow, kind, before, after[0], after[1], limit)
             ).fetchall()
         return [(int(r[0]), str(r[1]), float(r[2])) for r in rows]
 
