@@ -309,9 +309,9 @@ def test_conflicts_and_violations_equal_a_brute_force_recomputation(writes, rest
     for i, (rec, field, writer, t, v) in enumerate(writes):
         if i == restart_at:
             fresh = WriteTracker(10_000)
-            for flow, record, fields in tracker.take_changes():
+            for flow, record, fields, single in tracker.take_changes():
                 if fields:
-                    fresh.load(flow, record, state.decode(state.encode(fields)))
+                    fresh.load(flow, record, state.decode(state.encode(fields, single)[1]))
             tracker = fresh
         body = {"id": rec, field: f"v{v}"}
         for name, _label, value, owner in fmap.values(body, T0 + t):

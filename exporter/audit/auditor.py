@@ -202,7 +202,7 @@ class Auditor:
                 total = self._counts.setdefault(key, [0, 0, 0])
                 for i in range(3):
                     total[i] += n[i]
-            self.tracker.mark_changed((flow, record) for flow, record, _ in changes)
+            self.tracker.mark_changed((flow, record) for flow, record, _, _ in changes)
             return
         if self._unwritten:
             log.info("audit: %s written again", self.store.path)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import orjson
 
-from syncwatch.audit.tracker import State
+from syncwatch.audit.tracker import Change, Single, State
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracked (
@@ -26,15 +26,13 @@ CREATE TABLE IF NOT EXISTS tracked (
 ) WITHOUT ROWID;
 """
 
-Change = tuple[str, str, dict[str, State] | None]  # flow, record, its fields now (None: gone)
 
-
-def encode(fields: dict[str, State]) -> bytes:
-    vals = fields.values()
-    t, _, writer, corr = next(iter(vals))
-    if all(st[0] == t and st[3] == corr and st[2] == writer for st in vals):
-        # The common case: one payload wrote every tracked field of the record.
-        return orjson.dumps([[t, writer, corr, list(fields), [st[1] for st in vals]]])
+def encode(fields: dict[str, State], single: Single | None = None) -> tuple[float, bytes]:
+    """(the latest write's time, the row's `fields`) of a non-empty record; `single`: the one
+    write that set every field, when the tracker knows it (the common case, one group)."""
+    if single is not None:
+        t, writer, corr = single
+        return t, orjson.dumps([[t, writer, corr, list(fields), [st[1] for st in fields.values()]]])
     groups: dict[tuple[float, str, str], tuple[list[str], list[int]]] = {}
     for name, (t, h, writer, corr) in fields.items():
         g = groups.get((t, writer, corr))
@@ -42,7 +40,8 @@ def encode(fields: dict[str, State]) -> bytes:
             g = groups[(t, writer, corr)] = ([], [])
         g[0].append(name)
         g[1].append(h)
-    return orjson.dumps([[t, writer, corr, names, hashes] for (t, writer, corr), (names, hashes) in groups.items()])
+    blob = orjson.dumps([[t, writer, corr, names, hashes] for (t, writer, corr), (names, hashes) in groups.items()])
+    return max(t for t, _, _ in groups), blob
 
 
 def decode(blob: bytes) -> dict[str, State]:
@@ -57,12 +56,8 @@ def decode(blob: bytes) -> dict[str, State]:
 
 def save(conn: sqlite3.Connection, changes: list[Change]) -> None:
     """Write the changed records (inside the caller's transaction)."""
-    gone = [(flow, record) for flow, record, fields in changes if not fields]
-    rows = [
-        (flow, record, max(st[0] for st in fields.values()), encode(fields))
-        for flow, record, fields in changes
-        if fields
-    ]
+    gone = [(flow, record) for flow, record, fields, _ in changes if not fields]
+    rows = [(flow, record, *encode(fields, single)) for flow, record, fields, single in changes if fields]
     if gone:
         conn.executemany("DELETE FROM tracked WHERE flow = ? AND record = ?", gone)
     if rows:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from syncwatch.audit import state
-from syncwatch.audit.tracker import State
+from syncwatch.audit.tracker import Change, State
 
 SCHEMA = (
     """
@@ -81,7 +81,7 @@ class AuditStore:
             self._conn.close()
             self._conn = None
 
-    def write(self, events: list[dict[str, Any]], counts: Counts, changes: list[state.Change] | None = None) -> None:
+    def write(self, events: list[dict[str, Any]], counts: Counts, changes: list[Change] | None = None) -> None:
         """One batch in one transaction: its findings, its write counts and the tracked records it changed."""
         self.open()
         assert self._conn is not None

@@ -17,6 +17,8 @@ VIOLATION = "violation"
 # One tracked field: (time, value hash, writer, correlation ID). Writer and correlation ID strings
 # are shared by every field of the same payload.
 State = tuple[float, int, str, str]
+Single = tuple[float, str, str]  # the (time, writer, correlation ID) shared by all fields of a record
+Change = tuple[str, str, dict[str, State] | None, Single | None]  # flow, record, fields now (None: gone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +46,9 @@ class WriteTracker:
         self._records: OrderedDict[tuple[str, str], dict[str, State]] = OrderedDict()
         self.fields = 0
         self.evicted = 0
-        # Records written, swept or evicted since the last take_changes(): persisted in the next batch.
-        self._changed: set[tuple[str, str]] = set()
+        # Records written, swept or evicted since the last take_changes(), persisted in the next
+        # batch; with (time, writer, correlation ID) when one payload wrote all their fields.
+        self._changed: dict[tuple[str, str], Single | None] = {}
 
     def observe(self, write: Write, window: float) -> list[Finding]:
         """One write (the property test's entry); the intake uses observe_record."""
@@ -72,8 +75,9 @@ class WriteTracker:
     ) -> list[tuple[str, str, State]]:
         """The fields (name, value hash, owner) one payload wrote to one record; returns the
         findings as (field, kind, the earlier write)."""
+        if not items:
+            return []
         key = (flow, record)
-        self._changed.add(key)
         rec = self._records.get(key)
         if rec is None:
             rec = self._records[key] = {}
@@ -81,11 +85,13 @@ class WriteTracker:
             self._records.move_to_end(key)
         writer = sys.intern(writer)
         found: list[tuple[str, str, State]] = []
+        stored = 0
         for field, h, owner in items:
             prev = rec.get(field)
             if prev is None:
                 self.fields += 1
                 rec[field] = (t, h, writer, corr)
+                stored += 1
                 continue
             if prev[1] != h:
                 if prev[2] != writer and abs(t - prev[0]) <= window:
@@ -95,13 +101,15 @@ class WriteTracker:
             if t >= prev[0]:
                 # The latest write in time stays the reference; a late-arriving older one does not replace it.
                 rec[field] = (t, h, writer, corr)
+                stored += 1
+        self._changed[key] = (t, writer, corr) if stored == len(rec) else None
         self._trim()
         return found
 
     def _trim(self) -> None:
         while self.fields > self.max_fields and self._records:
             key, gone = self._records.popitem(last=False)
-            self._changed.add(key)
+            self._changed[key] = None
             self.fields -= len(gone)
             self.evicted += len(gone)
 
@@ -120,17 +128,18 @@ class WriteTracker:
         gone = self._records.pop((flow, record), None)
         if gone is not None:
             self.fields -= len(gone)
-        self._changed.add((flow, record))
+        self._changed[(flow, record)] = None
 
-    def take_changes(self) -> list[tuple[str, str, dict[str, State] | None]]:
-        """(flow, record, its fields now, or None when it is gone) for each record changed since the
-        last call; the caller persists them."""
-        changed, self._changed = self._changed, set()
-        return [(flow, record, self._records.get((flow, record))) for flow, record in changed]
+    def take_changes(self) -> list[Change]:
+        """(flow, record, its fields now or None when it is gone, the write that set them all or None)
+        for each record changed since the last call; the caller persists them."""
+        changed, self._changed = self._changed, {}
+        return [(flow, record, self._records.get((flow, record)), single) for (flow, record), single in changed.items()]
 
     def mark_changed(self, keys: Iterable[tuple[str, str]]) -> None:
         """Persist these records again with the next batch (the last write of them failed)."""
-        self._changed.update(keys)
+        for key in keys:
+            self._changed[key] = None
 
     def sweep(self, cutoff: float) -> int:
         """Forget fields last written before `cutoff` (the snapshot retention's cutoff)."""
@@ -138,12 +147,11 @@ class WriteTracker:
         for key in list(self._records):
             rec = self._records[key]
             old = [f for f, st in rec.items() if st[0] < cutoff]
-            if not old:
-                continue
             for f in old:
                 del rec[f]
             removed += len(old)
-            self._changed.add(key)
+            if old:
+                self._changed[key] = None
             if not rec:
                 del self._records[key]
         self.fields -= removed
