@@ -17,6 +17,7 @@ from snapshot_data import Clock, make_request, sample
 
 from syncwatch.audit import state
 from syncwatch.audit.ownership import FlowMap
+from syncwatch.audit.store import report_rows
 from syncwatch.audit.tracker import CONFLICT, VIOLATION, Write, WriteTracker
 from syncwatch.config.audit import FlowAudit
 from syncwatch.config.models import Config
@@ -215,6 +216,92 @@ def test_a_retry_differing_only_in_ignored_fields_is_no_key_reuse(tmp_path, igno
     total = sample(metrics, "syncwatch_audit_idempotency_key_reuse_total", flow="orders")
     # Without the list the retry is (wrongly) reuse; with it only the changed total is.
     assert (after_retry, total) == ((0, 1) if ignore else (1, 2))
+
+
+def test_key_reuse_and_duplicate_records_across_a_restart(tmp_path):
+    """The idempotency keys and destination record IDs are persisted like the tracked fields."""
+    flow = {"record_key": "$.order_id", "idempotency_key": "$.key", "record_id": "$.erp_id"}
+    audit = {"flows": {"orders": flow}}
+
+    def order(corr: str, total: str, erp_id: str, t: float):
+        attrs = {"syncwatch.flow": "orders", "syncwatch.source": "storefront", "syncwatch.destination": "erp"}
+        return make_request(
+            {
+                "corr": corr,
+                "direction": "request",
+                "time": t,
+                "attrs": attrs,
+                "body": json.dumps({"order_id": corr, "key": f"K-{corr}", "total": total}),
+            },
+            {
+                "corr": corr,
+                "direction": "response",
+                "time": t + 1,
+                "attrs": attrs,
+                "body": json.dumps({"erp_id": erp_id}),
+            },
+        )
+
+    def intake():
+        cfg = Config.model_validate({"storage": {"data_dir": str(tmp_path / "data")}, "flows": ORDERS, "audit": audit})
+        metrics = Metrics()
+        return SnapshotIntake(cfg, metrics, clock=Clock(T0 + 60)), metrics
+
+    async def send(i, *requests):
+        await i.start()
+        for r in requests:
+            await i.export_logs(r)
+        i.auditor.wait()
+        await i.stop()
+
+    first, _ = intake()
+    asyncio.run(send(first, order("O1", "10.00", "E-1", T0), order("O2", "5.00", "E-5", T0)))
+    # After the restart: O1 retried with a changed total (key reuse), and confirmed into a second
+    # ERP record; O2 retried unchanged into the same record (nothing to report).
+    second, metrics = intake()
+    asyncio.run(send(second, order("O1", "12.00", "E-2", T0 + 30), order("O2", "5.00", "E-5", T0 + 30)))
+    assert sample(metrics, "syncwatch_audit_idempotency_key_reuse_total", flow="orders") == 1
+    assert sample(metrics, "syncwatch_audit_duplicate_records_total", flow="orders") == 1
+    conn = sqlite3.connect(tmp_path / "data" / "audit.db")
+    try:
+        rows = conn.execute("SELECT map, key, value, corr FROM latest WHERE map = 'record_ids' ORDER BY key").fetchall()
+    finally:
+        conn.close()
+    assert rows == [
+        ("record_ids", '["orders","O1","erp"]', "E-2", "O1"),
+        ("record_ids", '["orders","O2","erp"]', "E-5", "O2"),
+    ]
+
+
+def test_a_failed_write_of_audit_db_is_retried_with_the_next_batch(tmp_path, caplog):
+    intake, metrics = _intake(tmp_path)
+    store = intake.auditor.store
+    real_write = store.write
+    failures = []
+
+    def failing_write(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_write(*args, **kwargs)
+
+    store.write = failing_write
+
+    async def go():
+        await intake.start()
+        await intake.export_logs(_req("c1", "storefront", {"id": 1, "email": "a@example.com"}, T0))
+        intake.auditor.wait()
+        assert failures  # refused: kept in memory, written with the next batch (or the next sweep)
+        await intake.export_logs(_req("c2", "erp", {"id": 1, "email": "b@example.com"}, T0 + 1))
+        intake.auditor.wait()
+        await intake.stop()
+
+    asyncio.run(go())
+    assert "database or disk is full" in caplog.text and "retried with the next batch" in caplog.text
+    assert _tracked_rows(tmp_path) == [("customers", "1")]
+    assert sample(metrics, "syncwatch_audit_conflicts_total", flow="customers", field="email", writer="erp") == 1
+    rows = report_rows(tmp_path / "data" / "audit.db", 0)
+    assert [(r["writer"], r["writes"], r["conflicts"]) for r in rows] == [("erp", 1, 1), ("storefront", 1, 0)]
 
 
 def test_an_unaudited_flow_costs_nothing(tmp_path):

@@ -55,6 +55,7 @@ class Auditor:
         self.record_ids = LatestByKey(cfg.max_tracked_fields)
         self.m = AuditMetrics(registry)
         self.payloads = PayloadAudit(self.hash, self.tracker, self.keys, self.record_ids, self.m)
+        self._latest = {"keys": self.keys, "record_ids": self.record_ids}  # their names in audit.db
         self.store = AuditStore(db_path(data_dir), cfg.max_events)
         self.clock = clock
         self._counts: Counts = {}
@@ -70,10 +71,19 @@ class Auditor:
     def _load(self) -> None:
         try:
             rows = self.store.load_tracked()
+            latest = self.store.load_latest()
         except Exception:  # an unreadable audit.db costs the earlier state, not the audits
             log.exception("audit: tracked state in %s not read; starting without it", self.store.path)
             return
         unreadable = 0
+        for name, key, entry in latest:
+            target = self._latest.get(name)
+            if key is None or target is None:
+                unreadable += 1
+            elif key[0] not in self.maps:
+                target.forget(key)  # a flow no longer audited
+            else:
+                target.load(key, entry)
         for flow, record, fields in rows:
             if fields is None or flow not in self.maps:
                 # Unreadable, or a flow no longer audited: deleted from disk with the next batch.
@@ -82,11 +92,17 @@ class Auditor:
                 continue
             self.tracker.load(flow, record, fields)
         if unreadable:
-            log.warning("audit: %d tracked records in %s unreadable, dropped", unreadable, self.store.path)
+            log.warning("audit: %d tracked records or keys in %s unreadable, dropped", unreadable, self.store.path)
         self._write([])
         self._update_gauges()
-        if self.tracker.fields:
-            log.info("audit: %d tracked fields read back from %s", self.tracker.fields, self.store.path)
+        if self.tracker.fields or len(self.keys) or len(self.record_ids):
+            log.info(
+                "audit: %d tracked fields, %d idempotency keys, %d record IDs read back from %s",
+                self.tracker.fields,
+                len(self.keys),
+                len(self.record_ids),
+                self.store.path,
+            )
 
     def _writer_label(self, writer: str) -> str:
         return writer if writer in self.systems else OTHER
@@ -123,8 +139,7 @@ class Auditor:
                 events: list[dict[str, Any]] = []
                 for flow, corr, destination, record_id, t in mine:
                     self.payloads.record_id_found(flow, corr, destination, record_id[:MAX_TEXT], t, events)
-                if events:
-                    self._write(events)
+                self._write(events)
             finally:
                 with self._lock:
                     self._queued -= len(mine)
@@ -190,19 +205,22 @@ class Auditor:
         events = self._unwritten + events
         counts, self._counts = self._counts, {}
         changes = self.tracker.take_changes()
-        if not (events or counts or changes):
+        latest = [(name, key, entry) for name, m in self._latest.items() for key, entry in m.take_changes()]
+        if not (events or counts or changes or latest):
             return
         try:
-            self.store.write(events, counts, changes)
+            self.store.write(events, counts, changes, latest)
         except Exception as exc:  # audit.db failing (disk full, locked): kept in memory, written with the next batch
             if not self._unwritten:
                 log.error("audit: writing %s failed (%s); retried with the next batch", self.store.path, exc)
             self._unwritten = events[-self.cfg.max_events :]
-            for key, n in counts.items():
-                total = self._counts.setdefault(key, [0, 0, 0])
+            for ckey, n in counts.items():
+                total = self._counts.setdefault(ckey, [0, 0, 0])
                 for i in range(3):
                     total[i] += n[i]
             self.tracker.mark_changed((flow, record) for flow, record, _, _ in changes)
+            for name, lkey, _ in latest:
+                self._latest[name].mark_changed([lkey])
             return
         if self._unwritten:
             log.info("audit: %s written again", self.store.path)

@@ -1,7 +1,10 @@
-"""The write tracker's state on disk: one row per (flow, record) in the `tracked` table of
-`<data_dir>/audit.db`, beside the findings, written in the same transaction as the findings and
-counts of the batch that changed it, and read back at start. A conflict whose two writes straddle a
+"""The audits' state on disk, in `<data_dir>/audit.db` beside the findings, written in the same
+transaction as the findings and counts of the batch that changed it, and read back at start: a
+conflict (or a reused idempotency key, a second destination record ID) whose two writes straddle a
 restart is found like any other.
+
+`tracked`: the write tracker, one row per (flow, record). `latest`: the idempotency keys and
+destination record IDs (LatestByKey), one row per key, its parts as a JSON array.
 
 A row's `fields` is compact JSON grouping the fields by the write that set them (one payload sets
 most fields of a record at once): `[[time, writer, correlation ID, [field, ...], [hash, ...]], ...]`.
@@ -15,7 +18,7 @@ from collections.abc import Iterator
 
 import orjson
 
-from syncwatch.audit.tracker import Change, Single, State
+from syncwatch.audit.tracker import Change, Entry, Single, State
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracked (
@@ -24,7 +27,14 @@ CREATE TABLE IF NOT EXISTS tracked (
     fields BLOB NOT NULL,
     PRIMARY KEY (flow, record)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS latest (
+    map TEXT NOT NULL,  -- keys | record_ids
+    key TEXT NOT NULL,
+    value TEXT NOT NULL, corr TEXT NOT NULL, time REAL NOT NULL,
+    PRIMARY KEY (map, key)
+) WITHOUT ROWID;
 """
+LatestChange = tuple[str, tuple[str, ...], Entry | None]  # map name, key, its entry now (None: gone)
 
 
 def encode(fields: dict[str, State], single: Single | None = None) -> tuple[float, bytes]:
@@ -72,3 +82,30 @@ def load(conn: sqlite3.Connection) -> Iterator[tuple[str, str, dict[str, State] 
             yield flow, record, decode(blob)
         except (orjson.JSONDecodeError, ValueError, TypeError, IndexError):
             yield flow, record, None
+
+
+def save_latest(conn: sqlite3.Connection, changes: list[LatestChange]) -> None:
+    """Write the changed idempotency keys and record IDs (inside the caller's transaction)."""
+    gone = [(name, orjson.dumps(key).decode()) for name, key, entry in changes if entry is None]
+    rows = [(name, orjson.dumps(key).decode(), *entry) for name, key, entry in changes if entry is not None]
+    if gone:
+        conn.executemany("DELETE FROM latest WHERE map = ? AND key = ?", gone)
+    if rows:
+        conn.executemany("INSERT OR REPLACE INTO latest (map, key, value, corr, time) VALUES (?, ?, ?, ?, ?)", rows)
+
+
+def load_latest(conn: sqlite3.Connection) -> Iterator[tuple[str, tuple[str, ...] | None, str, Entry]]:
+    """(map name, key or None when unreadable, the stored key text, entry), oldest first."""
+    for name, text, value, corr, t in conn.execute("SELECT map, key, value, corr, time FROM latest ORDER BY time"):
+        try:
+            parts = orjson.loads(text)
+            key = tuple(str(p) for p in parts) if isinstance(parts, list) and parts else None
+        except orjson.JSONDecodeError:
+            key = None
+        yield name, key, text, (str(value), str(corr), float(t))
+
+
+def drop_latest(conn: sqlite3.Connection, rows: list[tuple[str, str]]) -> None:
+    """Delete unreadable rows (map name, stored key text) found by load_latest."""
+    with conn:
+        conn.executemany("DELETE FROM latest WHERE map = ? AND key = ?", rows)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from syncwatch.audit import state
-from syncwatch.audit.tracker import Change, State
+from syncwatch.audit.tracker import Change, Entry, State
 
 SCHEMA = (
     """
@@ -81,13 +81,22 @@ class AuditStore:
             self._conn.close()
             self._conn = None
 
-    def write(self, events: list[dict[str, Any]], counts: Counts, changes: list[Change] | None = None) -> None:
-        """One batch in one transaction: its findings, its write counts and the tracked records it changed."""
+    def write(
+        self,
+        events: list[dict[str, Any]],
+        counts: Counts,
+        changes: list[Change] | None = None,
+        latest: list[state.LatestChange] | None = None,
+    ) -> None:
+        """One batch in one transaction: its findings, its write counts, the tracked records and
+        the idempotency keys / record IDs it changed."""
         self.open()
         assert self._conn is not None
         with self._conn:
             if changes:
                 state.save(self._conn, changes)
+            if latest:
+                state.save_latest(self._conn, latest)
             if events:
                 cols = ", ".join(EVENT_COLUMNS)
                 marks = ", ".join("?" for _ in EVENT_COLUMNS)
@@ -112,6 +121,17 @@ class AuditStore:
         self.open()
         assert self._conn is not None
         return list(state.load(self._conn))
+
+    def load_latest(self) -> list[tuple[str, tuple[str, ...] | None, Entry]]:
+        """The idempotency keys and record IDs persisted by earlier processes, oldest first;
+        unreadable rows are deleted (key None)."""
+        self.open()
+        assert self._conn is not None
+        rows = list(state.load_latest(self._conn))
+        bad = [(name, text) for name, key, text, _ in rows if key is None]
+        if bad:
+            state.drop_latest(self._conn, bad)
+        return [(name, key, entry) for name, key, _, entry in rows]
 
     def sweep(self, event_cutoff: float, count_cutoff: float) -> int:
         self.open()

@@ -158,13 +158,18 @@ class WriteTracker:
         return removed
 
 
+Entry = tuple[str, str, float]  # value, correlation ID, time
+
+
 class LatestByKey:
-    """A bounded map key -> (value, correlation ID, time): idempotency keys and record IDs."""
+    """A bounded map key -> (value, correlation ID, time): idempotency keys and record IDs. Like
+    the WriteTracker it remembers the keys changed since the last take_changes(), to be persisted."""
 
     def __init__(self, max_items: int) -> None:
         self.max_items = max_items
-        self._items: OrderedDict[tuple[str, ...], tuple[str, str, float]] = OrderedDict()
+        self._items: OrderedDict[tuple[str, ...], Entry] = OrderedDict()
         self.evicted = 0
+        self._changed: set[tuple[str, ...]] = set()
 
     def swap(self, key: tuple[str, ...], value: str, corr: str, time: float) -> tuple[str, str, float] | None:
         """Remember value for key; returns the earlier entry when its value differs."""
@@ -174,15 +179,39 @@ class LatestByKey:
             return None
         self._items[key] = (value, corr, time)
         self._items.move_to_end(key)
-        while len(self._items) > self.max_items:
-            self._items.popitem(last=False)
-            self.evicted += 1
+        self._changed.add(key)
+        self._trim()
         return prev
+
+    def _trim(self) -> None:
+        while len(self._items) > self.max_items:
+            gone, _ = self._items.popitem(last=False)
+            self._changed.add(gone)
+            self.evicted += 1
+
+    def load(self, key: tuple[str, ...], entry: Entry) -> None:
+        """One entry read back from disk at start (oldest first)."""
+        self._items[key] = entry
+        self._items.move_to_end(key)
+        self._trim()
+
+    def forget(self, key: tuple[str, ...]) -> None:
+        self._items.pop(key, None)
+        self._changed.add(key)
+
+    def take_changes(self) -> list[tuple[tuple[str, ...], Entry | None]]:
+        """(key, its entry now or None when it is gone) for each key changed since the last call."""
+        changed, self._changed = self._changed, set()
+        return [(k, self._items.get(k)) for k in changed]
+
+    def mark_changed(self, keys: Iterable[tuple[str, ...]]) -> None:
+        self._changed.update(keys)
 
     def sweep(self, cutoff: float) -> int:
         old = [k for k, v in self._items.items() if v[2] < cutoff]
         for k in old:
             del self._items[k]
+        self._changed.update(old)
         return len(old)
 
     def __len__(self) -> int:
