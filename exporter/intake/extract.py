@@ -15,7 +15,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from syncwatch.intake.ids import correlation_problem
 from syncwatch.ledger.records import Event
@@ -184,8 +184,7 @@ class KeyPlan(NamedTuple):
 
     corr: tuple[tuple[int, str], ...]
     stage: bool
-    reads: tuple
-    mask: int
+    reads: Any  # syncwatch.rules.engine.Reads (intake does not import the rules)
 
 
 MAX_PLANS = 1024  # remembered KeyPlans (distinct sets of attribute names), cleared when full
@@ -295,10 +294,11 @@ class SpanExtractor:
                     plan = plans.get(names)
                     if plan is None:
                         plan = plan_for(names)
+                    present_corr, has_stage, reads = plan
                     corr = None
-                    if plan.corr:
+                    if present_corr:
                         get = attrs.get
-                        for i, key in plan.corr:
+                        for i, key in present_corr:
                             if i >= rank:
                                 break
                             v = get(key)
@@ -307,13 +307,13 @@ class SpanExtractor:
                                 break
                     if corr is None:
                         corr = resource_corr
-                    if plan.stage:
+                    if has_stage:
                         v = attrs.get(STAGE)
                         stage_name = v.string_value or _value(v)
                     else:
                         stage_name = resource_stage
                     if stage_name is None:
-                        rule_span(span, attrs, plan.reads, plan.mask, res_attrs, service, corr, received, out)
+                        rule_span(span, attrs, reads, res_attrs, service, corr, received, out)
                         continue
                     if corr is None:
                         out.uncorrelated += 1  # explicit stage, no ID: the integration's own bug
@@ -334,9 +334,10 @@ class SpanExtractor:
     def _plan(self, names: tuple[str, ...]) -> KeyPlan:
         """The KeyPlan of spans with these attribute names (remembered, at most MAX_PLANS)."""
         present = frozenset(names)
-        reads, mask = self._rules.reads(present)
         plan = KeyPlan(
-            tuple((i, k) for i, k in enumerate(self._corr_keys) if k in present), STAGE in present, reads, mask
+            tuple((i, k) for i, k in enumerate(self._corr_keys) if k in present),
+            STAGE in present,
+            self._rules.reads(present),
         )
         plans = self._plans
         if len(names) <= MAX_PLAN_NAMES:  # a span with very many attributes is planned each time

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from syncwatch.config.rules import RulesConfig
 from syncwatch.intake.ids import correlation_problem
@@ -24,7 +24,18 @@ from syncwatch.rules.conditions import (
     compile_rule,
     text_of,
 )
-from syncwatch.rules.events import EVENT_KEYS, MESSAGE_ID, span_events
+from syncwatch.rules.events import (
+    CODE,
+    DEST_NAME,
+    ERROR,
+    EVENT_KEYS,
+    MESSAGE_ID,
+    PEER,
+    RESEND,
+    SERVER,
+    URL,
+    span_events,
+)
 from syncwatch.rules.metrics import RulesMetrics
 from syncwatch.rules.stitch import Pending, StitchIndex
 
@@ -48,9 +59,22 @@ class Decision:
 
 
 _STAGE_TEXT = {v: k for k, v in STAGE_NAMES.items()}
-# A rule decision: the rule (None: no rule matches), the stages, whether a stage is not the source.
-Decided = tuple[Rule | None, tuple[int, ...], bool]
-_NO_RULE: Decided = (None, (), False)
+# A rule decision: the rule (None: no rule matches), the stages, whether a stage is not the source,
+# and the keys (a bit per key index) the span's events and stitching read.
+Decided = tuple[Rule | None, tuple[int, ...], bool, int]
+_NO_RULE: Decided = (None, (), False, 0)
+
+
+class Reads(NamedTuple):
+    """What the engine reads of spans with one set of attribute names, as (key index, the name the
+    span has it under): the keys conditions read (always), the rest (as a decision needs them),
+    and a bit per condition key present (part of the decision signature)."""
+
+    match: tuple[tuple[int, str], ...]
+    rest: tuple[tuple[int, str], ...]
+    mask: int
+
+
 MAX_DECISIONS = 4096  # remembered rule decisions (per distinct set of values the conditions read)
 
 
@@ -83,6 +107,7 @@ class RuleEngine:
         self._sig_name = any(w.names is not None or w.name_rx is not None for w in whens)
         self._sig_status = any(w.status is not None for w in whens)
         self._sig_service = any(w.services is not None for w in whens)
+        self._sig_extra = self._sig_name or self._sig_status or self._sig_service
         self._cacheable = not any(w.res for w in whens)
         self._decisions: dict[tuple, Decided] = {}
         # Candidate rules per span kind (0-5), in configured order.
@@ -142,68 +167,58 @@ class RuleEngine:
         return left
 
     # ---- per span -----------------------------------------------------------------------------
-    def reads(self, present: frozenset[str]) -> tuple[tuple[tuple[int, str, bool], ...], int]:
-        """For spans whose attribute names are `present`: what `span` reads, as (key index, the
-        name the span has it under, whether a condition reads it), and a mask of the condition
-        keys present (part of the decision signature)."""
-        reads = []
+    def reads(self, present: frozenset[str]) -> Reads:
+        """What `span` reads of spans whose attribute names are `present` (each key under the
+        first of its names the span has)."""
+        match: list[tuple[int, str]] = []
+        rest: list[tuple[int, str]] = []
         mask = 0
         for ki, names in enumerate(self._names):
             name = next((n for n in names if n in present), None)
             if name is None:
                 continue
-            match = ki in self._match_keys
-            if match:
+            if ki in self._match_keys:
                 mask |= 1 << ki
-            reads.append((ki, name, match))
-        reads.sort(key=lambda r: not r[2])  # the condition keys first, in key order
-        return tuple(reads), mask
+                match.append((ki, name))
+            else:
+                rest.append((ki, name))
+        return Reads(tuple(match), tuple(rest), mask)
 
     def span(
-        self,
-        span: Any,
-        attrs: Any,
-        reads: tuple[tuple[int, str, bool], ...],
-        mask: int,
-        res_attrs: Any,
-        service: str,
-        corr: Any,
-        received: float,
-        out: Any,
+        self, span: Any, attrs: Any, reads: Reads, res_attrs: Any, service: str, corr: Any, received: float, out: Any
     ) -> None:
         """A span without syncwatch.stage: map it by the first rule that matches, or count it.
-        `reads` and `mask` come from `reads()` for this span's attribute names."""
+        `reads` is `reads()` of this span's attribute names."""
         vals: list[Any] = [None] * len(self._keys)
         get = attrs.get
-        parts: list[Any] = [mask, span.kind]
-        for ki, name, match in reads:
+        parts: list[Any] = [reads.mask, span.kind]
+        for ki, name in reads.match:
             v = get(name)
             value = vals[ki] = v.string_value or any_value(v)
-            if match:
-                if value.__class__ is str:
-                    parts.append(value[:MAX_VALUE_LENGTH])
-                else:
-                    # True == 1 in a tuple, but conditions compare "true" and "1": keep them apart.
-                    parts.append(text_of(value) if value.__class__ is bool else value)
+            if value.__class__ is str:
+                parts.append(value[:MAX_VALUE_LENGTH])
+            else:
+                # True == 1 in a tuple, but conditions compare "true" and "1": keep them apart.
+                parts.append(text_of(value) if value.__class__ is bool else value)
         if self._cacheable:
             # The decision depends only on the values the conditions read: remember it per value set.
-            if self._sig_name:
-                parts.append(span.name[:MAX_VALUE_LENGTH])
-            if self._sig_status:
-                parts.append(span.status.code)
-            if self._sig_service:
-                parts.append(service)
+            if self._sig_extra:
+                if self._sig_name:
+                    parts.append(span.name[:MAX_VALUE_LENGTH])
+                if self._sig_status:
+                    parts.append(span.status.code)
+                if self._sig_service:
+                    parts.append(service)
             sig = tuple(parts)
-            cache = self._decisions
-            decided = cache.get(sig)
+            decided = self._decisions.get(sig)
             if decided is None:
                 decided = self._decide(span, vals, res_attrs, service)
-                if len(cache) >= MAX_DECISIONS:
-                    cache.clear()
-                cache[sig] = decided
+                if len(self._decisions) >= MAX_DECISIONS:
+                    self._decisions.clear()
+                self._decisions[sig] = decided
         else:
             decided = self._decide(span, vals, res_attrs, service)
-        rule, stages, closes = decided
+        rule, stages, closes, need = decided
         if rule is None:
             if corr is not None:
                 out.correlated += 1
@@ -213,14 +228,19 @@ class RuleEngine:
             return
         matches = self._matches
         matches[rule.name] = matches.get(rule.name, 0) + 1
+        for ki, name in reads.rest:  # the keys no condition reads, if this rule's events need them
+            if need >> ki & 1:
+                v = get(name)
+                vals[ki] = v.string_value or any_value(v)
         own = self._correlation_id(rule, vals) if rule.correlation_ids else None
         if own is None:
             own = corr
+        trace_id = span.trace_id
         msg = vals[MESSAGE_ID]
         if msg is None and not len(span.links):
-            key_tuple: tuple[Hashable, ...] = (span.trace_id,)
+            key_tuple: tuple[Hashable, ...] = (trace_id,)
         else:
-            keys: list[Hashable] = [span.trace_id]
+            keys: list[Hashable] = [trace_id]
             if msg is not None:
                 keys.append(("m", text_of(msg)[:MAX_VALUE_LENGTH]))
             keys.extend(link.trace_id for link in span.links if link.trace_id)
@@ -231,7 +251,7 @@ class RuleEngine:
             via = "stitched"
         else:
             own = text_of(own)
-        events = span_events(rule, stages, closes, span, vals, service, received, own, out)
+        events = span_events(rule, stages, closes, span, trace_id, vals, service, received, own, out)
         if events is None:
             return
         decision = None
@@ -278,8 +298,20 @@ class RuleEngine:
                     stages.append(STAGE_CONFIRM)
                 elif rule.fail and any(holds(w, span, vals, results, res_attrs, service) for w in rule.fail):
                     stages.append(STAGE_FAIL)
-                return rule, tuple(stages), any(s != STAGE_SOURCE for s in stages)
+                return self._decided(rule, tuple(stages))
         return _NO_RULE
+
+    def _decided(self, rule: Rule, stages: tuple[int, ...]) -> Decided:
+        """A decision with what follows from it: whether a stage closes, the keys its events read."""
+        closes = any(s != STAGE_SOURCE for s in stages)
+        need = 1 << MESSAGE_ID
+        for ki, _, _ in rule.correlation_ids:
+            need |= 1 << ki
+        if closes:
+            need |= 1 << CODE | 1 << ERROR | 1 << RESEND
+            if rule.destination is None:
+                need |= 1 << SERVER | 1 << PEER | 1 << URL | 1 << DEST_NAME
+        return rule, stages, closes, need
 
     def _holds(
         self, w: When, span: Any, vals: list[Any], results: list[bool | None], res_attrs: Any, service: str

@@ -51,6 +51,7 @@ def span_events(
     stages: tuple[int, ...],
     closes: bool,
     span: Any,
+    trace_id: bytes,
     vals: list[Any],
     service: str,
     received: float,
@@ -59,7 +60,7 @@ def span_events(
 ) -> list[Event] | None:
     """The events of a matched span (None: refused, counted in `out`); `corr` None while the
     correlation ID is still to be stitched (filled in then). `closes`: a stage other than source."""
-    trace_id, span_id = span.trace_id, span.span_id
+    span_id = span.span_id
     if len(trace_id) != 16 or len(span_id) != 8:
         out.reject(f"span {span_id.hex() or '?'} (rule {rule.name}): trace_id must be 16 bytes and span_id 8 bytes")
         return None
@@ -104,7 +105,7 @@ def span_events(
             )
         ]
     code = vals[CODE]
-    code_text = None if code is None else text_of(code)[:MAX_VALUE_LENGTH]
+    code_text = None if code is None else (code if code.__class__ is str else text_of(code))[:MAX_VALUE_LENGTH]
     error = vals[ERROR]
     if error is None and span.status.code == 2:
         error = code_text or "error"  # an ERROR status without error.type (older conventions)
