@@ -194,7 +194,10 @@ class RuleEngine:
         parts: list[Any] = [reads.mask, span.kind]
         for ki, name in reads.match:
             v = get(name)
-            value = vals[ki] = v.string_value or any_value(v)
+            value = v.string_value
+            if not value:  # not a string: most often an integer (status codes)
+                value = v.int_value if v.WhichOneof("value") == "int_value" else any_value(v)
+            vals[ki] = value
             if value.__class__ is str:
                 parts.append(value[:MAX_VALUE_LENGTH])
             else:

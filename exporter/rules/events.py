@@ -105,7 +105,12 @@ def span_events(
             )
         ]
     code = vals[CODE]
-    code_text = None if code is None else (code if code.__class__ is str else text_of(code))[:MAX_VALUE_LENGTH]
+    if code is None:
+        code_text = None
+    elif code.__class__ is int:  # the usual status code
+        code_text = str(code)
+    else:
+        code_text = text_of(code)[:MAX_VALUE_LENGTH]
     error = vals[ERROR]
     if error is None and span.status.code == 2:
         error = code_text or "error"  # an ERROR status without error.type (older conventions)
@@ -117,26 +122,28 @@ def span_events(
         if text.isdigit() and int(text) < 1 << 31:
             attempt = int(text) + 1
     flow = rule.flow
-    return [
-        _new(
-            Event,
-            (
-                trace_id,
-                span_id,
-                corr,
-                flow,
-                stage,
-                source,
-                dest,
-                start,
-                end,
-                start if stage == STAGE_SOURCE else None,
-                attempt if stage == STAGE_ATTEMPT else None,
-                code_text if stage == STAGE_ATTEMPT else None,
-                error_text if stage != STAGE_SOURCE else None,
-                None,
-                received,
-            ),
+    events = []
+    for stage in stages:
+        events.append(
+            _new(
+                Event,
+                (
+                    trace_id,
+                    span_id,
+                    corr,
+                    flow,
+                    stage,
+                    source,
+                    dest,
+                    start,
+                    end,
+                    start if stage == STAGE_SOURCE else None,
+                    attempt if stage == STAGE_ATTEMPT else None,
+                    code_text if stage == STAGE_ATTEMPT else None,
+                    error_text if stage != STAGE_SOURCE else None,
+                    None,
+                    received,
+                ),
+            )
         )
-        for stage in stages
-    ]
+    return events
