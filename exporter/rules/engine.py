@@ -253,7 +253,7 @@ class RuleEngine:
             own = self.index.lookup(key_tuple)
             via = "stitched"
         else:
-            own = text_of(own)
+            own = own if own.__class__ is str else text_of(own)
         events = span_events(rule, stages, closes, span, trace_id, vals, service, received, own, out)
         if events is None:
             return
