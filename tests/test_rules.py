@@ -409,3 +409,15 @@ def test_spans_with_more_attribute_name_sets_than_remembered_all_map():
     )
     assert (out.correlated, out.uncorrelated, out.unrelated, out.rejected) == (1100, 0, 0, 0)
     assert len(ex._plans) <= 1024
+
+
+def test_a_span_with_more_attributes_than_planned_ahead_still_maps():
+    """A span with 200 attributes (more than the 128 whose names are remembered) is read the same way."""
+    attrs = {"messaging.system": "rabbitmq", "messaging.conversation_id": "SO-200"}
+    attrs.update({f"app.field_{i:03d}": "x" for i in range(198)})
+    span = {"trace": 77, "span": 1, "name": "orders send", "kind": "producer", "attrs": attrs}
+    ex = extractor()
+    for _ in range(2):
+        out = ex.extract(view_of(request("storefront", [span])), T0)
+        assert events(out) == [("SO-200", "orders", STAGE_SOURCE, "storefront", None, None, None)]
+    assert ex._plans == {}

@@ -188,7 +188,10 @@ class KeyPlan(NamedTuple):
 
 
 MAX_PLANS = 1024  # remembered KeyPlans (distinct sets of attribute names), cleared when full
-MAX_PLAN_NAMES = 64  # spans with more attributes are planned each time instead of remembered
+# Spans with more attributes (the SDK's default limit is 128) or longer names are planned each time
+# instead of remembered: the plans stay within ~12 MiB.
+MAX_PLAN_NAMES = 128
+MAX_PLAN_CHARS = 4096
 
 
 def _too_long(value, limit: int) -> bool:
@@ -340,7 +343,7 @@ class SpanExtractor:
             self._rules.reads(present),
         )
         plans = self._plans
-        if len(names) <= MAX_PLAN_NAMES:  # a span with very many attributes is planned each time
+        if len(names) <= MAX_PLAN_NAMES and sum(map(len, names)) <= MAX_PLAN_CHARS:
             if len(plans) >= MAX_PLANS:
                 plans.clear()
             plans[names] = plan
