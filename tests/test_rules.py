@@ -361,3 +361,63 @@ def test_index_size_and_evictions_are_metrics():
     assert value("syncwatch_stitch_evictions_total", index="pending", reason="size") == 2
     assert value("syncwatch_rule_matches_total", rule="order-consumed") == 150
     assert value("syncwatch_rule_matches_total", rule="erp-post") == 12
+
+
+def test_a_boolean_and_the_number_1_are_told_apart():
+    """Conditions compare text: `true` matches the boolean, not the integer 1, even right after a
+    span with the boolean (whose decision is remembered for spans with the same values)."""
+    rules = {
+        "map": {
+            "flagged": {
+                "flow": "orders",
+                "when": {"kind": "client", "attributes": {"sync.flagged": True}},
+                "stage": "source",
+                "correlation": "order.id",
+            }
+        }
+    }
+    req = request(
+        "worker",
+        [
+            {"trace": 1, "span": 1, "name": "x", "kind": "client", "attrs": {"order.id": "SO-1"}},
+            {"trace": 2, "span": 2, "name": "x", "kind": "client", "attrs": {"order.id": "SO-2", "sync.flagged": 1}},
+        ],
+    )
+    req.resource_spans[0].scope_spans[0].spans[0].attributes.add(key="sync.flagged").value.bool_value = True
+    out = extractor(rules).extract(view_of(req), T0)
+    assert events(out) == [("SO-1", "orders", STAGE_SOURCE, "worker", None, None, None)]
+    assert (out.correlated, out.unrelated) == (1, 1)
+
+
+def test_spans_with_more_attribute_name_sets_than_remembered_all_map():
+    """Spans are read by a plan per set of attribute names (at most 1,024 remembered): 1,100
+    publish spans, each with one more attribute of its own, all map."""
+    spans = [
+        {
+            "trace": 1000 + i,
+            "span": 1,
+            "name": "orders send",
+            "kind": "producer",
+            "attrs": {"messaging.system": "rabbitmq", "messaging.conversation_id": f"SO-{i}", f"app.extra_{i}": "x"},
+        }
+        for i in range(1100)
+    ]
+    ex = extractor()
+    out = ex.extract(view_of(request("storefront", spans)), T0)
+    assert events(out) == sorted(
+        (f"SO-{i}", "orders", STAGE_SOURCE, "storefront", None, None, None) for i in range(1100)
+    )
+    assert (out.correlated, out.uncorrelated, out.unrelated, out.rejected) == (1100, 0, 0, 0)
+    assert len(ex._plans) <= 1024
+
+
+def test_a_span_with_more_attributes_than_planned_ahead_still_maps():
+    """A span with 200 attributes (more than the 128 whose names are remembered) is read the same way."""
+    attrs = {"messaging.system": "rabbitmq", "messaging.conversation_id": "SO-200"}
+    attrs.update({f"app.field_{i:03d}": "x" for i in range(198)})
+    span = {"trace": 77, "span": 1, "name": "orders send", "kind": "producer", "attrs": attrs}
+    ex = extractor()
+    for _ in range(2):
+        out = ex.extract(view_of(request("storefront", [span])), T0)
+        assert events(out) == [("SO-200", "orders", STAGE_SOURCE, "storefront", None, None, None)]
+    assert ex._plans == {}

@@ -15,6 +15,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, NamedTuple
 
 from syncwatch.intake.ids import correlation_problem
 from syncwatch.ledger.records import Event
@@ -177,6 +178,22 @@ def _attempt_number(resend) -> int:
     return resend + 1
 
 
+class KeyPlan(NamedTuple):
+    """For spans with one set of attribute names (rules path): the correlation keys present, as
+    (rank, key); whether syncwatch.stage is; and what the rule engine reads (RuleEngine.reads)."""
+
+    corr: tuple[tuple[int, str], ...]
+    stage: bool
+    reads: Any  # syncwatch.rules.engine.Reads (intake does not import the rules)
+
+
+MAX_PLANS = 1024  # remembered KeyPlans (distinct sets of attribute names), cleared when full
+# Spans with more attributes (the SDK's default limit is 128) or longer names are planned each time
+# instead of remembered: the plans stay within ~12 MiB.
+MAX_PLAN_NAMES = 128
+MAX_PLAN_CHARS = 4096
+
+
 def _too_long(value, limit: int) -> bool:
     return value.__class__ is str and len(value) > limit
 
@@ -186,6 +203,7 @@ class SpanExtractor:
         self._corr_keys = tuple(correlation_keys)  # in order: the first one present wins
         self._max_corr = max_correlation_id_length
         self._rules = rules  # a syncwatch.rules.engine.RuleEngine, or None: no mapping rules
+        self._plans: dict[tuple[str, ...], KeyPlan] = {}  # attribute names of a span -> its KeyPlan
 
     def _resource_values(self, attributes) -> dict:
         """The attributes syncwatch reads that a resource sets, as defaults for its spans."""
@@ -251,35 +269,54 @@ class SpanExtractor:
 
     def _extract_with_rules(self, view, received: float) -> Extracted:
         """As extract, except that spans without syncwatch.stage go to the mapping rules, and
-        spans of no flow count as unrelated rather than uncorrelated."""
+        spans of no flow count as unrelated rather than uncorrelated.
+
+        Spans of one instrumentation share one set of attribute names: per such set, a KeyPlan
+        says which correlation keys and which names the rules read are present, so a span's
+        attribute map is asked only for keys it has (no lookups of absent old and new names)."""
         out = Extracted()
         rules = self._rules
         rules.begin(received)
         corr_keys = self._corr_keys
+        plans = self._plans
+        plan_for = self._plan
+        rule_span = rules.span
         for rs in view.resource_spans:
             res_attrs = rs.resource.attributes
             resource = self._resource_values(res_attrs)
             resource_get = resource.get
             rank = next((i for i, k in enumerate(corr_keys) if k in resource), len(corr_keys))
             resource_corr = resource[corr_keys[rank]] if rank < len(corr_keys) else None
-            span_corr_keys = corr_keys[:rank]
+            resource_stage = resource_get(STAGE)
             service = res_attrs.get("service.name")
             service = "" if service is None else str(_value(service) or "")
             for ss in rs.scope_spans:
                 for span in ss.spans:
-                    get = span.attributes.get
+                    attrs = span.attributes
+                    names = tuple(attrs)
+                    plan = plans.get(names)
+                    if plan is None:
+                        plan = plan_for(names)
+                    present_corr, has_stage, reads = plan
                     corr = None
-                    for key in span_corr_keys:
-                        v = get(key)
-                        if v is not None:
+                    if present_corr:
+                        get = attrs.get
+                        for i, key in present_corr:
+                            if i >= rank:
+                                break
+                            v = get(key)
                             corr = v.string_value or _value(v)
                             if corr is not None:
                                 break
                     if corr is None:
                         corr = resource_corr
-                    stage_name = _read(get, resource_get, STAGE)
+                    if has_stage:
+                        v = attrs.get(STAGE)
+                        stage_name = v.string_value or _value(v)
+                    else:
+                        stage_name = resource_stage
                     if stage_name is None:
-                        rules.span(span, res_attrs, service, corr, received, out)
+                        rule_span(span, attrs, reads, res_attrs, service, corr, received, out)
                         continue
                     if corr is None:
                         out.uncorrelated += 1  # explicit stage, no ID: the integration's own bug
@@ -289,13 +326,28 @@ class SpanExtractor:
                     if problem is not None:
                         out.reject(f"{_where(span)}: {problem}")
                         continue
-                    ev = self._event(span, get, resource_get, corr, stage_name, received, out)
+                    ev = self._event(span, attrs.get, resource_get, corr, stage_name, received, out)
                     if ev is not None:
                         out.correlated += 1
                         out.events.append(ev)
                         rules.learn(span.trace_id, text, received, out)  # explicit attributes teach the trace
         rules.end(out)
         return out
+
+    def _plan(self, names: tuple[str, ...]) -> KeyPlan:
+        """The KeyPlan of spans with these attribute names (remembered, at most MAX_PLANS)."""
+        present = frozenset(names)
+        plan = KeyPlan(
+            tuple((i, k) for i, k in enumerate(self._corr_keys) if k in present),
+            STAGE in present,
+            self._rules.reads(present),
+        )
+        plans = self._plans
+        if len(names) <= MAX_PLAN_NAMES and sum(map(len, names)) <= MAX_PLAN_CHARS:
+            if len(plans) >= MAX_PLANS:
+                plans.clear()
+            plans[names] = plan
+        return plan
 
     @staticmethod
     def _event(span, get, resource_get, corr, stage_name, received, out: Extracted) -> Event | None:

@@ -156,6 +156,8 @@ class Rule:
     confirm: list[When]
     fail: list[When]
     give_up_after: int | None
+    # `correlation` with each attribute as the engine's key index (set by the engine).
+    correlation_ids: tuple[tuple[int, Any, int | str], ...] = ()
 
     @property
     def kinds(self) -> frozenset[int] | None:
@@ -165,18 +167,6 @@ class Rule:
             if w.kinds is not None:
                 found = w.kinds if found is None else found & w.kinds
         return found
-
-    def correlation_id(self, attrs: Any) -> Any:
-        for key, rx, group in self.correlation:
-            value = attr(attrs, key)
-            if value is None:
-                continue
-            if rx is None:
-                return value
-            m = rx.search(text_of(value)[:MAX_VALUE_LENGTH])
-            if m is not None and m.group(group):
-                return m.group(group)
-        return None
 
 
 def _whens(spec: Any, key: str) -> list[When]:

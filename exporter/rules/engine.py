@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from syncwatch.config.rules import RulesConfig
 from syncwatch.intake.ids import correlation_problem
 from syncwatch.ledger.records import Event
-from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_FAIL, STAGE_NAMES
+from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_FAIL, STAGE_NAMES, STAGE_SOURCE
 from syncwatch.rules.conditions import (
     ALIASES,
     MAX_VALUE_LENGTH,
@@ -21,11 +21,21 @@ from syncwatch.rules.conditions import (
     Values,
     When,
     any_value,
-    attr,
     compile_rule,
     text_of,
 )
-from syncwatch.rules.events import EVENT_KEYS, MESSAGE_ID, span_events
+from syncwatch.rules.events import (
+    CODE,
+    DEST_NAME,
+    ERROR,
+    EVENT_KEYS,
+    MESSAGE_ID,
+    PEER,
+    RESEND,
+    SERVER,
+    URL,
+    span_events,
+)
 from syncwatch.rules.metrics import RulesMetrics
 from syncwatch.rules.stitch import Pending, StitchIndex
 
@@ -49,7 +59,22 @@ class Decision:
 
 
 _STAGE_TEXT = {v: k for k, v in STAGE_NAMES.items()}
-_UNSET = object()
+# A rule decision: the rule (None: no rule matches), the stages, whether a stage is not the source,
+# and the keys (a bit per key index) the span's events and stitching read.
+Decided = tuple[Rule | None, tuple[int, ...], bool, int]
+_NO_RULE: Decided = (None, (), False, 0)
+
+
+class Reads(NamedTuple):
+    """What the engine reads of spans with one set of attribute names, as (key index, the name the
+    span has it under): the keys conditions read (always), the rest (as a decision needs them),
+    and a bit per condition key present (part of the decision signature)."""
+
+    match: tuple[tuple[int, str], ...]
+    rest: tuple[tuple[int, str], ...]
+    mask: int
+
+
 MAX_DECISIONS = 4096  # remembered rule decisions (per distinct set of values the conditions read)
 
 
@@ -71,23 +96,27 @@ class RuleEngine:
         for rule in self.rules:
             for w in (*rule.whens, *rule.confirm, *rule.fail):
                 self._intern(w)
+            rule.correlation_ids = tuple(
+                (self._key_ids.setdefault(key, len(self._key_ids)), rx, group) for key, rx, group in rule.correlation
+            )
         self._keys = list(self._key_ids)
+        # Each key with the older names it may appear under: the first one a span has is read.
+        self._names = [(k, *ALIASES.get(k, ())) for k in self._keys]
+        self._match_keys = frozenset(ki for ki, _ in self._checks)  # keys conditions read
         whens = [w for r in self.rules for w in (*r.whens, *r.confirm, *r.fail)]
-        self._match_lookup = [
-            (ki, (self._keys[ki], *ALIASES.get(self._keys[ki], ()))) for ki in sorted({ki for ki, _ in self._checks})
-        ]
         self._sig_name = any(w.names is not None or w.name_rx is not None for w in whens)
         self._sig_status = any(w.status is not None for w in whens)
         self._sig_service = any(w.services is not None for w in whens)
+        self._sig_extra = self._sig_name or self._sig_status or self._sig_service
         self._cacheable = not any(w.res for w in whens)
-        self._decisions: dict[tuple, tuple[Rule | None, tuple[int, ...]]] = {}
+        self._decisions: dict[tuple, Decided] = {}
         # Candidate rules per span kind (0-5), in configured order.
         self._by_kind = [[r for r in self.rules if r.kinds is None or k in r.kinds] for k in range(6)]
         self.index = StitchIndex(cfg.stitch.max_entries, cfg.stitch.max_pending_spans, cfg.stitch.window)
         self.max_corr = max_correlation_id_length
         self.metrics = metrics
         self._matches: dict[str, int] = {}
-        self._failed: OrderedDict[tuple[str, str, str], set[bytes]] = OrderedDict()
+        self._failed: OrderedDict[tuple[str, str | None, str], set[bytes]] = OrderedDict()
         self._max_failed = cfg.stitch.max_entries
         self.explain: dict[str, Decision] | None = {} if explain else None
 
@@ -138,40 +167,61 @@ class RuleEngine:
         return left
 
     # ---- per span -----------------------------------------------------------------------------
-    def span(self, span: Any, res_attrs: Any, service: str, corr: Any, received: float, out: Any) -> None:
-        """A span without syncwatch.stage: map it by the first rule that matches, or count it."""
-        attrs = span.attributes
-        vals: list[Any] = [_UNSET] * len(self._keys)
+    def reads(self, present: frozenset[str]) -> Reads:
+        """What `span` reads of spans whose attribute names are `present` (each key under the
+        first of its names the span has)."""
+        match: list[tuple[int, str]] = []
+        rest: list[tuple[int, str]] = []
+        mask = 0
+        for ki, names in enumerate(self._names):
+            name = next((n for n in names if n in present), None)
+            if name is None:
+                continue
+            if ki in self._match_keys:
+                mask |= 1 << ki
+                match.append((ki, name))
+            else:
+                rest.append((ki, name))
+        return Reads(tuple(match), tuple(rest), mask)
+
+    def span(
+        self, span: Any, attrs: Any, reads: Reads, res_attrs: Any, service: str, corr: Any, received: float, out: Any
+    ) -> None:
+        """A span without syncwatch.stage: map it by the first rule that matches, or count it.
+        `reads` is `reads()` of this span's attribute names."""
+        vals: list[Any] = [None] * len(self._keys)
+        get = attrs.get
+        parts: list[Any] = [reads.mask, span.kind]
+        for ki, name in reads.match:
+            v = get(name)
+            value = v.string_value
+            if not value:  # not a string: most often an integer (status codes)
+                value = v.int_value if v.WhichOneof("value") == "int_value" else any_value(v)
+            vals[ki] = value
+            if value.__class__ is str:
+                parts.append(value[:MAX_VALUE_LENGTH])
+            else:
+                # True == 1 in a tuple, but conditions compare "true" and "1": keep them apart.
+                parts.append(text_of(value) if value.__class__ is bool else value)
         if self._cacheable:
             # The decision depends only on the values the conditions read: remember it per value set.
-            get = attrs.get
-            parts = [span.kind]
-            for ki, names in self._match_lookup:  # attr(), inlined: this runs for every span
-                value = None
-                for n in names:
-                    v = get(n)
-                    if v is not None:
-                        value = v.string_value or any_value(v)
-                        break
-                vals[ki] = value
-                parts.append(value[:MAX_VALUE_LENGTH] if value.__class__ is str else value)
-            if self._sig_name:
-                parts.append(span.name[:MAX_VALUE_LENGTH])
-            if self._sig_status:
-                parts.append(span.status.code)
-            if self._sig_service:
-                parts.append(service)
+            if self._sig_extra:
+                if self._sig_name:
+                    parts.append(span.name[:MAX_VALUE_LENGTH])
+                if self._sig_status:
+                    parts.append(span.status.code)
+                if self._sig_service:
+                    parts.append(service)
             sig = tuple(parts)
-            cache = self._decisions
-            decided = cache.get(sig)
+            decided = self._decisions.get(sig)
             if decided is None:
-                decided = self._decide(span, attrs, vals, res_attrs, service)
-                if len(cache) >= MAX_DECISIONS:
-                    cache.clear()
-                cache[sig] = decided
+                decided = self._decide(span, vals, res_attrs, service)
+                if len(self._decisions) >= MAX_DECISIONS:
+                    self._decisions.clear()
+                self._decisions[sig] = decided
         else:
-            decided = self._decide(span, attrs, vals, res_attrs, service)
-        rule, stages = decided
+            decided = self._decide(span, vals, res_attrs, service)
+        rule, stages, closes, need = decided
         if rule is None:
             if corr is not None:
                 out.correlated += 1
@@ -179,94 +229,115 @@ class RuleEngine:
             else:
                 out.unrelated += 1
             return
-        self._matches[rule.name] = self._matches.get(rule.name, 0) + 1
-        own = rule.correlation_id(attrs) if rule.correlation else None
+        matches = self._matches
+        matches[rule.name] = matches.get(rule.name, 0) + 1
+        for ki, name in reads.rest:  # the keys no condition reads, if this rule's events need them
+            if need >> ki & 1:
+                v = get(name)
+                vals[ki] = v.string_value or any_value(v)
+        own = self._correlation_id(rule, vals) if rule.correlation_ids else None
         if own is None:
             own = corr
-        events = span_events(self._val, rule, stages, span, attrs, vals, service, received, out)
-        if events is None:
-            return
-        keys: list[Hashable] = [span.trace_id]
-        msg = self._val(attrs, vals, MESSAGE_ID)
-        if msg is not None:
-            keys.append(("m", text_of(msg)[:MAX_VALUE_LENGTH]))
-        if len(span.links):
+        trace_id = span.trace_id
+        msg = vals[MESSAGE_ID]
+        if msg is None and not len(span.links):
+            key_tuple: tuple[Hashable, ...] = (trace_id,)
+        else:
+            keys: list[Hashable] = [trace_id]
+            if msg is not None:
+                keys.append(("m", text_of(msg)[:MAX_VALUE_LENGTH]))
             keys.extend(link.trace_id for link in span.links if link.trace_id)
-        explain = self.explain
-        decision = None
-        if explain is not None:
-            decision = explain[span.span_id.hex()] = Decision(
-                span.span_id.hex(),
-                span.name,
-                rule.name,
-                rule.flow,
-                [_STAGE_TEXT[e[4]] for e in events],
-            )
+            key_tuple = tuple(keys)
         via = "attribute"
-        key_tuple = tuple(keys)
         if own is None:
             own = self.index.lookup(key_tuple)
             via = "stitched"
+        else:
+            own = own if own.__class__ is str else text_of(own)
+        events = span_events(rule, stages, closes, span, trace_id, vals, service, received, own, out)
+        if events is None:
+            return
+        decision = None
+        if self.explain is not None:
+            decision = self.explain[span.span_id.hex()] = Decision(
+                span.span_id.hex(), span.name, rule.name, rule.flow, [_STAGE_TEXT[s] for s in stages]
+            )
         if own is None:
             self.index.hold(Pending(key_tuple, (rule, events, decision), received))
             return
         if decision is not None:
             decision.via = via
-        own = text_of(own)
         self._emit(rule, events, own, out, decision)
         if via == "attribute" or len(key_tuple) > 1:  # a span stitched by its trace alone teaches nothing new
             self._release(self.index.learn(key_tuple, own, received), out)
 
-    def _decide(
-        self, span: Any, attrs: Any, vals: list[Any], res_attrs: Any, service: str
-    ) -> tuple[Rule | None, tuple[int, ...]]:
-        """The first rule whose conditions hold, and the stages the span becomes."""
+    @staticmethod
+    def _correlation_id(rule: Rule, vals: list[Any]) -> Any:
+        """The rule's correlation ID: the first of its sources the span has (its regex group, if any)."""
+        for ki, rx, group in rule.correlation_ids:
+            value = vals[ki]
+            if value is None:
+                continue
+            if rx is None:
+                return value
+            m = rx.search(text_of(value)[:MAX_VALUE_LENGTH])
+            if m is not None and m.group(group):
+                return m.group(group)
+        return None
+
+    def _decide(self, span: Any, vals: list[Any], res_attrs: Any, service: str) -> Decided:
+        """The first rule whose conditions hold, the stages the span becomes, and whether one of
+        them closes (is not the source)."""
         results: list[bool | None] = [None] * len(self._checks)
         holds = self._holds
         kind = span.kind
         for rule in self._by_kind[kind] if 0 <= kind < 6 else self.rules:
             for w in rule.whens:
-                if not holds(w, span, attrs, vals, results, res_attrs, service):
+                if not holds(w, span, vals, results, res_attrs, service):
                     break
             else:
                 stages: list[int] = [] if rule.stage is None else [rule.stage]
-                if rule.confirm and any(holds(w, span, attrs, vals, results, res_attrs, service) for w in rule.confirm):
+                if rule.confirm and any(holds(w, span, vals, results, res_attrs, service) for w in rule.confirm):
                     stages.append(STAGE_CONFIRM)
-                elif rule.fail and any(holds(w, span, attrs, vals, results, res_attrs, service) for w in rule.fail):
+                elif rule.fail and any(holds(w, span, vals, results, res_attrs, service) for w in rule.fail):
                     stages.append(STAGE_FAIL)
-                return rule, tuple(stages)
-        return None, ()
+                return self._decided(rule, tuple(stages))
+        return _NO_RULE
+
+    def _decided(self, rule: Rule, stages: tuple[int, ...]) -> Decided:
+        """A decision with what follows from it: whether a stage closes, the keys its events read."""
+        closes = any(s != STAGE_SOURCE for s in stages)
+        need = 1 << MESSAGE_ID
+        for ki, _, _ in rule.correlation_ids:
+            need |= 1 << ki
+        if closes:
+            need |= 1 << CODE | 1 << ERROR | 1 << RESEND
+            if rule.destination is None:
+                need |= 1 << SERVER | 1 << PEER | 1 << URL | 1 << DEST_NAME
+        return rule, stages, closes, need
 
     def _holds(
-        self, w: When, span: Any, attrs: Any, vals: list[Any], results: list[bool | None], res_attrs: Any, service: str
+        self, w: When, span: Any, vals: list[Any], results: list[bool | None], res_attrs: Any, service: str
     ) -> bool:
-        checks, keys = self._checks, self._keys
+        checks = self._checks
         for ci in w.check_ids:
             r = results[ci]
             if r is None:
                 ki, matcher = checks[ci]
-                v = vals[ki]
-                if v is _UNSET:
-                    v = vals[ki] = attr(attrs, keys[ki])
-                r = results[ci] = matcher(v)
+                r = results[ci] = matcher(vals[ki])
             if not r:
                 return False
         return not w.rest_needed or w.rest(span, res_attrs, service)
-
-    def _val(self, attrs: Any, vals: list[Any], ki: int) -> Any:
-        v = vals[ki]
-        if v is _UNSET:
-            v = vals[ki] = attr(attrs, self._keys[ki])
-        return v
 
     def _release(self, released: Iterable[tuple[Pending, str]], out: Any) -> None:
         for p, corr in released:
             rule, events, decision = p.payload
             if decision is not None:
                 decision.via = "stitched later"
-            self._emit(rule, events, corr, out, decision)
+            self._emit(rule, [_new(Event, (*ev[:2], corr, *ev[3:])) for ev in events], corr, out, decision)
 
-    def _emit(self, rule: Rule, events: list[tuple], corr: str, out: Any, decision: Decision | None) -> None:
+    def _emit(self, rule: Rule, events: list[Event], corr: str, out: Any, decision: Decision | None) -> None:
+        """Hand over a span's events (built with `corr`) unless the ID is refused."""
         problem = correlation_problem(corr, self.max_corr)
         if problem is not None:
             out.reject(f"span {events[0][1].hex() if events else '?'}: {problem}")
@@ -274,13 +345,12 @@ class RuleEngine:
         out.correlated += 1
         if decision is not None:
             decision.corr = corr
-        append = out.events.append
-        for ev in events:
-            append(_new(Event, (*ev[:2], corr, *ev[3:])))
-        if rule.give_up_after is not None and events:
-            self._retry_policy(rule, events, corr, out, decision)
+        if events:
+            out.events.extend(events)
+            if rule.give_up_after is not None:
+                self._retry_policy(rule, events, corr, out, decision)
 
-    def _retry_policy(self, rule: Rule, events: list[tuple], corr: str, out: Any, decision: Decision | None) -> None:
+    def _retry_policy(self, rule: Rule, events: list[Event], corr: str, out: Any, decision: Decision | None) -> None:
         """The n-th attempt that neither confirmed nor failed is the fail (the integration gives up)."""
         last = events[-1]
         key = (corr, last[6], rule.flow)

@@ -1,16 +1,18 @@
 """Ledger events from a span a rule matched: its stages, source, destination, code and error.
 
-Split from the engine so the per-span matching and the event layout read apart; `val` is the
-engine's cached attribute lookup (each key read at most once per span)."""
+Split from the engine so the per-span matching and the event layout read apart; `vals` holds the
+span's attribute values by the engine's key index (EVENT_KEYS first), None where absent."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from syncwatch.ledger.records import Event
 from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_SOURCE
 from syncwatch.rules.conditions import MAX_NAME_LENGTH, MAX_VALUE_LENGTH, Rule, text_of
+
+_new = tuple.__new__  # records built without NamedTuple's keyword handling (the hot path's way, see ledger.records)
 
 # Keys events read, first in every engine's key table (their index is fixed).
 EVENT_KEYS = (
@@ -26,13 +28,13 @@ EVENT_KEYS = (
 CODE, ERROR, RESEND, SERVER, PEER, URL, DEST_NAME, MESSAGE_ID = range(len(EVENT_KEYS))
 
 
-def destination(val: Callable[[Any, list[Any], int], Any], attrs: Any, vals: list[Any]) -> str | None:
+def destination(vals: list[Any]) -> str | None:
     """Where a matched span went: server.address, peer.service, the URL's host, or the destination name."""
     for ki in (SERVER, PEER):
-        value = val(attrs, vals, ki)
+        value = vals[ki]
         if value is not None:
             return text_of(value)
-    url = val(attrs, vals, URL)
+    url = vals[URL]
     if url is not None:
         try:
             host = urlsplit(text_of(url)[:2048]).hostname
@@ -40,23 +42,25 @@ def destination(val: Callable[[Any, list[Any], int], Any], attrs: Any, vals: lis
             host = None
         if host:
             return host
-    value = val(attrs, vals, DEST_NAME)
+    value = vals[DEST_NAME]
     return None if value is None else text_of(value)
 
 
 def span_events(
-    val: Callable[[Any, list[Any], int], Any],
     rule: Rule,
     stages: tuple[int, ...],
+    closes: bool,
     span: Any,
-    attrs: Any,
+    trace_id: bytes,
     vals: list[Any],
     service: str,
     received: float,
+    corr: str | None,
     out: Any,
-) -> list[tuple] | None:
-    """The events of a matched span, with the correlation ID still to fill in."""
-    trace_id, span_id = span.trace_id, span.span_id
+) -> list[Event] | None:
+    """The events of a matched span (None: refused, counted in `out`); `corr` None while the
+    correlation ID is still to be stitched (filled in then). `closes`: a stage other than source."""
+    span_id = span.span_id
     if len(trace_id) != 16 or len(span_id) != 8:
         out.reject(f"span {span_id.hex() or '?'} (rule {rule.name}): trace_id must be 16 bytes and span_id 8 bytes")
         return None
@@ -64,8 +68,7 @@ def span_events(
         return []
     source = rule.source or service or None
     # A source span opens the flow's configured destinations (a queue is not a destination).
-    closes = any(s != STAGE_SOURCE for s in stages)
-    dest = rule.destination or (destination(val, attrs, vals) if closes else None)
+    dest = rule.destination or (destination(vals) if closes else None)
     if dest is None and closes:
         out.reject(
             f"span {span_id.hex()} (rule {rule.name}): no destination (set `destination` on the rule, or server.address on the span)"
@@ -78,35 +81,69 @@ def span_events(
         return None
     start = span.start_time_unix_nano / 1e9
     end = span.end_time_unix_nano / 1e9 or start
-    code = val(attrs, vals, CODE)
-    code_text = None if code is None else text_of(code)[:MAX_VALUE_LENGTH]
-    error = val(attrs, vals, ERROR)
+    if not closes:  # a source span only: no code, error or attempt
+        return [
+            _new(
+                Event,
+                (
+                    trace_id,
+                    span_id,
+                    corr,
+                    rule.flow,
+                    STAGE_SOURCE,
+                    source,
+                    dest,
+                    start,
+                    end,
+                    start,
+                    None,
+                    None,
+                    None,
+                    None,
+                    received,
+                ),
+            )
+        ]
+    code = vals[CODE]
+    if code is None:
+        code_text = None
+    elif code.__class__ is int:  # the usual status code
+        code_text = str(code)
+    else:
+        code_text = text_of(code)[:MAX_VALUE_LENGTH]
+    error = vals[ERROR]
     if error is None and span.status.code == 2:
         error = code_text or "error"  # an ERROR status without error.type (older conventions)
     error_text = None if error is None else text_of(error)[:MAX_VALUE_LENGTH]
     attempt = None
-    resend = val(attrs, vals, RESEND)
-    if resend is not None and text_of(resend).isdigit() and int(text_of(resend)) < 1 << 31:
-        attempt = int(text_of(resend)) + 1
-    out_events = []
+    resend = vals[RESEND]
+    if resend is not None:
+        text = text_of(resend)
+        if text.isdigit() and int(text) < 1 << 31:
+            attempt = int(text) + 1
+    flow = rule.flow
+    events = []
     for stage in stages:
-        out_events.append(
-            (
-                trace_id,
-                span_id,
-                None,
-                rule.flow,
-                stage,
-                source,
-                dest,
-                start,
-                end,
-                start if stage == STAGE_SOURCE else None,
-                attempt if stage == STAGE_ATTEMPT else None,
-                code_text if stage == STAGE_ATTEMPT else None,
-                error_text if stage != STAGE_SOURCE else None,
-                None,
-                received,
+        events.append(
+            _new(
+                Event,
+                (
+                    trace_id,
+                    span_id,
+                    corr,
+                    flow,
+                    stage,
+                    source,
+                    dest,
+                    start,
+                    end,
+                    start if stage == STAGE_SOURCE else None,
+                    attempt if stage == STAGE_ATTEMPT else None,
+                    code_text if stage == STAGE_ATTEMPT else None,
+                    error_text if stage != STAGE_SOURCE else None,
+                    None,
+                    received,
+                ),
             )
         )
-    return out_events
+    return events
