@@ -167,6 +167,21 @@ class CollectorManager:
         for r in self.runners:
             self._tasks.append(asyncio.create_task(r.run_forever(), name=f"collector:{r.name}"))
 
+    async def pause(self) -> None:
+        """Stop sampling (this replica no longer leads) and drop the gauges; resume() starts again."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.metrics.forget_gauges()
+        for r in self.runners:
+            r.up, r.last_sample = False, None
+
+    async def resume(self) -> None:
+        for r in self.runners:
+            self.metrics.register_collector(r.name, self.sampling.interval)
+        await self.start()
+
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
