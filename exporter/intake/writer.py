@@ -143,7 +143,7 @@ class LedgerWriter:
                 with self._cv:
                     self._queued_spans -= n
             elif self.leading and self._handoff_rows:
-                self._apply([])  # only what other replicas handed off
+                self._drain()
             self.metrics.intake_queue.set(self._queued_spans)
             now = self.clock()
             if now - last_tick >= TICK_SECONDS:
@@ -170,7 +170,8 @@ class LedgerWriter:
             try:
                 self._handoff_rows, spans = self._pg.handoff_waiting()
             except Exception as exc:
-                log.error("reading the handoff backlog failed: %s", exc)
+                if self.commit_ok:  # while the database is away, the failed batches say so already
+                    log.error("reading the handoff backlog failed: %s", exc)
                 return
             self.metrics.handoff_backlog.set(spans)
 
@@ -234,6 +235,17 @@ class LedgerWriter:
         self.ledger.record(events, pg.drain_handoff)
         # A full drain may have left more behind; the next tick counts them again.
         self._handoff_rows = 1 if pg.handoff_more else max(0, self._handoff_rows - pg.drained_rows)
+
+    def _drain(self) -> None:
+        """Idle leader: apply only what other replicas handed off."""
+        try:
+            self._apply([])
+            self.commit_ok, self.last_error = True, None
+        except StoreBusy:
+            self._lost_term()
+        except Exception as exc:  # the next tick counts the backlog again and retries
+            log.error("applying handed-off spans failed: %s", exc)
+            self.commit_ok, self.last_error, self._handoff_rows = False, str(exc), 0
 
     def _write(self, events: list) -> None:
         """Record (leader) or hand off (follower) one batch; raises when it is not durable."""
