@@ -36,13 +36,13 @@ def replicas(tmp_path, pg_db):
     reset(pg_db)
     started: list[Sidecar] = []
 
-    def make(n: int = 2, port: int = PG_PORT, ttl: str = "4s") -> list[Sidecar]:
+    def make(n: int = 2, port: int = PG_PORT, ttl: str = "4s", **extra) -> list[Sidecar]:
         out = []
         for i in range(n):
             name = f"replica-{len(started)}"
             storage = storage_config(pg_db, tmp_path / name, port)
             storage["postgresql"]["lease_ttl"] = ttl
-            cfg = {"storage": {**storage, "expire_after": "1h"}, "flows": {"orders": {"deadline": "3s"}}}
+            cfg = {"storage": {**storage, "expire_after": "1h"}, "flows": {"orders": {"deadline": "3s"}}, **extra}
             sc = Sidecar(tmp_path / name, cfg).start()
             started.append(sc)
             out.append(sc)
@@ -165,6 +165,26 @@ def test_a_paused_leader_writes_nothing_after_it_resumes_and_follows(replicas, p
     assert ledger_corrs(pg_db) == ({"before", "paused"}, set())
     with psycopg.connect(dsn(pg_db)) as conn:
         assert conn.execute("SELECT epoch FROM leader_lease").fetchone() == (2,)
+
+
+@pytest.mark.rabbitmq
+def test_collectors_run_on_the_leader_only_and_move_with_the_lease(replicas, vhost):
+    collectors = [{"type": "rabbitmq", "name": "wms", "vhosts": [vhost]}]
+    a, b = replicas(2, collectors=collectors, sampling={"interval": "1s", "fast_interval": "1s"})
+    collector_series = ("syncwatch_collector_up", "syncwatch_collector_interval_seconds")
+    assert a.wait_for("syncwatch_collector_up", 1, timeout=15, collector="wms") == 1
+    for name in collector_series:
+        assert series(b, name) == []  # the follower samples nothing and exports no collector gauge
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: b.metric("syncwatch_leader") == 1, 10, "the follower takes over")
+        assert b.wait_for("syncwatch_collector_up", 1, timeout=15, collector="wms") == 1
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    assert a.wait_for("syncwatch_leader", 0) == 0
+    wait_until(lambda: series(a, "syncwatch_collector_up") == [], 5, "the old leader drops its collector gauges")
+    assert series(a, "syncwatch_collector_interval_seconds") == []
+    assert summed([a, b], "syncwatch_collector_up", collector="wms") == 1
 
 
 def test_postgresql_cut_for_20s_under_load_answers_503_and_recovers(replicas, pg_db):
