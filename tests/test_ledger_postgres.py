@@ -178,6 +178,12 @@ def test_a_takeover_waits_for_the_old_leaders_transaction(pg_db, tmp_path):
         old.renew()
         store.fence = (old.holder, 1)
         store.begin()  # the lease row is locked until this transaction ends
+        # ... against a new term only: the holder's own renewal goes through meanwhile.
+        expiry = "SELECT expires_at FROM leader_lease"
+        with psycopg.connect(dsn(pg_db), autocommit=True) as conn:
+            before = conn.execute(expiry).fetchone()[0]
+            old.renew()
+            assert conn.execute(expiry).fetchone()[0] > before
         time.sleep(1.1)  # expired meanwhile
         new.renew()
         assert new.epoch() is None  # it waited for the row (lock_timeout ttl/2) and gave up this round

@@ -1,6 +1,6 @@
 """The leader lease of replicas on one PostgreSQL ledger: a row in leader_lease, taken and renewed on
 the database's clock (now()), so the replicas' clocks never matter. Each new term bumps the epoch;
-the leader's write transactions check (holder, epoch) with a row lock (postgres_store.Fence), so a
+the leader's write transactions check (holder, epoch) with a row lock (PostgresStore._fenced), so a
 paused old leader cannot commit after another replica took over.
 
 A thread of its own renews every ttl/4 on a connection of its own: a slow batch on the writer's
@@ -23,15 +23,18 @@ log = logging.getLogger("syncwatch.ledger")
 
 LEASE_NAME = "ledger"
 
-# Take the lease when it is free (expired) or ours; a new term (another holder, or ours after we
-# gave it up) bumps the epoch, a renewal of the running term keeps it.
-_ACQUIRE = (
-    "INSERT INTO leader_lease AS l (name, holder, epoch, expires_at) "
-    "VALUES (%(name)s, %(holder)s, 1, now() + make_interval(secs => %(ttl)s)) "
-    "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, "
-    "epoch = CASE WHEN l.holder = excluded.holder AND l.epoch = %(epoch)s THEN l.epoch ELSE l.epoch + 1 END "
-    "WHERE l.holder = excluded.holder OR l.expires_at < now() "
-    "RETURNING epoch"
+# A renewal extends the running term; it changes no key, so it never waits for the leader's own
+# write transactions (their fence holds FOR KEY SHARE on the row).
+_RENEW = (
+    "UPDATE leader_lease SET expires_at = now() + make_interval(secs => %s) "
+    "WHERE name = %s AND holder = %s AND epoch = %s RETURNING epoch"
+)
+# A new term replaces the row of an expired one (or of ours, given up): the DELETE waits for a write
+# transaction of the old term still running, so no old commit lands after the new term begins.
+_END_TERM = "DELETE FROM leader_lease WHERE name = %s AND (expires_at < now() OR holder = %s) RETURNING epoch"
+_NEW_TERM = (
+    "INSERT INTO leader_lease (name, holder, epoch, expires_at) "
+    "VALUES (%s, %s, %s, now() + make_interval(secs => %s)) ON CONFLICT (name) DO NOTHING RETURNING epoch"
 )
 _RELEASE = "UPDATE leader_lease SET expires_at = now() WHERE name = %s AND holder = %s AND epoch = %s"
 
@@ -98,31 +101,41 @@ class Lease:
             self.renew()
 
     def renew(self) -> None:
-        """One attempt to take or renew the lease."""
+        """One attempt to renew the held term, or else to begin a new one."""
         with self._lock:
             held = self._epoch
         started = time.monotonic()
         try:
-            row = (
-                self._c()
-                .execute(_ACQUIRE, {"name": self.name, "holder": self.holder, "ttl": self.ttl, "epoch": held or -1})
-                .fetchone()
-            )
+            epoch = self._renew(held) if held is not None else None
+            if epoch is None:
+                epoch = self._new_term()
         except psycopg.Error as exc:
             self._drop_broken()
             if held is not None:
                 log.warning("leader lease: renewal failed: %s", _reason(exc))
             return  # the term (if any) lasts until _valid_until; epoch() ends it then
         with self._lock:
-            if row is None:
+            if epoch is None:
                 if self._epoch is not None:
                     log.warning("leader lease: another replica holds it now")
                 self._epoch = None
                 return
-            if self._epoch != row[0]:
-                log.info("leader lease: this replica (%s) leads, epoch %d", self.holder, row[0])
-            self._epoch = row[0]
+            if self._epoch != epoch:
+                log.info("leader lease: this replica (%s) leads, epoch %d", self.holder, epoch)
+            self._epoch = epoch
             self._valid_until = started + self.ttl  # the database's expiry is later than this
+
+    def _renew(self, held: int) -> int | None:
+        row = self._c().execute(_RENEW, (self.ttl, self.name, self.holder, held)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _new_term(self) -> int | None:
+        conn = self._c()
+        with conn.transaction():
+            ended = conn.execute(_END_TERM, (self.name, self.holder)).fetchone()
+            epoch = 1 if ended is None else int(ended[0]) + 1  # no row at all: the first term
+            row = conn.execute(_NEW_TERM, (self.name, self.holder, epoch, self.ttl)).fetchone()
+        return None if row is None else int(row[0])
 
     def _c(self) -> psycopg.Connection[Any]:
         conn = self._conn

@@ -111,7 +111,7 @@ _INSERT_APPLY = (
     "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)"
 )
 _ADD_APPLY = "UPDATE applies SET applies=applies+1, last_at=%s, last_span=%s WHERE idem=%s AND dest=%s AND flow=%s"
-_FENCE = "SELECT 1 FROM leader_lease WHERE name=%s AND holder=%s AND epoch=%s AND expires_at > now() FOR SHARE"
+_FENCE = "SELECT 1 FROM leader_lease WHERE name=%s AND holder=%s AND epoch=%s AND expires_at > now() FOR KEY SHARE"
 _HAND_OFF = "INSERT INTO handoff (spans, events) VALUES (%s, %s)"
 _DRAIN = (
     "DELETE FROM handoff WHERE id IN (SELECT id FROM handoff ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
@@ -248,8 +248,9 @@ class PostgresStore:
 
     def _fenced(self, conn: psycopg.Connection[Any]) -> bool:
         """Inside a transaction: True when this process still holds its lease term. The row lock
-        (FOR SHARE) holds off a takeover until this transaction ends, so no commit of an old
-        term can land after a new term began. Without a fence (one process, tools, tests): True."""
+        (FOR KEY SHARE) holds off a new term, which deletes the row, until this transaction ends, so
+        no commit of an old term lands after a new one began; the holder's renewals (a non-key
+        UPDATE) go through meanwhile. Without a fence (one process, tools, tests): True."""
         fence = self.fence
         if fence is None:
             return True
