@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from syncwatch.config.errors import ConfigError
 from syncwatch.config.load import load_config
 from syncwatch.config.models import Config
+from syncwatch.intake.replica import ReplicaRole
 from syncwatch.ledger.lease import Lease
 from syncwatch.ledger.postgres_store import PG_SCHEMA_VERSION, PostgresStore
 from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_SOURCE
@@ -229,3 +230,41 @@ def test_attempt_before_its_source_gets_the_right_deadline_on_postgresql(pg_db, 
     with psycopg.connect(dsn(pg_db)) as conn:
         row = conn.execute("SELECT changed_at, deadline, attempts FROM open_tx WHERE corr='o-7'").fetchone()
     assert row == (T0, T0 + 60, 1)
+
+
+def test_handed_off_batches_are_applied_once_by_the_leader(pg_db, tmp_path):
+    """A follower's batch waits in the handoff table (the leader's backlog gauge shows it) until the
+    leader applies it and deletes it in one transaction; the same spans handed off twice (a
+    redelivery to another follower) count once."""
+    reset(pg_db)
+    cfg = make_config(storage_config(pg_db, tmp_path))
+    follower = PostgresStore(cfg)
+    lease = Lease(dsn(pg_db), 4.0, 5)
+    metrics = Metrics(CollectorRegistry())
+    leader = ReplicaRole(Ledger(cfg, metrics, clock=lambda: T0 + 1), metrics, lease)
+    try:
+        batch = [ev(STAGE_SOURCE, "h-1", T0), ev(STAGE_ATTEMPT, "h-1", T0 + 0.5, attempt=1, code="200")]
+        batch.append(ev(STAGE_CONFIRM, "h-1", T0 + 0.75, idem="k-h"))
+        follower.hand_off(batch)
+        follower.hand_off(batch)  # redelivered
+        follower.hand_off([ev(STAGE_SOURCE, "h-2", T0)])
+        get = metrics.registry.get_sample_value
+        lease.renew()
+        leader.sync()
+        assert leader.leading and get("syncwatch_leader") == 1
+        leader.count_backlog()
+        assert get("syncwatch_handoff_backlog_spans") == 7
+        leader.drain()
+        leader.count_backlog()
+        assert get("syncwatch_handoff_backlog_spans") == 0
+        with psycopg.connect(dsn(pg_db)) as conn:
+            assert conn.execute("SELECT corr, attempts FROM closed_tx").fetchall() == [("h-1", 1)]
+            assert conn.execute("SELECT corr FROM open_tx").fetchall() == [("h-2",)]
+            assert conn.execute("SELECT applies FROM applies").fetchall() == [(1,)]
+        tx = {"flow": "orders", "source": "storefront", "destination": "erp"}
+        assert get("syncwatch_transactions_total", {**tx, "outcome": "confirmed"}) == 1
+        assert get("syncwatch_transactions_pending", tx) == 1
+    finally:
+        leader.ledger.close()
+        follower.close()
+        lease.stop()

@@ -18,10 +18,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from syncwatch.config.errors import SyncwatchError
 from syncwatch.intake.extract import SpanExtractor
+from syncwatch.intake.replica import ReplicaRole
 from syncwatch.ledger.checkpoint import WalCheckpointer
 from syncwatch.ledger.store import StoreBusy
 from syncwatch.ledger.transitions import Ledger
@@ -29,7 +30,6 @@ from syncwatch.metrics.registry import Metrics
 
 if TYPE_CHECKING:  # psycopg is imported only for PostgreSQL
     from syncwatch.ledger.lease import Lease
-    from syncwatch.ledger.postgres_store import PostgresStore
 
 log = logging.getLogger("syncwatch.intake")
 
@@ -73,15 +73,15 @@ class LedgerWriter:
         self.commit_ok = True  # False while the last commit failed
         self.tick_ok = True  # False while marking overdue/expired fails
         self.last_error: str | None = None
-        # Replicas: without a lease (SQLite, or PostgreSQL for one process) this writer always leads.
-        self.lease = lease
-        self._pg: PostgresStore | None = None
-        if lease is not None:
-            self._pg = cast("PostgresStore", ledger.store)  # App makes a lease only for PostgreSQL
-        self._epoch: int | None = None  # the lease term this writer leads in
-        self.leading = lease is None
-        self._handoff_rows = 0  # handed-off batches known to wait (the leader drains while > 0)
-        metrics.leader.set(1 if self.leading else 0)
+        self.role = ReplicaRole(ledger, metrics, lease)
+
+    @property
+    def leading(self) -> bool:
+        """This replica leads the ledger (always, without a lease)."""
+        return self.role.leading
+
+    def sync_role(self) -> None:
+        self.role.sync()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="syncwatch-ledger-writer", daemon=True)
@@ -127,10 +127,10 @@ class LedgerWriter:
     def _run(self) -> None:
         last_tick = 0.0
         while True:
-            self.sync_role()
+            self.role.sync()
             batch, n = [], 0
             with self._cv:
-                if not self._queue and not self._stopping and not (self.leading and self._handoff_rows):
+                if not self._queue and not self._stopping and not self.role.handoff_waiting:
                     self._cv.wait(timeout=TICK_SECONDS)
                 while self._queue and (n == 0 or n + self._queue[0][1] <= self.max_batch):
                     item = self._queue.popleft()
@@ -142,7 +142,7 @@ class LedgerWriter:
                 self._record(batch)
                 with self._cv:
                     self._queued_spans -= n
-            elif self.leading and self._handoff_rows:
+            elif self.role.handoff_waiting:
                 self._drain()
             self.metrics.intake_queue.set(self._queued_spans)
             now = self.clock()
@@ -153,111 +153,35 @@ class LedgerWriter:
                 return
 
     def _tick(self, now: float) -> None:
-        if self.leading:
+        role = self.role
+        if not role.leading:
+            self.tick_ok = True  # a follower tracks no deadlines
+        else:
             try:
                 self.ledger.tick(now)
                 self.tick_ok = True
             except StoreBusy:
-                self._lost_term()
+                role.lost_term()
             except Exception as exc:  # overdue transactions would go unseen: fail readiness, loudly
                 log.exception("ledger tick failed")
                 self.tick_ok, self.last_error = False, f"deadline tracking failed: {exc}"
-        if self._pg is None:
+        if role.pg is None:
             return
-        if not self.commit_ok and self._pg.writable():
+        if not self.commit_ok and role.pg.writable():
             self.commit_ok, self.last_error = True, None  # idle: readiness comes back with the database
-        if self.leading:
-            try:
-                self._handoff_rows, spans = self._pg.handoff_waiting()
-            except Exception as exc:
-                if self.commit_ok:  # while the database is away, the failed batches say so already
-                    log.error("reading the handoff backlog failed: %s", exc)
-                return
-            self.metrics.handoff_backlog.set(spans)
-
-    # ---- replicas ------------------------------------------------------------------------------
-    def sync_role(self) -> None:
-        """Follow the lease: take over the ledger when this replica's term begins, let go of it when
-        the term ends. Runs on the writer thread (and once in App.start, before it starts)."""
-        if self.lease is None:
-            return
-        epoch = self.lease.epoch()
-        if epoch == self._epoch:
-            return
-        assert self._pg is not None  # set with the lease
-        if self._epoch is not None:
-            self._stand_down()
-        if epoch is None:
-            return
-        self._pg.fence = (self.lease.holder, epoch)
-        started = time.perf_counter()
         try:
-            loaded = self.ledger.take_over()
-        except Exception as exc:  # the database went away again: try at the next pass
-            log.error("taking over the ledger failed (will retry): %s", exc)
-            self._pg.fence = None
-            self.ledger.stand_down()
-            return
-        self._epoch, self.leading, self._handoff_rows = epoch, True, 1  # drain at once
-        self.metrics.leader.set(1)
-        self.metrics.leader_changes.labels("acquired").inc()
-        log.info(
-            "leading the ledger (epoch %d): %d open transactions loaded in %.2fs",
-            epoch,
-            loaded,
-            time.perf_counter() - started,
-        )
-
-    def _stand_down(self) -> None:
-        assert self._pg is not None
-        self._pg.fence = None
-        self.ledger.stand_down()
-        self._epoch, self.leading, self._handoff_rows = None, False, 0
-        self.tick_ok = True  # a follower tracks no deadlines
-        self.metrics.leader.set(0)
-        self.metrics.handoff_backlog.set(0)
-        self.metrics.leader_changes.labels("lost").inc()
-        log.warning("no longer leading the ledger: handing spans off to the leader")
-
-    def _lost_term(self) -> None:
-        """A fence check failed: another replica leads; this one writes nothing more as leader."""
-        assert self.lease is not None
-        if self._epoch is not None:
-            self.lease.give_up(self._epoch)
-        self.sync_role()
-
-    def _apply(self, events: list) -> None:
-        """The leader records its own events and the handed-off ones, in one transaction."""
-        pg = self._pg
-        if pg is None or not self._handoff_rows:
-            self.ledger.record(events)
-            return
-        self.ledger.record(events, pg.drain_handoff)
-        # A full drain may have left more behind; the next tick counts them again.
-        self._handoff_rows = 1 if pg.handoff_more else max(0, self._handoff_rows - pg.drained_rows)
+            role.count_backlog()
+        except Exception as exc:
+            if self.commit_ok:  # while the database is away, the failed batches say so already
+                log.error("reading the handoff backlog failed: %s", exc)
 
     def _drain(self) -> None:
-        """Idle leader: apply only what other replicas handed off."""
         try:
-            self._apply([])
+            self.role.drain()
             self.commit_ok, self.last_error = True, None
-        except StoreBusy:
-            self._lost_term()
-        except Exception as exc:  # the next tick counts the backlog again and retries
+        except Exception as exc:
             log.error("applying handed-off spans failed: %s", exc)
-            self.commit_ok, self.last_error, self._handoff_rows = False, str(exc), 0
-
-    def _write(self, events: list) -> None:
-        """Record (leader) or hand off (follower) one batch; raises when it is not durable."""
-        if not self.leading:
-            assert self._pg is not None  # a writer without a lease always leads
-            self._pg.hand_off(events)
-            return
-        try:
-            self._apply(events)
-        except StoreBusy:
-            self._lost_term()
-            self._write(events)  # now as a follower
+            self.commit_ok, self.last_error = False, str(exc)
 
     def _record(self, batch) -> None:
         events, results, record_ids = [], [], []
@@ -276,7 +200,7 @@ class LedgerWriter:
         error = None
         if events:
             try:
-                self._write(events)
+                self.role.write(events)
                 self.commit_ok, self.last_error = True, None
             except Exception as exc:  # disk full, I/O error: the senders get 503 and retry
                 log.error("ledger write failed for %d spans: %s", len(events), exc)
