@@ -92,6 +92,28 @@ class Settings:
     # Prometheus job label of the sidecar's scrape config.
     syncwatch_job: str = "syncwatch"
     down_for: str = "1m"
+    # Several replicas on one PostgreSQL ledger (issue 16). The labels that tell replicas of one
+    # syncwatch apart: aggregations drop them and keep every other target label, so independent
+    # syncwatch deployments scraped under one job stay apart if a target label (the chart's
+    # `ledger` in sidecar mode) tells them apart. Add e.g. `node` if your scrape config sets it.
+    replica_labels: str = "instance, pod"
+    # Whole-ledger gauges (overdue, pending, queue and DLQ depths, collector and reconciler
+    # metrics) come from the leader only, and move to another replica when the lease does. A
+    # replica's last value still counts for this long after it stopped exporting the series: it
+    # bridges the gap until the new leader's first scrape (keep it above lease period + scrape
+    # interval). The rules take the max over replicas, never the sum.
+    handover_window: str = "2m"
+    # No replica holds the lease while replicas are scraped: nothing tracks deadlines.
+    no_leader_for: str = "1m"
+    # Two replicas claim the lease for longer than a lease period plus a scrape interval.
+    several_leaders_for: str = "2m"
+    # Spans handed to the leader and not yet taken in: above `handoff_backlog_high`, or above
+    # `handoff_backlog_min` and higher than `handoff_backlog_window` ago without ever dropping
+    # below the minimum in that window.
+    handoff_backlog_high: float = 50000
+    handoff_backlog_min: float = 1000
+    handoff_backlog_window: str = "10m"
+    handoff_backlog_for: str = "5m"
 
 
 # The web view's page for each alert (`--ui-url`): the list of exactly what fired. Label values
@@ -119,6 +141,11 @@ class _Rules:
         self.ui_url = ui_url.rstrip("/") if ui_url else None
         self.grafana_url = grafana_url.rstrip("/")
         self.runbook_url = runbook_url
+
+    def across_replicas(self, selector: str) -> str:
+        """A leader-only gauge as one series per ledger: the max over replicas of each replica's
+        last value within the handover window (a sum would count the old and the new leader)."""
+        return f"max without ({self.s.replica_labels}) (last_over_time({selector}[{self.s.handover_window}]))"
 
     def dashboard(self, uid: str, **var_labels: str) -> str:
         # var_labels: dashboard variable -> alert label; carried into the link so the dashboard
@@ -198,9 +225,16 @@ sum by (job) (rate(syncwatch_spans_total[15m]))"""),
     ]
 
     queues = [
+        # A leader-only gauge as one series per ledger, whichever replica holds the lease (see
+        # Settings.handover_window). Recorded in the group of the alert that reads it: rules of one
+        # group run in order, so the alert sees this evaluation's value.
+        {
+            "record": "syncwatch:queue_messages:max",
+            "expr": r.across_replicas("syncwatch_queue_messages"),
+        },
         r.alert(
             "SyncwatchDeadLetterQueueNotEmpty",
-            f"syncwatch_dlq_messages > {_num(s.dlq_threshold)}",
+            f"{r.across_replicas('syncwatch_dlq_messages')} > {_num(s.dlq_threshold)}",
             s.dlq_for,
             "critical",
             "Dead-letter queue {{ $labels.queue }} holds {{ $value }} message(s)",
@@ -212,9 +246,9 @@ sum by (job) (rate(syncwatch_spans_total[15m]))"""),
         r.alert(
             "SyncwatchQueueNotDraining",
             f"""
-syncwatch_queue_messages >= syncwatch_queue_messages offset {s.queue_window}
+syncwatch:queue_messages:max >= syncwatch:queue_messages:max offset {s.queue_window}
 and
-min_over_time(syncwatch_queue_messages[{s.queue_window}]) > {_num(s.queue_min_depth)}""",
+min_over_time(syncwatch:queue_messages:max[{s.queue_window}]) > {_num(s.queue_min_depth)}""",
             s.queue_for,
             "warning",
             "Queue {{ $labels.queue }} has not drained for " + s.queue_window,
@@ -229,7 +263,7 @@ min_over_time(syncwatch_queue_messages[{s.queue_window}]) > {_num(s.queue_min_de
     transactions = [
         r.alert(
             "SyncwatchTransactionsOverdue",
-            f"syncwatch_transactions_overdue > {_num(s.overdue_threshold)}",
+            f"{r.across_replicas('syncwatch_transactions_overdue')} > {_num(s.overdue_threshold)}",
             s.overdue_for,
             "critical",
             "{{ $value }} {{ $labels.flow }} transaction(s) to {{ $labels.destination }} are past their deadline",
@@ -283,7 +317,7 @@ deriv(syncwatch:sync_lag_seconds:p95_rate1h[{s.lag_trend_window}]) > 0""",
         r.alert(
             "SyncwatchRetryStormRisk",
             f"""
-syncwatch_retry_jitter_ratio < {_num(s.retry_storm_jitter_ratio)}
+{r.across_replicas("syncwatch_retry_jitter_ratio")} < {_num(s.retry_storm_jitter_ratio)}
 and on (job, flow, destination)
 syncwatch:retries:rate15m > 0""",
             s.retry_storm_for,
@@ -321,12 +355,15 @@ syncwatch:retries:rate15m > 0""",
     itself = [
         r.alert(
             "SyncwatchCollectorDown",
+            # Each replica's own figures are compared (on instance), then one series per ledger.
             f"""
-syncwatch_collector_up == 0
-or
-(time() - syncwatch_collector_last_success_timestamp_seconds)
-  > on (job, instance, collector)
-({_num(s.collector_stale_intervals)} * syncwatch_collector_interval_seconds)""",
+max without ({s.replica_labels}) (
+  last_over_time(syncwatch_collector_up[{s.handover_window}]) == 0
+  or
+  (time() - syncwatch_collector_last_success_timestamp_seconds)
+    > on (job, instance, collector)
+  ({_num(s.collector_stale_intervals)} * syncwatch_collector_interval_seconds)
+)""",
             s.collector_for,
             "critical",
             "syncwatch collector {{ $labels.collector }} is not sampling its broker",
@@ -368,14 +405,14 @@ min by (job, instance) (syncwatch_snapshot_store_up) == 0""",
         r.alert(
             "SyncwatchDown",
             f"""
-up{{job="{s.syncwatch_job}"}} == 0
+max without ({s.replica_labels}) (up{{job="{s.syncwatch_job}"}}) == 0
 or
 absent(up{{job="{s.syncwatch_job}"}})""",
             s.down_for,
             "critical",
             "syncwatch is down or not scraped",
-            f"""Prometheus cannot scrape the syncwatch sidecar (job {s.syncwatch_job}). While it is
-            down no integration alert (DLQ, overdue, lag) can fire.""",
+            f"""Prometheus cannot scrape syncwatch (job {s.syncwatch_job}): not one of its replicas
+            answers. While it is down no integration alert (DLQ, overdue, lag) can fire.""",
             r.dashboard(SELF_DASHBOARD_UID),
         ),
     ]
@@ -383,7 +420,7 @@ absent(up{{job="{s.syncwatch_job}"}})""",
     reconcile = [
         r.alert(
             "SyncwatchReconcileMissing",
-            """syncwatch_reconcile_findings{kind="missing"} > 0""",
+            f"""{r.across_replicas('syncwatch_reconcile_findings{kind="missing"}')} > 0""",
             s.reconcile_missing_for,
             "critical",
             "{{ $value }} {{ $labels.flow }} record(s) never reached the destination",
@@ -394,7 +431,7 @@ absent(up{{job="{s.syncwatch_job}"}})""",
         ),
         r.alert(
             "SyncwatchReconcileDuplicated",
-            """syncwatch_reconcile_findings{kind="duplicated"} > 0""",
+            f"""{r.across_replicas('syncwatch_reconcile_findings{kind="duplicated"}')} > 0""",
             s.reconcile_duplicated_for,
             "critical",
             "{{ $value }} {{ $labels.flow }} record(s) exist twice at the destination",
@@ -411,10 +448,10 @@ absent(up{{job="{s.syncwatch_job}"}})""",
   sum by (job, reconciler, flow) (increase(syncwatch_reconcile_source_ids_total[{s.quiet_window}] offset 1w)) >= {_num(s.quiet_last_week_min)}
   or
   sum by (job, reconciler, flow) (increase(syncwatch_reconcile_source_ids_total[{s.quiet_window}]))
-    < sum by (job, reconciler, flow) (syncwatch_reconcile_expected_source_ids_per_hour)
+    < max by (job, reconciler, flow) (syncwatch_reconcile_expected_source_ids_per_hour)
 )
 unless on (job, reconciler)
-max by (job, reconciler) (syncwatch_reconciler_up == 0)""",
+max by (job, reconciler) (last_over_time(syncwatch_reconciler_up[{s.handover_window}]) == 0)""",
             s.quiet_for,
             "critical",
             "{{ $labels.flow }} has gone quiet at the source",
@@ -426,7 +463,7 @@ max by (job, reconciler) (syncwatch_reconciler_up == 0)""",
         ),
         r.alert(
             "SyncwatchReconcilerDown",
-            "syncwatch_reconciler_up == 0",
+            f"{r.across_replicas('syncwatch_reconciler_up')} == 0",
             s.reconciler_down_for,
             "warning",
             "syncwatch reconciler {{ $labels.reconciler }} cannot read its databases",
@@ -441,7 +478,7 @@ max by (job, reconciler) (syncwatch_reconciler_up == 0)""",
     audits = [
         r.alert(
             "SyncwatchFieldOwnershipViolation",
-            "sum by (job, instance, flow, field, writer) (increase(syncwatch_audit_violations_total[1h])) > 0",
+            "sum by (job, flow, field, writer) (increase(syncwatch_audit_violations_total[1h])) > 0",
             "0m",
             "warning",
             "{{ $labels.writer }} changed {{ $labels.flow }} field {{ $labels.field }}, which it does not own",
@@ -452,7 +489,7 @@ max by (job, reconciler) (syncwatch_reconciler_up == 0)""",
         ),
         r.alert(
             "SyncwatchWriteConflicts",
-            "sum by (job, instance, flow, field) (increase(syncwatch_audit_conflicts_total[1h])) > 0",
+            "sum by (job, flow, field) (increase(syncwatch_audit_conflicts_total[1h])) > 0",
             "0m",
             "warning",
             "Two systems changed {{ $labels.flow }} field {{ $labels.field }} within one sync window",
@@ -463,7 +500,7 @@ max by (job, reconciler) (syncwatch_reconciler_up == 0)""",
         ),
         r.alert(
             "SyncwatchIdempotencyKeyReuse",
-            "sum by (job, instance, flow) (increase(syncwatch_audit_idempotency_key_reuse_total[1h])) > 0",
+            "sum by (job, flow) (increase(syncwatch_audit_idempotency_key_reuse_total[1h])) > 0",
             "0m",
             "warning",
             "{{ $labels.flow }}: an idempotency key was reused with a different payload",
@@ -474,7 +511,7 @@ max by (job, reconciler) (syncwatch_reconciler_up == 0)""",
         ),
         r.alert(
             "SyncwatchDuplicateDestinationRecords",
-            "sum by (job, instance, flow) (increase(syncwatch_audit_duplicate_records_total[1h])) > 0",
+            "sum by (job, flow) (increase(syncwatch_audit_duplicate_records_total[1h])) > 0",
             "0m",
             "critical",
             "{{ $labels.flow }}: one change was confirmed into two destination records",
@@ -482,6 +519,57 @@ max by (job, reconciler) (syncwatch_reconciler_up == 0)""",
             confirmed into a second, different destination record ID in the last hour: a duplicate
             record (e.g. a duplicate order in the ERP).""",
             r.dashboard(ERP_DASHBOARD_UID, flow="flow"),
+        ),
+    ]
+
+    # Replicas on one PostgreSQL ledger (issue 16): one leader runs what must run once.
+    replicas = [
+        {
+            "record": "syncwatch:handoff_backlog_spans:max",
+            "expr": r.across_replicas("syncwatch_handoff_backlog_spans"),
+        },
+        r.alert(
+            "SyncwatchNoLeader",
+            f"sum without ({s.replica_labels}) (syncwatch_leader) == 0",
+            s.no_leader_for,
+            "critical",
+            "No syncwatch replica holds the leader lease",
+            f"""syncwatch replicas are scraped, but none of them has held the leader lease in
+            PostgreSQL for {s.no_leader_for}. Nothing marks transactions overdue, expires them, samples
+            the brokers or runs the reconcilers: the overdue, DLQ and reconciliation alerts cannot fire.
+            Spans are still accepted and handed off.""",
+            r.dashboard(SELF_DASHBOARD_UID),
+        ),
+        r.alert(
+            "SyncwatchSeveralLeaders",
+            f"sum without ({s.replica_labels}) (syncwatch_leader) > 1",
+            s.several_leaders_for,
+            "warning",
+            "{{ $value }} syncwatch replicas claim the leader lease",
+            f"""{{{{ $value }}}} replicas of job {{{{ $labels.job }}}} have reported syncwatch_leader 1 for
+            {s.several_leaders_for}, longer than a lease takes to change hands. Either two separate
+            syncwatch deployments (each with its own ledger) are scraped as one, or replicas disagree
+            about the lease: fencing keeps a stale leader from writing, but check it.""",
+            r.dashboard(SELF_DASHBOARD_UID),
+        ),
+        r.alert(
+            "SyncwatchHandoffBacklog",
+            f"""
+syncwatch:handoff_backlog_spans:max > {_num(s.handoff_backlog_high)}
+or
+(
+  syncwatch:handoff_backlog_spans:max > syncwatch:handoff_backlog_spans:max offset {s.handoff_backlog_window}
+  and
+  min_over_time(syncwatch:handoff_backlog_spans:max[{s.handoff_backlog_window}]) > {_num(s.handoff_backlog_min)}
+)""",
+            s.handoff_backlog_for,
+            "warning",
+            "The syncwatch leader falls behind: {{ $value }} spans wait for it",
+            f"""{{{{ $value | printf "%.0f" }}}} spans that followers handed to the leader are waiting to
+            be taken in: above {_num(s.handoff_backlog_high)}, or above {_num(s.handoff_backlog_min)}
+            and growing over {s.handoff_backlog_window}. Transactions they carry are confirmed late
+            and may show as overdue although they arrived.""",
+            r.dashboard(SELF_DASHBOARD_UID),
         ),
     ]
 
@@ -493,6 +581,7 @@ max by (job, reconciler) (syncwatch_reconciler_up == 0)""",
             {"name": "syncwatch-itself", "rules": itself},
             {"name": "syncwatch-reconcile", "rules": reconcile},
             {"name": "syncwatch-audits", "rules": audits},
+            {"name": "syncwatch-replicas", "rules": replicas},
         ]
     }
 

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from reconcile_support import DEST_QUERY, SOURCE_QUERY, Databases
 
 from syncwatch.config.models import default_flows
+from syncwatch.ledger.queries import LedgerQueries
 from syncwatch.reconcile.manager import ReconcileManager
 
 
@@ -80,7 +81,8 @@ def main() -> int:
         }
         with tempfile.TemporaryDirectory() as tmp:
             registry = CollectorRegistry()
-            m = ReconcileManager([config], default_flows(), Path(tmp), Path(tmp) / "ledger.db", registry)
+            ledger = LedgerQueries(Path(tmp) / "ledger.db")
+            m = ReconcileManager([config], default_flows(), Path(tmp), ledger, registry)
             before = rss_mib()
             t = time.perf_counter()
             ok = asyncio.run(m.run_once())

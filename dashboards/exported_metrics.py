@@ -31,6 +31,7 @@ COUNTERS = (
     "syncwatch_audit_violations_total",
     "syncwatch_audit_idempotency_key_reuse_total",
     "syncwatch_audit_duplicate_records_total",
+    "syncwatch_leader_changes_total",
 )
 
 GAUGES = (
@@ -59,6 +60,8 @@ GAUGES = (
     "syncwatch_reconcile_pending",
     "syncwatch_reconcile_expected_source_ids_per_hour",
     "syncwatch_reconcile_window_end_timestamp_seconds",
+    "syncwatch_leader",
+    "syncwatch_handoff_backlog_spans",
 )
 
 HISTOGRAMS = (
@@ -89,6 +92,50 @@ BEYOND_SPEC = (
     "syncwatch_audit_violations_total",
     "syncwatch_audit_idempotency_key_reuse_total",
     "syncwatch_audit_duplicate_records_total",
+    # Several replicas on one PostgreSQL ledger (issue 16): REPLICA_METRICS.
+    "syncwatch_leader",
+    "syncwatch_leader_changes_total",
+    "syncwatch_handoff_backlog_spans",
+)
+
+# Registered by the replica coordination of issue 16 (leader lease and span handoff).
+REPLICA_METRICS = ("syncwatch_leader", "syncwatch_leader_changes_total", "syncwatch_handoff_backlog_spans")
+
+# Several replicas on one PostgreSQL ledger (issue 16): how each gauge behaves across replicas.
+# Whole-ledger gauges come from the lease holder only and move with the lease; dashboards and
+# rules take the max over replicas (a sum counts the old and the new leader while both are
+# scraped). Per-replica gauges are exported by every replica: max/min/count, never sum; except
+# syncwatch_leader, whose sum is the number of leaders.
+LEADER_GAUGES = (
+    "syncwatch_queue_messages",
+    "syncwatch_queue_messages_in_flight",
+    "syncwatch_queue_messages_delayed",
+    "syncwatch_queue_oldest_message_age_seconds",
+    "syncwatch_dlq_messages",
+    "syncwatch_collector_up",
+    "syncwatch_collector_sample_duration_seconds",
+    "syncwatch_collector_interval_seconds",
+    "syncwatch_collector_last_success_timestamp_seconds",
+    "syncwatch_transactions_pending",
+    "syncwatch_transactions_overdue",
+    "syncwatch_retry_jitter_ratio",
+    "syncwatch_reconciler_up",
+    "syncwatch_reconciler_run_duration_seconds",
+    "syncwatch_reconciler_last_success_timestamp_seconds",
+    "syncwatch_reconcile_findings",
+    "syncwatch_reconcile_pending",
+    "syncwatch_reconcile_expected_source_ids_per_hour",
+    "syncwatch_reconcile_window_end_timestamp_seconds",
+    "syncwatch_handoff_backlog_spans",
+)
+PER_REPLICA_GAUGES = (
+    "syncwatch_flow_deadline_seconds",
+    "syncwatch_build_info",
+    "syncwatch_snapshot_store_bytes",
+    "syncwatch_snapshot_oldest_age_seconds",
+    "syncwatch_snapshot_retention_seconds",
+    "syncwatch_snapshot_store_up",
+    "syncwatch_leader",
 )
 
 # Prometheus' own series about the scrape target.

@@ -5,7 +5,7 @@
 
 Two dashboards, stable uids (alert rules link to them, see alerts/generate.py):
 - `syncwatch-erp-health` "ERP integration health": silent loss, then a row per signal.
-- `syncwatch-self` "syncwatch health": collectors, OTLP intake, drops, snapshot store.
+- `syncwatch-self` "syncwatch health": collectors, OTLP intake, drops, snapshot store, replicas.
 
 Every query uses only metrics syncwatch exports (dashboards/exported_metrics.py; the tests check
 it) and every panel has a description saying what a bad value means and where to look next.
@@ -41,6 +41,16 @@ JOB = 'job=~"$job"'
 FLOW = f'{JOB}, flow=~"$flow"'
 QUEUE = f'{JOB}, broker=~"$broker", queue=~"$queue"'
 COLLECTOR = f'{JOB}, collector=~"$collector"'
+
+# Several replicas on one PostgreSQL ledger (issue 16): the labels that tell replicas apart.
+REPLICAS = "instance, pod"
+
+
+def _ledger(selector: str) -> str:
+    """A gauge that only the lease holder exports (overdue, queue depths, collector and reconciler
+    metrics) as one series per ledger: when the lease moves, the old and the new leader are both
+    scraped for a moment, and a sum would count both. Sum or break it down after this."""
+    return f"max without ({REPLICAS}) ({selector})"
 
 
 @dataclass
@@ -221,7 +231,7 @@ def erp_health():
                     """Records sent and not confirmed within their flow's deadline, now. Anything above 0
               is a record the destination may never have received (SyncwatchTransactionsOverdue pages).
               Next: the 'Overdue by flow' panel, then GET /api/v1/transactions?state=overdue&flow=...""",
-                    [Q(f"sum(syncwatch_transactions_overdue{{{FLOW}}}) or vector(0)")],
+                    [Q(f"sum({_ledger(f'syncwatch_transactions_overdue{{{FLOW}}}')}) or vector(0)")],
                     kind="stat",
                     width=4,
                     thresholds=[(None, "green"), (1, "red")],
@@ -234,7 +244,7 @@ def erp_health():
               open a few with GET /api/v1/transactions/{correlation_id}.""",
                     [
                         Q(
-                            f"sum by (flow, source, destination) (syncwatch_transactions_overdue{{{FLOW}}})",
+                            f"sum by (flow, source, destination) ({_ledger(f'syncwatch_transactions_overdue{{{FLOW}}}')})",
                             "{{flow}} {{source}} → {{destination}}",
                         )
                     ],
@@ -255,7 +265,7 @@ def erp_health():
               with 'Overdue by flow' and the sync lag row.""",
                     [
                         Q(
-                            f"sum by (flow, destination) (syncwatch_transactions_pending{{{FLOW}}})",
+                            f"sum by (flow, destination) ({_ledger(f'syncwatch_transactions_pending{{{FLOW}}}')})",
                             "{{flow}} → {{destination}}",
                         )
                     ],
@@ -332,7 +342,7 @@ def erp_health():
                     """Visible / ready messages per queue, sampled every 60s (10s in high traffic). A
               depth that rises and does not come back down within 5 minutes is a bottleneck
               (SyncwatchQueueNotDraining): check consumers and the retry row.""",
-                    [Q(f"syncwatch_queue_messages{{{QUEUE}}}", "{{broker}} {{namespace}} {{queue}}")],
+                    [Q(_ledger(f"syncwatch_queue_messages{{{QUEUE}}}"), "{{broker}} {{namespace}} {{queue}}")],
                     width=12,
                 ),
                 P(
@@ -341,8 +351,8 @@ def erp_health():
               means the consumer hangs on slow destination calls. Delayed: scheduled for later
               (often retries with a delay).""",
                     [
-                        Q(f"syncwatch_queue_messages_in_flight{{{QUEUE}}}", "in flight {{queue}}"),
-                        Q(f"syncwatch_queue_messages_delayed{{{QUEUE}}}", "delayed {{queue}}"),
+                        Q(_ledger(f"syncwatch_queue_messages_in_flight{{{QUEUE}}}"), "in flight {{queue}}"),
+                        Q(_ledger(f"syncwatch_queue_messages_delayed{{{QUEUE}}}"), "delayed {{queue}}"),
                     ],
                     width=12,
                 ),
@@ -350,7 +360,7 @@ def erp_health():
                     "Oldest message age",
                     """Age of the oldest message, where the broker reports it. Above the flow's deadline
               means records will be overdue even if they are eventually processed.""",
-                    [Q(f"syncwatch_queue_oldest_message_age_seconds{{{QUEUE}}}", "{{queue}}")],
+                    [Q(_ledger(f"syncwatch_queue_oldest_message_age_seconds{{{QUEUE}}}"), "{{queue}}")],
                     unit="s",
                     width=12,
                 ),
@@ -358,7 +368,7 @@ def erp_health():
                     "Sampling interval in force",
                     """Seconds between queue samples per collector: 60 normally, 10 in high-traffic mode.
               A value other than these means the sampling settings were changed.""",
-                    [Q(f"syncwatch_collector_interval_seconds{{{JOB}}}", "{{collector}}")],
+                    [Q(_ledger(f"syncwatch_collector_interval_seconds{{{JOB}}}"), "{{collector}}")],
                     unit="s",
                     width=12,
                 ),
@@ -432,7 +442,7 @@ def erp_health():
               the red line at 0.1) means every client retries in lockstep: the retry-storm pattern
               against a rate-limited ERP (SyncwatchRetryStormRisk). Fix: exponential backoff with
               full jitter.""",
-                    [Q(f"syncwatch_retry_jitter_ratio{{{FLOW}}}", "{{flow}} → {{destination}}")],
+                    [Q(_ledger(f"syncwatch_retry_jitter_ratio{{{FLOW}}}"), "{{flow}} → {{destination}}")],
                     width=12,
                     thresholds=[(None, "red"), (0.1, "green")],
                     threshold_style="line+area",
@@ -447,7 +457,7 @@ def erp_health():
                     """All messages in dead-letter queues now. Anything above 0 pages
               (SyncwatchDeadLetterQueueNotEmpty): each is a record nobody will retry. Next: read the
               dead-letter reason in the broker, then the transaction's timeline.""",
-                    [Q(f'sum(syncwatch_dlq_messages{{{JOB}, broker=~"$broker"}}) or vector(0)')],
+                    [Q("sum(" + _ledger(f'syncwatch_dlq_messages{{{JOB}, broker=~"$broker"}}') + ") or vector(0)")],
                     kind="stat",
                     width=4,
                     thresholds=[(None, "green"), (1, "red")],
@@ -460,7 +470,9 @@ def erp_health():
               with idempotency keys.""",
                     [
                         Q(
-                            f'syncwatch_dlq_messages{{{JOB}, broker=~"$broker", queue=~"$queue"}} or syncwatch_dlq_messages{{{JOB}, broker=~"$broker", source_queue=~"$queue"}}',
+                            _ledger(f'syncwatch_dlq_messages{{{JOB}, broker=~"$broker", queue=~"$queue"}}')
+                            + " or "
+                            + _ledger(f'syncwatch_dlq_messages{{{JOB}, broker=~"$broker", source_queue=~"$queue"}}'),
                             "{{queue}} ← {{source_queue}}",
                         )
                     ],
@@ -577,7 +589,12 @@ def erp_health():
               destination records) page; late and never traced are recorded. Any missing or duplicated
               above 0 is SyncwatchReconcileMissing / SyncwatchReconcileDuplicated: `syncwatch reconcile
               list --kind missing` gives the IDs.""",
-                    [Q(f"sum by (flow, kind) (syncwatch_reconcile_findings{{{FLOW}}})", "{{flow}} {{kind}}")],
+                    [
+                        Q(
+                            f"sum by (flow, kind) ({_ledger(f'syncwatch_reconcile_findings{{{FLOW}}}')})",
+                            "{{flow}} {{kind}}",
+                        )
+                    ],
                     width=6,
                     thresholds=[(None, "green"), (1, "red")],
                 ),
@@ -589,10 +606,15 @@ def erp_health():
               means the records arrived but the confirm span did not.""",
                     [
                         Q(
-                            f'sum by (flow) (syncwatch_reconcile_findings{{{FLOW}, kind="missing"}})',
+                            "sum by (flow) ("
+                            + _ledger(f'syncwatch_reconcile_findings{{{FLOW}, kind="missing"}}')
+                            + ")",
                             "missing {{flow}}",
                         ),
-                        Q(f"sum by (flow) (syncwatch_transactions_overdue{{{FLOW}}})", "overdue {{flow}}"),
+                        Q(
+                            f"sum by (flow) ({_ledger(f'syncwatch_transactions_overdue{{{FLOW}}}')})",
+                            "overdue {{flow}}",
+                        ),
                         Q(
                             f'sum by (flow) (increase(syncwatch_reconcile_found_total{{{FLOW}, kind="never_traced"}}[1h]))',
                             "never traced / h {{flow}}",
@@ -612,7 +634,7 @@ def erp_health():
                             "{{flow}} last week",
                         ),
                         Q(
-                            f"sum by (flow) (syncwatch_reconcile_expected_source_ids_per_hour{{{FLOW}}})",
+                            f"sum by (flow) ({_ledger(f'syncwatch_reconcile_expected_source_ids_per_hour{{{FLOW}}}')})",
                             "{{flow}} minimum",
                         ),
                     ],
@@ -718,7 +740,7 @@ def self_health():
                     """1 when the collector's last broker sample succeeded. 0 means queue and DLQ depths
               from that broker are stale and the DLQ page cannot fire (SyncwatchCollectorDown):
               check the error reasons next to it.""",
-                    [Q(f"syncwatch_collector_up{{{COLLECTOR}}}", "{{collector}}")],
+                    [Q(_ledger(f"syncwatch_collector_up{{{COLLECTOR}}}"), "{{collector}}")],
                     width=8,
                     thresholds=[(None, "red"), (1, "green")],
                     threshold_style="line",
@@ -744,10 +766,13 @@ def self_health():
               down even if it still says up.""",
                     [
                         Q(
-                            f"time() - syncwatch_collector_last_success_timestamp_seconds{{{COLLECTOR}}}",
+                            "time() - " + _ledger(f"syncwatch_collector_last_success_timestamp_seconds{{{COLLECTOR}}}"),
                             "{{collector}}",
                         ),
-                        Q(f"3 * syncwatch_collector_interval_seconds{{{COLLECTOR}}}", "3 intervals {{collector}}"),
+                        Q(
+                            "3 * " + _ledger(f"syncwatch_collector_interval_seconds{{{COLLECTOR}}}"),
+                            "3 intervals {{collector}}",
+                        ),
                     ],
                     unit="s",
                     width=8,
@@ -757,7 +782,7 @@ def self_health():
                     "Sample duration",
                     """Time one sample of all selected queues took. Approaching the interval means the
               collector cannot keep up: select fewer queues or raise the interval.""",
-                    [Q(f"syncwatch_collector_sample_duration_seconds{{{COLLECTOR}}}", "{{collector}}")],
+                    [Q(_ledger(f"syncwatch_collector_sample_duration_seconds{{{COLLECTOR}}}"), "{{collector}}")],
                     unit="s",
                     width=12,
                 ),
@@ -765,7 +790,7 @@ def self_health():
                     "Sampling interval",
                     """Interval in force: 60s normally, 10s in high-traffic mode. Stuck at 10s outside busy
               hours means the fast-mode trigger is too sensitive and the broker API is called 6x as often.""",
-                    [Q(f"syncwatch_collector_interval_seconds{{{COLLECTOR}}}", "{{collector}}")],
+                    [Q(_ledger(f"syncwatch_collector_interval_seconds{{{COLLECTOR}}}"), "{{collector}}")],
                     unit="s",
                     width=12,
                 ),
@@ -834,7 +859,7 @@ def self_health():
                     "Snapshot store size",
                     """Bytes of stored payload snapshots. Steady growth past the retention period means the
               sweeper is not deleting: check the oldest-snapshot age.""",
-                    [Q(f"sum by (instance) (syncwatch_snapshot_store_bytes{{{JOB}}})", "{{instance}}")],
+                    [Q(f"max by (instance) (syncwatch_snapshot_store_bytes{{{JOB}}})", "{{instance}}")],
                     unit="bytes",
                     width=8,
                 ),
@@ -892,6 +917,54 @@ def self_health():
                 ),
             ],
         ),
+        (
+            "Replicas (ledger on PostgreSQL)",
+            [
+                P(
+                    "Leaders",
+                    """Replicas holding the leader lease, per ledger: 1 is right (always 1 with SQLite). 0 for
+              a minute means nothing marks transactions overdue or samples the brokers
+              (SyncwatchNoLeader pages); 2 or more for minutes is SyncwatchSeveralLeaders.""",
+                    [Q(f"sum without ({REPLICAS}) (syncwatch_leader{{{JOB}}})", "{{job}} {{ledger}}")],
+                    kind="stat",
+                    width=4,
+                    thresholds=[(None, "red"), (1, "green"), (2, "orange")],
+                ),
+                P(
+                    "Leader per pod",
+                    """1 on the replica that holds the lease in PostgreSQL, 0 on the others. The line moving
+              from one pod to another is a leader change: the whole-ledger gauges (overdue, queue
+              depths, collectors, reconcilers) move with it.""",
+                    [Q(f"max by (job, pod, instance) (syncwatch_leader{{{JOB}}})", "{{pod}} {{instance}}")],
+                    width=8,
+                    min=None,
+                ),
+                P(
+                    "Leader changes",
+                    """Leases acquired and lost per pod. A change at a rollout or a node drain is expected;
+              a pod that keeps losing it renews too late (CPU throttling, long pauses, a slow
+              PostgreSQL): see the replicas' logs.""",
+                    [
+                        Q(
+                            f"sum by (pod, change) (increase(syncwatch_leader_changes_total{{{JOB}}}[$__rate_interval]))",
+                            "{{pod}} {{change}}",
+                        )
+                    ],
+                    width=6,
+                ),
+                P(
+                    "Handoff backlog",
+                    """Spans the followers accepted and handed to the leader that it has not taken in yet.
+              Near 0 is normal; growing for minutes, or above the red line, the leader falls behind
+              (SyncwatchHandoffBacklog) and transactions are confirmed late: check its CPU and
+              PostgreSQL's load.""",
+                    [Q(_ledger(f"syncwatch_handoff_backlog_spans{{{JOB}}}"), "{{job}}")],
+                    width=6,
+                    thresholds=[(None, "green"), (50000, "red")],
+                    threshold_style="line",
+                ),
+            ],
+        ),
     ]
     variables = [
         _datasource_var(),
@@ -906,7 +979,7 @@ def self_health():
     return _dashboard(
         SELF_UID,
         "syncwatch health",
-        "syncwatch's own health: collectors, OTLP intake and rejections, drops, snapshot store.",
+        "syncwatch's own health: collectors, OTLP intake and rejections, drops, snapshot store, replicas.",
         variables,
         rows,
     )

@@ -117,11 +117,13 @@ class App:
     def _make_reconcilers(self):
         if not self.config.reconcilers:
             return None
+        from syncwatch.ledger.reader import open_queries
         from syncwatch.reconcile.manager import ReconcileManager
 
         c = self.config
+        ledger = open_queries(c, self.clock)
         return ReconcileManager(
-            c.reconcilers, c.flows, c.storage.data_dir, c.storage.ledger_path, self.metrics.registry, clock=self.clock
+            c.reconcilers, c.flows, c.storage.data_dir, ledger, self.metrics.registry, clock=self.clock
         )
 
     def _http_app(self) -> web.Application:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from syncwatch.collectors.deadletters import DeadLetterBook
-from syncwatch.ledger.queries import LedgerQueries
+from syncwatch.ledger.reader import open_queries
 from syncwatch.snapshots import build_redactor
 
 
@@ -18,7 +18,7 @@ def book_for_config(config: Any, clock: Callable[[], float] = time.time) -> Dead
     """The book as the sidecar runs it: bodies through the snapshot redactor (same rules and key,
     so markers match the payload snapshots'), links through the ledger's read-only queries."""
     redactor = build_redactor(config)
-    queries = LedgerQueries(config.storage.ledger_path, clock)
+    queries = open_queries(config, clock)
 
     def redact(body: bytes, truncated: bool) -> tuple[bytes, str, int]:
         result = redactor.redact_head(body, len(body)) if truncated else redactor.redact_body(body)

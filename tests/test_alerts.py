@@ -14,7 +14,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from promql_scan import innermost_aggregations
+
 from alerts import generate as alerts_gen
+from dashboards import exported_metrics
 from dashboards.exported_metrics import exported_series
 
 ALERTS = ROOT / "alerts"
@@ -54,6 +57,8 @@ AUDIT_ALERTS = {
     "SyncwatchIdempotencyKeyReuse",
     "SyncwatchDuplicateDestinationRecords",
 }
+# Several replicas on one PostgreSQL ledger (issue 16), beyond the SPEC's list.
+REPLICA_ALERTS = {"SyncwatchNoLeader", "SyncwatchSeveralLeaders", "SyncwatchHandoffBacklog"}
 SPEC_CRITICAL = {
     "SyncwatchDeadLetterQueueNotEmpty",
     "SyncwatchTransactionsOverdue",
@@ -61,6 +66,7 @@ SPEC_CRITICAL = {
     "SyncwatchDroppingData",
     "SyncwatchDown",
     "SyncwatchDuplicateDestinationRecords",
+    "SyncwatchNoLeader",
 }
 
 promtool = shutil.which("promtool")
@@ -88,7 +94,7 @@ def test_committed_rule_file_is_what_the_generator_writes():
 
 def test_rule_file_has_exactly_the_spec_alerts():
     names = [r["alert"] for r in _alert_rules()]
-    assert sorted(names) == sorted(SPEC_ALERTS | RECONCILE_ALERTS | AUDIT_ALERTS)
+    assert sorted(names) == sorted(SPEC_ALERTS | RECONCILE_ALERTS | AUDIT_ALERTS | REPLICA_ALERTS)
     if SPEC.exists():  # the shared spec sits beside the repo in CI and in the team's tree
         section = SPEC.read_text().split("## Alert names", 1)[1].split("\n## ", 1)[0]
         assert set(re.findall(r"`(Syncwatch\w+)`", section)) == SPEC_ALERTS
@@ -119,7 +125,7 @@ def test_every_alert_has_severity_annotations_and_working_links():
 
 def test_dead_letter_alert_pages_at_any_depth_with_queue_labels():
     rule = next(r for r in _alert_rules() if r["alert"] == "SyncwatchDeadLetterQueueNotEmpty")
-    assert rule["expr"] == "syncwatch_dlq_messages > 0"
+    assert rule["expr"] == "max without (instance, pod) (last_over_time(syncwatch_dlq_messages[2m])) > 0"
     assert "for" not in rule  # pages on the first evaluation
     assert rule["labels"]["severity"] == "critical"
 
@@ -127,7 +133,7 @@ def test_dead_letter_alert_pages_at_any_depth_with_queue_labels():
 def test_thresholds_are_settings_and_reach_the_rules():
     s = alerts_gen.Settings(dlq_threshold=5, queue_window="10m", lag_for="30m", syncwatch_job="sw-eu")
     rules = {r["alert"]: r for g in alerts_gen.build_rules(s)["groups"] for r in g["rules"] if "alert" in r}
-    assert rules["SyncwatchDeadLetterQueueNotEmpty"]["expr"] == "syncwatch_dlq_messages > 5"
+    assert rules["SyncwatchDeadLetterQueueNotEmpty"]["expr"].endswith("(syncwatch_dlq_messages[2m])) > 5")
     assert "offset 10m" in rules["SyncwatchQueueNotDraining"]["expr"]
     assert rules["SyncwatchSyncLagAboveDeadline"]["for"] == "30m"
     assert 'up{job="sw-eu"}' in rules["SyncwatchDown"]["expr"]
@@ -153,6 +159,46 @@ def test_rule_expressions_use_only_exported_metrics_and_defined_recordings():
                 f"{rule.get('alert') or rule.get('record')}: {name} is not exported by syncwatch"
             )
     assert recorded <= used, f"recording rules nobody uses: {recorded - used}"
+
+
+def test_no_rule_sums_a_gauge_over_replicas():
+    # With several replicas a leader-only gauge moves with the lease and a per-replica gauge is
+    # exported by each: a sum counts them twice or thrice. syncwatch_leader is summed on purpose.
+    gauges = (set(exported_metrics.LEADER_GAUGES) | set(exported_metrics.PER_REPLICA_GAUGES)) - {"syncwatch_leader"}
+    checked = 0
+    for rule in (r for g in _rules()["groups"] for r in g["rules"]):
+        where = rule.get("alert") or rule.get("record")
+        for gauge in gauges:
+            for agg, clause in innermost_aggregations(rule["expr"], gauge):
+                checked += 1
+                if gauge in exported_metrics.LEADER_GAUGES:
+                    # one series per ledger, whichever replica holds the lease: no instance label
+                    assert agg in ("max", "min"), f"{where}: {gauge} is not taken as one series per ledger"
+                    assert clause == "without (instance, pod)" or (
+                        clause.startswith("by") and "instance" not in clause
+                    ), f"{where}: {gauge} {agg} {clause}"
+                else:
+                    assert agg in ("max", "min", "count"), f"{where}: {gauge} summed over replicas"
+    assert checked >= 10
+    for rule in (r for g in _rules()["groups"] for r in g["rules"]):
+        for agg, clause in innermost_aggregations(rule["expr"], "syncwatch_leader"):
+            assert (agg, clause) == ("sum", "without (instance, pod)"), rule.get("alert")
+
+
+def test_replica_alerts_read_the_leader_metrics():
+    rules = {r["alert"]: r for r in _alert_rules()}
+    assert rules["SyncwatchNoLeader"]["expr"] == "sum without (instance, pod) (syncwatch_leader) == 0"
+    assert rules["SyncwatchNoLeader"]["labels"]["severity"] == "critical"
+    assert rules["SyncwatchSeveralLeaders"]["expr"] == "sum without (instance, pod) (syncwatch_leader) > 1"
+    assert rules["SyncwatchSeveralLeaders"]["for"] == "2m"
+    assert "syncwatch:handoff_backlog_spans:max" in rules["SyncwatchHandoffBacklog"]["expr"]
+    # the replica labels are a setting: a scrape config that adds `node` per target can drop it too
+    s = alerts_gen.Settings(replica_labels="instance, pod, node", handover_window="3m")
+    built = {r.get("alert") or r["record"]: r for g in alerts_gen.build_rules(s)["groups"] for r in g["rules"]}
+    assert built["SyncwatchTransactionsOverdue"]["expr"] == (
+        "max without (instance, pod, node) (last_over_time(syncwatch_transactions_overdue[3m])) > 0"
+    )
+    assert "sum without (instance, pod, node)" in built["SyncwatchNoLeader"]["expr"]
 
 
 @pytest.mark.prometheus
@@ -189,8 +235,12 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test_case():
                         "runbook_url",
                         "dashboard_url",
                     }
-    assert (SPEC_ALERTS | RECONCILE_ALERTS | AUDIT_ALERTS) - fires == set(), "alerts without a firing case"
-    assert (SPEC_ALERTS | RECONCILE_ALERTS | AUDIT_ALERTS) - quiet == set(), "alerts without a must-not-fire case"
+    assert (SPEC_ALERTS | RECONCILE_ALERTS | AUDIT_ALERTS | REPLICA_ALERTS) - fires == set(), (
+        "alerts without a firing case"
+    )
+    assert (SPEC_ALERTS | RECONCILE_ALERTS | AUDIT_ALERTS | REPLICA_ALERTS) - quiet == set(), (
+        "alerts without a must-not-fire case"
+    )
 
 
 @pytest.mark.prometheus
@@ -221,7 +271,9 @@ def _route(*labels: str) -> str:
 @pytest.mark.prometheus
 @needs_amtool
 @pytest.mark.parametrize(
-    "rule", [r for r in yaml.safe_load(RULES.read_text())["groups"][1:] for r in r["rules"]], ids=lambda r: r["alert"]
+    "rule",
+    [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r],
+    ids=lambda r: r["alert"],
 )
 def test_each_alert_routes_by_its_severity(rule):
     want = "pager" if rule["labels"]["severity"] == "critical" else "ticket"

@@ -12,6 +12,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,9 +65,29 @@ def test_metrics_beyond_the_spec_are_registered_with_their_listed_type(tmp_path)
         "gauge": exported_metrics.GAUGES,
         "histogram": exported_metrics.HISTOGRAMS,
     }
-    for name in exported_metrics.BEYOND_SPEC:
+    for name in set(exported_metrics.BEYOND_SPEC) - set(exported_metrics.REPLICA_METRICS):
         listed = next(kind for kind, names in kinds.items() if name in names)
         assert types.get(name) == listed, f"{name}: registered as {types.get(name)}, listed as {listed}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the leader lease and span handoff of issue 16 (branch h-replicas) register these; "
+    "drop this marker (and register their module above if it is not Metrics) when they land",
+)
+def test_replica_metrics_are_registered_with_their_listed_type():
+    from prometheus_client import CollectorRegistry
+
+    from syncwatch.metrics.registry import Metrics
+
+    registry = CollectorRegistry()
+    Metrics(registry)
+    types = {family.name + ("_total" if family.type == "counter" else ""): family.type for family in registry.collect()}
+    assert {name: types.get(name) for name in exported_metrics.REPLICA_METRICS} == {
+        "syncwatch_leader": "gauge",
+        "syncwatch_leader_changes_total": "counter",
+        "syncwatch_handoff_backlog_spans": "gauge",
+    }
 
 
 def test_snapshot_store_alert_keys_on_the_store_not_on_integration_drops():

@@ -1,7 +1,8 @@
 """Query API: auth, the timeline of one transaction with its snapshots, reconciliation lists and pages.
 
 The ledger rows are written with the schema's own DDL into a tmp database (the shape the ledger
-writer produces); snapshots go through the real SnapshotIntake.
+writer produces), SQLite or PostgreSQL: every test that reads the ledger runs on both backends.
+Snapshots go through the real SnapshotIntake.
 """
 
 import asyncio
@@ -10,7 +11,8 @@ import logging
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from api_data import AUTH, NOW, TOKEN, TRACE, build_ledger, make_config, span
+from api_data import AUTH, NOW, TOKEN, TRACE, make_config, span, write_ledger
+from pg_support import reset, scratch_database, storage_config
 from snapshot_data import Clock, make_request, order_body
 
 from syncwatch.api.routes import setup_api
@@ -62,11 +64,22 @@ def serve(tmp_path, config, scenario):
     return asyncio.run(go())
 
 
-@pytest.fixture
-def config(tmp_path):
-    cfg = make_config(tmp_path)
-    cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    build_ledger(cfg.storage.ledger_path)
+@pytest.fixture(scope="module")
+def pg_ledger_db():
+    with scratch_database("syncwatch_api") as name:
+        yield name
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.databases)])
+def config(request, tmp_path):
+    """The same ledger rows on each backend; the API reads whichever the config names."""
+    storage = None
+    if request.param == "postgresql":
+        db = request.getfixturevalue("pg_ledger_db")
+        reset(db)
+        storage = storage_config(db, tmp_path)
+    cfg = make_config(tmp_path, storage=storage)
+    write_ledger(cfg)
     return cfg
 
 

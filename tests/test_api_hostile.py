@@ -10,20 +10,22 @@ import base64
 import json
 import math
 import socket
-import sqlite3
 import time
 import urllib.parse
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from api_data import write_ledger
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from otlp_raw import post
+from pg_support import reset, scratch_database, storage_config
 from snapshot_data import make_request
 
 from syncwatch.api.routes import setup_api
 from syncwatch.cli.transactions import render_list, render_timeline
 from syncwatch.config.models import Config
-from syncwatch.ledger.schema import DDL, STAGE_CONFIRM, corr_hash
+from syncwatch.ledger.schema import STAGE_CONFIRM, corr_hash
 
 TOKEN = "hostile-api-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -103,13 +105,16 @@ def test_payload_bodies_are_shown_as_stored(api_sidecar):
 def test_a_correlation_id_cannot_forge_a_log_line(api_sidecar):
     sc = api_sidecar
     corr = "ord-7\n2026-01-01 00:00:00,000 INFO syncwatch.api: forged line"
-    _send_snapshots(sc, {"corr": corr, "direction": "request", "body": "hello"})
-    status, record = _get_json(sc, "/api/v1/transactions/" + urllib.parse.quote(corr, safe=""))
-    assert status == 200 and record["correlation_id"] == corr
+    status, _, resp = post(
+        sc.otlp_http + "/v1/logs",
+        make_request({"corr": corr, "direction": "request", "body": "hello"}).SerializeToString(),
+    )
+    answer = ExportLogsServiceResponse.FromString(resp)
+    assert status == 200 and answer.partial_success.rejected_log_records == 1  # refused, as on spans
+    assert answer.partial_success.error_message == "1 x correlation ID contains control characters"
+    status, _ = _get_json(sc, "/api/v1/transactions/" + urllib.parse.quote(corr, safe=""))
+    assert status == 404
     sc.stop()
-    reads = [line for line in sc.log().splitlines() if "payload snapshots read" in line]
-    assert len(reads) == 1
-    assert "forged line" in reads[0] and "ord-7\\n2026" in reads[0]  # escaped, on the same line
     assert not any(
         line.startswith("2026-01-01 00:00:00,000 INFO syncwatch.api: forged") for line in sc.log().splitlines()
     )
@@ -175,12 +180,10 @@ def test_forged_cursors_are_400(api_sidecar, raw):
         assert status == 400 and "cursor" in body["error"], (state, body)
 
 
-# ---- times out of range, as older versions accepted them into the ledger --------------------------
+# ---- times out of range, as older versions accepted them into the ledger (either backend) ---------
 
 
-def _build_ledger(path):
-    conn = sqlite3.connect(path)
-    conn.executescript(DDL)
+def _rows() -> list[tuple[str, dict]]:
     timeline = {
         "attempts": [
             [TRACE, "01" * 8, 1e300, 1e300, 1, "503", "http_503"],
@@ -189,17 +192,28 @@ def _build_ledger(path):
             [TRACE, "06" * 8, float("nan"), 5.0, float("nan"), "500", None],
         ]
     }
-    rows = [  # corr, changed_at, opened_at, deadline
+    out: list[tuple[str, dict]] = []
+    for corr, changed, opened, deadline in (  # corr, changed_at, opened_at, deadline
         ("far-past", -1e11, YEAR_1, -1e14),
         ("year-1", YEAR_1, YEAR_1, YEAR_1 + 300),
         ("far-future", 1e300, NOW, 1e300),
         ("infinite", float("-inf"), NOW, float("inf")),
-    ]
-    for corr, changed, opened, deadline in rows:
-        conn.execute(
-            "INSERT INTO open_tx (corr, dest, flow, source, changed_at, opened_at, deadline, attempts, timeline) "
-            "VALUES (?,?,?,?,?,?,?,?,?)",
-            (corr, "erp", "orders", "storefront", changed, opened, deadline, 3, json.dumps(timeline)),
+    ):
+        out.append(
+            (
+                "open_tx",
+                dict(
+                    corr=corr,
+                    dest="erp",
+                    flow="orders",
+                    source="storefront",
+                    changed_at=changed,
+                    opened_at=opened,
+                    deadline=deadline,
+                    attempts=3,
+                    timeline=json.dumps(timeline),
+                ),
+            )
         )
     closed = {
         "attempts": timeline["attempts"],
@@ -211,38 +225,55 @@ def _build_ledger(path):
         ("fail-future", "failed", 1e300, 1e300, None),
         ("conf-odd", "confirmed", YEAR_1, -1e11, float("inf")),
     ):
-        conn.execute(
-            "INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, opened_at, deadline, closed_at, "
-            "lag, attempts, timeline, corr_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        out.append(
             (
-                corr,
-                "erp",
-                "orders",
-                "storefront",
-                outcome,
-                changed,
-                YEAR_1,
-                -1e14,
-                closed_at,
-                lag,
-                3,
-                json.dumps(closed),
-                corr_hash(corr),
-            ),
+                "closed_tx",
+                dict(
+                    corr=corr,
+                    dest="erp",
+                    flow="orders",
+                    source="storefront",
+                    outcome=outcome,
+                    changed_at=changed,
+                    opened_at=YEAR_1,
+                    deadline=-1e14,
+                    closed_at=closed_at,
+                    lag=lag,
+                    attempts=3,
+                    timeline=json.dumps(closed),
+                    corr_hash=corr_hash(corr),
+                ),
+            )
         )
-    conn.execute(
-        "INSERT INTO applies (idem, corr, dest, flow, first_at, last_at, applies) VALUES (?,?,?,?,?,?,?)",
-        ("k-1", "conf-odd", "erp", "orders", -1e11, 1e300, 2),
+    out.append(
+        (
+            "applies",
+            dict(idem="k-1", corr="conf-odd", dest="erp", flow="orders", first_at=-1e11, last_at=1e300, applies=2),
+        )
     )
-    conn.commit()
-    conn.close()
+    return out
 
 
-def _serve_api(tmp_path, scenario):
-    config = Config.model_validate({"storage": {"data_dir": str(tmp_path / "data")}, "api": {"token": TOKEN}})
-    config.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    _build_ledger(config.storage.ledger_path)
+@pytest.fixture(scope="module")
+def pg_ledger_db():
+    with scratch_database("syncwatch_hostile") as name:
+        yield name
 
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.databases)])
+def hostile_config(request, tmp_path) -> Config:
+    """These rows in the ledger of either backend (PostgreSQL's double precision holds them all)."""
+    storage = {"data_dir": str(tmp_path / "data")}
+    if request.param == "postgresql":
+        db = request.getfixturevalue("pg_ledger_db")
+        reset(db)
+        storage.update(storage_config(db, tmp_path))
+    config = Config.model_validate({"storage": storage, "api": {"token": TOKEN}})
+    write_ledger(config, _rows())
+    return config
+
+
+def _serve_api(config, scenario):
     async def go():
         app = web.Application()
         setup_api(app, config=config, snapshots=None, clock=lambda: NOW)
@@ -252,7 +283,7 @@ def _serve_api(tmp_path, scenario):
     return asyncio.run(go())
 
 
-def test_out_of_range_times_in_the_ledger_render(tmp_path):
+def test_out_of_range_times_in_the_ledger_render(hostile_config):
     async def scenario(client):
         out = {}
         for path in [
@@ -263,7 +294,7 @@ def test_out_of_range_times_in_the_ledger_render(tmp_path):
             out[path] = (r.status, _strict_json(await r.text()))  # valid JSON: no NaN or Infinity
         return out
 
-    out = _serve_api(tmp_path, scenario)
+    out = _serve_api(hostile_config, scenario)
     assert {path: status for path, (status, _) in out.items() if status != 200} == {}
     (far_past,) = out["/api/v1/transactions/far-past"][1]["destinations"]
     assert far_past["changed_at"] is None and far_past["changed_at_raw"] == -1e11
@@ -299,7 +330,7 @@ def test_out_of_range_times_in_the_ledger_render(tmp_path):
     assert "(out of range: -100000000000000.0)" in render_list("pending", pending)
 
 
-def test_pages_over_out_of_range_times_walk_every_row_once(tmp_path):
+def test_pages_over_out_of_range_times_walk_every_row_once(hostile_config):
     async def scenario(client):
         seen, cursor = [], None
         while True:
@@ -312,6 +343,6 @@ def test_pages_over_out_of_range_times_walk_every_row_once(tmp_path):
             if not cursor:
                 return seen
 
-    seen = _serve_api(tmp_path, scenario)
+    seen = _serve_api(hostile_config, scenario)
     assert seen == ["far-past", "year-1", "far-future", "infinite"]
     assert not math.isnan(NOW)

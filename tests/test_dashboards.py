@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from prom_runners import PROMTOOL, substitute  # the same substitution the end-to-end run uses
+from promql_scan import innermost_aggregations
 
 from alerts import generate as alerts_gen
 from dashboards import exported_metrics
@@ -166,6 +167,56 @@ def test_deadlines_are_drawn_as_thresholds():
     assert share["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "line+area"
     dlq = panels["DLQ depth by queue"]
     assert {"color": "red", "value": 1} in dlq["fieldConfig"]["defaults"]["thresholds"]["steps"]
+
+
+def test_no_panel_sums_a_per_replica_gauge():
+    # Three replicas on one ledger: a gauge every replica exports, or one that moves with the
+    # leader lease (both replicas scraped for a moment), is taken with max/min/count over the
+    # replicas before anything sums it; whole-ledger gauges lose the replica labels so a leader
+    # change does not start a new line. syncwatch_leader's sum is the number of leaders.
+    leader_only = set(exported_metrics.LEADER_GAUGES)
+    per_replica = set(exported_metrics.PER_REPLICA_GAUGES) - {"syncwatch_leader"}
+    seen: set[str] = set()
+    for where, expr in _exprs():
+        for gauge in leader_only | per_replica:
+            for agg, clause in innermost_aggregations(expr, gauge):
+                seen.add(gauge)
+                if gauge in leader_only:
+                    assert (agg, clause) == ("max", "without (instance, pod)") or (
+                        agg == "max" and clause.startswith("by") and "instance" not in clause
+                    ), f"{where}: {gauge} not taken as one series per ledger ({agg} {clause})"
+                else:
+                    assert agg in ("max", "min", "count"), f"{where}: {gauge} summed over replicas ({agg})"
+    # the check covers what the dashboards show
+    assert {"syncwatch_transactions_overdue", "syncwatch_dlq_messages", "syncwatch_flow_deadline_seconds"} <= seen
+
+
+def test_the_check_catches_a_sum_over_replicas():
+    assert innermost_aggregations(
+        "sum by (flow) (syncwatch_transactions_overdue)", "syncwatch_transactions_overdue"
+    ) == [("sum", "by (flow)")]
+    assert innermost_aggregations("syncwatch_transactions_overdue > 0", "syncwatch_transactions_overdue") == [("", "")]
+    assert innermost_aggregations(
+        'sum(max without (instance, pod) (last_over_time(syncwatch_dlq_messages{q="a(b"}[2m])))',
+        "syncwatch_dlq_messages",
+    ) == [("max", "without (instance, pod)")]
+    assert innermost_aggregations("sum(x) by (job) / max(syncwatch_leader)", "syncwatch_leader") == [("max", "")]
+
+
+def test_replicas_row():
+    panels = {p["title"]: p for p in _panels(_load("syncwatch-health.json"))}
+    rows = [p["title"] for p in _load("syncwatch-health.json")["panels"] if p["type"] == "row"]
+    assert rows[-1] == "Replicas (ledger on PostgreSQL)"
+    assert [t["expr"] for t in panels["Leaders"]["targets"]] == [
+        'sum without (instance, pod) (syncwatch_leader{job=~"$job"})'
+    ]
+    assert (
+        panels["Leader per pod"]["targets"][0]["expr"] == 'max by (job, pod, instance) (syncwatch_leader{job=~"$job"})'
+    )
+    assert "syncwatch_leader_changes_total" in panels["Leader changes"]["targets"][0]["expr"]
+    backlog = panels["Handoff backlog"]
+    assert backlog["targets"][0]["expr"] == 'max without (instance, pod) (syncwatch_handoff_backlog_spans{job=~"$job"})'
+    assert {"color": "red", "value": 50000} in backlog["fieldConfig"]["defaults"]["thresholds"]["steps"]
 
 
 def test_queries_use_only_metrics_syncwatch_exports():

@@ -273,6 +273,11 @@ NOT_PRODUCED_HERE = {
     # (tests/test_reconcile_sidecar.py, tests/test_audit_e2e.py) and promtool tests cover the rules.
     "syncwatch_reconcile": "no reconcilers configured in this stack",
     "syncwatch_audit_": "no audit flows configured in this stack",
+    # Several replicas on PostgreSQL (issue 16): promtool tests cover the rules. The SQLite stack
+    # here has no handoff; syncwatch_leader (1 with SQLite) is registered by the replica work of
+    # branch h-replicas: drop it from this list once that has landed.
+    "syncwatch_handoff_backlog_spans": "PostgreSQL replicas only: no handoff with SQLite",
+    "syncwatch_leader": "registered by the leader lease of issue 16 (h-replicas)",
 }
 
 

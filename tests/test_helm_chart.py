@@ -76,8 +76,54 @@ EXISTING_SECRETS = {
         "azureClientId": "0b5e6a4c-1f2d-4c3b-9a8e-7d6c5b4a3f21",
     },
 }
+# Several replicas on one PostgreSQL ledger (issue 16): the ledger's DSN and snapshots in S3.
+REPLICAS = {
+    "replicaCount": 3,
+    "config": {
+        "storage": {"backend": "postgresql", "postgresql": {"statement_timeout": "5s"}},
+        "snapshots": {"backend": "s3://shop-syncwatch/snapshots"},
+    },
+    "postgresql": {"dsnSecret": {"name": "syncwatch-ledger", "key": "dsn"}},
+    "serviceAccount": {"awsRoleArn": "arn:aws:iam::123456789012:role/syncwatch"},
+}
+RECONCILER = {
+    "type": "sql",
+    "name": "shop-erp",
+    "databases": {
+        "shop": {"url": "postgresql://reconcile@shop-db:5432/shop"},
+        "erp": {"url": "mysql://reconcile@erp-db:3306/erp"},
+    },
+    "flows": {
+        "orders": {
+            "source": {
+                "database": "shop",
+                "query": "SELECT order_id AS id, updated_at AS changed_at FROM orders"
+                " WHERE updated_at >= :window_start AND updated_at < :window_end",
+            },
+            "destination": {
+                "database": "erp",
+                "query": "SELECT external_order_id AS id, record_id, created_at AS arrived_at FROM sales_orders",
+            },
+        }
+    },
+}
+DATABASE_SECRETS = {
+    "config": {"reconcilers": [RECONCILER]},
+    "databaseSecrets": {
+        "shop-erp": {
+            "shop": {"existingSecret": "shop-db-readonly", "key": "password"},
+            "erp": {"existingSecret": "erp-db-readonly", "key": "pw", "env": "ERP_DB_PASSWORD"},
+        }
+    },
+}
 SCENARIOS = {
     "default": {},
+    "replicas-postgresql": REPLICAS,
+    "replicas-pdb-max-unavailable": REPLICAS | {"podDisruptionBudget": {"maxUnavailable": 1}},
+    "postgresql-dsn-env": {
+        "config": {"storage": {"backend": "postgresql"}},
+        "postgresql": {"dsnSecret": {"name": "syncwatch-ledger", "key": "dsn", "env": "LEDGER_DSN"}},
+    },
     "persistence-off": {"persistence": {"enabled": False}},
     "monitoring-on": MONITORING_ON,
     "existing-secrets": EXISTING_SECRETS,
@@ -228,6 +274,13 @@ def test_syncwatch_accepts_the_rendered_config(scenario, tmp_path):
     path.write_text(text)
     config = load_config(path, environ={})
     assert str(config.storage.data_dir) == "/var/lib/syncwatch"
+    dsn_secret = SCENARIOS[scenario].get("postgresql", {}).get("dsnSecret")
+    if dsn_secret:
+        assert config.storage.backend == "postgresql"
+        if dsn_secret.get("env"):
+            assert (config.storage.postgresql.dsn_env, config.storage.postgresql.dsn_file) == (dsn_secret["env"], None)
+        else:
+            assert str(config.storage.postgresql.dsn_file) == "/var/run/secrets/syncwatch/postgresql/dsn"
     if token_file:
         assert config.api.resolve_token() == "s3cret-token"
 
@@ -544,7 +597,6 @@ BAD_VALUES = [
     ({"mode": "daemonset"}, "/mode"),
     ({"ports": {"http": 70000}}, "/ports/http"),
     ({"ports": {"otlpGrpc": "4317"}}, "/ports/otlpGrpc"),
-    ({"replicaCount": 2}, "'replicaCount' not allowed"),
     ({"persistence": {"size": "lots"}}, "/persistence/size"),
     ({"image": {"digest": "latest"}}, "/image/digest"),
     ({"image": {"tag": 1.2}}, "/image/tag"),
@@ -876,3 +928,275 @@ def test_extra_volumes_mount_a_private_ca_for_a_collector(tmp_path):
     sidecar_objects = render_chart(build_parent_chart(tmp_path), {"syncwatch": values})
     sidecar_pod = one(sidecar_objects, "Deployment")["spec"]["template"]["spec"]
     assert {"name": "broker-ca", "configMap": {"name": "corp-ca"}} in sidecar_pod["volumes"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Several replicas on one PostgreSQL ledger (issue 16)
+
+
+def _render_error(values: dict) -> str:
+    with pytest.raises(helm.HelmRenderError) as exc:
+        render(values)
+    return str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        (
+            {"replicaCount": 2},
+            "replicaCount: 2 replicas need the ledger in PostgreSQL: the embedded SQLite ledger is one file on "
+            "one pod's volume. Set config.storage.backend: postgresql and postgresql.dsnSecret.name",
+        ),
+        (
+            REPLICAS | {"config": {"storage": {"backend": "postgresql"}}},
+            "replicaCount: 3 replicas need the payload snapshots in S3: the sqlite snapshot store is one file on "
+            "one pod's volume. Set config.snapshots.backend: s3://bucket/prefix (or config.snapshots.enabled: false)",
+        ),
+        (
+            REPLICAS | {"config": {"storage": {"backend": "postgresql"}, "snapshots": {"backend": "sqlite"}}},
+            "replicaCount: 3 replicas need the payload snapshots in S3",
+        ),
+        (
+            REPLICAS | {"config": {"snapshots": {"backend": "s3://b/p"}}},
+            "replicaCount: 3 replicas need the ledger in PostgreSQL",
+        ),
+        (
+            {"mode": "sidecar", "replicaCount": 2},
+            "replicaCount: 2: sidecar mode runs one syncwatch in each integration pod",
+        ),
+    ],
+    ids=["sqlite-ledger", "sqlite-snapshots-by-default", "sqlite-snapshots", "s3-but-sqlite-ledger", "sidecar"],
+)
+def test_replicas_are_refused_without_postgresql_and_s3(values, message):
+    assert message in _render_error(values)
+
+
+def test_replicas_with_snapshots_off_need_no_s3():
+    values = REPLICAS | {"config": {"storage": {"backend": "postgresql"}, "snapshots": {"enabled": False}}}
+    objects = render(values)
+    assert one(objects, "Deployment")["spec"]["replicas"] == 3
+    assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+
+
+def test_postgresql_backend_needs_the_dsn_secret_and_nothing_else():
+    assert "config.storage.backend: postgresql needs the DSN from a Secret: set postgresql.dsnSecret.name" in (
+        _render_error({"config": {"storage": {"backend": "postgresql"}}})
+    )
+    assert "postgresql.dsnSecret.name is set but config.storage.backend is not postgresql" in _render_error(
+        {"postgresql": {"dsnSecret": {"name": "syncwatch-ledger", "key": "dsn"}}}
+    )
+    both = REPLICAS | {
+        "config": REPLICAS["config"] | {"storage": {"backend": "postgresql", "postgresql": {"dsn_env": "X"}}}
+    }
+    assert "config.storage.postgresql.dsn_file / dsn_env and postgresql.dsnSecret.name are both set" in (
+        _render_error(both)
+    )
+
+
+def test_three_replicas_render_a_pdb_rolling_updates_and_no_ledger_claim():
+    objects = render(REPLICAS)
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    pdb = one(objects, "PodDisruptionBudget")
+    assert pdb["spec"] == {
+        "minAvailable": 1,
+        "selector": {"matchLabels": {"app.kubernetes.io/name": "syncwatch", "app.kubernetes.io/instance": RELEASE}},
+    }
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    # nothing on the data volume: no claim, an emptyDir
+    assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes["syncwatch-data"]
+    spread = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread[0]["topologyKey"] == "kubernetes.io/hostname" and spread[0]["whenUnsatisfiable"] == "ScheduleAnyway"
+    # the DSN: a file from the Secret, named in the config, never in the ConfigMap or env
+    assert volumes["syncwatch-postgresql"]["secret"] == {
+        "secretName": "syncwatch-ledger",
+        "items": [{"key": "dsn", "path": "dsn"}],
+        "defaultMode": 0o440,
+    }
+    mounts = {m["name"]: m for m in container(objects)["volumeMounts"]}
+    assert mounts["syncwatch-postgresql"] == {
+        "name": "syncwatch-postgresql",
+        "mountPath": "/var/run/secrets/syncwatch/postgresql",
+        "readOnly": True,
+    }
+    _, cfg = rendered_config(objects)
+    assert cfg["storage"] == {
+        "backend": "postgresql",
+        "data_dir": "/var/lib/syncwatch",
+        "postgresql": {"dsn_file": "/var/run/secrets/syncwatch/postgresql/dsn", "statement_timeout": "5s"},
+    }
+    assert "postgresql://" not in json.dumps([manifest(o) for o in objects])
+
+
+def test_pdb_max_unavailable_instead_and_not_both():
+    objects = render(SCENARIOS["replicas-pdb-max-unavailable"])
+    assert one(objects, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in one(objects, "PodDisruptionBudget")["spec"]
+    pct = render(REPLICAS | {"podDisruptionBudget": {"minAvailable": "50%"}})
+    assert one(pct, "PodDisruptionBudget")["spec"]["minAvailable"] == "50%"
+    two = one(render(REPLICAS | {"podDisruptionBudget": {"minAvailable": 2}}), "PodDisruptionBudget")["spec"]
+    assert (two["minAvailable"], "maxUnavailable" in two) == (2, False)
+    assert "podDisruptionBudget: set minAvailable or maxUnavailable, not both" in _render_error(
+        REPLICAS | {"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}
+    )
+    assert not [
+        o for o in render(REPLICAS | {"podDisruptionBudget": {"enabled": False}}) if o["kind"] == "PodDisruptionBudget"
+    ]
+
+
+def test_one_replica_keeps_recreate_and_no_pdb():
+    for values in ({}, SCENARIOS["postgresql-dsn-env"]):
+        objects = render(values)
+        assert one(objects, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+        assert one(objects, "Deployment")["spec"]["replicas"] == 1
+        assert not [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    # PostgreSQL ledger, SQLite snapshots: the claim stays for the snapshots
+    assert [o for o in render(SCENARIOS["postgresql-dsn-env"]) if o["kind"] == "PersistentVolumeClaim"]
+
+
+def test_dsn_from_an_env_var_reaches_syncwatch(tmp_path):
+    objects = render(SCENARIOS["postgresql-dsn-env"])
+    env = {e["name"]: e for e in container(objects)["env"]}
+    assert env["LEDGER_DSN"]["valueFrom"] == {"secretKeyRef": {"name": "syncwatch-ledger", "key": "dsn"}}
+    assert "syncwatch-postgresql" not in {m["name"] for m in container(objects)["volumeMounts"]}
+    text, _ = rendered_config(objects)
+    (tmp_path / "config.yaml").write_text(text)
+    config = load_config(tmp_path / "config.yaml", environ={"LEDGER_DSN": "postgresql://sw:pw@db:5432/sw"})
+    assert config.storage.postgresql.dsn_env == "LEDGER_DSN"
+
+
+@pytest.mark.parametrize(
+    "values,where",
+    [
+        ({"replicaCount": 0}, "/replicaCount"),
+        ({"replicaCount": "3"}, "/replicaCount"),
+        ({"podDisruptionBudget": {"minAvailable": "half"}}, "/podDisruptionBudget/minAvailable"),
+        ({"postgresql": {"dsnSecret": {"name": "Bad_Name", "key": "dsn"}}}, "/postgresql/dsnSecret/name"),
+        (
+            {"postgresql": {"dsnSecret": {"name": "s", "key": "dsn", "env": "SYNCWATCH_PG_DSN"}}},
+            "/postgresql/dsnSecret/env",
+        ),
+        ({"postgresql": {"dsn": "postgresql://u:p@h/db"}}, "'dsn' not allowed"),
+        ({"databaseSecrets": {"r": {"db": {"key": "password"}}}}, "/databaseSecrets/r/db"),
+        ({"databaseSecrets": {"r": {"db": {"existingSecret": "s", "password": "p"}}}}, "'password' not allowed"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_schema_rejects_bad_replica_and_secret_values(values, where):
+    with helm.Chart.load(CHART) as chart:
+        with pytest.raises(helm.HelmValuesError) as exc:
+            chart.validate_schema(values)
+    assert where in str(exc.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconcilers' database passwords from Secrets (issue 14)
+
+
+def test_reconciler_database_passwords_come_from_secrets(tmp_path):
+    objects = render(DATABASE_SECRETS)
+    for obj in objects:
+        validate_manifest(obj)
+    spec = one(objects, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["name"]: m for m in container(objects)["volumeMounts"]}
+    env = {e["name"]: e for e in container(objects)["env"]}
+    # shop: a file from its Secret; erp: an env var from its Secret
+    shop = next(name for name, v in volumes.items() if v.get("secret", {}).get("secretName") == "shop-db-readonly")
+    assert volumes[shop]["secret"]["items"] == [{"key": "password", "path": "password"}]
+    assert mounts[shop]["mountPath"] == "/var/run/secrets/syncwatch/databases/shop-erp/shop"
+    assert mounts[shop]["readOnly"] is True
+    assert env["ERP_DB_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": "erp-db-readonly", "key": "pw"}}
+    assert not [v for v in volumes.values() if v.get("secret", {}).get("secretName") == "erp-db-readonly"]
+    text, cfg = rendered_config(objects)
+    databases = cfg["reconcilers"][0]["databases"]
+    assert databases["shop"] == {
+        "url": "postgresql://reconcile@shop-db:5432/shop",
+        "password_file": "/var/run/secrets/syncwatch/databases/shop-erp/shop/password",
+    }
+    assert databases["erp"] == {"url": "mysql://reconcile@erp-db:3306/erp", "password_env": "ERP_DB_PASSWORD"}
+    # syncwatch's own loader accepts it, the file at the same place under tmp_path
+    local = tmp_path / "var/run/secrets/syncwatch/databases/shop-erp/shop/password"
+    local.parent.mkdir(parents=True)
+    local.write_text("shop-pw\n")
+    text = text.replace("/var/run/secrets/syncwatch/databases", str(tmp_path / "var/run/secrets/syncwatch/databases"))
+    (tmp_path / "config.yaml").write_text(text)
+    config = load_config(tmp_path / "config.yaml", environ={"ERP_DB_PASSWORD": "erp-pw"})
+    from syncwatch.reconcile.sql_settings import SqlSettings
+
+    settings = SqlSettings.model_validate(config.reconcilers[0], context={"environ": {"ERP_DB_PASSWORD": "erp-pw"}})
+    environ = {"ERP_DB_PASSWORD": "erp-pw"}
+    assert settings.databases["shop"].password(environ) == "shop-pw"
+    assert settings.databases["erp"].password(environ) == "erp-pw"
+
+
+@pytest.mark.parametrize(
+    "secrets,message",
+    [
+        (
+            {"shop-crm": {"shop": {"existingSecret": "s"}}},
+            'databaseSecrets.shop-crm: config.reconcilers has no reconciler named "shop-crm"',
+        ),
+        (
+            {"shop-erp": {"wms": {"existingSecret": "s"}}},
+            'databaseSecrets.shop-erp.wms: reconciler "shop-erp" has no database named "wms" under databases',
+        ),
+    ],
+    ids=["unknown-reconciler", "unknown-database"],
+)
+def test_database_secrets_for_what_the_config_lacks_fail_naming_it(secrets, message):
+    assert message in _render_error({"config": {"reconcilers": [RECONCILER]}, "databaseSecrets": secrets})
+
+
+def test_database_secret_beside_a_password_key_fails():
+    reconciler = copy.deepcopy(RECONCILER)
+    reconciler["databases"]["shop"]["password_env"] = "SHOP_PW"
+    message = _render_error(
+        {"config": {"reconcilers": [reconciler]}, "databaseSecrets": DATABASE_SECRETS["databaseSecrets"]}
+    )
+    assert "databaseSecrets.shop-erp.shop: config.reconcilers[shop-erp].databases.shop already sets password_file" in (
+        message
+    )
+
+
+def test_readmes_replicas_example_renders_valid_and_syncwatch_loads_it(tmp_path):
+    values = yaml.safe_load((CHART / "examples" / "replicas-postgresql.yaml").read_text())
+    objects = render(values)
+    for obj in objects:
+        validate_manifest(obj)
+    assert one(objects, "Deployment")["spec"]["replicas"] == 3
+    assert one(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    report = helm.lint(CHART, values, strict=False, namespace=NAMESPACE)
+    assert not [m for m in report["messages"] if m["severity"] >= 3] + report["errors"]
+    text, _ = rendered_config(objects)
+    secrets = tmp_path / "var/run/secrets/syncwatch"
+    for path, content in {"api-token/token": "t", "databases/shop-erp/shop/password": "pw"}.items():
+        (secrets / path).parent.mkdir(parents=True, exist_ok=True)
+        (secrets / path).write_text(content)
+    (tmp_path / "config.yaml").write_text(text.replace("/var/run/secrets/syncwatch", str(secrets)))
+    config = load_config(tmp_path / "config.yaml", environ={"ERP_DB_PASSWORD": "pw"})
+    assert config.storage.backend == "postgresql"
+    assert config.snapshots.backend == "s3://acme-syncwatch/snapshots"
+    # the READMEs point at it
+    for readme in (ROOT / "README.md", CHART / "README.md"):
+        assert "examples/replicas-postgresql.yaml" in readme.read_text(), readme
+
+
+def test_sidecar_pod_monitor_labels_each_sidecars_ledger():
+    objects = render({"mode": "sidecar", "podMonitor": {"enabled": True}})
+    endpoint = one(objects, "PodMonitor")["spec"]["podMetricsEndpoints"][0]
+    assert {
+        "action": "replace",
+        "sourceLabels": ["__meta_kubernetes_pod_name"],
+        "targetLabel": "ledger",
+    } in endpoint["relabelings"]
+    standalone = one(render({"podMonitor": {"enabled": True}}), "PodMonitor")["spec"]["podMetricsEndpoints"][0]
+    assert "ledger" not in json.dumps(standalone)  # replicas of one ledger must aggregate

@@ -1,7 +1,8 @@
 """Issue 14's proof, end to end: a real sidecar reconciles the flash sale (storefront in PostgreSQL,
 ERP in MariaDB) while 20 of the orders also flowed through traced spans; exact counts in /metrics,
 the API and the CLI, agreement with the ledger on the traced ones, and four broken reconcilers
-counted by reason beside it with the sidecar healthy."""
+counted by reason beside it with the sidecar healthy. The flash sale runs with the ledger in SQLite
+and in PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 
 import pytest
 from otel_helpers import Integration
+from pg_support import scratch_database, storage_config
 from reconcile_support import SOURCE_QUERY, FlashSale, my_admin, reconciler_config, unique
 from sidecar import free_port
 
@@ -54,11 +56,22 @@ def wait(predicate, timeout=30.0, what=""):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_flash_sale_through_a_real_sidecar(tmp_path, dbs, erp_user, make_sidecar, capsys):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_storage(request, tmp_path):
+    """storage.* of the sidecars: the ledger in SQLite, or in a PostgreSQL database of this test's own
+    (the never-traced check then asks PostgreSQL which IDs the ledger has seen)."""
+    data_dir = {"data_dir": str(tmp_path / "data")}
+    if request.param == "sqlite":
+        yield data_dir
+        return
+    with scratch_database("syncwatch_reconcile") as db:
+        yield {**data_dir, **storage_config(db, tmp_path / "pg")}
+
+
+def test_flash_sale_through_a_real_sidecar(tmp_path, dbs, erp_user, make_sidecar, capsys, ledger_storage):
     sale = FlashSale.make()
     asyncio.run(sale.load(dbs))
-    data_dir = str(tmp_path / "data")
-    base = {"storage": {"data_dir": data_dir}, "api": {"token": TOKEN}}
+    base = {"storage": ledger_storage, "api": {"token": TOKEN}}
 
     # 1. The 20 traced orders reach the ledger: source spans for all, confirmations for those the ERP got.
     first = make_sidecar(base, name="tracing")
@@ -74,7 +87,7 @@ def test_flash_sale_through_a_real_sidecar(tmp_path, dbs, erp_user, make_sidecar
     wait(lambda: api(first, "/api/v1/transactions?state=overdue&flow=orders")["count"] == 5, what="5 overdue")
     first.stop()
 
-    # 2. The same data dir, now reconciling; four broken reconcilers beside the good one.
+    # 2. The same ledger, now reconciling; four broken reconcilers beside the good one.
     down = reconciler_config(dbs, name="erp-down")
     down["databases"]["erp"]["url"] = f"mysql://root@127.0.0.1:{free_port()}/{dbs.my}"
     wrong = reconciler_config(dbs, name="erp-wrong-password")

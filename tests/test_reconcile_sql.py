@@ -17,6 +17,7 @@ from sidecar import free_port
 
 from syncwatch.config.errors import ConfigError
 from syncwatch.config.models import default_flows
+from syncwatch.ledger.queries import LedgerQueries
 from syncwatch.reconcile.manager import ReconcileManager
 from syncwatch.reconcile.store import list_findings, store_path
 from syncwatch.settings import load_config
@@ -40,8 +41,9 @@ class Clock:
 
 
 def manager(tmp_path: Path, *configs: dict, clock=time.time, registry=None) -> ReconcileManager:
+    ledger = LedgerQueries(tmp_path / "ledger.db", clock)
     return ReconcileManager(
-        list(configs), default_flows(), tmp_path, tmp_path / "ledger.db", registry or CollectorRegistry(), clock=clock
+        list(configs), default_flows(), tmp_path, ledger, registry or CollectorRegistry(), clock=clock
     )
 
 

@@ -120,6 +120,7 @@ def test_a_correlation_id_over_the_limit_is_rejected_as_such(make_intake):
         out = await intake.export_logs(
             make_request(
                 {"corr": "x" * 65, "direction": "response", "body": "too long an ID"},
+                {"corr": "SO-1\nlevel=ERROR forged", "direction": "response", "body": "a newline in the ID"},
                 {"corr": "y" * 64, "direction": "response", "body": "fine"},
             )
         )
@@ -128,12 +129,14 @@ def test_a_correlation_id_over_the_limit_is_rejected_as_such(make_intake):
         return out, found
 
     (rejected, message), found = run(go())
-    assert (
-        rejected == 1 and message == "1 x correlation ID longer than 64 characters (limits.max_correlation_id_length)"
+    assert rejected == 2 and message == (
+        "1 x correlation ID longer than 64 characters (limits.max_correlation_id_length); "
+        "1 x correlation ID contains control characters"
     )
     assert sample(metrics, "syncwatch_dropped_total", reason="snapshot_correlation_id_too_long") == 1
+    assert sample(metrics, "syncwatch_dropped_total", reason="snapshot_correlation_id_invalid") == 1
     assert sample(metrics, "syncwatch_dropped_total", reason="snapshot_uncorrelated") == 0
-    assert sample(metrics, "syncwatch_snapshots_total", direction="response", result="dropped") == 1
+    assert sample(metrics, "syncwatch_snapshots_total", direction="response", result="dropped") == 2
     assert [s.body for s in found] == [b"fine"]
 
 

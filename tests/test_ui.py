@@ -1,6 +1,6 @@
 """Web view over a real aiohttp server: the login cookie, the lists, one transaction's page, and
-hostile data rendered as text. The ledger is the one tests/test_api.py builds (the writer's shape);
-snapshots go through the real SnapshotIntake."""
+hostile data rendered as text. The ledger is the one tests/test_api.py builds (the writer's shape),
+on SQLite and on PostgreSQL; snapshots go through the real SnapshotIntake."""
 
 import asyncio
 import re
@@ -8,7 +8,8 @@ import re
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from api_data import NOW, TOKEN, TRACE, build_ledger, make_config, span
+from api_data import NOW, TOKEN, TRACE, make_config, span, write_ledger
+from pg_support import reset, scratch_database, storage_config
 from snapshot_data import Clock, make_request, order_body
 
 from syncwatch.api.routes import setup_api
@@ -21,11 +22,22 @@ from syncwatch.ui.views import human
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 
-@pytest.fixture
-def config(tmp_path):
-    cfg = make_config(tmp_path)
-    cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    build_ledger(cfg.storage.ledger_path)
+@pytest.fixture(scope="module")
+def pg_ledger_db():
+    with scratch_database("syncwatch_ui") as name:
+        yield name
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.databases)])
+def config(request, tmp_path):
+    """The same ledger rows on each backend; the web view reads whichever the config names."""
+    storage = None
+    if request.param == "postgresql":
+        db = request.getfixturevalue("pg_ledger_db")
+        reset(db)
+        storage = storage_config(db, tmp_path)
+    cfg = make_config(tmp_path, storage=storage)
+    write_ledger(cfg)
     return cfg
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from syncwatch.config.models import Config
-from syncwatch.ledger.queries import BadCursor
+from syncwatch.ledger.read_model import BadCursor
 from syncwatch.reconcile.base import KINDS
 from syncwatch.reconcile.store import MAX_PAGE, list_findings, store_path
 

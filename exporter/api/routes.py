@@ -23,7 +23,8 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from syncwatch.config.models import Config
-from syncwatch.ledger.queries import MAX_PAGE, STATES, BadCursor, LedgerQueries
+from syncwatch.ledger.read_model import MAX_PAGE, STATES, BadCursor
+from syncwatch.ledger.reader import LedgerUnavailable, open_queries
 
 log = logging.getLogger("syncwatch.api")
 
@@ -35,6 +36,8 @@ CLOSED_MESSAGE = (
 DESTINATION_TIMES = ("changed_at", "opened_at", "deadline", "closed_at")
 SPAN_TIMES = ("start", "end")
 LIST_TIMES = ("changed_at", "opened_at", "deadline", "closed_at", "first_at", "last_at")
+# Seconds a client waits before asking again when the ledger cannot be read (its database is down).
+LEDGER_RETRY_AFTER = "5"
 
 
 def iso(ts: float | None) -> str | None:
@@ -176,6 +179,13 @@ def _error(status: int, message: str, **headers) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers or None)
 
 
+def ledger_unavailable(exc: LedgerUnavailable) -> web.Response:
+    """503 + Retry-After: the ledger's database cannot answer now; the process stays up and the
+    next request tries again. Logged with the reason (never the DSN)."""
+    log.warning("query API: %s", exc)
+    return _error(503, f"{exc}; retry later", **{"Retry-After": LEDGER_RETRY_AFTER})
+
+
 def setup_api(app: web.Application, *, config: Config, snapshots=None, clock: Callable[[], float] = time.time) -> None:
     """Add the /api/v1 routes to the sidecar's HTTP app."""
     try:
@@ -186,7 +196,7 @@ def setup_api(app: web.Application, *, config: Config, snapshots=None, clock: Ca
     expected = token.encode() if token else None
     if expected is None:
         log.warning(CLOSED_MESSAGE)
-    queries = LedgerQueries(config.storage.ledger_path, clock)
+    queries = open_queries(config, clock)
 
     def authorize(request: web.Request) -> web.Response | None:
         if expected is None:
@@ -223,6 +233,8 @@ def setup_api(app: web.Application, *, config: Config, snapshots=None, clock: Ca
             )
         except BadCursor as exc:
             return _error(400, str(exc))
+        except LedgerUnavailable as exc:
+            return ledger_unavailable(exc)
         return web.json_response(
             {
                 "state": state,
@@ -238,7 +250,10 @@ def setup_api(app: web.Application, *, config: Config, snapshots=None, clock: Ca
         if (denied := authorize(request)) is not None:
             return denied
         corr = request.match_info["correlation_id"]
-        record = await asyncio.to_thread(queries.timeline, corr)
+        try:
+            record = await asyncio.to_thread(queries.timeline, corr)
+        except LedgerUnavailable as exc:
+            return ledger_unavailable(exc)
         snaps, snapshot_error = [], None
         if snapshots is not None:
             try:

@@ -16,6 +16,7 @@ from syncwatch.cli.transactions import add_subcommands as add_transactions
 from syncwatch.config.errors import ConfigError, SyncwatchError
 from syncwatch.config.models import Config
 from syncwatch.demo import add_subcommand as add_demo
+from syncwatch.ledger.reader import ledger_location
 from syncwatch.settings import load_config
 
 
@@ -49,7 +50,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     flows = ", ".join(f"{name} ({flow.deadline:g}s)" for name, flow in config.flows.items())
     print(f"{args.file}: OK")
     print(f"  flows: {flows}")
-    print(f"  ledger: {config.storage.ledger_path}")
+    print(f"  ledger: {ledger_location(config)}")
     print(f"  collectors: {len(config.collectors)}")
     print(f"  reconcilers: {len(config.reconcilers)}")
     print(f"  snapshots: {config.snapshots.backend}, retention {config.snapshots.retention / 3600:g}h")

@@ -28,12 +28,13 @@ def _ts(value: float) -> str:
 async def _test_all(config: Any, out: TextIO) -> int:
     import tempfile
 
+    from syncwatch.ledger.reader import open_queries
     from syncwatch.reconcile.manager import ReconcileManager
 
     # A scratch findings file: a test run must not move the sidecar's windows or touch its findings.
     with tempfile.TemporaryDirectory(prefix="syncwatch-reconcile-test-") as tmp:
         manager = ReconcileManager(
-            config.reconcilers, config.flows, Path(tmp), config.storage.ledger_path, CollectorRegistry()
+            config.reconcilers, config.flows, Path(tmp), open_queries(config), CollectorRegistry()
         )
         try:
             await manager.run_once(dry_run=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from syncwatch.config.errors import SyncwatchError
-from syncwatch.ledger.queries import STATES
+from syncwatch.ledger.read_model import STATES
 
 DEFAULT_URL = "http://127.0.0.1:9873"
 

@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from syncwatch.config.models import FlowConfig
-from syncwatch.ledger.queries import LedgerQueries
+from syncwatch.ledger.reader import LedgerReader, LedgerUnavailable
 from syncwatch.reconcile.base import KINDS, DestinationRow, ReconcileError, Reconciler, SourceRow
 from syncwatch.reconcile.config import load_reconcilers_section
 from syncwatch.reconcile.metrics import ReconcileMetrics
@@ -107,7 +107,7 @@ class ReconcilerRunner:
         reconciler: Reconciler,
         flows: Mapping[str, FlowConfig],
         store: FindingStore,
-        ledger: LedgerQueries,
+        ledger: LedgerReader,
         metrics: ReconcileMetrics,
         clock: Callable[[], float],
     ):
@@ -186,7 +186,10 @@ class ReconcilerRunner:
         async def check(page: list[SourceRow], recheck: bool = False) -> None:
             dest = await self.reconciler.destination_lookup(flow, [r.id for r in page])
             corrs = [template.replace("{id}", r.id) for r in page if r.changed_at <= judge_before]
-            ledger = await asyncio.to_thread(self.ledger.states_of, flow, corrs)
+            try:
+                ledger = await asyncio.to_thread(self.ledger.states_of, flow, corrs)
+            except LedgerUnavailable as exc:  # the never-traced check cannot be made: the run fails, counted
+                raise ReconcileError("unreachable", str(exc)) from None
             if recheck:
                 result.rechecked += len(page)
             else:
@@ -263,7 +266,7 @@ class ReconcileManager:
         reconcilers: list[dict[str, Any]],
         flows: Mapping[str, FlowConfig],
         data_dir: Path,
-        ledger_path: Path,
+        ledger: LedgerReader,
         registry: CollectorRegistry,
         clock: Callable[[], float] = time.time,
     ):
@@ -272,7 +275,6 @@ class ReconcileManager:
         from syncwatch.reconcile.store import store_path
 
         self.store = FindingStore(store_path(data_dir))
-        ledger = LedgerQueries(ledger_path, clock)
         self.runners = [
             ReconcilerRunner(cls(settings), flows, self.store, ledger, self.metrics, clock) for cls, settings in parsed
         ]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from syncwatch.ledger.queries import BadCursor, decode_cursor, encode_cursor
+from syncwatch.ledger.read_model import BadCursor, decode_cursor, encode_cursor
 from syncwatch.reconcile.base import KINDS
 
 FILE_NAME = "reconcile.db"

@@ -170,6 +170,11 @@ class SnapshotIntake:
                     "(limits.max_correlation_id_length)"
                 )
                 problems[problem] = problems.get(problem, 0) + 1
+            elif rec.corr_invalid:
+                # A newline in an ID forges log lines and breaks every list that shows it (as for spans).
+                self._drop(rec.direction, "snapshot_correlation_id_invalid", 1)
+                problem = "correlation ID contains control characters"
+                problems[problem] = problems.get(problem, 0) + 1
             elif rec.corr is None:
                 self._drop(rec.direction, "snapshot_uncorrelated", 1)
                 problem = "payload log record without a correlation ID attribute"

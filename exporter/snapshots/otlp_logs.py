@@ -14,6 +14,8 @@ from typing import Any
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from syncwatch.intake.ids import correlation_problem
+
 DIRECTION_ATTR = "syncwatch.payload.direction"
 DIRECTIONS = ("request", "response")
 FLOW_ATTR = "syncwatch.flow"
@@ -35,6 +37,7 @@ class PayloadRecord:
     flow: str | None
     destination: str | None
     corr_too_long: bool = False  # the ID attribute is there, longer than the limit (corr is None)
+    corr_invalid: bool = False  # the ID attribute is there, with control characters (corr is None)
     source: str | None = None
     idempotency_key: str | None = None
     record_id: str | None = None
@@ -82,13 +85,15 @@ def payload_records(
                 if direction not in DIRECTIONS:
                     direction = "invalid"
                 corr = None
-                too_long = False
+                too_long = invalid = False
                 for key in correlation_keys:  # the first one present decides, as for spans
                     if key in attrs:
                         value = _scalar_attr(attrs[key])
                         if value:
-                            too_long = len(value) > max_correlation_id
-                            corr = None if too_long else value
+                            problem = correlation_problem(value, max_correlation_id)
+                            too_long = problem is not None and len(value) > max_correlation_id
+                            invalid = problem is not None and not too_long
+                            corr = None if problem else value
                             break
                 destination = None
                 for key in DESTINATION_ATTRS:
@@ -111,6 +116,7 @@ def payload_records(
                     flow=_scalar_attr(attrs[FLOW_ATTR]) if FLOW_ATTR in attrs else None,
                     destination=destination,
                     corr_too_long=too_long,
+                    corr_invalid=invalid,
                     source=_scalar_attr(attrs[SOURCE_ATTR]) if SOURCE_ATTR in attrs else None,
                     idempotency_key=_scalar_attr(attrs[IDEMPOTENCY_KEY_ATTR])
                     if IDEMPOTENCY_KEY_ATTR in attrs

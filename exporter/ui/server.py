@@ -15,7 +15,8 @@ from aiohttp import web
 
 from syncwatch.api.routes import CLOSED_MESSAGE, _attach_snapshots, _log_text
 from syncwatch.config.models import Config
-from syncwatch.ledger.queries import MAX_PAGE, STATES, BadCursor, LedgerQueries
+from syncwatch.ledger.read_model import MAX_PAGE, STATES, BadCursor
+from syncwatch.ledger.reader import LedgerUnavailable, open_queries
 from syncwatch.ui import views
 from syncwatch.ui.auth import COOKIE, cookie_ok, safe_next, session_value, token_ok
 from syncwatch.ui.templates import render
@@ -56,7 +57,7 @@ def setup_ui(
     except OSError:
         token_text = None
     token = token_text.encode() if token_text else None
-    queries = LedgerQueries(config.storage.ledger_path, clock)
+    queries = open_queries(config, clock)
     flows = sorted(config.flows)
 
     def base(active: str, **more: Any) -> dict[str, Any]:
@@ -126,11 +127,17 @@ def setup_ui(
         cursor = q.get("cursor") or None
         items: list[dict[str, Any]] = []
         next_cursor = None
+        status = 200
         if error is None:
             try:
                 items, next_cursor = await asyncio.to_thread(queries.reconciliation, state, flow, limit, cursor)
             except BadCursor as exc:
-                error = str(exc)
+                error, status = str(exc), 400
+            except LedgerUnavailable as exc:
+                log.warning("web view: %s", exc)
+                error, status = f"{exc}; try again in a moment", 503
+        else:
+            status = 400
         marked = set()
         if dead_letters is not None and items:
             marked = await asyncio.to_thread(dead_letters.dead_lettered, {it["correlation_id"] for it in items})
@@ -169,13 +176,17 @@ def setup_ui(
                 next_url=url(cursor=next_cursor) if next_cursor else None,
             )
 
-        return _page(await asyncio.to_thread(render_page), 400 if error else 200)
+        return _page(await asyncio.to_thread(render_page), status)
 
     async def transaction(request: web.Request) -> web.Response:
         if (no := denied(request)) is not None:
             return no
         corr = request.match_info["correlation_id"]
-        record = await asyncio.to_thread(queries.timeline, corr)
+        try:
+            record = await asyncio.to_thread(queries.timeline, corr)
+        except LedgerUnavailable as exc:
+            log.warning("web view: %s", exc)
+            return _page(render("unavailable", **base(""), message=f"{exc}; try again in a moment"), 503)
         snaps: list[Any] = []
         snapshot_error = None
         if snapshots is not None:

@@ -61,6 +61,10 @@ CLOSED = """{% extends "base" %}{% block title %}closed{% endblock %}{% block ma
 <p class="err">{{ message }}</p>{% endblock %}
 """
 
+UNAVAILABLE = """{% extends "base" %}{% block title %}ledger unavailable{% endblock %}{% block main %}
+<p class="err" id="unavailable">{{ message }}</p>{% endblock %}
+"""
+
 LIST = """{% extends "base" %}{% block title %}{{ state }}{% if flow %} · {{ flow }}{% endif %}{% endblock %}{% block main %}
 <h2>{{ state }} transactions{% if flow %} of flow <code>{{ flow }}</code>{% endif %}</h2>
 <form class="filters" method="get" action="/ui/transactions">
@@ -165,6 +169,7 @@ ENV = Environment(
             "base": BASE,
             "login": LOGIN,
             "closed": CLOSED,
+            "unavailable": UNAVAILABLE,
             "list": LIST,
             "tx": TX,
             "snapshot": SNAPSHOT,

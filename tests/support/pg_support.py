@@ -19,10 +19,11 @@ def dsn(db: str, port: int = PG_PORT) -> str:
 
 
 @contextmanager
-def scratch_database(prefix: str = "syncwatch_test") -> Iterator[str]:
+def scratch_database(prefix: str = "syncwatch_test", options: str = "") -> Iterator[str]:
+    """`options`: more CREATE DATABASE options, e.g. a collation other than the server's default."""
     name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(dsn("postgres"), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}" {options}')
     try:
         yield name
     finally:

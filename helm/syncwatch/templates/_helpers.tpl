@@ -62,6 +62,99 @@ app.kubernetes.io/part-of: syncwatch
 {{- define "syncwatch.configDir" -}}/etc/syncwatch{{- end }}
 {{- define "syncwatch.dataDir" -}}/var/lib/syncwatch{{- end }}
 {{- define "syncwatch.apiTokenDir" -}}/var/run/secrets/syncwatch/api-token{{- end }}
+{{- define "syncwatch.postgresqlDir" -}}/var/run/secrets/syncwatch/postgresql{{- end }}
+{{- define "syncwatch.databasesDir" -}}/var/run/secrets/syncwatch/databases{{- end }}
+
+{{/* The storage and snapshot backends the config asks for, and whether anything lives on the data volume. */}}
+{{- define "syncwatch.ledgerBackend" -}}
+{{- $storage := default dict (default dict .Values.config).storage -}}
+{{- default "sqlite" $storage.backend -}}
+{{- end }}
+
+{{- define "syncwatch.snapshotsLocal" -}}
+{{- $snap := default dict (default dict .Values.config).snapshots -}}
+{{- $on := true -}}
+{{- if hasKey $snap "enabled" }}{{ $on = $snap.enabled }}{{ end -}}
+{{- if and $on (not (hasPrefix "s3://" (default "sqlite" $snap.backend))) }}true{{ end -}}
+{{- end }}
+
+{{/* "true" when the SQLite ledger or the SQLite snapshot store keeps data on the data volume. */}}
+{{- define "syncwatch.needsDataVolume" -}}
+{{- if or (eq (include "syncwatch.ledgerBackend" .) "sqlite") (include "syncwatch.snapshotsLocal" .) }}true{{ end -}}
+{{- end }}
+
+{{/*
+The reconcilers' database Secrets (databaseSecrets: reconciler -> database -> Secret), as a list
+of dicts {reconciler, database, secret, key, env, volume, dir}, sorted; fails on a reconciler or
+database the config does not have, so a typo cannot leave a database without its password.
+*/}}
+{{- define "syncwatch.databaseSecretList" -}}
+{{- $v := .Values -}}
+{{- $reconcilers := dict -}}
+{{- range (default list (default dict $v.config).reconcilers) }}
+{{- $_ := set $reconcilers .name (default dict .databases) -}}
+{{- end -}}
+{{- $out := list -}}
+{{- $i := 0 -}}
+{{- range $rname := keys (default dict $v.databaseSecrets) | sortAlpha }}
+{{- $dbs := get $v.databaseSecrets $rname -}}
+{{- if not (hasKey $reconcilers $rname) }}
+{{- fail (printf "databaseSecrets.%s: config.reconcilers has no reconciler named %q" $rname $rname) }}
+{{- end }}
+{{- range $dname := keys $dbs | sortAlpha }}
+{{- $ref := get $dbs $dname -}}
+{{- $db := get (get $reconcilers $rname) $dname -}}
+{{- if not $db }}
+{{- fail (printf "databaseSecrets.%s.%s: reconciler %q has no database named %q under databases" $rname $dname $rname $dname) }}
+{{- end }}
+{{- if or $db.password_file $db.password_env }}
+{{- fail (printf "databaseSecrets.%s.%s: config.reconcilers[%s].databases.%s already sets password_file or password_env; set one or the other" $rname $dname $rname $dname) }}
+{{- end }}
+{{- $out = append $out (dict "reconciler" $rname "database" $dname "secret" $ref.existingSecret "key" (default "password" $ref.key) "env" (default "" $ref.env) "volume" (printf "syncwatch-db-%d" $i) "dir" (printf "%s/%s/%s" (include "syncwatch.databasesDir" $) $rname $dname)) -}}
+{{- $i = add1 $i -}}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+Checks across values that the schema cannot express. Each failure names the keys to change.
+Rendered by the ConfigMap, which both modes render.
+*/}}
+{{- define "syncwatch.validate" -}}
+{{- $v := .Values -}}
+{{- $backend := include "syncwatch.ledgerBackend" . -}}
+{{- $storage := default dict (default dict $v.config).storage -}}
+{{- $pg := default dict $storage.postgresql -}}
+{{- $replicas := int $v.replicaCount -}}
+{{- if gt $replicas 1 }}
+{{- if eq $v.mode "sidecar" }}
+{{- fail (printf "replicaCount: %d: sidecar mode runs one syncwatch in each integration pod; scale the integration's own Deployment, not replicaCount" $replicas) }}
+{{- end }}
+{{- if ne $backend "postgresql" }}
+{{- fail (printf "replicaCount: %d replicas need the ledger in PostgreSQL: the embedded SQLite ledger is one file on one pod's volume. Set config.storage.backend: postgresql and postgresql.dsnSecret.name (README: Running against PostgreSQL), or replicaCount: 1" $replicas) }}
+{{- end }}
+{{- if include "syncwatch.snapshotsLocal" . }}
+{{- fail (printf "replicaCount: %d replicas need the payload snapshots in S3: the sqlite snapshot store is one file on one pod's volume. Set config.snapshots.backend: s3://bucket/prefix (or config.snapshots.enabled: false), or replicaCount: 1" $replicas) }}
+{{- end }}
+{{- end }}
+{{- if and $v.postgresql.dsnSecret.name (ne $backend "postgresql") }}
+{{- fail "postgresql.dsnSecret.name is set but config.storage.backend is not postgresql: set config.storage.backend: postgresql, or remove the Secret" }}
+{{- end }}
+{{- if eq $backend "postgresql" }}
+{{- if and $v.postgresql.dsnSecret.name (or $pg.dsn_file $pg.dsn_env) }}
+{{- fail "config.storage.postgresql.dsn_file / dsn_env and postgresql.dsnSecret.name are both set: the chart mounts the Secret and sets the key itself; keep one" }}
+{{- end }}
+{{- if not (or $v.postgresql.dsnSecret.name $pg.dsn_file $pg.dsn_env) }}
+{{- fail "config.storage.backend: postgresql needs the DSN from a Secret: set postgresql.dsnSecret.name (and .key) to an existing Secret holding postgresql://user:password@host:5432/db" }}
+{{- end }}
+{{- end }}
+{{- $pdb := $v.podDisruptionBudget -}}
+{{- if and $pdb.enabled (not (kindIs "invalid" $pdb.minAvailable)) (not (kindIs "invalid" $pdb.maxUnavailable)) }}
+{{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both" }}
+{{- end }}
+{{- $_ := include "syncwatch.databaseSecretList" . -}}
+{{- end }}
 
 {{/*
 The syncwatch config file (exporter/config/models.py's shape). .Values.config is passed through;
@@ -78,7 +171,35 @@ In sidecar mode OTLP binds to localhost only: the integration's SDK shares the p
       "otlp_http" (printf "%s:%d" $otlpHost (int $v.ports.otlpHttp))) -}}
 {{- $storage := deepCopy (default dict $cfg.storage) -}}
 {{- $_ := set $storage "data_dir" (include "syncwatch.dataDir" .) -}}
+{{- with $v.postgresql.dsnSecret.name }}
+{{- $pg := deepCopy (default dict $storage.postgresql) -}}
+{{- if $v.postgresql.dsnSecret.env }}
+{{- $_ := set $pg "dsn_env" $v.postgresql.dsnSecret.env -}}
+{{- else }}
+{{- $_ := set $pg "dsn_file" (printf "%s/%s" (include "syncwatch.postgresqlDir" $) $v.postgresql.dsnSecret.key) -}}
+{{- end }}
+{{- $_ := set $storage "postgresql" $pg -}}
+{{- end }}
 {{- $_ := set $cfg "storage" $storage -}}
+{{- $dbSecrets := include "syncwatch.databaseSecretList" . | fromJsonArray -}}
+{{- if $dbSecrets }}
+{{- $reconcilers := list -}}
+{{- range $cfg.reconcilers }}
+{{- $r := . -}}
+{{- range $dbSecrets }}
+{{- if eq .reconciler $r.name }}
+{{- $db := get $r.databases .database -}}
+{{- if .env }}
+{{- $_ := set $db "password_env" .env -}}
+{{- else }}
+{{- $_ := set $db "password_file" (printf "%s/%s" .dir .key) -}}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $reconcilers = append $reconcilers $r -}}
+{{- end }}
+{{- $_ := set $cfg "reconcilers" $reconcilers -}}
+{{- end }}
 {{- if $v.apiToken.existingSecret -}}
 {{- $_ := set $cfg "api" (dict "token_file" (printf "%s/%s" (include "syncwatch.apiTokenDir" .) $v.apiToken.key)) -}}
 {{- end -}}
@@ -127,6 +248,22 @@ integration's chart (see "syncwatch.sidecar.container").
           key: {{ $ref.key }}
     {{- end }}
     {{- end }}
+    {{- if and $v.postgresql.dsnSecret.name $v.postgresql.dsnSecret.env }}
+    - name: {{ $v.postgresql.dsnSecret.env }}
+      valueFrom:
+        secretKeyRef:
+          name: {{ $v.postgresql.dsnSecret.name }}
+          key: {{ $v.postgresql.dsnSecret.key }}
+    {{- end }}
+    {{- range (include "syncwatch.databaseSecretList" . | fromJsonArray) }}
+    {{- if .env }}
+    - name: {{ .env }}
+      valueFrom:
+        secretKeyRef:
+          name: {{ .secret }}
+          key: {{ .key }}
+    {{- end }}
+    {{- end }}
     {{- with $v.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -171,6 +308,18 @@ integration's chart (see "syncwatch.sidecar.container").
       mountPath: {{ include "syncwatch.apiTokenDir" . }}
       readOnly: true
     {{- end }}
+    {{- if and $v.postgresql.dsnSecret.name (not $v.postgresql.dsnSecret.env) }}
+    - name: syncwatch-postgresql
+      mountPath: {{ include "syncwatch.postgresqlDir" . }}
+      readOnly: true
+    {{- end }}
+    {{- range (include "syncwatch.databaseSecretList" . | fromJsonArray) }}
+    {{- if not .env }}
+    - name: {{ .volume }}
+      mountPath: {{ .dir }}
+      readOnly: true
+    {{- end }}
+    {{- end }}
     {{- with $v.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -194,6 +343,26 @@ integration's chart (see "syncwatch.sidecar.container").
         path: {{ $v.apiToken.key }}
     {{- /* Standalone: group-readable through fsGroup. A sidecar cannot rely on the integration's fsGroup. */}}
     defaultMode: {{ if eq $v.mode "sidecar" }}0444{{ else }}0440{{ end }}
+{{- end }}
+{{- if and $v.postgresql.dsnSecret.name (not $v.postgresql.dsnSecret.env) }}
+- name: syncwatch-postgresql
+  secret:
+    secretName: {{ $v.postgresql.dsnSecret.name }}
+    items:
+      - key: {{ $v.postgresql.dsnSecret.key }}
+        path: {{ $v.postgresql.dsnSecret.key }}
+    defaultMode: {{ if eq $v.mode "sidecar" }}0444{{ else }}0440{{ end }}
+{{- end }}
+{{- range (include "syncwatch.databaseSecretList" . | fromJsonArray) }}
+{{- if not .env }}
+- name: {{ .volume }}
+  secret:
+    secretName: {{ .secret }}
+    items:
+      - key: {{ .key }}
+        path: {{ .key }}
+    defaultMode: {{ if eq $v.mode "sidecar" }}0444{{ else }}0440{{ end }}
+{{- end }}
 {{- end }}
 {{- with $v.extraVolumes }}
 {{ toYaml . }}
@@ -236,6 +405,13 @@ checksum/syncwatch-config: {{ include "syncwatch.configChecksum" . }}
 - action: replace
   targetLabel: job
   replacement: {{ .Values.monitoring.jobLabel }}
+{{- end }}
+{{- if eq .Values.mode "sidecar" }}
+{{- /* Each sidecar keeps its own ledger: the alert rules aggregate replicas over instance and pod,
+       and this label keeps the sidecars of one job apart (alerts/generate.py, replica_labels). */}}
+- action: replace
+  sourceLabels: [__meta_kubernetes_pod_name]
+  targetLabel: ledger
 {{- end }}
 {{- with .Values.monitoring.relabelings }}
 {{ toYaml . }}
