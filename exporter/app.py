@@ -76,7 +76,7 @@ class App:
         self.dead_letters = self.collectors.dead_letters if self.collectors is not None else None
         self.reconcilers = self._make_reconcilers()
         self.ready = False
-        self._leading_services = False  # collectors and reconcilers run (on the leader only)
+        self._leading_services: bool | None = None  # collectors and reconcilers run (leader only)
         self._role_task: asyncio.Task[None] | None = None
         self._runners: list[web.AppRunner] = []
         self._grpc = None
@@ -196,11 +196,10 @@ class App:
         return runner.addresses[0][1] if runner.addresses else port
 
     async def _follow_role(self) -> None:
-        """Collectors and reconcilers run on the leader only; a follower exports none of their gauges."""
+        """Collectors and reconcilers run on the leader only; a follower exports none of their gauges
+        (at start too: the series registered at construction go until this replica leads)."""
         leading = self.writer.leading
         if leading == self._leading_services:
-            if not leading:  # at start: series registered at construction go until this replica leads
-                self._pause_services()
             return
         self._leading_services = leading
         if leading:
@@ -209,19 +208,10 @@ class App:
             if self.reconcilers is not None:
                 await self.reconcilers.resume()
         else:
-            await self._pause_services_async()
-
-    def _pause_services(self) -> None:
-        if self.collectors is not None:
-            self.collectors.metrics.forget_gauges()
-        if self.reconcilers is not None:
-            self.reconcilers.metrics.forget_gauges()
-
-    async def _pause_services_async(self) -> None:
-        if self.collectors is not None:
-            await self.collectors.pause()
-        if self.reconcilers is not None:
-            await self.reconcilers.pause()
+            if self.collectors is not None:
+                await self.collectors.pause()
+            if self.reconcilers is not None:
+                await self.reconcilers.pause()
 
     async def _watch_role(self) -> None:
         while True:
