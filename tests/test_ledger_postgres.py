@@ -268,3 +268,25 @@ def test_handed_off_batches_are_applied_once_by_the_leader(pg_db, tmp_path):
         leader.ledger.close()
         follower.close()
         lease.stop()
+
+
+def test_a_fence_check_that_times_out_leaves_no_transaction_open(pg_db, tmp_path):
+    """A fence check that fails on the server (here: it waits past statement_timeout for the lease
+    row) ends its transaction: the next batch starts cleanly instead of failing forever."""
+    reset(pg_db)
+    storage = storage_config(pg_db, tmp_path)
+    storage["postgresql"]["statement_timeout"] = "1s"
+    lease = Lease(dsn(pg_db), 4.0, 5)
+    ledger = Ledger(make_config(storage), Metrics(CollectorRegistry()), clock=lambda: T0)
+    try:
+        lease.renew()
+        ledger.store.fence = (lease.holder, 1)
+        with psycopg.connect(dsn(pg_db)) as blocker:
+            blocker.execute("SELECT * FROM leader_lease FOR UPDATE")  # e.g. a new term being written
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                ledger.record([ev(STAGE_SOURCE, "blocked", T0)])
+        ledger.record([ev(STAGE_SOURCE, "after", T0)])
+        assert open_corrs(pg_db) == {"after"}
+    finally:
+        ledger.close()
+        lease.stop()

@@ -241,6 +241,7 @@ class PostgresStore:
             fenced = self._fenced(conn)
         except psycopg.Error:
             self._drop_broken()
+            self.rollback()  # a failed check (a timeout) must not leave the transaction open
             raise
         if not fenced:
             conn.execute("ROLLBACK")
