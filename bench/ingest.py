@@ -16,6 +16,7 @@
 
 Usage: .venv/bin/python bench/ingest.py [--requests 300] [--rounds 3] [--pending 1000000] [--sustained 3000]
        [--rules [--rules-rounds 3]]
+       .venv/bin/python bench/ingest.py --backend postgresql [--replicas 2]
 Targets (issue 2): >= 50,000 spans/s and >= half the same-run ceiling; <= 1 KiB per pending; reload <= 30 s.
 Target (issue 13): with --rules, >= 0.4 of the same-run ceiling.
 """
@@ -458,6 +459,9 @@ def main() -> None:
         "--rules-rounds", type=int, default=1, help="with --rules: rounds of the rules case (the median counts)"
     )
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="with --backend postgresql: also measure this many replicas"
+    )
     args = parser.parse_args()
     if args.backend == "postgresql":
         return postgres_main(args)
@@ -541,41 +545,96 @@ def main() -> None:
 def postgres_main(args: argparse.Namespace) -> None:
     """--backend postgresql: spans/s into one sidecar whose ledger is on the machine's PostgreSQL
     (127.0.0.1:5432, a scratch database), and PostgreSQL's own cost per ledger transaction from
-    pg_stat_database (rows written) and the WAL position (bytes; includes the server's other users)."""
+    pg_stat_database (rows written) and the WAL position (bytes; includes the server's other users).
+    With --replicas 2, the same again into two sidecars on that database, the requests alternating
+    between them (one leads, the other hands its batches off): acknowledged spans/s (durable in
+    PostgreSQL) and applied spans/s (until the leader's handoff backlog is empty)."""
     import psycopg
-    from pg_support import dsn, scratch_database, storage_config
+    from pg_support import dsn, reset, scratch_database, storage_config
 
     t0 = time.time() - 3600
     results = []
+    counts = (1, args.replicas) if args.replicas > 1 else (1,)
     with tempfile.TemporaryDirectory() as tmp, scratch_database("syncwatch_bench") as db:
         for name, uuid_ids in (("order-number IDs", False), ("random UUID IDs", True)):
             bodies = [build_request(b, t0, uuid_ids) for b in range(args.requests)]
-            runs = []
-            for i in range(2):  # each into an empty ledger
-                with psycopg.connect(dsn("postgres"), autocommit=True) as admin:
-                    lsn0 = admin.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
-                    rows0 = _pg_rows_written(admin, db)
-                    workdir = Path(tmp) / f"{name.split()[0]}-{i}"
-                    rate = whole_path(bodies, workdir, storage=storage_config(db, workdir))[0]
-                    time.sleep(1.5)  # the sidecar's backend flushes its statistics as it exits
-                    wal = admin.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn0,)).fetchone()[0]
-                    rows = _pg_rows_written(admin, db) - rows0
-                with psycopg.connect(dsn(db)) as conn:
-                    q = "SELECT (SELECT count(*) FROM open_tx) + (SELECT count(*) FROM closed_tx)"
-                    txs = conn.execute(q).fetchone()[0]
-                    conn.execute("TRUNCATE open_tx, closed_tx, applies")
-                runs.append((rate, float(wal) / txs, rows / txs, txs))
-            best = max(runs)
-            results.append((name, best[0], min(r[1] for r in runs), sum(r[2] for r in runs) / 2, best[3]))
+            for n in counts:
+                runs = []
+                for i in range(2):  # each into an empty ledger
+                    with psycopg.connect(dsn("postgres"), autocommit=True) as admin:
+                        lsn0 = admin.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+                        rows0 = _pg_rows_written(admin, db)
+                        workdir = Path(tmp) / f"{name.split()[0]}-{n}-{i}"
+                        if n == 1:
+                            rate = applied = whole_path(bodies, workdir, storage=storage_config(db, workdir))[0]
+                        else:
+                            rate, applied = replicas_path(bodies, workdir, n, db)
+                        time.sleep(1.5)  # the sidecars' backends flush their statistics as they exit
+                        q = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)"
+                        wal = admin.execute(q, (lsn0,)).fetchone()[0]
+                        rows = _pg_rows_written(admin, db) - rows0
+                    with psycopg.connect(dsn(db)) as conn:
+                        q = "SELECT (SELECT count(*) FROM open_tx) + (SELECT count(*) FROM closed_tx)"
+                        txs = conn.execute(q).fetchone()[0]
+                    reset(db)
+                    runs.append((rate, applied, float(wal) / txs, rows / txs, txs))
+                best = max(runs)
+                wal = min(r[2] for r in runs)
+                results.append((name, n, best[0], best[1], wal, sum(r[3] for r in runs) / 2, best[4]))
     print(
-        f"requests: {args.requests} x {SPANS_PER_REQUEST} spans (OTLP/HTTP protobuf) into one syncwatch run on one "
-        "core, ledger on PostgreSQL 127.0.0.1:5432 (each request committed before its answer); best of 2"
+        f"requests: {args.requests} x {SPANS_PER_REQUEST} spans (OTLP/HTTP protobuf), ledger on PostgreSQL "
+        "127.0.0.1:5432 (each request committed before its answer); one replica pinned to one core, "
+        "several unpinned; best of 2"
     )
-    for name, rate, wal, rows, txs in results:
+    for name, n, rate, applied, wal, rows, txs in results:
         print(
-            f"  {name + ':':18s} {rate:10,.0f} spans/s   per ledger transaction: {rows:.2f} rows written, "
-            f"{wal:,.0f} WAL bytes  ({txs:,} transactions)   [target >= 20,000 spans/s]"
+            f"  {name + ':':18s} {n} replica{'s' if n > 1 else ' '} {rate:10,.0f} spans/s acknowledged, "
+            f"{applied:10,.0f} applied   per ledger transaction: {rows:.2f} rows written, {wal:,.0f} WAL bytes  "
+            f"({txs:,} transactions)   [target >= 20,000 spans/s for one]"
         )
+
+
+def replicas_path(bodies: list[bytes], workdir: Path, n: int, db: str) -> tuple[float, float]:
+    """n sidecars on one database, requests alternating between them: acknowledged spans/s, and
+    spans/s until the leader has applied everything handed off to it (the handoff table is empty)."""
+    import psycopg
+    from pg_support import dsn, storage_config
+
+    def handed_off() -> int:
+        with psycopg.connect(dsn(db)) as conn:
+            return conn.execute("SELECT count(*) FROM handoff").fetchone()[0]
+
+    sidecars = []
+    try:
+        for i in range(n):
+            w = workdir / f"replica-{i}"
+            sc = Sidecar(w, {"snapshots": {"enabled": False}, "storage": storage_config(db, w)}).start()
+            sidecars.append(sc)
+            if i == 0:
+                sc.wait_for("syncwatch_leader", 1)
+        urls = [sc.otlp_http + "/v1/traces" for sc in sidecars]
+
+        async def split(part: list[bytes], concurrency: int) -> float:
+            sends = [_send_all(url, part[i :: len(urls)], concurrency) for i, url in enumerate(urls)]
+            results = await asyncio.gather(*sends)
+            if any(errors for _, errors in results):
+                raise SystemExit("requests failed")
+            return max(elapsed for elapsed, _ in results)
+
+        asyncio.run(split(bodies[:10], 2))  # warm-up
+        while handed_off():
+            time.sleep(0.05)
+        rest = bodies[10:]
+        started = time.perf_counter()
+        elapsed = asyncio.run(split(rest, 8 // n))
+        while handed_off():
+            time.sleep(0.05)
+        applied = time.perf_counter() - started
+        spans = len(rest) * SPANS_PER_REQUEST
+        return spans / elapsed, spans / applied
+    finally:
+        for sc in sidecars:
+            sc.stop()
 
 
 def _pg_rows_written(admin, db: str) -> int:

@@ -349,6 +349,7 @@ class DeadLetterMetric:
 
     def __init__(self, book: DeadLetterBook, registry: CollectorRegistry):
         self.book = book
+        self.exported = True  # False on a replica that does not lead: its book is another's past
         registry.register(self)
 
     def describe(self) -> list[Any]:
@@ -361,6 +362,8 @@ class DeadLetterMetric:
             "correlation ID links to a ledger transaction.",
             labels=["collector", "namespace", "queue", "linked"],
         )
+        if not self.exported:
+            return
         try:
             counts = self.book.counts()
         except sqlite3.Error as exc:  # the scrape goes on without this family; say why

@@ -147,8 +147,9 @@ class CollectorManager:
         # The book of dead letters, made only when some collector reads them (`dead_letters.enabled`).
         reading = any(getattr(getattr(s, "dead_letters", None), "enabled", False) for _, s in parsed)
         self.dead_letters: DeadLetterBook | None = dead_letters() if reading and dead_letters is not None else None
+        self._dead_letter_metric = None
         if self.dead_letters is not None:
-            DeadLetterMetric(self.dead_letters, registry)
+            self._dead_letter_metric = DeadLetterMetric(self.dead_letters, registry)
         self.runners = [
             CollectorRunner(cls(settings), self.sampling, self.metrics, clock, self.dead_letters)
             for cls, settings in parsed
@@ -166,6 +167,29 @@ class CollectorManager:
     async def start(self) -> None:
         for r in self.runners:
             self._tasks.append(asyncio.create_task(r.run_forever(), name=f"collector:{r.name}"))
+
+    async def pause(self) -> None:
+        """Stop sampling (this replica no longer leads) and drop the gauges; resume() starts again."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.forget_gauges()
+        for r in self.runners:
+            r.up, r.last_sample = False, None
+
+    def forget_gauges(self) -> None:
+        """No collector gauge and no dead-letter count on a replica that does not lead."""
+        self.metrics.forget_gauges()
+        if self._dead_letter_metric is not None:
+            self._dead_letter_metric.exported = False
+
+    async def resume(self) -> None:
+        for r in self.runners:
+            self.metrics.register_collector(r.name, self.sampling.interval)
+        if self._dead_letter_metric is not None:
+            self._dead_letter_metric.exported = True
+        await self.start()
 
     async def stop(self) -> None:
         for t in self._tasks:

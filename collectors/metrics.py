@@ -29,6 +29,10 @@ class _QueueSeries:
         with self._lock:
             self._latest[collector] = (broker, sample)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._latest.clear()
+
     def describe(self):
         return []
 
@@ -120,6 +124,12 @@ class CollectorMetrics:
         self.api_calls = Counter(
             "syncwatch_collector_api_calls", "Broker API calls made by the collector.", c, registry=registry
         )
+
+    def forget_gauges(self) -> None:
+        """This replica does not lead: no collector gauges, so a sum over replicas counts each once."""
+        for gauge in (self.up, self.sample_duration, self.interval, self.last_success):
+            gauge.clear()
+        self.queues.clear()
 
     def register_collector(self, name: str, interval: float) -> None:
         # Series exist from the start, so `up == 0` and rate(errors) work before the first failure.

@@ -48,6 +48,7 @@ class App:
         self.clock = clock
         self.metrics = Metrics()
         self.ledger = Ledger(config, self.metrics, clock)
+        self.lease = self._make_lease()
         from syncwatch.rules.engine import build_engine
         from syncwatch.rules.metrics import RulesMetrics
 
@@ -61,6 +62,7 @@ class App:
             config.intake.max_queued_spans,
             config.intake.max_batch_spans,
             clock,
+            lease=self.lease,
         )
         self.snapshots = self._make_snapshots()
         if self.snapshots is not None and self.snapshots.auditor is not None:
@@ -74,9 +76,22 @@ class App:
         self.dead_letters = self.collectors.dead_letters if self.collectors is not None else None
         self.reconcilers = self._make_reconcilers()
         self.ready = False
+        self._leading_services: bool | None = None  # collectors and reconcilers run (leader only)
+        self._role_task: asyncio.Task[None] | None = None
         self._runners: list[web.AppRunner] = []
         self._grpc = None
         self.ports: dict[str, int] = {}
+
+    def _make_lease(self):
+        """Replicas on one PostgreSQL ledger elect a leader (ledger/lease.py); SQLite always leads."""
+        if self.config.storage.backend != "postgresql":
+            return None
+        from syncwatch.ledger.lease import Lease
+        from syncwatch.ledger.postgres_store import PostgresStore
+
+        store = self.ledger.store
+        assert isinstance(store, PostgresStore)  # storage.backend: postgresql
+        return Lease(store.dsn, store.lease_ttl, store.connect_timeout)
 
     def _make_snapshots(self):
         if not self.config.snapshots.enabled:
@@ -134,15 +149,22 @@ class App:
 
     async def start(self) -> None:
         started = time.perf_counter()
-        loaded = await asyncio.to_thread(self.ledger.load)
-        self.ledger.tick()
+        if self.lease is None:
+            loaded = await asyncio.to_thread(self.ledger.load)
+            self.ledger.tick()
+            log.info(
+                "ledger %s: %d open transactions reloaded in %.2fs",
+                self.config.storage.ledger_path,
+                loaded,
+                time.perf_counter() - started,
+            )
+        else:
+            # The first lease attempt, then the writer's role: a replica that leads loads the ledger.
+            await asyncio.to_thread(self.lease.start)
+            await asyncio.to_thread(self.writer.sync_role)
+            if not self.writer.leading:
+                log.info("ledger on PostgreSQL: another replica leads, handing spans off to it")
         _tune_gc()
-        log.info(
-            "ledger %s: %d open transactions reloaded in %.2fs",
-            "on PostgreSQL" if self.config.storage.backend == "postgresql" else self.config.storage.ledger_path,
-            loaded,
-            time.perf_counter() - started,
-        )
         self.writer.start()
         if self.snapshots is not None:
             await self.snapshots.start()
@@ -153,10 +175,8 @@ class App:
         )
         self._grpc, self.ports["otlp_grpc"] = build_grpc_server(self.service, listen.otlp_grpc, self.bodies)
         await self._grpc.start()
-        if self.collectors is not None:
-            await self.collectors.start()
-        if self.reconcilers is not None:
-            await self.reconcilers.start()
+        await self._follow_role()
+        self._role_task = asyncio.create_task(self._watch_role(), name="leader-role")
         self.ready = True
         log.info(
             "syncwatch %s ready: OTLP/gRPC %s, OTLP/HTTP %s, HTTP (metrics, API) %s",
@@ -175,8 +195,37 @@ class App:
         self._runners.append(runner)
         return runner.addresses[0][1] if runner.addresses else port
 
+    async def _follow_role(self) -> None:
+        """Collectors and reconcilers run on the leader only; a follower exports none of their gauges
+        (at start too: the series registered at construction go until this replica leads)."""
+        leading = self.writer.leading
+        if leading == self._leading_services:
+            return
+        self._leading_services = leading
+        if leading:
+            if self.collectors is not None:
+                await self.collectors.resume()
+            if self.reconcilers is not None:
+                await self.reconcilers.resume()
+        else:
+            if self.collectors is not None:
+                await self.collectors.pause()
+            if self.reconcilers is not None:
+                await self.reconcilers.pause()
+
+    async def _watch_role(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            try:
+                await self._follow_role()
+            except Exception:  # a broken collector start must not end the watch
+                log.exception("starting or stopping the leader's collectors and reconcilers failed")
+
     async def stop(self) -> None:
         self.ready = False
+        if self._role_task is not None:
+            self._role_task.cancel()
+            await asyncio.gather(self._role_task, return_exceptions=True)
         if self.collectors is not None:
             await self.collectors.stop()
         if self.reconcilers is not None:
@@ -189,6 +238,8 @@ class App:
         if self.snapshots is not None:
             await self.snapshots.stop()
         await asyncio.to_thread(self.writer.stop)
+        if self.lease is not None:
+            await asyncio.to_thread(self.lease.stop)  # hands the lease on at once
         self.ledger.close()
 
     async def run_forever(self) -> None:

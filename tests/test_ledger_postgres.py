@@ -4,6 +4,8 @@ versioned by syncwatch; the DSN never appears in an error."""
 
 from __future__ import annotations
 
+import time
+
 import ledger_events
 import orjson
 import psycopg
@@ -15,8 +17,11 @@ from prometheus_client import CollectorRegistry
 from syncwatch.config.errors import ConfigError
 from syncwatch.config.load import load_config
 from syncwatch.config.models import Config
+from syncwatch.intake.replica import ReplicaRole
+from syncwatch.ledger.lease import Lease
 from syncwatch.ledger.postgres_store import PG_SCHEMA_VERSION, PostgresStore
 from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_SOURCE
+from syncwatch.ledger.store import StoreBusy
 from syncwatch.ledger.transitions import Ledger
 from syncwatch.metrics.registry import Metrics
 
@@ -112,29 +117,84 @@ def test_the_schema_is_created_once_and_versioned(pg_db, tmp_path):
         assert conn.execute("SELECT value FROM meta").fetchall() == [(str(PG_SCHEMA_VERSION),)]
         conn.execute("UPDATE meta SET value='99'")
     try:
-        with pytest.raises(RuntimeError, match="schema version 99, this syncwatch needs 1"):
+        with pytest.raises(RuntimeError, match=f"schema version 99, this syncwatch needs {PG_SCHEMA_VERSION}"):
             PostgresStore(cfg)
     finally:
         with psycopg.connect(dsn(pg_db)) as conn:
             conn.execute("UPDATE meta SET value=%s", (str(PG_SCHEMA_VERSION),))
 
 
-def test_a_second_writer_on_one_database_is_refused_per_batch(pg_db, tmp_path):
-    """Until replicas are elected (issue 16, part two), one writer at a time: the second one's
-    batch fails without changing anything, as a second process on one SQLite file does."""
+def test_version_1_is_migrated_to_replicas_tables(pg_db, tmp_path):
     reset(pg_db)
     cfg = make_config(storage_config(pg_db, tmp_path))
-    first, second = PostgresStore(cfg), PostgresStore(cfg)
+    PostgresStore(cfg).close()
+    with psycopg.connect(dsn(pg_db)) as conn:  # as part one of issue 16 left it
+        conn.execute("DROP TABLE leader_lease, handoff")
+        conn.execute("UPDATE meta SET value='1'")
+    PostgresStore(cfg).close()
+    with psycopg.connect(dsn(pg_db)) as conn:
+        assert conn.execute("SELECT value FROM meta").fetchall() == [("2",)]
+        assert conn.execute("SELECT count(*) FROM handoff").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM leader_lease").fetchone() == (0,)
+
+
+def open_corrs(db: str) -> set[str]:
+    with psycopg.connect(dsn(db)) as conn:
+        return {r[0] for r in conn.execute("SELECT corr FROM open_tx")}
+
+
+def test_a_leader_whose_lease_was_taken_writes_nothing(pg_db, tmp_path):
+    """Fencing: every write transaction of a leader checks its lease term first, so an old leader
+    that paused past its ttl (GC, SIGSTOP, a stalled VM) commits nothing once another took over."""
+    reset(pg_db)
+    cfg = make_config(storage_config(pg_db, tmp_path))
+    old, new = Lease(dsn(pg_db), 1.0, 5), Lease(dsn(pg_db), 1.0, 5)
+    ledger = Ledger(cfg, Metrics(CollectorRegistry()), clock=lambda: T0)
     try:
-        first.begin()
-        with pytest.raises(Exception, match="writer lock"):
-            second.begin()
-        first.rollback()
-        second.begin()
-        second.rollback()
+        old.renew()
+        new.renew()
+        assert (old.epoch(), new.epoch()) == (1, None)  # one holder at a time
+        ledger.store.fence = (old.holder, 1)
+        ledger.record([ev(STAGE_SOURCE, "before", T0)])
+        time.sleep(1.1)  # the old leader pauses past its ttl
+        new.renew()
+        assert new.epoch() == 2
+        with pytest.raises(StoreBusy, match="another replica leads"):
+            ledger.record([ev(STAGE_SOURCE, "after", T0)])
+        ledger.store.sweep(T0 + 10**9)  # its housekeeping is fenced too
+        assert open_corrs(pg_db) == {"before"}
     finally:
-        first.close()
-        second.close()
+        ledger.close()
+        old.stop()
+        new.stop()
+
+
+def test_a_takeover_waits_for_the_old_leaders_transaction(pg_db, tmp_path):
+    """The fence's row lock: a takeover cannot slip in between an old leader's check and its commit."""
+    reset(pg_db)
+    cfg = make_config(storage_config(pg_db, tmp_path))
+    old, new = Lease(dsn(pg_db), 1.0, 5), Lease(dsn(pg_db), 1.0, 5)
+    store = PostgresStore(cfg)
+    try:
+        old.renew()
+        store.fence = (old.holder, 1)
+        store.begin()  # the lease row is locked until this transaction ends
+        # ... against a new term only: the holder's own renewal goes through meanwhile.
+        expiry = "SELECT expires_at FROM leader_lease"
+        with psycopg.connect(dsn(pg_db), autocommit=True) as conn:
+            before = conn.execute(expiry).fetchone()[0]
+            old.renew()
+            assert conn.execute(expiry).fetchone()[0] > before
+        time.sleep(1.1)  # expired meanwhile
+        new.renew()
+        assert new.epoch() is None  # it waited for the row (lock_timeout ttl/2) and gave up this round
+        store.commit()
+        new.renew()
+        assert new.epoch() == 2
+    finally:
+        store.close()
+        old.stop()
+        new.stop()
 
 
 def test_bad_postgresql_settings_fail_at_start_naming_the_key(tmp_path, monkeypatch):
@@ -170,3 +230,63 @@ def test_attempt_before_its_source_gets_the_right_deadline_on_postgresql(pg_db, 
     with psycopg.connect(dsn(pg_db)) as conn:
         row = conn.execute("SELECT changed_at, deadline, attempts FROM open_tx WHERE corr='o-7'").fetchone()
     assert row == (T0, T0 + 60, 1)
+
+
+def test_handed_off_batches_are_applied_once_by_the_leader(pg_db, tmp_path):
+    """A follower's batch waits in the handoff table (the leader's backlog gauge shows it) until the
+    leader applies it and deletes it in one transaction; the same spans handed off twice (a
+    redelivery to another follower) count once."""
+    reset(pg_db)
+    cfg = make_config(storage_config(pg_db, tmp_path))
+    follower = PostgresStore(cfg)
+    lease = Lease(dsn(pg_db), 4.0, 5)
+    metrics = Metrics(CollectorRegistry())
+    leader = ReplicaRole(Ledger(cfg, metrics, clock=lambda: T0 + 1), metrics, lease)
+    try:
+        batch = [ev(STAGE_SOURCE, "h-1", T0), ev(STAGE_ATTEMPT, "h-1", T0 + 0.5, attempt=1, code="200")]
+        batch.append(ev(STAGE_CONFIRM, "h-1", T0 + 0.75, idem="k-h"))
+        follower.hand_off(batch)
+        follower.hand_off(batch)  # redelivered
+        follower.hand_off([ev(STAGE_SOURCE, "h-2", T0)])
+        get = metrics.registry.get_sample_value
+        lease.renew()
+        leader.sync()
+        assert leader.leading and get("syncwatch_leader") == 1
+        leader.count_backlog()
+        assert get("syncwatch_handoff_backlog_spans") == 7
+        leader.drain()
+        leader.count_backlog()
+        assert get("syncwatch_handoff_backlog_spans") == 0
+        with psycopg.connect(dsn(pg_db)) as conn:
+            assert conn.execute("SELECT corr, attempts FROM closed_tx").fetchall() == [("h-1", 1)]
+            assert conn.execute("SELECT corr FROM open_tx").fetchall() == [("h-2",)]
+            assert conn.execute("SELECT applies FROM applies").fetchall() == [(1,)]
+        tx = {"flow": "orders", "source": "storefront", "destination": "erp"}
+        assert get("syncwatch_transactions_total", {**tx, "outcome": "confirmed"}) == 1
+        assert get("syncwatch_transactions_pending", tx) == 1
+    finally:
+        leader.ledger.close()
+        follower.close()
+        lease.stop()
+
+
+def test_a_fence_check_that_times_out_leaves_no_transaction_open(pg_db, tmp_path):
+    """A fence check that fails on the server (here: it waits past statement_timeout for the lease
+    row) ends its transaction: the next batch starts cleanly instead of failing forever."""
+    reset(pg_db)
+    storage = storage_config(pg_db, tmp_path)
+    storage["postgresql"]["statement_timeout"] = "1s"
+    lease = Lease(dsn(pg_db), 4.0, 5)
+    ledger = Ledger(make_config(storage), Metrics(CollectorRegistry()), clock=lambda: T0)
+    try:
+        lease.renew()
+        ledger.store.fence = (lease.holder, 1)
+        with psycopg.connect(dsn(pg_db)) as blocker:
+            blocker.execute("SELECT * FROM leader_lease FOR UPDATE")  # e.g. a new term being written
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                ledger.record([ev(STAGE_SOURCE, "blocked", T0)])
+        ledger.record([ev(STAGE_SOURCE, "after", T0)])
+        assert open_corrs(pg_db) == {"after"}
+    finally:
+        ledger.close()
+        lease.stop()

@@ -44,6 +44,16 @@ class PostgresConfig(_Model):
     connect_timeout: Duration = 5.0
     # A batch that takes longer fails (503 + Retry-After) instead of holding the writer.
     statement_timeout: Duration = 10.0
+    # Replicas on one database elect a leader through a lease row; a leader that stops renewing
+    # (killed, cut off) is replaced after at most this long.
+    lease_ttl: Duration = 4.0
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _lease_ttl(cls, v: float) -> float:
+        if not 1.0 <= v <= 60.0:
+            raise ValueError("lease_ttl must be between 1s and 60s (it is renewed every lease_ttl/4)")
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> PostgresConfig:

@@ -4,6 +4,10 @@ Receivers parse requests on the event loop and hand them here; one writer thread
 queue, extracts the stage spans, records many requests in one SQLite transaction, and only then
 resolves each request's future, so a success answer always means "durably recorded". A full queue is refused at once
 (the receiver answers 503 + Retry-After) instead of growing without bound.
+
+Replicas on one PostgreSQL ledger (a Lease): the leader records as above and also applies the
+batches the others handed off; a follower writes its batches to the handoff table instead (durable
+there before the answer) and holds no ledger in memory, runs no ticks.
 """
 
 from __future__ import annotations
@@ -14,12 +18,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from syncwatch.config.errors import SyncwatchError
 from syncwatch.intake.extract import SpanExtractor
+from syncwatch.intake.replica import ReplicaRole
 from syncwatch.ledger.checkpoint import WalCheckpointer
+from syncwatch.ledger.store import StoreBusy
 from syncwatch.ledger.transitions import Ledger
 from syncwatch.metrics.registry import Metrics
+
+if TYPE_CHECKING:  # psycopg is imported only for PostgreSQL
+    from syncwatch.ledger.lease import Lease
 
 log = logging.getLogger("syncwatch.intake")
 
@@ -43,6 +53,7 @@ class LedgerWriter:
         max_queued_spans: int,
         max_batch_spans: int,
         clock=time.time,
+        lease: Lease | None = None,
     ):
         self.ledger = ledger
         self.extractor = extractor
@@ -62,6 +73,15 @@ class LedgerWriter:
         self.commit_ok = True  # False while the last commit failed
         self.tick_ok = True  # False while marking overdue/expired fails
         self.last_error: str | None = None
+        self.role = ReplicaRole(ledger, metrics, lease)
+
+    @property
+    def leading(self) -> bool:
+        """This replica leads the ledger (always, without a lease)."""
+        return self.role.leading
+
+    def sync_role(self) -> None:
+        self.role.sync()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="syncwatch-ledger-writer", daemon=True)
@@ -107,9 +127,10 @@ class LedgerWriter:
     def _run(self) -> None:
         last_tick = 0.0
         while True:
+            self.role.sync()
             batch, n = [], 0
             with self._cv:
-                if not self._queue and not self._stopping:
+                if not self._queue and not self._stopping and not self.role.handoff_waiting:
                     self._cv.wait(timeout=TICK_SECONDS)
                 while self._queue and (n == 0 or n + self._queue[0][1] <= self.max_batch):
                     item = self._queue.popleft()
@@ -121,18 +142,46 @@ class LedgerWriter:
                 self._record(batch)
                 with self._cv:
                     self._queued_spans -= n
+            elif self.role.handoff_waiting:
+                self._drain()
             self.metrics.intake_queue.set(self._queued_spans)
             now = self.clock()
             if now - last_tick >= TICK_SECONDS:
                 last_tick = now
-                try:
-                    self.ledger.tick(now)
-                    self.tick_ok = True
-                except Exception as exc:  # overdue transactions would go unseen: fail readiness, loudly
-                    log.exception("ledger tick failed")
-                    self.tick_ok, self.last_error = False, f"deadline tracking failed: {exc}"
+                self._tick(now)
             if stopping and not batch:
                 return
+
+    def _tick(self, now: float) -> None:
+        role = self.role
+        if not role.leading:
+            self.tick_ok = True  # a follower tracks no deadlines
+        else:
+            try:
+                self.ledger.tick(now)
+                self.tick_ok = True
+            except StoreBusy:
+                role.lost_term()
+            except Exception as exc:  # overdue transactions would go unseen: fail readiness, loudly
+                log.exception("ledger tick failed")
+                self.tick_ok, self.last_error = False, f"deadline tracking failed: {exc}"
+        if role.pg is None:
+            return
+        if not self.commit_ok and role.pg.writable():
+            self.commit_ok, self.last_error = True, None  # idle: readiness comes back with the database
+        try:
+            role.count_backlog()
+        except Exception as exc:
+            if self.commit_ok:  # while the database is away, the failed batches say so already
+                log.error("reading the handoff backlog failed: %s", exc)
+
+    def _drain(self) -> None:
+        try:
+            self.role.drain()
+            self.commit_ok, self.last_error = True, None
+        except Exception as exc:
+            log.error("applying handed-off spans failed: %s", exc)
+            self.commit_ok, self.last_error = False, str(exc)
 
     def _record(self, batch) -> None:
         events, results, record_ids = [], [], []
@@ -151,7 +200,7 @@ class LedgerWriter:
         error = None
         if events:
             try:
-                self.ledger.record(events)
+                self.role.write(events)
                 self.commit_ok, self.last_error = True, None
             except Exception as exc:  # disk full, I/O error: the senders get 503 and retry
                 log.error("ledger write failed for %d spans: %s", len(events), exc)

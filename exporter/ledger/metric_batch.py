@@ -136,6 +136,18 @@ class MetricBatch:
             if metric_id in (id(m.pending), id(m.overdue)) and isinstance(child, Gauge):
                 child.set(0)
 
+    def forget(self) -> None:
+        """This replica no longer leads: the whole-ledger gauges lose their series (another replica
+        exports them now, and a sum over replicas must not count them twice) and the batch forgets
+        its cached children and jitter windows."""
+        self.discard()
+        m = self.metrics
+        for gauge in (m.pending, m.overdue, m.retry_jitter):
+            gauge.clear()
+        self._child_cache.clear()
+        self._jitter.clear()
+        self._jitter_dirty.clear()
+
     def _update_jitter(self) -> None:
         gauge = self.metrics.retry_jitter
         for fd, n, backoff in self._backoffs:

@@ -16,25 +16,39 @@ import psycopg
 
 from syncwatch.config.errors import ConfigError
 from syncwatch.config.models import Config, PostgresConfig
-from syncwatch.ledger.records import ClosedRow, OpenRow, TxKey
+from syncwatch.ledger import handoff
+from syncwatch.ledger.lease import LEASE_NAME
+from syncwatch.ledger.records import ClosedRow, Event, OpenRow, TxKey
 from syncwatch.ledger.schema import corr_hash
-from syncwatch.ledger.store import BatchWrites
+from syncwatch.ledger.store import BatchWrites, StoreBusy
 
 log = logging.getLogger("syncwatch.ledger")
 
-PG_SCHEMA_VERSION = 1
+PG_SCHEMA_VERSION = 2
 SWEEP_BATCH = 5000
 SWEEP_ROUNDS = 20
 LOOKUP_CHUNK = 300
 FETCH_ROWS = 50_000
-# Advisory lock keys (any two constants): one writer per database, and one schema migration at a time.
-WRITER_LOCK = 0x5359_4E43_0001
+HANDOFF_DRAIN_ROWS = 8  # follower batches the leader applies in one transaction
+# Advisory lock key (any constant): one schema migration at a time.
 SCHEMA_LOCK = 0x5359_4E43_0002
 
-# Migrations from older PostgreSQL schema versions: {from_version: SQL}; none yet.
-MIGRATIONS: dict[int, str] = {}
+# Replicas (version 2): the leader lease (lease.py) and the handoff of followers' spans to the leader.
+# A handoff row is one follower batch: its events as a compact JSON list (handoff.py).
+REPLICA_DDL = """
+CREATE TABLE IF NOT EXISTS leader_lease(
+    name text PRIMARY KEY, holder text NOT NULL, epoch bigint NOT NULL, expires_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS handoff(
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, spans integer NOT NULL, events bytea NOT NULL
+);
+"""
 
-DDL = """
+# Migrations from older PostgreSQL schema versions: {from_version: SQL}.
+MIGRATIONS: dict[int, str] = {1: REPLICA_DDL}
+
+DDL = (
+    """
 CREATE TABLE IF NOT EXISTS meta(key text PRIMARY KEY, value text);
 CREATE TABLE IF NOT EXISTS open_tx(
     corr text NOT NULL, dest text NOT NULL, flow text NOT NULL, source text,
@@ -62,6 +76,8 @@ CREATE TABLE IF NOT EXISTS applies(
 CREATE INDEX IF NOT EXISTS applies_duplicates ON applies(last_at) WHERE applies > 1;
 CREATE INDEX IF NOT EXISTS applies_by_corr ON applies(corr);
 """
+    + REPLICA_DDL
+)
 
 _UPSERT_OPEN = (
     "INSERT INTO open_tx AS o (corr, dest, flow, source, changed_at, opened_at, deadline, source_trace, "
@@ -95,6 +111,13 @@ _INSERT_APPLY = (
     "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)"
 )
 _ADD_APPLY = "UPDATE applies SET applies=applies+1, last_at=%s, last_span=%s WHERE idem=%s AND dest=%s AND flow=%s"
+_FENCE = "SELECT 1 FROM leader_lease WHERE name=%s AND holder=%s AND epoch=%s AND expires_at > now() FOR KEY SHARE"
+_HAND_OFF = "INSERT INTO handoff (spans, events) VALUES (%s, %s)"
+_DRAIN = (
+    "DELETE FROM handoff WHERE id IN (SELECT id FROM handoff ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
+    "RETURNING id, events"
+)
+_WRITABLE = "SELECT current_setting('transaction_read_only') = 'off'"
 _OPEN_ROWS = "SELECT corr, dest, flow, source, changed_at, opened_at, deadline, timeline FROM open_tx"
 _SWEEPS = (
     f"DELETE FROM closed_tx WHERE id IN (SELECT id FROM (SELECT id, closed_at FROM closed_tx ORDER BY id "
@@ -137,10 +160,6 @@ def resolve_dsn(pg: PostgresConfig | None) -> str:
     return dsn
 
 
-class StoreBusy(Exception):
-    """Another syncwatch writes to this database (it holds the writer lock): nothing changed."""
-
-
 class PostgresStore:
     """store.LedgerStore on PostgreSQL: connects, creates or checks the schema, reconnects after a
     lost connection at the next `begin` (so the ledger recovers without a restart)."""
@@ -151,7 +170,12 @@ class PostgresStore:
         assert pg is not None  # resolve_dsn refused None
         self.connect_timeout = max(1, round(pg.connect_timeout))
         self.statement_timeout_ms = int(pg.statement_timeout * 1000)
+        self.lease_ttl = pg.lease_ttl
         self.conn: psycopg.Connection[Any] | None = None
+        # (holder, epoch) of the lease term this process writes in; None: no replicas (see _fenced).
+        self.fence: tuple[str, int] | None = None
+        self.drained_rows = 0  # handoff rows the last drain_handoff took
+        self.handoff_more = False  # it took as many as it could: more may wait
         try:
             self._connect()
         except psycopg.Error as exc:
@@ -214,13 +238,24 @@ class PostgresStore:
         conn = self._c()
         try:
             conn.execute("BEGIN")
-            row = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (WRITER_LOCK,)).fetchone()
+            fenced = self._fenced(conn)
         except psycopg.Error:
             self._drop_broken()
+            self.rollback()  # a failed check (a timeout) must not leave the transaction open
             raise
-        if row != (True,):
+        if not fenced:
             conn.execute("ROLLBACK")
-            raise StoreBusy("another syncwatch holds this PostgreSQL ledger's writer lock")
+            raise StoreBusy("this replica's leader lease is over: another replica leads the ledger")
+
+    def _fenced(self, conn: psycopg.Connection[Any]) -> bool:
+        """Inside a transaction: True when this process still holds its lease term. The row lock
+        (FOR KEY SHARE) holds off a new term, which deletes the row, until this transaction ends, so
+        no commit of an old term lands after a new one began; the holder's renewals (a non-key
+        UPDATE) go through meanwhile. Without a fence (one process, tools, tests): True."""
+        fence = self.fence
+        if fence is None:
+            return True
+        return conn.execute(_FENCE, (LEASE_NAME, *fence)).fetchone() is not None
 
     def commit(self) -> None:
         try:
@@ -333,12 +368,54 @@ class PostgresStore:
             try:
                 conn = self._c()
                 for _ in range(SWEEP_ROUNDS):  # bounded, so the writer is back to intake quickly
-                    if conn.execute(sql, (cutoff,)).rowcount == 0:
-                        break
+                    with conn.transaction():
+                        if not self._fenced(conn):
+                            return  # no longer the leader: the writer finds out at its next batch
+                        if conn.execute(sql, (cutoff,)).rowcount == 0:
+                            break
             except psycopg.Error as exc:
                 # Sweeping loses nothing when it fails; it only delays clean-up until the next minute.
                 self._drop_broken()
                 log.error("ledger sweep failed (will retry in a minute): %s", _reason(exc))
+
+    # ---- replicas: the handoff of followers' spans to the leader ---------------------------------
+    def hand_off(self, events: Sequence[Event]) -> None:
+        """A follower's batch, durable in one transaction of its own (autocommit); raises when not."""
+        try:
+            self._c().execute(_HAND_OFF, (len(events), handoff.encode(events)))
+        except psycopg.Error:
+            self._drop_broken()
+            raise
+
+    def drain_handoff(self) -> list[Event]:
+        """Inside the leader's write transaction: take (and delete) the oldest handed-off batches, so
+        they are applied exactly once, with the batch that records them."""
+        events: list[Event] = []
+        rows = self._c().execute(_DRAIN, (HANDOFF_DRAIN_ROWS,)).fetchall()
+        for _, data in sorted(rows):
+            events.extend(handoff.decode(data))
+        self.drained_rows = len(rows)
+        self.handoff_more = len(rows) == HANDOFF_DRAIN_ROWS
+        return events
+
+    def handoff_waiting(self) -> tuple[int, int]:
+        """(batches, spans) in the handoff table now."""
+        try:
+            row = self._c().execute("SELECT count(*), coalesce(sum(spans), 0) FROM handoff").fetchone()
+        except psycopg.Error:
+            self._drop_broken()
+            raise
+        assert row is not None  # an aggregate always answers one row
+        return int(row[0]), int(row[1])
+
+    def writable(self) -> bool:
+        """The database answers and accepts writes (not a read-only standby): readiness while idle."""
+        try:
+            row = self._c().execute(_WRITABLE).fetchone()
+        except psycopg.Error:
+            self._drop_broken()
+            return False
+        return row == (True,)
 
     def close(self) -> None:
         if self.conn is not None:

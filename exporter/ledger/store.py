@@ -14,6 +14,11 @@ from typing import Protocol
 from syncwatch.ledger.records import ClosedRow, ClosedTxRow, OpenRow, OpenTxRow, StoredClose, TxKey
 
 
+class StoreBusy(Exception):
+    """`begin` refused: another process writes the ledger now (on PostgreSQL: this replica's leader
+    lease term is over, another replica leads). Nothing changed."""
+
+
 @dataclass
 class BatchWrites:
     """The row writes of one batch, gathered by the transitions and written at its end by

@@ -108,15 +108,35 @@ class Ledger:
             add(h)
         return len(pending)
 
+    # ---- replicas (PostgreSQL): only the leader holds the ledger in memory ---------------------
+    def take_over(self) -> int:
+        """This replica leads now: rebuild memory from the store (the previous leader's writes)."""
+        self._stale = True  # until the load completes: a failed load is retried before any write
+        self.stand_down()
+        self._reset_memory()
+        return len(self.pending)
+
+    def stand_down(self) -> None:
+        """This replica no longer leads: forget the ledger's memory and its whole-ledger gauges."""
+        self.batch.reset()
+        self.updates.forget()
+        self.pending.clear()
+        self.timelines.clear()
+        self.deadlines.clear()
+        self.closed_keys.clear()
+
     # ---- writes ------------------------------------------------------------------------------
-    def record(self, events: list[Event]) -> None:
-        """Record a batch of stage-span events in one store transaction. Raises when it could not
-        commit; memory then still describes exactly what is committed."""
+    def record(self, events: list[Event], drain: Callable[[], list[Event]] | None = None) -> None:
+        """Record a batch of stage-span events in one store transaction; `drain` adds events taken
+        inside that transaction (handed-off batches, applied exactly once with it). Raises when it
+        could not commit; memory then still describes exactly what is committed."""
         if self._stale:
             self._reset_memory()
         self.store.begin()
         try:
             self.batch.reset()
+            if drain is not None:
+                events = [*events, *drain()]
             # Sources open transactions, attempts (in time order) update them, confirms and fails close them.
             sources: list[Event] = []
             attempts: list[Event] = []

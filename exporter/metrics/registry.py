@@ -162,6 +162,25 @@ class Metrics:
             "Spans accepted by a receiver and waiting for the ledger writer.",
             registry=r,
         )
+        # Replicas on one PostgreSQL ledger (ledger/lease.py): whole-ledger gauges exist only on the leader.
+        self.leader = Gauge(
+            "syncwatch_leader",
+            "1 on the replica that holds the ledger's leader lease (always on SQLite), 0 on the others.",
+            registry=r,
+        )
+        self.leader_changes = Counter(
+            "syncwatch_leader_changes",
+            "This replica became (acquired) or stopped being (lost) the ledger's leader.",
+            ("change",),
+            registry=r,
+        )
+        for change in ("acquired", "lost"):
+            self.leader_changes.labels(change)
+        self.handoff_backlog = Gauge(
+            "syncwatch_handoff_backlog_spans",
+            "Spans handed off by other replicas and waiting for the leader to apply them (0 off the leader).",
+            registry=r,
+        )
         self.ledger_commit = Histogram(
             "syncwatch_ledger_commit_seconds",
             "Time to record one batch in the ledger (group commit).",

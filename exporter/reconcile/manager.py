@@ -315,6 +315,22 @@ class ReconcileManager:
         for r in self.runners:
             self._tasks.append(asyncio.create_task(r.run_forever(), name=f"reconciler:{r.name}"))
 
+    async def pause(self) -> None:
+        """Stop reconciling (this replica no longer leads) and drop the gauges; resume() starts again."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.metrics.forget_gauges()
+        for r in self.runners:
+            r.up = False
+
+    async def resume(self) -> None:
+        for r in self.runners:
+            self.metrics.register(r.name, r.reconciler.flows())
+            r.update_expected()
+        await self.start()
+
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()

@@ -84,6 +84,12 @@ class ReconcileMetrics:
             registry=registry,
         )
 
+    def forget_gauges(self) -> None:
+        """This replica does not lead: no reconciler gauges, so a sum over replicas counts each once."""
+        gauges = (self.up, self.duration, self.last_success, self.findings, self.pending)
+        for gauge in (*gauges, self.expected_per_hour, self.window_end):
+            gauge.clear()
+
     def register(self, reconciler: str, flows: list[str]) -> None:
         # Series exist from the start, so `up == 0` and increase() work before the first event.
         self.up.labels(reconciler).set(0)

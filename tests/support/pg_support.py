@@ -44,3 +44,5 @@ def reset(db: str) -> None:
     with psycopg.connect(dsn(db), autocommit=True) as conn:
         if conn.execute("SELECT to_regclass('open_tx')").fetchone() != (None,):
             conn.execute("TRUNCATE open_tx, closed_tx, applies")
+        if conn.execute("SELECT to_regclass('handoff')").fetchone() != (None,):
+            conn.execute("TRUNCATE handoff, leader_lease")
