@@ -12,7 +12,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,11 +69,6 @@ def test_metrics_beyond_the_spec_are_registered_with_their_listed_type(tmp_path)
         assert types.get(name) == listed, f"{name}: registered as {types.get(name)}, listed as {listed}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the leader lease and span handoff of issue 16 (branch h-replicas) register these; "
-    "drop this marker (and register their module above if it is not Metrics) when they land",
-)
 def test_replica_metrics_are_registered_with_their_listed_type():
     from prometheus_client import CollectorRegistry
 

@@ -274,10 +274,8 @@ NOT_PRODUCED_HERE = {
     "syncwatch_reconcile": "no reconcilers configured in this stack",
     "syncwatch_audit_": "no audit flows configured in this stack",
     # Several replicas on PostgreSQL (issue 16): promtool tests cover the rules. The SQLite stack
-    # here has no handoff; syncwatch_leader (1 with SQLite) is registered by the replica work of
-    # branch h-replicas: drop it from this list once that has landed.
+    # here has no handoff (syncwatch_leader is 1 with SQLite).
     "syncwatch_handoff_backlog_spans": "PostgreSQL replicas only: no handoff with SQLite",
-    "syncwatch_leader": "registered by the leader lease of issue 16 (h-replicas)",
 }
 
 
