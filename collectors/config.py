@@ -17,6 +17,7 @@ from syncwatch.collectors.base import CollectorSettings
 from syncwatch.collectors.plugins import PluginError, load_collector_class
 from syncwatch.config.durations import Duration
 from syncwatch.config.errors import ConfigError
+from syncwatch.config.sections import plugin_class, plugin_settings, validation_error
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_GROUPS = {"weekdays": DAY_NAMES[:5], "weekend": DAY_NAMES[5:], "daily": DAY_NAMES}
@@ -127,7 +128,7 @@ def parse_sampling(sampling: dict[str, Any]) -> SamplingSettings:
     try:
         return SamplingSettings.model_validate(sampling or {})
     except ValidationError as exc:
-        raise _config_error("sampling", exc) from None
+        raise validation_error("sampling", exc) from None
 
 
 def parse_collector(index: int, entry: Any, environ: Mapping[str, str] | None = None) -> tuple[type, CollectorSettings]:
@@ -135,22 +136,14 @@ def parse_collector(index: int, entry: Any, environ: Mapping[str, str] | None = 
 
     `*_env` keys (e.g. rabbitmq's password_env) are read from `environ`, default os.environ."""
     where = f"collectors[{index}]"
-    if not isinstance(entry, dict):
-        raise ConfigError(where, "expected a mapping with at least `type` and `name`")
-    type_name = entry.get("type")
-    if not isinstance(type_name, str) or not type_name:
-        raise ConfigError(
-            f"{where}.type", "missing: the collector type (sqs, servicebus, rabbitmq or a plug-in's name)"
-        )
-    try:
-        cls = load_collector_class(type_name)
-    except PluginError as exc:
-        raise ConfigError(f"{where}.type", str(exc)) from None
-    try:
-        settings = cls.Settings.model_validate(entry, context={"environ": environ})
-    except ValidationError as exc:
-        raise _config_error(where, exc) from None
-    return cls, settings
+    cls = plugin_class(
+        where,
+        entry,
+        load_collector_class,
+        (PluginError,),
+        "the collector type (sqs, servicebus, rabbitmq or a plug-in's name)",
+    )
+    return cls, plugin_settings(where, cls.Settings, entry, environ)
 
 
 def validate_collectors_section(
@@ -188,26 +181,3 @@ def load_collectors_section(
                 f"must be shorter than sampling.fast_interval ({samp.fast_interval:g}s) so a slow broker cannot hold up a cycle",
             )
     return parsed, samp
-
-
-def _config_error(prefix: str, exc: ValidationError) -> ConfigError:
-    err = exc.errors()[0]
-    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    # Model-level errors name their own field first ("fast_interval: ...").
-    if not err["loc"] and ":" in msg and msg.split(":", 1)[0].isidentifier():
-        field, msg = msg.split(":", 1)
-        loc, msg = f".{field}", msg.strip()
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling; see README's collectors section)"
-    elif "input" in err and err["type"] != "missing":
-        shown = err["input"]
-        secret = any(s in loc.lower() for s in ("secret", "password", "connection_string", "key")) or (
-            isinstance(shown, str) and "@" in shown
-        )  # e.g. a URL with user:password in it
-        if not isinstance(shown, (dict, list)) and not secret:
-            msg = f"{msg} (got {shown!r})"
-    more = len(exc.errors()) - 1
-    if more:
-        msg += f" [and {more} more problem(s)]"
-    return ConfigError(prefix + loc, msg)

@@ -185,10 +185,12 @@ Redact = Callable[[bytes, bool], tuple[bytes, str, int]]
 class DeadLetterBook:
     """The dead letters last read, per DLQ: redacted, linked to the ledger, in `path` (SQLite).
 
-    `link(correlation_id)` tells whether the ledger knows the transaction. Called from worker
-    threads only (the runner offloads it): every method opens its own connection."""
+    `link(correlation_ids)` tells which of them the ledger knows (one ledger read per DLQ read).
+    Called from worker threads only (the runner offloads it): every method opens its own connection."""
 
-    def __init__(self, path: Path, redact: Redact, link: Callable[[str], bool], clock: Callable[[], float] = time.time):
+    def __init__(
+        self, path: Path, redact: Redact, link: Callable[[list[str]], set[str]], clock: Callable[[], float] = time.time
+    ):
         self.path = Path(path)
         self.redact = redact
         self.link = link
@@ -210,10 +212,12 @@ class DeadLetterBook:
         for read in reads:
             if read.complete:
                 done.append((read.namespace, read.queue))
+            corrs = sorted({letter.correlation_id for letter in read.letters if letter.correlation_id})
+            known = self.link(corrs) if corrs else set()
             for letter in read.letters:
                 body, content_type, redactions = self.redact(letter.body, letter.truncated)
                 corr = letter.correlation_id
-                linked = corr is not None and corr != "" and self.link(corr)
+                linked = corr is not None and corr in known
                 rows.append(
                     (
                         collector,

@@ -24,6 +24,7 @@ COUNTERS = (
     "syncwatch_reconciler_errors_total",
     "syncwatch_reconciler_rows_read_total",
     "syncwatch_reconcile_found_total",
+    "syncwatch_reconcile_resolved_total",
     "syncwatch_reconcile_findings_dropped_total",
     "syncwatch_reconcile_source_ids_total",
     "syncwatch_audit_writes_total",
@@ -82,6 +83,7 @@ BEYOND_SPEC = (
     "syncwatch_reconciler_rows_read_total",
     "syncwatch_reconcile_findings",
     "syncwatch_reconcile_found_total",
+    "syncwatch_reconcile_resolved_total",
     "syncwatch_reconcile_findings_dropped_total",
     "syncwatch_reconcile_pending",
     "syncwatch_reconcile_source_ids_total",
@@ -106,6 +108,8 @@ REPLICA_METRICS = ("syncwatch_leader", "syncwatch_leader_changes_total", "syncwa
 # rules take the max over replicas (a sum counts the old and the new leader while both are
 # scraped). Per-replica gauges are exported by every replica: max/min/count, never sum; except
 # syncwatch_leader, whose sum is the number of leaders.
+# Counters (those of the lease holder's reconcilers and collectors too) are summed over replicas,
+# sum(rate()) or sum(increase()): each replica counts only what it did itself.
 LEADER_GAUGES = (
     "syncwatch_queue_messages",
     "syncwatch_queue_messages_in_flight",

@@ -655,6 +655,24 @@ def erp_health():
                     ],
                     width=6,
                 ),
+                P(
+                    "Findings found and resolved per hour",
+                    """New findings and findings that cleared (the order arrived, the duplicate was cleaned
+              up, a late span put the ID in the ledger), by kind, per hour. Found steadily above
+              resolved is a backlog growing; resolved following found within the deadline is a flow
+              that is slow, not losing records.""",
+                    [
+                        Q(
+                            f"sum by (flow, kind) (increase(syncwatch_reconcile_found_total{{{FLOW}}}[1h]))",
+                            "found {{flow}} {{kind}}",
+                        ),
+                        Q(
+                            f"sum by (flow, kind) (increase(syncwatch_reconcile_resolved_total{{{FLOW}}}[1h]))",
+                            "resolved {{flow}} {{kind}}",
+                        ),
+                    ],
+                    width=24,
+                ),
             ],
         ),
         (

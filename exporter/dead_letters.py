@@ -24,7 +24,7 @@ def book_for_config(config: Any, clock: Callable[[], float] = time.time) -> Dead
         result = redactor.redact_head(body, len(body)) if truncated else redactor.redact_body(body)
         return result.data, result.content_type, sum(result.counts.values())
 
-    def link(corr: str) -> bool:
-        return queries.timeline(corr) is not None
+    def link(corrs: list[str]) -> set[str]:
+        return set(queries.timelines(corrs))
 
     return DeadLetterBook(Path(config.storage.data_dir) / "deadletters.db", redact, link, clock)

@@ -55,7 +55,7 @@ def metrics_table() -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         config = Config.model_validate({"storage": {"data_dir": tmp}, "snapshots": {"enabled": True}})
         snapshots = SnapshotIntake(config, metrics)
-        book = DeadLetterBook(Path(tmp) / "deadletters.db", lambda b, t: (b, "text", 0), lambda c: False)
+        book = DeadLetterBook(Path(tmp) / "deadletters.db", lambda b, t: (b, "text", 0), lambda corrs: set())
         DeadLetterMetric(book, registry)
         try:
             rows = _metric_rows(registry)

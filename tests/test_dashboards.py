@@ -191,6 +191,17 @@ def test_no_panel_sums_a_per_replica_gauge():
     assert {"syncwatch_transactions_overdue", "syncwatch_dlq_messages", "syncwatch_flow_deadline_seconds"} <= seen
 
 
+def test_the_reconciliation_row_shows_findings_that_cleared_summed_over_replicas():
+    panels = {p["title"]: p for p in _panels(_load("erp-integration-health.json"))}
+    exprs = [t["expr"] for t in panels["Findings found and resolved per hour"]["targets"]]
+    assert exprs == [
+        'sum by (flow, kind) (increase(syncwatch_reconcile_found_total{job=~"$job", flow=~"$flow"}[1h]))',
+        'sum by (flow, kind) (increase(syncwatch_reconcile_resolved_total{job=~"$job", flow=~"$flow"}[1h]))',
+    ]
+    # a counter: each replica counts what it did, so the sum over replicas is the ledger's
+    assert innermost_aggregations(exprs[1], "syncwatch_reconcile_resolved_total") == [("sum", "by (flow, kind)")]
+
+
 def test_the_check_catches_a_sum_over_replicas():
     assert innermost_aggregations(
         "sum by (flow) (syncwatch_transactions_overdue)", "syncwatch_transactions_overdue"

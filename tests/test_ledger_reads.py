@@ -211,6 +211,23 @@ def test_the_same_rows_give_the_same_answers_pages_and_cursors_on_both_backends(
     )
 
 
+def test_timelines_read_together_are_the_timelines_read_one_by_one_on_both_backends(tmp_path, pg_db):
+    reset(pg_db)
+    rows = ledger_rows() + tie_rows()
+    corrs = sorted({r["corr"] for _, r in rows})
+    answers = []
+    for config in (sqlite_config(tmp_path), pg_config(pg_db, tmp_path)):
+        write_ledger(config, rows)
+        reader = open_queries(config, lambda: NOW)
+        asked = [*corrs, "nope", "ord\x001", corrs[0]]  # unknown, not storable, repeated
+        together = reader.timelines(asked)
+        assert together == {c: reader.timeline(c) for c in corrs}
+        assert reader.timelines([]) == {}
+        answers.append(together)
+    assert answers[0] == answers[1]
+    assert len(answers[0]) == len(corrs) > 20
+
+
 def test_what_the_ledger_writer_records_reads_the_same_on_both_backends(tmp_path, pg_db):
     reset(pg_db)
     answers = {}
@@ -390,7 +407,7 @@ def test_a_reconciler_whose_ledger_is_unreachable_fails_its_run_as_unreachable(t
     assert found in (None, 0.0)
 
 
-def test_dead_letters_link_to_transactions_in_the_postgresql_ledger(tmp_path, pg_db):
+def test_dead_letters_link_to_transactions_in_the_postgresql_ledger(tmp_path, pg_db, monkeypatch):
     reset(pg_db)
     config = pg_config(pg_db, tmp_path)
     write_ledger(config)
@@ -399,10 +416,32 @@ def test_dead_letters_link_to_transactions_in_the_postgresql_ledger(tmp_path, pg
     def letter(key: str, corr: str) -> DeadLetter:
         return DeadLetter(key, corr, "rejected", "orders", NOW - 90, 1, b"{}", 2, False)
 
+    connections = []
+    connect = psycopg.connect
+
+    def counted(*args, **kwargs):
+        connections.append(kwargs.get("application_name"))
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg, "connect", counted)
+    orders = [letter("m-1", "late-03"), letter("m-2", "SO-404"), letter("m-3", "ord-1"), letter("m-4", "late-03")]
     book.record(
-        "rabbit", [DeadLetterRead("/", "orders.dlq", [letter("m-1", "late-03"), letter("m-2", "SO-404")], True)]
+        "rabbit",
+        [
+            DeadLetterRead("/", "orders.dlq", orders, True),
+            DeadLetterRead("/", "invoices.dlq", [letter("m-5", "inv-7"), letter("m-6", "")], True),
+        ],
     )
-    assert {row["correlation_id"]: row["linked"] for row in book.list()} == {"late-03": True, "SO-404": False}
+    assert connections == ["syncwatch-reader", "syncwatch-reader"]  # one ledger read per DLQ
+    linked = {(row["queue"], row["key"]): row["linked"] for row in book.list()}
+    assert linked == {
+        ("orders.dlq", "m-1"): True,
+        ("orders.dlq", "m-2"): False,
+        ("orders.dlq", "m-3"): True,
+        ("orders.dlq", "m-4"): True,
+        ("invoices.dlq", "m-5"): True,
+        ("invoices.dlq", "m-6"): False,
+    }
 
 
 def test_list_reads_are_index_scans_on_postgresql(tmp_path, pg_db):

@@ -25,6 +25,7 @@ RefusalReason = Literal[
     "backpressure",
     "body_memory",
     "ledger_unavailable",
+    "ledger_error",
     "too_large",
     "bad_request",
     "unsupported_media_type",

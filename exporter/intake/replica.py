@@ -92,17 +92,19 @@ class ReplicaRole:
         self.sync()
 
     # ---- writing -------------------------------------------------------------------------------
-    def write(self, events: list[Event]) -> None:
-        """Record (leader) or hand off (follower) one batch; raises when it is not durable."""
+    def write(self, events: list[Event], drain: bool = True) -> None:
+        """Record (leader) or hand off (follower) one batch; raises when it is not durable.
+        drain=False: the leader applies no handed-off batches with it (the writer's one-by-one
+        retry after a failure that was not the store's, which must not carry others' spans along)."""
         if not self.leading:
             assert self.pg is not None  # without a lease this replica always leads
             self.pg.hand_off(events)
             return
         try:
-            self._apply(events)
+            self._apply(events, drain)
         except StoreBusy:
             self.lost_term()
-            self.write(events)  # now as a follower
+            self.write(events, drain)  # now as a follower
 
     def drain(self) -> None:
         """Idle leader: apply only what other replicas handed off; raises when it could not."""
@@ -114,10 +116,10 @@ class ReplicaRole:
             self._handoff_rows = 0  # the next backlog count retries
             raise
 
-    def _apply(self, events: list[Event]) -> None:
+    def _apply(self, events: list[Event], drain: bool = True) -> None:
         """The leader records its own events and the handed-off ones, in one transaction."""
         pg = self.pg
-        if pg is None or not self._handoff_rows:
+        if pg is None or not self._handoff_rows or not drain:
             self.ledger.record(events)
             return
         self.ledger.record(events, pg.drain_handoff)

@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from syncwatch.intake.decode import OtlpError
 from syncwatch.intake.trace_view import span_count
-from syncwatch.intake.writer import ExtractionFailed, IntakeFull, LedgerWriter
+from syncwatch.intake.writer import ExtractionFailed, IntakeFull, LedgerFailed, LedgerWriter
 from syncwatch.metrics.registry import Metrics
 
 if TYPE_CHECKING:
@@ -71,6 +71,14 @@ class OtlpService:
             self.metrics.dropped.labels("internal_error").inc(total)
             raise OtlpError(
                 500, f"syncwatch could not read this request ({exc}); please report it", "internal_error", counted=True
+            ) from None
+        except LedgerFailed as exc:
+            self.metrics.dropped.labels("ledger_error").inc(total)
+            raise OtlpError(
+                500,
+                f"syncwatch could not record this request ({exc}), a bug of its own; please report it",
+                "ledger_error",
+                counted=True,
             ) from None
         except Exception as exc:
             self.metrics.dropped.labels("ledger_unavailable").inc(total)

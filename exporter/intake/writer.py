@@ -24,7 +24,7 @@ from syncwatch.config.errors import SyncwatchError
 from syncwatch.intake.extract import SpanExtractor
 from syncwatch.intake.replica import ReplicaRole
 from syncwatch.ledger.checkpoint import WalCheckpointer
-from syncwatch.ledger.store import StoreBusy
+from syncwatch.ledger.store import StoreBusy, is_store_failure
 from syncwatch.ledger.transitions import Ledger
 from syncwatch.metrics.registry import Metrics
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # psycopg is imported only for PostgreSQL
 log = logging.getLogger("syncwatch.intake")
 
 TICK_SECONDS = 0.25  # overdue detection granularity (the promise is: visible within 2 s)
+MAX_BUGS_LOGGED = 100  # distinct write failures remembered as logged (beyond: logged every time)
 
 
 class IntakeFull(SyncwatchError):
@@ -42,6 +43,11 @@ class IntakeFull(SyncwatchError):
 
 class ExtractionFailed(SyncwatchError):
     """A bug in syncwatch, not in the request: answered 500 and counted, never retried as a 503."""
+
+
+class LedgerFailed(SyncwatchError):
+    """Recording this request failed for a reason that is not the store's (a bug in syncwatch, which
+    a retry would repeat): answered 500 and counted; the other requests of its batch are recorded."""
 
 
 class LedgerWriter:
@@ -73,6 +79,7 @@ class LedgerWriter:
         self.commit_ok = True  # False while the last commit failed
         self.tick_ok = True  # False while marking overdue/expired fails
         self.last_error: str | None = None
+        self._bugs_logged: set[tuple] = set()  # write failures not the store's, logged with traceback
         self.role = ReplicaRole(ledger, metrics, lease)
 
     @property
@@ -184,6 +191,7 @@ class LedgerWriter:
             self.commit_ok, self.last_error = False, str(exc)
 
     def _record(self, batch) -> None:
+        per_request: list[list] = []  # each request's events ([] when extraction failed)
         events, results, record_ids = [], [], []
         received = self.clock()
         for request, _, _, _ in batch:
@@ -192,25 +200,71 @@ class LedgerWriter:
             except Exception as exc:  # a bug in extraction must fail this request, not the batch
                 log.exception("span extraction failed")
                 results.append(ExtractionFailed(f"{type(exc).__name__}: {exc}"))
+                per_request.append([])
                 continue
             events.extend(out.events)
             results.append(out)
+            per_request.append(out.events)
             record_ids.extend(out.record_ids)
         started = time.perf_counter()
-        error = None
+        error: BaseException | None = None
         if events:
-            try:
-                self.role.write(events)
-                self.commit_ok, self.last_error = True, None
-            except Exception as exc:  # disk full, I/O error: the senders get 503 and retry
-                log.error("ledger write failed for %d spans: %s", len(events), exc)
-                self.commit_ok, self.last_error = False, str(exc)
-                error = exc
+            error = self._write(events)
+            if error is not None and not is_store_failure(error):
+                # Not the store: one request carries spans the ledger cannot record. Record the
+                # requests one by one, so only that one fails.
+                self._bug(error)
+                error = None
+                record_ids = self._record_each(per_request, results)
             self.metrics.ledger_commit.observe(time.perf_counter() - started)
         if record_ids and error is None and self.record_ids_sink is not None:
             self.record_ids_sink(record_ids)
         for (_, _, future, loop), result in zip(batch, results, strict=False):
             loop.call_soon_threadsafe(_resolve, future, error if error is not None else result)
+
+    def _write(self, events: list, drain: bool = True) -> BaseException | None:
+        """Write one batch; the error when it was not written. A store failure (disk full, I/O
+        error, connection lost: the senders get 503 and retry) fails readiness until a write succeeds."""
+        try:
+            self.role.write(events, drain)
+        except Exception as exc:
+            if is_store_failure(exc):
+                log.error("ledger write failed for %d spans: %s", len(events), exc)
+                self.commit_ok, self.last_error = False, str(exc)
+            return exc
+        self.commit_ok, self.last_error = True, None
+        return None
+
+    def _record_each(self, per_request: list[list], results: list) -> list:
+        """After a batch failed for a reason not the store's: each request on its own (without
+        handed-off spans); the ones that still fail so get LedgerFailed. Returns the record IDs committed."""
+        record_ids: list = []
+        for i, events in enumerate(per_request):
+            if not events:
+                continue
+            error = self._write(events, drain=False)
+            if error is None:
+                record_ids.extend(results[i].record_ids)
+            elif is_store_failure(error):
+                results[i] = error
+            else:
+                self._bug(error)
+                results[i] = LedgerFailed(type(error).__name__)
+        return record_ids
+
+    def _bug(self, exc: BaseException) -> None:
+        """Log a failure that is not the store's with its traceback, once per place it comes from
+        (the exception's type and the line that raised it); the requests it fails are counted."""
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = (type(exc).__name__, tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb else (type(exc).__name__,)
+        if where in self._bugs_logged:
+            log.debug("ledger write failed again (%s), logged before", type(exc).__name__)
+            return
+        if len(self._bugs_logged) < MAX_BUGS_LOGGED:
+            self._bugs_logged.add(where)
+        log.error("ledger write failed, not for a storage reason (a bug in syncwatch)", exc_info=exc)
 
 
 def _resolve(future: asyncio.Future, result) -> None:

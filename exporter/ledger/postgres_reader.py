@@ -32,6 +32,7 @@ from syncwatch.ledger.read_model import (
     list_item,
     next_cursor,
     timeline_record,
+    timeline_records,
 )
 from syncwatch.ledger.reader import LedgerUnavailable
 from syncwatch.ledger.schema import corr_hash
@@ -113,6 +114,23 @@ class PostgresQueries:
             ).fetchall()
             applies = conn.execute(f"SELECT {_APPLY_COLS} FROM applies WHERE corr = %s", (corr,)).fetchall()
         return timeline_record(corr, open_rows, closed_rows, applies, self.clock())
+
+    def timelines(self, corrs: list[str]) -> dict[str, dict[str, Any]]:
+        ids = [c for c in dict.fromkeys(corrs) if "\x00" not in c]  # text cannot hold NUL: unknown
+        if not ids:
+            return {}
+        with self._transaction() as conn:
+            if conn is None:
+                return {}
+            open_rows = conn.execute(
+                f"SELECT {_OPEN_COLS} FROM open_tx WHERE corr = ANY(%s::text[])", (ids,)
+            ).fetchall()
+            closed_rows = conn.execute(
+                f"SELECT {_CLOSED_COLS} FROM closed_tx WHERE corr_hash = ANY(%s::bigint[])",
+                (sorted({corr_hash(c) for c in ids}),),
+            ).fetchall()
+            applies = conn.execute(f"SELECT {_APPLY_COLS} FROM applies WHERE corr = ANY(%s::text[])", (ids,)).fetchall()
+        return timeline_records(ids, open_rows, closed_rows, applies, self.clock())
 
     # -- cross-check for syncwatch.reconcile ----------------------------------------------------
     def states_of(self, flow: str, corrs: list[str]) -> dict[str, str]:

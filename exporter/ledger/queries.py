@@ -22,6 +22,7 @@ from syncwatch.ledger.read_model import (
     list_item,
     next_cursor,
     timeline_record,
+    timeline_records,
 )
 from syncwatch.ledger.reader import LedgerUnavailable
 from syncwatch.ledger.schema import corr_hash
@@ -64,6 +65,27 @@ class LedgerQueries:
             )
             applies = _dicts(conn.execute("SELECT * FROM applies WHERE corr = ?", (corr,)))
         return timeline_record(corr, open_rows, closed_rows, applies, self.clock())
+
+    def timelines(self, corrs: list[str]) -> dict[str, dict[str, Any]]:
+        if not corrs:
+            return {}
+        ids = json.dumps(list(dict.fromkeys(corrs)))
+        with self._connection() as conn:
+            if conn is None:
+                return {}
+            open_rows = _dicts(
+                conn.execute("SELECT * FROM open_tx WHERE corr IN (SELECT value FROM json_each(?))", (ids,))
+            )
+            closed_rows = _dicts(
+                conn.execute(
+                    "SELECT * FROM closed_tx WHERE corr_hash IN (SELECT syncwatch_corr_hash(value) FROM json_each(?))",
+                    (ids,),
+                )
+            )
+            applies = _dicts(
+                conn.execute("SELECT * FROM applies WHERE corr IN (SELECT value FROM json_each(?))", (ids,))
+            )
+        return timeline_records(corrs, open_rows, closed_rows, applies, self.clock())
 
     # -- cross-check for syncwatch.reconcile ----------------------------------------------------
     def states_of(self, flow: str, corrs: list[str]) -> dict[str, str]:

@@ -201,6 +201,26 @@ def list_item(state: str, r: Row, now: float) -> dict[str, Any]:
     return item
 
 
+def timeline_records(
+    corrs: Iterable[str], open_rows: Iterable[Row], closed_rows: Iterable[Row], apply_rows: Iterable[Row], now: float
+) -> dict[str, dict[str, Any]]:
+    """timeline_record of each of these correlation IDs the ledger knows, from their rows read
+    together (rows of other IDs, e.g. closed rows found by a shared corr_hash, are left out)."""
+    wanted = set(corrs)
+    found: dict[str, tuple[list[Row], list[Row], list[Row]]] = {}
+    for kind, rows in enumerate((open_rows, closed_rows, apply_rows)):
+        for r in rows:
+            corr = r["corr"]
+            if corr in wanted:
+                found.setdefault(corr, ([], [], []))[kind].append(r)
+    out: dict[str, dict[str, Any]] = {}
+    for corr, (opened, closed, applies) in found.items():
+        record = timeline_record(corr, opened, closed, applies, now)
+        if record is not None:
+            out[corr] = record
+    return out
+
+
 def check_list_args(state: str, limit: int) -> int:
     """The page size in force; a state that is no list raises ValueError."""
     if state not in STATES:

@@ -27,6 +27,10 @@ class LedgerReader(Protocol):
     def timeline(self, corr: str) -> dict[str, Any] | None:
         """Everything known about one correlation ID, per (destination, flow); None when nothing is."""
 
+    def timelines(self, corrs: list[str]) -> dict[str, dict[str, Any]]:
+        """timeline() of each of these correlation IDs, in one read (for a page of IDs, a few
+        hundred); IDs the ledger does not know are absent."""
+
     def states_of(self, flow: str, corrs: list[str]) -> dict[str, str]:
         """The state (pending, overdue, confirmed, failed, expired) of each of these correlation IDs
         in `flow`; IDs never seen are absent. Several destinations: the least settled state wins."""

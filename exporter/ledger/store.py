@@ -7,6 +7,8 @@ A store is used by one thread (the ledger writer). Every write happens between `
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -17,6 +19,22 @@ from syncwatch.ledger.records import ClosedRow, ClosedTxRow, OpenRow, OpenTxRow,
 class StoreBusy(Exception):
     """`begin` refused: another process writes the ledger now (on PostgreSQL: this replica's leader
     lease term is over, another replica leads). Nothing changed."""
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """True when a ledger write failed because of its storage (disk, lock, connection, timeout: a
+    retry may succeed, the sender is told 503), False for anything else: a bug in syncwatch, which
+    a retry repeats. psycopg is checked only when PostgreSQL loaded it."""
+    if isinstance(exc, (StoreBusy, OSError, sqlite3.OperationalError)):
+        return True
+    if type(exc) is sqlite3.DatabaseError:  # "file is not a database", "disk image is malformed"
+        return True
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None:
+        return False
+    # OperationalError: connection lost, server shutting down, statement_timeout, lock timeout,
+    # serialization failure, disk full; a read-only transaction: a failover to a standby.
+    return isinstance(exc, (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction))
 
 
 @dataclass

@@ -164,7 +164,10 @@ class Ledger:
         except BaseException:
             self._rollback()
             raise
-        self.updates.apply()
+        try:
+            self.updates.apply()
+        except Exception:  # committed: raising now would have the writer record the batch again
+            log.exception("ledger: updating the metrics of a committed batch failed")
 
     def _open(
         self,

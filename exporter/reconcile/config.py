@@ -7,10 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
-from syncwatch.collectors.config import _config_error
 from syncwatch.config.errors import ConfigError
+from syncwatch.config.sections import plugin_class, plugin_settings
 from syncwatch.reconcile.base import Reconciler, ReconcilerSettings
 from syncwatch.reconcile.plugins import PluginError, load_reconciler_class
 
@@ -19,20 +17,10 @@ def parse_reconciler(
     index: int, entry: Any, environ: Mapping[str, str] | None = None
 ) -> tuple[type[Reconciler], ReconcilerSettings]:
     where = f"reconcilers[{index}]"
-    if not isinstance(entry, dict):
-        raise ConfigError(where, "expected a mapping with at least `type` and `name`")
-    type_name = entry.get("type")
-    if not isinstance(type_name, str) or not type_name:
-        raise ConfigError(f"{where}.type", "missing: the reconciler type (sql or a plug-in's name)")
-    try:
-        cls = load_reconciler_class(type_name)
-    except PluginError as exc:
-        raise ConfigError(f"{where}.type", str(exc)) from None
-    try:
-        settings = cls.Settings.model_validate(entry, context={"environ": environ})
-    except ValidationError as exc:
-        raise _config_error(where, exc) from None
-    return cls, settings
+    cls = plugin_class(
+        where, entry, load_reconciler_class, (PluginError,), "the reconciler type (sql or a plug-in's name)"
+    )
+    return cls, plugin_settings(where, cls.Settings, entry, environ)
 
 
 def load_reconcilers_section(
