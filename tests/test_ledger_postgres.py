@@ -129,12 +129,13 @@ def test_version_1_is_migrated_to_replicas_tables(pg_db, tmp_path):
     cfg = make_config(storage_config(pg_db, tmp_path))
     PostgresStore(cfg).close()
     with psycopg.connect(dsn(pg_db)) as conn:  # as part one of issue 16 left it
-        conn.execute("DROP TABLE leader_lease, handoff")
+        conn.execute("DROP TABLE leader_lease, handoff, handoff_rejected")
         conn.execute("UPDATE meta SET value='1'")
     PostgresStore(cfg).close()
     with psycopg.connect(dsn(pg_db)) as conn:
-        assert conn.execute("SELECT value FROM meta").fetchall() == [("2",)]
+        assert conn.execute("SELECT value FROM meta").fetchall() == [("3",)]
         assert conn.execute("SELECT count(*) FROM handoff").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM handoff_rejected").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM leader_lease").fetchone() == (0,)
 
 

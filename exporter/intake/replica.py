@@ -121,6 +121,9 @@ class ReplicaRole:
             self.ledger.record(events)
             return
         self.ledger.record(events, pg.drain_handoff)
+        if pg.rejected_spans:  # committed: the rows are in handoff_rejected now
+            self.metrics.dropped.labels("handoff_rejected").inc(pg.rejected_spans)
+            pg.rejected_spans = 0
         # A full drain may have left more behind; the next count finds them again.
         self._handoff_rows = 1 if pg.handoff_more else max(0, self._handoff_rows - pg.drained_rows)
 

@@ -10,7 +10,17 @@ from collections.abc import Sequence
 
 import orjson
 
-from syncwatch.ledger.records import Event
+from syncwatch.ledger.records import EVENT_COLUMNS, Event
+from syncwatch.ledger.schema import STAGE_NAMES, STAGE_SOURCE
+
+_FIELDS = len(EVENT_COLUMNS)
+_STAGES = frozenset(STAGE_NAMES.values())
+_NUMBER = (int, float)
+
+
+class Undecodable(ValueError):
+    """A handoff row that is not a list of events as encode() writes them (its message holds no
+    value from the row, so it can be logged)."""
 
 
 def encode(events: Sequence[Event]) -> bytes:
@@ -18,21 +28,51 @@ def encode(events: Sequence[Event]) -> bytes:
 
 
 def decode(data: bytes) -> list[Event]:
+    """The events of one handoff row; raises Undecodable for anything encode() did not write, so
+    a corrupt row is refused here instead of failing the leader's transaction over and over."""
     new, fromhex, intern = tuple.__new__, bytes.fromhex, sys.intern
     out: list[Event] = []
-    for row in orjson.loads(data):
+    try:
+        rows = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise Undecodable(f"not JSON ({exc.msg})") from None
+    if not isinstance(rows, list):
+        raise Undecodable("not a list of events")
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != _FIELDS:
+            raise Undecodable(f"event {i}: not a list of {_FIELDS} fields")
         trace, span, corr, flow, stage, source, dest, *rest = row
+        start, end, changed_at, attempt, _code, _error, _idem, received = rest
+        # The fields extraction always sets to these types; names (flow, source, destination) may be
+        # any attribute value there (an integer too), so they are taken as they come.
+        if not (
+            isinstance(trace, str)
+            and isinstance(span, str)
+            and type(stage) is int
+            and stage in _STAGES
+            and isinstance(start, _NUMBER)
+            and isinstance(end, _NUMBER)
+            and isinstance(received, _NUMBER)
+            and (isinstance(changed_at, _NUMBER) or (changed_at is None and stage != STAGE_SOURCE))
+            and (dest is not None or stage == STAGE_SOURCE)
+            and (attempt is None or type(attempt) is int)
+        ):
+            raise Undecodable(f"event {i}: a field of the wrong type")
+        try:
+            trace_id, span_id = fromhex(trace), fromhex(span)
+        except ValueError:
+            raise Undecodable(f"event {i}: a trace or span ID that is not hex") from None
         out.append(
             new(
                 Event,
                 (
-                    fromhex(trace),
-                    fromhex(span),
+                    trace_id,
+                    span_id,
                     corr,
-                    intern(flow),
+                    intern(flow) if flow.__class__ is str else flow,
                     stage,
-                    intern(source) if source is not None else None,
-                    intern(dest) if dest is not None else None,
+                    intern(source) if source.__class__ is str else source,
+                    intern(dest) if dest.__class__ is str else dest,
                     *rest,
                 ),
             )

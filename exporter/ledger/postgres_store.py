@@ -24,7 +24,7 @@ from syncwatch.ledger.store import BatchWrites, StoreBusy
 
 log = logging.getLogger("syncwatch.ledger")
 
-PG_SCHEMA_VERSION = 2
+PG_SCHEMA_VERSION = 3
 SWEEP_BATCH = 5000
 SWEEP_ROUNDS = 20
 LOOKUP_CHUNK = 300
@@ -43,9 +43,17 @@ CREATE TABLE IF NOT EXISTS handoff(
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, spans integer NOT NULL, events bytea NOT NULL
 );
 """
+# Version 3: handoff rows the leader could not decode, moved aside (with why) instead of blocking
+# the handoff table; an operator reads them and deletes them.
+REJECTED_DDL = """
+CREATE TABLE IF NOT EXISTS handoff_rejected(
+    id bigint PRIMARY KEY, spans integer NOT NULL, events bytea NOT NULL, reason text NOT NULL,
+    rejected_at timestamptz NOT NULL DEFAULT now()
+);
+"""
 
 # Migrations from older PostgreSQL schema versions: {from_version: SQL}.
-MIGRATIONS: dict[int, str] = {1: REPLICA_DDL}
+MIGRATIONS: dict[int, str] = {1: REPLICA_DDL, 2: REJECTED_DDL}
 
 DDL = (
     """
@@ -77,6 +85,7 @@ CREATE INDEX IF NOT EXISTS applies_duplicates ON applies(last_at) WHERE applies 
 CREATE INDEX IF NOT EXISTS applies_by_corr ON applies(corr);
 """
     + REPLICA_DDL
+    + REJECTED_DDL
 )
 
 _UPSERT_OPEN = (
@@ -115,8 +124,9 @@ _FENCE = "SELECT 1 FROM leader_lease WHERE name=%s AND holder=%s AND epoch=%s AN
 _HAND_OFF = "INSERT INTO handoff (spans, events) VALUES (%s, %s)"
 _DRAIN = (
     "DELETE FROM handoff WHERE id IN (SELECT id FROM handoff ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
-    "RETURNING id, events"
+    "RETURNING id, spans, events"
 )
+_REJECT = "INSERT INTO handoff_rejected (id, spans, events, reason) VALUES (%s, %s, %s, %s)"
 _WRITABLE = "SELECT current_setting('transaction_read_only') = 'off'"
 _OPEN_ROWS = "SELECT corr, dest, flow, source, changed_at, opened_at, deadline, timeline FROM open_tx"
 _SWEEPS = (
@@ -176,6 +186,7 @@ class PostgresStore:
         self.fence: tuple[str, int] | None = None
         self.drained_rows = 0  # handoff rows the last drain_handoff took
         self.handoff_more = False  # it took as many as it could: more may wait
+        self.rejected_spans = 0  # spans of handoff rows the last drain_handoff moved aside
         try:
             self._connect()
         except psycopg.Error as exc:
@@ -391,9 +402,23 @@ class PostgresStore:
         """Inside the leader's write transaction: take (and delete) the oldest handed-off batches, so
         they are applied exactly once, with the batch that records them."""
         events: list[Event] = []
-        rows = self._c().execute(_DRAIN, (HANDOFF_DRAIN_ROWS,)).fetchall()
-        for _, data in sorted(rows):
-            events.extend(handoff.decode(data))
+        conn = self._c()
+        rows = conn.execute(_DRAIN, (HANDOFF_DRAIN_ROWS,)).fetchall()
+        self.rejected_spans = 0
+        for row_id, spans, data in sorted(rows):
+            try:
+                events.extend(handoff.decode(data))
+            except handoff.Undecodable as exc:
+                # Moved aside in this transaction: it no longer blocks the rows behind it.
+                conn.execute(_REJECT, (row_id, spans, data, str(exc)))
+                self.rejected_spans += spans
+                log.error(
+                    "handoff row %d (%d spans) cannot be decoded (%s): moved to handoff_rejected, "
+                    'counted in syncwatch_dropped_total{reason="handoff_rejected"}',
+                    row_id,
+                    spans,
+                    exc,
+                )
         self.drained_rows = len(rows)
         self.handoff_more = len(rows) == HANDOFF_DRAIN_ROWS
         return events
