@@ -43,11 +43,14 @@ def decode(data: bytes) -> list[Event]:
             raise Undecodable(f"event {i}: not a list of {_FIELDS} fields")
         trace, span, corr, flow, stage, source, dest, *rest = row
         start, end, changed_at, attempt, _code, _error, _idem, received = rest
-        # The fields extraction always sets to these types; names (flow, source, destination) may be
-        # any attribute value there (an integer too), so they are taken as they come.
+        # The fields the ledger computes with or keys on, as extraction (intake/extract.py) sets them.
         if not (
             isinstance(trace, str)
             and isinstance(span, str)
+            and isinstance(corr, str)
+            and isinstance(flow, str)
+            and isinstance(source, str | None)
+            and isinstance(dest, str | None)
             and type(stage) is int
             and stage in _STAGES
             and isinstance(start, _NUMBER)
@@ -69,10 +72,10 @@ def decode(data: bytes) -> list[Event]:
                     trace_id,
                     span_id,
                     corr,
-                    intern(flow) if flow.__class__ is str else flow,
+                    intern(flow),
                     stage,
-                    intern(source) if source.__class__ is str else source,
-                    intern(dest) if dest.__class__ is str else dest,
+                    intern(source) if source is not None else None,
+                    intern(dest) if dest is not None else None,
                     *rest,
                 ),
             )
