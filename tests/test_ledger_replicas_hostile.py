@@ -27,13 +27,14 @@ def pg_db():
 
 @pytest.fixture
 def replicas(tmp_path, pg_db):
-    """replicas(n, flows=...) -> n started sidecars on this module's database; the first one leads."""
+    """replicas(n, flows=...) -> n started sidecars on this module's database; the first one started
+    in the test leads."""
     reset(pg_db)
     started: list[Sidecar] = []
 
     def make(n: int = 2, flows: dict | None = None, ttl: str = "4s") -> list[Sidecar]:
         out = []
-        for i in range(n):
+        for _ in range(n):
             name = f"replica-{len(started)}"
             storage = storage_config(pg_db, tmp_path / name, PG_PORT)
             storage["postgresql"]["lease_ttl"] = ttl
@@ -41,7 +42,7 @@ def replicas(tmp_path, pg_db):
             sc = Sidecar(tmp_path / name, cfg).start()
             started.append(sc)
             out.append(sc)
-            if i == 0:
+            if len(started) == 1:
                 sc.wait_for("syncwatch_leader", 1)
         return out
 
@@ -82,3 +83,21 @@ def test_a_handoff_row_that_cannot_be_applied_is_moved_aside_and_counted(replica
     assert summed([a, b], "syncwatch_dropped_total", reason="handoff_rejected") == 5
     assert a.get("/readyz")[0] == 200
     assert "handoff row" in a.log() and "not json" not in a.log()  # logged, without its payload
+
+
+def test_a_flow_only_the_follower_knows_is_counted_not_silently_dropped(replicas, pg_db):
+    """The follower (config rolled out first) knows flow `payments` and its destination; the leader
+    does not, so a source span naming no destination opens nothing there: it must be counted
+    (before, it vanished with a 200 and no trace in any metric)."""
+    (a,) = replicas(1)
+    (b,) = replicas(1, flows={"orders": {"deadline": "3s"}, "payments": {"destinations": ["psp"]}})
+    payments = {**COMMON, "syncwatch.flow": "payments"}
+    del payments["syncwatch.destination"]
+    at = now() - 1
+    assert send(b, [{"_start": at, "syncwatch.stage": "source", **payments, "correlation_id": "p-1"}]) == 200
+    assert send(b, [{**source("o-1", at)}]) == 200  # a known flow in the same way still counts
+    wait_until(lambda: a.metric("syncwatch_transactions_pending", **TX) == 1, 5, "o-1 applied")
+    assert sql(pg_db, "SELECT count(*) FROM handoff") == [(0,)]
+    assert summed([a, b], "syncwatch_dropped_total", reason="no_destination") == 1
+    assert sql(pg_db, "SELECT corr FROM open_tx") == [("o-1",)]
+    assert "flow 'payments'" in a.log() and "no destination" in a.log()
