@@ -226,7 +226,7 @@ class Ledger:
             logged.add(flow)
             log.warning(
                 "source span of flow %r names no destination and this replica's flows config gives it none: "
-                "nothing to track (counted in syncwatch_dropped_total{reason=\"no_destination\"}); "
+                'nothing to track (counted in syncwatch_dropped_total{reason="no_destination"}); '
                 "set flows.<flow>.destinations (on every replica)",
                 flow,
             )
