@@ -101,3 +101,91 @@ def test_a_flow_only_the_follower_knows_is_counted_not_silently_dropped(replicas
     assert summed([a, b], "syncwatch_dropped_total", reason="no_destination") == 1
     assert sql(pg_db, "SELECT corr FROM open_tx") == [("o-1",)]
     assert "flow 'payments'" in a.log() and "no destination" in a.log()
+
+
+def span(stage: str, corr: str, at: float, **extra) -> dict:
+    ids = {"_trace_id": os.urandom(16), "_span_id": os.urandom(8)}  # kept: a redelivery is the same span
+    return {**ids, "_start": at, "syncwatch.stage": stage, **COMMON, "correlation_id": corr, **extra}
+
+
+def test_confirm_and_source_at_different_replicas_across_a_leader_change_count_once(replicas, pg_db):
+    """Both orders: a confirm applied by the old leader whose source reaches the new one, and a
+    source applied by the old leader whose confirm reaches the new one; redeliveries and a second
+    apply of the same idempotency key after the change."""
+    a, b = replicas(2)
+    t0 = now() - 30
+    s2, c1 = span("source", "S2", t0), span("confirm", "C1", t0 + 5, **{"syncwatch.idempotency_key": "k1"})
+    assert send(b, [s2]) == 200 and send(b, [c1]) == 200  # handed off, applied by a
+    wait_until(lambda: a.metric("syncwatch_transactions_total", outcome="confirmed", **TX) == 1, 5, "C1 closed")
+    assert a.metric("syncwatch_transactions_pending", **TX) == 1
+    a.stop()  # a clean stop hands the lease on at once
+    b.wait_for("syncwatch_leader", 1)
+    (c,) = replicas(1)
+    s1, c2 = span("source", "C1", t0), span("confirm", "S2", t0 + 5)
+    for sc, spans in ((c, [c2]), (c, [s1]), (c, [c1]), (b, [s2]), (b, [c1])):  # c1, s2 again: redeliveries
+        assert send(sc, spans) == 200
+    again = span("confirm", "C1", t0 + 9, **{"syncwatch.idempotency_key": "k1"})  # a second apply of k1
+    assert send(c, [again]) == 200
+    wait_until(lambda: b.metric("syncwatch_duplicate_applies_total", flow="orders", destination="erp") == 1, 5, "dup")
+    wait_until(lambda: sql(pg_db, "SELECT count(*) FROM handoff") == [(0,)], 5, "handoff drained")
+    assert b.metric("syncwatch_transactions_total", outcome="confirmed", **TX) == 1  # S2; C1 was a's
+    assert b.metric("syncwatch_sync_lag_seconds_count", **TX) == 2  # both lags, observed once each
+    assert b.metric("syncwatch_sync_lag_seconds_sum", **TX) == pytest.approx(10.0, abs=1e-3)
+    assert b.metric("syncwatch_transactions_pending", **TX) == 0
+    assert b.metric("syncwatch_transactions_overdue", **TX) == 0
+    rows = sql(pg_db, "SELECT corr, outcome, lag FROM closed_tx ORDER BY corr")
+    assert rows == [
+        ("C1", "confirmed", pytest.approx(5.0, abs=1e-3)),
+        ("S2", "confirmed", pytest.approx(5.0, abs=1e-3)),
+    ]
+    assert sql(pg_db, "SELECT idem, applies FROM applies") == [("k1", 2)]
+    assert sql(pg_db, "SELECT count(*) FROM open_tx") == [(0,)]
+
+
+def handoff_rows(corrs_per_row: list[list[str]], at: float) -> list[tuple[int, bytes]]:
+    """(spans, events) of handoff rows as a follower writes them: source spans of these corrs."""
+    from syncwatch.ledger.handoff import encode
+    from syncwatch.ledger.records import Event
+    from syncwatch.ledger.schema import STAGE_SOURCE
+
+    def event(corr: str) -> Event:
+        ids = os.urandom(24)
+        return Event(
+            ids[:16],
+            ids[16:],
+            corr,
+            "orders",
+            STAGE_SOURCE,
+            "storefront",
+            "erp",
+            at,
+            at,
+            at,
+            None,
+            None,
+            None,
+            None,
+            at,
+        )
+
+    return [(len(corrs), encode([event(c) for c in corrs])) for corrs in corrs_per_row]
+
+
+def test_sigkill_of_the_leader_while_draining_and_of_a_follower_after_its_200_lose_nothing(replicas, pg_db):
+    a, b, c = replicas(3)
+    at = now() - 60  # overdue once applied
+    batches = [[f"h-{i}-{k}" for k in range(50)] for i in range(2000)]
+    with psycopg.connect(dsn(pg_db), autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO handoff (spans, events) VALUES (%s, %s)", handoff_rows(batches, at))
+    total = 2000 * 50
+    wait_until(lambda: 0 < sql(pg_db, "SELECT count(*) FROM handoff")[0][0] < 1950, 20, "the leader drains")
+    a.kill9()  # in the middle of draining: each drained row went with a committed transaction, or not at all
+    assert send(c, [source("from-c", at)]) == 200
+    c.kill9()  # right after its 200: its handoff row is committed, the leader applies it
+    wait_until(lambda: b.metric("syncwatch_leader") == 1, 10, "b takes over")
+    wait_until(lambda: sql(pg_db, "SELECT count(*) FROM handoff") == [(0,)], 25, "b drains the rest")
+    assert sql(pg_db, "SELECT count(*), count(DISTINCT corr) FROM open_tx") == [(total + 1, total + 1)]
+    wait_until(lambda: b.metric("syncwatch_transactions_overdue", **TX) == total + 1, 5, "all overdue")
+    assert b.metric("syncwatch_transactions_pending", **TX) == total + 1
+    assert b.metric("syncwatch_dropped_total", reason="handoff_rejected") == 0

@@ -24,7 +24,7 @@ from syncwatch.ledger.store import BatchWrites, StoreBusy
 
 log = logging.getLogger("syncwatch.ledger")
 
-PG_SCHEMA_VERSION = 3
+PG_SCHEMA_VERSION = 2
 SWEEP_BATCH = 5000
 SWEEP_ROUNDS = 20
 LOOKUP_CHUNK = 300
@@ -43,8 +43,10 @@ CREATE TABLE IF NOT EXISTS handoff(
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, spans integer NOT NULL, events bytea NOT NULL
 );
 """
-# Version 3: handoff rows the leader could not decode, moved aside (with why) instead of blocking
-# the handoff table; an operator reads them and deletes them.
+# Handoff rows the leader could not decode, moved aside (with why) instead of blocking the handoff
+# table; an operator reads them and deletes them. Added to version 2 without a new version: a table
+# older replicas never touch, so they keep starting during a rolling update (a newer version would
+# make them refuse the schema).
 REJECTED_DDL = """
 CREATE TABLE IF NOT EXISTS handoff_rejected(
     id bigint PRIMARY KEY, spans integer NOT NULL, events bytea NOT NULL, reason text NOT NULL,
@@ -53,7 +55,7 @@ CREATE TABLE IF NOT EXISTS handoff_rejected(
 """
 
 # Migrations from older PostgreSQL schema versions: {from_version: SQL}.
-MIGRATIONS: dict[int, str] = {1: REPLICA_DDL, 2: REJECTED_DDL}
+MIGRATIONS: dict[int, str] = {1: REPLICA_DDL}
 
 DDL = (
     """
@@ -236,6 +238,8 @@ class PostgresStore:
                     f"the PostgreSQL ledger has schema version {version}, this syncwatch needs "
                     f"{PG_SCHEMA_VERSION}: run a newer syncwatch or another database"
                 )
+            if conn.execute("SELECT to_regclass('handoff_rejected')").fetchone() == (None,):
+                conn.execute(REJECTED_DDL)  # only when missing: CREATE needs a privilege later starts lack
 
     @staticmethod
     def _schema_version(conn: psycopg.Connection[Any]) -> int | None:
