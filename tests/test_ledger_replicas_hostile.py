@@ -189,3 +189,23 @@ def test_sigkill_of_the_leader_while_draining_and_of_a_follower_after_its_200_lo
     wait_until(lambda: b.metric("syncwatch_transactions_overdue", **TX) == total + 1, 5, "all overdue")
     assert b.metric("syncwatch_transactions_pending", **TX) == total + 1
     assert b.metric("syncwatch_dropped_total", reason="handoff_rejected") == 0
+
+
+@pytest.mark.parametrize("attribute", ["syncwatch.flow", "syncwatch.source", "syncwatch.destination", "idempotency"])
+def test_a_nul_character_in_a_name_cannot_block_the_ledger(replicas, pg_db, attribute):
+    """PostgreSQL text holds no NUL character: a span naming one failed every transaction it was
+    in. At the leader, every request batched with it got a 503, retried with it again; handed
+    off, it blocked the handoff table for good. It must be refused as an invalid span instead."""
+    a, b = replicas(2)
+    at = now() - 1
+    if attribute == "idempotency":
+        bad = span("confirm", "bad", at, **{"syncwatch.idempotency_key": "k\x00"})
+    else:
+        bad = {**span("source", "bad", at), attribute: "x\x00y"}
+    for sc, corr in ((a, "good-a"), (b, "good-b")):
+        status, _, body = post(sc.otlp_http + "/v1/traces", stage_request([bad, source(corr, at)]).SerializeToString())
+        assert status == 200
+    wait_until(lambda: sql(pg_db, "SELECT count(*) FROM handoff") == [(0,)], 5, "handoff drained")
+    assert sql(pg_db, "SELECT corr FROM open_tx ORDER BY corr") == [("good-a",), ("good-b",)]
+    assert summed([a, b], "syncwatch_dropped_total", reason="invalid_span") == 2
+    assert a.get("/readyz")[0] == 200
