@@ -80,7 +80,7 @@ def test_a_handoff_row_that_cannot_be_applied_is_moved_aside_and_counted(replica
         (3, b"\xffnot json"),
         (2, b'[["ab", 1]]'),
     ]
-    assert summed([a, b], "syncwatch_dropped_total", reason="handoff_rejected") == 5
+    wait_until(lambda: summed([a, b], "syncwatch_dropped_total", reason="handoff_rejected") == 5, 5, "counted")
     assert a.get("/readyz")[0] == 200
     assert "handoff row" in a.log() and "not json" not in a.log()  # logged, without its payload
 
@@ -142,7 +142,7 @@ def test_confirm_and_source_at_different_replicas_across_a_leader_change_count_o
     assert sql(pg_db, "SELECT count(*) FROM open_tx") == [(0,)]
 
 
-def handoff_rows(corrs_per_row: list[list[str]], at: float) -> list[tuple[int, bytes]]:
+def handoff_rows(corrs_per_row: list[list[str]], at: float, flow: str = "orders") -> list[tuple[int, bytes]]:
     """(spans, events) of handoff rows as a follower writes them: source spans of these corrs."""
     from syncwatch.ledger.handoff import encode
     from syncwatch.ledger.records import Event
@@ -154,7 +154,7 @@ def handoff_rows(corrs_per_row: list[list[str]], at: float) -> list[tuple[int, b
             ids[:16],
             ids[16:],
             corr,
-            "orders",
+            flow,
             STAGE_SOURCE,
             "storefront",
             "erp",
@@ -209,3 +209,24 @@ def test_a_nul_character_in_a_name_cannot_block_the_ledger(replicas, pg_db, attr
     assert sql(pg_db, "SELECT corr FROM open_tx ORDER BY corr") == [("good-a",), ("good-b",)]
     assert summed([a, b], "syncwatch_dropped_total", reason="invalid_span") == 2
     assert a.get("/readyz")[0] == 200
+
+
+def test_a_handoff_row_the_database_refuses_is_moved_aside_and_the_rest_applied(replicas, pg_db):
+    """A row that decodes but whose events the database refuses (here a NUL in a name, written by
+    a follower of a release that let it through): the leader applies the rows around it one at a
+    time, moves that one aside and counts it, instead of failing every transaction for good."""
+    a, b = replicas(2)
+    at = now() - 1
+    good = handoff_rows([["g-1"], ["g-2"]], at)
+    poison = handoff_rows([["p-1", "p-2"]], at, flow="ord\x00ers")
+    with psycopg.connect(dsn(pg_db), autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO handoff (spans, events) VALUES (%s, %s)", [good[0], *poison, good[1]])
+    assert send(a, [source("own", at)]) == 200
+    wait_until(lambda: sql(pg_db, "SELECT count(*) FROM handoff") == [(0,)], 5, "handoff drained")
+    assert sql(pg_db, "SELECT corr FROM open_tx ORDER BY corr") == [("g-1",), ("g-2",), ("own",)]
+    assert sql(pg_db, "SELECT spans, events, reason FROM handoff_rejected") == [(2, poison[0][1], "DataError")]
+    # the metrics follow the commits a moment later
+    wait_until(lambda: a.metric("syncwatch_dropped_total", reason="handoff_rejected") == 2, 5, "counted")
+    wait_until(lambda: a.metric("syncwatch_transactions_pending", **TX) == 3, 5, "pending")
+    wait_until(lambda: a.get("/readyz")[0] == 200, 5, "ready")

@@ -189,6 +189,8 @@ class PostgresStore:
         self.drained_rows = 0  # handoff rows the last drain_handoff took
         self.handoff_more = False  # it took as many as it could: more may wait
         self.rejected_spans = 0  # spans of handoff rows the last drain_handoff moved aside
+        self.drain_rows = HANDOFF_DRAIN_ROWS  # rows drain_handoff takes (1 while isolating a bad one)
+        self.drained_ids: list[int] = []  # the rows the last drain_handoff took
         try:
             self._connect()
         except psycopg.Error as exc:
@@ -407,7 +409,8 @@ class PostgresStore:
         they are applied exactly once, with the batch that records them."""
         events: list[Event] = []
         conn = self._c()
-        rows = conn.execute(_DRAIN, (HANDOFF_DRAIN_ROWS,)).fetchall()
+        rows = conn.execute(_DRAIN, (self.drain_rows,)).fetchall()
+        self.drained_ids = [row[0] for row in rows]
         self.rejected_spans = 0
         for row_id, spans, data in sorted(rows):
             try:
@@ -424,8 +427,29 @@ class PostgresStore:
                     exc,
                 )
         self.drained_rows = len(rows)
-        self.handoff_more = len(rows) == HANDOFF_DRAIN_ROWS
+        self.handoff_more = len(rows) == self.drain_rows
         return events
+
+    def reject_handoff(self, row_id: int, reason: str) -> int:
+        """Move one handoff row aside in a (fenced) transaction of its own: one the leader cannot
+        apply (the database refuses its events). Its spans; 0 when another took it meanwhile."""
+        self.begin()
+        try:
+            conn = self._c()
+            row = conn.execute("DELETE FROM handoff WHERE id = %s RETURNING id, spans, events", (row_id,)).fetchone()
+            if row is not None:
+                conn.execute(_REJECT, (*row, reason))
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        return 0 if row is None else int(row[1])
+
+    @staticmethod
+    def transient(exc: BaseException) -> bool:
+        """An error that says nothing about the data written: the database is away, slow, locked
+        (psycopg.OperationalError: connection, timeouts, lock and serialization failures)."""
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, StoreBusy))
 
     def handoff_waiting(self) -> tuple[int, int]:
         """(batches, spans) in the handoff table now."""
