@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 
 import psycopg
 import pytest
@@ -230,3 +232,78 @@ def test_a_handoff_row_the_database_refuses_is_moved_aside_and_the_rest_applied(
     wait_until(lambda: a.metric("syncwatch_dropped_total", reason="handoff_rejected") == 2, 5, "counted")
     wait_until(lambda: a.metric("syncwatch_transactions_pending", **TX) == 3, 5, "pending")
     wait_until(lambda: a.get("/readyz")[0] == 200, 5, "ready")
+
+
+def test_a_lease_row_locked_past_the_ttl_moves_the_lease_without_double_counting(replicas, pg_db):
+    """An operator's long transaction holds the lease row (say a stray LOCK TABLE) for twice the
+    ttl: renewals and fence checks wait and fail, the leader lets go; after the lock is gone one
+    replica leads again and the overdue transactions (also those handed off meanwhile) are
+    reported exactly once, and nothing acknowledged is lost."""
+    a, b = replicas(2)
+    at = now() - 60
+    assert send(a, [source(f"before-{i}", at) for i in range(50)]) == 200
+    wait_until(lambda: a.metric("syncwatch_transactions_overdue", **TX) == 50, 5, "50 overdue")
+    codes: dict[str, int] = {}
+    with psycopg.connect(dsn(pg_db)) as locker:
+        locker.execute("LOCK TABLE leader_lease IN ACCESS EXCLUSIVE MODE")
+        locked = time.monotonic()
+        wait_until(lambda: a.metric("syncwatch_leader") == 0, 15, "the leader lets go")
+        for i in range(5):
+            codes[f"during-{i}"] = send(b, [source(f"during-{i}", at)])
+        time.sleep(max(0.0, 8 - (time.monotonic() - locked)))
+    wait_until(lambda: summed([a, b], "syncwatch_leader") == 1, 15, "one leader again")
+    wait_until(lambda: sql(pg_db, "SELECT count(*) FROM handoff") == [(0,)], 10, "handoff drained")
+    acked = {corr for corr, code in codes.items() if code == 200}
+    open_rows = {r[0] for r in sql(pg_db, "SELECT corr FROM open_tx")}
+    assert acked <= open_rows and len(open_rows) == 50 + len(acked)
+    wait_until(lambda: summed([a, b], "syncwatch_transactions_overdue", **TX) == len(open_rows), 5, "overdue")
+    assert summed([a, b], "syncwatch_transactions_pending", **TX) == len(open_rows)
+    assert summed([a, b], "syncwatch_transactions_total", outcome="expired", **TX) == 0
+    assert set(codes.values()) == {200}  # a follower hands off without the lease
+
+
+def test_the_backlog_shows_what_a_stalled_leader_cannot_apply(replicas, pg_db):
+    """The ledger tables locked (an operator's LOCK TABLE): the leader keeps its lease but cannot
+    apply; the followers keep answering 200, and the leader's backlog gauge shows what waits."""
+    a, b = replicas(2)
+    at = now() - 1
+    with psycopg.connect(dsn(pg_db)) as locker:
+        locker.execute("LOCK TABLE open_tx IN ACCESS EXCLUSIVE MODE")
+        for i in range(5):
+            assert send(b, [source(f"w-{i}-{k}", at) for k in range(10)]) == 200
+        wait_until(lambda: a.metric("syncwatch_handoff_backlog_spans") == 50, 10, "backlog 50 while stalled")
+        assert a.metric("syncwatch_leader") == 1
+    wait_until(lambda: a.metric("syncwatch_handoff_backlog_spans") == 0, 15, "backlog gone")
+    wait_until(lambda: a.metric("syncwatch_transactions_pending", **TX) == 50, 5, "all applied")
+
+
+def test_the_same_batch_at_both_replicas_at_the_same_moment_counts_once(replicas, pg_db):
+    a, b = replicas(2)
+    t0 = now() - 30
+    rounds = 20
+    for i in range(rounds):
+        batch = [
+            span("source", f"D-{i}", t0),
+            span("confirm", f"D-{i}", t0 + 4, **{"syncwatch.idempotency_key": f"k-{i}"}),
+            span("source", f"O-{i}", t0),  # stays open: overdue
+        ]
+        body = stage_request(batch).SerializeToString()
+        answers: list[int] = []
+        threads = [
+            threading.Thread(target=lambda sc=sc: answers.append(post(sc.otlp_http + "/v1/traces", body)[0]))
+            for sc in (a, b)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=10)
+        assert answers == [200, 200]
+    wait_until(lambda: sql(pg_db, "SELECT count(*) FROM handoff") == [(0,)], 10, "handoff drained")
+    wait_until(lambda: summed([a, b], "syncwatch_transactions_overdue", **TX) == rounds, 5, "overdue")
+    both = [a, b]
+    assert summed(both, "syncwatch_transactions_total", outcome="confirmed", **TX) == rounds
+    assert summed(both, "syncwatch_sync_lag_seconds_count", **TX) == rounds
+    assert summed(both, "syncwatch_sync_lag_seconds_sum", **TX) == pytest.approx(4.0 * rounds, abs=1e-3)
+    assert summed(both, "syncwatch_duplicate_applies_total", flow="orders", destination="erp") == 0
+    assert summed(both, "syncwatch_transactions_pending", **TX) == rounds
+    assert sql(pg_db, "SELECT count(*), max(applies) FROM applies") == [(rounds, 1)]
