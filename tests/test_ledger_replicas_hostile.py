@@ -10,9 +10,10 @@ import time
 
 import psycopg
 import pytest
+from collectors_fakes.tcp_proxy import TcpProxy
 from otel_helpers import now
 from otlp_raw import post, stage_request
-from pg_support import PG_PORT, dsn, reset, scratch_database, storage_config
+from pg_support import PG_HOST, PG_PORT, dsn, reset, scratch_database, storage_config
 from replicas_load import COMMON, summed, wait_until
 from sidecar import Sidecar
 
@@ -34,11 +35,11 @@ def replicas(tmp_path, pg_db):
     reset(pg_db)
     started: list[Sidecar] = []
 
-    def make(n: int = 2, flows: dict | None = None, ttl: str = "4s") -> list[Sidecar]:
+    def make(n: int = 2, flows: dict | None = None, ttl: str = "4s", port: int = PG_PORT) -> list[Sidecar]:
         out = []
         for _ in range(n):
             name = f"replica-{len(started)}"
-            storage = storage_config(pg_db, tmp_path / name, PG_PORT)
+            storage = storage_config(pg_db, tmp_path / name, port)
             storage["postgresql"]["lease_ttl"] = ttl
             cfg = {"storage": {**storage, "expire_after": "1h"}, "flows": flows or {"orders": {"deadline": "3s"}}}
             sc = Sidecar(tmp_path / name, cfg).start()
@@ -307,3 +308,20 @@ def test_the_same_batch_at_both_replicas_at_the_same_moment_counts_once(replicas
     assert summed(both, "syncwatch_duplicate_applies_total", flow="orders", destination="erp") == 0
     assert summed(both, "syncwatch_transactions_pending", **TX) == rounds
     assert sql(pg_db, "SELECT count(*), max(applies) FROM applies") == [(rounds, 1)]
+
+
+def test_idle_replicas_are_not_ready_while_the_database_is_away(replicas, pg_db):
+    """README: a follower is ready while it can write the handoff table. Without traffic neither
+    replica found out: both answered /readyz 200 through a database outage."""
+    proxy = TcpProxy(PG_HOST, PG_PORT).start()
+    try:
+        a, b = replicas(2, port=proxy.port)
+        proxy.stop()  # every connection cut, new ones refused
+        wait_until(lambda: b.get("/readyz")[0] == 503, 10, "the idle follower not ready")
+        wait_until(lambda: a.get("/readyz")[0] == 503, 10, "the idle leader not ready")
+        assert b"ledger not writable" in b.get("/readyz")[1]
+        proxy.start()
+        wait_until(lambda: a.get("/readyz")[0] == 200 and b.get("/readyz")[0] == 200, 20, "ready again")
+        wait_until(lambda: summed([a, b], "syncwatch_leader") == 1, 15, "one leader again")
+    finally:
+        proxy.close()

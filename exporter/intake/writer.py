@@ -34,6 +34,9 @@ if TYPE_CHECKING:  # psycopg is imported only for PostgreSQL
 log = logging.getLogger("syncwatch.intake")
 
 TICK_SECONDS = 0.25  # overdue detection granularity (the promise is: visible within 2 s)
+# Replicas: an idle writer asks the database this often whether it still takes writes, so /readyz
+# says so without traffic too (a failed write says it at once).
+IDLE_PROBE_SECONDS = 1.0
 
 
 class IntakeFull(SyncwatchError):
@@ -74,6 +77,7 @@ class LedgerWriter:
         self.tick_ok = True  # False while marking overdue/expired fails
         self.last_error: str | None = None
         self.role = ReplicaRole(ledger, metrics, lease)
+        self._written_at = time.monotonic()  # the last successful write or probe (replicas)
 
     @property
     def leading(self) -> bool:
@@ -167,8 +171,15 @@ class LedgerWriter:
                 self.tick_ok, self.last_error = False, f"deadline tracking failed: {exc}"
         if role.pg is None:
             return
-        if not self.commit_ok and role.pg.writable():
-            self.commit_ok, self.last_error = True, None  # idle: readiness comes back with the database
+        if not self.commit_ok:
+            if role.pg.writable():
+                self.commit_ok, self.last_error = True, None  # idle: readiness comes back with the database
+                self._written_at = time.monotonic()
+        elif time.monotonic() - self._written_at >= IDLE_PROBE_SECONDS:
+            if role.pg.writable():
+                self._written_at = time.monotonic()
+            else:  # idle through an outage: not ready, as a failed write would say
+                self.commit_ok, self.last_error = False, "the database does not answer or takes no writes"
         try:
             role.count_backlog()
         except Exception as exc:
@@ -179,6 +190,7 @@ class LedgerWriter:
         try:
             self.role.drain()
             self.commit_ok, self.last_error = True, None
+            self._written_at = time.monotonic()
         except Exception as exc:
             log.error("applying handed-off spans failed: %s", exc)
             self.commit_ok, self.last_error = False, str(exc)
@@ -202,6 +214,7 @@ class LedgerWriter:
             try:
                 self.role.write(events)
                 self.commit_ok, self.last_error = True, None
+                self._written_at = time.monotonic()
             except Exception as exc:  # disk full, I/O error: the senders get 503 and retry
                 log.error("ledger write failed for %d spans: %s", len(events), exc)
                 self.commit_ok, self.last_error = False, str(exc)
