@@ -125,6 +125,7 @@ class ReplicaRole:
         if pg is None or not self._handoff_rows:
             self.ledger.record(events)
             return
+        pg.drained_ids = []  # set by the drain: a failure before it is not the rows' doing
         try:
             self.ledger.record(events, pg.drain_handoff)
         except Exception as exc:
