@@ -129,12 +129,13 @@ def test_version_1_is_migrated_to_replicas_tables(pg_db, tmp_path):
     cfg = make_config(storage_config(pg_db, tmp_path))
     PostgresStore(cfg).close()
     with psycopg.connect(dsn(pg_db)) as conn:  # as part one of issue 16 left it
-        conn.execute("DROP TABLE leader_lease, handoff")
+        conn.execute("DROP TABLE leader_lease, handoff, handoff_rejected")
         conn.execute("UPDATE meta SET value='1'")
     PostgresStore(cfg).close()
     with psycopg.connect(dsn(pg_db)) as conn:
         assert conn.execute("SELECT value FROM meta").fetchall() == [("2",)]
         assert conn.execute("SELECT count(*) FROM handoff").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM handoff_rejected").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM leader_lease").fetchone() == (0,)
 
 
@@ -195,6 +196,20 @@ def test_a_takeover_waits_for_the_old_leaders_transaction(pg_db, tmp_path):
         store.close()
         old.stop()
         new.stop()
+
+
+def test_a_version_2_ledger_gets_the_handoff_rejected_table_without_a_new_version(pg_db, tmp_path):
+    """handoff_rejected came after version 2 shipped: added where missing, the version stays 2 so
+    replicas of the release before keep starting during a rolling update."""
+    reset(pg_db)
+    cfg = make_config(storage_config(pg_db, tmp_path))
+    PostgresStore(cfg).close()
+    with psycopg.connect(dsn(pg_db)) as conn:  # as the first release with replicas left it
+        conn.execute("DROP TABLE handoff_rejected")
+    PostgresStore(cfg).close()
+    with psycopg.connect(dsn(pg_db)) as conn:
+        assert conn.execute("SELECT value FROM meta").fetchall() == [("2",)]
+        assert conn.execute("SELECT count(*) FROM handoff_rejected").fetchone() == (0,)
 
 
 def test_bad_postgresql_settings_fail_at_start_naming_the_key(tmp_path, monkeypatch):

@@ -421,3 +421,19 @@ def test_a_span_with_more_attributes_than_planned_ahead_still_maps():
         out = ex.extract(view_of(request("storefront", [span])), T0)
         assert events(out) == [("SO-200", "orders", STAGE_SOURCE, "storefront", None, None, None)]
     assert ex._plans == {}
+
+
+def test_a_nul_character_in_a_mapped_name_is_refused():
+    """PostgreSQL's text holds no NUL: a mapped span naming one would fail every ledger write."""
+    ex = extractor()
+    consume = {
+        "trace": 5,
+        "span": 2,
+        "name": "orders process",
+        "kind": "consumer",
+        "attrs": {"messaging.system": "rabbitmq", "messaging.message.conversation_id": "SO-7"},
+    }
+    out = ex.extract(view_of(request("wor\x00ker", [consume, post(5, 3, 200, old=False)])), T0)
+    assert events(out) == []
+    assert out.rejected == 1
+    assert "contains a NUL character" in out.errors[0]

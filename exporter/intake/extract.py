@@ -198,6 +198,12 @@ def _too_long(value, limit: int) -> bool:
     return value.__class__ is str and len(value) > limit
 
 
+def _has_nul(value) -> bool:
+    """A NUL character: PostgreSQL's text cannot hold one, so a span naming one would fail every
+    ledger transaction it is in (and, handed off by a follower, the leader's forever)."""
+    return value.__class__ is str and "\x00" in value
+
+
 class SpanExtractor:
     def __init__(self, correlation_keys: list[str], max_correlation_id_length: int = 256, rules=None):
         self._corr_keys = tuple(correlation_keys)  # in order: the first one present wins
@@ -370,6 +376,9 @@ class SpanExtractor:
         if _too_long(flow, MAX_NAME_LENGTH):
             out.reject(f"{_where(span)}: syncwatch.flow longer than {MAX_NAME_LENGTH} characters")
             return None
+        if _has_nul(flow):
+            out.reject(f"{_where(span)}: syncwatch.flow contains a NUL character")
+            return None
         v = get(DESTINATION)
         dest = resource_get(DESTINATION) if v is None else (v.string_value or _value(v))
         if not dest:
@@ -382,6 +391,9 @@ class SpanExtractor:
             return None
         if _too_long(dest, MAX_NAME_LENGTH):
             out.reject(f"{_where(span)}: destination name longer than {MAX_NAME_LENGTH} characters")
+            return None
+        if _has_nul(dest):
+            out.reject(f"{_where(span)}: destination name contains a NUL character")
             return None
         start = span.start_time_unix_nano / 1e9
         end = span.end_time_unix_nano / 1e9 or start
@@ -399,6 +411,9 @@ class SpanExtractor:
         source = resource_get(SOURCE) if v is None else (v.string_value or _value(v))
         if _too_long(source, MAX_NAME_LENGTH):
             out.reject(f"{_where(span)}: syncwatch.source longer than {MAX_NAME_LENGTH} characters")
+            return None
+        if _has_nul(source):
+            out.reject(f"{_where(span)}: syncwatch.source contains a NUL character")
             return None
         # Only what the ledger reads for this stage: a source span needs none of the rest.
         attempt = code = error = idem = None
@@ -429,6 +444,9 @@ class SpanExtractor:
                 idem = resource_get(IDEMPOTENCY_KEY) if v is None else (v.string_value or _value(v))
                 if idem is not None and len(str(idem)) > MAX_VALUE_LENGTH:
                     out.reject(f"{_where(span)}: syncwatch.idempotency_key longer than {MAX_VALUE_LENGTH} characters")
+                    return None
+                if _has_nul(idem):
+                    out.reject(f"{_where(span)}: syncwatch.idempotency_key contains a NUL character")
                     return None
                 if stage == STAGE_CONFIRM and (v := get(RECORD_ID)) is not None:
                     rid = v.string_value or _value(v)

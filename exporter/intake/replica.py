@@ -24,6 +24,11 @@ if TYPE_CHECKING:  # psycopg is imported only for PostgreSQL
 log = logging.getLogger("syncwatch.intake")
 
 
+def _name(exc: BaseException) -> str:
+    """What failed, without the message: a database's or a bug's message may quote span data."""
+    return type(exc).__name__
+
+
 class ReplicaRole:
     def __init__(self, ledger: Ledger, metrics: Metrics, lease: Lease | None):
         self.ledger = ledger
@@ -122,9 +127,54 @@ class ReplicaRole:
         if pg is None or not self._handoff_rows or not drain:
             self.ledger.record(events)
             return
-        self.ledger.record(events, pg.drain_handoff)
+        pg.drained_ids = []  # set by the drain: a failure before it is not the rows' doing
+        try:
+            self.ledger.record(events, pg.drain_handoff)
+        except Exception as exc:
+            if pg.transient(exc) or not pg.drained_ids:
+                raise
+            self._isolate(events, pg.drained_ids, exc)
+            return
+        self._count_rejected(pg.rejected_spans)
         # A full drain may have left more behind; the next count finds them again.
         self._handoff_rows = 1 if pg.handoff_more else max(0, self._handoff_rows - pg.drained_rows)
+
+    def _isolate(self, events: list[Event], rows: list[int], exc: Exception) -> None:
+        """A transaction with handed-off rows failed on its data (the database refused a value, a
+        bug in applying them): apply those rows one at a time, move the one that fails aside (kept in
+        handoff_rejected, counted), so it cannot fail every later transaction; then our own events."""
+        assert self.pg is not None
+        pg = self.pg
+        log.error("applying %d handed-off batches failed (%s): applying them one at a time", len(rows), _name(exc))
+        saved, pg.drain_rows = pg.drain_rows, 1
+        try:
+            for row_id in rows:
+                try:
+                    self.ledger.record([], pg.drain_handoff)
+                    self._count_rejected(pg.rejected_spans)
+                except Exception as row_exc:
+                    if pg.transient(row_exc) or pg.drained_ids != [row_id]:
+                        raise
+                    spans = pg.reject_handoff(row_id, _name(row_exc))
+                    self._count_rejected(spans)
+                    log.error(
+                        "handoff row %d (%d spans) cannot be applied (%s): moved to handoff_rejected, "
+                        'counted in syncwatch_dropped_total{reason="handoff_rejected"}',
+                        row_id,
+                        spans,
+                        _name(row_exc),
+                    )
+        finally:
+            pg.drain_rows = saved
+        self._handoff_rows = 1  # the next count finds what else waits
+        if events:
+            self.ledger.record(events)  # raises when our own batch is what fails: answered 503
+
+    def _count_rejected(self, spans: int) -> None:
+        if spans:  # committed: the rows are in handoff_rejected now
+            self.metrics.dropped.labels("handoff_rejected").inc(spans)
+            assert self.pg is not None
+            self.pg.rejected_spans = 0
 
     def count_backlog(self) -> None:
         """On the leader: how much waits in the handoff table (the gauge and the next drain)."""

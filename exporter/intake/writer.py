@@ -35,6 +35,9 @@ log = logging.getLogger("syncwatch.intake")
 
 TICK_SECONDS = 0.25  # overdue detection granularity (the promise is: visible within 2 s)
 MAX_BUGS_LOGGED = 100  # distinct write failures remembered as logged (beyond: logged every time)
+# Replicas: an idle writer asks the database this often whether it still takes writes, so /readyz
+# says so without traffic too (a failed write says it at once).
+IDLE_PROBE_SECONDS = 1.0
 
 
 class IntakeFull(SyncwatchError):
@@ -81,6 +84,7 @@ class LedgerWriter:
         self.last_error: str | None = None
         self._bugs_logged: set[tuple] = set()  # write failures not the store's, logged with traceback
         self.role = ReplicaRole(ledger, metrics, lease)
+        self._written_at = time.monotonic()  # the last successful write or probe (replicas)
 
     @property
     def leading(self) -> bool:
@@ -174,8 +178,15 @@ class LedgerWriter:
                 self.tick_ok, self.last_error = False, f"deadline tracking failed: {exc}"
         if role.pg is None:
             return
-        if not self.commit_ok and role.pg.writable():
-            self.commit_ok, self.last_error = True, None  # idle: readiness comes back with the database
+        if not self.commit_ok:
+            if role.pg.writable():
+                self.commit_ok, self.last_error = True, None  # idle: readiness comes back with the database
+                self._written_at = time.monotonic()
+        elif time.monotonic() - self._written_at >= IDLE_PROBE_SECONDS:
+            if role.pg.writable():
+                self._written_at = time.monotonic()
+            else:  # idle through an outage: not ready, as a failed write would say
+                self.commit_ok, self.last_error = False, "the database does not answer or takes no writes"
         try:
             role.count_backlog()
         except Exception as exc:
@@ -186,6 +197,7 @@ class LedgerWriter:
         try:
             self.role.drain()
             self.commit_ok, self.last_error = True, None
+            self._written_at = time.monotonic()
         except Exception as exc:
             log.error("applying handed-off spans failed: %s", exc)
             self.commit_ok, self.last_error = False, str(exc)
@@ -233,6 +245,7 @@ class LedgerWriter:
                 self.commit_ok, self.last_error = False, str(exc)
             return exc
         self.commit_ok, self.last_error = True, None
+        self._written_at = time.monotonic()
         return None
 
     def _record_each(self, per_request: list[list], results: list) -> list:

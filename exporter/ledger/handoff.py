@@ -10,7 +10,16 @@ from collections.abc import Sequence
 
 import orjson
 
-from syncwatch.ledger.records import Event
+from syncwatch.ledger.records import EVENT_COLUMNS, Event
+from syncwatch.ledger.schema import STAGE_NAMES
+
+_FIELDS = len(EVENT_COLUMNS)
+_STAGES = frozenset(STAGE_NAMES.values())
+
+
+class Undecodable(ValueError):
+    """A handoff row that is not a list of events as encode() writes them (its message holds no
+    value from the row, so it can be logged)."""
 
 
 def encode(events: Sequence[Event]) -> bytes:
@@ -18,12 +27,26 @@ def encode(events: Sequence[Event]) -> bytes:
 
 
 def decode(data: bytes) -> list[Event]:
-    new, fromhex, intern = tuple.__new__, bytes.fromhex, sys.intern
+    """The events of one handoff row; raises Undecodable for a row encode() did not write (its
+    shape, IDs, names or stage), so a corrupt row is refused here instead of failing the leader's
+    transaction over and over. Values of the wrong type that get through fail the transaction
+    that applies them: the leader then isolates the row (intake/replica.py)."""
+    new, fromhex, intern, stages, fields = tuple.__new__, bytes.fromhex, sys.intern, _STAGES, _FIELDS
     out: list[Event] = []
-    for row in orjson.loads(data):
+    try:
+        rows = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise Undecodable(f"not JSON ({exc.msg})") from None
+    if rows.__class__ is not list:
+        raise Undecodable("not a list of events")
+    for i, row in enumerate(rows):
+        if row.__class__ is not list or len(row) != fields:
+            raise Undecodable(f"event {i}: not a list of {fields} fields")
         trace, span, corr, flow, stage, source, dest, *rest = row
-        out.append(
-            new(
+        if stage not in stages or corr.__class__ is not str:
+            raise Undecodable(f"event {i}: an unknown stage or a correlation ID that is not text")
+        try:
+            ev = new(
                 Event,
                 (
                     fromhex(trace),
@@ -36,5 +59,7 @@ def decode(data: bytes) -> list[Event]:
                     *rest,
                 ),
             )
-        )
+        except (TypeError, ValueError):
+            raise Undecodable(f"event {i}: IDs that are not hex or names that are not text") from None
+        out.append(ev)
     return out

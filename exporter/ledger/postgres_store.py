@@ -43,6 +43,16 @@ CREATE TABLE IF NOT EXISTS handoff(
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, spans integer NOT NULL, events bytea NOT NULL
 );
 """
+# Handoff rows the leader could not decode, moved aside (with why) instead of blocking the handoff
+# table; an operator reads them and deletes them. Added to version 2 without a new version: a table
+# older replicas never touch, so they keep starting during a rolling update (a newer version would
+# make them refuse the schema).
+REJECTED_DDL = """
+CREATE TABLE IF NOT EXISTS handoff_rejected(
+    id bigint PRIMARY KEY, spans integer NOT NULL, events bytea NOT NULL, reason text NOT NULL,
+    rejected_at timestamptz NOT NULL DEFAULT now()
+);
+"""
 
 # Migrations from older PostgreSQL schema versions: {from_version: SQL}.
 MIGRATIONS: dict[int, str] = {1: REPLICA_DDL}
@@ -77,6 +87,7 @@ CREATE INDEX IF NOT EXISTS applies_duplicates ON applies(last_at) WHERE applies 
 CREATE INDEX IF NOT EXISTS applies_by_corr ON applies(corr);
 """
     + REPLICA_DDL
+    + REJECTED_DDL
 )
 
 _UPSERT_OPEN = (
@@ -115,8 +126,9 @@ _FENCE = "SELECT 1 FROM leader_lease WHERE name=%s AND holder=%s AND epoch=%s AN
 _HAND_OFF = "INSERT INTO handoff (spans, events) VALUES (%s, %s)"
 _DRAIN = (
     "DELETE FROM handoff WHERE id IN (SELECT id FROM handoff ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
-    "RETURNING id, events"
+    "RETURNING id, spans, events"
 )
+_REJECT = "INSERT INTO handoff_rejected (id, spans, events, reason) VALUES (%s, %s, %s, %s)"
 _WRITABLE = "SELECT current_setting('transaction_read_only') = 'off'"
 _OPEN_ROWS = "SELECT corr, dest, flow, source, changed_at, opened_at, deadline, timeline FROM open_tx"
 _SWEEPS = (
@@ -176,6 +188,9 @@ class PostgresStore:
         self.fence: tuple[str, int] | None = None
         self.drained_rows = 0  # handoff rows the last drain_handoff took
         self.handoff_more = False  # it took as many as it could: more may wait
+        self.rejected_spans = 0  # spans of handoff rows the last drain_handoff moved aside
+        self.drain_rows = HANDOFF_DRAIN_ROWS  # rows drain_handoff takes (1 while isolating a bad one)
+        self.drained_ids: list[int] = []  # the rows the last drain_handoff took
         try:
             self._connect()
         except psycopg.Error as exc:
@@ -225,6 +240,8 @@ class PostgresStore:
                     f"the PostgreSQL ledger has schema version {version}, this syncwatch needs "
                     f"{PG_SCHEMA_VERSION}: run a newer syncwatch or another database"
                 )
+            if conn.execute("SELECT to_regclass('handoff_rejected')").fetchone() == (None,):
+                conn.execute(REJECTED_DDL)  # only when missing: CREATE needs a privilege later starts lack
 
     @staticmethod
     def _schema_version(conn: psycopg.Connection[Any]) -> int | None:
@@ -391,12 +408,48 @@ class PostgresStore:
         """Inside the leader's write transaction: take (and delete) the oldest handed-off batches, so
         they are applied exactly once, with the batch that records them."""
         events: list[Event] = []
-        rows = self._c().execute(_DRAIN, (HANDOFF_DRAIN_ROWS,)).fetchall()
-        for _, data in sorted(rows):
-            events.extend(handoff.decode(data))
+        conn = self._c()
+        rows = conn.execute(_DRAIN, (self.drain_rows,)).fetchall()
+        self.drained_ids = [row[0] for row in rows]
+        self.rejected_spans = 0
+        for row_id, spans, data in sorted(rows):
+            try:
+                events.extend(handoff.decode(data))
+            except handoff.Undecodable as exc:
+                # Moved aside in this transaction: it no longer blocks the rows behind it.
+                conn.execute(_REJECT, (row_id, spans, data, str(exc)))
+                self.rejected_spans += spans
+                log.error(
+                    "handoff row %d (%d spans) cannot be decoded (%s): moved to handoff_rejected, "
+                    'counted in syncwatch_dropped_total{reason="handoff_rejected"}',
+                    row_id,
+                    spans,
+                    exc,
+                )
         self.drained_rows = len(rows)
-        self.handoff_more = len(rows) == HANDOFF_DRAIN_ROWS
+        self.handoff_more = len(rows) == self.drain_rows
         return events
+
+    def reject_handoff(self, row_id: int, reason: str) -> int:
+        """Move one handoff row aside in a (fenced) transaction of its own: one the leader cannot
+        apply (the database refuses its events). Its spans; 0 when another took it meanwhile."""
+        self.begin()
+        try:
+            conn = self._c()
+            row = conn.execute("DELETE FROM handoff WHERE id = %s RETURNING id, spans, events", (row_id,)).fetchone()
+            if row is not None:
+                conn.execute(_REJECT, (*row, reason))
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        return 0 if row is None else int(row[1])
+
+    @staticmethod
+    def transient(exc: BaseException) -> bool:
+        """An error that says nothing about the data written: the database is away, slow, locked
+        (psycopg.OperationalError: connection, timeouts, lock and serialization failures)."""
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, StoreBusy))
 
     def handoff_waiting(self) -> tuple[int, int]:
         """(batches, spans) in the handoff table now."""

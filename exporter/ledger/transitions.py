@@ -37,6 +37,8 @@ from syncwatch.metrics.registry import Metrics
 
 log = logging.getLogger("syncwatch.ledger")
 
+MAX_LOGGED_FLOWS = 100  # flows whose untracked source spans were logged (once each)
+
 
 class Ledger:
     def __init__(
@@ -62,6 +64,7 @@ class Ledger:
             self.store, self.pending, self.closed_keys, self.batch, self.timelines, self.updates, self.flows, clock
         )
         self._stale = False  # memory may be ahead of the store: rebuild before the next write
+        self._untracked_flows: set[str] = set()
         for name, flow in config.flows.items():
             metrics.flow_deadline.labels(name).set(flow.deadline)
 
@@ -192,6 +195,8 @@ class Ledger:
         dests = self.flows.destinations(flow, source)
         if ev.dest and ev.dest not in dests:
             dests = (*dests, ev.dest)
+        if not dests:
+            self._untracked_source(flow)
         for dest in dests:
             key = (corr, dest, flow)
             tx = self.pending.get(key)
@@ -212,6 +217,21 @@ class Ledger:
                 continue
             self.batch.dirty[key] = self._open(
                 key, self.flows.labels(flow, source, dest), changed_at, ev.received, flow, (ev.trace_id, ev.span_id)
+            )
+
+    def _untracked_source(self, flow: str) -> None:
+        """A source span that opens nothing: its flow configures no destination (here: replicas
+        whose flows differ, or a flow nobody configured) and the span names none. Counted after the
+        commit, logged once per flow."""
+        self.updates.inc(self.metrics.dropped, ("no_destination",))
+        logged = self._untracked_flows
+        if flow not in logged and len(logged) < MAX_LOGGED_FLOWS:
+            logged.add(flow)
+            log.warning(
+                "source span of flow %r names no destination and this replica's flows config gives it none: "
+                'nothing to track (counted in syncwatch_dropped_total{reason="no_destination"}); '
+                "set flows.<flow>.destinations (on every replica)",
+                flow,
             )
 
     def _on_attempt(self, ev: Event) -> None:

@@ -79,6 +79,10 @@ def span_events(
             f"span {span_id.hex()} (rule {rule.name}): source or destination name longer than {MAX_NAME_LENGTH} characters"
         )
         return None
+    if (source is not None and "\x00" in source) or (dest is not None and "\x00" in dest):
+        # PostgreSQL's text holds no NUL: the span would fail every ledger transaction it is in.
+        out.reject(f"span {span_id.hex()} (rule {rule.name}): source or destination name contains a NUL character")
+        return None
     start = span.start_time_unix_nano / 1e9
     end = span.end_time_unix_nano / 1e9 or start
     if not closes:  # a source span only: no code, error or attempt

@@ -46,3 +46,5 @@ def reset(db: str) -> None:
             conn.execute("TRUNCATE open_tx, closed_tx, applies")
         if conn.execute("SELECT to_regclass('handoff')").fetchone() != (None,):
             conn.execute("TRUNCATE handoff, leader_lease")
+        if conn.execute("SELECT to_regclass('handoff_rejected')").fetchone() != (None,):
+            conn.execute("TRUNCATE handoff_rejected")
