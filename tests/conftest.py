@@ -160,6 +160,16 @@ def aws_env(monkeypatch, tmp_path):
     aws_test_env(monkeypatch, tmp_path)
 
 
+@pytest.fixture(scope="module")
+def pg_db(request):
+    """A PostgreSQL database of this test module's own, dropped after the module (request it only
+    from tests marked databases)."""
+    from pg_support import scratch_database
+
+    with scratch_database("syncwatch_" + request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")) as name:
+        yield name
+
+
 @pytest.fixture
 def dbs():
     """A PostgreSQL and a MariaDB database of this test's own, dropped afterwards (marks the test databases)."""

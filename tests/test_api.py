@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from api_data import AUTH, NOW, TOKEN, TRACE, make_config, span, write_ledger
-from pg_support import reset, scratch_database, storage_config
+from pg_support import reset, storage_config
 from snapshot_data import Clock, make_request, order_body
 
 from syncwatch.api.routes import setup_api
@@ -64,18 +64,12 @@ def serve(tmp_path, config, scenario):
     return asyncio.run(go())
 
 
-@pytest.fixture(scope="module")
-def pg_ledger_db():
-    with scratch_database("syncwatch_api") as name:
-        yield name
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.databases)])
 def config(request, tmp_path):
     """The same ledger rows on each backend; the API reads whichever the config names."""
     storage = None
     if request.param == "postgresql":
-        db = request.getfixturevalue("pg_ledger_db")
+        db = request.getfixturevalue("pg_db")
         reset(db)
         storage = storage_config(db, tmp_path)
     cfg = make_config(tmp_path, storage=storage)

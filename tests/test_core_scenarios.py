@@ -20,14 +20,6 @@ def transport(request):
 
 # Every scenario on both ledger backends: SQLite (the default) and PostgreSQL (storage.backend), the
 # same exact figures from each.
-@pytest.fixture(scope="module")
-def pg_db():
-    from pg_support import scratch_database
-
-    with scratch_database("syncwatch_scenarios") as name:
-        yield name
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.databases)])
 def storage(request):
     """storage.* for a workdir on this backend; PostgreSQL's tables are emptied first."""

@@ -24,14 +24,6 @@ from syncwatch.ledger.store import StoreBusy, is_store_failure
 POISON = "order-poison"
 
 
-@pytest.fixture(scope="module")
-def pg_db():
-    from pg_support import scratch_database
-
-    with scratch_database("syncwatch_poison") as name:
-        yield name
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.databases)])
 def harness(request, make_ledger, tmp_path):
     if request.param == "sqlite":

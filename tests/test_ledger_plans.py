@@ -14,7 +14,7 @@ from syncwatch.ledger.schema import DDL, corr_hash
 def plan(sql: str, n_params: int) -> list[str]:
     conn = sqlite3.connect(":memory:")
     conn.executescript(DDL)
-    conn.create_function("syncwatch_corr_hash", 1, corr_hash, deterministic=True)
+    conn.create_function("corr_hash_of", 1, corr_hash, deterministic=True)
     return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, ["x"] * n_params)]
 
 
@@ -37,7 +37,7 @@ def test_closed_lookup_searches_the_hash_index(n_keys):
         "SELECT first_span, last_span FROM applies WHERE idem=? AND dest=? AND flow=?",
         # the query API: one correlation ID, duplicates with their source, failed/expired lists
         "SELECT * FROM closed_tx WHERE corr_hash = ? AND corr = ?",
-        "SELECT t.*, (SELECT source FROM closed_tx c WHERE c.corr_hash = syncwatch_corr_hash(t.corr) AND c.corr = t.corr "
+        "SELECT t.*, (SELECT source FROM closed_tx c WHERE c.corr_hash = corr_hash_of(t.corr) AND c.corr = t.corr "
         "AND c.dest = t.dest AND c.flow = t.flow) AS source FROM applies t WHERE t.applies > 1 ORDER BY t.last_at DESC LIMIT ?",
         "SELECT t.* FROM closed_tx t WHERE t.outcome = ? AND t.outcome <> 'confirmed' ORDER BY t.closed_at DESC LIMIT ?",
     ],

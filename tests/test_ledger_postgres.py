@@ -11,7 +11,7 @@ import orjson
 import psycopg
 import pytest
 from ledger_events import T0, closed, ev, run, samples
-from pg_support import dsn, reset, scratch_database, storage_config
+from pg_support import dsn, reset, storage_config
 from prometheus_client import CollectorRegistry
 
 from syncwatch.config.errors import ConfigError
@@ -24,12 +24,6 @@ from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_SOURCE
 from syncwatch.ledger.store import StoreBusy
 from syncwatch.ledger.transitions import Ledger
 from syncwatch.metrics.registry import Metrics
-
-
-@pytest.fixture(scope="module")
-def pg_db():
-    with scratch_database("syncwatch_ledger") as name:
-        yield name
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -11,14 +11,8 @@ import pytest
 from collectors_fakes.tcp_proxy import TcpProxy
 from otel_helpers import now
 from otlp_raw import post, stage_request
-from pg_support import PG_HOST, PG_PORT, dsn, reset, scratch_database, storage_config
+from pg_support import PG_HOST, PG_PORT, dsn, reset, storage_config
 from sidecar import Sidecar
-
-
-@pytest.fixture(scope="module")
-def pg_db():
-    with scratch_database("syncwatch_scenarios") as name:
-        yield name
 
 
 @pytest.fixture

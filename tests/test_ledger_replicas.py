@@ -15,18 +15,12 @@ import pytest
 from collectors_fakes.tcp_proxy import TcpProxy
 from otel_helpers import now
 from otlp_raw import post, stage_request
-from pg_support import PG_HOST, PG_PORT, dsn, reset, scratch_database, storage_config
+from pg_support import PG_HOST, PG_PORT, dsn, reset, storage_config
 from replicas_load import COMMON, Load, series, summed, wait_until
 from sidecar import Sidecar
 
 TX = {"flow": "orders", "source": "storefront", "destination": "erp"}
 WHOLE_LEDGER = ("syncwatch_transactions_pending", "syncwatch_transactions_overdue")
-
-
-@pytest.fixture(scope="module")
-def pg_db():
-    with scratch_database("syncwatch_replicas") as name:
-        yield name
 
 
 @pytest.fixture

@@ -9,23 +9,17 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from api_data import NOW, TOKEN, TRACE, make_config, span, write_ledger
-from pg_support import reset, scratch_database, storage_config
+from pg_support import reset, storage_config
 from snapshot_data import Clock, make_request, order_body
 
 from syncwatch.api.routes import setup_api
 from syncwatch.metrics.registry import Metrics
 from syncwatch.snapshots import SnapshotIntake
 from syncwatch.ui import setup_ui
-from syncwatch.ui.auth import safe_next
+from syncwatch.ui.auth import COOKIE, safe_next
 from syncwatch.ui.views import human
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
-
-
-@pytest.fixture(scope="module")
-def pg_ledger_db():
-    with scratch_database("syncwatch_ui") as name:
-        yield name
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.databases)])
@@ -33,7 +27,7 @@ def config(request, tmp_path):
     """The same ledger rows on each backend; the web view reads whichever the config names."""
     storage = None
     if request.param == "postgresql":
-        db = request.getfixturevalue("pg_ledger_db")
+        db = request.getfixturevalue("pg_db")
         reset(db)
         storage = storage_config(db, tmp_path)
     cfg = make_config(tmp_path, storage=storage)
@@ -98,7 +92,7 @@ def test_nothing_without_the_cookie_and_a_wrong_token_sees_nothing(config):
             out[path] = (r.status, await r.text())
         r = await client.post("/ui/login", data={"token": "wrong", "next": "/ui/queues"}, allow_redirects=False)
         out["wrong"] = (r.status, await r.text(), r.cookies)
-        client.session.cookie_jar.update_cookies({"syncwatch_ui": TOKEN})  # the raw token is not a session
+        client.session.cookie_jar.update_cookies({COOKIE: TOKEN})  # the raw token is not a session
         r = await client.get("/ui/transactions/ord-1")
         out["raw"] = (r.status, await r.text())
         return out
@@ -109,7 +103,7 @@ def test_nothing_without_the_cookie_and_a_wrong_token_sees_nothing(config):
         assert status == 401
         assert 'name="token"' in html and "late-" not in html and "ord-1" not in html.split("next")[0]
     status, html, cookies = out["wrong"]
-    assert status == 401 and "wrong token" in html and "syncwatch_ui" not in cookies
+    assert status == 401 and "wrong token" in html and COOKIE not in cookies
     assert out["raw"][0] == 401 and "SO-1" not in out["raw"][1]
 
 

@@ -204,6 +204,15 @@ def _has_nul(value) -> bool:
     return value.__class__ is str and "\x00" in value
 
 
+def _name_problem(value) -> str | None:
+    """Why a flow, source or destination name is refused, or None."""
+    if _too_long(value, MAX_NAME_LENGTH):
+        return f"longer than {MAX_NAME_LENGTH} characters"
+    if _has_nul(value):
+        return "contains a NUL character"
+    return None
+
+
 class SpanExtractor:
     def __init__(self, correlation_keys: list[str], max_correlation_id_length: int = 256, rules=None):
         self._corr_keys = tuple(correlation_keys)  # in order: the first one present wins
@@ -373,11 +382,8 @@ class SpanExtractor:
         if not flow:
             out.reject(f"{_where(span)}: syncwatch.flow is missing on a {stage_name} span")
             return None
-        if _too_long(flow, MAX_NAME_LENGTH):
-            out.reject(f"{_where(span)}: syncwatch.flow longer than {MAX_NAME_LENGTH} characters")
-            return None
-        if _has_nul(flow):
-            out.reject(f"{_where(span)}: syncwatch.flow contains a NUL character")
+        if (problem := _name_problem(flow)) is not None:
+            out.reject(f"{_where(span)}: syncwatch.flow {problem}")
             return None
         v = get(DESTINATION)
         dest = resource_get(DESTINATION) if v is None else (v.string_value or _value(v))
@@ -389,11 +395,8 @@ class SpanExtractor:
                 f"on a {stage_name} span"
             )
             return None
-        if _too_long(dest, MAX_NAME_LENGTH):
-            out.reject(f"{_where(span)}: destination name longer than {MAX_NAME_LENGTH} characters")
-            return None
-        if _has_nul(dest):
-            out.reject(f"{_where(span)}: destination name contains a NUL character")
+        if (problem := _name_problem(dest)) is not None:
+            out.reject(f"{_where(span)}: destination name {problem}")
             return None
         start = span.start_time_unix_nano / 1e9
         end = span.end_time_unix_nano / 1e9 or start
@@ -409,11 +412,8 @@ class SpanExtractor:
             changed_at = start if stage == STAGE_SOURCE else None
         v = get(SOURCE)
         source = resource_get(SOURCE) if v is None else (v.string_value or _value(v))
-        if _too_long(source, MAX_NAME_LENGTH):
-            out.reject(f"{_where(span)}: syncwatch.source longer than {MAX_NAME_LENGTH} characters")
-            return None
-        if _has_nul(source):
-            out.reject(f"{_where(span)}: syncwatch.source contains a NUL character")
+        if (problem := _name_problem(source)) is not None:
+            out.reject(f"{_where(span)}: syncwatch.source {problem}")
             return None
         # Only what the ledger reads for this stage: a source span needs none of the rest.
         attempt = code = error = idem = None

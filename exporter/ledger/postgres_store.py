@@ -302,7 +302,7 @@ class PostgresStore:
     def _stream(self, sql: str) -> Iterator[tuple[Any, ...]]:
         conn = self._c()
         try:
-            with conn.transaction(), conn.cursor(name="syncwatch_load") as cur:
+            with conn.transaction(), conn.cursor(name="ledger_load") as cur:
                 cur.itersize = FETCH_ROWS
                 cur.execute(sql)
                 yield from cur

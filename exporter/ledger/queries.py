@@ -47,7 +47,7 @@ class LedgerQueries:
         try:
             conn.execute("PRAGMA busy_timeout=5000")
             conn.row_factory = sqlite3.Row
-            conn.create_function("syncwatch_corr_hash", 1, corr_hash, deterministic=True)
+            conn.create_function("corr_hash_of", 1, corr_hash, deterministic=True)
             yield conn
         except sqlite3.OperationalError as exc:  # locked for longer than busy_timeout, I/O error
             raise LedgerUnavailable(f"the ledger cannot be read: SQLite: {exc}") from None
@@ -78,7 +78,7 @@ class LedgerQueries:
             )
             closed_rows = _dicts(
                 conn.execute(
-                    "SELECT * FROM closed_tx WHERE corr_hash IN (SELECT syncwatch_corr_hash(value) FROM json_each(?))",
+                    "SELECT * FROM closed_tx WHERE corr_hash IN (SELECT corr_hash_of(value) FROM json_each(?))",
                     (ids,),
                 )
             )
@@ -101,7 +101,7 @@ class LedgerQueries:
                 (ids, flow),
             ).fetchall()
             closed_rows = conn.execute(
-                "SELECT corr, outcome FROM closed_tx WHERE corr_hash IN (SELECT syncwatch_corr_hash(value) "
+                "SELECT corr, outcome FROM closed_tx WHERE corr_hash IN (SELECT corr_hash_of(value) "
                 "FROM json_each(?)) AND flow = ?",
                 (ids, flow),
             ).fetchall()
@@ -137,7 +137,7 @@ class LedgerQueries:
                 params.append(state)
             else:
                 sql = (
-                    "SELECT t.*, (SELECT source FROM closed_tx c WHERE c.corr_hash = syncwatch_corr_hash(t.corr) "
+                    "SELECT t.*, (SELECT source FROM closed_tx c WHERE c.corr_hash = corr_hash_of(t.corr) "
                     "AND c.corr = t.corr AND c.dest = t.dest AND c.flow = t.flow) AS source FROM applies t"
                 )
                 desc = True

@@ -104,7 +104,7 @@ def corr_hash(corr: str) -> int:
 # Schema version 3 had a unique index over the text key and an index over every outcome.
 MIGRATE_FROM_3 = """
 ALTER TABLE closed_tx ADD COLUMN corr_hash INTEGER NOT NULL DEFAULT 0;
-UPDATE closed_tx SET corr_hash = syncwatch_corr_hash(corr);
+UPDATE closed_tx SET corr_hash = corr_hash_of(corr);
 DROP INDEX IF EXISTS closed_tx_by_key;
 DROP INDEX IF EXISTS closed_tx_by_outcome;
 """

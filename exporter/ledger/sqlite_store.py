@@ -128,7 +128,7 @@ class SqliteStore:
 
     def _migrate(self, version: int) -> None:
         log.info("ledger %s: migrating schema %d -> %d", self.path, version, SCHEMA_VERSION)
-        self.conn.create_function("syncwatch_corr_hash", 1, corr_hash, deterministic=True)
+        self.conn.create_function("corr_hash_of", 1, corr_hash, deterministic=True)
         steps = (MIGRATE_FROM_3 if version == 3 else "") + MIGRATE_FROM_4
         try:
             self.conn.executescript(

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 from urllib.parse import urlsplit
 
-COOKIE = "syncwatch_ui"
+COOKIE = "syncwatch-ui"
 _CONTEXT = b"syncwatch-ui-session-v1"
 
 
