@@ -320,8 +320,9 @@ def in_process(bodies: list[bytes], workdir: Path, rounds: int = 3) -> tuple[flo
 
 def rules_budget(bodies: list[bytes], workdir: Path, rounds: int = 5) -> dict[str, float]:
     """CPU µs per span of each step of the rules path in this process (least of `rounds`): the
-    ceiling, parsing into the intake's view, the protobuf reads alone (each span's attribute names,
-    the values it has of the keys rules read, and the span fields they use), extraction with the
+    ceiling, parsing into the intake's view, the reads alone (each span's attributes decoded into a
+    dict, or on older trees the protobuf map's values of the keys rules read; and the span fields
+    they use), extraction with the
     rules (which includes those reads), and Ledger.record of its events (16 requests per batch)."""
     from syncwatch.config.models import Config
     from syncwatch.intake.decode import PROTOBUF, decode_traces
@@ -336,17 +337,26 @@ def rules_budget(bodies: list[bytes], workdir: Path, rounds: int = 5) -> dict[st
     n = len(bodies) * SPANS_PER_REQUEST
     read = frozenset((*EVENT_KEYS, *ALIASES, *(old for olds in ALIASES.values() for old in olds), "messaging.system"))
 
+    try:
+        from syncwatch.intake.attributes import AttributeDecoder
+    except ImportError:  # a tree before the attribute decoder: attributes are a protobuf map
+        AttributeDecoder = None
+
     def reads_alone(views: list) -> None:
+        decoder = AttributeDecoder() if AttributeDecoder is not None else None
         for view in views:
             for rs in view.resource_spans:
                 for ss in rs.scope_spans:
                     for span in ss.spans:
                         attrs = span.attributes
-                        get = attrs.get
-                        for name in tuple(attrs):
-                            if name in read:
-                                v = get(name)
-                                _ = v.string_value or v.int_value
+                        if decoder is not None:
+                            _ = dict(map(decoder.__getitem__, attrs))
+                        else:
+                            get = attrs.get
+                            for name in tuple(attrs):
+                                if name in read:
+                                    v = get(name)
+                                    _ = v.string_value or v.int_value
                         _ = (span.kind, span.trace_id, span.span_id, span.start_time_unix_nano)
                         _ = (span.end_time_unix_nano, span.status.code, len(span.links))
 
@@ -364,7 +374,7 @@ def rules_budget(bodies: list[bytes], workdir: Path, rounds: int = 5) -> dict[st
         keep("parse into the view", time.process_time() - started)
         started = time.process_time()
         reads_alone(views)
-        keep("protobuf reads alone", time.process_time() - started)
+        keep("attribute reads alone", time.process_time() - started)
         config = Config.model_validate({"storage": {"data_dir": str(workdir / f"rules-{r}")}, "rules": RULES_CONFIG})
         extractor = SpanExtractor(
             config.correlation.keys,

@@ -181,7 +181,7 @@ def requests(draw):
 
 def corr_texts(req: ExportTraceServiceRequest) -> set[str]:
     """The correlation values in a request, as text (what a user would look up)."""
-    from syncwatch.intake.extract import any_value
+    from syncwatch.intake.attributes import any_value
 
     out = set()
     for rs in req.resource_spans:

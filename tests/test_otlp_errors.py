@@ -208,6 +208,33 @@ def test_backpressure_503_with_retry_after_and_ledger_failure_503(make_sidecar):
 
 # ---- fuzzing both decoders in-process: any input is a message or a 400, never anything else ----
 
+
+def test_a_span_with_an_attribute_that_is_not_utf8_is_refused_alone(sidecar):
+    """Protobuf would refuse the whole request for one string that is not UTF-8; intake decodes
+    attributes per span, so only that span is refused (and counted), the others are recorded."""
+    t0 = time.time()
+    spans = [
+        {
+            "_start": t0,
+            "syncwatch.stage": "source",
+            "syncwatch.flow": "orders",
+            "syncwatch.source": f"storefront{i}",
+            "correlation_id": f"order-u{i}",
+        }
+        for i in range(3)
+    ]
+    body = stage_request(spans).SerializeToString()
+    assert body.count(b"storefront1") == 1
+    status, _, answer = post(sidecar.otlp_http + "/v1/traces", body.replace(b"storefront1", b"storefro\xff\xfe1"))
+    assert status == 200
+    resp = ExportTraceServiceResponse.FromString(answer)
+    assert resp.partial_success.rejected_spans == 1
+    assert "'syncwatch.source' is not a valid OTLP value" in resp.partial_success.error_message
+    assert sidecar.metric("syncwatch_spans_total", result="rejected") == 1
+    assert sidecar.metric("syncwatch_dropped_total", reason="invalid_span") == 1
+    assert sidecar.metric("syncwatch_spans_total", result="correlated") == 2
+
+
 _extractor = SpanExtractor(["correlation_id"])
 
 

@@ -1,5 +1,5 @@
-"""Intake parses trace exports into trace_view.TraceView, whose attributes are a map over the same
-bytes as OTLP's repeated KeyValue. These tests hold it to the real opentelemetry-proto message."""
+"""Intake parses trace exports into trace_view.TraceView, whose attributes are the bytes of OTLP's
+KeyValues, decoded by intake.attributes. These tests hold it to the real opentelemetry-proto message."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import base64
 import json
 import time
 
+import pytest
 from google.protobuf import json_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from syncwatch.intake.attributes import AttributeDecoder, any_value
 from syncwatch.intake.decode import JSON, PROTOBUF, decode_traces
-from syncwatch.intake.extract import SpanExtractor, any_value
+from syncwatch.intake.extract import SpanExtractor
 from syncwatch.intake.trace_view import TraceView, span_count
 
 _keys = st.sampled_from(
@@ -31,6 +33,7 @@ _keys = st.sampled_from(
 )
 _values = st.one_of(
     st.text(max_size=30),
+    st.text(min_size=100, max_size=300),  # lengths of two varint bytes
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
     st.floats(allow_nan=False),
     st.booleans(),
@@ -91,20 +94,19 @@ def _request(resource_attrs, spans) -> ExportTraceServiceRequest:
 def test_view_reads_what_opentelemetry_proto_reads(resource_attrs, spans):
     full = _request(resource_attrs, spans)
     view = TraceView.FromString(full.SerializeToString())
+    decoder = AttributeDecoder()
     assert span_count(view) == len(spans)
     for full_rs, view_rs in zip(full.resource_spans, view.resource_spans, strict=True):
-        assert {kv.key: any_value(kv.value) for kv in full_rs.resource.attributes} == {
-            k: any_value(v) for k, v in view_rs.resource.attributes.items()
-        }
+        assert {kv.key: any_value(kv.value) for kv in full_rs.resource.attributes} == decoder.of(
+            view_rs.resource.attributes
+        )
         for full_span, view_span in zip(full_rs.scope_spans[0].spans, view_rs.scope_spans[0].spans, strict=True):
             assert (view_span.trace_id, view_span.span_id) == (full_span.trace_id, full_span.span_id)
             assert (view_span.start_time_unix_nano, view_span.end_time_unix_nano) == (
                 full_span.start_time_unix_nano,
                 full_span.end_time_unix_nano,
             )
-            assert {kv.key: any_value(kv.value) for kv in full_span.attributes} == {
-                k: any_value(v) for k, v in view_span.attributes.items()
-            }
+            assert {kv.key: any_value(kv.value) for kv in full_span.attributes} == decoder.of(view_span.attributes)
 
 
 def test_json_and_protobuf_bodies_give_the_same_events():
@@ -153,3 +155,33 @@ def test_the_correlation_key_of_highest_rank_wins_on_span_or_resource():
     )
     out = SpanExtractor(["a", "b", "c"]).extract(decode_traces(full.SerializeToString(), PROTOBUF), 1.0)
     assert [e[2] for e in out.events] == ["from-span", "from-resource", "from-resource"]
+
+
+def test_the_decoder_reads_any_encoding_refuses_bad_utf8_and_stays_bounded():
+    from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
+    from syncwatch.intake.attributes import MAX_REMEMBERED, BadAttribute, decode
+
+    canonical = KeyValue(key="http.url", value={"string_value": "https://erp.example/orders"}).SerializeToString()
+    value_first = canonical[canonical.index(b"\x12") :] + canonical[: canonical.index(b"\x12")]
+    assert decode(canonical) == decode(value_first) == ("http.url", "https://erp.example/orders")
+    assert decode(KeyValue(key="n", value={"int_value": -5}).SerializeToString()) == ("n", -5)
+    assert decode(KeyValue(key="e", value={"string_value": ""}).SerializeToString()) == ("e", None)
+    assert decode(KeyValue(key="u").SerializeToString()) == ("u", None)
+    long = "é" * 200
+    assert decode(KeyValue(key=long, value={"string_value": long}).SerializeToString()) == (long, long)
+    bad_value = KeyValue(key="k", value={"string_value": "ab"}).SerializeToString().replace(b"ab", b"\xff\xfe")
+    with pytest.raises(BadAttribute, match="'k' is not a valid OTLP value"):
+        decode(bad_value)
+    with pytest.raises(BadAttribute, match="key is not valid UTF-8"):
+        decode(KeyValue(key="ab", value={"int_value": 1}).SerializeToString().replace(b"ab", b"\xc3("))
+    decoder = AttributeDecoder()
+    raws = [
+        KeyValue(key="id", value={"string_value": f"order-{i}"}).SerializeToString() for i in range(3 * MAX_REMEMBERED)
+    ]
+    assert decoder.of(raws[:2] + [canonical, value_first]) == {
+        "id": "order-1",
+        "http.url": "https://erp.example/orders",
+    }
+    assert [decoder[raw][1] for raw in raws] == [f"order-{i}" for i in range(len(raws))]
+    assert 0 < len(decoder) <= MAX_REMEMBERED

@@ -12,12 +12,21 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from syncwatch.config.errors import ConfigError
+from syncwatch.intake.attributes import BadAttribute
 from syncwatch.intake.decode import JSON, OtlpError, decode_traces
 from syncwatch.intake.extract import Extracted, SpanExtractor
 from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_FAIL, STAGE_SOURCE
 from syncwatch.rules.engine import RuleEngine
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
+
+
+def _explicit(extractor: SpanExtractor, span: Any) -> bool:
+    """Whether the span sets syncwatch.stage itself (the rules do not map it)."""
+    try:
+        return "syncwatch.stage" in extractor.attributes.of(span.attributes)
+    except BadAttribute:
+        return False  # refused: listed under "rejected"
 
 
 def read_exports(path: Path) -> list[Any]:
@@ -61,7 +70,7 @@ def rules_test(config: Any, spans_file: str, out: TextIO | None = None) -> int:
         for rs in view.resource_spans:
             for ss in rs.scope_spans:
                 for span in ss.spans:
-                    order.append((span.span_id.hex(), span.name, "syncwatch.stage" in span.attributes))
+                    order.append((span.span_id.hex(), span.name, _explicit(extractor, span)))
         result = extractor.extract(view, received)
         events.extend(result.events)
         rejected.extend(result.errors)

@@ -1,12 +1,12 @@
 """Turn an OTLP trace export (as a trace_view.TraceView) into ledger events.
 
-This is the hot path of span intake: it asks each span's attribute map for the keys syncwatch
-needs and builds one ledger.records.Event per stage span.
+This is the hot path of span intake: it decodes each span's attributes into a dict
+(intake.attributes) and builds one ledger.records.Event per stage span.
 Everything else (correlated spans without a stage, uncorrelated spans) is only counted.
 
 Size (issue 12): ~410 lines, kept as one module on purpose. Its helpers (attribute reads, code and
 attempt parsing, length checks) exist only for this per-span loop and are tuned with it; a reader
-follows one span from attribute map to Event here, and bench/ingest.py guards the loop's speed.
+follows one span from its attributes to an Event here, and bench/ingest.py guards the loop's speed.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from syncwatch.intake.attributes import AttributeDecoder, BadAttribute
 from syncwatch.intake.ids import correlation_problem
 from syncwatch.ledger.records import Event
 from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_NAMES, STAGE_SOURCE
@@ -45,24 +46,6 @@ MAX_VALUE_LENGTH = 512  # idempotency keys, error types and response codes
 
 _intern = sys.intern
 _new = tuple.__new__  # an Event without the Python-level NamedTuple __new__ (ledger/records.py)
-
-
-def any_value(v):
-    """Python value of an OTLP AnyValue (scalars only; arrays/maps become their text form)."""
-    kind = v.WhichOneof("value")
-    if kind == "string_value":
-        return v.string_value
-    if kind == "int_value":
-        return v.int_value
-    if kind == "double_value":
-        return v.double_value
-    if kind == "bool_value":
-        return v.bool_value
-    if kind == "bytes_value":
-        return v.bytes_value.hex()
-    if kind is None:
-        return None
-    return str(v)
 
 
 def parse_timestamp(value) -> float:
@@ -123,22 +106,10 @@ class Extracted:
         return "; ".join(self.errors) + (f"; and {more} more" if more > 0 else "")
 
 
-def _value(v):
-    """Python value of a present AnyValue, None when it is empty (an empty value counts as absent)."""
-    val = v.string_value
-    if val:
-        return val
-    val = any_value(v)
-    return None if val == "" else val
-
-
-def _read(get, resource_get, key):
-    """The value of `key` on the span (`get` is its attribute map's get), else on its resource.
-    An attribute the span sets to an empty value counts as unset, and does not fall back."""
-    v = get(key)
-    if v is None:
-        return resource_get(key)
-    return v.string_value or _value(v)
+def _merged(resource: dict, attrs: dict) -> dict:
+    """The span's attributes over its resource's defaults. An attribute the span sets to an empty
+    value is None here: it counts as unset, and does not fall back to the resource's."""
+    return {**resource, **attrs} if resource else attrs
 
 
 def _is_whole_number(value) -> bool:
@@ -219,54 +190,69 @@ class SpanExtractor:
         self._max_corr = max_correlation_id_length
         self._rules = rules  # a syncwatch.rules.engine.RuleEngine, or None: no mapping rules
         self._plans: dict[tuple[str, ...], KeyPlan] = {}  # attribute names of a span -> its KeyPlan
+        self.attributes = AttributeDecoder()  # KeyValue bytes -> (key, value), remembered
 
-    def _resource_values(self, attributes) -> dict:
-        """The attributes syncwatch reads that a resource sets, as defaults for its spans."""
-        if not len(attributes):
-            return _NO_RESOURCE
+    def _resource(self, rs, out: Extracted) -> tuple[dict, dict] | None:
+        """(all attributes, the ones syncwatch reads as defaults for its spans) of a resource; None,
+        with its spans refused, when an attribute of it is invalid."""
+        raws = rs.resource.attributes
+        if not len(raws):
+            return _NO_RESOURCE, _NO_RESOURCE
+        try:
+            attrs = self.attributes.of(raws)
+        except BadAttribute as exc:
+            n = sum(len(ss.spans) for ss in rs.scope_spans)
+            if n:
+                out.reject(f"{n} spans of a resource: {exc}")
+                out.rejected += n - 1
+            return None
         found = {}
         for key in (*_READ, *self._corr_keys):
-            v = attributes.get(key)
-            if v is not None:
-                val = _value(v)
-                if val is not None:
-                    found[key] = val
-        return found
+            val = attrs.get(key)
+            if val is not None:
+                found[key] = val
+        return attrs, found
 
     def extract(self, view, received: float) -> Extracted:
-        """`view` is a trace_view.TraceView: each span's attributes are a map, asked only for the
-        keys syncwatch reads (asking is cheap; building a value is what costs)."""
+        """`view` is a trace_view.TraceView: each span's attributes are KeyValue bytes, decoded
+        into a dict (intake.attributes) with the values spans repeat remembered."""
         if self._rules is not None:
             return self._extract_with_rules(view, received)
         out = Extracted()
         events = out.events
         event = self._event
         corr_keys = self._corr_keys
+        decoded = self.attributes.__getitem__
         correlated = uncorrelated = 0
         for rs in view.resource_spans:
+            res = self._resource(rs, out)
+            if res is None:
+                continue
             # Resource attributes give defaults (e.g. an integration that sets syncwatch.flow once).
-            resource = self._resource_values(rs.resource.attributes)
-            resource_get = resource.get
+            resource = res[1]
             # The correlation key of highest rank wins, whether the span or its resource sets it.
             rank = next((i for i, k in enumerate(corr_keys) if k in resource), len(corr_keys))
             resource_corr = resource[corr_keys[rank]] if rank < len(corr_keys) else None
             span_corr_keys = corr_keys[:rank]
             for ss in rs.scope_spans:
                 for span in ss.spans:
-                    get = span.attributes.get
+                    try:
+                        attrs = dict(map(decoded, span.attributes))
+                    except BadAttribute as exc:
+                        out.reject(f"{_where(span)}: {exc}")
+                        continue
                     corr = None
                     for key in span_corr_keys:
-                        v = get(key)
-                        if v is not None:
-                            corr = v.string_value or _value(v)
-                            if corr is not None:
-                                break
+                        corr = attrs.get(key)
+                        if corr is not None:
+                            break
                     if corr is None:
                         corr = resource_corr
                         if corr is None:
                             uncorrelated += 1
                             continue
-                    stage_name = _read(get, resource_get, STAGE)
+                    get = _merged(resource, attrs).get
+                    stage_name = get(STAGE)
                     if stage_name is None:
                         correlated += 1  # context span of a transaction: counts for coverage only
                         continue
@@ -275,7 +261,7 @@ class SpanExtractor:
                     if problem is not None:
                         out.reject(f"{_where(span)}: {problem}")
                         continue
-                    ev = event(span, get, resource_get, corr, stage_name, received, out)
+                    ev = event(span, get, corr, stage_name, received, out)
                     if ev is not None:
                         correlated += 1
                         events.append(ev)
@@ -288,7 +274,7 @@ class SpanExtractor:
 
         Spans of one instrumentation share one set of attribute names: per such set, a KeyPlan
         says which correlation keys and which names the rules read are present, so a span's
-        attribute map is asked only for keys it has (no lookups of absent old and new names)."""
+        attributes are asked only for keys it has (no lookups of absent old and new names)."""
         out = Extracted()
         rules = self._rules
         rules.begin(received)
@@ -296,40 +282,38 @@ class SpanExtractor:
         plans = self._plans
         plan_for = self._plan
         rule_span = rules.span
+        decoded = self.attributes.__getitem__
         for rs in view.resource_spans:
-            res_attrs = rs.resource.attributes
-            resource = self._resource_values(res_attrs)
-            resource_get = resource.get
+            res = self._resource(rs, out)
+            if res is None:
+                continue
+            res_attrs, resource = res
             rank = next((i for i, k in enumerate(corr_keys) if k in resource), len(corr_keys))
             resource_corr = resource[corr_keys[rank]] if rank < len(corr_keys) else None
-            resource_stage = resource_get(STAGE)
-            service = res_attrs.get("service.name")
-            service = "" if service is None else str(_value(service) or "")
+            resource_stage = resource.get(STAGE)
+            service = str(res_attrs.get("service.name") or "")
             for ss in rs.scope_spans:
                 for span in ss.spans:
-                    attrs = span.attributes
+                    try:
+                        attrs = dict(map(decoded, span.attributes))
+                    except BadAttribute as exc:
+                        out.reject(f"{_where(span)}: {exc}")
+                        continue
                     names = tuple(attrs)
                     plan = plans.get(names)
                     if plan is None:
                         plan = plan_for(names)
                     present_corr, has_stage, reads = plan
                     corr = None
-                    if present_corr:
-                        get = attrs.get
-                        for i, key in present_corr:
-                            if i >= rank:
-                                break
-                            v = get(key)
-                            corr = v.string_value or _value(v)
-                            if corr is not None:
-                                break
+                    for i, key in present_corr:
+                        if i >= rank:
+                            break
+                        corr = attrs[key]
+                        if corr is not None:
+                            break
                     if corr is None:
                         corr = resource_corr
-                    if has_stage:
-                        v = attrs.get(STAGE)
-                        stage_name = v.string_value or _value(v)
-                    else:
-                        stage_name = resource_stage
+                    stage_name = attrs[STAGE] if has_stage else resource_stage
                     if stage_name is None:
                         rule_span(span, attrs, reads, res_attrs, service, corr, received, out)
                         continue
@@ -341,7 +325,7 @@ class SpanExtractor:
                     if problem is not None:
                         out.reject(f"{_where(span)}: {problem}")
                         continue
-                    ev = self._event(span, attrs.get, resource_get, corr, stage_name, received, out)
+                    ev = self._event(span, _merged(resource, attrs).get, corr, stage_name, received, out)
                     if ev is not None:
                         out.correlated += 1
                         out.events.append(ev)
@@ -365,7 +349,8 @@ class SpanExtractor:
         return plan
 
     @staticmethod
-    def _event(span, get, resource_get, corr, stage_name, received, out: Extracted) -> Event | None:
+    def _event(span, get, corr, stage_name, received, out: Extracted) -> Event | None:
+        """`get` reads the span's attributes over its resource's (_merged)."""
         stage = STAGE_NAMES.get(stage_name)
         if stage is None:
             out.reject(
@@ -376,19 +361,16 @@ class SpanExtractor:
         if len(trace_id) != 16 or len(span_id) != 8:
             out.reject(f"{_where(span)}: trace_id must be 16 bytes and span_id 8 bytes")
             return None
-        # Inlined _read (this runs for every stage span): the span's value, else the resource's.
-        v = get(FLOW)
-        flow = resource_get(FLOW) if v is None else (v.string_value or _value(v))
+        flow = get(FLOW)
         if not flow:
             out.reject(f"{_where(span)}: syncwatch.flow is missing on a {stage_name} span")
             return None
         if (problem := _name_problem(flow)) is not None:
             out.reject(f"{_where(span)}: syncwatch.flow {problem}")
             return None
-        v = get(DESTINATION)
-        dest = resource_get(DESTINATION) if v is None else (v.string_value or _value(v))
+        dest = get(DESTINATION)
         if not dest:
-            dest = _read(get, resource_get, PEER) or _read(get, resource_get, SERVER)
+            dest = get(PEER) or get(SERVER)
         if not dest and stage != STAGE_SOURCE:
             out.reject(
                 f"{_where(span)}: no destination (syncwatch.destination, peer.service or server.address) "
@@ -400,8 +382,7 @@ class SpanExtractor:
             return None
         start = span.start_time_unix_nano / 1e9
         end = span.end_time_unix_nano / 1e9 or start
-        v = get(CHANGED_AT)
-        raw_changed = resource_get(CHANGED_AT) if v is None else (v.string_value or _value(v))
+        raw_changed = get(CHANGED_AT)
         if raw_changed is not None:
             try:
                 changed_at = parse_timestamp(raw_changed)
@@ -410,19 +391,16 @@ class SpanExtractor:
                 return None
         else:
             changed_at = start if stage == STAGE_SOURCE else None
-        v = get(SOURCE)
-        source = resource_get(SOURCE) if v is None else (v.string_value or _value(v))
+        source = get(SOURCE)
         if (problem := _name_problem(source)) is not None:
             out.reject(f"{_where(span)}: syncwatch.source {problem}")
             return None
         # Only what the ledger reads for this stage: a source span needs none of the rest.
         attempt = code = error = idem = None
         if stage != STAGE_SOURCE:
-            v = get(ERROR)
-            error = resource_get(ERROR) if v is None else (v.string_value or _value(v))
+            error = get(ERROR)
             if stage == STAGE_ATTEMPT:
-                v = get(RESEND)
-                resend = resource_get(RESEND) if v is None else _value(v)
+                resend = get(RESEND)
                 if resend is not None:
                     try:
                         attempt = _attempt_number(resend)
@@ -432,26 +410,23 @@ class SpanExtractor:
                             f"{MAX_ATTEMPT - 1}, got {str(resend)[:40]!r}"
                         )
                         return None
-                v = get(HTTP_CODE)
-                code = resource_get(HTTP_CODE) if v is None else _value(v)
+                code = get(HTTP_CODE)
                 if code is not None and not _is_whole_number(code):
                     out.reject(f"{_where(span)}: http.response.status_code must be an integer, got {str(code)[:40]!r}")
                     return None
                 if code is None:
-                    code = _read(get, resource_get, CODE)
+                    code = get(CODE)
             else:
-                v = get(IDEMPOTENCY_KEY)
-                idem = resource_get(IDEMPOTENCY_KEY) if v is None else (v.string_value or _value(v))
+                idem = get(IDEMPOTENCY_KEY)
                 if idem is not None and len(str(idem)) > MAX_VALUE_LENGTH:
                     out.reject(f"{_where(span)}: syncwatch.idempotency_key longer than {MAX_VALUE_LENGTH} characters")
                     return None
                 if _has_nul(idem):
                     out.reject(f"{_where(span)}: syncwatch.idempotency_key contains a NUL character")
                     return None
-                if stage == STAGE_CONFIRM and (v := get(RECORD_ID)) is not None:
-                    rid = v.string_value or _value(v)
-                    if rid is not None and 0 < len(str(rid)) <= MAX_VALUE_LENGTH:
-                        out.record_ids.append((str(flow), str(corr), dest and str(dest), str(rid), end or received))
+                rid = get(RECORD_ID) if stage == STAGE_CONFIRM else None
+                if rid is not None and 0 < len(str(rid)) <= MAX_VALUE_LENGTH:
+                    out.record_ids.append((str(flow), str(corr), dest and str(dest), str(rid), end or received))
         return _new(
             Event,
             (

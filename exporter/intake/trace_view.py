@@ -6,12 +6,11 @@ scope_spans > spans > trace_id, span_id, parent, name, kind, start/end time, att
 and status, so any valid OTLP
 protobuf body parses into it, and every other field is skipped by the parser.
 
-One difference in shape, none on the wire: `attributes` is declared `map<string, AnyValue>`
-instead of `repeated KeyValue`. Protobuf defines a map field as exactly a repeated entry message
-{key = 1; value = 2}, which is what KeyValue is, so the bytes are identical. As a map, the parser
-indexes the attributes in C and intake asks for the dozen keys it needs, instead of building a
-Python object for every key and value of every span (tests/test_trace_view.py proves the
-equivalence on generated requests). The AnyValue values are opentelemetry-proto's own type.
+One difference in shape, none on the wire: `attributes` is declared `repeated bytes` instead of
+`repeated KeyValue`. Both are length-delimited on the wire, so each attribute arrives as the bytes of
+its KeyValue and the parser builds no message object for it; intake.attributes decodes them into
+a dict, remembering the attributes spans repeat (tests/test_trace_view.py proves the equivalence
+with opentelemetry-proto on generated requests).
 """
 
 from __future__ import annotations
@@ -20,18 +19,16 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
-from opentelemetry.proto.common.v1 import common_pb2
 
 _PACKAGE = "syncwatch.intake"
 _F = descriptor_pb2.FieldDescriptorProto
-_ANY_VALUE = "." + common_pb2.AnyValue.DESCRIPTOR.full_name
 
 # (message, [(number, name, type, repeated, message type or None)]) in opentelemetry-proto's numbering.
 _Field = tuple[int, str, Any, bool, str | None]
 _MESSAGES: list[tuple[str, list[_Field]]] = [
     ("Link", [(1, "trace_id", _F.TYPE_BYTES, False, None), (2, "span_id", _F.TYPE_BYTES, False, None)]),
     ("Status", [(2, "message", _F.TYPE_STRING, False, None), (3, "code", _F.TYPE_INT32, False, None)]),
-    ("Resource", [(1, "attributes", _F.TYPE_MESSAGE, True, ".syncwatch.intake.Resource.AttributesEntry")]),
+    ("Resource", [(1, "attributes", _F.TYPE_BYTES, True, None)]),
     (
         "Span",
         [
@@ -42,7 +39,7 @@ _MESSAGES: list[tuple[str, list[_Field]]] = [
             (6, "kind", _F.TYPE_INT32, False, None),  # the SpanKind enum's numbers
             (7, "start_time_unix_nano", _F.TYPE_FIXED64, False, None),
             (8, "end_time_unix_nano", _F.TYPE_FIXED64, False, None),
-            (9, "attributes", _F.TYPE_MESSAGE, True, ".syncwatch.intake.Span.AttributesEntry"),
+            (9, "attributes", _F.TYPE_BYTES, True, None),  # each a KeyValue's bytes (attributes.py)
             # For the mapping rules (syncwatch.rules): linked spans and the span status.
             (13, "links", _F.TYPE_MESSAGE, True, ".syncwatch.intake.Link"),
             (15, "status", _F.TYPE_MESSAGE, False, ".syncwatch.intake.Status"),
@@ -66,7 +63,6 @@ def _build() -> type[Message]:
         name="syncwatch/intake/trace_view.proto",
         package=_PACKAGE,
         syntax="proto3",
-        dependency=[common_pb2.DESCRIPTOR.name],
     )
     for name, fields in _MESSAGES:
         message = file.message_type.add(name=name)
@@ -79,11 +75,6 @@ def _build() -> type[Message]:
             )
             if type_name:
                 field.type_name = type_name
-        if any(f[1] == "attributes" for f in fields):
-            entry = message.nested_type.add(name="AttributesEntry")
-            entry.options.map_entry = True
-            entry.field.add(name="key", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
-            entry.field.add(name="value", number=2, type=_F.TYPE_MESSAGE, label=_F.LABEL_OPTIONAL, type_name=_ANY_VALUE)
     pool = descriptor_pool.Default()
     pool.Add(file)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.ExportTraceServiceRequest"))

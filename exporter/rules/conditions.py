@@ -50,27 +50,14 @@ def text_of(value: Any) -> str:
     return value if value.__class__ is str else str(value)
 
 
-def any_value(v: Any) -> Any:
-    kind = v.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "bytes_value":
-        return v.bytes_value.hex()
-    if kind in ("array_value", "kvlist_value"):
-        return str(v)
-    val = getattr(v, kind)
-    return None if val == "" else val
-
-
-def attr(attrs: Any, key: str) -> Any:
-    """The value of `key` (or an older name of it) in an OTLP attribute map; None when absent."""
-    v = attrs.get(key)
-    if v is not None:
-        return v.string_value or any_value(v)
+def attr(attrs: dict[str, Any], key: str) -> Any:
+    """The value of `key` (or an older name of it) in a dict of attributes (intake.attributes);
+    None when absent. A key present with an empty value is None and hides its older names."""
+    if key in attrs:
+        return attrs[key]
     for old in ALIASES.get(key, ()):
-        v = attrs.get(old)
-        if v is not None:
-            return v.string_value or any_value(v)
+        if old in attrs:
+            return attrs[old]
     return None
 
 

@@ -20,7 +20,6 @@ from syncwatch.rules.conditions import (
     Rule,
     Values,
     When,
-    any_value,
     compile_rule,
     text_of,
 )
@@ -188,16 +187,12 @@ class RuleEngine:
         self, span: Any, attrs: Any, reads: Reads, res_attrs: Any, service: str, corr: Any, received: float, out: Any
     ) -> None:
         """A span without syncwatch.stage: map it by the first rule that matches, or count it.
+        `attrs` and `res_attrs` are the span's and its resource's attributes (intake.attributes);
         `reads` is `reads()` of this span's attribute names."""
         vals: list[Any] = [None] * len(self._keys)
-        get = attrs.get
         parts: list[Any] = [reads.mask, span.kind]
         for ki, name in reads.match:
-            v = get(name)
-            value = v.string_value
-            if not value:  # not a string: most often an integer (status codes)
-                value = v.int_value if v.WhichOneof("value") == "int_value" else any_value(v)
-            vals[ki] = value
+            vals[ki] = value = attrs[name]
             if value.__class__ is str:
                 parts.append(value[:MAX_VALUE_LENGTH])
             else:
@@ -233,8 +228,7 @@ class RuleEngine:
         matches[rule.name] = matches.get(rule.name, 0) + 1
         for ki, name in reads.rest:  # the keys no condition reads, if this rule's events need them
             if need >> ki & 1:
-                v = get(name)
-                vals[ki] = v.string_value or any_value(v)
+                vals[ki] = attrs[name]
         own = self._correlation_id(rule, vals) if rule.correlation_ids else None
         if own is None:
             own = corr
