@@ -102,6 +102,7 @@ class RuleEngine:
         # Each key with the older names it may appear under: the first one a span has is read.
         self._names = [(k, *ALIASES.get(k, ())) for k in self._keys]
         self._match_keys = frozenset(ki for ki, _ in self._checks)  # keys conditions read
+        self._rest_mask = sum(1 << ki for ki in range(len(self._keys)) if ki not in self._match_keys)
         whens = [w for r in self.rules for w in (*r.whens, *r.confirm, *r.fail)]
         self._sig_name = any(w.names is not None or w.name_rx is not None for w in whens)
         self._sig_status = any(w.status is not None for w in whens)
@@ -226,15 +227,16 @@ class RuleEngine:
             return
         matches = self._matches
         matches[rule.name] = matches.get(rule.name, 0) + 1
-        for ki, name in reads.rest:  # the keys no condition reads, if this rule's events need them
-            if need >> ki & 1:
-                vals[ki] = attrs[name]
+        if need & self._rest_mask:
+            for ki, name in reads.rest:  # the keys no condition reads, if this rule's events need them
+                if need >> ki & 1:
+                    vals[ki] = attrs[name]
         own = self._correlation_id(rule, vals) if rule.correlation_ids else None
         if own is None:
             own = corr
         trace_id = span.trace_id
         msg = vals[MESSAGE_ID]
-        if msg is None and not len(span.links):
+        if msg is None and not span.links:
             key_tuple: tuple[Hashable, ...] = (trace_id,)
         else:
             keys: list[Hashable] = [trace_id]
@@ -242,28 +244,30 @@ class RuleEngine:
                 keys.append(("m", text_of(msg)[:MAX_VALUE_LENGTH]))
             keys.extend(link.trace_id for link in span.links if link.trace_id)
             key_tuple = tuple(keys)
-        via = "attribute"
-        if own is None:
+        stitched = own is None
+        if stitched:
             own = self.index.lookup(key_tuple)
-            via = "stitched"
-        else:
-            own = own if own.__class__ is str else text_of(own)
+        elif own.__class__ is not str:
+            own = text_of(own)
         events = span_events(rule, stages, closes, span, trace_id, vals, service, received, own, out)
         if events is None:
             return
-        decision = None
         if self.explain is not None:
             decision = self.explain[span.span_id.hex()] = Decision(
                 span.span_id.hex(), span.name, rule.name, rule.flow, [_STAGE_TEXT[s] for s in stages]
             )
+            if own is not None:
+                decision.via = "stitched" if stitched else "attribute"
+        else:
+            decision = None
         if own is None:
             self.index.hold(Pending(key_tuple, (rule, events, decision), received))
             return
-        if decision is not None:
-            decision.via = via
         self._emit(rule, events, own, out, decision)
-        if via == "attribute" or len(key_tuple) > 1:  # a span stitched by its trace alone teaches nothing new
-            self._release(self.index.learn(key_tuple, own, received), out)
+        if not stitched or len(key_tuple) > 1:  # a span stitched by its trace alone teaches nothing new
+            released = self.index.learn(key_tuple, own, received)
+            if released:
+                self._release(released, out)
 
     @staticmethod
     def _correlation_id(rule: Rule, vals: list[Any]) -> Any:
@@ -332,10 +336,11 @@ class RuleEngine:
 
     def _emit(self, rule: Rule, events: list[Event], corr: str, out: Any, decision: Decision | None) -> None:
         """Hand over a span's events (built with `corr`) unless the ID is refused."""
-        problem = correlation_problem(corr, self.max_corr)
-        if problem is not None:
-            out.reject(f"span {events[0][1].hex() if events else '?'}: {problem}")
-            return
+        if len(corr) > self.max_corr or not corr.isprintable():  # the cheap checks first
+            problem = correlation_problem(corr, self.max_corr)
+            if problem is not None:
+                out.reject(f"span {events[0][1].hex() if events else '?'}: {problem}")
+                return
         out.correlated += 1
         if decision is not None:
             decision.corr = corr
