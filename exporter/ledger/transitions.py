@@ -17,6 +17,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -149,13 +150,15 @@ class Ledger:
                 (sources if stage == STAGE_SOURCE else attempts if stage == STAGE_ATTEMPT else closes).append(ev)
             if sources:
                 self.batch.prefetch_for(sources, self.pending, self.flows)
-            for ev in sources:
-                self._on_source(ev)
+                on_source = self._on_source
+                for ev in sources:
+                    on_source(ev)
             self.batch.end_prefetch()
             if len(attempts) > 1:
                 attempts.sort(key=_start_time)
+            on_attempt = self._on_attempt
             for ev in attempts:
-                self._on_attempt(ev)
+                on_attempt(ev)
             closer = self.closer
             for ev in closes:  # extraction refuses a confirm or fail without a destination
                 if ev.stage == STAGE_CONFIRM:
@@ -339,5 +342,4 @@ def open_store(config: Config) -> LedgerStore:
     return SqliteStore(config)
 
 
-def _start_time(ev: Event) -> float:
-    return ev.start
+_start_time = attrgetter("start")  # of an Event
