@@ -185,7 +185,7 @@ class Ledger:
         src: tuple[bytes, bytes] | None = None,
     ) -> Tx:
         base = changed_at if changed_at is not None else now
-        tx = Tx(labels, changed_at, now, base + self.flows.deadline(flow), src=src)
+        tx = Tx(labels, changed_at, now, base + self.flows.deadline(flow), None, False, src)  # no keywords: no dict
         self.pending[key] = tx
         self.batch.opened.append(key)  # its deadline goes on the heap at flush, if it is still open then
         deltas, delta = self._deltas, (self.metrics.pending, labels)  # updates.inc, inlined on the hot path
