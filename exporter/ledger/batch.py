@@ -48,12 +48,13 @@ class Batch:
 
     def closed_row(self, key: TxKey) -> ClosedRow | None:
         """The closed row of a key as this batch sees it, None when it is not closed."""
-        row = self.closed.get(key)
-        if row is not None:
-            return row  # closed earlier in this batch, not yet written
-        prefetched = self.prefetched
+        closed, prefetched = self.closed, self.prefetched
+        if closed:  # (empty while the sources are recorded, the usual case: no hashing of the key)
+            row = closed.get(key)
+            if row is not None:
+                return row  # closed earlier in this batch, not yet written
         if prefetched is not None:
-            return prefetched.get(key)
+            return prefetched.get(key) if prefetched else None
         if not self.closed_keys.may_contain(corr_hash(key[0])):
             return None  # no transaction with this correlation ID ever closed
         return self.store.closed_row(key)

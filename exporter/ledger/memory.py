@@ -18,6 +18,7 @@ class ClosedKeys:
     from the store at start."""
 
     BITS = 1 << 27
+    MASK = BITS - 1
 
     def __init__(self) -> None:
         self.bits = bytearray(self.BITS >> 3)
@@ -26,11 +27,11 @@ class ClosedKeys:
         self.bits = bytearray(self.BITS >> 3)
 
     def add(self, h: int) -> None:
-        h &= self.BITS - 1
+        h &= self.MASK
         self.bits[h >> 3] |= 1 << (h & 7)
 
     def may_contain(self, h: int) -> bool:
-        h &= self.BITS - 1
+        h &= self.MASK
         return bool(self.bits[h >> 3] & (1 << (h & 7)))
 
 

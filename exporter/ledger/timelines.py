@@ -44,28 +44,37 @@ class Timelines:
         """Add an attempt span to an open transaction: (its number, the end of attempt n-1 if known),
         or None when this span is already in the timeline (a redelivery)."""
         attempts = tx.attempts
+        n = ev.attempt
+        prev_end = None
         index = None
         if attempts is None:
             attempts = tx.attempts = []
+            if n is None:
+                n = 1
         elif len(attempts) <= INDEX_ATTEMPTS:
+            # One pass: the span seen already, or the highest number so far and the end of its latest span.
+            max_n, max_end = 0, None
             for a in attempts:
                 if a.span_id == span_hex:
                     return None
+                if a.n >= max_n:
+                    max_n, max_end = a.n, a.end
+            if n is None:
+                n = max_n + 1
+                if max_n:
+                    prev_end = max_end
+            elif n > 1:
+                prev_end = next((a.end for a in reversed(attempts) if a.n == n - 1), None)
         else:
             index = self._index.get(key)
             if index is None:
                 index = self._index[key] = AttemptIndex(attempts)
             if span_hex in index.spans:
                 return None
-        n = ev.attempt
-        if n is None:
-            n = (index.max_n if index is not None else max([a.n for a in attempts])) + 1 if attempts else 1
-        prev_end = None
-        if n > 1:
-            if index is not None:
+            if n is None:
+                n = index.max_n + 1
+            if n > 1:
                 prev_end = index.end_of.get(n - 1)
-            else:
-                prev_end = next((a.end for a in reversed(attempts) if a.n == n - 1), None)
         entry: Attempt = _new(Attempt, (ev.trace_id.hex(), span_hex, ev.start, ev.end, n, ev.code, ev.error))
         attempts.append(entry)
         if index is not None:

@@ -17,6 +17,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -149,13 +150,15 @@ class Ledger:
                 (sources if stage == STAGE_SOURCE else attempts if stage == STAGE_ATTEMPT else closes).append(ev)
             if sources:
                 self.batch.prefetch_for(sources, self.pending, self.flows)
-            for ev in sources:
-                self._on_source(ev)
+                on_source = self._on_source
+                for ev in sources:
+                    on_source(ev)
             self.batch.end_prefetch()
             if len(attempts) > 1:
                 attempts.sort(key=_start_time)
+            on_attempt = self._on_attempt
             for ev in attempts:
-                self._on_attempt(ev)
+                on_attempt(ev)
             closer = self.closer
             for ev in closes:  # extraction refuses a confirm or fail without a destination
                 if ev.stage == STAGE_CONFIRM:
@@ -182,7 +185,7 @@ class Ledger:
         src: tuple[bytes, bytes] | None = None,
     ) -> Tx:
         base = changed_at if changed_at is not None else now
-        tx = Tx(labels, changed_at, now, base + self.flows.deadline(flow), src=src)
+        tx = Tx(labels, changed_at, now, base + self.flows.deadline(flow), None, False, src)  # no keywords: no dict
         self.pending[key] = tx
         self.batch.opened.append(key)  # its deadline goes on the heap at flush, if it is still open then
         deltas, delta = self._deltas, (self.metrics.pending, labels)  # updates.inc, inlined on the hot path
@@ -339,5 +342,4 @@ def open_store(config: Config) -> LedgerStore:
     return SqliteStore(config)
 
 
-def _start_time(ev: Event) -> float:
-    return ev.start
+_start_time = attrgetter("start")  # of an Event
