@@ -91,15 +91,18 @@ def _fast_value(av: bytes) -> tuple[bool, Any]:
 def decode(raw: bytes) -> tuple[str, Any]:
     """(key, value) of one KeyValue's bytes. Raises BadAttribute."""
     n = len(raw)
-    try:
-        if n >= 4 and raw[0] == 0x0A and raw[1] < 0x80:  # key first, short
-            at = raw[1] + 2
-            if at + 2 <= n and raw[at] == 0x12 and raw[at + 1] == n - at - 2 and raw[at + 1] < 0x80:
+    # The canonical encoding with a key shorter than 128 bytes: 0x0A len key 0x12 len AnyValue.
+    if n >= 4 and raw[0] == 0x0A and raw[1] < 0x80:
+        at = raw[1] + 2
+        if at + 2 <= n and raw[at] == 0x12 and raw[at + 1] == n - at - 2 and raw[at + 1] < 0x80:
+            try:
+                if n >= at + 4 and raw[at + 2] == 0x0A and raw[at + 3] == n - at - 4:  # a short string value
+                    return raw[2:at].decode(), raw[at + 4 :].decode() or None
                 ok, value = _fast_value(raw[at + 2 :])
                 if ok:
                     return raw[2:at].decode(), value
-    except UnicodeDecodeError:
-        pass  # the full parse below names the problem
+            except UnicodeDecodeError:
+                pass  # the full parse below names the problem
     try:
         kv = KeyValue.FromString(raw)
     except (DecodeError, ValueError, RuntimeError):

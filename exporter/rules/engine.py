@@ -231,7 +231,17 @@ class RuleEngine:
             for ki, name in reads.rest:  # the keys no condition reads, if this rule's events need them
                 if need >> ki & 1:
                     vals[ki] = attrs[name]
-        own = self._correlation_id(rule, vals) if rule.correlation_ids else None
+        own = None
+        for ki, rx, group in rule.correlation_ids:  # the first of the rule's sources the span has
+            value = vals[ki]
+            if value is not None:
+                if rx is None:
+                    own = value
+                    break
+                m = rx.search(text_of(value)[:MAX_VALUE_LENGTH])
+                if m is not None and m.group(group):
+                    own = m.group(group)
+                    break
         if own is None:
             own = corr
         trace_id = span.trace_id
@@ -268,20 +278,6 @@ class RuleEngine:
             released = self.index.learn(key_tuple, own, received)
             if released:
                 self._release(released, out)
-
-    @staticmethod
-    def _correlation_id(rule: Rule, vals: list[Any]) -> Any:
-        """The rule's correlation ID: the first of its sources the span has (its regex group, if any)."""
-        for ki, rx, group in rule.correlation_ids:
-            value = vals[ki]
-            if value is None:
-                continue
-            if rx is None:
-                return value
-            m = rx.search(text_of(value)[:MAX_VALUE_LENGTH])
-            if m is not None and m.group(group):
-                return m.group(group)
-        return None
 
     def _decide(self, span: Any, vals: list[Any], res_attrs: Any, service: str) -> Decided:
         """The first rule whose conditions hold, the stages the span becomes, and whether one of

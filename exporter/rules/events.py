@@ -46,6 +46,25 @@ def destination(vals: list[Any]) -> str | None:
     return None if value is None else text_of(value)
 
 
+_valid_names: set[tuple[str | None, str | None]] = set()  # (source, destination) pairs found valid
+MAX_VALID_NAMES = 1024  # cleared when full
+
+
+def _names_problem(source: str | None, dest: str | None) -> str | None:
+    """Why a source or destination name is refused, or None (and the pair is remembered)."""
+    for name in (source, dest):
+        if name is not None:
+            if len(name) > MAX_NAME_LENGTH:
+                return f"source or destination name longer than {MAX_NAME_LENGTH} characters"
+            if "\x00" in name:
+                # PostgreSQL's text holds no NUL: the span would fail every ledger transaction it is in.
+                return "source or destination name contains a NUL character"
+    if len(_valid_names) >= MAX_VALID_NAMES:
+        _valid_names.clear()
+    _valid_names.add((source, dest))
+    return None
+
+
 def span_events(
     rule: Rule,
     stages: tuple[int, ...],
@@ -74,15 +93,11 @@ def span_events(
             f"span {span_id.hex()} (rule {rule.name}): no destination (set `destination` on the rule, or server.address on the span)"
         )
         return None
-    if (source is not None and len(source) > MAX_NAME_LENGTH) or (dest is not None and len(dest) > MAX_NAME_LENGTH):
-        out.reject(
-            f"span {span_id.hex()} (rule {rule.name}): source or destination name longer than {MAX_NAME_LENGTH} characters"
-        )
-        return None
-    if (source is not None and "\x00" in source) or (dest is not None and "\x00" in dest):
-        # PostgreSQL's text holds no NUL: the span would fail every ledger transaction it is in.
-        out.reject(f"span {span_id.hex()} (rule {rule.name}): source or destination name contains a NUL character")
-        return None
+    if (source, dest) not in _valid_names:
+        problem = _names_problem(source, dest)
+        if problem is not None:
+            out.reject(f"span {span_id.hex()} (rule {rule.name}): {problem}")
+            return None
     start = span.start_time_unix_nano / 1e9
     end = span.end_time_unix_nano / 1e9 or start
     if not closes:  # a source span only: no code, error or attempt
