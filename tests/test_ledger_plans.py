@@ -29,7 +29,8 @@ def test_closed_lookup_searches_the_hash_index(n_keys):
     "sql",
     [
         ledger._CLOSE_STORED,
-        ledger._UPSERT_OPEN,
+        ledger._UPSERT_OPEN.one,
+        ledger._UPSERT_OPEN.many,
         "SELECT outcome, closed_at, lag, changed_at, close_span, timeline FROM closed_tx WHERE " + ledger._CLOSED_KEY,
         "UPDATE closed_tx SET timeline=? WHERE " + ledger._CLOSED_KEY,
         "DELETE FROM closed_tx WHERE " + ledger._CLOSED_KEY,
@@ -44,7 +45,8 @@ def test_closed_lookup_searches_the_hash_index(n_keys):
 )
 def test_statements_never_scan_a_table(sql):
     steps = plan(sql, sql.count("?"))
-    assert not any(s.startswith("SCAN") and "USING" not in s for s in steps), steps
+    tables = [s for s in steps if "CONSTANT ROWS" not in s]  # a multi-row VALUES list is scanned, no table
+    assert not any(s.startswith("SCAN") and "USING" not in s for s in tables), steps
 
 
 def test_the_sweep_looks_at_a_bounded_number_of_rows():

@@ -5,6 +5,7 @@ written only against store.LedgerStore gives the transitions exactly what SQLite
 from __future__ import annotations
 
 import copy
+import sqlite3
 from collections.abc import Iterator, Sequence
 
 import ledger_events
@@ -13,6 +14,7 @@ from ledger_events import T0, closed, ev, run, samples
 from prometheus_client import CollectorRegistry
 
 from syncwatch.config.models import Config
+from syncwatch.ledger import sqlite_store
 from syncwatch.ledger.records import (
     CLOSED_TX_COLUMNS,
     OPEN_TX_COLUMNS,
@@ -209,3 +211,33 @@ def test_closed_rows_are_found_by_their_hash(tmp_path):
     assert [r["corr_hash"] for r in store.closed.values()] == [corr_hash("o-9")]
     again = Ledger(config(tmp_path), Metrics(CollectorRegistry()), clock=lambda: now[0], store=store)
     assert again.load() == 0 and again.closed_keys.may_contain(corr_hash("o-9"))
+
+
+def test_sqlite_writes_a_large_batch_row_for_row_as_given(tmp_path):
+    """A batch's new closes and open rows go to SQLite several rows per statement: every column of
+    every row, and the order closes are appended in, are those the interface handed over."""
+    n = 2 * sqlite_store.ROWS_PER_INSERT + 5  # full statements and a remainder
+    stores = (None, MemoryStore())
+    tables = []
+    for store in stores:
+        ledger_events.reset_ids()
+        now = [T0]
+        ledger = Ledger(config(tmp_path / type(store).__name__), Metrics(CollectorRegistry()), lambda: now[0], store)
+        ledger.record([ev(STAGE_SOURCE, f"o-{i}", T0 + i) for i in range(2 * n)])  # open rows
+        retries = [ev(STAGE_ATTEMPT, f"o-{i}", T0 + 100 + i, code="503") for i in range(n)]
+        closes = [ev(STAGE_CONFIRM, f"c-{i}", T0 + 200 + i, idem=f"k-{i}") for i in range(n)]
+        ledger.record([*retries, *closes])  # open rows updated, new closes
+        if store is None:
+            db = sqlite3.connect(ledger.config.storage.ledger_path)
+            cols = ",".join(CLOSED_TX_COLUMNS)
+            opened = db.execute(f"SELECT {','.join(OPEN_TX_COLUMNS)} FROM open_tx").fetchall()
+            tables.append((sorted(opened), db.execute(f"SELECT {cols} FROM closed_tx ORDER BY rowid").fetchall()))
+            db.close()
+        else:
+            opened = [tuple(r[c] for c in OPEN_TX_COLUMNS) for r in store.open.values()]
+            tables.append((sorted(opened), [tuple(r[c] for c in CLOSED_TX_COLUMNS) for r in store.closed.values()]))
+        ledger.close()
+    assert tables[0] == tables[1]
+    opened, closes_in_order = tables[0]
+    assert len(opened) == 2 * n and sum(1 for r in opened if r[9] == 1) == n  # attempts: the retried ones
+    assert [r[0] for r in closes_in_order] == [f"c-{i}" for i in range(n)]

@@ -166,7 +166,7 @@ class Closer:
         close: Close | None
         if ev is not None:
             closed_at, close_span = ev.end, ev.span_id
-            close = _new(Close, (ev.stage, ev.trace_id.hex(), close_span.hex(), ev.start, closed_at, ev.error, ev.idem))
+            close = (ev.stage, ev.trace_id.hex(), close_span.hex(), ev.start, closed_at, ev.error, ev.idem)
         else:
             closed_at, close_span, close = self.clock(), None, None
         attempts = 0

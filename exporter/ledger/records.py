@@ -1,6 +1,7 @@
-"""The ledger's record types: the event extraction hands over, the timeline entries (stored as JSON
-lists) and the rows the store gives back are NamedTuples (as prometheus_client's samples.py), read by
-name; the rows handed to the store to write are typed tuples in column order (see below).
+"""The ledger's record types: the event extraction hands over, a closed timeline's duplicates and
+the rows the store gives back are NamedTuples (as prometheus_client's samples.py), read by name; the
+timeline's attempts and close (stored as JSON lists) and the rows handed to the store to write are
+typed tuples in field order (see below).
 
 On the hot path they are built with `tuple.__new__(Type, values)`, a C call, not `Type(...)`, whose
 generated `__new__` is a Python function (docs/performance.md, "Ledger records and storage interface").
@@ -41,28 +42,13 @@ class Event(NamedTuple):
 EVENT_COLUMNS = Event._fields
 
 
-class Attempt(NamedTuple):
-    """One delivery attempt in a timeline; stored as the JSON list [trace_id, span_id, start, end, n, code, error]."""
-
-    trace_id: str  # lowercase hex
-    span_id: str
-    start: float
-    end: float
-    n: int  # attempt number, 1 = first try
-    code: str | None
-    error: str | None
-
-
-class Close(NamedTuple):
-    """The span that closed a transaction; stored as [stage, trace_id, span_id, start, end, error, idem]."""
-
-    stage: int
-    trace_id: str
-    span_id: str
-    start: float
-    end: float
-    error: str | None
-    idem: str | None
+# Timeline entries written on every close are plain tuples, like the rows below: orjson encodes a
+# tuple as the JSON list it is stored as, a NamedTuple only through a Python call per entry.
+# A delivery attempt: (trace_id, span_id, start, end, n, code, error); IDs lowercase hex, n the
+# attempt number (1 = first try).
+Attempt = tuple[str, str, float, float, int, str | None, str | None]
+# The span that closed a transaction: (stage, trace_id, span_id, start, end, error, idem).
+Close = tuple[int, str, str, float, float, str | None, str | None]
 
 
 class Duplicate(NamedTuple):
@@ -141,11 +127,10 @@ StoredClose = tuple[
 
 def to_json(doc: Timeline) -> str:
     """A timeline as stored. orjson: it is encoded on every close, on the hot path (~10x json).
-    It does not take tuple subclasses itself: the entries above go through `default` as lists."""
+    It does not take tuple subclasses itself: a Duplicate goes through `default` as a list."""
     return orjson.dumps(doc, default=list).decode()
 
 
 def attempts_of(entries: list[Any]) -> list[Attempt]:
     """Attempt entries read back from JSON (lists), as Attempts."""
-    new = tuple.__new__
-    return [new(Attempt, a) for a in entries]
+    return [tuple(a) for a in entries]  # a stored attempt list has the layout of an Attempt

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import cast
 
@@ -28,11 +29,16 @@ WAL_AUTOCHECKPOINT_PAGES = 20_000
 SWEEP_BATCH = 5000
 SWEEP_ROUNDS = 20  # per minute: up to 100,000 rows of each table
 LOOKUP_CHUNK = 300  # keys per closed_lookup_sql statement
+ROWS_PER_INSERT = 32  # rows per multi-row INSERT of a batch's writes (512 parameters, under SQLite's old limit of 999)
 
-_UPSERT_OPEN = (
+_UPSERT_OPEN_INTO = (
     "INSERT INTO open_tx (corr, dest, flow, source, changed_at, opened_at, deadline, source_trace, source_span, "
-    "attempts, timeline) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(corr, dest, flow) DO UPDATE SET "
-    "source=excluded.source, changed_at=excluded.changed_at, deadline=excluded.deadline, attempts=excluded.attempts, "
+    "attempts, timeline) VALUES "
+)
+_UPSERT_OPEN_ROW = "(?,?,?,?,?,?,?,?,?,?,?)"
+_UPSERT_OPEN_SET = (
+    " ON CONFLICT(corr, dest, flow) DO UPDATE SET source=excluded.source, changed_at=excluded.changed_at, "
+    "deadline=excluded.deadline, attempts=excluded.attempts, "
     "timeline=excluded.timeline, source_trace=COALESCE(excluded.source_trace, source_trace), "
     "source_span=COALESCE(excluded.source_span, source_span)"
 )
@@ -41,10 +47,11 @@ _CLOSE_STORED = (
     "lag, source_trace, source_span, close_span, attempts, timeline, corr_hash) SELECT corr, dest, flow, ?, ?, ?, "
     "opened_at, deadline, ?, ?, source_trace, source_span, ?, ?, ?, ? FROM open_tx WHERE corr=? AND dest=? AND flow=?"
 )
-_CLOSE_NEW = (
+_CLOSE_NEW_INTO = (
     "INSERT INTO closed_tx (corr, dest, flow, source, outcome, changed_at, opened_at, deadline, closed_at, "
-    "lag, source_trace, source_span, close_span, attempts, timeline, corr_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    "lag, source_trace, source_span, close_span, attempts, timeline, corr_hash) VALUES "
 )
+_CLOSE_NEW_ROW = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 # closed_tx rows are found by corr_hash (indexed) and then the key; parameters: (corr_hash, corr, dest, flow).
 _CLOSED_KEY = "corr_hash=? AND corr=? AND dest=? AND flow=?"
 _CLOSED_ROW = "SELECT outcome, closed_at, lag, changed_at, close_span, timeline FROM closed_tx WHERE " + _CLOSED_KEY
@@ -84,6 +91,31 @@ def _register_identity_adapters() -> None:
 
 
 _register_identity_adapters()
+
+
+class RowInsert:
+    """An INSERT of many rows given as tuples in column order: ROWS_PER_INSERT rows per statement
+    (VALUES (...),(...),...), the rest one per statement. Per statement, not per row, SQLite then sets
+    up and halts its program and the sqlite3 module resets it and releases the GIL; rows are inserted
+    in the order given, exactly as one statement per row would."""
+
+    __slots__ = ("many", "one")
+
+    def __init__(self, into: str, row: str, tail: str = ""):
+        self.one = into + row + tail
+        self.many = into + ",".join([row] * ROWS_PER_INSERT) + tail
+
+    def run(self, conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
+        n = ROWS_PER_INSERT
+        full = len(rows) - len(rows) % n
+        if full:
+            conn.executemany(self.many, [list(chain.from_iterable(rows[i : i + n])) for i in range(0, full, n)])
+        if full < len(rows):
+            conn.executemany(self.one, rows[full:])
+
+
+_CLOSE_NEW = RowInsert(_CLOSE_NEW_INTO, _CLOSE_NEW_ROW)
+_UPSERT_OPEN = RowInsert(_UPSERT_OPEN_INTO, _UPSERT_OPEN_ROW, _UPSERT_OPEN_SET)
 
 
 def closed_lookup_sql(n: int) -> str:
@@ -241,9 +273,9 @@ class SqliteStore:
         if writes.open_deletes:
             conn.executemany(_DELETE_OPEN, writes.open_deletes)
         if writes.new_closes:
-            conn.executemany(_CLOSE_NEW, writes.new_closes.values())
+            _CLOSE_NEW.run(conn, list(writes.new_closes.values()))
         if writes.open_upserts:
-            conn.executemany(_UPSERT_OPEN, writes.open_upserts)
+            _UPSERT_OPEN.run(conn, writes.open_upserts)
 
     # ---- housekeeping --------------------------------------------------------------------------
     def sweep(self, cutoff: float) -> None:

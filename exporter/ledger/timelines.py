@@ -11,8 +11,6 @@ from syncwatch.ledger.records import Attempt, Event, Timeline, TxKey, attempts_o
 INDEX_ATTEMPTS = 32  # above this many attempts, a transaction's span IDs are found through a set
 TIMELINE_HEAD = 10  # attempts kept from the start of a capped timeline; the rest are the latest ones
 
-_new = tuple.__new__  # an Attempt without the Python-level NamedTuple __new__ (records.py)
-
 
 class AttemptIndex:
     """Span IDs and attempt numbers of a transaction with many attempts (a retry storm), so each
@@ -21,17 +19,19 @@ class AttemptIndex:
     __slots__ = ("end_of", "max_n", "spans")
 
     def __init__(self, attempts: list[Attempt]):
-        self.spans = {a.span_id for a in attempts}
-        self.max_n = max(a.n for a in attempts)
-        self.end_of = {a.n: a.end for a in attempts}  # attempt number -> end of its latest span
+        self.spans = {span for _trace, span, *_ in attempts}
+        self.max_n = max(n for _trace, _span, _start, _end, n, *_ in attempts)
+        # attempt number -> end of its latest span
+        self.end_of = {n: end for _trace, _span, _start, end, n, *_ in attempts}
 
     def add(self, entry: Attempt) -> None:
-        self.spans.add(entry.span_id)
-        self.max_n = max(self.max_n, entry.n)
+        _trace, span, _start, end, n, _code, _error = entry
+        self.spans.add(span)
+        self.max_n = max(self.max_n, n)
         end_of = self.end_of
-        if len(end_of) > 4 * INDEX_ATTEMPTS and entry.n not in end_of:
+        if len(end_of) > 4 * INDEX_ATTEMPTS and n not in end_of:
             end_of.clear()  # many distinct numbers: keep only recent ones (bounded memory)
-        end_of[entry.n] = entry.end
+        end_of[n] = end
 
 
 class Timelines:
@@ -54,17 +54,17 @@ class Timelines:
         elif len(attempts) <= INDEX_ATTEMPTS:
             # One pass: the span seen already, or the highest number so far and the end of its latest span.
             max_n, max_end = 0, None
-            for a in attempts:
-                if a.span_id == span_hex:
+            for _trace, span, _start, end, a_n, _code, _error in attempts:
+                if span == span_hex:
                     return None
-                if a.n >= max_n:
-                    max_n, max_end = a.n, a.end
+                if a_n >= max_n:
+                    max_n, max_end = a_n, end
             if n is None:
                 n = max_n + 1
                 if max_n:
                     prev_end = max_end
             elif n > 1:
-                prev_end = next((a.end for a in reversed(attempts) if a.n == n - 1), None)
+                prev_end = next((end for _t, _s, _start, end, a_n, *_ in reversed(attempts) if a_n == n - 1), None)
         else:
             index = self._index.get(key)
             if index is None:
@@ -75,7 +75,7 @@ class Timelines:
                 n = index.max_n + 1
             if n > 1:
                 prev_end = index.end_of.get(n - 1)
-        entry: Attempt = _new(Attempt, (ev.trace_id.hex(), span_hex, ev.start, ev.end, n, ev.code, ev.error))
+        entry: Attempt = (ev.trace_id.hex(), span_hex, ev.start, ev.end, n, ev.code, ev.error)
         attempts.append(entry)
         if index is not None:
             index.add(entry)
@@ -83,7 +83,7 @@ class Timelines:
             # A retry storm on one transaction: keep the first attempts and the latest, count the rest.
             dropped = attempts.pop(TIMELINE_HEAD)
             if index is not None:
-                index.spans.discard(dropped.span_id)
+                index.spans.discard(dropped[1])  # its span ID
             self.omitted[key] = self.omitted.get(key, 0) + 1
         return n, prev_end
 
@@ -91,10 +91,10 @@ class Timelines:
         """Add an attempt span to a closed transaction's timeline document: its number, or None
         when the span is already in it."""
         attempts = doc["attempts"] = attempts_of(doc.get("attempts", []))
-        if any(a.span_id == span_hex for a in attempts):
+        if any(span == span_hex for _trace, span, *_ in attempts):
             return None
-        n = ev.attempt or max((a.n for a in attempts), default=0) + 1
-        attempts.append(Attempt(ev.trace_id.hex(), span_hex, ev.start, ev.end, n, ev.code, ev.error))
+        n = ev.attempt or max((a_n for _t, _s, _start, _end, a_n, *_ in attempts), default=0) + 1
+        attempts.append((ev.trace_id.hex(), span_hex, ev.start, ev.end, n, ev.code, ev.error))
         if len(attempts) > self.max_attempts:
             attempts.pop(TIMELINE_HEAD)
             doc["omitted"] = doc.get("omitted", 0) + 1
