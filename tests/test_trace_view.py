@@ -185,3 +185,22 @@ def test_the_decoder_reads_any_encoding_refuses_bad_utf8_and_stays_bounded():
     }
     assert [decoder[raw][1] for raw in raws] == [f"order-{i}" for i in range(len(raws))]
     assert 0 < len(decoder) <= MAX_REMEMBERED
+
+
+def test_a_resource_attribute_not_utf8_refuses_that_resource_s_spans_only():
+    start = int(time.time() * 1e9)
+    stage = [("syncwatch.stage", "source"), ("syncwatch.flow", "orders")]
+    good = _request([("service.name", "storefront")], [(stage + [("correlation_id", "SO-1")], start)])
+    bad = _request(
+        [("service.name", "BADNAME")],
+        [(stage + [("correlation_id", "SO-2")], start), (stage + [("correlation_id", "SO-3")], start)],
+    )
+    good.resource_spans.extend(bad.resource_spans)
+    body = good.SerializeToString().replace(b"BADNAME", b"BAD\xffAME")
+    out = SpanExtractor(["correlation_id"]).extract(decode_traces(body, PROTOBUF), 1.0)
+    assert [e[2] for e in out.events] == ["SO-1"]
+    assert out.rejected == 2
+    assert out.error_message == "; ".join(
+        f"span {span_id}: its resource's attribute 'service.name' is not a valid OTLP value (a string that is not UTF-8?)"
+        for span_id in ("0101010101010101", "0202020202020202")
+    )

@@ -201,10 +201,9 @@ class SpanExtractor:
         try:
             attrs = self.attributes.of(raws)
         except BadAttribute as exc:
-            n = sum(len(ss.spans) for ss in rs.scope_spans)
-            if n:
-                out.reject(f"{n} spans of a resource: {exc}")
-                out.rejected += n - 1
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    out.reject(f"{_where(span)}: its resource's {exc}")
             return None
         found = {}
         for key in (*_READ, *self._corr_keys):
