@@ -437,3 +437,35 @@ def test_a_nul_character_in_a_mapped_name_is_refused():
     assert events(out) == []
     assert out.rejected == 1
     assert "contains a NUL character" in out.errors[0]
+
+
+def test_spans_with_very_many_attributes_are_mapped_by_the_keys_rules_read():
+    """Past MAX_DECODED attributes only the keys rules (and intake) read are decoded: old and new
+    names both, and resource keys that conditions name."""
+    from syncwatch.intake.attributes import MAX_DECODED
+
+    rules = {
+        "map": {
+            "erp-post": {
+                "flow": "orders",
+                "preset": "http-client",
+                "when": {
+                    "attributes": {"url.full": "http://erp.local/*"},
+                    "resource": {"deployment.environment": "prod"},
+                },
+                "destination": "erp",
+                "correlation": {"attribute": "url.full", "regex": "/orders/(?P<id>[^/]+)$"},
+            }
+        }
+    }
+    junk = {f"junk.{i}": i for i in range(2 * MAX_DECODED)}
+    req = request("worker", [])
+    add_attributes(req.resource_spans[0].resource, {**junk, "deployment.environment": "prod"})
+    span = {**post(70, 1, 201), "attrs": {**junk, "http.method": "POST", "http.url": "http://erp.local/orders/SO-70"}}
+    span["attrs"]["http.status_code"] = 201
+    req.resource_spans[0].scope_spans[0].spans.extend(request("worker", [span]).resource_spans[0].scope_spans[0].spans)
+    out = extractor(rules).extract(view_of(req), T0)
+    assert events(out) == [
+        ("SO-70", "orders", 1, "worker", "erp", "201", None),
+        ("SO-70", "orders", 2, "worker", "erp", None, None),
+    ]

@@ -204,3 +204,25 @@ def test_a_resource_attribute_not_utf8_refuses_that_resource_s_spans_only():
         f"span {span_id}: its resource's attribute 'service.name' is not a valid OTLP value (a string that is not UTF-8?)"
         for span_id in ("0101010101010101", "0202020202020202")
     )
+
+
+def test_a_span_with_very_many_attributes_is_read_for_the_keys_syncwatch_uses():
+    from syncwatch.intake.attributes import MAX_DECODED
+
+    start = int(time.time() * 1e9)
+    junk = [(f"junk.{i}", i) for i in range(3 * MAX_DECODED)]
+    stage = [("syncwatch.stage", "attempt"), ("syncwatch.flow", "orders"), ("syncwatch.destination", "erp")]
+    full = _request([], [(junk + stage + [("correlation_id", "SO-9"), ("http.response.status_code", 503)], start)])
+    body = full.SerializeToString().replace(b"junk.7", b"junk\xff7")  # never decoded: not a key syncwatch reads
+    extractor = SpanExtractor(["correlation_id"])
+    out = extractor.extract(decode_traces(body, PROTOBUF), 1.0)
+    assert [(e[2], e[3], e[4], e[6], e[11]) for e in out.events] == [("SO-9", "orders", 1, "erp", "503")]
+    assert out.rejected == 0
+    span = TraceView.FromString(body).resource_spans[0].scope_spans[0].spans[0]
+    assert set(extractor.attributes.of(span.attributes)) == {
+        "syncwatch.stage",
+        "syncwatch.flow",
+        "syncwatch.destination",
+        "correlation_id",
+        "http.response.status_code",
+    }

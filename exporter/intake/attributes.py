@@ -16,6 +16,11 @@ bool and double values are read here; anything else goes through opentelemetry-p
 Protobuf refuses a string that is not UTF-8 when it parses a message: here that is found per
 attribute, so a span with such an attribute is refused on its own (BadAttribute) instead of
 failing the whole request.
+
+A span (or resource) with more than MAX_DECODED attributes (the SDK's default limit is 128) is
+read only for the keys intake and the rules can use (`AttributeDecoder(wanted=...)`): the others
+are skipped by their key's bytes, so a hostile span of a million tiny attributes costs a scan,
+not a million decodes. Attributes skipped so are not checked for UTF-8.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from syncwatch.config.errors import SyncwatchError
 
 MAX_REMEMBERED = 4096  # decoded KeyValues kept (cleared when full)
+MAX_DECODED = 256  # attributes of one span decoded in full; beyond, only the wanted keys
 MAX_REMEMBERED_BYTES = 256  # longer KeyValues are decoded each time (bounds the table to ~3 MiB)
 _INT64 = 1 << 63
 _double = struct.Struct("<d").unpack
@@ -124,9 +130,14 @@ def _why(raw: bytes) -> str:
 
 class AttributeDecoder(dict):
     """KeyValue bytes -> (key, value), remembered (at most MAX_REMEMBERED, cleared when full).
-    One per extractor: it runs on the ledger writer thread only."""
+    One per extractor: it runs on the ledger writer thread only. `wanted`: the keys read of spans
+    with more than MAX_DECODED attributes (None: all)."""
 
-    __slots__ = ()
+    __slots__ = ("wanted",)
+
+    def __init__(self, wanted: frozenset[str] | None = None):
+        super().__init__()
+        self.wanted = None if wanted is None else frozenset(key.encode() for key in wanted)
 
     def __missing__(self, raw: bytes) -> tuple[str, Any]:
         pair = decode(raw)
@@ -139,4 +150,18 @@ class AttributeDecoder(dict):
     def of(self, raws: Any) -> dict[str, Any]:
         """{key: value} of a span's or resource's attribute bytes (the last of a repeated key
         wins, as in a protobuf map). Raises BadAttribute."""
+        if len(raws) > MAX_DECODED and self.wanted is not None:
+            return self.wanted_of(raws)
         return dict(map(self.__getitem__, raws))
+
+    def wanted_of(self, raws: Any) -> dict[str, Any]:
+        """As `of`, for the wanted keys only (and any KeyValue not in the canonical encoding)."""
+        wanted = self.wanted
+        assert wanted is not None
+        found: dict[str, Any] = {}
+        for raw in raws:
+            if len(raw) > 2 and raw[0] == 0x0A and raw[1] < 0x80 and raw[2 : raw[1] + 2] not in wanted:
+                continue
+            key, value = decode(raw)
+            found[key] = value
+        return found

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from syncwatch.intake.attributes import AttributeDecoder, BadAttribute
+from syncwatch.intake.attributes import MAX_DECODED, AttributeDecoder, BadAttribute
 from syncwatch.intake.ids import correlation_problem
 from syncwatch.ledger.records import Event
 from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_NAMES, STAGE_SOURCE
@@ -190,7 +190,9 @@ class SpanExtractor:
         self._max_corr = max_correlation_id_length
         self._rules = rules  # a syncwatch.rules.engine.RuleEngine, or None: no mapping rules
         self._plans: dict[tuple[str, ...], KeyPlan] = {}  # attribute names of a span -> its KeyPlan
-        self.attributes = AttributeDecoder()  # KeyValue bytes -> (key, value), remembered
+        # What a span with very many attributes is read for: every key intake or the rules read.
+        wanted = {*_READ, RECORD_ID, "service.name", *self._corr_keys, *(rules.names_read() if rules else ())}
+        self.attributes = AttributeDecoder(frozenset(wanted))  # KeyValue bytes -> (key, value), remembered
 
     def _resource(self, rs, out: Extracted) -> tuple[dict, dict] | None:
         """(all attributes, the ones syncwatch reads as defaults for its spans) of a resource; None,
@@ -221,7 +223,7 @@ class SpanExtractor:
         events = out.events
         event = self._event
         corr_keys = self._corr_keys
-        decoded = self.attributes.__getitem__
+        decoded, wanted_of = self.attributes.__getitem__, self.attributes.wanted_of
         correlated = uncorrelated = 0
         for rs in view.resource_spans:
             res = self._resource(rs, out)
@@ -236,7 +238,8 @@ class SpanExtractor:
             for ss in rs.scope_spans:
                 for span in ss.spans:
                     try:
-                        attrs = dict(map(decoded, span.attributes[:]))  # a slice: one C call for the list
+                        raws = span.attributes[:]  # a slice: one C call for the list
+                        attrs = dict(map(decoded, raws)) if len(raws) <= MAX_DECODED else wanted_of(raws)
                     except BadAttribute as exc:
                         out.reject(f"{_where(span)}: {exc}")
                         continue
@@ -281,7 +284,7 @@ class SpanExtractor:
         plans = self._plans
         plan_for = self._plan
         rule_span = rules.span
-        decoded = self.attributes.__getitem__
+        decoded, wanted_of = self.attributes.__getitem__, self.attributes.wanted_of
         for rs in view.resource_spans:
             res = self._resource(rs, out)
             if res is None:
@@ -294,7 +297,8 @@ class SpanExtractor:
             for ss in rs.scope_spans:
                 for span in ss.spans:
                     try:
-                        attrs = dict(map(decoded, span.attributes[:]))  # a slice: one C call for the list
+                        raws = span.attributes[:]  # a slice: one C call for the list
+                        attrs = dict(map(decoded, raws)) if len(raws) <= MAX_DECODED else wanted_of(raws)
                     except BadAttribute as exc:
                         out.reject(f"{_where(span)}: {exc}")
                         continue

@@ -131,6 +131,15 @@ class RuleEngine:
             ids.append(ci)
         w.check_ids = tuple(ids)
 
+    def names_read(self) -> set[str]:
+        """Every attribute name the rules may read, of spans and resources (with older names)."""
+        names = {name for options in self._names for name in options}
+        for rule in self.rules:
+            for w in (*rule.whens, *rule.confirm, *rule.fail):
+                for key, _ in w.res:
+                    names.update((key, *ALIASES.get(key, ())))
+        return names
+
     # ---- per request --------------------------------------------------------------------------
     def begin(self, now: float) -> None:
         self.index.expire(now)
