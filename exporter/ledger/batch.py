@@ -4,9 +4,11 @@ own closes before the store does, and the sources of a batch ask for their close
 
 from __future__ import annotations
 
+from zlib import crc32
+
 from syncwatch.ledger.deadlines import Deadlines
 from syncwatch.ledger.flows import UNKNOWN, FlowRules
-from syncwatch.ledger.memory import ClosedKeys, Tx
+from syncwatch.ledger.memory import CLOSED_KEYS_MASK, ClosedKeys, Tx
 from syncwatch.ledger.records import ClosedRow, Event, OpenTxRow, TxKey
 from syncwatch.ledger.schema import corr_hash
 from syncwatch.ledger.store import BatchWrites, LedgerStore
@@ -31,9 +33,10 @@ class Batch:
         source, or a redelivered source), looked up in a few statements; until `end_prefetch`,
         `closed_row` answers from them (and from this batch's own closes) without asking the store."""
         keys: list[TxKey] = []
-        may_be_closed = self.closed_keys.may_contain
+        bits = self.closed_keys.bits
         for ev in sources:
-            if not may_be_closed(corr_hash(ev.corr)):
+            bit = crc32(ev.corr.encode("utf-8", "surrogatepass")) & CLOSED_KEYS_MASK  # schema.corr_hash, inlined
+            if not bits[bit >> 3] & (1 << (bit & 7)):  # ClosedKeys.may_contain, inlined: once per source
                 continue  # no transaction with this correlation ID ever closed
             for dest in flows.configured_destinations(ev.flow):
                 key = (ev.corr, dest, ev.flow)

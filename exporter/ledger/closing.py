@@ -6,12 +6,13 @@ a duplicate apply, a redelivered closing span changes nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
+from zlib import crc32
 
 import orjson
 
 from syncwatch.ledger.batch import Batch
 from syncwatch.ledger.flows import UNKNOWN, FlowRules
-from syncwatch.ledger.memory import ClosedKeys, Tx
+from syncwatch.ledger.memory import CLOSED_KEYS_MASK, ClosedKeys, Tx
 from syncwatch.ledger.metric_batch import MetricBatch
 from syncwatch.ledger.records import (
     Close,
@@ -24,7 +25,6 @@ from syncwatch.ledger.records import (
     TxKey,
     to_json,
 )
-from syncwatch.ledger.schema import corr_hash
 from syncwatch.ledger.store import LedgerStore
 from syncwatch.ledger.timelines import Timelines
 
@@ -170,8 +170,9 @@ class Closer:
         else:
             closed_at, close_span, close = self.clock(), None, None
         attempts = 0
-        h = corr_hash(corr)
-        self.closed_keys.add(h)
+        h = crc32(corr.encode("utf-8", "surrogatepass"))  # schema.corr_hash, inlined: once per close
+        bit = h & CLOSED_KEYS_MASK  # self.closed_keys.add(h), inlined
+        self.closed_keys.bits[bit >> 3] |= 1 << (bit & 7)
         batch = self.batch
         writes = batch.writes
         if key in batch.closed:
