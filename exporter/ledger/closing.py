@@ -48,7 +48,8 @@ class Closer:
         self.store, self.pending, self.closed_keys, self.batch = store, pending, closed_keys, batch
         self.timelines, self.updates, self.flows, self.clock = timelines, updates, flows, clock
         self.metrics = updates.metrics
-        self._deltas = updates.deltas  # added to inline on the hot path
+        self._pending = updates.counts(self.metrics.pending)  # added to inline on the hot path
+        self._closes = updates.closes
 
     # ---- closing spans -------------------------------------------------------------------------
     def confirm(self, ev: Event, dest: str) -> None:
@@ -186,11 +187,15 @@ class Closer:
             del self.pending[key]
             batch.dirty.pop(key, None)
             attempts, omitted = self.timelines.closing(key, tx)
-            deltas, delta = self._deltas, (self.metrics.pending, tx.labels)  # updates.inc, inlined
-            deltas[delta] = deltas.get(delta, 0) - 1
-            if tx.overdue:
-                self.updates.inc(self.metrics.overdue, tx.labels, -1)
             labels = tx.labels
+            pending = self._pending  # updates.inc, inlined
+            n = pending.get(labels)
+            if n is None:
+                self.updates.new_series(pending, labels, self.metrics.pending, labels)
+                n = 0
+            pending[labels] = n - 1
+            if tx.overdue:
+                self.updates.inc(self.metrics.overdue, labels, -1)
             timeline = tx.timeline(close, omitted)
             if tx.stored:
                 stored: StoredClose = (
@@ -227,7 +232,11 @@ class Closer:
                 *key, source, outcome, changed_at, None, None, closed_at, lag, None, None, close_span, attempts, timeline, h
             )  # fmt: skip
         batch.closed[key] = _new(ClosedRow, (outcome, closed_at, lag, changed_at, close_span, timeline))
-        deltas, closed = self._deltas, (self.metrics.transactions, (*labels, outcome))
-        deltas[closed] = deltas.get(closed, 0) + 1
+        closes = self._closes[outcome]  # the transactions metric's (*labels, outcome), counted per outcome
+        n = closes.get(labels)
+        if n is None:
+            self.updates.new_series(closes, labels, self.metrics.transactions, (*labels, outcome))
+            n = 0
+        closes[labels] = n + 1
         if attempts:
             self.updates.observe(self.metrics.delivery_attempts, (flow, dest), attempts)

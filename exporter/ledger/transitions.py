@@ -58,7 +58,7 @@ class Ledger:
         self.closed_keys = ClosedKeys()
         self.deadlines = Deadlines(config.storage.expire_after, clock)
         self.updates = MetricBatch(config, metrics)
-        self._deltas = self.updates.deltas  # added to inline on the hot path
+        self._pending = self.updates.counts(metrics.pending)  # added to inline on the hot path
         self.timelines = Timelines(config.limits.max_timeline_attempts)
         self.batch = Batch(self.store, self.closed_keys)
         self.closer = Closer(
@@ -188,8 +188,12 @@ class Ledger:
         tx = Tx(labels, changed_at, now, base + self.flows.deadline(flow), None, False, src)  # no keywords: no dict
         self.pending[key] = tx
         self.batch.opened.append(key)  # its deadline goes on the heap at flush, if it is still open then
-        deltas, delta = self._deltas, (self.metrics.pending, labels)  # updates.inc, inlined on the hot path
-        deltas[delta] = deltas.get(delta, 0) + 1
+        pending = self._pending  # updates.inc, inlined on the hot path
+        n = pending.get(labels)
+        if n is None:
+            self.updates.new_series(pending, labels, self.metrics.pending, labels)
+            n = 0
+        pending[labels] = n + 1
         return tx
 
     def _on_source(self, ev: Event) -> None:
