@@ -24,9 +24,10 @@ class Batch:
         """A new batch: nothing changed yet."""
         self.prefetched: dict[TxKey, ClosedRow] | None = None  # closed rows looked up for the sources
         self.closed: dict[TxKey, ClosedRow] = {}  # closes of this batch, not yet written
-        self.dirty: dict[TxKey, Tx] = {}  # open transactions to write
+        # Open transactions to write, and their keys: keyed by the object, which hashes and compares
+        # by identity, where a key tuple is hashed and compared item by item.
+        self.dirty: dict[Tx, TxKey] = {}
         self.writes = BatchWrites()
-        self.opened: list[TxKey] = []  # keys opened in this batch
 
     def prefetch_for(self, sources: list[Event], pending: dict[TxKey, Tx], flows: FlowRules) -> None:
         """Which of the transactions these source spans would open are already closed (confirm before
@@ -78,13 +79,16 @@ class Batch:
         if stored is not None:  # timeline: records.STORED_CLOSE_COLUMNS[7]
             writes.stored_closes[key] = (*stored[:7], timeline, *stored[8:])
 
-    def write(self, pending: dict[TxKey, Tx], omitted: dict[TxKey, int], deadlines: Deadlines) -> None:
+    def write(self, omitted: dict[TxKey, int], deadlines: Deadlines) -> None:
         """Write the batch: open transactions it changed, its closes; deadlines of what it opened."""
-        # Only transactions still open get a deadline entry. Most open and close within a batch;
-        # their entries would only sit in the heap, stale, until their deadline.
-        deadlines.schedule_open(self.opened, pending)
         rows = self.writes.open_upserts
-        for key, tx in self.dirty.items():
+        opened: list[tuple[TxKey, float]] = []
+        for tx, key in self.dirty.items():
+            if not tx.stored:
+                # Opened in this batch (every transaction opened is dirty until it closes) and still
+                # open: checked at its deadline. Most open and close within a batch; their entries
+                # would only sit in the heap, stale, until their deadline.
+                opened.append((key, tx.deadline))
             src = tx.src or (None, None)
             n_omitted = omitted.get(key, 0) if omitted else 0
             source = tx.labels[1] if tx.labels[1] != UNKNOWN else None
@@ -95,4 +99,5 @@ class Batch:
             rows.append(row)
             tx.stored = True
             tx.src = None  # written; memory need not keep it
+        deadlines.schedule_each(opened)
         self.store.write_batch(self.writes)

@@ -185,7 +185,7 @@ class Closer:
         timeline: str | None
         if tx is not None:
             del self.pending[key]
-            batch.dirty.pop(key, None)
+            batch.dirty.pop(tx, None)
             attempts, omitted = self.timelines.closing(key, tx)
             labels = tx.labels
             pending = self._pending  # updates.inc, inlined
