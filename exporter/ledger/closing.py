@@ -23,6 +23,7 @@ from syncwatch.ledger.records import (
     StoredClose,
     Timeline,
     TxKey,
+    TxLabels,
     to_json,
 )
 from syncwatch.ledger.store import LedgerStore
@@ -72,9 +73,15 @@ class Closer:
             return
         if row is not None and row.outcome == "confirmed":
             return  # confirmed under another idempotency key: the transaction is already closed
+        labels: TxLabels | None = None  # (flow, source or "unknown", dest)
+        source: str | None
         if tx is not None:
             changed_at = tx.changed_at if tx.changed_at is not None else ev.changed_at
-            source = tx.labels[1] if tx.labels[1] != UNKNOWN else ev.source
+            if tx.labels[1] != UNKNOWN:
+                labels = tx.labels
+                source = labels[1]
+            else:
+                source = ev.source
         else:
             changed_at = ev.changed_at
             if changed_at is None and row is not None:
@@ -82,7 +89,7 @@ class Closer:
             source = ev.source
         lag = None
         if changed_at is not None:
-            lag = self.updates.lag(flow, source, dest, ev.end - changed_at)
+            lag = self.updates.lag(labels or (flow, source or UNKNOWN, dest), ev.end - changed_at)
         self.close(key, tx, "confirmed", ev, changed_at, lag, source, row)
 
     def fail(self, ev: Event, dest: str) -> None:
@@ -135,7 +142,7 @@ class Closer:
         _corr, dest, flow = key
         lag = row.lag
         if row.outcome == "confirmed":
-            lag = self.updates.lag(flow, ev.source, dest, row.closed_at - changed_at)
+            lag = self.updates.lag((flow, ev.source or UNKNOWN, dest), row.closed_at - changed_at)
         self.store.set_closed_source(key, lag, changed_at, ev.source, ev.trace_id, ev.span_id)
         prefetched = self.batch.prefetched
         if prefetched is not None:

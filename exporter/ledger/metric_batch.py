@@ -41,7 +41,10 @@ class MetricBatch:
         # Each series' first delta in the batch, in order: (its dict, key, metric, label values).
         # Applied in that order, as label folding (LabelSets) gives the first values seen a label.
         self._series: list[tuple[dict[Any, float], Any, Series, Labels]] = []
-        self._obs: dict[tuple[BatchHistogram, Labels], list[float]] = {}
+        # Histogram observations: histogram -> span values -> values, emptied after each batch like
+        # the deltas; each series in the order of its first observation (folding order, as above).
+        self._obs: dict[BatchHistogram, dict[Labels, list[float]]] = {}
+        self._obs_series: list[tuple[BatchHistogram, Labels, list[float]]] = []
         self._fold_cache: dict[tuple[int, Labels], Labels] = {}
         self._child_cache: dict[tuple[int, Labels], Series] = {}
         self._jitter: defaultdict[tuple[str, str, int], deque[float]] = defaultdict(lambda: deque(maxlen=JITTER_WINDOW))
@@ -112,11 +115,14 @@ class MetricBatch:
         counts[labels] = old + n
 
     def observe(self, histogram: BatchHistogram, labels: Labels, value: float) -> None:
-        values = self._obs.get((histogram, labels))
+        observed = self._obs.get(histogram)
+        if observed is None:
+            observed = self._obs[histogram] = {}
+        values = observed.get(labels)
         if values is None:
-            self._obs[(histogram, labels)] = [value]
-        else:
-            values.append(value)
+            values = observed[labels] = []
+            self._obs_series.append((histogram, labels, values))
+        values.append(value)
 
     def attempt(self, flow: str, dest: str, code: str | None, n: int) -> None:
         """Attempt number n of a transaction, with its response code."""
@@ -129,12 +135,14 @@ class MetricBatch:
         if n > 1:
             self.inc(self.metrics.retries, (flow, dest))
 
-    def lag(self, flow: str, source: str | None, dest: str, lag: float) -> float:
-        """A sync lag observed; a negative one (clocks that disagree) counts as skew and becomes 0."""
+    def lag(self, labels: Labels, lag: float) -> float:
+        """A sync lag observed for a transaction's (flow, source or "unknown", destination) (its
+        shared labels tuple where they match); a negative one (clocks that disagree) counts as skew
+        and becomes 0."""
         if lag < 0:
-            self.inc(self.metrics.clock_skew, (flow,))
+            self.inc(self.metrics.clock_skew, (labels[0],))
             lag = 0.0
-        self.observe(self.metrics.sync_lag, (flow, source or UNKNOWN, dest), lag)
+        self.observe(self.metrics.sync_lag, labels, lag)
         return lag
 
     def backoff(self, flow: str, dest: str, n: int, backoff: float) -> None:
@@ -150,17 +158,15 @@ class MetricBatch:
             n = counts[key]
             if n:
                 self.child(metric, *label_values).inc(n)
-        for (histogram, labels), values in self._obs.items():
+        for histogram, labels, values in self._obs_series:
             histogram.observe_many(self.metric_labels(histogram, labels), values)
         self._clear_deltas()
-        self._obs.clear()
         if self._backoffs:
             self._update_jitter()
 
     def discard(self) -> None:
         """After a rollback: the batch's updates describe nothing durable."""
         self._clear_deltas()
-        self._obs.clear()
         self._backoffs.clear()
 
     def _clear_deltas(self) -> None:
@@ -169,6 +175,9 @@ class MetricBatch:
             counts.clear()  # emptied, not dropped: the hot path holds them
         for closes in self.closes.values():
             closes.clear()
+        self._obs_series.clear()
+        for observed in self._obs.values():
+            observed.clear()
 
     def zero_open_gauges(self) -> None:
         """Pending and overdue to 0, before memory is rebuilt from the store."""
