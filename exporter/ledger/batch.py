@@ -4,9 +4,11 @@ own closes before the store does, and the sources of a batch ask for their close
 
 from __future__ import annotations
 
+from zlib import crc32
+
 from syncwatch.ledger.deadlines import Deadlines
 from syncwatch.ledger.flows import UNKNOWN, FlowRules
-from syncwatch.ledger.memory import ClosedKeys, Tx
+from syncwatch.ledger.memory import CLOSED_KEYS_MASK, ClosedKeys, Tx
 from syncwatch.ledger.records import ClosedRow, Event, OpenTxRow, TxKey
 from syncwatch.ledger.schema import corr_hash
 from syncwatch.ledger.store import BatchWrites, LedgerStore
@@ -22,18 +24,20 @@ class Batch:
         """A new batch: nothing changed yet."""
         self.prefetched: dict[TxKey, ClosedRow] | None = None  # closed rows looked up for the sources
         self.closed: dict[TxKey, ClosedRow] = {}  # closes of this batch, not yet written
-        self.dirty: dict[TxKey, Tx] = {}  # open transactions to write
+        # Open transactions to write, and their keys: keyed by the object, which hashes and compares
+        # by identity, where a key tuple is hashed and compared item by item.
+        self.dirty: dict[Tx, TxKey] = {}
         self.writes = BatchWrites()
-        self.opened: list[TxKey] = []  # keys opened in this batch
 
     def prefetch_for(self, sources: list[Event], pending: dict[TxKey, Tx], flows: FlowRules) -> None:
         """Which of the transactions these source spans would open are already closed (confirm before
         source, or a redelivered source), looked up in a few statements; until `end_prefetch`,
         `closed_row` answers from them (and from this batch's own closes) without asking the store."""
         keys: list[TxKey] = []
-        may_be_closed = self.closed_keys.may_contain
+        bits = self.closed_keys.bits
         for ev in sources:
-            if not may_be_closed(corr_hash(ev.corr)):
+            bit = crc32(ev.corr.encode("utf-8", "surrogatepass")) & CLOSED_KEYS_MASK  # schema.corr_hash, inlined
+            if not bits[bit >> 3] & (1 << (bit & 7)):  # ClosedKeys.may_contain, inlined: once per source
                 continue  # no transaction with this correlation ID ever closed
             for dest in flows.configured_destinations(ev.flow):
                 key = (ev.corr, dest, ev.flow)
@@ -75,13 +79,16 @@ class Batch:
         if stored is not None:  # timeline: records.STORED_CLOSE_COLUMNS[7]
             writes.stored_closes[key] = (*stored[:7], timeline, *stored[8:])
 
-    def write(self, pending: dict[TxKey, Tx], omitted: dict[TxKey, int], deadlines: Deadlines) -> None:
+    def write(self, omitted: dict[TxKey, int], deadlines: Deadlines) -> None:
         """Write the batch: open transactions it changed, its closes; deadlines of what it opened."""
-        # Only transactions still open get a deadline entry. Most open and close within a batch;
-        # their entries would only sit in the heap, stale, until their deadline.
-        deadlines.schedule_open(self.opened, pending)
         rows = self.writes.open_upserts
-        for key, tx in self.dirty.items():
+        opened: list[tuple[TxKey, float]] = []
+        for tx, key in self.dirty.items():
+            if not tx.stored:
+                # Opened in this batch (every transaction opened is dirty until it closes) and still
+                # open: checked at its deadline. Most open and close within a batch; their entries
+                # would only sit in the heap, stale, until their deadline.
+                opened.append((key, tx.deadline))
             src = tx.src or (None, None)
             n_omitted = omitted.get(key, 0) if omitted else 0
             source = tx.labels[1] if tx.labels[1] != UNKNOWN else None
@@ -92,4 +99,5 @@ class Batch:
             rows.append(row)
             tx.stored = True
             tx.src = None  # written; memory need not keep it
+        deadlines.schedule_each(opened)
         self.store.write_batch(self.writes)

@@ -6,12 +6,13 @@ a duplicate apply, a redelivered closing span changes nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
+from zlib import crc32
 
 import orjson
 
 from syncwatch.ledger.batch import Batch
 from syncwatch.ledger.flows import UNKNOWN, FlowRules
-from syncwatch.ledger.memory import ClosedKeys, Tx
+from syncwatch.ledger.memory import CLOSED_KEYS_MASK, ClosedKeys, Tx
 from syncwatch.ledger.metric_batch import MetricBatch
 from syncwatch.ledger.records import (
     Close,
@@ -22,9 +23,9 @@ from syncwatch.ledger.records import (
     StoredClose,
     Timeline,
     TxKey,
+    TxLabels,
     to_json,
 )
-from syncwatch.ledger.schema import corr_hash
 from syncwatch.ledger.store import LedgerStore
 from syncwatch.ledger.timelines import Timelines
 
@@ -48,7 +49,8 @@ class Closer:
         self.store, self.pending, self.closed_keys, self.batch = store, pending, closed_keys, batch
         self.timelines, self.updates, self.flows, self.clock = timelines, updates, flows, clock
         self.metrics = updates.metrics
-        self._deltas = updates.deltas  # added to inline on the hot path
+        self._pending = updates.counts(self.metrics.pending)  # added to inline on the hot path
+        self._closes = updates.closes
 
     # ---- closing spans -------------------------------------------------------------------------
     def confirm(self, ev: Event, dest: str) -> None:
@@ -71,9 +73,15 @@ class Closer:
             return
         if row is not None and row.outcome == "confirmed":
             return  # confirmed under another idempotency key: the transaction is already closed
+        labels: TxLabels | None = None  # (flow, source or "unknown", dest)
+        source: str | None
         if tx is not None:
             changed_at = tx.changed_at if tx.changed_at is not None else ev.changed_at
-            source = tx.labels[1] if tx.labels[1] != UNKNOWN else ev.source
+            if tx.labels[1] != UNKNOWN:
+                labels = tx.labels
+                source = labels[1]
+            else:
+                source = ev.source
         else:
             changed_at = ev.changed_at
             if changed_at is None and row is not None:
@@ -81,7 +89,7 @@ class Closer:
             source = ev.source
         lag = None
         if changed_at is not None:
-            lag = self.updates.lag(flow, source, dest, ev.end - changed_at)
+            lag = self.updates.lag(labels or (flow, source or UNKNOWN, dest), ev.end - changed_at)
         self.close(key, tx, "confirmed", ev, changed_at, lag, source, row)
 
     def fail(self, ev: Event, dest: str) -> None:
@@ -134,7 +142,7 @@ class Closer:
         _corr, dest, flow = key
         lag = row.lag
         if row.outcome == "confirmed":
-            lag = self.updates.lag(flow, ev.source, dest, row.closed_at - changed_at)
+            lag = self.updates.lag((flow, ev.source or UNKNOWN, dest), row.closed_at - changed_at)
         self.store.set_closed_source(key, lag, changed_at, ev.source, ev.trace_id, ev.span_id)
         prefetched = self.batch.prefetched
         if prefetched is not None:
@@ -170,8 +178,9 @@ class Closer:
         else:
             closed_at, close_span, close = self.clock(), None, None
         attempts = 0
-        h = corr_hash(corr)
-        self.closed_keys.add(h)
+        h = crc32(corr.encode("utf-8", "surrogatepass"))  # schema.corr_hash, inlined: once per close
+        bit = h & CLOSED_KEYS_MASK  # self.closed_keys.add(h), inlined
+        self.closed_keys.bits[bit >> 3] |= 1 << (bit & 7)
         batch = self.batch
         writes = batch.writes
         if key in batch.closed:
@@ -183,13 +192,17 @@ class Closer:
         timeline: str | None
         if tx is not None:
             del self.pending[key]
-            batch.dirty.pop(key, None)
+            batch.dirty.pop(tx, None)
             attempts, omitted = self.timelines.closing(key, tx)
-            deltas, delta = self._deltas, (self.metrics.pending, tx.labels)  # updates.inc, inlined
-            deltas[delta] = deltas.get(delta, 0) - 1
-            if tx.overdue:
-                self.updates.inc(self.metrics.overdue, tx.labels, -1)
             labels = tx.labels
+            pending = self._pending  # updates.inc, inlined
+            n = pending.get(labels)
+            if n is None:
+                self.updates.new_series(pending, labels, self.metrics.pending, labels)
+                n = 0
+            pending[labels] = n - 1
+            if tx.overdue:
+                self.updates.inc(self.metrics.overdue, labels, -1)
             timeline = tx.timeline(close, omitted)
             if tx.stored:
                 stored: StoredClose = (
@@ -226,7 +239,11 @@ class Closer:
                 *key, source, outcome, changed_at, None, None, closed_at, lag, None, None, close_span, attempts, timeline, h
             )  # fmt: skip
         batch.closed[key] = _new(ClosedRow, (outcome, closed_at, lag, changed_at, close_span, timeline))
-        deltas, closed = self._deltas, (self.metrics.transactions, (*labels, outcome))
-        deltas[closed] = deltas.get(closed, 0) + 1
+        closes = self._closes[outcome]  # the transactions metric's (*labels, outcome), counted per outcome
+        n = closes.get(labels)
+        if n is None:
+            self.updates.new_series(closes, labels, self.metrics.transactions, (*labels, outcome))
+            n = 0
+        closes[labels] = n + 1
         if attempts:
             self.updates.observe(self.metrics.delivery_attempts, (flow, dest), attempts)

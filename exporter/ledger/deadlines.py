@@ -38,13 +38,11 @@ class Deadlines:
         """Check this transaction at its deadline."""
         heapq.heappush(self.heap, (deadline, CHECK_OVERDUE, key))
 
-    def schedule_open(self, keys: Iterable[TxKey], pending: Mapping[TxKey, Timed]) -> None:
-        """Check those of these transactions still open at their deadline (a batch's opened ones)."""
+    def schedule_each(self, entries: Iterable[tuple[TxKey, float]]) -> None:
+        """Check these transactions at their deadlines (those a batch opened)."""
         heap, push = self.heap, heapq.heappush
-        for key in keys:
-            tx = pending.get(key)
-            if tx is not None:
-                push(heap, (tx.deadline, CHECK_OVERDUE, key))
+        for key, deadline in entries:
+            push(heap, (deadline, CHECK_OVERDUE, key))
 
     def schedule_all(self, entries: Iterable[tuple[TxKey, float]]) -> None:
         """Many transactions at once (a reload): one heapify instead of a push each."""

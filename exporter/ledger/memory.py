@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from syncwatch.ledger.records import Attempt, Close, Timeline, TxLabels, to_json
 
+CLOSED_KEYS_BITS = 1 << 27
+CLOSED_KEYS_MASK = CLOSED_KEYS_BITS - 1  # bit of a corr_hash: h & CLOSED_KEYS_MASK (the hot path inlines add)
+
 
 class ClosedKeys:
     """Which correlation IDs may have a closed_tx row: one bit per corr_hash, modulo 2**27 (16 MiB).
@@ -17,8 +20,8 @@ class ClosedKeys:
     since; the lookup then just goes to the store. Bits are set before a close commits and rebuilt
     from the store at start."""
 
-    BITS = 1 << 27
-    MASK = BITS - 1
+    BITS = CLOSED_KEYS_BITS
+    MASK = CLOSED_KEYS_MASK
 
     def __init__(self) -> None:
         self.bits = bytearray(self.BITS >> 3)

@@ -12,6 +12,7 @@ from typing import Any, overload
 from prometheus_client import Counter, Gauge
 
 from syncwatch.config.models import Config
+from syncwatch.ledger.records import TxLabels
 from syncwatch.metrics.labels import UNKNOWN, LabelSets
 from syncwatch.metrics.registry import BatchHistogram, Metrics
 
@@ -21,6 +22,7 @@ JITTER_MAX_N = 16  # attempt numbers above this share one jitter window
 
 Labels = tuple[Any, ...]  # span values in a metric's label order (a code may be None)
 Series = Counter | Gauge  # the metrics a batch counts into
+OUTCOMES = ("confirmed", "failed", "expired")  # a closed transaction's outcome (closing.py)
 
 
 class MetricBatch:
@@ -29,14 +31,26 @@ class MetricBatch:
     def __init__(self, config: Config, metrics: Metrics):
         self.metrics = metrics
         self.label_sets = LabelSets(config, metrics)
-        # (metric, span values) -> delta. Public: the ledger's hot path adds to it inline.
-        self.deltas: dict[tuple[Series, Labels], float] = {}
-        self._obs: dict[tuple[BatchHistogram, Labels], list[float]] = {}
+        # Counter and gauge deltas: metric -> span values -> delta. A metric's dict is emptied after
+        # each batch, never replaced, so the hot path holds the ones it adds to inline (counts()),
+        # and a transaction's shared labels tuple finds its entry by identity.
+        self.deltas: dict[Series, dict[Labels, float]] = {}
+        # Closed transactions, per outcome by the transaction's labels: the transactions metric's
+        # (*labels, outcome) is built once per series and batch instead of once per close.
+        self.closes: dict[str, dict[TxLabels, float]] = {outcome: {} for outcome in OUTCOMES}
+        # Each series' first delta in the batch, in order: (its dict, key, metric, label values).
+        # Applied in that order, as label folding (LabelSets) gives the first values seen a label.
+        self._series: list[tuple[dict[Any, float], Any, Series, Labels]] = []
+        # Histogram observations: histogram -> span values -> values, emptied after each batch like
+        # the deltas; each series in the order of its first observation (folding order, as above).
+        self._obs: dict[BatchHistogram, dict[Labels, list[float]]] = {}
+        self._obs_series: list[tuple[BatchHistogram, Labels, list[float]]] = []
         self._fold_cache: dict[tuple[int, Labels], Labels] = {}
         self._child_cache: dict[tuple[int, Labels], Series] = {}
         self._jitter: defaultdict[tuple[str, str, int], deque[float]] = defaultdict(lambda: deque(maxlen=JITTER_WINDOW))
         self._jitter_dirty: set[tuple[str, str]] = set()
         self._backoffs: list[tuple[Labels, int, float]] = []  # added to the windows after commit
+        self._attempts = self.counts(metrics.attempts)
 
     # ---- labels --------------------------------------------------------------------------------
     @overload
@@ -78,30 +92,57 @@ class MetricBatch:
         return folded
 
     # ---- a batch -------------------------------------------------------------------------------
+    def counts(self, metric: Series) -> dict[Labels, float]:
+        """This metric's deltas by span values, the same dict for the batch's lifetime. Who adds to it
+        calls `new_series` first when the key is not in it yet."""
+        counts = self.deltas.get(metric)
+        if counts is None:
+            counts = self.deltas[metric] = {}
+        return counts
+
+    def new_series(self, counts: dict[Any, float], key: Any, metric: Series, values: Labels) -> None:
+        """The first delta of a series in this batch, under `key` in `counts` (labels `values`)."""
+        self._series.append((counts, key, metric, values))
+
     def inc(self, metric: Series, labels: Labels, n: float = 1) -> None:
-        key = (metric, labels)
-        self.deltas[key] = self.deltas.get(key, 0) + n
+        counts = self.deltas.get(metric)
+        if counts is None:
+            counts = self.deltas[metric] = {}
+        old = counts.get(labels)
+        if old is None:
+            self._series.append((counts, labels, metric, labels))
+            old = 0
+        counts[labels] = old + n
 
     def observe(self, histogram: BatchHistogram, labels: Labels, value: float) -> None:
-        values = self._obs.get((histogram, labels))
+        observed = self._obs.get(histogram)
+        if observed is None:
+            observed = self._obs[histogram] = {}
+        values = observed.get(labels)
         if values is None:
-            self._obs[(histogram, labels)] = [value]
-        else:
-            values.append(value)
+            values = observed[labels] = []
+            self._obs_series.append((histogram, labels, values))
+        values.append(value)
 
     def attempt(self, flow: str, dest: str, code: str | None, n: int) -> None:
         """Attempt number n of a transaction, with its response code."""
-        deltas, key = self.deltas, (self.metrics.attempts, (flow, dest, code))  # inc, inlined: once per attempt
-        deltas[key] = deltas.get(key, 0) + 1
+        counts, key = self._attempts, (flow, dest, code)  # inc, inlined: once per attempt
+        old = counts.get(key)
+        if old is None:
+            self._series.append((counts, key, self.metrics.attempts, key))
+            old = 0
+        counts[key] = old + 1
         if n > 1:
             self.inc(self.metrics.retries, (flow, dest))
 
-    def lag(self, flow: str, source: str | None, dest: str, lag: float) -> float:
-        """A sync lag observed; a negative one (clocks that disagree) counts as skew and becomes 0."""
+    def lag(self, labels: Labels, lag: float) -> float:
+        """A sync lag observed for a transaction's (flow, source or "unknown", destination) (its
+        shared labels tuple where they match); a negative one (clocks that disagree) counts as skew
+        and becomes 0."""
         if lag < 0:
-            self.inc(self.metrics.clock_skew, (flow,))
+            self.inc(self.metrics.clock_skew, (labels[0],))
             lag = 0.0
-        self.observe(self.metrics.sync_lag, (flow, source or UNKNOWN, dest), lag)
+        self.observe(self.metrics.sync_lag, labels, lag)
         return lag
 
     def backoff(self, flow: str, dest: str, n: int, backoff: float) -> None:
@@ -113,21 +154,30 @@ class MetricBatch:
 
     def apply(self) -> None:
         """After a commit: the batch's updates go to the metrics."""
-        for (metric, labels), n in self.deltas.items():
+        for counts, key, metric, label_values in self._series:
+            n = counts[key]
             if n:
-                self.child(metric, *labels).inc(n)
-        for (histogram, labels), values in self._obs.items():
+                self.child(metric, *label_values).inc(n)
+        for histogram, labels, values in self._obs_series:
             histogram.observe_many(self.metric_labels(histogram, labels), values)
-        self.deltas.clear()
-        self._obs.clear()
+        self._clear_deltas()
         if self._backoffs:
             self._update_jitter()
 
     def discard(self) -> None:
         """After a rollback: the batch's updates describe nothing durable."""
-        self.deltas.clear()
-        self._obs.clear()
+        self._clear_deltas()
         self._backoffs.clear()
+
+    def _clear_deltas(self) -> None:
+        self._series.clear()
+        for counts in self.deltas.values():
+            counts.clear()  # emptied, not dropped: the hot path holds them
+        for closes in self.closes.values():
+            closes.clear()
+        self._obs_series.clear()
+        for observed in self._obs.values():
+            observed.clear()
 
     def zero_open_gauges(self) -> None:
         """Pending and overdue to 0, before memory is rebuilt from the store."""

@@ -58,7 +58,7 @@ class Ledger:
         self.closed_keys = ClosedKeys()
         self.deadlines = Deadlines(config.storage.expire_after, clock)
         self.updates = MetricBatch(config, metrics)
-        self._deltas = self.updates.deltas  # added to inline on the hot path
+        self._pending = self.updates.counts(metrics.pending)  # added to inline on the hot path
         self.timelines = Timelines(config.limits.max_timeline_attempts)
         self.batch = Batch(self.store, self.closed_keys)
         self.closer = Closer(
@@ -165,7 +165,7 @@ class Ledger:
                     closer.confirm(ev, ev.dest)  # type: ignore[arg-type]  # dest: set, see above
                 else:
                     closer.fail(ev, ev.dest)  # type: ignore[arg-type]  # dest: set, see above
-            self.batch.write(self.pending, self.timelines.omitted, self.deadlines)
+            self.batch.write(self.timelines.omitted, self.deadlines)
             self.store.commit()
         except BaseException:
             self._rollback()
@@ -187,9 +187,13 @@ class Ledger:
         base = changed_at if changed_at is not None else now
         tx = Tx(labels, changed_at, now, base + self.flows.deadline(flow), None, False, src)  # no keywords: no dict
         self.pending[key] = tx
-        self.batch.opened.append(key)  # its deadline goes on the heap at flush, if it is still open then
-        deltas, delta = self._deltas, (self.metrics.pending, labels)  # updates.inc, inlined on the hot path
-        deltas[delta] = deltas.get(delta, 0) + 1
+        # Dirty from now on (the caller's): its deadline goes on the heap at the write, if it is still open then.
+        pending = self._pending  # updates.inc, inlined on the hot path
+        n = pending.get(labels)
+        if n is None:
+            self.updates.new_series(pending, labels, self.metrics.pending, labels)
+            n = 0
+        pending[labels] = n + 1
         return tx
 
     def _on_source(self, ev: Event) -> None:
@@ -212,15 +216,16 @@ class Ledger:
                         self._relabel(tx, self.flows.labels(flow, source, dest))
                     if self.deadlines.moved(tx, key, changed_at + self.flows.deadline(flow)):
                         self.updates.inc(self.metrics.overdue, tx.labels, -1)
-                    self.batch.dirty[key] = tx
+                    self.batch.dirty[tx] = key
                 continue
             row = self.batch.closed_row(key)
             if row is not None:
                 self.closer.late_source(key, row, ev, changed_at)
                 continue
-            self.batch.dirty[key] = self._open(
+            tx = self._open(
                 key, self.flows.labels(flow, source, dest), changed_at, ev.received, flow, (ev.trace_id, ev.span_id)
             )
+            self.batch.dirty[tx] = key
 
     def _untracked_source(self, flow: str) -> None:
         """A source span that opens nothing: its flow configures no destination (here: replicas
@@ -256,7 +261,7 @@ class Ledger:
         n, prev_end = added
         if prev_end is not None:
             self.updates.backoff(flow, dest, n, ev.start - prev_end)
-        self.batch.dirty[key] = tx
+        self.batch.dirty[tx] = key
         self.updates.attempt(flow, dest, ev.code, n)
 
     def _relabel(self, tx: Tx, labels: TxLabels) -> None:
@@ -298,7 +303,7 @@ class Ledger:
                 tx = self.pending[key]
                 source = tx.labels[1] if tx.labels[1] != UNKNOWN else None
                 self.closer.close(key, tx, "expired", None, tx.changed_at, None, source)
-            self.batch.write(self.pending, self.timelines.omitted, self.deadlines)
+            self.batch.write(self.timelines.omitted, self.deadlines)
             self.store.commit()
         except BaseException:
             self._rollback()
