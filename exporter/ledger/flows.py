@@ -40,7 +40,9 @@ class FlowRules:
         """The configured destinations a source span of `flow` from `source` opens transactions for."""
         dests = self._dests.get((flow, source))
         if dests is None:
-            dests = self._dests[(flow, source)] = tuple(d for d in self.configured_destinations(flow) if d != source)
+            dests = tuple(d for d in self.configured_destinations(flow) if d != source)
+            if len(self._dests) < MAX_SHARED_LABELS:  # flow and source names come from spans: bounded
+                self._dests[(flow, source)] = dests
         return dests
 
     def labels(self, flow: str, source: str | None, dest: str) -> TxLabels:
