@@ -4,7 +4,7 @@ This is the hot path of span intake: it decodes each span's attributes into a di
 (intake.attributes) and builds one ledger.records.Event per stage span.
 Everything else (correlated spans without a stage, uncorrelated spans) is only counted.
 
-Size (issue 12): ~410 lines, kept as one module on purpose. Its helpers (attribute reads, code and
+Size (issue 12): ~450 lines, kept as one module on purpose. Its helpers (attribute reads, code and
 attempt parsing, length checks) exist only for this per-span loop and are tuned with it; a reader
 follows one span from its attributes to an Event here, and bench/ingest.py guards the loop's speed.
 """
