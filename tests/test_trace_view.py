@@ -168,6 +168,8 @@ def test_the_decoder_reads_any_encoding_refuses_bad_utf8_and_stays_bounded():
     assert decode(KeyValue(key="n", value={"int_value": -5}).SerializeToString()) == ("n", -5)
     assert decode(KeyValue(key="e", value={"string_value": ""}).SerializeToString()) == ("e", None)
     assert decode(KeyValue(key="u").SerializeToString()) == ("u", None)
+    assert decode(KeyValue(key="b", value={"bytes_value": b""}).SerializeToString()) == ("b", None)
+    assert decode(KeyValue(key="b", value={"bytes_value": b"\x01\xff"}).SerializeToString()) == ("b", "01ff")
     long = "é" * 200
     assert decode(KeyValue(key=long, value={"string_value": long}).SerializeToString()) == (long, long)
     bad_value = KeyValue(key="k", value={"string_value": "ab"}).SerializeToString().replace(b"ab", b"\xff\xfe")

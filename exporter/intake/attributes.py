@@ -5,7 +5,8 @@ so the parser builds no message object per attribute. `AttributeDecoder.of` turn
 those bytes into {key: value}; the values are what intake and the rules compare:
 
 - a string, an integer, a float or a bool as itself, except that an empty string is None;
-- bytes as their hex text; an array or a key-value list as protobuf's text form of the AnyValue;
+- bytes as their hex text (empty: None); an array or a key-value list as protobuf's text form
+  of the AnyValue;
 - an AnyValue with no value set: None.
 
 Spans of one integration repeat most attributes byte for byte (`messaging.system`, the method, the
@@ -52,7 +53,7 @@ def any_value(v: Any) -> Any:
     if kind == "string_value":
         return v.string_value or None
     if kind == "bytes_value":
-        return v.bytes_value.hex()
+        return v.bytes_value.hex() or None
     if kind in ("array_value", "kvlist_value"):
         return str(v)
     return getattr(v, kind)
