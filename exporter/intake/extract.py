@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from syncwatch.intake.attributes import MAX_DECODED, AttributeDecoder, BadAttribute
-from syncwatch.intake.ids import correlation_problem
+from syncwatch.intake.ids import correlation_problem, has_nul, name_problem
 from syncwatch.ledger.records import Event
 from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_CONFIRM, STAGE_NAMES, STAGE_SOURCE
 
@@ -41,7 +41,6 @@ _MAX_ERRORS = 5  # error messages kept per request for partial_success
 # Times syncwatch accepts: from the epoch to the end of year 9999 (what a datetime can show).
 MAX_TIME = 253402300799.0
 MAX_ATTEMPT = 1 << 31
-MAX_NAME_LENGTH = 128  # flow, source and destination names
 MAX_VALUE_LENGTH = 512  # idempotency keys, error types and response codes
 
 _intern = sys.intern
@@ -163,25 +162,6 @@ MAX_PLANS = 1024  # remembered KeyPlans (distinct sets of attribute names), clea
 # instead of remembered: the plans stay within ~12 MiB.
 MAX_PLAN_NAMES = 128
 MAX_PLAN_CHARS = 4096
-
-
-def _too_long(value, limit: int) -> bool:
-    return value.__class__ is str and len(value) > limit
-
-
-def _has_nul(value) -> bool:
-    """A NUL character: PostgreSQL's text cannot hold one, so a span naming one would fail every
-    ledger transaction it is in (and, handed off by a follower, the leader's forever)."""
-    return value.__class__ is str and "\x00" in value
-
-
-def _name_problem(value) -> str | None:
-    """Why a flow, source or destination name is refused, or None."""
-    if _too_long(value, MAX_NAME_LENGTH):
-        return f"longer than {MAX_NAME_LENGTH} characters"
-    if _has_nul(value):
-        return "contains a NUL character"
-    return None
 
 
 class SpanExtractor:
@@ -368,7 +348,7 @@ class SpanExtractor:
         if not flow:
             out.reject(f"{_where(span)}: syncwatch.flow is missing on a {stage_name} span")
             return None
-        if (problem := _name_problem(flow)) is not None:
+        if (problem := name_problem(flow)) is not None:
             out.reject(f"{_where(span)}: syncwatch.flow {problem}")
             return None
         dest = get(DESTINATION)
@@ -380,7 +360,7 @@ class SpanExtractor:
                 f"on a {stage_name} span"
             )
             return None
-        if (problem := _name_problem(dest)) is not None:
+        if (problem := name_problem(dest)) is not None:
             out.reject(f"{_where(span)}: destination name {problem}")
             return None
         start = span.start_time_unix_nano / 1e9
@@ -395,7 +375,7 @@ class SpanExtractor:
         else:
             changed_at = start if stage == STAGE_SOURCE else None
         source = get(SOURCE)
-        if (problem := _name_problem(source)) is not None:
+        if (problem := name_problem(source)) is not None:
             out.reject(f"{_where(span)}: syncwatch.source {problem}")
             return None
         # Only what the ledger reads for this stage: a source span needs none of the rest.
@@ -424,7 +404,7 @@ class SpanExtractor:
                 if idem is not None and len(str(idem)) > MAX_VALUE_LENGTH:
                     out.reject(f"{_where(span)}: syncwatch.idempotency_key longer than {MAX_VALUE_LENGTH} characters")
                     return None
-                if _has_nul(idem):
+                if has_nul(idem):
                     out.reject(f"{_where(span)}: syncwatch.idempotency_key contains a NUL character")
                     return None
                 rid = get(RECORD_ID) if stage == STAGE_CONFIRM else None

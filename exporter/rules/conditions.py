@@ -18,7 +18,6 @@ from syncwatch.ledger.schema import STAGE_NAMES
 from syncwatch.rules.presets import PRESETS
 
 MAX_VALUE_LENGTH = 512
-MAX_NAME_LENGTH = 128
 # Current semantic-convention name -> older names instrumentations still write.
 ALIASES: dict[str, tuple[str, ...]] = {
     "http.request.method": ("http.method",),

@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from syncwatch.intake.ids import name_problem
 from syncwatch.ledger.records import Event
 from syncwatch.ledger.schema import STAGE_ATTEMPT, STAGE_SOURCE
-from syncwatch.rules.conditions import MAX_NAME_LENGTH, MAX_VALUE_LENGTH, Rule, text_of
+from syncwatch.rules.conditions import MAX_VALUE_LENGTH, Rule, text_of
 
 _new = tuple.__new__  # records built without NamedTuple's keyword handling (the hot path's way, see ledger.records)
 
@@ -53,12 +54,9 @@ MAX_VALID_NAMES = 1024  # cleared when full
 def _names_problem(source: str | None, dest: str | None) -> str | None:
     """Why a source or destination name is refused, or None (and the pair is remembered)."""
     for name in (source, dest):
-        if name is not None:
-            if len(name) > MAX_NAME_LENGTH:
-                return f"source or destination name longer than {MAX_NAME_LENGTH} characters"
-            if "\x00" in name:
-                # PostgreSQL's text holds no NUL: the span would fail every ledger transaction it is in.
-                return "source or destination name contains a NUL character"
+        problem = name_problem(name)
+        if problem is not None:
+            return f"source or destination name {problem}"
     if len(_valid_names) >= MAX_VALID_NAMES:
         _valid_names.clear()
     _valid_names.add((source, dest))
