@@ -11,8 +11,7 @@ import logging
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from api_data import AUTH, NOW, TOKEN, TRACE, make_config, span, write_ledger
-from pg_support import reset, storage_config
+from api_data import AUTH, NOW, TOKEN, TRACE, ledger_config, make_config, span
 from snapshot_data import Clock, make_request, order_body
 
 from syncwatch.api.routes import setup_api
@@ -67,14 +66,7 @@ def serve(tmp_path, config, scenario):
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.databases)])
 def config(request, tmp_path):
     """The same ledger rows on each backend; the API reads whichever the config names."""
-    storage = None
-    if request.param == "postgresql":
-        db = request.getfixturevalue("pg_db")
-        reset(db)
-        storage = storage_config(db, tmp_path)
-    cfg = make_config(tmp_path, storage=storage)
-    write_ledger(cfg)
-    return cfg
+    return ledger_config(tmp_path, request.getfixturevalue("pg_db") if request.param == "postgresql" else None)
 
 
 def test_401_without_or_with_a_wrong_token(tmp_path, config):

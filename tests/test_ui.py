@@ -8,8 +8,7 @@ import re
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from api_data import NOW, TOKEN, TRACE, make_config, span, write_ledger
-from pg_support import reset, storage_config
+from api_data import NOW, TOKEN, TRACE, ledger_config, make_config, span
 from snapshot_data import Clock, make_request, order_body
 
 from syncwatch.api.routes import setup_api
@@ -25,14 +24,7 @@ HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.databases)])
 def config(request, tmp_path):
     """The same ledger rows on each backend; the web view reads whichever the config names."""
-    storage = None
-    if request.param == "postgresql":
-        db = request.getfixturevalue("pg_db")
-        reset(db)
-        storage = storage_config(db, tmp_path)
-    cfg = make_config(tmp_path, storage=storage)
-    write_ledger(cfg)
-    return cfg
+    return ledger_config(tmp_path, request.getfixturevalue("pg_db") if request.param == "postgresql" else None)
 
 
 def serve(config, scenario, token_login=True):

@@ -8,6 +8,7 @@ import json
 import sqlite3
 
 import psycopg
+from pg_support import reset, storage_config
 from snapshot_data import T0
 
 from syncwatch.config.models import Config
@@ -200,3 +201,15 @@ def make_config(tmp_path, token=TOKEN, storage: dict | None = None) -> Config:
     return Config.model_validate(
         {"storage": {"data_dir": str(tmp_path / "data"), **(storage or {})}, "api": {"token": token}}
     )
+
+
+def ledger_config(tmp_path, pg_db: str | None = None) -> Config:
+    """A config whose ledger holds ledger_rows(): in SQLite, or in the scratch PostgreSQL
+    database `pg_db` (emptied first) when one is given."""
+    storage = None
+    if pg_db is not None:
+        reset(pg_db)
+        storage = storage_config(pg_db, tmp_path)
+    cfg = make_config(tmp_path, storage=storage)
+    write_ledger(cfg)
+    return cfg
