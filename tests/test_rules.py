@@ -79,6 +79,18 @@ def events(out) -> list[tuple]:
     return sorted((e[2], e[3], e[4], e[5], e[6], e[11], e[12]) for e in out.events)
 
 
+def consume(trace: int, corr: str, old: bool = True, span: int = 2) -> dict:
+    """A pika consumer span naming the order in the conversation ID (old or new attribute name)."""
+    key = "messaging.conversation_id" if old else "messaging.message.conversation_id"
+    return {
+        "trace": trace,
+        "span": span,
+        "name": "orders receive" if old else "orders process",
+        "kind": "consumer",
+        "attrs": {"messaging.system": "rabbitmq", key: corr},
+    }
+
+
 def post(trace: int, span: int, code: int | None, old: bool = True, t: float = 1, parent: int = 2) -> dict:
     attrs: dict = (
         {"http.method": "POST", "http.url": "http://erp.local/orders"}
@@ -115,7 +127,7 @@ def test_pika_and_requests_old_semconv_make_one_confirmed_transaction():
             "messaging.temp_destination": "true",
         },
     }
-    consume = {
+    consumed = {
         "trace": 1,
         "span": 2,
         "name": "orders receive",
@@ -134,7 +146,7 @@ def test_pika_and_requests_old_semconv_make_one_confirmed_transaction():
         "attrs": {"http.method": "GET", "http.url": "http://cdn.local/logo.png", "http.status_code": 200},
     }
     out = ex.extract(view_of(request("storefront", [publish])), T0)
-    out2 = ex.extract(view_of(request("worker", [consume, post(1, 3, 429), post(1, 4, 201, t=2), unrelated])), T0)
+    out2 = ex.extract(view_of(request("worker", [consumed, post(1, 3, 429), post(1, 4, 201, t=2), unrelated])), T0)
     assert events(out) == [("SO-1042", "orders", STAGE_SOURCE, "storefront", None, None, None)]
     assert events(out2) == [
         ("SO-1042", "orders", STAGE_ATTEMPT, "worker", "erp", "201", None),
@@ -147,16 +159,10 @@ def test_pika_and_requests_old_semconv_make_one_confirmed_transaction():
 
 def test_new_semconv_non_retryable_4xx_is_the_fail():
     ex = extractor()
-    consume = {
-        "trace": 5,
-        "span": 2,
-        "name": "orders process",
-        "kind": "consumer",
-        "attrs": {"messaging.system": "rabbitmq", "messaging.message.conversation_id": "SO-7"},
-    }
+    consumed = consume(5, "SO-7", old=False)
     bad = post(5, 3, 422, old=False)
     bad["attrs"]["error.type"] = "422"
-    out = ex.extract(view_of(request("worker", [consume, bad])), T0)
+    out = ex.extract(view_of(request("worker", [consumed, bad])), T0)
     assert events(out) == [
         ("SO-7", "orders", STAGE_ATTEMPT, "worker", "erp", "422", "422"),
         ("SO-7", "orders", STAGE_FAIL, "worker", "erp", None, "422"),
@@ -231,14 +237,8 @@ def test_sqs_message_id_and_links_carry_the_id_to_another_trace():
 
 def test_give_up_after_three_failed_attempts_is_the_fail():
     ex = extractor()
-    consume = {
-        "trace": 30,
-        "span": 2,
-        "name": "orders receive",
-        "kind": "consumer",
-        "attrs": {"messaging.system": "rabbitmq", "messaging.conversation_id": "SO-9"},
-    }
-    out = ex.extract(view_of(request("worker", [consume, post(30, 3, 500), post(30, 4, 429, t=2)])), T0)
+    consumed = consume(30, "SO-9")
+    out = ex.extract(view_of(request("worker", [consumed, post(30, 3, 500), post(30, 4, 429, t=2)])), T0)
     assert [e[4] for e in sorted(out.events, key=lambda e: e[7])] == [STAGE_ATTEMPT, STAGE_ATTEMPT]
     out = ex.extract(view_of(request("worker", [post(30, 5, None, t=3)])), T0)
     assert events(out) == [
@@ -339,16 +339,7 @@ def test_index_size_and_evictions_are_metrics():
         RulesMetrics(registry),
     )
     ex = SpanExtractor(["messaging.message.conversation_id"], 256, engine)
-    consumes = [
-        {
-            "trace": 1000 + i,
-            "span": 1,
-            "name": "orders receive",
-            "kind": "consumer",
-            "attrs": {"messaging.system": "rabbitmq", "messaging.conversation_id": f"SO-{i}"},
-        }
-        for i in range(150)
-    ]
+    consumes = [consume(1000 + i, f"SO-{i}", span=1) for i in range(150)]
     out = ex.extract(view_of(request("worker", [*consumes, *(post(2000 + i, 1, 201) for i in range(12))])), T0)
     assert (out.correlated, out.uncorrelated) == (150, 2)
 
@@ -426,14 +417,8 @@ def test_a_span_with_more_attributes_than_planned_ahead_still_maps():
 def test_a_nul_character_in_a_mapped_name_is_refused():
     """PostgreSQL's text holds no NUL: a mapped span naming one would fail every ledger write."""
     ex = extractor()
-    consume = {
-        "trace": 5,
-        "span": 2,
-        "name": "orders process",
-        "kind": "consumer",
-        "attrs": {"messaging.system": "rabbitmq", "messaging.message.conversation_id": "SO-7"},
-    }
-    out = ex.extract(view_of(request("wor\x00ker", [consume, post(5, 3, 200, old=False)])), T0)
+    consumed = consume(5, "SO-7", old=False)
+    out = ex.extract(view_of(request("wor\x00ker", [consumed, post(5, 3, 200, old=False)])), T0)
     assert events(out) == []
     assert out.rejected == 1
     assert "contains a NUL character" in out.errors[0]
