@@ -218,7 +218,7 @@ class SpanExtractor:
             for ss in rs.scope_spans:
                 for span in ss.spans:
                     try:
-                        raws = span.attributes[:]  # a slice: one C call for the list
+                        raws = span.attributes[:]  # a slice: one C call; AttributeDecoder.of, inlined
                         attrs = dict(map(decoded, raws)) if len(raws) <= MAX_DECODED else wanted_of(raws)
                     except BadAttribute as exc:
                         out.reject(f"{_where(span)}: {exc}")
@@ -277,7 +277,7 @@ class SpanExtractor:
             for ss in rs.scope_spans:
                 for span in ss.spans:
                     try:
-                        raws = span.attributes[:]  # a slice: one C call for the list
+                        raws = span.attributes[:]  # a slice: one C call; AttributeDecoder.of, inlined
                         attrs = dict(map(decoded, raws)) if len(raws) <= MAX_DECODED else wanted_of(raws)
                     except BadAttribute as exc:
                         out.reject(f"{_where(span)}: {exc}")
