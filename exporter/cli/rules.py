@@ -21,12 +21,13 @@ from syncwatch.rules.engine import RuleEngine
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
-def _explicit(extractor: SpanExtractor, span: Any) -> bool:
-    """Whether the span sets syncwatch.stage itself (the rules do not map it)."""
+def _explicit(extractor: SpanExtractor, span: Any) -> bool | None:
+    """Whether the span sets syncwatch.stage itself (the rules do not map it); None when an
+    attribute of it is invalid (the span is refused, and listed under "rejected")."""
     try:
         return "syncwatch.stage" in extractor.attributes.of(span.attributes)
     except BadAttribute:
-        return False  # refused: listed under "rejected"
+        return None
 
 
 def read_exports(path: Path) -> list[Any]:
@@ -62,7 +63,7 @@ def rules_test(config: Any, spans_file: str, out: TextIO | None = None) -> int:
     extractor = SpanExtractor(config.correlation.keys, config.limits.max_correlation_id_length, engine)
     received = time.time()
     events: list[tuple] = []
-    order: list[tuple[str, str, bool]] = []  # span id, name, explicit stage
+    order: list[tuple[str, str, bool | None]] = []  # span id, name, explicit stage (None: refused)
     rejected: list[str] = []
     unrelated = 0
     result = Extracted()
@@ -81,7 +82,9 @@ def rules_test(config: Any, spans_file: str, out: TextIO | None = None) -> int:
     out.write("spans:\n")
     for span_id, name, explicit in order:
         d = explain.get(span_id)
-        if explicit:
+        if explicit is None:
+            out.write(f"  {span_id} {name[:60]!r}: refused (an invalid attribute, see rejected)\n")
+        elif explicit:
             out.write(f"  {span_id} {name[:60]!r}: explicit syncwatch.* attributes\n")
         elif d is None:
             out.write(f"  {span_id} {name[:60]!r}: no rule (unrelated)\n")
